@@ -1,0 +1,1 @@
+//! Authentication (front-proxy client certificates, TokenReview) and authorization (SubjectAccessReview).

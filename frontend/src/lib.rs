@@ -1,0 +1,3 @@
+//! shardmetrics frontend replica (work in progress).
+
+pub mod auth;

@@ -1,0 +1,101 @@
+//! Domain types for what a scrape produced, independent of the wire format.
+//!
+//! The scraper's parser builds these; `convert` turns them into `v1` messages and back; the
+//! frontend's store ingests them. Everything is raw and cumulative: rates are computed by the
+//! frontend from two consecutive [`Point`]s.
+
+/// Raw cumulative usage at one kubelet sample time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Point {
+    /// The kubelet's sample timestamp, Unix time in milliseconds.
+    pub timestamp_ms: i64,
+    /// Cumulative CPU time since the container (or node) started, in nanoseconds.
+    pub cpu_usage_ns: u64,
+    /// Memory working set at `timestamp_ms`, in bytes.
+    pub memory_working_set_bytes: u64,
+}
+
+/// One container of a pod, as seen in one scrape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSample {
+    /// The container's name within its pod.
+    pub name: String,
+    /// When the container started, Unix time in milliseconds; 0 when the kubelet did not say.
+    pub start_time_ms: i64,
+    /// Its usage at the kubelet's sample time.
+    pub usage: Point,
+}
+
+/// The containers of one pod on the scraped node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSamples {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// Its containers that had both a CPU and a memory sample, in the kubelet's order.
+    pub containers: Vec<ContainerSample>,
+}
+
+/// One successful scrape of one kubelet: the unit of data between scraper and frontend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeScrape {
+    /// Name of the Node object.
+    pub node: String,
+    /// When the scraper finished reading the response, Unix time in milliseconds (scraper's
+    /// clock). For freshness accounting and hand-off ordering, never for rates.
+    pub scraped_at_ms: i64,
+    /// The node's own usage; `None` when the kubelet reported no node-level sample.
+    pub node_usage: Option<Point>,
+    /// Every pod with at least one complete container.
+    pub pods: Vec<PodSamples>,
+}
+
+impl NodeScrape {
+    /// Number of samples carried (node point plus one per container), for throughput counters.
+    pub fn sample_count(&self) -> usize {
+        usize::from(self.node_usage.is_some()) + self.pods.iter().map(|p| p.containers.len()).sum::<usize>()
+    }
+}
+
+/// Why a shard stopped reporting a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReleaseReason {
+    /// Another shard owns the node now; its data stays valid.
+    OwnershipMoved,
+    /// The Node was deleted or no longer matches the node selector.
+    NodeDeleted,
+    /// The shard is shutting down gracefully.
+    Shutdown,
+}
+
+/// A shard no longer reports `node`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReleased {
+    /// Name of the Node object.
+    pub node: String,
+    /// Why it was released.
+    pub reason: ReleaseReason,
+}
+
+/// One incarnation of one shard.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShardIdentity {
+    /// Stable shard id, equal to its Lease's holderIdentity.
+    pub shard_id: String,
+    /// Changes on every process start: Unix time of start in nanoseconds.
+    pub epoch: u64,
+}
+
+/// A decoded stream message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The shard that sent it.
+    pub shard: ShardIdentity,
+    /// Node scrapes in the order they happened.
+    pub scrapes: Vec<NodeScrape>,
+    /// Nodes the shard let go of.
+    pub released: Vec<NodeReleased>,
+    /// True on the last batch of the initial snapshot.
+    pub snapshot_complete: bool,
+}
