@@ -1,1 +1,3 @@
-//! placeholder
+//! shardmetrics loadtest: a simulated Kubernetes cluster on one machine (work in progress).
+
+pub mod tools;
