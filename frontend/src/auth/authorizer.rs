@@ -1,0 +1,213 @@
+//! Authorization via SubjectAccessReview (`authorization.k8s.io/v1`), with separate caches for
+//! allowed and denied answers, `system:masters` let through without a review, and API errors
+//! answered 503 (never allowed, never cached).
+
+use std::time::Duration;
+
+use k8s_openapi::api::authorization::v1::{
+    NonResourceAttributes, ResourceAttributes as K8sResourceAttributes, SubjectAccessReview,
+    SubjectAccessReviewSpec,
+};
+use kube::Api;
+use kube::api::PostParams;
+use shardmetrics_proto::clock::SharedClock;
+
+use super::attributes::RequestAttributes;
+use super::cache::TtlCache;
+use super::error::AuthError;
+use super::metrics::AuthMetrics;
+use super::user::{MASTERS_GROUP, UserInfo};
+
+/// Cache TTLs and limits of the authorizer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AuthorizerLimits {
+    /// How long an allow is reused (`--authorization-webhook-cache-authorized-ttl`).
+    pub(crate) authorized_ttl: Duration,
+    /// How long a denial is reused (`--authorization-webhook-cache-unauthorized-ttl`).
+    pub(crate) unauthorized_ttl: Duration,
+    /// Upper bound on one review round trip.
+    pub(crate) timeout: Duration,
+    /// Maximum entries per cache.
+    pub(crate) capacity: usize,
+}
+
+/// Decides whether a user may do what a request wants.
+pub(crate) struct Authorizer {
+    /// The SubjectAccessReview API; `None` without an API server (only `system:masters` allowed).
+    api: Option<Api<SubjectAccessReview>>,
+    /// (user, attributes) -> allowed.
+    allowed: TtlCache<()>,
+    /// (user, attributes) -> denied, with the authorizer's reason.
+    denied: TtlCache<String>,
+    /// TTLs and timeout.
+    limits: AuthorizerLimits,
+    /// Decision counters.
+    metrics: AuthMetrics,
+}
+
+impl Authorizer {
+    /// An authorizer asking the API server behind `client`.
+    pub(crate) fn new(
+        client: Option<kube::Client>,
+        limits: AuthorizerLimits,
+        clock: SharedClock,
+        metrics: AuthMetrics,
+    ) -> Self {
+        Self {
+            api: client.map(Api::all),
+            allowed: TtlCache::new(limits.capacity, clock.clone()),
+            denied: TtlCache::new(limits.capacity, clock),
+            limits,
+            metrics,
+        }
+    }
+
+    /// Ok when allowed; Forbidden when denied (cached or not); Unavailable when the API server
+    /// could not answer.
+    pub(crate) async fn authorize(
+        &self,
+        user: &UserInfo,
+        attrs: &RequestAttributes,
+    ) -> Result<(), AuthError> {
+        if user.in_group(MASTERS_GROUP) {
+            self.metrics.authorized("allowed", false);
+            return Ok(());
+        }
+        // The key is the whole question, so different users or attributes never share an answer.
+        let key = serde_json::to_string(&(user, attrs)).ok();
+        if let Some(key) = &key {
+            if self.allowed.get(key).is_some() {
+                self.metrics.authorized("allowed", true);
+                return Ok(());
+            }
+            if let Some(reason) = self.denied.get(key) {
+                self.metrics.authorized("denied", true);
+                return Err(AuthError::Forbidden(attrs.forbidden_message(user, &reason)));
+            }
+        }
+        let Some(api) = &self.api else {
+            self.metrics.authorized("denied", false);
+            return Err(AuthError::Forbidden(attrs.forbidden_message(
+                user,
+                "no authorizer: the frontend has no API server to ask",
+            )));
+        };
+        let review = SubjectAccessReview {
+            spec: spec_of(user, attrs),
+            ..SubjectAccessReview::default()
+        };
+        let response = match tokio::time::timeout(
+            self.limits.timeout,
+            api.create(&PostParams::default(), &review),
+        )
+        .await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                self.metrics.authorized("error", false);
+                return Err(AuthError::Unavailable(format!(
+                    "SubjectAccessReview failed: {e}"
+                )));
+            }
+            Err(_) => {
+                self.metrics.authorized("error", false);
+                return Err(AuthError::Unavailable(format!(
+                    "SubjectAccessReview timed out after {:?}",
+                    self.limits.timeout
+                )));
+            }
+        };
+        let status = response.status.unwrap_or_default();
+        if status.allowed && status.denied != Some(true) {
+            if let Some(key) = key {
+                self.denied.remove(&key);
+                if !self.allowed.insert(key, (), self.limits.authorized_ttl) {
+                    self.metrics.cache_full("authorized");
+                }
+            }
+            self.metrics.authorized("allowed", false);
+            return Ok(());
+        }
+        if let Some(error) = status.evaluation_error.as_deref().filter(|e| !e.is_empty()) {
+            tracing::debug!(user = %user.name, error, "SubjectAccessReview evaluation error");
+        }
+        let reason = status.reason.unwrap_or_default();
+        if let Some(key) = key {
+            self.allowed.remove(&key);
+            if !self
+                .denied
+                .insert(key, reason.clone(), self.limits.unauthorized_ttl)
+            {
+                self.metrics.cache_full("unauthorized");
+            }
+        }
+        self.metrics.authorized("denied", false);
+        Err(AuthError::Forbidden(attrs.forbidden_message(user, &reason)))
+    }
+}
+
+/// The SubjectAccessReview spec asking whether `user` may do `attrs`.
+pub(crate) fn spec_of(user: &UserInfo, attrs: &RequestAttributes) -> SubjectAccessReviewSpec {
+    let (resource_attributes, non_resource_attributes) = match attrs {
+        RequestAttributes::Resource(r) => (
+            Some(K8sResourceAttributes {
+                verb: Some(r.verb.clone()),
+                group: Some(r.group.clone()),
+                version: Some(r.version.clone()),
+                resource: Some(r.resource.clone()),
+                subresource: r.subresource.clone(),
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                ..K8sResourceAttributes::default()
+            }),
+            None,
+        ),
+        RequestAttributes::NonResource { path, verb } => (
+            None,
+            Some(NonResourceAttributes {
+                path: Some(path.clone()),
+                verb: Some(verb.clone()),
+            }),
+        ),
+    };
+    SubjectAccessReviewSpec {
+        user: Some(user.name.clone()),
+        uid: Some(user.uid.clone()).filter(|u| !u.is_empty()),
+        groups: Some(user.groups.clone()),
+        extra: Some(user.extra.clone()).filter(|e| !e.is_empty()),
+        resource_attributes,
+        non_resource_attributes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metrics_request_becomes_resource_attributes_and_a_path_non_resource_attributes() {
+        let user = UserInfo {
+            name: "hpa".into(),
+            groups: vec!["system:authenticated".into()],
+            ..UserInfo::default()
+        };
+        let spec = spec_of(
+            &user,
+            &RequestAttributes::metrics("list", "pods", Some("web"), None),
+        );
+        let r = spec.resource_attributes.expect("resource attributes");
+        assert_eq!(r.group.as_deref(), Some("metrics.k8s.io"));
+        assert_eq!(r.version.as_deref(), Some("v1beta1"));
+        assert_eq!(r.resource.as_deref(), Some("pods"));
+        assert_eq!(r.namespace.as_deref(), Some("web"));
+        assert_eq!(r.verb.as_deref(), Some("list"));
+        assert_eq!(spec.user.as_deref(), Some("hpa"));
+        assert_eq!(spec.uid, None);
+        let spec = spec_of(&user, &RequestAttributes::non_resource("/apis", "get"));
+        assert!(spec.resource_attributes.is_none());
+        assert_eq!(
+            spec.non_resource_attributes.and_then(|n| n.path).as_deref(),
+            Some("/apis")
+        );
+    }
+}

@@ -1,0 +1,395 @@
+//! The command-line flags of authentication, authorization and the secure port's TLS, named as
+//! in metrics-server / kube-apiserver, each also read from `SHARDMETRICS_<FLAG>`. The frontend's
+//! CLI flattens [`AuthArgs`] and calls [`AuthArgs::to_configs`], which reports every problem at
+//! once.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::ArgAction;
+
+use super::AuthConfig;
+use super::requestheader::RequestHeaderSettings;
+use super::tls::{TlsConfig, TlsMinVersion, cipher_suites};
+
+/// Authentication, authorization and TLS flags of the frontend's secure port.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// PEM serving certificate (chain) of the secure port; self-signed if absent. Re-read when it changes.
+    #[arg(long, env = "SHARDMETRICS_TLS_CERT_FILE", value_name = "PATH")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "SHARDMETRICS_TLS_PRIVATE_KEY_FILE", value_name = "PATH")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Minimum TLS version: VersionTLS12 or VersionTLS13.
+    #[arg(
+        long,
+        env = "SHARDMETRICS_TLS_MIN_VERSION",
+        default_value = "VersionTLS12"
+    )]
+    pub tls_min_version: String,
+    /// Comma-separated IANA cipher suite names (e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256); default: all
+    /// AEAD suites.
+    #[arg(long, env = "SHARDMETRICS_TLS_CIPHER_SUITES", value_delimiter = ',')]
+    pub tls_cipher_suites: Vec<String>,
+    /// CA bundle verifying front-proxy client certificates; default: the
+    /// kube-system/extension-apiserver-authentication ConfigMap (which then also gives the other
+    /// --requestheader-* settings).
+    #[arg(
+        long,
+        env = "SHARDMETRICS_REQUESTHEADER_CLIENT_CA_FILE",
+        value_name = "PATH"
+    )]
+    pub requestheader_client_ca_file: Option<PathBuf>,
+    /// Common names allowed for front-proxy certificates; empty: any certificate from the CA.
+    #[arg(
+        long,
+        env = "SHARDMETRICS_REQUESTHEADER_ALLOWED_NAMES",
+        value_delimiter = ','
+    )]
+    pub requestheader_allowed_names: Vec<String>,
+    /// Headers naming the user of a front-proxied request (first present wins).
+    #[arg(
+        long,
+        env = "SHARDMETRICS_REQUESTHEADER_USERNAME_HEADERS",
+        value_delimiter = ',',
+        default_value = "X-Remote-User"
+    )]
+    pub requestheader_username_headers: Vec<String>,
+    /// Headers naming the user's uid (first present wins).
+    #[arg(
+        long,
+        env = "SHARDMETRICS_REQUESTHEADER_UID_HEADERS",
+        value_delimiter = ','
+    )]
+    pub requestheader_uid_headers: Vec<String>,
+    /// Headers naming the user's groups.
+    #[arg(
+        long,
+        env = "SHARDMETRICS_REQUESTHEADER_GROUP_HEADERS",
+        value_delimiter = ',',
+        default_value = "X-Remote-Group"
+    )]
+    pub requestheader_group_headers: Vec<String>,
+    /// Header prefixes of the user's extra attributes.
+    #[arg(
+        long,
+        env = "SHARDMETRICS_REQUESTHEADER_EXTRA_HEADERS_PREFIX",
+        value_delimiter = ',',
+        default_value = "X-Remote-Extra-"
+    )]
+    pub requestheader_extra_headers_prefix: Vec<String>,
+    /// CA bundle verifying x509 client-certificate users (CN = user, O = groups); default: the
+    /// ConfigMap's client-ca-file, if any.
+    #[arg(long, env = "SHARDMETRICS_CLIENT_CA_FILE", value_name = "PATH")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Serve requests without credentials as system:anonymous (still subject to authorization).
+    #[arg(long, env = "SHARDMETRICS_ANONYMOUS_AUTH", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = ArgAction::Set)]
+    pub anonymous_auth: bool,
+    /// Start even if the authentication ConfigMap cannot be read (it is retried).
+    #[arg(long, env = "SHARDMETRICS_AUTHENTICATION_TOLERATE_LOOKUP_FAILURE", default_value_t = false,
+          num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub authentication_tolerate_lookup_failure: bool,
+    /// Paths served without authentication or authorization; a trailing * matches a prefix.
+    #[arg(
+        long,
+        env = "SHARDMETRICS_AUTHORIZATION_ALWAYS_ALLOW_PATHS",
+        value_delimiter = ',',
+        default_value = "/healthz,/readyz,/livez"
+    )]
+    pub authorization_always_allow_paths: Vec<String>,
+    /// How long an allowed SubjectAccessReview answer is reused (Go duration, e.g. 10s).
+    #[arg(
+        long,
+        env = "SHARDMETRICS_AUTHORIZATION_WEBHOOK_CACHE_AUTHORIZED_TTL",
+        default_value = "10s"
+    )]
+    pub authorization_webhook_cache_authorized_ttl: String,
+    /// How long a denied SubjectAccessReview answer is reused (Go duration, e.g. 10s).
+    #[arg(
+        long,
+        env = "SHARDMETRICS_AUTHORIZATION_WEBHOOK_CACHE_UNAUTHORIZED_TTL",
+        default_value = "10s"
+    )]
+    pub authorization_webhook_cache_unauthorized_ttl: String,
+}
+
+impl AuthArgs {
+    /// Validates the flags against each other and the file system and builds the configurations;
+    /// on failure returns every problem, one line each.
+    pub fn to_configs(&self) -> Result<(AuthConfig, TlsConfig), Vec<String>> {
+        let mut problems = Vec::new();
+        let tls_min_version = self
+            .tls_min_version
+            .parse::<TlsMinVersion>()
+            .unwrap_or_else(|e| {
+                problems.push(format!("--tls-min-version: {e}"));
+                TlsMinVersion::Tls12
+            });
+        let suites: Vec<String> = non_empty(&self.tls_cipher_suites);
+        if let Err(e) = cipher_suites(&suites, tls_min_version) {
+            problems.push(format!("--tls-cipher-suites: {e}"));
+        }
+        if self.tls_cert_file.is_some() != self.tls_private_key_file.is_some() {
+            problems.push(
+                "--tls-cert-file and --tls-private-key-file must be given together".to_owned(),
+            );
+        }
+        for (flag, path) in [
+            ("--tls-cert-file", &self.tls_cert_file),
+            ("--tls-private-key-file", &self.tls_private_key_file),
+            (
+                "--requestheader-client-ca-file",
+                &self.requestheader_client_ca_file,
+            ),
+            ("--client-ca-file", &self.client_ca_file),
+        ] {
+            if let Some(path) = path {
+                check_file(flag, path, &mut problems);
+            }
+        }
+        for (flag, names) in [
+            (
+                "--requestheader-username-headers",
+                &self.requestheader_username_headers,
+            ),
+            (
+                "--requestheader-uid-headers",
+                &self.requestheader_uid_headers,
+            ),
+            (
+                "--requestheader-group-headers",
+                &self.requestheader_group_headers,
+            ),
+            (
+                "--requestheader-extra-headers-prefix",
+                &self.requestheader_extra_headers_prefix,
+            ),
+        ] {
+            for name in non_empty(names) {
+                if http::HeaderName::try_from(name.as_str()).is_err() {
+                    problems.push(format!("{flag}: {name:?} is not a valid HTTP header name"));
+                }
+            }
+        }
+        let paths = non_empty(&self.authorization_always_allow_paths);
+        for path in &paths {
+            if !path.starts_with('/') {
+                problems.push(format!(
+                    "--authorization-always-allow-paths: {path:?} must start with /"
+                ));
+            }
+        }
+        let mut ttl = |flag: &str, value: &str| {
+            parse_duration(value).unwrap_or_else(|e| {
+                problems.push(format!("{flag}: {e}"));
+                Duration::ZERO
+            })
+        };
+        let authorized_ttl = ttl(
+            "--authorization-webhook-cache-authorized-ttl",
+            &self.authorization_webhook_cache_authorized_ttl,
+        );
+        let unauthorized_ttl = ttl(
+            "--authorization-webhook-cache-unauthorized-ttl",
+            &self.authorization_webhook_cache_unauthorized_ttl,
+        );
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let auth = AuthConfig {
+            requestheader_client_ca_file: self.requestheader_client_ca_file.clone(),
+            requestheader: RequestHeaderSettings {
+                allowed_names: non_empty(&self.requestheader_allowed_names),
+                username_headers: non_empty(&self.requestheader_username_headers),
+                uid_headers: non_empty(&self.requestheader_uid_headers),
+                group_headers: non_empty(&self.requestheader_group_headers),
+                extra_headers_prefixes: non_empty(&self.requestheader_extra_headers_prefix),
+            },
+            client_ca_file: self.client_ca_file.clone(),
+            anonymous: self.anonymous_auth,
+            always_allow_paths: paths,
+            authorized_ttl,
+            unauthorized_ttl,
+            tolerate_lookup_failure: self.authentication_tolerate_lookup_failure,
+            ..AuthConfig::default()
+        };
+        let tls = TlsConfig {
+            cert_file: self.tls_cert_file.clone(),
+            key_file: self.tls_private_key_file.clone(),
+            min_version: tls_min_version,
+            cipher_suites: suites,
+            ..TlsConfig::default()
+        };
+        Ok((auth, tls))
+    }
+}
+
+/// The trimmed, non-empty entries of a comma-separated flag.
+fn non_empty(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Records a problem unless `path` is a readable regular file.
+fn check_file(flag: &str, path: &Path, problems: &mut Vec<String>) {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => problems.push(format!("{flag} {}: not a regular file", path.display())),
+        Err(e) => problems.push(format!("{flag} {}: {e}", path.display())),
+    }
+}
+
+/// Parses a Go duration (`10s`, `1m30s`, `1.5h`, `250ms`, `0`): one or more decimal numbers,
+/// each with a unit among `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`. Negative durations are refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {text:?} (examples: 10s, 1m30s, 250ms)");
+    let s = text.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() || s.starts_with('-') {
+        return Err(bad());
+    }
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let mut rest = s;
+    let mut total_ns: f64 = 0.0;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if number_len == 0 {
+            return Err(bad());
+        }
+        let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total_ns += number * scale;
+    }
+    if !total_ns.is_finite() || total_ns > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(Duration::from_nanos(total_ns.round() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        auth: AuthArgs,
+    }
+
+    fn parse(args: &[&str]) -> AuthArgs {
+        Cli::try_parse_from(std::iter::once("frontend").chain(args.iter().copied()))
+            .expect("parse")
+            .auth
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "10", "-1s", "s", "1x", "1.2.3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_mirror_kube_apiserver() {
+        let (auth, tls) = parse(&[]).to_configs().expect("valid");
+        assert!(!auth.anonymous);
+        assert_eq!(auth.always_allow_paths, ["/healthz", "/readyz", "/livez"]);
+        assert_eq!(auth.authorized_ttl, Duration::from_secs(10));
+        assert_eq!(auth.requestheader, RequestHeaderSettings::default());
+        assert_eq!(tls.min_version, TlsMinVersion::Tls12);
+        assert!(tls.cert_file.is_none());
+    }
+
+    #[test]
+    fn anonymous_auth_accepts_the_go_style_equals_false() {
+        assert!(!parse(&["--anonymous-auth=false"]).anonymous_auth);
+        assert!(parse(&["--anonymous-auth"]).anonymous_auth);
+        assert!(parse(&["--anonymous-auth=true"]).anonymous_auth);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let problems = parse(&[
+            "--tls-cert-file=/nonexistent/tls.crt",
+            "--tls-min-version=VersionTLS11",
+            "--tls-cipher-suites=TLS_RSA_WITH_RC4_128_SHA",
+            "--requestheader-client-ca-file=/nonexistent/ca.crt",
+            "--authorization-always-allow-paths=healthz",
+            "--authorization-webhook-cache-authorized-ttl=ten",
+            "--requestheader-username-headers=Bad Header",
+        ])
+        .to_configs()
+        .unwrap_err();
+        let text = problems.join("\n");
+        for needle in [
+            "--tls-min-version",
+            "--tls-cipher-suites",
+            "--tls-cert-file and --tls-private-key-file",
+            "/nonexistent/tls.crt",
+            "/nonexistent/ca.crt",
+            "healthz",
+            "--authorization-webhook-cache-authorized-ttl",
+            "Bad Header",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn lists_and_files_flow_into_the_configs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, "x").expect("write");
+        let ca_arg = format!("--requestheader-client-ca-file={}", ca.display());
+        let (auth, tls) = parse(&[
+            &ca_arg,
+            "--requestheader-allowed-names=front-proxy-client,aggregator",
+            "--tls-min-version=VersionTLS13",
+            "--authorization-webhook-cache-unauthorized-ttl=2s",
+            "--anonymous-auth=true",
+        ])
+        .to_configs()
+        .expect("valid");
+        assert_eq!(
+            auth.requestheader_client_ca_file.as_deref(),
+            Some(ca.as_path())
+        );
+        assert_eq!(
+            auth.requestheader.allowed_names,
+            ["front-proxy-client", "aggregator"]
+        );
+        assert_eq!(auth.unauthorized_ttl, Duration::from_secs(2));
+        assert!(auth.anonymous);
+        assert_eq!(tls.min_version, TlsMinVersion::Tls13);
+    }
+}

@@ -1,0 +1,220 @@
+//! Client certificate chains: verification against a CA bundle and the subject fields the
+//! authenticators read (CN = user, O = groups).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use super::error::AuthSetupError;
+
+/// A CA bundle that verifies client certificate chains (signature path, validity period and,
+/// when present, the clientAuth extended key usage, as Go's `x509.Verify` with
+/// `ExtKeyUsageClientAuth` does).
+pub(crate) struct CaBundle {
+    /// rustls' WebPKI client verifier over the bundle's roots.
+    verifier: Arc<dyn ClientCertVerifier>,
+    /// The PEM the bundle was built from, to tell whether a re-read changed anything.
+    pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaBundle")
+            .field("pem_bytes", &self.pem.len())
+            .finish()
+    }
+}
+
+impl CaBundle {
+    /// Parses a PEM bundle; `what` names it in errors (a path or a ConfigMap key).
+    pub(crate) fn from_pem(pem: &[u8], what: &str) -> Result<Self, AuthSetupError> {
+        let invalid = |reason: String| AuthSetupError::InvalidCa {
+            what: what.to_owned(),
+            reason,
+        };
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| invalid(format!("bad PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| invalid(format!("bad CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(invalid("no CERTIFICATE block found".to_owned()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(Self {
+            verifier,
+            pem: pem.to_vec(),
+        })
+    }
+
+    /// The PEM this bundle was built from.
+    pub(crate) fn pem(&self) -> &[u8] {
+        &self.pem
+    }
+
+    /// Verifies `chain` (leaf first, then intermediates) at wall time `now_ms` (Unix ms).
+    pub(crate) fn verify(
+        &self,
+        chain: &[CertificateDer<'static>],
+        now_ms: i64,
+    ) -> Result<(), String> {
+        let (leaf, intermediates) = chain.split_first().ok_or("empty certificate chain")?;
+        let now =
+            UnixTime::since_unix_epoch(Duration::from_millis(u64::try_from(now_ms).unwrap_or(0)));
+        self.verifier
+            .verify_client_cert(leaf, intermediates, now)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The subject fields of a certificate that Kubernetes authenticators use.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Subject {
+    /// The first CommonName, if any (empty strings count as absent).
+    pub(crate) common_name: Option<String>,
+    /// Every Organization, in order.
+    pub(crate) organizations: Vec<String>,
+}
+
+/// Reads the subject of a DER certificate.
+pub(crate) fn subject(cert: &CertificateDer<'_>) -> Result<Subject, String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| format!("unparsable certificate: {e}"))?;
+    let subject = parsed.subject();
+    let common_name = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .filter(|cn| !cn.is_empty())
+        .map(str::to_owned);
+    let organizations = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok())
+        .map(str::to_owned)
+        .collect();
+    Ok(Subject {
+        common_name,
+        organizations,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! rcgen helpers shared by the unit tests of this module tree.
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    use rustls_pki_types::CertificateDer;
+
+    /// A test CA: its PEM and an issuer that signs leaves.
+    pub(crate) struct TestCa {
+        pub(crate) pem: String,
+        pub(crate) issuer: Issuer<'static, KeyPair>,
+    }
+
+    impl TestCa {
+        pub(crate) fn new(name: &str) -> Self {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let key = KeyPair::generate().expect("key");
+            let cert = params.self_signed(&key).expect("self-signed CA");
+            Self {
+                pem: cert.pem(),
+                issuer: Issuer::new(params, key),
+            }
+        }
+
+        /// A client certificate with CN `cn` (none if empty) and O `org` (none if empty).
+        pub(crate) fn client_cert(&self, cn: &str, org: &str) -> CertificateDer<'static> {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.distinguished_name = DistinguishedName::new();
+            if !cn.is_empty() {
+                params.distinguished_name.push(DnType::CommonName, cn);
+            }
+            if !org.is_empty() {
+                params
+                    .distinguished_name
+                    .push(DnType::OrganizationName, org);
+            }
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let key = KeyPair::generate().expect("key");
+            params
+                .signed_by(&key, &self.issuer)
+                .expect("sign")
+                .der()
+                .clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestCa;
+    use super::*;
+
+    fn now_ms() -> i64 {
+        shardmetrics_proto::clock::system().now_ms()
+    }
+
+    #[test]
+    fn a_chain_from_the_bundle_verifies_and_one_from_another_ca_does_not() {
+        let ca = TestCa::new("front-proxy-ca");
+        let other = TestCa::new("other-ca");
+        let bundle = CaBundle::from_pem(ca.pem.as_bytes(), "test").expect("bundle");
+        assert!(
+            bundle
+                .verify(&[ca.client_cert("front-proxy-client", "")], now_ms())
+                .is_ok()
+        );
+        assert!(
+            bundle
+                .verify(&[other.client_cert("front-proxy-client", "")], now_ms())
+                .is_err()
+        );
+        assert!(bundle.verify(&[], now_ms()).is_err());
+    }
+
+    #[test]
+    fn a_certificate_is_rejected_outside_its_validity_period() {
+        let ca = TestCa::new("ca");
+        let bundle = CaBundle::from_pem(ca.pem.as_bytes(), "test").expect("bundle");
+        // rcgen's default validity starts in 1975; 1970 is before it.
+        assert!(bundle.verify(&[ca.client_cert("u", "")], 0).is_err());
+    }
+
+    #[test]
+    fn a_bundle_without_certificates_is_a_clear_error() {
+        let err =
+            CaBundle::from_pem(b"not pem at all", "requestheader-client-ca-file").unwrap_err();
+        assert!(
+            err.to_string().contains("requestheader-client-ca-file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn subject_gives_common_name_and_organizations() {
+        let ca = TestCa::new("ca");
+        let s = subject(&ca.client_cert("alice", "dev")).expect("subject");
+        assert_eq!(s.common_name.as_deref(), Some("alice"));
+        assert_eq!(s.organizations, ["dev"]);
+        let s = subject(&ca.client_cert("", "")).expect("subject");
+        assert_eq!((s.common_name, s.organizations), (None, vec![]));
+        assert!(subject(&CertificateDer::from(vec![1, 2, 3])).is_err());
+    }
+}
