@@ -1,4 +1,16 @@
-//! shardmetrics loadtest: a simulated Kubernetes cluster on one machine (work in progress).
+//! shardmetrics loadtest: a simulated Kubernetes cluster on one machine.
+//!
+//! Nothing here needs a real cluster: this crate *is* the cluster the scraper shards, the
+//! frontends and a real `kubectl` talk to, and the harness that load-tests them.
+//!
+//! # Layout
+//! - [`pki`]: the simulator's certificate authorities and rustls configurations.
+//! - [`apiserver`]: the API-server simulator (discovery, Nodes/Pods/Namespaces/ConfigMaps/Leases
+//!   with list+watch, reviews, policy) and the `metrics.k8s.io` aggregation proxy.
+//! - [`httputil`]: the TLS accept loop and body helpers the simulated servers share.
+//! - [`tools`]: installs kubectl/helm for the end-to-end tests.
 
+pub mod apiserver;
+pub mod httputil;
 pub mod pki;
 pub mod tools;
