@@ -1,1 +1,8 @@
-//! placeholder
+//! A shardmetrics scraper shard: owns a consistent-hash slice of the cluster's nodes, scrapes
+//! each owned kubelet's `/metrics/resource` once per resolution and streams the raw cumulative
+//! samples to frontends over gRPC (`shardmetrics.v1.SampleStream`).
+//!
+//! # Layout
+//! - [`kubelet`]: fetch seam, HTTPS client and the `/metrics/resource` parser.
+
+pub mod kubelet;
