@@ -7,7 +7,9 @@ mod auth_support;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
-use auth_support::{ApiState, AuthServer, Ca, FakeApiServer, Identity, client_config, counter, get};
+use auth_support::{
+    ApiState, AuthServer, Ca, FakeApiServer, Identity, client_config, counter, get,
+};
 use serde_json::Value;
 use shardmetrics_frontend::auth::{Auth, AuthConfig, RequestHeaderSettings, TlsConfig};
 
@@ -32,7 +34,10 @@ impl Setup {
         Self::with_api(ApiState::default(), configure).await
     }
 
-    async fn with_api(mut api_state: ApiState, configure: impl FnOnce(&mut AuthConfig, &Setup0)) -> anyhow::Result<Self> {
+    async fn with_api(
+        mut api_state: ApiState,
+        configure: impl FnOnce(&mut AuthConfig, &Setup0),
+    ) -> anyhow::Result<Self> {
         api_state.allowed_users = HashSet::from(["alice".to_owned()]);
         let api = FakeApiServer::start(api_state).await;
         let dir = tempfile::tempdir()?;
@@ -41,7 +46,10 @@ impl Setup {
             front_proxy_ca: Ca::new("front-proxy-ca"),
             client_ca: Ca::new("client-ca"),
         };
-        let (serving_cert, serving_key) = s0.serving_ca.server("frontend").write(dir.path(), "serving");
+        let (serving_cert, serving_key) = s0
+            .serving_ca
+            .server("frontend")
+            .write(dir.path(), "serving");
         let front_proxy_ca_file = dir.path().join("front-proxy-ca.crt");
         std::fs::write(&front_proxy_ca_file, &s0.front_proxy_ca.pem)?;
         let client_ca_file = dir.path().join("client-ca.crt");
@@ -58,14 +66,42 @@ impl Setup {
         configure(&mut config, &s0);
         let registry = prometheus::Registry::new();
         let auth = Auth::new(config, Some(api.client()), &registry).await?;
-        let tls = TlsConfig { cert_file: Some(serving_cert), key_file: Some(serving_key), ..TlsConfig::default() };
+        let tls = TlsConfig {
+            cert_file: Some(serving_cert),
+            key_file: Some(serving_key),
+            ..TlsConfig::default()
+        };
         let server = AuthServer::start(&tls, auth.clone()).await?;
-        let Setup0 { serving_ca, front_proxy_ca, client_ca } = s0;
-        Ok(Self { api, server, auth, registry, serving_ca, front_proxy_ca, client_ca, dir, front_proxy_ca_file })
+        let Setup0 {
+            serving_ca,
+            front_proxy_ca,
+            client_ca,
+        } = s0;
+        Ok(Self {
+            api,
+            server,
+            auth,
+            registry,
+            serving_ca,
+            front_proxy_ca,
+            client_ca,
+            dir,
+            front_proxy_ca_file,
+        })
     }
 
-    async fn get(&self, identity: Option<&Identity>, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, Value)> {
-        let config = client_config(&self.serving_ca, identity, rustls::ALL_VERSIONS, &[b"http/1.1"]);
+    async fn get(
+        &self,
+        identity: Option<&Identity>,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, Value)> {
+        let config = client_config(
+            &self.serving_ca,
+            identity,
+            rustls::ALL_VERSIONS,
+            &[b"http/1.1"],
+        );
         let (status, body) = get(self.server.addr, config, path, headers).await?;
         Ok((status.as_u16(), body))
     }
@@ -91,7 +127,14 @@ async fn a_request_without_credentials_is_401_with_an_unauthorized_status() -> a
     assert_eq!(code, 401);
     assert_status(&body, 401, "Unauthorized");
     assert_eq!(body["message"], "Unauthorized");
-    assert_eq!(counter(&s.registry, "shardmetrics_frontend_authentication_total", &[("method", "none"), ("result", "failure")]), 1.0);
+    assert_eq!(
+        counter(
+            &s.registry,
+            "shardmetrics_frontend_authentication_total",
+            &[("method", "none"), ("result", "failure")]
+        ),
+        1.0
+    );
     Ok(())
 }
 
@@ -99,12 +142,18 @@ async fn a_request_without_credentials_is_401_with_an_unauthorized_status() -> a
 async fn a_client_certificate_from_another_ca_completes_tls_and_gets_401() -> anyhow::Result<()> {
     let s = Setup::new(|_, _| {}).await?;
     let intruder = Ca::new("intruder-ca").client("front-proxy-client", "");
-    let (code, body) = s.get(Some(&intruder), NODES, &[("X-Remote-User", "alice")]).await?;
+    let (code, body) = s
+        .get(Some(&intruder), NODES, &[("X-Remote-User", "alice")])
+        .await?;
     assert_eq!(code, 401);
     assert_status(&body, 401, "Unauthorized");
     // The certificate reached the authenticators (it was not refused at the TLS layer).
     assert_eq!(
-        counter(&s.registry, "shardmetrics_frontend_authentication_total", &[("method", "requestheader"), ("result", "failure")]),
+        counter(
+            &s.registry,
+            "shardmetrics_frontend_authentication_total",
+            &[("method", "requestheader"), ("result", "failure")]
+        ),
         1.0
     );
     Ok(())
@@ -114,10 +163,16 @@ async fn a_client_certificate_from_another_ca_completes_tls_and_gets_401() -> an
 async fn a_front_proxy_certificate_whose_cn_is_not_allowed_gets_401() -> anyhow::Result<()> {
     let s = Setup::new(|_, _| {}).await?;
     let proxy = s.front_proxy_ca.client("not-the-aggregator", "");
-    let (code, _) = s.get(Some(&proxy), NODES, &[("X-Remote-User", "alice")]).await?;
+    let (code, _) = s
+        .get(Some(&proxy), NODES, &[("X-Remote-User", "alice")])
+        .await?;
     assert_eq!(code, 401);
     assert_eq!(
-        counter(&s.registry, "shardmetrics_frontend_authentication_total", &[("method", "requestheader"), ("result", "failure")]),
+        counter(
+            &s.registry,
+            "shardmetrics_frontend_authentication_total",
+            &[("method", "requestheader"), ("result", "failure")]
+        ),
         1.0
     );
     Ok(())
@@ -126,22 +181,51 @@ async fn a_front_proxy_certificate_whose_cn_is_not_allowed_gets_401() -> anyhow:
 #[tokio::test]
 async fn x_remote_user_without_a_front_proxy_certificate_is_ignored() -> anyhow::Result<()> {
     let s = Setup::new(|_, _| {}).await?;
-    let (code, _) = s.get(None, NODES, &[("X-Remote-User", "alice"), ("X-Remote-Group", "system:masters")]).await?;
+    let (code, _) = s
+        .get(
+            None,
+            NODES,
+            &[
+                ("X-Remote-User", "alice"),
+                ("X-Remote-Group", "system:masters"),
+            ],
+        )
+        .await?;
     assert_eq!(code, 401);
-    assert_eq!(s.api.with(|st| st.access_reviews), 0, "never reached authorization");
+    assert_eq!(
+        s.api.with(|st| st.access_reviews),
+        0,
+        "never reached authorization"
+    );
 
     // With anonymous access on, the request is anonymous, not alice (and the authorizer denies it).
     let s = Setup::new(|c, _| c.anonymous = true).await?;
-    let (code, body) = s.get(None, NODES, &[("X-Remote-User", "alice"), ("X-Remote-Group", "system:masters")]).await?;
+    let (code, body) = s
+        .get(
+            None,
+            NODES,
+            &[
+                ("X-Remote-User", "alice"),
+                ("X-Remote-Group", "system:masters"),
+            ],
+        )
+        .await?;
     assert_eq!(code, 403, "{body}");
-    let review = s.api.with(|st| st.last_access_review.clone()).expect("a review");
+    let review = s
+        .api
+        .with(|st| st.last_access_review.clone())
+        .expect("a review");
     assert_eq!(review["user"], "system:anonymous");
-    assert_eq!(review["groups"], serde_json::json!(["system:unauthenticated"]));
+    assert_eq!(
+        review["groups"],
+        serde_json::json!(["system:unauthenticated"])
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn a_front_proxy_certificate_with_remote_headers_authenticates_that_user() -> anyhow::Result<()> {
+async fn a_front_proxy_certificate_with_remote_headers_authenticates_that_user()
+-> anyhow::Result<()> {
     let s = Setup::new(|_, _| {}).await?;
     let proxy = s.front_proxy_ca.client("front-proxy-client", "");
     let (code, body) = s
@@ -160,30 +244,49 @@ async fn a_front_proxy_certificate_with_remote_headers_authenticates_that_user()
     assert_eq!(code, 200, "{body}");
     let user = &body["user"];
     assert_eq!(user["name"], "alice");
-    assert_eq!(user["groups"], serde_json::json!(["dev", "ops", "system:authenticated"]));
+    assert_eq!(
+        user["groups"],
+        serde_json::json!(["dev", "ops", "system:authenticated"])
+    );
     assert_eq!(user["extra"]["scopes"], serde_json::json!(["view"]));
-    assert_eq!(user["extra"]["example.com/team"], serde_json::json!(["blue"]));
+    assert_eq!(
+        user["extra"]["example.com/team"],
+        serde_json::json!(["blue"])
+    );
     // The authorizer was asked about exactly this request.
-    let review = s.api.with(|st| st.last_access_review.clone()).expect("a review");
+    let review = s
+        .api
+        .with(|st| st.last_access_review.clone())
+        .expect("a review");
     assert_eq!(review["user"], "alice");
     assert_eq!(review["resourceAttributes"]["group"], "metrics.k8s.io");
     assert_eq!(review["resourceAttributes"]["version"], "v1beta1");
     assert_eq!(review["resourceAttributes"]["resource"], "pods");
     assert_eq!(review["resourceAttributes"]["namespace"], "web");
     assert_eq!(review["resourceAttributes"]["verb"], "list");
-    assert_eq!(review["extra"]["example.com/team"], serde_json::json!(["blue"]));
     assert_eq!(
-        counter(&s.registry, "shardmetrics_frontend_authentication_total", &[("method", "requestheader"), ("result", "success")]),
+        review["extra"]["example.com/team"],
+        serde_json::json!(["blue"])
+    );
+    assert_eq!(
+        counter(
+            &s.registry,
+            "shardmetrics_frontend_authentication_total",
+            &[("method", "requestheader"), ("result", "success")]
+        ),
         1.0
     );
     Ok(())
 }
 
 #[tokio::test]
-async fn an_authenticated_user_the_authorizer_denies_gets_403_naming_the_request() -> anyhow::Result<()> {
+async fn an_authenticated_user_the_authorizer_denies_gets_403_naming_the_request()
+-> anyhow::Result<()> {
     let s = Setup::new(|_, _| {}).await?;
     let proxy = s.front_proxy_ca.client("front-proxy-client", "");
-    let (code, body) = s.get(Some(&proxy), NODES, &[("X-Remote-User", "bob")]).await?;
+    let (code, body) = s
+        .get(Some(&proxy), NODES, &[("X-Remote-User", "bob")])
+        .await?;
     assert_eq!(code, 403);
     assert_status(&body, 403, "Forbidden");
     assert_eq!(
@@ -197,10 +300,15 @@ async fn an_authenticated_user_the_authorizer_denies_gets_403_naming_the_request
 async fn an_x509_client_certificate_user_is_its_cn_with_its_o_as_group() -> anyhow::Result<()> {
     let s = Setup::new(|_, _| {}).await?;
     let alice = s.client_ca.client("alice", "dev");
-    let (code, body) = s.get(Some(&alice), NODES, &[("X-Remote-User", "mallory")]).await?;
+    let (code, body) = s
+        .get(Some(&alice), NODES, &[("X-Remote-User", "mallory")])
+        .await?;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["user"]["name"], "alice");
-    assert_eq!(body["user"]["groups"], serde_json::json!(["dev", "system:authenticated"]));
+    assert_eq!(
+        body["user"]["groups"],
+        serde_json::json!(["dev", "system:authenticated"])
+    );
     Ok(())
 }
 
@@ -208,7 +316,9 @@ async fn an_x509_client_certificate_user_is_its_cn_with_its_o_as_group() -> anyh
 async fn system_masters_are_allowed_without_a_subject_access_review() -> anyhow::Result<()> {
     let s = Setup::new(|_, _| {}).await?;
     let root = s.client_ca.client("root", "system:masters");
-    let (code, _) = s.get(Some(&root), "/apis/metrics.k8s.io/v1beta1/pods", &[]).await?;
+    let (code, _) = s
+        .get(Some(&root), "/apis/metrics.k8s.io/v1beta1/pods", &[])
+        .await?;
     assert_eq!(code, 200);
     assert_eq!(s.api.with(|st| st.access_reviews), 0);
     Ok(())
@@ -216,7 +326,10 @@ async fn system_masters_are_allowed_without_a_subject_access_review() -> anyhow:
 
 #[tokio::test]
 async fn always_allowed_paths_need_no_credentials_and_other_paths_do() -> anyhow::Result<()> {
-    let s = Setup::new(|c, _| c.always_allow_paths = vec!["/healthz".into(), "/livez".into(), "/readyz/*".into()]).await?;
+    let s = Setup::new(|c, _| {
+        c.always_allow_paths = vec!["/healthz".into(), "/livez".into(), "/readyz/*".into()]
+    })
+    .await?;
     for path in ["/healthz", "/livez", "/readyz/informers"] {
         assert_eq!(s.get(None, path, &[]).await?.0, 200, "{path}");
     }
@@ -232,16 +345,36 @@ async fn a_changed_requestheader_ca_file_is_used_after_a_refresh() -> anyhow::Re
     let new_ca = Ca::new("rotated-front-proxy-ca");
     let old_proxy = s.front_proxy_ca.client("front-proxy-client", "");
     let new_proxy = new_ca.client("front-proxy-client", "");
-    assert_eq!(s.get(Some(&new_proxy), NODES, &[("X-Remote-User", "alice")]).await?.0, 401);
+    assert_eq!(
+        s.get(Some(&new_proxy), NODES, &[("X-Remote-User", "alice")])
+            .await?
+            .0,
+        401
+    );
     assert!(!s.auth.refresh().await?, "nothing changed yet");
     std::fs::write(&s.front_proxy_ca_file, &new_ca.pem)?;
     assert!(s.auth.refresh().await?, "the CA changed");
-    assert_eq!(s.get(Some(&new_proxy), NODES, &[("X-Remote-User", "alice")]).await?.0, 200);
-    assert_eq!(s.get(Some(&old_proxy), NODES, &[("X-Remote-User", "alice")]).await?.0, 401);
+    assert_eq!(
+        s.get(Some(&new_proxy), NODES, &[("X-Remote-User", "alice")])
+            .await?
+            .0,
+        200
+    );
+    assert_eq!(
+        s.get(Some(&old_proxy), NODES, &[("X-Remote-User", "alice")])
+            .await?
+            .0,
+        401
+    );
     // A broken file keeps the current CA.
     std::fs::write(&s.front_proxy_ca_file, "garbage")?;
     assert!(s.auth.refresh().await.is_err());
-    assert_eq!(s.get(Some(&new_proxy), NODES, &[("X-Remote-User", "alice")]).await?.0, 200);
+    assert_eq!(
+        s.get(Some(&new_proxy), NODES, &[("X-Remote-User", "alice")])
+            .await?
+            .0,
+        200
+    );
     let _ = &s.dir;
     Ok(())
 }
@@ -250,29 +383,56 @@ fn configmap(ca: &Ca, allowed: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("requestheader-client-ca-file".to_owned(), ca.pem.clone()),
         ("requestheader-allowed-names".to_owned(), allowed.to_owned()),
-        ("requestheader-username-headers".to_owned(), r#"["X-Remote-User"]"#.to_owned()),
-        ("requestheader-group-headers".to_owned(), r#"["X-Remote-Group"]"#.to_owned()),
-        ("requestheader-extra-headers-prefix".to_owned(), r#"["X-Remote-Extra-"]"#.to_owned()),
+        (
+            "requestheader-username-headers".to_owned(),
+            r#"["X-Remote-User"]"#.to_owned(),
+        ),
+        (
+            "requestheader-group-headers".to_owned(),
+            r#"["X-Remote-Group"]"#.to_owned(),
+        ),
+        (
+            "requestheader-extra-headers-prefix".to_owned(),
+            r#"["X-Remote-Extra-"]"#.to_owned(),
+        ),
     ])
 }
 
 #[tokio::test]
-async fn without_flags_the_front_proxy_trust_comes_from_the_configmap_and_follows_it() -> anyhow::Result<()> {
+async fn without_flags_the_front_proxy_trust_comes_from_the_configmap_and_follows_it()
+-> anyhow::Result<()> {
     let front_proxy_ca = Ca::new("cluster-front-proxy-ca");
-    let api_state = ApiState { configmap: Some(configmap(&front_proxy_ca, r#"["front-proxy-client"]"#)), ..ApiState::default() };
+    let api_state = ApiState {
+        configmap: Some(configmap(&front_proxy_ca, r#"["front-proxy-client"]"#)),
+        ..ApiState::default()
+    };
     let s = Setup::with_api(api_state, |c, _| {
         c.requestheader_client_ca_file = None;
-        c.requestheader = RequestHeaderSettings { username_headers: vec!["X-Ignored".into()], ..RequestHeaderSettings::default() };
+        c.requestheader = RequestHeaderSettings {
+            username_headers: vec!["X-Ignored".into()],
+            ..RequestHeaderSettings::default()
+        };
     })
     .await?;
     let proxy = front_proxy_ca.client("front-proxy-client", "");
-    let (code, body) = s.get(Some(&proxy), NODES, &[("X-Remote-User", "alice")]).await?;
-    assert_eq!(code, 200, "flag settings are ignored without the flag CA: {body}");
+    let (code, body) = s
+        .get(Some(&proxy), NODES, &[("X-Remote-User", "alice")])
+        .await?;
+    assert_eq!(
+        code, 200,
+        "flag settings are ignored without the flag CA: {body}"
+    );
     assert_eq!(body["user"]["name"], "alice");
 
-    s.api.with(|st| st.configmap = Some(configmap(&front_proxy_ca, r#"["aggregator"]"#)));
+    s.api
+        .with(|st| st.configmap = Some(configmap(&front_proxy_ca, r#"["aggregator"]"#)));
     assert!(s.auth.refresh().await?);
-    assert_eq!(s.get(Some(&proxy), NODES, &[("X-Remote-User", "alice")]).await?.0, 401);
+    assert_eq!(
+        s.get(Some(&proxy), NODES, &[("X-Remote-User", "alice")])
+            .await?
+            .0,
+        401
+    );
 
     // An unreadable ConfigMap keeps what was last read.
     s.api.with(|st| {
@@ -280,24 +440,53 @@ async fn without_flags_the_front_proxy_trust_comes_from_the_configmap_and_follow
         st.failing = true;
     });
     assert!(s.auth.refresh().await.is_err());
-    assert_eq!(s.get(Some(&proxy), NODES, &[("X-Remote-User", "alice")]).await?.0, 401);
+    assert_eq!(
+        s.get(Some(&proxy), NODES, &[("X-Remote-User", "alice")])
+            .await?
+            .0,
+        401
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn a_missing_configmap_means_no_front_proxy_and_an_unreadable_one_fails_startup() -> anyhow::Result<()> {
+async fn a_missing_configmap_means_no_front_proxy_and_an_unreadable_one_fails_startup()
+-> anyhow::Result<()> {
     let api = FakeApiServer::start(ApiState::default()).await;
     let registry = prometheus::Registry::new();
     let auth = Auth::new(AuthConfig::default(), Some(api.client()), &registry).await?;
     let headers = http::HeaderMap::new();
     let proxy = Ca::new("any").client("front-proxy-client", "");
-    assert_eq!(auth.authenticate(Some(&proxy.chain), &headers).await.unwrap_err().status_code(), 401);
+    assert_eq!(
+        auth.authenticate(Some(&proxy.chain), &headers)
+            .await
+            .unwrap_err()
+            .status_code(),
+        401
+    );
     assert_eq!(api.with(|st| st.configmap_reads), 1);
 
     api.with(|st| st.failing = true);
-    let err = Auth::new(AuthConfig::default(), Some(api.client()), &prometheus::Registry::new()).await.err();
-    assert!(err.expect("startup must fail").to_string().contains("extension-apiserver-authentication"));
-    let tolerant = AuthConfig { tolerate_lookup_failure: true, ..AuthConfig::default() };
-    assert!(Auth::new(tolerant, Some(api.client()), &prometheus::Registry::new()).await.is_ok());
+    let err = Auth::new(
+        AuthConfig::default(),
+        Some(api.client()),
+        &prometheus::Registry::new(),
+    )
+    .await
+    .err();
+    assert!(
+        err.expect("startup must fail")
+            .to_string()
+            .contains("extension-apiserver-authentication")
+    );
+    let tolerant = AuthConfig {
+        tolerate_lookup_failure: true,
+        ..AuthConfig::default()
+    };
+    assert!(
+        Auth::new(tolerant, Some(api.client()), &prometheus::Registry::new())
+            .await
+            .is_ok()
+    );
     Ok(())
 }

@@ -20,12 +20,26 @@ async fn start(configure: impl FnOnce(&mut TlsConfig)) -> anyhow::Result<Server>
     let ca = Ca::new("serving-ca");
     let dir = tempfile::tempdir()?;
     let (cert, key) = ca.server("frontend-1").write(dir.path(), "serving");
-    let mut tls = TlsConfig { cert_file: Some(cert), key_file: Some(key), ..TlsConfig::default() };
+    let mut tls = TlsConfig {
+        cert_file: Some(cert),
+        key_file: Some(key),
+        ..TlsConfig::default()
+    };
     configure(&mut tls);
     let api = FakeApiServer::start(ApiState::default()).await;
-    let auth = Auth::new(AuthConfig::default(), Some(api.client()), &prometheus::Registry::new()).await?;
+    let auth = Auth::new(
+        AuthConfig::default(),
+        Some(api.client()),
+        &prometheus::Registry::new(),
+    )
+    .await?;
     let server = AuthServer::start(&tls, auth).await?;
-    Ok(Server { server, ca, dir, _api: api })
+    Ok(Server {
+        server,
+        ca,
+        dir,
+        _api: api,
+    })
 }
 
 /// A ClientHello without the supported_versions extension (as TLS 1.1 and older clients send
@@ -40,7 +54,10 @@ fn legacy_client_hello(client_version: [u8; 2]) -> Vec<u8> {
     }
     let mut extensions = Vec::new();
     // signature_algorithms: ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, rsa_pkcs1_sha256
-    extensions.extend(extension(0x000d, &[0x00, 0x06, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01]));
+    extensions.extend(extension(
+        0x000d,
+        &[0x00, 0x06, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01],
+    ));
     // supported_groups: x25519, secp256r1
     extensions.extend(extension(0x000a, &[0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]));
     // ec_point_formats: uncompressed
@@ -75,11 +92,18 @@ async fn first_reply(addr: std::net::SocketAddr, hello: &[u8]) -> anyhow::Result
 async fn a_tls_1_1_client_is_refused_with_a_protocol_version_alert() -> anyhow::Result<()> {
     let s = start(|_| {}).await?;
     let reply = first_reply(s.server.addr, &legacy_client_hello([0x03, 0x02])).await?;
-    assert_eq!(reply[0], 0x15, "an alert record, not a ServerHello: {reply:?}");
+    assert_eq!(
+        reply[0], 0x15,
+        "an alert record, not a ServerHello: {reply:?}"
+    );
     assert_eq!(reply[6], 70, "alert protocol_version: {reply:?}");
     // The same hello claiming TLS 1.2 gets a ServerHello: only the version was refused.
     let reply = first_reply(s.server.addr, &legacy_client_hello([0x03, 0x03])).await?;
-    assert_eq!((reply[0], reply[5]), (0x16, 0x02), "a handshake record holding a ServerHello: {reply:?}");
+    assert_eq!(
+        (reply[0], reply[5]),
+        (0x16, 0x02),
+        "a handshake record holding a ServerHello: {reply:?}"
+    );
     Ok(())
 }
 
@@ -89,7 +113,11 @@ async fn tls_1_2_is_accepted_by_default_and_refused_with_a_tls_1_3_minimum() -> 
     let tls12_only = client_config(&s.ca, None, &[&rustls::version::TLS12], &[b"h2"]);
     let (_, session) = handshake(s.server.addr, tls12_only.clone()).await?;
     assert_eq!(session.version, Some(rustls::ProtocolVersion::TLSv1_2));
-    let (_, session) = handshake(s.server.addr, client_config(&s.ca, None, rustls::ALL_VERSIONS, &[b"h2"])).await?;
+    let (_, session) = handshake(
+        s.server.addr,
+        client_config(&s.ca, None, rustls::ALL_VERSIONS, &[b"h2"]),
+    )
+    .await?;
     assert_eq!(session.version, Some(rustls::ProtocolVersion::TLSv1_3));
 
     let s13 = start(|c| c.min_version = TlsMinVersion::Tls13).await?;
@@ -101,7 +129,8 @@ async fn tls_1_2_is_accepted_by_default_and_refused_with_a_tls_1_3_minimum() -> 
 #[tokio::test]
 async fn configured_cipher_suites_restrict_tls_1_2() -> anyhow::Result<()> {
     // rcgen keys are ECDSA P-256, so the server can only use ECDSA suites.
-    let s = start(|c| c.cipher_suites = vec!["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384".into()]).await?;
+    let s =
+        start(|c| c.cipher_suites = vec!["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384".into()]).await?;
     let client = |suite: rustls::SupportedCipherSuite| {
         let mut provider = rustls::crypto::ring::default_provider();
         provider.cipher_suites = vec![suite];
@@ -116,34 +145,75 @@ async fn configured_cipher_suites_restrict_tls_1_2() -> anyhow::Result<()> {
         )
     };
     use rustls::crypto::ring::cipher_suite as cs;
-    assert!(handshake(s.server.addr, client(cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384)).await.is_ok());
-    assert!(handshake(s.server.addr, client(cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)).await.is_err());
+    assert!(
+        handshake(
+            s.server.addr,
+            client(cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384)
+        )
+        .await
+        .is_ok()
+    );
+    assert!(
+        handshake(
+            s.server.addr,
+            client(cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
+        )
+        .await
+        .is_err()
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn alpn_offers_h2_and_http_1_1() -> anyhow::Result<()> {
     let s = start(|_| {}).await?;
-    let (_, h2) = handshake(s.server.addr, client_config(&s.ca, None, rustls::ALL_VERSIONS, &[b"h2", b"http/1.1"])).await?;
+    let (_, h2) = handshake(
+        s.server.addr,
+        client_config(&s.ca, None, rustls::ALL_VERSIONS, &[b"h2", b"http/1.1"]),
+    )
+    .await?;
     assert_eq!(h2.alpn.as_deref(), Some(&b"h2"[..]));
-    let (_, h1) = handshake(s.server.addr, client_config(&s.ca, None, rustls::ALL_VERSIONS, &[b"http/1.1"])).await?;
+    let (_, h1) = handshake(
+        s.server.addr,
+        client_config(&s.ca, None, rustls::ALL_VERSIONS, &[b"http/1.1"]),
+    )
+    .await?;
     assert_eq!(h1.alpn.as_deref(), Some(&b"http/1.1"[..]));
     Ok(())
 }
 
 #[tokio::test]
-async fn client_certificates_are_optional_and_accepted_from_any_ca_at_the_tls_layer() -> anyhow::Result<()> {
+async fn client_certificates_are_optional_and_accepted_from_any_ca_at_the_tls_layer()
+-> anyhow::Result<()> {
     let s = start(|_| {}).await?;
-    for versions in [&[&rustls::version::TLS12][..], &[&rustls::version::TLS13][..]] {
+    for versions in [
+        &[&rustls::version::TLS12][..],
+        &[&rustls::version::TLS13][..],
+    ] {
         let stranger = Ca::new("stranger-ca").client("someone", "");
-        assert!(handshake(s.server.addr, client_config(&s.ca, Some(&stranger), versions, &[])).await.is_ok());
-        assert!(handshake(s.server.addr, client_config(&s.ca, None, versions, &[])).await.is_ok());
+        assert!(
+            handshake(
+                s.server.addr,
+                client_config(&s.ca, Some(&stranger), versions, &[])
+            )
+            .await
+            .is_ok()
+        );
+        assert!(
+            handshake(s.server.addr, client_config(&s.ca, None, versions, &[]))
+                .await
+                .is_ok()
+        );
     }
     Ok(())
 }
 
 async fn served_leaf(s: &Server) -> anyhow::Result<Vec<u8>> {
-    let (_, session) = handshake(s.server.addr, client_config(&s.ca, None, rustls::ALL_VERSIONS, &[])).await?;
+    let (_, session) = handshake(
+        s.server.addr,
+        client_config(&s.ca, None, rustls::ALL_VERSIONS, &[]),
+    )
+    .await?;
     Ok(session.server_leaf.expect("server certificate").to_vec())
 }
 
@@ -151,7 +221,10 @@ async fn served_leaf(s: &Server) -> anyhow::Result<Vec<u8>> {
 async fn wait_for_leaf(s: &Server, want: &[u8]) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while served_leaf(s).await? != want {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the new serving certificate was never served");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the new serving certificate was never served"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
@@ -173,7 +246,11 @@ async fn changed_serving_certificate_files_are_served_without_a_restart() -> any
     std::fs::write(s.dir.path().join("serving.key"), &fourth.key_pem)?;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(served_leaf(&s).await?, second.chain[0].to_vec(), "a mismatched pair must never be served");
+        assert_eq!(
+            served_leaf(&s).await?,
+            second.chain[0].to_vec(),
+            "a mismatched pair must never be served"
+        );
     }
     std::fs::write(s.dir.path().join("serving.key"), &third.key_pem)?;
     wait_for_leaf(&s, third.chain[0].as_ref()).await?;
@@ -181,7 +258,8 @@ async fn changed_serving_certificate_files_are_served_without_a_restart() -> any
 }
 
 #[tokio::test]
-async fn without_certificate_files_the_port_serves_a_self_signed_certificate_for_localhost() -> anyhow::Result<()> {
+async fn without_certificate_files_the_port_serves_a_self_signed_certificate_for_localhost()
+-> anyhow::Result<()> {
     let config = shardmetrics_frontend::auth::server_tls_config(&TlsConfig::default())?;
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -237,6 +315,9 @@ async fn without_certificate_files_the_port_serves_a_self_signed_certificate_for
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())?;
     let san = cert.subject_alternative_name()?.expect("SANs");
     let names = format!("{:?}", san.value.general_names);
-    assert!(names.contains("localhost") && names.contains("127"), "{names}");
+    assert!(
+        names.contains("localhost") && names.contains("127"),
+        "{names}"
+    );
     Ok(())
 }

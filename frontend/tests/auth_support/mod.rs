@@ -18,12 +18,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{Value, json};
-use shardmetrics_frontend::auth::{Auth, AuthError, RequestAttributes, TlsConfig, server_tls_config};
+use shardmetrics_frontend::auth::{
+    Auth, AuthError, RequestAttributes, TlsConfig, server_tls_config,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
@@ -65,7 +67,10 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate().expect("key");
         let cert = params.self_signed(&key).expect("CA");
-        Self { pem: cert.pem(), issuer: Issuer::new(params, key) }
+        Self {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
     }
 
     fn issue(&self, params: CertificateParams) -> Identity {
@@ -85,7 +90,9 @@ impl Ca {
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, cn);
         if !org.is_empty() {
-            params.distinguished_name.push(DnType::OrganizationName, org);
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, org);
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params)
@@ -94,7 +101,8 @@ impl Ca {
     /// A serving certificate for localhost and 127.0.0.1.
     pub fn server(&self, cn: &str) -> Identity {
         let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("params");
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("params");
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -140,7 +148,7 @@ pub struct FakeApiServer {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<ApiState>>,
     ca: Ca,
-    _shutdown: oneshot::Sender<()>,
+    _shutdown: tokio::sync::watch::Sender<()>,
 }
 
 impl FakeApiServer {
@@ -159,34 +167,52 @@ impl FakeApiServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(state));
-        let (tx, mut rx) = oneshot::channel();
+        // Dropping the sender stops accepting and closes every open connection.
+        let (tx, rx) = tokio::sync::watch::channel(());
         let shared = state.clone();
         tokio::spawn(async move {
+            let mut stop = rx.clone();
             loop {
                 let (tcp, _) = tokio::select! {
                     accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
-                    _ = &mut rx => return,
+                    _ = stop.changed() => return,
                 };
                 let acceptor = acceptor.clone();
                 let state = shared.clone();
+                let mut stop = rx.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let service = service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, std::convert::Infallible>(api_handle(&state, req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tls), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop.changed() => {}
+                    }
                 });
             }
         });
-        Self { addr, state, ca, _shutdown: tx }
+        Self {
+            addr,
+            state,
+            ca,
+            _shutdown: tx,
+        }
     }
 
     /// A kube client trusting this server.
     pub fn client(&self) -> kube::Client {
-        let mut config = kube::Config::new(format!("https://127.0.0.1:{}", self.addr.port()).parse().expect("uri"));
+        let mut config = kube::Config::new(
+            format!("https://127.0.0.1:{}", self.addr.port())
+                .parse()
+                .expect("uri"),
+        );
         config.root_cert = Some(vec![self.ca.der().to_vec()]);
         kube::Client::try_from(config).expect("kube client")
     }
@@ -221,21 +247,32 @@ async fn api_handle(state: &Mutex<ApiState>, req: Request<Incoming>) -> Response
         ("POST", "/apis/authentication.k8s.io/v1/tokenreviews") => {
             state.token_reviews += 1;
             if state.failing {
-                return json_response(StatusCode::INTERNAL_SERVER_ERROR, &status_body(500, "InternalError", "etcd down"));
+                return json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &status_body(500, "InternalError", "etcd down"),
+                );
             }
             let token = body["spec"]["token"].as_str().unwrap_or_default();
             let status = match state.tokens.get(token) {
-                Some((user, groups)) => json!({"authenticated": true, "user": {"username": user, "uid": format!("uid-{user}"), "groups": groups}}),
+                Some((user, groups)) => {
+                    json!({"authenticated": true, "user": {"username": user, "uid": format!("uid-{user}"), "groups": groups}})
+                }
                 None => json!({"authenticated": false, "error": "invalid bearer token"}),
             };
-            json_response(StatusCode::CREATED, &json!({
+            json_response(
+                StatusCode::CREATED,
+                &json!({
                 "kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
-                "metadata": {}, "spec": body["spec"], "status": status}))
+                "metadata": {}, "spec": body["spec"], "status": status}),
+            )
         }
         ("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews") => {
             state.access_reviews += 1;
             if state.failing {
-                return json_response(StatusCode::INTERNAL_SERVER_ERROR, &status_body(500, "InternalError", "etcd down"));
+                return json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &status_body(500, "InternalError", "etcd down"),
+                );
             }
             state.last_access_review = Some(body["spec"].clone());
             let user = body["spec"]["user"].as_str().unwrap_or_default();
@@ -245,25 +282,43 @@ async fn api_handle(state: &Mutex<ApiState>, req: Request<Incoming>) -> Response
             } else {
                 json!({"allowed": false, "reason": "RBAC: no rule for this user"})
             };
-            json_response(StatusCode::CREATED, &json!({
+            json_response(
+                StatusCode::CREATED,
+                &json!({
                 "kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
-                "metadata": {}, "spec": body["spec"], "status": status}))
+                "metadata": {}, "spec": body["spec"], "status": status}),
+            )
         }
         ("GET", "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication") => {
             state.configmap_reads += 1;
             if state.failing {
-                return json_response(StatusCode::INTERNAL_SERVER_ERROR, &status_body(500, "InternalError", "etcd down"));
+                return json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &status_body(500, "InternalError", "etcd down"),
+                );
             }
             match &state.configmap {
-                Some(data) => json_response(StatusCode::OK, &json!({
+                Some(data) => json_response(
+                    StatusCode::OK,
+                    &json!({
                     "kind": "ConfigMap", "apiVersion": "v1",
                     "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
-                    "data": data})),
-                None => json_response(StatusCode::NOT_FOUND, &status_body(404, "NotFound",
-                    "configmaps \"extension-apiserver-authentication\" not found")),
+                    "data": data}),
+                ),
+                None => json_response(
+                    StatusCode::NOT_FOUND,
+                    &status_body(
+                        404,
+                        "NotFound",
+                        "configmaps \"extension-apiserver-authentication\" not found",
+                    ),
+                ),
             }
         }
-        _ => json_response(StatusCode::NOT_FOUND, &status_body(404, "NotFound", "not served by the fake")),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &status_body(404, "NotFound", "not served by the fake"),
+        ),
     }
 }
 
@@ -294,13 +349,22 @@ impl AuthServer {
                 let acceptor = acceptor.clone();
                 let auth = auth.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
-                    let peer: Option<Arc<Vec<CertificateDer<'static>>>> =
-                        tls.get_ref().1.peer_certificates().map(|c| Arc::new(c.to_vec()));
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let peer: Option<Arc<Vec<CertificateDer<'static>>>> = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .map(|c| Arc::new(c.to_vec()));
                     let service = service_fn(move |req| {
                         let auth = auth.clone();
                         let peer = peer.clone();
-                        async move { Ok::<_, std::convert::Infallible>(secure_handle(&auth, peer.as_deref().map(Vec::as_slice), req).await) }
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                secure_handle(&auth, peer.as_deref().map(Vec::as_slice), req).await,
+                            )
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tls), service)
@@ -308,23 +372,37 @@ impl AuthServer {
                 });
             }
         });
-        Ok(Self { addr, _shutdown: tx })
+        Ok(Self {
+            addr,
+            _shutdown: tx,
+        })
     }
 }
 
-async fn secure_handle(auth: &Auth, peer: Option<&[CertificateDer<'static>]>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn secure_handle(
+    auth: &Auth,
+    peer: Option<&[CertificateDer<'static>]>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if auth.is_always_allowed(req.uri().path()) {
         return json_response(StatusCode::OK, &json!({"ok": true}));
     }
     let result = async {
         let user = auth.authenticate(peer, req.headers()).await?;
-        auth.authorize(&user, &RequestAttributes::from_request(req.method(), req.uri())).await?;
+        auth.authorize(
+            &user,
+            &RequestAttributes::from_request(req.method(), req.uri()),
+        )
+        .await?;
         Ok::<_, AuthError>(user)
     }
     .await;
     match result {
         Ok(user) => json_response(StatusCode::OK, &json!({"user": user})),
-        Err(e) => json_response(e.status_code(), &status_body(e.status_code().as_u16(), e.reason(), &e.client_message())),
+        Err(e) => json_response(
+            e.status_code(),
+            &status_body(e.status_code().as_u16(), e.reason(), &e.client_message()),
+        ),
     }
 }
 
@@ -347,7 +425,9 @@ pub fn client_config(
         .expect("versions")
         .with_root_certificates(roots);
     let mut config = match identity {
-        Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key()).expect("client cert"),
+        Some(id) => builder
+            .with_client_auth_cert(id.chain.clone(), id.key())
+            .expect("client cert"),
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -394,7 +474,9 @@ pub async fn get(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let response = sender.send_request(req.body(Full::new(Bytes::new()))?).await?;
+    let response = sender
+        .send_request(req.body(Full::new(Bytes::new()))?)
+        .await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, serde_json::from_slice(&body).context("JSON body")?))
@@ -408,7 +490,12 @@ pub fn counter(registry: &prometheus::Registry, name: &str, labels: &[(&str, &st
         .filter(|family| family.name() == name)
         .flat_map(|family| family.get_metric().iter())
         .filter(|metric| {
-            labels.iter().all(|(k, v)| metric.get_label().iter().any(|l| l.name() == *k && l.value() == *v))
+            labels.iter().all(|(k, v)| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
         })
         .map(|metric| metric.get_counter().get_value())
         .sum()

@@ -1,0 +1,378 @@
+//! TokenReview and SubjectAccessReview against a fake API server over real HTTPS: answers,
+//! caching by TTL (injected clock), denials never served as allows, API errors as 503.
+
+mod auth_support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use auth_support::{ApiState, FakeApiServer, counter};
+use http::HeaderMap;
+use shardmetrics_frontend::auth::{Auth, AuthConfig, AuthError, RequestAttributes, UserInfo};
+use shardmetrics_proto::clock::{Clock, ManualClock, SystemClock};
+
+struct Setup {
+    api: FakeApiServer,
+    auth: Auth,
+    clock: Arc<ManualClock>,
+    registry: prometheus::Registry,
+}
+
+async fn setup(configure: impl FnOnce(&mut AuthConfig)) -> anyhow::Result<Setup> {
+    let api = FakeApiServer::start(ApiState {
+        tokens: HashMap::from([
+            (
+                "alice-token".to_owned(),
+                ("alice".to_owned(), vec!["dev".to_owned()]),
+            ),
+            ("bob-token".to_owned(), ("bob".to_owned(), vec![])),
+        ]),
+        allowed_users: HashSet::from(["alice".to_owned()]),
+        ..ApiState::default()
+    })
+    .await;
+    let clock = ManualClock::new(SystemClock.now_ms());
+    let mut config = AuthConfig {
+        clock: clock.clone(),
+        authorized_ttl: Duration::from_secs(10),
+        unauthorized_ttl: Duration::from_secs(5),
+        ..AuthConfig::default()
+    };
+    configure(&mut config);
+    let registry = prometheus::Registry::new();
+    let auth = Auth::new(config, Some(api.client()), &registry).await?;
+    Ok(Setup {
+        api,
+        auth,
+        clock,
+        registry,
+    })
+}
+
+fn bearer(token: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    headers
+}
+
+fn user(name: &str) -> UserInfo {
+    UserInfo {
+        name: name.to_owned(),
+        groups: vec!["system:authenticated".to_owned()],
+        ..UserInfo::default()
+    }
+}
+
+fn list_nodes() -> RequestAttributes {
+    RequestAttributes::metrics("list", "nodes", None, None)
+}
+
+#[tokio::test]
+async fn a_valid_bearer_token_is_authenticated_by_token_review_and_cached_for_its_ttl()
+-> anyhow::Result<()> {
+    let s = setup(|_| {}).await?;
+    let alice = s.auth.authenticate(None, &bearer("alice-token")).await?;
+    assert_eq!(alice.name, "alice");
+    assert_eq!(alice.uid, "uid-alice");
+    assert_eq!(alice.groups, ["dev", "system:authenticated"]);
+    s.auth.authenticate(None, &bearer("alice-token")).await?;
+    assert_eq!(
+        s.api.with(|st| st.token_reviews),
+        1,
+        "second request answered from the cache"
+    );
+    s.clock.advance_ms(10_000);
+    s.auth.authenticate(None, &bearer("alice-token")).await?;
+    assert_eq!(
+        s.api.with(|st| st.token_reviews),
+        2,
+        "reviewed again after the TTL"
+    );
+    assert_eq!(
+        counter(
+            &s.registry,
+            "shardmetrics_frontend_authentication_total",
+            &[("method", "token"), ("result", "success")]
+        ),
+        3.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_token_is_401_even_with_anonymous_access_on() -> anyhow::Result<()> {
+    let s = setup(|c| c.anonymous = true).await?;
+    let err = s
+        .auth
+        .authenticate(None, &bearer("forged"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status_code(), 401, "{err}");
+    // No credential at all is anonymous.
+    let anonymous = s.auth.authenticate(None, &HeaderMap::new()).await?;
+    assert_eq!(
+        (anonymous.name.as_str(), anonymous.groups.as_slice()),
+        (
+            "system:anonymous",
+            ["system:unauthenticated".to_owned()].as_slice()
+        )
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_token_review_is_503_and_never_cached() -> anyhow::Result<()> {
+    let s = setup(|_| {}).await?;
+    s.api.with(|st| st.failing = true);
+    let err = s
+        .auth
+        .authenticate(None, &bearer("alice-token"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AuthError::Unavailable(_)), "{err:?}");
+    assert_eq!(err.status_code(), 503);
+    s.api.with(|st| st.failing = false);
+    assert_eq!(
+        s.auth
+            .authenticate(None, &bearer("alice-token"))
+            .await?
+            .name,
+        "alice"
+    );
+    assert_eq!(s.api.with(|st| st.token_reviews), 2);
+    assert_eq!(
+        counter(
+            &s.registry,
+            "shardmetrics_frontend_authentication_total",
+            &[("method", "token"), ("result", "error")]
+        ),
+        1.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_allow_is_cached_for_the_authorized_ttl_then_asked_again() -> anyhow::Result<()> {
+    let s = setup(|_| {}).await?;
+    s.auth.authorize(&user("alice"), &list_nodes()).await?;
+    s.clock.advance_ms(9_999);
+    s.auth.authorize(&user("alice"), &list_nodes()).await?;
+    assert_eq!(s.api.with(|st| st.access_reviews), 1);
+    // A different question is not answered by that allow.
+    s.auth
+        .authorize(
+            &user("alice"),
+            &RequestAttributes::metrics("list", "pods", Some("web"), None),
+        )
+        .await?;
+    assert_eq!(s.api.with(|st| st.access_reviews), 2);
+    s.clock.advance_ms(1);
+    s.auth.authorize(&user("alice"), &list_nodes()).await?;
+    assert_eq!(s.api.with(|st| st.access_reviews), 3);
+    assert_eq!(
+        counter(
+            &s.registry,
+            "shardmetrics_frontend_authorization_total",
+            &[("result", "allowed"), ("cached", "true")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &s.registry,
+            "shardmetrics_frontend_authorization_total",
+            &[("result", "allowed"), ("cached", "false")]
+        ),
+        3.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_denial_is_cached_for_the_unauthorized_ttl_and_never_served_as_an_allow()
+-> anyhow::Result<()> {
+    let s = setup(|_| {}).await?;
+    let denied = s
+        .auth
+        .authorize(&user("bob"), &list_nodes())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.status_code(), 403);
+    assert!(
+        denied
+            .client_message()
+            .contains(r#"User "bob" cannot list resource "nodes""#),
+        "{denied}"
+    );
+    // Bob is granted access, but the denial is still within its TTL: still 403, from the cache.
+    s.api.with(|st| st.allowed_users.insert("bob".to_owned()));
+    s.clock.advance_ms(4_999);
+    assert_eq!(
+        s.auth
+            .authorize(&user("bob"), &list_nodes())
+            .await
+            .unwrap_err()
+            .status_code(),
+        403
+    );
+    assert_eq!(s.api.with(|st| st.access_reviews), 1);
+    // The denial TTL (5 s) is shorter than the allow TTL (10 s): it expires on its own clock.
+    s.clock.advance_ms(1);
+    s.auth.authorize(&user("bob"), &list_nodes()).await?;
+    assert_eq!(s.api.with(|st| st.access_reviews), 2);
+    // Revoked again: the allow is cached, so bob keeps access until the allow TTL, then is denied.
+    s.api.with(|st| st.allowed_users.remove("bob"));
+    s.clock.advance_ms(9_999);
+    s.auth.authorize(&user("bob"), &list_nodes()).await?;
+    s.clock.advance_ms(1);
+    assert_eq!(
+        s.auth
+            .authorize(&user("bob"), &list_nodes())
+            .await
+            .unwrap_err()
+            .status_code(),
+        403
+    );
+    assert_eq!(
+        counter(
+            &s.registry,
+            "shardmetrics_frontend_authorization_total",
+            &[("result", "denied"), ("cached", "true")]
+        ),
+        1.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_api_server_error_is_503_never_an_allow_and_never_cached() -> anyhow::Result<()> {
+    let s = setup(|_| {}).await?;
+    s.api.with(|st| st.failing = true);
+    let err = s
+        .auth
+        .authorize(&user("alice"), &list_nodes())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AuthError::Unavailable(_)), "{err:?}");
+    assert_eq!(err.status_code(), 503);
+    s.api.with(|st| st.failing = false);
+    s.auth.authorize(&user("alice"), &list_nodes()).await?;
+    assert_eq!(
+        s.api.with(|st| st.access_reviews),
+        2,
+        "the error was not cached"
+    );
+    assert_eq!(
+        counter(
+            &s.registry,
+            "shardmetrics_frontend_authorization_total",
+            &[("result", "error"), ("cached", "false")]
+        ),
+        1.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_vanished_api_server_is_503_not_a_hang() -> anyhow::Result<()> {
+    let s = setup(|c| c.review_timeout = Duration::from_secs(5)).await?;
+    drop(s.api);
+    let err = s
+        .auth
+        .authorize(&user("alice"), &list_nodes())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status_code(), 503, "{err}");
+    let err = s
+        .auth
+        .authenticate(None, &bearer("alice-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status_code(), 503, "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_an_api_server_only_system_masters_are_allowed_and_tokens_are_refused()
+-> anyhow::Result<()> {
+    let auth = Auth::new(AuthConfig::default(), None, &prometheus::Registry::new()).await?;
+    let masters = UserInfo {
+        name: "root".into(),
+        groups: vec!["system:masters".into()],
+        ..UserInfo::default()
+    };
+    auth.authorize(&masters, &list_nodes()).await?;
+    assert_eq!(
+        auth.authorize(&user("alice"), &list_nodes())
+            .await
+            .unwrap_err()
+            .status_code(),
+        403
+    );
+    assert_eq!(
+        auth.authenticate(None, &bearer("alice-token"))
+            .await
+            .unwrap_err()
+            .status_code(),
+        401
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn registering_twice_in_one_registry_is_a_setup_error() -> anyhow::Result<()> {
+    let registry = prometheus::Registry::new();
+    let _first = Auth::new(AuthConfig::default(), None, &registry).await?;
+    assert!(
+        Auth::new(AuthConfig::default(), None, &registry)
+            .await
+            .is_err()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_silent_api_server_is_503_after_the_review_timeout() -> anyhow::Result<()> {
+    // Accepts TCP connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            open.push(tcp);
+        }
+    });
+    let mut kube_config = kube::Config::new(format!("https://127.0.0.1:{port}").parse()?);
+    kube_config.accept_invalid_certs = true;
+    let config = AuthConfig {
+        review_timeout: Duration::from_millis(200),
+        tolerate_lookup_failure: true,
+        ..AuthConfig::default()
+    };
+    let auth = Auth::new(
+        config,
+        Some(kube::Client::try_from(kube_config)?),
+        &prometheus::Registry::new(),
+    )
+    .await?;
+    assert_eq!(
+        auth.authorize(&user("alice"), &list_nodes())
+            .await
+            .unwrap_err()
+            .status_code(),
+        503
+    );
+    assert_eq!(
+        auth.authenticate(None, &bearer("alice-token"))
+            .await
+            .unwrap_err()
+            .status_code(),
+        503
+    );
+    held.abort();
+    Ok(())
+}
