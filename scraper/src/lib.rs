@@ -4,5 +4,7 @@
 //!
 //! # Layout
 //! - [`kubelet`]: fetch seam, HTTPS client and the `/metrics/resource` parser.
+//! - [`ring`]: consistent-hash ownership of nodes over live shards.
 
 pub mod kubelet;
+pub mod ring;
