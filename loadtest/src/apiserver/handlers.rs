@@ -469,10 +469,13 @@ async fn run_watch(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
+        // Biased: a drop requested before a change was published wins over that change, so
+        // `drop_all_watches(); create(...)` always makes clients resume from before the create.
         let line = tokio::select! {
-            _ = &mut deadline => return,
+            biased;
             _ = drop_rx.changed() => return,
             _ = tx.closed() => return,
+            _ = &mut deadline => return,
             _ = tick.tick(), if bookmarks => match shared.store.bookmark_rv(&live) {
                 Some(rv) => bookmark_line(filter.resource, rv, false),
                 None => continue,

@@ -69,8 +69,8 @@ impl Proxy {
     /// A proxy presenting `client_cert` and verifying backends against `backend_ca` (or not,
     /// when `None`).
     pub fn new(client_cert: &CertKey, backend_ca: Option<&rustls::RootCertStore>) -> Result<Proxy, pki::PkiError> {
-        let mut tls = pki::client_config(backend_ca, Some(client_cert))?;
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // The connector sets ALPN (h2, http/1.1) itself.
+        let tls = pki::client_config(backend_ca, Some(client_cert))?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(3)));
