@@ -7,10 +7,13 @@
 //! - [`pki`]: the simulator's certificate authorities and rustls configurations.
 //! - [`apiserver`]: the API-server simulator (discovery, Nodes/Pods/Namespaces/ConfigMaps/Leases
 //!   with list+watch, reviews, policy) and the `metrics.k8s.io` aggregation proxy.
+//! - [`kubelet`]: the kubelet simulator (many HTTPS kubelets, a usage model with known true
+//!   values, `/metrics/resource` as kubelet v1.35 formats it, per-node faults).
 //! - [`httputil`]: the TLS accept loop and body helpers the simulated servers share.
 //! - [`tools`]: installs kubectl/helm for the end-to-end tests.
 
 pub mod apiserver;
 pub mod httputil;
+pub mod kubelet;
 pub mod pki;
 pub mod tools;

@@ -1,0 +1,230 @@
+//! The usage model: what each simulated container and node "uses", as a pure function of time,
+//! so that tests can ask the true value for any instant or window.
+//!
+//! - CPU: each container runs at a constant rate (millicores); its cumulative counter is exact
+//!   integer nanoseconds, `rate x (t - start)`, so any two samples give the rate back exactly.
+//! - Memory: a sine around a base, `base + amplitude x sin(2π (t - start) / period)`, in whole
+//!   bytes.
+//! - A restart sets a new start time: the counter starts from zero again (what kubelet reports
+//!   for a new container incarnation).
+//! - The node's counter is its own overhead rate plus every container on it; CPU of containers
+//!   that restarted or left is kept in `retired`, so the node counter never goes backwards.
+
+use std::f64::consts::TAU;
+
+/// How one container behaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerUsage {
+    /// Container name.
+    pub name: String,
+    /// Constant CPU rate, in millicores (1000 = one core).
+    pub cpu_millicores: u64,
+    /// Memory working set around which it oscillates, in bytes.
+    pub memory_base_bytes: u64,
+    /// Amplitude of the oscillation, in bytes (at most the base).
+    pub memory_amplitude_bytes: u64,
+    /// Period of the oscillation, in milliseconds (at least 1).
+    pub memory_period_ms: i64,
+}
+
+impl ContainerUsage {
+    /// A container with a fixed CPU rate and a memory working set that varies by ±10% over ten
+    /// minutes.
+    pub fn new(name: &str, cpu_millicores: u64, memory_base_bytes: u64) -> ContainerUsage {
+        ContainerUsage {
+            name: name.to_owned(),
+            cpu_millicores,
+            memory_base_bytes,
+            memory_amplitude_bytes: memory_base_bytes / 10,
+            memory_period_ms: 600_000,
+        }
+    }
+
+    /// A container with constant memory (handy for exact assertions).
+    pub fn constant(name: &str, cpu_millicores: u64, memory_bytes: u64) -> ContainerUsage {
+        ContainerUsage { memory_amplitude_bytes: 0, ..ContainerUsage::new(name, cpu_millicores, memory_bytes) }
+    }
+}
+
+/// One incarnation of a container on a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerState {
+    /// Its behaviour.
+    pub usage: ContainerUsage,
+    /// When this incarnation started, Unix milliseconds.
+    pub start_ms: i64,
+}
+
+impl ContainerState {
+    /// Cumulative CPU at `t_ms`, in nanoseconds (0 before the start).
+    pub fn cpu_ns(&self, t_ms: i64) -> u64 {
+        let elapsed = (t_ms - self.start_ms).max(0) as u64;
+        self.usage.cpu_millicores.saturating_mul(elapsed).saturating_mul(1000)
+    }
+
+    /// Memory working set at `t_ms`, in bytes.
+    pub fn memory_bytes(&self, t_ms: i64) -> u64 {
+        let u = &self.usage;
+        let amplitude = u.memory_amplitude_bytes.min(u.memory_base_bytes) as f64;
+        let phase = ((t_ms - self.start_ms) as f64) / (u.memory_period_ms.max(1) as f64);
+        (u.memory_base_bytes as f64 + amplitude * (TAU * phase).sin()).round().max(0.0) as u64
+    }
+}
+
+/// A pod on a simulated node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodState {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Its containers, in spec order.
+    pub containers: Vec<ContainerState>,
+}
+
+/// Everything a simulated node reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeUsage {
+    /// When the node booted, Unix milliseconds.
+    pub boot_ms: i64,
+    /// System overhead CPU outside any container, in millicores.
+    pub overhead_millicores: u64,
+    /// System memory outside any container, in bytes.
+    pub overhead_memory_bytes: u64,
+    /// CPU of container incarnations no longer present, in nanoseconds.
+    pub retired_cpu_ns: u64,
+    /// Pods by (namespace, name).
+    pub pods: std::collections::BTreeMap<(String, String), PodState>,
+}
+
+impl NodeUsage {
+    /// A node that booted at `boot_ms`, with the given overhead.
+    pub fn new(boot_ms: i64, overhead_millicores: u64, overhead_memory_bytes: u64) -> NodeUsage {
+        NodeUsage { boot_ms, overhead_millicores, overhead_memory_bytes, retired_cpu_ns: 0, pods: Default::default() }
+    }
+
+    /// Cumulative node CPU at `t_ms` in nanoseconds, given the current set of containers (exact
+    /// for any `t_ms` after the last change of that set).
+    pub fn cpu_ns(&self, t_ms: i64) -> u64 {
+        let own = self.overhead_millicores.saturating_mul((t_ms - self.boot_ms).max(0) as u64).saturating_mul(1000);
+        let containers: u64 = self.pods.values().flat_map(|p| &p.containers).map(|c| c.cpu_ns(t_ms)).sum();
+        own + self.retired_cpu_ns + containers
+    }
+
+    /// Node memory working set at `t_ms`, in bytes.
+    pub fn memory_bytes(&self, t_ms: i64) -> u64 {
+        self.overhead_memory_bytes + self.pods.values().flat_map(|p| &p.containers).map(|c| c.memory_bytes(t_ms)).sum::<u64>()
+    }
+
+    /// Average node CPU over `[t1_ms, t2_ms]`, in cores (exact when the container set did not
+    /// change in the window).
+    pub fn cpu_cores_between(&self, t1_ms: i64, t2_ms: i64) -> f64 {
+        if t2_ms <= t1_ms {
+            return 0.0;
+        }
+        (self.cpu_ns(t2_ms) as f64 - self.cpu_ns(t1_ms) as f64) / ((t2_ms - t1_ms) as f64 * 1e6)
+    }
+
+    /// Adds or replaces a pod at `now_ms`. Containers kept by name keep their incarnation (and
+    /// counter); containers that disappear retire their CPU.
+    pub fn upsert_pod(&mut self, now_ms: i64, namespace: &str, name: &str, containers: Vec<(ContainerUsage, i64)>) {
+        let key = (namespace.to_owned(), name.to_owned());
+        let old = self.pods.remove(&key);
+        let mut new = PodState { namespace: namespace.to_owned(), name: name.to_owned(), containers: Vec::new() };
+        let mut old_containers = old.map(|p| p.containers).unwrap_or_default();
+        for (usage, start_ms) in containers {
+            match old_containers.iter().position(|c| c.usage.name == usage.name) {
+                Some(i) => {
+                    let mut kept = old_containers.remove(i);
+                    if kept.usage.cpu_millicores != usage.cpu_millicores {
+                        // A rate change is a new segment: retire what it used so far.
+                        self.retired_cpu_ns += kept.cpu_ns(now_ms);
+                        kept.start_ms = now_ms;
+                    }
+                    kept.usage = usage;
+                    new.containers.push(kept);
+                }
+                None => new.containers.push(ContainerState { usage, start_ms }),
+            }
+        }
+        for gone in old_containers {
+            self.retired_cpu_ns += gone.cpu_ns(now_ms);
+        }
+        self.pods.insert(key, new);
+    }
+
+    /// Removes a pod at `now_ms`, retiring its CPU; returns whether it was there.
+    pub fn remove_pod(&mut self, now_ms: i64, namespace: &str, name: &str) -> bool {
+        match self.pods.remove(&(namespace.to_owned(), name.to_owned())) {
+            Some(p) => {
+                self.retired_cpu_ns += p.containers.iter().map(|c| c.cpu_ns(now_ms)).sum::<u64>();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Restarts a container at `now_ms`: a new incarnation whose counter starts at zero.
+    /// Returns whether the container exists.
+    pub fn restart_container(&mut self, now_ms: i64, namespace: &str, pod: &str, container: &str) -> bool {
+        let Some(p) = self.pods.get_mut(&(namespace.to_owned(), pod.to_owned())) else { return false };
+        let Some(c) = p.containers.iter_mut().find(|c| c.usage.name == container) else { return false };
+        self.retired_cpu_ns += c.cpu_ns(now_ms);
+        c.start_ms = now_ms;
+        true
+    }
+
+    /// A container's current incarnation.
+    pub fn container(&self, namespace: &str, pod: &str, container: &str) -> Option<&ContainerState> {
+        self.pods.get(&(namespace.to_owned(), pod.to_owned()))?.containers.iter().find(|c| c.usage.name == container)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_counter_grows_at_exactly_its_rate() {
+        let c = ContainerState { usage: ContainerUsage::new("c", 250, 100 << 20), start_ms: 1_000 };
+        assert_eq!(c.cpu_ns(500), 0);
+        assert_eq!(c.cpu_ns(2_000), 250_000_000, "a quarter core for one second");
+        assert_eq!(c.cpu_ns(61_000), 15_000_000_000);
+    }
+
+    #[test]
+    fn memory_oscillates_around_the_base_within_the_amplitude() {
+        let c = ContainerState { usage: ContainerUsage::new("c", 1, 1_000_000), start_ms: 0 };
+        assert_eq!(c.memory_bytes(0), 1_000_000);
+        assert_eq!(c.memory_bytes(150_000), 1_100_000, "a quarter period is the peak");
+        assert_eq!(c.memory_bytes(450_000), 900_000);
+        let flat = ContainerState { usage: ContainerUsage::constant("c", 1, 42), start_ms: 0 };
+        assert_eq!(flat.memory_bytes(123_456), 42);
+    }
+
+    #[test]
+    fn the_node_counter_never_goes_backwards_across_restarts_and_removals() {
+        let mut n = NodeUsage::new(0, 100, 1 << 30);
+        n.upsert_pod(0, "ns", "p", vec![(ContainerUsage::constant("a", 500, 10), 0), (ContainerUsage::constant("b", 400, 20), 0)]);
+        assert_eq!(n.cpu_cores_between(1_000, 3_000), 1.0);
+        assert_eq!(n.memory_bytes(5), (1 << 30) + 30);
+        let before = n.cpu_ns(10_000);
+        assert!(n.restart_container(10_000, "ns", "p", "a"));
+        assert_eq!(n.container("ns", "p", "a").unwrap().cpu_ns(10_000), 0);
+        assert_eq!(n.cpu_ns(10_000), before);
+        assert!(n.remove_pod(20_000, "ns", "p"));
+        assert!(n.cpu_ns(20_000) >= before);
+        assert!((n.cpu_cores_between(20_000, 22_000) - 0.1).abs() < 1e-12);
+        assert!(!n.restart_container(1, "ns", "p", "a"));
+    }
+
+    #[test]
+    fn upserting_a_pod_keeps_running_containers_and_retires_removed_ones() {
+        let mut n = NodeUsage::new(0, 0, 0);
+        n.upsert_pod(0, "ns", "p", vec![(ContainerUsage::constant("a", 1000, 1), 0), (ContainerUsage::constant("b", 1000, 1), 0)]);
+        let total = n.cpu_ns(5_000);
+        n.upsert_pod(5_000, "ns", "p", vec![(ContainerUsage::constant("a", 1000, 1), 5_000)]);
+        assert_eq!(n.container("ns", "p", "a").unwrap().start_ms, 0, "a kept its incarnation");
+        assert_eq!(n.cpu_ns(5_000), total);
+    }
+}
