@@ -4,7 +4,11 @@
 //!
 //! # Layout
 //! - [`kubelet`]: fetch seam, HTTPS client and the `/metrics/resource` parser.
+//! - [`nodes`]: Node watch, trimmed to scrape targets (address, port).
 //! - [`ring`]: consistent-hash ownership of nodes over live shards.
+//! - [`tls`]: PEM loading and the explicit ring crypto provider.
 
 pub mod kubelet;
+pub mod nodes;
 pub mod ring;
+pub mod tls;

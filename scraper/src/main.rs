@@ -1,1 +1,2 @@
+//! The `shardmetrics-scraper` binary (entry point wired up in `cli`).
 fn main() {}

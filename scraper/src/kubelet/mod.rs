@@ -7,7 +7,69 @@
 //! - [`parse`]: the text parser producing a [`shardmetrics_proto::NodeScrape`].
 //! - [`fixture`]: realistic payloads with known contents, for tests and benchmarks.
 
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::nodes::NodeTarget;
+
+pub mod client;
 pub mod fixture;
 pub mod parse;
 
+pub use client::{KubeletAuth, KubeletClient, KubeletClientConfig, KubeletTls, TokenSource};
 pub use parse::{ParseError, Parsed, parse_resource_metrics};
+
+/// Why one scrape of one node failed. Never fatal: counted by [`ScrapeError::result_label`],
+/// logged once per change of a node's state, and the node is tried again next round.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScrapeError {
+    /// The whole scrape (connect, TLS, request, body) did not finish within the deadline.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// No connection: DNS, refused, unreachable, TLS handshake or certificate rejected.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The connection broke while sending the request or reading the response.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// The kubelet answered with a status other than 200.
+    #[error("kubelet answered HTTP {status}")]
+    Http {
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// The body exceeded `--kubelet-max-response-bytes`.
+    #[error("response larger than {limit} bytes")]
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The body is not valid `/metrics/resource` text.
+    #[error("unparseable response: {0}")]
+    Parse(#[from] ParseError),
+}
+
+/// Every value of the `result` label of `shardmetrics_scraper_scrapes_total`.
+pub const RESULT_LABELS: [&str; 6] = ["success", "timeout", "http_error", "parse_error", "connect_error", "too_large"];
+
+impl ScrapeError {
+    /// The `result` label this failure is counted under.
+    pub fn result_label(&self) -> &'static str {
+        match self {
+            ScrapeError::Timeout(_) => "timeout",
+            ScrapeError::Connect(_) | ScrapeError::Transport(_) => "connect_error",
+            ScrapeError::Http { .. } => "http_error",
+            ScrapeError::TooLarge { .. } => "too_large",
+            ScrapeError::Parse(_) => "parse_error",
+        }
+    }
+}
+
+/// Knows how to fetch one node's `/metrics/resource` body. The scheduler's only view of the
+/// network, so that the pipeline is testable without kubelets.
+pub trait KubeletSource: Send + Sync + 'static {
+    /// Fetches the raw body; must give up by itself within the configured timeout.
+    fn fetch(&self, target: &NodeTarget) -> impl Future<Output = Result<Bytes, ScrapeError>> + Send;
+}

@@ -241,7 +241,7 @@ const U64_LIMIT: f64 = 18_446_744_073_709_551_616.0;
 
 fn to_u64(v: f64) -> Option<u64> {
     let r = v.round();
-    (r.is_finite() && r >= 0.0 && r < U64_LIMIT).then_some(r as u64)
+    (0.0..U64_LIMIT).contains(&r).then_some(r as u64)
 }
 
 fn seconds_to_ns(seconds: f64) -> Option<u64> {
@@ -250,7 +250,7 @@ fn seconds_to_ns(seconds: f64) -> Option<u64> {
 
 fn seconds_to_ms(seconds: f64) -> Option<i64> {
     let r = (seconds * 1e3).round();
-    (r.is_finite() && r >= 0.0 && r < i64::MAX as f64).then_some(r as i64)
+    (0.0..i64::MAX as f64).contains(&r).then_some(r as i64)
 }
 
 /// A position within one line; every error it makes names the line and column.
