@@ -854,3 +854,31 @@ fn the_overlays_size_the_deployment_for_their_clusters() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn the_dockerfile_image_holds_every_binary_the_manifests_run_as_user_65534() -> Result<()> {
+    let dockerfile = std::fs::read_to_string(workspace().join("deploy/Dockerfile"))?;
+    let instructions: Vec<&str> = dockerfile.lines().filter(|l| !l.trim_start().starts_with('#')).collect();
+    let last_from = instructions.iter().rposition(|l| l.starts_with("FROM ")).ok_or_else(|| anyhow!("no FROM"))?;
+    assert!(instructions.iter().filter(|l| l.starts_with("FROM ")).count() >= 2, "multi-stage build");
+    let runtime = &instructions[last_from..];
+    assert!(runtime.iter().any(|l| l.trim() == "USER 65534:65534"), "runtime stage runs as 65534");
+    let mut commands = BTreeSet::new();
+    for r in renders().all() {
+        for (_, pod) in workloads(r) {
+            for c in containers(pod) {
+                commands.insert(str_at(c, "/command/0").to_owned());
+            }
+        }
+    }
+    for command in commands {
+        let bin = command.strip_prefix("/usr/local/bin/").ok_or_else(|| anyhow!("{command} not in /usr/local/bin"))?;
+        let krate = bin.strip_prefix("shardmetrics-").ok_or_else(|| anyhow!("unexpected binary {bin}"))?;
+        let manifest = std::fs::read_to_string(workspace().join(krate).join("Cargo.toml"))?;
+        assert!(manifest.contains(&format!("name = \"{bin}\"")), "{krate}/Cargo.toml builds no binary {bin}");
+        assert!(dockerfile.contains(&format!("-p shardmetrics-{krate}")), "the Dockerfile does not build {bin}");
+        assert!(dockerfile.contains(&format!("target/release/{bin}")), "the Dockerfile does not copy {bin}");
+        assert!(runtime.iter().any(|l| l.contains(&format!("/out/{bin}"))), "the runtime stage lacks {bin}");
+    }
+    Ok(())
+}
