@@ -9,10 +9,13 @@
 //!   with list+watch, reviews, policy) and the `metrics.k8s.io` aggregation proxy.
 //! - [`kubelet`]: the kubelet simulator (many HTTPS kubelets, a usage model with known true
 //!   values, `/metrics/resource` as kubelet v1.35 formats it, per-node faults).
+//! - [`cluster`]: nodes x pods x containers in the API server with a kubelet per node, kept in
+//!   step with whatever changes the API server (tests, kube-rs, kubectl).
 //! - [`httputil`]: the TLS accept loop and body helpers the simulated servers share.
 //! - [`tools`]: installs kubectl/helm for the end-to-end tests.
 
 pub mod apiserver;
+pub mod cluster;
 pub mod httputil;
 pub mod kubelet;
 pub mod pki;

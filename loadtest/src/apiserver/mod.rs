@@ -282,6 +282,24 @@ impl RunningApiServer {
         *self.shared.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
     }
 
+    /// A kubelet token check backed by this server's live policy: a token whose user may `get`
+    /// `nodes/metrics` is allowed, a known user without that right is forbidden (403), anything
+    /// else unknown (401) - what a kubelet with webhook authentication and authorization does.
+    pub fn kubelet_token_check(&self) -> crate::kubelet::TokenCheck {
+        let shared = self.shared.clone();
+        Arc::new(move |token| {
+            use crate::kubelet::TokenVerdict;
+            let policy = shared.policy();
+            match policy.authenticate_token(token) {
+                None => TokenVerdict::Unknown,
+                Some(user) => {
+                    let attrs = Attributes::resource("get", "", "nodes", "metrics", "", "");
+                    if policy.authorize(&user, &attrs).allowed { TokenVerdict::Allowed } else { TokenVerdict::Forbidden }
+                }
+            }
+        })
+    }
+
     /// Request counters.
     pub fn stats(&self) -> &ApiStats {
         &self.shared.stats

@@ -272,6 +272,8 @@ struct Inner {
     pods_by_node: HashMap<String, BTreeSet<ObjectKey>>,
     /// Recent changes, oldest first.
     history: VecDeque<Arc<Change>>,
+    /// resourceVersion of the last published change.
+    last_change_rv: u64,
 }
 
 /// The simulated cluster's state. Shared (`Arc`) by the HTTP handlers, the test and the
@@ -339,6 +341,7 @@ impl Store {
                 objects: STORED.iter().map(|_| BTreeMap::new()).collect(),
                 pods_by_node: HashMap::new(),
                 history: VecDeque::new(),
+                last_change_rv: 0,
             }),
             changes,
             clock,
@@ -407,6 +410,7 @@ impl Store {
                 inner.pods_by_node.entry(node).or_default().insert(object.key.clone());
             }
         }
+        inner.last_change_rv = object.rv;
         let change = Arc::new(Change { rv: object.rv, kind, object, previous });
         inner.history.push_back(change.clone());
         while inner.history.len() > self.config.history_capacity {
@@ -785,6 +789,12 @@ impl Store {
     /// Subscribes to every change (in-process consumers such as the kubelet simulator).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
         self.changes.subscribe()
+    }
+
+    /// The resourceVersion of the last change published to subscribers (what an in-process
+    /// consumer must have seen to be up to date).
+    pub fn last_change_rv(&self) -> u64 {
+        self.lock().last_change_rv
     }
 
     /// Pods bound to `node`, in key order.

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -319,9 +320,12 @@ async fn handle(k: Arc<SimKubelet>, peer: PeerInfo, req: Request<Incoming>) -> R
     match fault {
         Fault::Truncated => {
             let half = body.slice(..body.len() / 2);
-            let frames: Vec<Result<Frame<Bytes>, BoxError>> =
-                vec![Ok(Frame::data(half)), Err("simulated connection loss mid-body".into())];
-            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(futures::stream::iter(frames))));
+            // Headers and the first half go out; a moment later the connection breaks.
+            let stream = futures::stream::once(async move { Ok::<_, BoxError>(Frame::data(half)) }).chain(futures::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Err::<Frame<Bytes>, BoxError>("simulated connection loss mid-body".into())
+            }));
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
             resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(exposition::CONTENT_TYPE));
             resp
         }

@@ -126,7 +126,8 @@ impl NodeUsage {
     }
 
     /// Adds or replaces a pod at `now_ms`. Containers kept by name keep their incarnation (and
-    /// counter); containers that disappear retire their CPU.
+    /// counter) unless reported with a later start time (a restart); containers that disappear
+    /// retire their CPU.
     pub fn upsert_pod(&mut self, now_ms: i64, namespace: &str, name: &str, containers: Vec<(ContainerUsage, i64)>) {
         let key = (namespace.to_owned(), name.to_owned());
         let old = self.pods.remove(&key);
@@ -136,7 +137,11 @@ impl NodeUsage {
             match old_containers.iter().position(|c| c.usage.name == usage.name) {
                 Some(i) => {
                     let mut kept = old_containers.remove(i);
-                    if kept.usage.cpu_millicores != usage.cpu_millicores {
+                    if start_ms > kept.start_ms {
+                        // Reported with a later start: a restart happened.
+                        self.retired_cpu_ns += kept.cpu_ns(now_ms);
+                        kept.start_ms = start_ms;
+                    } else if kept.usage.cpu_millicores != usage.cpu_millicores {
                         // A rate change is a new segment: retire what it used so far.
                         self.retired_cpu_ns += kept.cpu_ns(now_ms);
                         kept.start_ms = now_ms;
