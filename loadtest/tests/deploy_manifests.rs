@@ -721,6 +721,14 @@ fn the_api_service_points_at_the_frontend_service_on_443() -> Result<()> {
     for r in renders().all() {
         let at = &r.label;
         let api = find(r, "APIService", "v1beta1.metrics.k8s.io")?;
+        // The README installs everything but the APIService first, by this label.
+        let labelled: Vec<_> = r
+            .objects
+            .iter()
+            .filter(|o| str_at(o, "/metadata/labels/app.kubernetes.io~1component") == "apiservice")
+            .map(key)
+            .collect();
+        assert_eq!(labelled, [key(api)], "{at}: only the APIService has component=apiservice");
         assert_eq!(str_at(api, "/spec/group"), "metrics.k8s.io", "{at}");
         assert_eq!(str_at(api, "/spec/version"), "v1beta1", "{at}");
         assert_eq!(api.pointer("/spec/service/port"), Some(&Value::from(443)), "{at}");
