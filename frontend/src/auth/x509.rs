@@ -1,7 +1,8 @@
 //! Client certificate chains: verification against a CA bundle and the subject fields the
 //! authenticators read (CN = user, O = groups).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::RootCertStore;
@@ -12,14 +13,27 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::error::AuthSetupError;
 
+/// How long a verified chain is remembered at most, in milliseconds (never past the expiry of a
+/// certificate in it).
+const VERIFIED_TTL_MS: i64 = 60_000;
+/// Most chains remembered per bundle. When full, expired entries are dropped; if it is still
+/// full the chain is simply verified again next time.
+const VERIFIED_CAPACITY: usize = 256;
+
 /// A CA bundle that verifies client certificate chains (signature path, validity period and,
 /// when present, the clientAuth extended key usage, as Go's `x509.Verify` with
 /// `ExtKeyUsageClientAuth` does).
+///
+/// Verification costs tens of microseconds of signature checks, and the aggregation layer sends
+/// the same front-proxy certificate on every request, so chains that verified are remembered
+/// (exact bytes) for up to a minute. A rebuilt bundle (changed CA) starts with none.
 pub(crate) struct CaBundle {
     /// rustls' WebPKI client verifier over the bundle's roots.
     verifier: Arc<dyn ClientCertVerifier>,
     /// The PEM the bundle was built from, to tell whether a re-read changed anything.
     pem: Vec<u8>,
+    /// Chains that verified -> until when that holds, Unix ms.
+    verified: Mutex<HashMap<Box<[CertificateDer<'static>]>, i64>>,
 }
 
 impl std::fmt::Debug for CaBundle {
@@ -54,6 +68,7 @@ impl CaBundle {
         Ok(Self {
             verifier,
             pem: pem.to_vec(),
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -69,12 +84,44 @@ impl CaBundle {
         now_ms: i64,
     ) -> Result<(), String> {
         let (leaf, intermediates) = chain.split_first().ok_or("empty certificate chain")?;
+        if let Some(&until) = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(chain)
+            && now_ms < until
+        {
+            return Ok(());
+        }
         let now =
             UnixTime::since_unix_epoch(Duration::from_millis(u64::try_from(now_ms).unwrap_or(0)));
         self.verifier
             .verify_client_cert(leaf, intermediates, now)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.remember(chain, now_ms);
+        Ok(())
+    }
+
+    /// Remembers a chain that verified at `now_ms`, until the earliest of `VERIFIED_TTL_MS` from
+    /// now and the expiry of any certificate in it.
+    fn remember(&self, chain: &[CertificateDer<'static>], now_ms: i64) {
+        let mut until = now_ms.saturating_add(VERIFIED_TTL_MS);
+        for cert in chain {
+            match x509_parser::parse_x509_certificate(cert.as_ref()) {
+                Ok((_, parsed)) => {
+                    until = until.min(parsed.validity().not_after.timestamp().saturating_mul(1000));
+                }
+                Err(_) => return,
+            }
+        }
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_CAPACITY {
+            verified.retain(|_, until| *until > now_ms);
+            if verified.len() >= VERIFIED_CAPACITY {
+                return;
+            }
+        }
+        verified.insert(chain.to_vec().into_boxed_slice(), until);
     }
 }
 
@@ -187,6 +234,33 @@ mod tests {
                 .is_err()
         );
         assert!(bundle.verify(&[], now_ms()).is_err());
+    }
+
+    #[test]
+    fn a_verified_chain_is_remembered() {
+        let ca = TestCa::new("ca");
+        let bundle = CaBundle::from_pem(ca.pem.as_bytes(), "test").expect("bundle");
+        let chain = [ca.client_cert("u", "")];
+        assert!(bundle.verify(&chain, now_ms()).is_ok());
+        assert_eq!(bundle.verified.lock().expect("lock").len(), 1);
+        assert!(bundle.verify(&[ca.client_cert("v", "")], now_ms()).is_ok());
+        assert_eq!(bundle.verified.lock().expect("lock").len(), 2);
+    }
+
+    #[test]
+    fn a_remembered_chain_is_not_accepted_past_its_certificates_expiry() {
+        let ca = TestCa::new("ca");
+        let bundle = CaBundle::from_pem(ca.pem.as_bytes(), "test").expect("bundle");
+        let chain = [ca.client_cert("u", "")];
+        let not_after_ms = match x509_parser::parse_x509_certificate(chain[0].as_ref()) {
+            Ok((_, c)) => c.validity().not_after.timestamp() * 1000,
+            Err(e) => panic!("{e}"),
+        };
+        // Verified (and remembered) a few seconds before expiry...
+        assert!(bundle.verify(&chain, not_after_ms - 5_000).is_ok());
+        assert!(bundle.verify(&chain, not_after_ms - 1).is_ok());
+        // ...but not believed after it.
+        assert!(bundle.verify(&chain, not_after_ms + 1_000).is_err());
     }
 
     #[test]
