@@ -34,6 +34,18 @@ const VARIANTS: &[(&str, &str, &[&str])] = &[
     ("large-cluster", "deploy/kustomize/overlays/large-cluster", &["values-large-cluster.yaml"]),
 ];
 
+/// Kustomize components, each rendered on the base through a generated overlay and compared
+/// with the chart given the equivalent settings: (name, components, Helm `--set`s).
+const COMPONENTS: &[(&str, &[&str], &[&str])] = &[(
+    "frontend-tls",
+    &["deploy/kustomize/components/frontend-tls"],
+    &[
+        "frontend.tls.existingSecret=shardmetrics-frontend-tls",
+        "apiService.insecureSkipTLSVerify=false",
+        "apiService.annotations.cert-manager\\.io/inject-ca-from=kube-system/shardmetrics-frontend-tls",
+    ],
+)];
+
 /// Helm-only settings rendered on top of the defaults (validated, scanned and checked for
 /// hardening like the rest): a frontend with its own certificate verified through caBundle, and
 /// the optional flags.
@@ -131,9 +143,11 @@ struct Rendered {
 
 /// Every rendering, made once per test process.
 struct Renders {
-    /// Kustomize renders, in [`VARIANTS`] order.
+    /// The setting each pair renders: [`VARIANTS`] then [`COMPONENTS`].
+    names: Vec<&'static str>,
+    /// Kustomize renders, in `names` order.
     kustomize: Vec<Rendered>,
-    /// Helm renders of the same settings, in [`VARIANTS`] order.
+    /// Helm renders of the same settings, in `names` order.
     helm: Vec<Rendered>,
     /// Helm renders of [`HELM_EXTRA`].
     helm_extra: Vec<Rendered>,
@@ -212,11 +226,46 @@ fn helm_template(label: &str, values: &[&str], set: &[&str]) -> Result<Rendered>
     Ok(Rendered { label: format!("helm/{label}"), objects: parse_yaml(&yaml)?, yaml })
 }
 
+/// `to` relative to the directory `from` (both absolute), e.g. `../../deploy/kustomize/base`.
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let (from, to): (Vec<_>, Vec<_>) = (from.components().collect(), to.components().collect());
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut path: PathBuf = from[common..].iter().map(|_| "..").collect();
+    path.extend(&to[common..]);
+    path
+}
+
+/// Renders the base with `components` through an overlay written for it (kustomize wants
+/// relative paths to them).
+fn kustomize_with_components(name: &str, components: &[&str]) -> Result<Rendered> {
+    let dir = tempfile::Builder::new().prefix("shardmetrics-overlay-").tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let overlay = dir.path().canonicalize()?;
+    let to = |p: &str| -> Result<String> {
+        Ok(relative(&overlay, &workspace().join(p).canonicalize()?).to_string_lossy().into_owned())
+    };
+    let mut kustomization = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n",
+        to("deploy/kustomize/base")?
+    );
+    for c in components {
+        kustomization.push_str(&format!("  - {}\n", to(c)?));
+    }
+    std::fs::write(overlay.join("kustomization.yaml"), kustomization)?;
+    let yaml = run(Command::new(tools::kubectl()?).arg("kustomize").arg(&overlay))?;
+    Ok(Rendered { label: format!("kustomize/base+{name}"), objects: parse_yaml(&yaml)?, yaml })
+}
+
 fn render_all() -> Result<Renders> {
-    let mut renders = Renders { kustomize: Vec::new(), helm: Vec::new(), helm_extra: Vec::new() };
+    let mut renders = Renders { names: Vec::new(), kustomize: Vec::new(), helm: Vec::new(), helm_extra: Vec::new() };
     for (name, dir, values) in VARIANTS {
+        renders.names.push(name);
         renders.kustomize.push(kustomize(dir)?);
         renders.helm.push(helm_template(name, values, &[])?);
+    }
+    for (name, components, set) in COMPONENTS {
+        renders.names.push(name);
+        renders.kustomize.push(kustomize_with_components(name, components)?);
+        renders.helm.push(helm_template(name, &[], set)?);
     }
     for (name, set) in HELM_EXTRA {
         renders.helm_extra.push(helm_template(name, &[], set)?);
@@ -387,6 +436,7 @@ fn kubectl_kustomize_renders_every_overlay_into_the_expected_objects() -> Result
 fn helm_lint_accepts_the_chart_with_every_values_file_in_strict_mode() -> Result<()> {
     let helm = tools::helm()?;
     let mut runs: Vec<(Vec<&str>, Vec<&str>)> = VARIANTS.iter().map(|v| (v.2.to_vec(), vec![])).collect();
+    runs.extend(COMPONENTS.iter().map(|(_, _, set)| (vec![], set.to_vec())));
     runs.extend(HELM_EXTRA.iter().map(|(_, set)| (vec![], set.to_vec())));
     for (values, set) in runs {
         let mut command = Command::new(&helm);
@@ -441,7 +491,8 @@ fn every_rendered_object_validates_against_the_kubernetes_1_35_schemas() -> Resu
 #[test]
 fn helm_and_kustomize_render_the_same_objects_for_the_same_settings() -> Result<()> {
     let r = renders();
-    for ((name, _, _), (k, h)) in VARIANTS.iter().zip(r.kustomize.iter().zip(&r.helm)) {
+    assert_eq!(r.kustomize.len(), VARIANTS.len() + COMPONENTS.len());
+    for (name, (k, h)) in r.names.iter().zip(r.kustomize.iter().zip(&r.helm)) {
         let ks: BTreeMap<_, _> = k.objects.iter().map(|o| (key(o), o)).collect();
         let hs: BTreeMap<_, _> = h.objects.iter().map(|o| (key(o), o)).collect();
         let only_k: Vec<_> = ks.keys().filter(|x| !hs.contains_key(*x)).collect();
@@ -741,7 +792,8 @@ fn the_api_service_points_at_the_frontend_service_on_443() -> Result<()> {
             .ok_or_else(|| anyhow!("{at}: frontend Service has no port 443"))?;
         assert_eq!(str_at(port, "/targetPort"), "https", "{at}");
         let insecure = api.pointer("/spec/insecureSkipTLSVerify") == Some(&Value::Bool(true));
-        let ca = !str_at(api, "/spec/caBundle").is_empty();
+        let injected = !str_at(api, "/metadata/annotations/cert-manager.io~1inject-ca-from").is_empty();
+        let ca = !str_at(api, "/spec/caBundle").is_empty() || injected;
         assert!(insecure != ca, "{at}: exactly one of insecureSkipTLSVerify and caBundle");
         if ca {
             // A verified APIService needs the frontend to serve the matching certificate.
@@ -844,7 +896,7 @@ fn the_overlays_size_the_deployment_for_their_clusters() -> Result<()> {
         Ok(args(c).contains(&"--kubelet-insecure-tls"))
     };
     for renders in [&r.kustomize, &r.helm] {
-        let [base, single, large] = &renders[..] else { bail!("expected three variants") };
+        let [base, single, large, ..] = &renders[..] else { bail!("expected three variants") };
         assert_eq!(replicas(base, "StatefulSet", "shardmetrics-scraper")?, 2);
         assert_eq!(replicas(base, "Deployment", "shardmetrics-frontend")?, 2);
         assert!(!insecure(base)?, "kubelet TLS is verified by default");
