@@ -6,9 +6,15 @@
 //! - [`kubelet`]: fetch seam, HTTPS client and the `/metrics/resource` parser.
 //! - [`nodes`]: Node watch, trimmed to scrape targets (address, port).
 //! - [`ring`]: consistent-hash ownership of nodes over live shards.
+//! - [`buffer`]: the last two scrapes of every owned node (snapshot source).
+//! - [`stream`]: the `SampleStream` gRPC server: snapshot, live fan-out, slow-subscriber drop.
+//! - [`metrics`]: self-metrics in an explicit registry.
 //! - [`tls`]: PEM loading and the explicit ring crypto provider.
 
+pub mod buffer;
 pub mod kubelet;
+pub mod metrics;
 pub mod nodes;
 pub mod ring;
+pub mod stream;
 pub mod tls;

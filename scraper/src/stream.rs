@@ -1,0 +1,569 @@
+//! The `shardmetrics.v1.SampleStream` server: fan-out of scrapes to subscribed frontends.
+//!
+//! The [`Hub`] holds the last two scrapes of every owned node ([`ScrapeBuffer`]) and the
+//! subscribers. Each scrape is encoded into its wire `SampleBatch` **once**, and the same
+//! bytes are queued to every subscriber (a custom codec writes them to the gRPC stream as is,
+//! so N frontends cost one encoding, not N).
+//!
+//! Backpressure: each subscriber has a bounded queue of `--subscriber-queue-batches` batches.
+//! Overflow policy: the subscriber whose queue is full is disconnected with
+//! `RESOURCE_EXHAUSTED` and counted in `shardmetrics_scraper_subscribers_dropped_total`; it
+//! reconnects and gets a fresh snapshot. Publishing never waits, so scraping and the other
+//! subscribers never slow down.
+//!
+//! Consistency: subscribing takes the snapshot and registers the queue under the same lock
+//! publishing uses, so every scrape is either in a subscriber's snapshot or in its queue,
+//! never both, never neither.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes};
+use futures::Stream;
+use prost::Message;
+use shardmetrics_proto::v1::SubscribeRequest;
+use shardmetrics_proto::{NodeReleased, NodeScrape, ShardIdentity, encode_batch};
+use tokio::sync::{mpsc, oneshot};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::server::{Grpc, NamedService, ServerStreamingService};
+use tonic::{Request, Response, Status};
+
+use crate::buffer::ScrapeBuffer;
+use crate::metrics::Metrics;
+
+/// Fully qualified gRPC service name.
+pub const SERVICE_NAME: &str = "shardmetrics.v1.SampleStream";
+/// HTTP/2 path of `Subscribe`.
+pub const SUBSCRIBE_PATH: &str = "/shardmetrics.v1.SampleStream/Subscribe";
+
+/// Snapshot batches hold at most this many scrapes (two per node)…
+const SNAPSHOT_MAX_SCRAPES: usize = 64;
+/// …and at most about this many samples, to stay far below gRPC's default 4 MiB message limit
+/// (a sample is ~30 bytes on the wire).
+const SNAPSHOT_MAX_SAMPLES: usize = 20_000;
+
+struct Subscriber {
+    id: u64,
+    name: String,
+    queue: mpsc::Sender<Bytes>,
+    kill: Option<oneshot::Sender<()>>,
+}
+
+struct HubState {
+    buffer: ScrapeBuffer,
+    subscribers: Vec<Subscriber>,
+    closed: bool,
+}
+
+/// Fan-out point between the scheduler (publisher) and the `Subscribe` streams.
+pub struct Hub {
+    shard: ShardIdentity,
+    queue_batches: usize,
+    metrics: Metrics,
+    next_id: AtomicU64,
+    state: Mutex<HubState>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("shard", &self.shard).field("queue_batches", &self.queue_batches).finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A hub for `shard` with per-subscriber queues of `queue_batches` batches (at least 1).
+    pub fn new(shard: ShardIdentity, queue_batches: usize, metrics: Metrics) -> Arc<Hub> {
+        Arc::new(Hub {
+            shard,
+            queue_batches: queue_batches.max(1),
+            metrics,
+            next_id: AtomicU64::new(1),
+            state: Mutex::new(HubState { buffer: ScrapeBuffer::default(), subscribers: Vec::new(), closed: false }),
+        })
+    }
+
+    /// This shard's identity, stamped on every batch.
+    pub fn shard(&self) -> &ShardIdentity {
+        &self.shard
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Encodes one scrape as a live wire batch. Pure; call it off the hub lock (the scrape
+    /// task does), then hand the bytes to [`Hub::publish_scrape`].
+    pub fn encode_scrape(&self, scrape: &NodeScrape) -> Bytes {
+        Bytes::from(encode_batch(&self.shard, &[scrape], &[], false).encode_to_vec())
+    }
+
+    /// Buffers a scrape and queues its encoded batch to every subscriber.
+    pub fn publish_scrape(&self, scrape: Arc<NodeScrape>, frame: Bytes) {
+        let mut state = self.lock();
+        if state.closed {
+            return;
+        }
+        state.buffer.push(scrape);
+        self.fan_out(&mut state, frame);
+    }
+
+    /// Forgets released nodes and tells every subscriber, in one batch.
+    pub fn publish_released(&self, released: Vec<NodeReleased>) {
+        if released.is_empty() {
+            return;
+        }
+        let frame = Bytes::from(encode_batch(&self.shard, &[], &released, false).encode_to_vec());
+        let mut state = self.lock();
+        if state.closed {
+            return;
+        }
+        for r in &released {
+            state.buffer.remove(&r.node);
+        }
+        self.fan_out(&mut state, frame);
+    }
+
+    fn fan_out(&self, state: &mut HubState, frame: Bytes) {
+        let metrics = &self.metrics;
+        state.subscribers.retain_mut(|s| match s.queue.try_send(frame.clone()) {
+            Ok(()) => {
+                metrics.batches_sent_total.inc();
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(subscriber = %s.name, queue_batches = self.queue_batches, "subscriber queue full; disconnecting it");
+                metrics.subscribers_dropped_total.inc();
+                if let Some(kill) = s.kill.take() {
+                    let _ = kill.send(());
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+
+    /// Number of nodes with buffered scrapes.
+    pub fn buffered_nodes(&self) -> usize {
+        self.lock().buffer.len()
+    }
+
+    /// Number of connected subscribers.
+    pub fn subscriber_count(&self) -> usize {
+        self.lock().subscribers.len()
+    }
+
+    /// Ends every stream (after it drains its queue) and refuses new subscribers; for
+    /// graceful shutdown, after the final releases were published.
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.subscribers.clear();
+    }
+
+    /// Registers a subscriber: its snapshot plus a queue of everything published afterwards.
+    pub fn subscribe(self: &Arc<Self>, name: String) -> Result<Subscription, Status> {
+        let (tx, rx) = mpsc::channel(self.queue_batches);
+        let (kill_tx, kill_rx) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let snapshot = {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(Status::unavailable("shard is shutting down"));
+            }
+            state.subscribers.push(Subscriber { id, name: name.clone(), queue: tx, kill: Some(kill_tx) });
+            state.buffer.snapshot()
+        };
+        self.metrics.subscribers.inc();
+        tracing::info!(subscriber = %name, snapshot_scrapes = snapshot.len(), "subscriber connected");
+        Ok(Subscription {
+            hub: self.clone(),
+            id,
+            name,
+            snapshot,
+            snapshot_pos: 0,
+            snapshot_done: false,
+            queue: rx,
+            kill: Some(kill_rx),
+            finished: false,
+        })
+    }
+
+    fn unsubscribe(&self, id: u64) {
+        self.lock().subscribers.retain(|s| s.id != id);
+        self.metrics.subscribers.dec();
+    }
+}
+
+/// One subscriber's stream of encoded `SampleBatch` messages: snapshot batches first, then
+/// its live queue; ends with `RESOURCE_EXHAUSTED` if it fell behind.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    id: u64,
+    name: String,
+    snapshot: Vec<Arc<NodeScrape>>,
+    snapshot_pos: usize,
+    snapshot_done: bool,
+    queue: mpsc::Receiver<Bytes>,
+    /// Fires when the hub drops this subscriber for falling behind; `None` once resolved.
+    kill: Option<oneshot::Receiver<()>>,
+    finished: bool,
+}
+
+impl Subscription {
+    fn next_snapshot_batch(&mut self) -> Bytes {
+        let start = self.snapshot_pos;
+        let mut end = start;
+        let mut samples = 0;
+        while end < self.snapshot.len() && end - start < SNAPSHOT_MAX_SCRAPES {
+            let n = self.snapshot[end].sample_count();
+            if end > start && samples + n > SNAPSHOT_MAX_SAMPLES {
+                break;
+            }
+            samples += n;
+            end += 1;
+        }
+        // Keep a node's two scrapes in the same batch when they would straddle the boundary.
+        if end < self.snapshot.len() && end > start + 1 && self.snapshot[end].node == self.snapshot[end - 1].node {
+            end -= 1;
+        }
+        self.snapshot_pos = end;
+        let complete = end >= self.snapshot.len();
+        let scrapes: Vec<&NodeScrape> = self.snapshot[start..end].iter().map(|s| &**s).collect();
+        let frame = Bytes::from(encode_batch(&self.hub.shard, &scrapes, &[], complete).encode_to_vec());
+        if complete {
+            self.snapshot_done = true;
+            self.snapshot = Vec::new();
+        }
+        frame
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        tracing::info!(subscriber = %self.name, "subscriber disconnected");
+        self.hub.unsubscribe(self.id);
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if let Some(kill) = this.kill.as_mut() {
+            match Pin::new(kill).poll(cx) {
+                Poll::Ready(Ok(())) => {
+                    this.finished = true;
+                    return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
+                        "subscriber fell {} batches behind; reconnect for a fresh snapshot",
+                        this.hub.queue_batches
+                    )))));
+                }
+                // The hub let go of this subscriber without a kill (shutdown): drain and end.
+                Poll::Ready(Err(_)) => this.kill = None,
+                Poll::Pending => {}
+            }
+        }
+        if !this.snapshot_done {
+            return Poll::Ready(Some(Ok(this.next_snapshot_batch())));
+        }
+        match this.queue.poll_recv(cx) {
+            Poll::Ready(Some(frame)) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(None) => {
+                this.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Writes already-encoded `SampleBatch` bytes as they are; decodes `SubscribeRequest` with prost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PreEncodedCodec;
+
+/// Encoder half of [`PreEncodedCodec`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PreEncodedEncoder;
+
+/// Decoder half of [`PreEncodedCodec`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestDecoder;
+
+impl Encoder for PreEncodedEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RequestDecoder {
+    type Item = SubscribeRequest;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<SubscribeRequest>, Status> {
+        SubscribeRequest::decode(src).map(Some).map_err(|e| Status::invalid_argument(format!("bad SubscribeRequest: {e}")))
+    }
+}
+
+impl Codec for PreEncodedCodec {
+    type Encode = Bytes;
+    type Decode = SubscribeRequest;
+    type Encoder = PreEncodedEncoder;
+    type Decoder = RequestDecoder;
+
+    fn encoder(&mut self) -> PreEncodedEncoder {
+        PreEncodedEncoder
+    }
+
+    fn decoder(&mut self) -> RequestDecoder {
+        RequestDecoder
+    }
+}
+
+/// The tonic service serving `Subscribe` from a [`Hub`]; add it to a
+/// `tonic::transport::Server` like a generated `SampleStreamServer`.
+#[derive(Debug, Clone)]
+pub struct SampleStreamService {
+    hub: Arc<Hub>,
+}
+
+impl SampleStreamService {
+    /// Serves `hub`.
+    pub fn new(hub: Arc<Hub>) -> SampleStreamService {
+        SampleStreamService { hub }
+    }
+}
+
+impl NamedService for SampleStreamService {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+struct SubscribeCall(Arc<Hub>);
+
+impl ServerStreamingService<SubscribeRequest> for SubscribeCall {
+    type Response = Bytes;
+    type ResponseStream = Subscription;
+    type Future = std::future::Ready<Result<Response<Subscription>, Status>>;
+
+    fn call(&mut self, request: Request<SubscribeRequest>) -> Self::Future {
+        let remote = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut name = request.into_inner().subscriber;
+        if name.is_empty() {
+            name = if remote.is_empty() { "unnamed".into() } else { remote };
+        }
+        std::future::ready(self.0.subscribe(name).map(Response::new))
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+impl<B> tonic::codegen::Service<http::Request<B>> for SampleStreamService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let hub = self.hub.clone();
+        if req.uri().path() == SUBSCRIBE_PATH {
+            Box::pin(async move { Ok(Grpc::new(PreEncodedCodec).server_streaming(SubscribeCall(hub), req).await) })
+        } else {
+            Box::pin(async move { Ok(Status::unimplemented(format!("unknown method {}", req.uri().path())).into_http()) })
+        }
+    }
+}
+
+/// PEM material for the gRPC server's TLS (`--grpc-tls-*` flags).
+#[derive(Debug, Clone)]
+pub struct GrpcTls {
+    /// Serving certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// Its private key, PEM.
+    pub key_pem: Vec<u8>,
+    /// When set, clients must present a certificate signed by this CA (mTLS), PEM.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+/// The gRPC server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// TLS configuration or the HTTP/2 server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// How often an idle HTTP/2 connection is pinged, so a vanished frontend is noticed.
+const HTTP2_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Serves `Subscribe` from `hub` on `listener` until `shutdown` resolves, then waits for open
+/// streams to end (close the hub first so they do).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    hub: Arc<Hub>,
+    tls: Option<GrpcTls>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE));
+    if let Some(tls) = tls {
+        let mut cfg = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem));
+        if let Some(ca) = tls.client_ca_pem {
+            cfg = cfg.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(cfg)?;
+    }
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    builder.serve_with_incoming_shutdown(SampleStreamService::new(hub), incoming, shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use shardmetrics_proto::v1::SampleBatch;
+    use shardmetrics_proto::{ReleaseReason, decode_batch};
+
+    use super::*;
+
+    fn shard() -> ShardIdentity {
+        ShardIdentity { shard_id: "s0".into(), epoch: 7 }
+    }
+
+    fn scrape(node: &str, t: i64) -> Arc<NodeScrape> {
+        Arc::new(NodeScrape { node: node.into(), scraped_at_ms: t, node_usage: None, pods: vec![] })
+    }
+
+    fn publish(hub: &Hub, node: &str, t: i64) {
+        let s = scrape(node, t);
+        let f = hub.encode_scrape(&s);
+        hub.publish_scrape(s, f);
+    }
+
+    fn decode(b: Bytes) -> shardmetrics_proto::Batch {
+        decode_batch(SampleBatch::decode(b).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_gets_the_snapshot_then_only_later_scrapes() {
+        let hub = Hub::new(shard(), 16, Metrics::new());
+        publish(&hub, "a", 1);
+        publish(&hub, "a", 2);
+        publish(&hub, "a", 3);
+        publish(&hub, "b", 1);
+        let mut sub = hub.subscribe("fe".into()).unwrap();
+        publish(&hub, "b", 2);
+        let snap = decode(sub.next().await.unwrap().unwrap());
+        assert!(snap.snapshot_complete);
+        assert_eq!(snap.shard, shard());
+        let got: Vec<(String, i64)> = snap.scrapes.iter().map(|s| (s.node.clone(), s.scraped_at_ms)).collect();
+        assert_eq!(got, vec![("a".into(), 2), ("a".into(), 3), ("b".into(), 1)]);
+        let live = decode(sub.next().await.unwrap().unwrap());
+        assert!(!live.snapshot_complete);
+        assert_eq!(live.scrapes[0].scraped_at_ms, 2);
+        assert_eq!(hub.subscriber_count(), 1);
+        drop(sub);
+        assert_eq!(hub.subscriber_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_empty_shard_still_sends_a_complete_empty_snapshot() {
+        let hub = Hub::new(shard(), 4, Metrics::new());
+        let mut sub = hub.subscribe("fe".into()).unwrap();
+        let snap = decode(sub.next().await.unwrap().unwrap());
+        assert!(snap.snapshot_complete);
+        assert!(snap.scrapes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_large_snapshot_spans_several_batches_and_keeps_each_nodes_pair_together() {
+        let hub = Hub::new(shard(), 4, Metrics::new());
+        for i in 0..100 {
+            publish(&hub, &format!("n{i:03}"), 1);
+            publish(&hub, &format!("n{i:03}"), 2);
+        }
+        let mut sub = hub.subscribe("fe".into()).unwrap();
+        let mut batches = vec![];
+        loop {
+            let b = decode(sub.next().await.unwrap().unwrap());
+            let done = b.snapshot_complete;
+            batches.push(b);
+            if done {
+                break;
+            }
+        }
+        assert!(batches.len() >= 4, "{} batches", batches.len());
+        assert_eq!(batches.iter().map(|b| b.scrapes.len()).sum::<usize>(), 200);
+        for b in &batches {
+            assert_eq!(b.scrapes.len() % 2, 0);
+            assert!(b.scrapes.len() <= SNAPSHOT_MAX_SCRAPES);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_disconnects_only_that_subscriber_with_resource_exhausted() {
+        let metrics = Metrics::new();
+        let hub = Hub::new(shard(), 2, metrics.clone());
+        let mut slow = hub.subscribe("slow".into()).unwrap();
+        let mut fast = hub.subscribe("fast".into()).unwrap();
+        let _ = slow.next().await; // snapshot
+        let _ = fast.next().await;
+        for t in 0..5 {
+            publish(&hub, "a", t);
+            let b = decode(fast.next().await.unwrap().unwrap());
+            assert_eq!(b.scrapes[0].scraped_at_ms, t);
+        }
+        let err = slow.next().await.unwrap().unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(slow.next().await.is_none());
+        assert_eq!(metrics.subscribers_dropped_total.get(), 1);
+        assert_eq!(hub.subscriber_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn released_nodes_leave_the_buffer_and_are_announced_in_one_batch() {
+        let hub = Hub::new(shard(), 8, Metrics::new());
+        publish(&hub, "a", 1);
+        publish(&hub, "b", 1);
+        let mut sub = hub.subscribe("fe".into()).unwrap();
+        let _ = sub.next().await;
+        hub.publish_released(vec![
+            NodeReleased { node: "a".into(), reason: ReleaseReason::OwnershipMoved },
+            NodeReleased { node: "b".into(), reason: ReleaseReason::NodeDeleted },
+        ]);
+        let b = decode(sub.next().await.unwrap().unwrap());
+        assert_eq!(b.released.len(), 2);
+        assert_eq!(hub.buffered_nodes(), 0);
+    }
+
+    #[tokio::test]
+    async fn closing_the_hub_ends_streams_after_their_queue_and_refuses_new_subscribers() {
+        let hub = Hub::new(shard(), 8, Metrics::new());
+        let mut sub = hub.subscribe("fe".into()).unwrap();
+        let _ = sub.next().await;
+        publish(&hub, "a", 1);
+        hub.close();
+        assert!(sub.next().await.unwrap().is_ok(), "queued batch still delivered");
+        assert!(sub.next().await.is_none());
+        assert_eq!(hub.subscribe("late".into()).err().map(|s| s.code()), Some(tonic::Code::Unavailable));
+    }
+}
