@@ -942,3 +942,17 @@ fn the_dockerfile_image_holds_every_binary_the_manifests_run_as_user_65534() -> 
     }
     Ok(())
 }
+
+#[test]
+fn the_helm_chart_refuses_misspelt_or_invalid_values_through_its_schema() -> Result<()> {
+    for (set, expect) in [
+        ("scraper.replica=3", "'replica' not allowed"),
+        ("logFormat=xml", "logFormat"),
+        ("scraper.extraArgs[0]=kubelet-insecure-tls", "extraArgs"),
+        ("metricResolution=15", "metricResolution"),
+    ] {
+        let err = helm_template("bad", &[], &[set]).err().ok_or_else(|| anyhow!("--set {set} rendered"))?;
+        assert!(format!("{err:#}").contains(expect), "--set {set}: {err:#}");
+    }
+    Ok(())
+}
