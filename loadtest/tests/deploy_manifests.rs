@@ -956,3 +956,63 @@ fn the_helm_chart_refuses_misspelt_or_invalid_values_through_its_schema() -> Res
     }
     Ok(())
 }
+
+/// Whether the `matchLabels`-style map `selector` selects pods labelled `labels` (an empty or
+/// missing selector selects nothing here: none of ours may be empty).
+fn selects(selector: Option<&Value>, labels: Option<&Value>) -> bool {
+    match (selector.and_then(Value::as_object), labels.and_then(Value::as_object)) {
+        (Some(sel), Some(labels)) if !sel.is_empty() => sel.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        _ => false,
+    }
+}
+
+#[test]
+fn every_selector_selects_exactly_the_pods_it_is_meant_for() -> Result<()> {
+    for r in renders().all() {
+        let at = &r.label;
+        let pods: Vec<(&str, &Value)> = r
+            .objects
+            .iter()
+            .filter(|o| matches!(str_at(o, "/kind"), "Deployment" | "StatefulSet"))
+            .map(|o| (str_at(o, "/metadata/name"), o))
+            .collect();
+        let selected = |selector: Option<&Value>| -> Vec<&str> {
+            pods.iter()
+                .filter(|(_, w)| selects(selector, w.pointer("/spec/template/metadata/labels")))
+                .map(|(n, _)| *n)
+                .collect()
+        };
+        for (name, w) in &pods {
+            assert_eq!(selected(w.pointer("/spec/selector/matchLabels")), [*name], "{at}: {name} selector");
+            let spec = w.pointer("/spec/template/spec").ok_or_else(|| anyhow!("no pod spec"))?;
+            for c in spec.pointer("/topologySpreadConstraints").and_then(Value::as_array).into_iter().flatten() {
+                assert_eq!(selected(c.pointer("/labelSelector/matchLabels")), [*name], "{at}: {name} spread");
+            }
+            let anti = "/affinity/podAntiAffinity/preferredDuringSchedulingIgnoredDuringExecution";
+            for t in spec.pointer(anti).and_then(Value::as_array).into_iter().flatten() {
+                let sel = t.pointer("/podAffinityTerm/labelSelector/matchLabels");
+                assert_eq!(selected(sel), [*name], "{at}: {name} anti-affinity");
+            }
+        }
+        let expect = |name: &str| -> &str {
+            if name.ends_with("-scraper") { "shardmetrics-scraper" } else { "shardmetrics-frontend" }
+        };
+        for o in &r.objects {
+            let (kind, name) = (str_at(o, "/kind"), str_at(o, "/metadata/name"));
+            let selector = match kind {
+                "Service" => o.pointer("/spec/selector"),
+                "PodDisruptionBudget" => o.pointer("/spec/selector/matchLabels"),
+                "NetworkPolicy" => o.pointer("/spec/podSelector/matchLabels"),
+                _ => continue,
+            };
+            assert_eq!(selected(selector), [expect(name)], "{at}: {kind} {name}");
+            for rule in o.pointer("/spec/ingress").and_then(Value::as_array).into_iter().flatten() {
+                for peer in rule.pointer("/from").and_then(Value::as_array).into_iter().flatten() {
+                    let sel = peer.pointer("/podSelector/matchLabels");
+                    assert_eq!(selected(sel), ["shardmetrics-frontend"], "{at}: {name} admits only frontends");
+                }
+            }
+        }
+    }
+    Ok(())
+}
