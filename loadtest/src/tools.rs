@@ -285,13 +285,13 @@ fn python_tool_in(venvs: &Path, package_spec: &str, executable: &str) -> Result<
     }
     let venv = venvs.join(&slug);
     let exe = venv.join("bin").join(executable);
-    let marker = venv.join(VENV_DONE_MARKER);
-    if marker.is_file() && exe.is_file() {
+    if venv_is_usable(&venv) && exe.is_file() {
         return Ok(exe);
     }
     fs::create_dir_all(venvs).map_err(io_err(venvs))?;
     let _lock = lock(&venvs.join(format!("{slug}.lock")))?;
-    if !marker.is_file() {
+    let marker = venv.join(VENV_DONE_MARKER);
+    if !venv_is_usable(&venv) {
         // A venv cannot be renamed into place (its scripts hold absolute paths), so it is built
         // where it lives, under the lock, and the marker is written last.
         if venv.exists() {
@@ -314,6 +314,12 @@ fn python_tool_in(venvs: &Path, package_spec: &str, executable: &str) -> Result<
     } else {
         Err(ToolError::Contents(format!("pip installed {package_spec:?} but {} does not exist", exe.display())))
     }
+}
+
+/// Whether `venv` finished installing (its marker exists) and its python still resolves (a venv
+/// links to the interpreter that made it; one removed or upgraded since leaves it broken).
+fn venv_is_usable(venv: &Path) -> bool {
+    venv.join(VENV_DONE_MARKER).is_file() && venv.join("bin").join("python").is_file()
 }
 
 /// A directory name for the venv of `spec`: the spec with every character outside
@@ -436,6 +442,23 @@ mod tests {
         assert_eq!(tail("ab", 10), "ab");
         assert_eq!(tail("aé", 1), "");
         assert_eq!(tail("aéb", 2), "b");
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_venv_is_usable_only_when_finished_and_its_python_still_exists() {
+        let root = tempfile::tempdir().unwrap();
+        let venv = root.path().join("v");
+        let bin = venv.join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        let interpreter = root.path().join("python3.x");
+        fs::write(&interpreter, "").unwrap();
+        std::os::unix::fs::symlink(&interpreter, bin.join("python")).unwrap();
+        assert!(!venv_is_usable(&venv), "no marker yet: pip may not have finished");
+        fs::write(venv.join(VENV_DONE_MARKER), "spec").unwrap();
+        assert!(venv_is_usable(&venv));
+        fs::remove_file(&interpreter).unwrap();
+        assert!(!venv_is_usable(&venv), "the interpreter it links to is gone");
     }
 
     #[test]
