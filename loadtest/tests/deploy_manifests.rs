@@ -215,7 +215,12 @@ fn kustomize(dir: &str) -> Result<Rendered> {
 
 fn helm_template(label: &str, values: &[&str], set: &[&str]) -> Result<Rendered> {
     let mut command = Command::new(tools::helm()?);
-    command.args(["template", "shardmetrics"]).arg(chart_dir()).args(["--namespace", "kube-system"]);
+    command.args(["template", "shardmetrics"]).arg(chart_dir()).args([
+        "--namespace",
+        "kube-system",
+        "--kube-version",
+        KUBERNETES_VERSION,
+    ]);
     for file in values {
         command.arg("--values").arg(chart_dir().join(file));
     }
@@ -440,7 +445,9 @@ fn helm_lint_accepts_the_chart_with_every_values_file_in_strict_mode() -> Result
     runs.extend(HELM_EXTRA.iter().map(|(_, set)| (vec![], set.to_vec())));
     for (values, set) in runs {
         let mut command = Command::new(&helm);
-        command.args(["lint", "--strict", "--namespace", "kube-system"]).arg(chart_dir());
+        command
+            .args(["lint", "--strict", "--namespace", "kube-system", "--kube-version", KUBERNETES_VERSION])
+            .arg(chart_dir());
         for file in &values {
             command.arg("--values").arg(chart_dir().join(file));
         }
