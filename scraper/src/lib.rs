@@ -6,6 +6,7 @@
 //! - [`kubelet`]: fetch seam, HTTPS client and the `/metrics/resource` parser.
 //! - [`nodes`]: Node watch, trimmed to scrape targets (address, port).
 //! - [`ring`]: consistent-hash ownership of nodes over live shards.
+//! - [`schedule`]: per-node phase offsets, bounded concurrency, the fetch → parse → publish pipeline.
 //! - [`buffer`]: the last two scrapes of every owned node (snapshot source).
 //! - [`stream`]: the `SampleStream` gRPC server: snapshot, live fan-out, slow-subscriber drop.
 //! - [`metrics`]: self-metrics in an explicit registry.
@@ -16,5 +17,6 @@ pub mod kubelet;
 pub mod metrics;
 pub mod nodes;
 pub mod ring;
+pub mod schedule;
 pub mod stream;
 pub mod tls;

@@ -1,0 +1,553 @@
+//! When each owned node is scraped, and the scrape pipeline itself (fetch → parse → encode →
+//! publish).
+//!
+//! Every owned node is scraped once per resolution at a stable phase offset derived from a
+//! hash of its name and anchored to wall-clock time, so load is spread evenly over the
+//! interval and a node that moves to another shard keeps its phase there. A node that becomes
+//! owned is scraped at once (a frontend should not wait a whole interval for it), then at its
+//! phase. Scrapes run as tasks bounded by a semaphore of `--max-concurrent-scrapes`; a node
+//! has at most one scrape queued or running: if it is still busy when due again, that round
+//! is skipped and counted. A released node's scrape is aborted and its result, if any, dropped.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shardmetrics_proto::clock::SharedClock;
+use shardmetrics_proto::{NodeReleased, NodeScrape, ReleaseReason};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+
+use crate::kubelet::{KubeletSource, ScrapeError, parse_resource_metrics};
+use crate::metrics::Metrics;
+use crate::nodes::{NodeMap, NodeTarget};
+use crate::stream::Hub;
+
+/// What this shard should scrape now.
+#[derive(Debug, Clone, Default)]
+pub struct Assignment {
+    /// Nodes this shard owns, with where to reach them.
+    pub owned: NodeMap,
+    /// Every node that exists (owned by anyone); a released node not in here was deleted.
+    pub known: Arc<BTreeSet<String>>,
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduleConfig {
+    /// Interval between two scrapes of a node (`--metric-resolution`).
+    pub resolution: Duration,
+    /// Scrapes queued or running at once, all nodes together (`--max-concurrent-scrapes`).
+    pub max_concurrent: usize,
+}
+
+/// A node's phase within the interval: a stable hash of its name (FNV-1a, then a SplitMix64
+/// finaliser for spread), the same in every process and build.
+pub fn phase_offset(node: &str, resolution: Duration) -> Duration {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    let res_us = resolution.as_micros().max(1) as u64;
+    Duration::from_micros(h % res_us)
+}
+
+/// Maps wall-clock-anchored slots onto tokio's clock.
+#[derive(Debug, Clone, Copy)]
+struct Slots {
+    /// The tokio instant of a wall-clock multiple of the resolution (Unix time ≡ 0 mod res).
+    anchor: Instant,
+    resolution: Duration,
+}
+
+impl Slots {
+    fn new(clock: &SharedClock, resolution: Duration) -> Slots {
+        let now = Instant::now();
+        let res_ms = resolution.as_millis().max(1) as i64;
+        let into_interval = clock.now_ms().rem_euclid(res_ms) as u64;
+        Slots { anchor: now.checked_sub(Duration::from_millis(into_interval)).unwrap_or(now), resolution }
+    }
+
+    /// The first instant at or after `not_before` that is `phase` into an interval.
+    fn next(&self, phase: Duration, not_before: Instant) -> Instant {
+        let first = self.anchor + phase;
+        if not_before <= first {
+            return first;
+        }
+        let res = self.resolution.as_nanos().max(1);
+        let since = not_before.duration_since(first).as_nanos();
+        let k = since.div_ceil(res);
+        first + Duration::from_nanos(u64::try_from(k * res).unwrap_or(u64::MAX))
+    }
+}
+
+/// What a scrape task hands back.
+struct Outcome {
+    duration: Duration,
+    result: Result<Scraped, ScrapeError>,
+}
+
+struct Scraped {
+    scrape: Arc<NodeScrape>,
+    frame: bytes::Bytes,
+    rejected_samples: u32,
+    incomplete_containers: u32,
+}
+
+struct NodeState {
+    target: NodeTarget,
+    phase: Duration,
+    /// Bumped on every (re)acquisition, so stale heap entries and results are ignored.
+    generation: u64,
+    busy: Option<AbortHandle>,
+    /// Result label of the last scrape, to log once per change.
+    last_result: Option<&'static str>,
+}
+
+/// Runs the scheduler until `shutdown` resolves; then aborts in-flight scrapes and publishes a
+/// `Shutdown` release of every owned node.
+pub async fn run<S: KubeletSource>(
+    config: ScheduleConfig,
+    source: Arc<S>,
+    mut assignments: watch::Receiver<Assignment>,
+    hub: Arc<Hub>,
+    metrics: Metrics,
+    clock: SharedClock,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let slots = Slots::new(&clock, config.resolution);
+    let permits = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
+    let mut nodes: HashMap<String, NodeState> = HashMap::new();
+    let mut due: BinaryHeap<Reverse<(Instant, u64, String)>> = BinaryHeap::new();
+    let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, (String, u64)> = HashMap::new();
+    let mut next_generation: u64 = 1;
+    tokio::pin!(shutdown);
+
+    let initial = assignments.borrow_and_update().clone();
+    apply_assignment(&initial, config.resolution, &mut nodes, &mut due, &mut next_generation, &hub, &metrics);
+
+    loop {
+        let next_due = due.peek().map(|Reverse((at, _, _))| *at);
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            changed = assignments.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let a = assignments.borrow_and_update().clone();
+                apply_assignment(&a, config.resolution, &mut nodes, &mut due, &mut next_generation, &hub, &metrics);
+            }
+            Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let (id, outcome) = match joined {
+                    Ok((id, outcome)) => (id, Ok(outcome)),
+                    Err(err) => (err.id(), Err(err)),
+                };
+                let Some((node, generation)) = running.remove(&id) else { continue };
+                match outcome {
+                    Ok(outcome) => handle_outcome(&node, generation, outcome, &mut nodes, &hub, &metrics),
+                    Err(err) => {
+                        if let Some(state) = nodes.get_mut(&node).filter(|s| s.generation == generation) {
+                            state.busy = None;
+                        }
+                        if err.is_panic() {
+                            tracing::error!(node = %node, "scrape task panicked");
+                        }
+                    }
+                }
+            }
+            _ = sleep_until_opt(next_due) => {
+                let now = Instant::now();
+                while due.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
+                    let Some(Reverse((at, generation, name))) = due.pop() else { break };
+                    let Some(state) = nodes.get_mut(&name) else { continue };
+                    if state.generation != generation {
+                        continue;
+                    }
+                    let after = at.max(now) + config.resolution / 2;
+                    due.push(Reverse((slots.next(state.phase, after), generation, name.clone())));
+                    if state.busy.is_some() {
+                        metrics.scrapes_skipped_total.inc();
+                        tracing::debug!(node = %name, "previous scrape still queued or running; skipping this round");
+                        continue;
+                    }
+                    let handle = tasks.spawn(scrape_one(source.clone(), state.target.clone(), permits.clone(), hub.clone(), clock.clone()));
+                    running.insert(handle.id(), (name, generation));
+                    state.busy = Some(handle);
+                }
+            }
+        }
+    }
+
+    tasks.abort_all();
+    let released: Vec<NodeReleased> = nodes.keys().map(|n| NodeReleased { node: n.clone(), reason: ReleaseReason::Shutdown }).collect();
+    metrics.owned_nodes.set(0);
+    hub.publish_released(released);
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn apply_assignment(
+    a: &Assignment,
+    resolution: Duration,
+    nodes: &mut HashMap<String, NodeState>,
+    due: &mut BinaryHeap<Reverse<(Instant, u64, String)>>,
+    next_generation: &mut u64,
+    hub: &Hub,
+    metrics: &Metrics,
+) {
+    let now = Instant::now();
+    let mut released = Vec::new();
+    nodes.retain(|name, state| {
+        if a.owned.contains_key(name) {
+            return true;
+        }
+        if let Some(h) = state.busy.take() {
+            h.abort();
+        }
+        let reason = if a.known.contains(name) { ReleaseReason::OwnershipMoved } else { ReleaseReason::NodeDeleted };
+        released.push(NodeReleased { node: name.clone(), reason });
+        false
+    });
+    for (name, target) in a.owned.iter() {
+        match nodes.get_mut(name) {
+            Some(state) => {
+                if state.target != *target {
+                    tracing::info!(node = %name, host = %target.host, port = target.port, "kubelet address changed");
+                    state.target = target.clone();
+                }
+            }
+            None => {
+                let generation = *next_generation;
+                *next_generation += 1;
+                nodes.insert(
+                    name.clone(),
+                    NodeState { target: target.clone(), phase: phase_offset(name, resolution), generation, busy: None, last_result: None },
+                );
+                // First scrape at once; later ones at the node's phase.
+                due.push(Reverse((now, generation, name.clone())));
+            }
+        }
+    }
+    if !released.is_empty() {
+        tracing::info!(released = released.len(), "nodes released");
+        hub.publish_released(released);
+    }
+    metrics.owned_nodes.set(nodes.len() as i64);
+    metrics.known_nodes.set(a.known.len() as i64);
+}
+
+fn handle_outcome(node: &str, generation: u64, outcome: Outcome, nodes: &mut HashMap<String, NodeState>, hub: &Hub, metrics: &Metrics) {
+    let Some(state) = nodes.get_mut(node) else { return };
+    if state.generation != generation {
+        return;
+    }
+    state.busy = None;
+    metrics.scrape_duration_seconds.observe(outcome.duration.as_secs_f64());
+    let label = match &outcome.result {
+        Ok(_) => "success",
+        Err(e) => e.result_label(),
+    };
+    metrics.scrapes_total.with_label_values(&[label]).inc();
+    let changed = state.last_result != Some(label);
+    state.last_result = Some(label);
+    match outcome.result {
+        Ok(s) => {
+            if changed {
+                tracing::info!(node = %node, "scrapes succeeding");
+            }
+            metrics.samples_total.inc_by(s.scrape.sample_count() as u64);
+            metrics.rejected_samples_total.inc_by(u64::from(s.rejected_samples));
+            metrics.incomplete_containers_total.inc_by(u64::from(s.incomplete_containers));
+            hub.publish_scrape(s.scrape, s.frame);
+        }
+        Err(err) => {
+            if changed {
+                tracing::warn!(node = %node, host = %state.target.host, port = state.target.port, error = %err, "scrape failed");
+            }
+        }
+    }
+}
+
+async fn scrape_one<S: KubeletSource>(
+    source: Arc<S>,
+    target: NodeTarget,
+    permits: Arc<Semaphore>,
+    hub: Arc<Hub>,
+    clock: SharedClock,
+) -> Outcome {
+    let _permit = permits.acquire_owned().await;
+    let started = Instant::now();
+    let result = match source.fetch(&target).await {
+        Ok(body) => {
+            let scraped_at_ms = clock.now_ms();
+            match parse_resource_metrics(&target.name, &body, scraped_at_ms) {
+                Ok(parsed) => {
+                    let frame = hub.encode_scrape(&parsed.scrape);
+                    Ok(Scraped {
+                        scrape: Arc::new(parsed.scrape),
+                        frame,
+                        rejected_samples: parsed.rejected_samples,
+                        incomplete_containers: parsed.incomplete_containers,
+                    })
+                }
+                Err(e) => Err(ScrapeError::Parse(e)),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    Outcome { duration: started.elapsed(), result }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use futures::StreamExt;
+    use prost::Message;
+    use shardmetrics_proto::clock::ManualClock;
+    use shardmetrics_proto::v1::SampleBatch;
+    use shardmetrics_proto::{Batch, ShardIdentity, decode_batch};
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::kubelet::fixture::{PayloadSpec, resource_metrics};
+    use crate::stream::Subscription;
+
+    const RES: Duration = Duration::from_secs(15);
+    /// Wall-clock start: 5 s into a 15 s interval.
+    const WALL_START_MS: i64 = 1_700_000_000_000;
+
+    /// A fake kubelet fleet that records when each node was fetched.
+    #[derive(Default)]
+    struct FakeFleet {
+        fetches: Mutex<Vec<(String, Instant)>>,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+        delay: Mutex<HashMap<String, Duration>>,
+        failing: Mutex<BTreeSet<String>>,
+    }
+
+    impl KubeletSource for FakeFleet {
+        async fn fetch(&self, target: &NodeTarget) -> Result<Bytes, ScrapeError> {
+            self.fetches.lock().unwrap().push((target.name.clone(), Instant::now()));
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            let delay = self.delay.lock().unwrap().get(&target.name).copied().unwrap_or(Duration::from_millis(20));
+            tokio::time::sleep(delay).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if self.failing.lock().unwrap().contains(&target.name) {
+                return Err(ScrapeError::Http { status: 500 });
+            }
+            Ok(Bytes::from(resource_metrics(&PayloadSpec { pods: 2, seed: 1, timestamp_ms: 1 })))
+        }
+    }
+
+    impl FakeFleet {
+        fn times_of(&self, node: &str) -> Vec<Instant> {
+            self.fetches.lock().unwrap().iter().filter(|(n, _)| n == node).map(|(_, t)| *t).collect()
+        }
+    }
+
+    fn assignment(owned: &[&str], known: &[&str]) -> Assignment {
+        let owned: BTreeMap<String, NodeTarget> =
+            owned.iter().map(|n| ((*n).to_owned(), NodeTarget { name: (*n).to_owned(), host: "127.0.0.1".into(), port: 1 })).collect();
+        Assignment { owned: Arc::new(owned), known: Arc::new(known.iter().map(|n| (*n).to_owned()).collect()) }
+    }
+
+    struct Harness {
+        fleet: Arc<FakeFleet>,
+        tx: watch::Sender<Assignment>,
+        hub: Arc<Hub>,
+        metrics: Metrics,
+        stop: Option<oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<()>,
+        start: Instant,
+    }
+
+    fn start(owned: &[&str], max_concurrent: usize) -> Harness {
+        let fleet = Arc::new(FakeFleet::default());
+        let (tx, rx) = watch::channel(assignment(owned, owned));
+        let metrics = Metrics::new();
+        let hub = Hub::new(ShardIdentity { shard_id: "s0".into(), epoch: 1 }, 100_000, metrics.clone());
+        let clock: SharedClock = ManualClock::new(WALL_START_MS);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let start = Instant::now();
+        let task = tokio::spawn(run(
+            ScheduleConfig { resolution: RES, max_concurrent },
+            fleet.clone(),
+            rx,
+            hub.clone(),
+            metrics.clone(),
+            clock,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Harness { fleet, tx, hub, metrics, stop: Some(stop), task, start }
+    }
+
+    async fn next_batch(sub: &mut Subscription) -> Batch {
+        decode_batch(SampleBatch::decode(sub.next().await.unwrap().unwrap()).unwrap()).unwrap()
+    }
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("node-{i:04}")).collect()
+    }
+
+    #[test]
+    fn phase_offsets_are_stable_within_the_interval_and_spread_out() {
+        assert_eq!(phase_offset("node-1", RES), phase_offset("node-1", RES));
+        let mut buckets = [0usize; 15];
+        for n in names(3000) {
+            let p = phase_offset(&n, RES);
+            assert!(p < RES);
+            buckets[p.as_secs() as usize] += 1;
+        }
+        // 200 per second on average; a good hash keeps every second within ±25 %.
+        assert!(buckets.iter().all(|&b| (150..=250).contains(&b)), "{buckets:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_owned_node_is_scraped_at_once_then_every_resolution_at_its_phase() {
+        let owned = ["node-a", "node-b", "node-c"];
+        let h = start(&owned, 8);
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        // The wall clock started 5 s into an interval: the anchor is 5 s before the start.
+        let anchor = h.start - Duration::from_secs(5);
+        for n in owned {
+            let times = h.fleet.times_of(n);
+            assert_eq!(times[0], h.start, "{n}: first scrape at once");
+            let phase = phase_offset(n, RES);
+            for t in &times[1..] {
+                let into = Duration::from_nanos((t.duration_since(anchor).as_nanos() % RES.as_nanos()) as u64);
+                // tokio timers have millisecond granularity.
+                assert!(into >= phase && into - phase < Duration::from_millis(1), "{n}: later scrapes at its phase ({into:?} vs {phase:?})");
+            }
+            for w in times[1..].windows(2) {
+                assert_eq!(w[1] - w[0], RES, "{n}: once per resolution");
+            }
+            assert!((4..=5).contains(&times.len()), "{n}: {} scrapes in 61 s", times.len());
+        }
+        assert_eq!(h.metrics.scrapes_total.with_label_values(&["success"]).get() as usize, h.fleet.fetches.lock().unwrap().len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scrapes_of_many_nodes_are_spread_evenly_over_the_interval() {
+        let all = names(600);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let h = start(&refs, 1000);
+        tokio::time::sleep(Duration::from_secs(46)).await;
+        // Steady state, one full interval after the prompt first round: 40 per second on average.
+        let from = h.start + Duration::from_secs(30);
+        let mut per_second = [0usize; 15];
+        for (_, t) in h.fleet.fetches.lock().unwrap().iter().filter(|(_, t)| *t >= from && *t < from + RES) {
+            per_second[(t.duration_since(from).as_secs()) as usize] += 1;
+        }
+        assert_eq!(per_second.iter().sum::<usize>(), 600, "every node once in the interval");
+        assert!(per_second.iter().all(|&c| (20..=60).contains(&c)), "{per_second:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newly_owned_node_is_scraped_promptly_and_a_released_one_stops() {
+        let h = start(&["node-a", "node-b"], 8);
+        let mut sub = h.hub.subscribe("test".into()).unwrap();
+        assert!(next_batch(&mut sub).await.snapshot_complete);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+
+        let added_at = Instant::now();
+        h.tx.send_replace(assignment(&["node-b", "node-c"], &["node-a", "node-b", "node-c"]));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(h.fleet.times_of("node-c").first().copied(), Some(added_at), "new node scraped at once");
+
+        // node-a is still known: its ownership moved.
+        let released = loop {
+            let b = next_batch(&mut sub).await;
+            if !b.released.is_empty() {
+                break b.released;
+            }
+        };
+        assert_eq!(released, vec![NodeReleased { node: "node-a".into(), reason: ReleaseReason::OwnershipMoved }]);
+        let a_count = h.fleet.times_of("node-a").len();
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        assert_eq!(h.fleet.times_of("node-a").len(), a_count, "released node no longer scraped");
+
+        // node-b disappears from the cluster: deleted.
+        h.tx.send_replace(assignment(&["node-c"], &["node-c"]));
+        let released = loop {
+            let b = next_batch(&mut sub).await;
+            if !b.released.is_empty() {
+                break b.released;
+            }
+        };
+        assert_eq!(released, vec![NodeReleased { node: "node-b".into(), reason: ReleaseReason::NodeDeleted }]);
+        assert_eq!(h.metrics.owned_nodes.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_is_bounded_and_a_node_busier_than_the_interval_is_skipped_not_piled_up() {
+        let all = names(40);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let h = start(&refs, 5);
+        for n in &all {
+            h.fleet.delay.lock().unwrap().insert(n.clone(), Duration::from_secs(2));
+        }
+        h.fleet.delay.lock().unwrap().insert("node-0000".into(), Duration::from_secs(40));
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        assert_eq!(h.fleet.max_in_flight.load(Ordering::SeqCst), 5);
+        let slow = h.fleet.times_of("node-0000");
+        for w in slow.windows(2) {
+            assert!(w[1] - w[0] >= Duration::from_secs(40), "never two scrapes of one node at once");
+        }
+        assert!(h.metrics.scrapes_skipped_total.get() >= 2, "skipped rounds are counted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_node_is_counted_and_does_not_disturb_the_others() {
+        let h = start(&["node-ok", "node-bad"], 8);
+        h.fleet.failing.lock().unwrap().insert("node-bad".into());
+        let mut sub = h.hub.subscribe("test".into()).unwrap();
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        let bad = h.fleet.times_of("node-bad").len();
+        let ok = h.fleet.times_of("node-ok").len();
+        assert!(bad >= 2 && ok >= 2, "both keep being scraped: {bad} {ok}");
+        assert_eq!(h.metrics.scrapes_total.with_label_values(&["http_error"]).get() as usize, bad);
+        assert_eq!(h.metrics.scrapes_total.with_label_values(&["success"]).get() as usize, ok);
+        let _snapshot = next_batch(&mut sub).await;
+        for _ in 0..ok {
+            let b = next_batch(&mut sub).await;
+            assert_eq!(b.scrapes[0].node, "node-ok");
+            assert_eq!(b.scrapes[0].pods.len(), 2);
+        }
+        assert!(h.metrics.samples_total.get() > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_releases_every_owned_node_with_reason_shutdown() {
+        let mut h = start(&["node-a", "node-b"], 8);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut sub = h.hub.subscribe("test".into()).unwrap();
+        let _snapshot = next_batch(&mut sub).await;
+        let _ = h.stop.take().unwrap().send(());
+        (&mut h.task).await.unwrap();
+        let b = next_batch(&mut sub).await;
+        let mut released: Vec<_> = b.released.iter().map(|r| (r.node.as_str(), r.reason)).collect();
+        released.sort_by_key(|(n, _)| *n);
+        assert_eq!(released, vec![("node-a", ReleaseReason::Shutdown), ("node-b", ReleaseReason::Shutdown)]);
+    }
+}
