@@ -46,21 +46,25 @@ const COMPONENTS: &[(&str, &[&str], &[&str])] = &[(
     ],
 )];
 
-/// Helm-only settings rendered on top of the defaults (validated, scanned and checked for
-/// hardening like the rest): a frontend with its own certificate verified through caBundle, and
-/// the optional flags.
-const HELM_EXTRA: &[(&str, &[&str])] = &[(
-    "helm-tls-and-options",
-    &[
-        "frontend.tls.existingSecret=shardmetrics-frontend-tls",
-        "apiService.insecureSkipTLSVerify=false",
-        "apiService.caBundle=LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==",
-        "logLevel=debug",
-        "scraper.nodeSelectorFlag=node-role.kubernetes.io/worker",
-        "scraper.kubelet.certificateAuthority=/etc/kubelet-ca/ca.crt",
-        "image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
-    ],
-)];
+/// Helm-only settings rendered on top of the defaults (validated, scanned and checked like the
+/// rest): (name, namespace, `--set`s). A frontend with its own certificate verified through
+/// caBundle plus the optional flags; and an install outside kube-system.
+const HELM_EXTRA: &[(&str, &str, &[&str])] = &[
+    (
+        "helm-tls-and-options",
+        "kube-system",
+        &[
+            "frontend.tls.existingSecret=shardmetrics-frontend-tls",
+            "apiService.insecureSkipTLSVerify=false",
+            "apiService.caBundle=LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==",
+            "logLevel=debug",
+            "scraper.nodeSelectorFlag=node-role.kubernetes.io/worker",
+            "scraper.kubelet.certificateAuthority=/etc/kubelet-ca/ca.crt",
+            "image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ],
+    ),
+    ("helm-other-namespace", "metrics", &[]),
+];
 
 /// Every flag of shardmetrics-scraper, as agreed (the binaries are built with these names).
 const SCRAPER_FLAGS: &[&str] = &[
@@ -160,10 +164,12 @@ impl Renders {
     }
 }
 
+/// The workspace root.
 fn workspace() -> PathBuf {
     tools::workspace_root()
 }
 
+/// The Helm chart's directory.
 fn chart_dir() -> PathBuf {
     workspace().join("deploy/helm/shardmetrics")
 }
@@ -208,16 +214,23 @@ fn parse_yaml(yaml: &str) -> Result<Vec<Value>> {
     Ok(serde_json::from_slice(&output.stdout)?)
 }
 
+/// `kubectl kustomize` of a directory of the workspace.
 fn kustomize(dir: &str) -> Result<Rendered> {
     let yaml = run(Command::new(tools::kubectl()?).arg("kustomize").arg(workspace().join(dir)))?;
     Ok(Rendered { label: format!("kustomize/{dir}"), objects: parse_yaml(&yaml)?, yaml })
 }
 
+/// `helm template` of the chart into kube-system with `values` files and `--set`s.
 fn helm_template(label: &str, values: &[&str], set: &[&str]) -> Result<Rendered> {
+    helm_template_in(label, "kube-system", values, set)
+}
+
+/// `helm template` of the chart into `namespace` with `values` files and `--set`s.
+fn helm_template_in(label: &str, namespace: &str, values: &[&str], set: &[&str]) -> Result<Rendered> {
     let mut command = Command::new(tools::helm()?);
     command.args(["template", "shardmetrics"]).arg(chart_dir()).args([
         "--namespace",
-        "kube-system",
+        namespace,
         "--kube-version",
         KUBERNETES_VERSION,
     ]);
@@ -272,8 +285,8 @@ fn render_all() -> Result<Renders> {
         renders.kustomize.push(kustomize_with_components(name, components)?);
         renders.helm.push(helm_template(name, &[], set)?);
     }
-    for (name, set) in HELM_EXTRA {
-        renders.helm_extra.push(helm_template(name, &[], set)?);
+    for (name, namespace, set) in HELM_EXTRA {
+        renders.helm_extra.push(helm_template_in(name, namespace, &[], set)?);
     }
     Ok(renders)
 }
@@ -442,7 +455,7 @@ fn helm_lint_accepts_the_chart_with_every_values_file_in_strict_mode() -> Result
     let helm = tools::helm()?;
     let mut runs: Vec<(Vec<&str>, Vec<&str>)> = VARIANTS.iter().map(|v| (v.2.to_vec(), vec![])).collect();
     runs.extend(COMPONENTS.iter().map(|(_, _, set)| (vec![], set.to_vec())));
-    runs.extend(HELM_EXTRA.iter().map(|(_, set)| (vec![], set.to_vec())));
+    runs.extend(HELM_EXTRA.iter().map(|(_, _, set)| (vec![], set.to_vec())));
     for (values, set) in runs {
         let mut command = Command::new(&helm);
         command
