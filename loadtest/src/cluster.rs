@@ -38,6 +38,50 @@ pub const MEMORY_ANNOTATION: &str = "sim.shardmetrics.io/memory-bytes";
 /// Label put on every node the cluster creates.
 pub const SIM_NODE_LABEL: &str = "sim.shardmetrics.io/node";
 
+/// User of [`NOACCESS_TOKEN`]: authenticated, allowed nothing but discovery.
+pub const NOACCESS_USER: &str = "demo-noaccess";
+/// Bearer token of [`NOACCESS_USER`].
+pub const NOACCESS_TOKEN: &str = "shardmetrics-sim-noaccess-token";
+/// User of [`SCRAPER_TOKEN`]: the scraper shards' service account.
+pub const SCRAPER_USER: &str = "system:serviceaccount:kube-system:shardmetrics-scraper";
+/// Bearer token of [`SCRAPER_USER`] (also what the scrapers present to kubelets).
+pub const SCRAPER_TOKEN: &str = "shardmetrics-sim-scraper-token";
+/// User of [`FRONTEND_TOKEN`]: the frontend replicas' service account.
+pub const FRONTEND_USER: &str = "system:serviceaccount:kube-system:shardmetrics-frontend";
+/// Bearer token of [`FRONTEND_USER`].
+pub const FRONTEND_TOKEN: &str = "shardmetrics-sim-frontend-token";
+
+/// The policy of a simulated cluster running shardmetrics, mirroring the RBAC of `deploy/`:
+/// - `admin` ([`crate::apiserver::DEFAULT_ADMIN_TOKEN`]): `system:masters`;
+/// - [`SCRAPER_USER`]: read nodes, `get nodes/metrics`, manage Leases;
+/// - [`FRONTEND_USER`]: read nodes, pods and Leases, the `extension-apiserver-authentication`
+///   ConfigMap, create TokenReviews and SubjectAccessReviews;
+/// - [`NOACCESS_USER`]: nothing beyond discovery.
+pub fn standard_policy() -> crate::apiserver::Policy {
+    use crate::apiserver::{DEFAULT_ADMIN, DEFAULT_ADMIN_TOKEN, MASTERS, Policy, Rule, UserInfo};
+    let sa_groups = ["system:serviceaccounts", "system:serviceaccounts:kube-system"];
+    Policy::new()
+        .with_token(DEFAULT_ADMIN_TOKEN, UserInfo::new(DEFAULT_ADMIN, &[MASTERS]))
+        .with_token(NOACCESS_TOKEN, UserInfo::new(NOACCESS_USER, &[]))
+        .with_token(SCRAPER_TOKEN, UserInfo::new(SCRAPER_USER, &sa_groups))
+        .with_token(FRONTEND_TOKEN, UserInfo::new(FRONTEND_USER, &sa_groups))
+        .with_rule(Rule::user(SCRAPER_USER).verbs(&["get", "list", "watch"]).api_groups(&[""]).resources(&["nodes"]))
+        .with_rule(Rule::user(SCRAPER_USER).verbs(&["get"]).api_groups(&[""]).resources(&["nodes/metrics"]))
+        .with_rule(
+            Rule::user(SCRAPER_USER)
+                .verbs(&["get", "list", "watch", "create", "update", "patch", "delete"])
+                .api_groups(&["coordination.k8s.io"])
+                .resources(&["leases"]),
+        )
+        .with_rule(Rule::user(FRONTEND_USER).verbs(&["get", "list", "watch"]).api_groups(&[""]).resources(&["nodes", "pods"]))
+        .with_rule(Rule::user(FRONTEND_USER).verbs(&["get", "list", "watch"]).api_groups(&["coordination.k8s.io"]).resources(&["leases"]))
+        .with_rule(
+            Rule::user(FRONTEND_USER).verbs(&["get", "list", "watch"]).api_groups(&[""]).resources(&["configmaps"]).namespaces(&["kube-system"]),
+        )
+        .with_rule(Rule::user(FRONTEND_USER).verbs(&["create"]).api_groups(&["authentication.k8s.io"]).resources(&["tokenreviews"]))
+        .with_rule(Rule::user(FRONTEND_USER).verbs(&["create"]).api_groups(&["authorization.k8s.io"]).resources(&["subjectaccessreviews"]))
+}
+
 /// Errors building or changing the cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

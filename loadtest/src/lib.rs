@@ -12,9 +12,11 @@
 //! - [`cluster`]: nodes x pods x containers in the API server with a kubelet per node, kept in
 //!   step with whatever changes the API server (tests, kube-rs, kubectl).
 //! - [`httputil`]: the TLS accept loop and body helpers the simulated servers share.
+//! - [`cli`]: the `shardmetrics-loadtest` command line (the binary's `main.rs` only calls it).
 //! - [`tools`]: installs kubectl/helm for the end-to-end tests.
 
 pub mod apiserver;
+pub mod cli;
 pub mod cluster;
 pub mod httputil;
 pub mod kubelet;

@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::discovery;
 use super::error::ApiError;
 use super::patch::{self, PatchType};
+use super::protobuf;
 use super::policy::{Attributes, Policy, UserInfo};
 use super::proxy::{METRICS_GROUP, Proxy};
 use super::resources::{self, ResourceId, Review, STORED};
@@ -179,6 +180,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, peer: PeerInfo, req: Request<Inc
         return error_response(&ApiError::Forbidden(attrs.forbidden_message(&user)));
     }
     let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     let result = match route {
         Route::Local(path) => local(&shared, &path, &accept),
         Route::Aggregated => {
@@ -192,7 +194,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, peer: PeerInfo, req: Request<Inc
             if req.method() != Method::POST {
                 Err(ApiError::MethodNotAllowed)
             } else {
-                match json_body(req).await {
+                match review_body(req).await {
                     Ok(body) => reviews::answer(review, &policy, &user, &body)
                         .map(|v| json_response(StatusCode::CREATED, v.to_string())),
                     Err(e) => Err(e),
@@ -203,7 +205,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, peer: PeerInfo, req: Request<Inc
             rest(&shared, req, resource, &namespace, &name, part, &query, watch, &accept).await
         }
     };
-    result.unwrap_or_else(|e| error_response(&e))
+    let resp = result.unwrap_or_else(|e| error_response(&e));
+    tracing::debug!(%method, %uri, user = %user.username, status = resp.status().as_u16(), "request");
+    resp
 }
 
 fn local(shared: &Shared, path: &str, accept: &str) -> Result<Response<Body>, ApiError> {
@@ -240,6 +244,16 @@ async fn json_body(req: Request<Incoming>) -> Result<Value, ApiError> {
     }
     let bytes = read_body(req.into_body(), MAX_BODY).await.map_err(ApiError::BadRequest)?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
+}
+
+/// A review body: JSON, or protobuf for the self reviews kubectl's typed clients send.
+async fn review_body(req: Request<Incoming>) -> Result<Value, ApiError> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    if protobuf::is_protobuf(&content_type) {
+        let bytes = read_body(req.into_body(), MAX_BODY).await.map_err(ApiError::BadRequest)?;
+        return protobuf::review_to_json(&bytes);
+    }
+    json_body(req).await
 }
 
 fn filter_from(resource: ResourceId, namespace: &str, query: &[(String, String)]) -> Result<Filter, ApiError> {

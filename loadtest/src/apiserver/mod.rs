@@ -17,7 +17,7 @@
 //! - [`handlers`]: where requests enter (authn, request parsing, authz, dispatch, watch streams);
 //! - [`store`]: objects, resourceVersions, history, watch fan-out;
 //! - [`resources`]: the served resource table; [`discovery`], [`table`]: what kubectl reads;
-//! - [`patch`], [`selector`]: patch types and selectors;
+//! - [`patch`], [`selector`]: patch types and selectors; [`protobuf`]: the protobuf bodies kubectl posts;
 //! - [`policy`], [`reviews`]: users, rules, TokenReview and SubjectAccessReview;
 //! - [`proxy`]: the `metrics.k8s.io` aggregation proxy; [`kubeconfig`]: kubeconfig files.
 
@@ -27,6 +27,7 @@ pub mod handlers;
 pub mod kubeconfig;
 pub mod patch;
 pub mod policy;
+pub mod protobuf;
 pub mod proxy;
 pub mod resources;
 pub mod reviews;

@@ -1,0 +1,281 @@
+//! The `shardmetrics-loadtest` command line: flags, validation (every problem reported at once,
+//! exit code 64), and the subcommands that run the simulators standalone.
+//!
+//! Every flag can also be set through `SHARDMETRICS_<FLAG_IN_UPPER_SNAKE>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+
+use crate::apiserver::{ApiServer, ApiServerConfig, Context, DEFAULT_ADMIN};
+use crate::cluster::{self, Cluster, ClusterConfig, NOACCESS_USER};
+use crate::kubelet::{ContainerUsage, FleetConfig, KubeletFleet, fixed_tokens};
+use crate::pki::Ca;
+
+/// Exit code for invalid flags (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `shardmetrics-loadtest`: a simulated Kubernetes cluster on one machine.
+#[derive(Debug, Parser)]
+#[command(name = "shardmetrics-loadtest", version, about, propagate_version = true)]
+pub struct Args {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, global = true, env = "SHARDMETRICS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax, e.g. `info,shardmetrics_loadtest=debug`).
+    #[arg(long, global = true, env = "SHARDMETRICS_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the API-server simulator (with a simulated cluster and its kubelets) until Ctrl-C.
+    Apiserver(ApiserverArgs),
+    /// Run standalone kubelets with synthetic pods until Ctrl-C (no API server).
+    Kubelets(KubeletsArgs),
+}
+
+/// Flags of `apiserver`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ApiserverArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "SHARDMETRICS_BIND_ADDRESS", default_value = "127.0.0.1:0")]
+    pub bind_address: SocketAddr,
+    /// Nodes to create, each with its own kubelet.
+    #[arg(long, env = "SHARDMETRICS_NODES", default_value_t = 3)]
+    pub nodes: usize,
+    /// Pods per node.
+    #[arg(long, env = "SHARDMETRICS_PODS_PER_NODE", default_value_t = 5)]
+    pub pods_per_node: usize,
+    /// Containers per pod.
+    #[arg(long, env = "SHARDMETRICS_CONTAINERS_PER_POD", default_value_t = 1)]
+    pub containers_per_pod: usize,
+    /// Where to write the kubeconfig (contexts sim-admin, sim-noaccess, sim-scraper,
+    /// sim-frontend).
+    #[arg(long, env = "SHARDMETRICS_KUBECONFIG", default_value = "sim.kubeconfig")]
+    pub kubeconfig: PathBuf,
+    /// Directory to write the CAs into (`ca.crt`, `front-proxy-ca.crt`); none if unset.
+    #[arg(long, env = "SHARDMETRICS_PKI_DIR")]
+    pub pki_dir: Option<PathBuf>,
+    /// A frontend replica (`host:port`) to proxy `metrics.k8s.io` to; repeatable.
+    #[arg(long = "aggregation-backend", env = "SHARDMETRICS_AGGREGATION_BACKEND", value_delimiter = ',')]
+    pub aggregation_backends: Vec<SocketAddr>,
+}
+
+/// Flags of `kubelets`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct KubeletsArgs {
+    /// How many kubelets.
+    #[arg(long, env = "SHARDMETRICS_COUNT", default_value_t = 10)]
+    pub count: usize,
+    /// Synthetic pods per kubelet.
+    #[arg(long, env = "SHARDMETRICS_PODS_PER_NODE", default_value_t = 10)]
+    pub pods_per_node: usize,
+    /// Containers per pod.
+    #[arg(long, env = "SHARDMETRICS_CONTAINERS_PER_POD", default_value_t = 1)]
+    pub containers_per_pod: usize,
+    /// Node name prefix (names are the prefix plus a zero-padded index).
+    #[arg(long, env = "SHARDMETRICS_NODE_PREFIX", default_value = "standalone-node-")]
+    pub node_prefix: String,
+    /// A bearer token the kubelets accept; repeatable.
+    #[arg(long = "token", env = "SHARDMETRICS_TOKEN", value_delimiter = ',', required = true)]
+    pub tokens: Vec<String>,
+    /// Directory to write the kubelets' CA into (`kubelet-ca.crt`).
+    #[arg(long, env = "SHARDMETRICS_PKI_DIR")]
+    pub pki_dir: Option<PathBuf>,
+}
+
+/// Checks flags against each other; returns every problem.
+pub fn validate(args: &Args) -> Vec<String> {
+    let mut problems = Vec::new();
+    if tracing_subscriber::EnvFilter::try_new(&args.log_level).is_err() {
+        problems.push(format!("--log-level {:?} is not a valid filter", args.log_level));
+    }
+    match &args.command {
+        Command::Apiserver(a) => {
+            if a.nodes > 20_000 {
+                problems.push(format!("--nodes {} is more than 20000", a.nodes));
+            }
+            if a.pods_per_node > 1_000 {
+                problems.push(format!("--pods-per-node {} is more than 1000", a.pods_per_node));
+            }
+            if a.containers_per_pod == 0 || a.containers_per_pod > 50 {
+                problems.push(format!("--containers-per-pod {} must be between 1 and 50", a.containers_per_pod));
+            }
+        }
+        Command::Kubelets(k) => {
+            if k.count == 0 || k.count > 20_000 {
+                problems.push(format!("--count {} must be between 1 and 20000", k.count));
+            }
+            if k.containers_per_pod == 0 || k.containers_per_pod > 50 {
+                problems.push(format!("--containers-per-pod {} must be between 1 and 50", k.containers_per_pod));
+            }
+            if k.tokens.iter().any(|t| t.trim().is_empty()) {
+                problems.push("--token must not be empty".into());
+            }
+        }
+    }
+    problems
+}
+
+/// Sets up logging to stderr.
+pub fn init_tracing(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the parsed command line; what `main` calls.
+pub async fn main_with(args: Args) -> ExitCode {
+    let problems = validate(&args);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        return ExitCode::from(EXIT_USAGE);
+    }
+    init_tracing(args.log_format, &args.log_level);
+    let result = match args.command {
+        Command::Apiserver(a) => run_apiserver(a).await,
+        Command::Kubelets(k) => run_kubelets(k).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_apiserver(a: ApiserverArgs) -> anyhow::Result<()> {
+    let api = ApiServer::start(ApiServerConfig { bind: a.bind_address, policy: cluster::standard_policy(), ..Default::default() }).await?;
+    let config = ClusterConfig { nodes: a.nodes, pods_per_node: a.pods_per_node, containers_per_pod: a.containers_per_pod, ..Default::default() };
+    let sim = Cluster::start(&api, config).await?;
+    if !a.aggregation_backends.is_empty() {
+        api.set_aggregation_backends(a.aggregation_backends.clone());
+    }
+    if let Some(dir) = &a.pki_dir {
+        api.ca().write_pem(dir, "ca")?;
+        api.front_proxy_ca().write_pem(dir, "front-proxy-ca")?;
+    }
+    let contexts: Vec<Context> = vec![
+        api.token_context("sim-admin", DEFAULT_ADMIN)?,
+        api.token_context("sim-noaccess", NOACCESS_USER)?,
+        api.token_context("sim-scraper", cluster::SCRAPER_USER)?,
+        api.token_context("sim-frontend", cluster::FRONTEND_USER)?,
+    ];
+    api.write_kubeconfig(&a.kubeconfig, &contexts)?;
+    println!(
+        "apiserver ready at {} with {} nodes ({} kubelets); kubeconfig: {}",
+        api.url(),
+        a.nodes,
+        sim.fleet().len(),
+        a.kubeconfig.display()
+    );
+    println!("try: kubectl --kubeconfig {} get nodes", a.kubeconfig.display());
+    shutdown_signal().await;
+    drop(sim);
+    api.shutdown().await;
+    Ok(())
+}
+
+async fn run_kubelets(k: KubeletsArgs) -> anyhow::Result<()> {
+    let ca = Arc::new(Ca::new("shardmetrics-standalone-kubelet-ca")?);
+    let tokens: Vec<&str> = k.tokens.iter().map(String::as_str).collect();
+    let fleet = KubeletFleet::new(FleetConfig::new(&ca, fixed_tokens(&tokens))?)?;
+    if let Some(dir) = &k.pki_dir {
+        ca.write_pem(dir, "kubelet-ca")?;
+    }
+    let width = k.count.saturating_sub(1).to_string().len().max(4);
+    let now = shardmetrics_proto::clock::system();
+    for i in 0..k.count {
+        let node = format!("{}{:0width$}", k.node_prefix, i);
+        let kubelet = fleet.start(&node, 100, 512 << 20).await?;
+        for p in 0..k.pods_per_node {
+            let containers = (0..k.containers_per_pod)
+                .map(|c| (ContainerUsage::new(&format!("c{c}"), 50 + ((i * 7 + p * 13 + c) % 400) as u64, (64 + (p % 8) as u64 * 32) << 20), now.now_ms()))
+                .collect();
+            kubelet.upsert_pod("default", &format!("{node}-pod-{p}"), containers);
+        }
+        println!("{node} 127.0.0.1:{}", kubelet.port());
+    }
+    println!("kubelets ready: {}", fleet.len());
+    shutdown_signal().await;
+    fleet.stop_all();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_problem_is_reported_at_once() {
+        let args = Args::try_parse_from([
+            "shardmetrics-loadtest",
+            "--log-level",
+            "info,[",
+            "kubelets",
+            "--count",
+            "0",
+            "--containers-per-pod",
+            "0",
+            "--token",
+            " ",
+        ])
+        .unwrap();
+        let problems = validate(&args);
+        assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let args = Args::try_parse_from(["shardmetrics-loadtest", "apiserver"]).unwrap();
+        assert!(validate(&args).is_empty());
+    }
+}
