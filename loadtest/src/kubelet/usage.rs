@@ -228,8 +228,11 @@ mod tests {
         let mut n = NodeUsage::new(0, 0, 0);
         n.upsert_pod(0, "ns", "p", vec![(ContainerUsage::constant("a", 1000, 1), 0), (ContainerUsage::constant("b", 1000, 1), 0)]);
         let total = n.cpu_ns(5_000);
-        n.upsert_pod(5_000, "ns", "p", vec![(ContainerUsage::constant("a", 1000, 1), 5_000)]);
+        n.upsert_pod(5_000, "ns", "p", vec![(ContainerUsage::constant("a", 1000, 1), 0)]);
         assert_eq!(n.container("ns", "p", "a").unwrap().start_ms, 0, "a kept its incarnation");
         assert_eq!(n.cpu_ns(5_000), total);
+        n.upsert_pod(6_000, "ns", "p", vec![(ContainerUsage::constant("a", 1000, 1), 6_000)]);
+        assert_eq!(n.container("ns", "p", "a").unwrap().cpu_ns(6_000), 0, "a later start is a restart");
+        assert_eq!(n.cpu_ns(6_000), total + 1_000_000_000);
     }
 }
