@@ -550,7 +550,7 @@ impl Drop for Cluster {
 
 async fn start_kubelet(fleet: &KubeletFleet, node: &str) -> Result<Arc<SimKubelet>, KubeletError> {
     let h = hash(node);
-    fleet.start(node, 50 + h % 200, (512 << 20) + ((h >> 8) % 512 << 20)).await
+    fleet.start(node, 50 + h % 200, (512 << 20) + (((h >> 8) % 512) << 20)).await
 }
 
 fn generated_pod(config: &ClusterConfig, node: &str, node_index: usize, pod_on_node: usize, pod_index: usize) -> PodSpec {

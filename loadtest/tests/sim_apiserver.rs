@@ -175,8 +175,8 @@ async fn token_and_subject_access_reviews_follow_the_policy() {
         },
         ..Default::default()
     };
-    assert_eq!(sars.create(&PostParams::default(), &sar("team-a")).await.unwrap().status.unwrap().allowed, true);
-    assert_eq!(sars.create(&PostParams::default(), &sar("team-b")).await.unwrap().status.unwrap().allowed, false);
+    assert!(sars.create(&PostParams::default(), &sar("team-a")).await.unwrap().status.unwrap().allowed);
+    assert!(!sars.create(&PostParams::default(), &sar("team-b")).await.unwrap().status.unwrap().allowed);
 
     // A user without the rule may not create reviews at all.
     let nobody: Api<SubjectAccessReview> = Api::all(client(&api, "nobody").await);

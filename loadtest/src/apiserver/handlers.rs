@@ -147,7 +147,9 @@ fn route(method: &Method, path: &str, watch: bool) -> Result<(Route, Attributes)
     }
     let resource = resources::find(group, version, plural).ok_or_else(not_found)?;
     let r = &STORED[resource];
-    if r.namespaced != !namespace.is_empty() && !(r.namespaced && name.is_empty() && namespace.is_empty()) {
+    // Namespaced objects need a namespace (collections may span all); cluster-scoped ones none.
+    let scope_ok = if r.namespaced { !namespace.is_empty() || name.is_empty() } else { namespace.is_empty() };
+    if !scope_ok {
         return Err(not_found());
     }
     let part = match sub {

@@ -492,7 +492,7 @@ impl Store {
         if resource == NAMESPACES && !map.get("spec").is_some_and(Value::is_object) {
             map.insert("spec".into(), json!({"finalizers": ["kubernetes"]}));
         }
-        if resource == PODS && !map.get("status").is_some_and(|s| s.get("phase").is_some()) {
+        if resource == PODS && map.get("status").is_none_or(|s| s.get("phase").is_none()) {
             map.insert("status".into(), json!({"phase": "Pending"}));
         }
         let stored = Arc::new(Stored::from_value(resource, &obj)?);
@@ -722,8 +722,8 @@ impl Store {
             });
         }
         if resource == NAMESPACES {
-            for res in 0..STORED.len() {
-                if !STORED[res].namespaced {
+            for (res, r) in STORED.iter().enumerate() {
+                if !r.namespaced {
                     continue;
                 }
                 let keys: Vec<ObjectKey> = inner.objects[res].keys().filter(|k| k.namespace == name).cloned().collect();

@@ -267,26 +267,29 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     response(status, "text/plain; charset=utf-8", body)
 }
 
-fn authenticate(k: &SimKubelet, peer: &PeerInfo, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+/// Ok, or the refusal's status and body.
+fn authenticate(k: &SimKubelet, peer: &PeerInfo, req: &Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
     if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
         let token = auth.to_str().ok().and_then(|a| a.strip_prefix("Bearer ")).map(str::trim).unwrap_or("");
         return match (k.config.token_check)(token) {
             TokenVerdict::Allowed => Ok(()),
-            TokenVerdict::Forbidden => Err(text(StatusCode::FORBIDDEN, "Forbidden (user=unknown, verb=get, resource=nodes, subresource=metrics)")),
-            TokenVerdict::Unknown => Err(text(StatusCode::UNAUTHORIZED, "Unauthorized")),
+            TokenVerdict::Forbidden => {
+                Err((StatusCode::FORBIDDEN, "Forbidden (user=unknown, verb=get, resource=nodes, subresource=metrics)"))
+            }
+            TokenVerdict::Unknown => Err((StatusCode::UNAUTHORIZED, "Unauthorized")),
         };
     }
     // rustls verified any presented certificate against the client CA.
     if k.config.client_ca.is_some() && !peer.client_certs.is_empty() {
         return Ok(());
     }
-    Err(text(StatusCode::UNAUTHORIZED, "Unauthorized"))
+    Err((StatusCode::UNAUTHORIZED, "Unauthorized"))
 }
 
 async fn handle(k: Arc<SimKubelet>, peer: PeerInfo, req: Request<Incoming>) -> Response<Body> {
-    if let Err(refused) = authenticate(&k, &peer, &req) {
+    if let Err((status, body)) = authenticate(&k, &peer, &req) {
         k.stats.refused.fetch_add(1, Ordering::Relaxed);
-        return refused;
+        return text(status, body);
     }
     match req.uri().path() {
         "/healthz" => return text(StatusCode::OK, "ok"),
