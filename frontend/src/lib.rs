@@ -1,3 +1,5 @@
 //! shardmetrics frontend replica (work in progress).
 
+pub mod api;
 pub mod auth;
+pub mod store;

@@ -1,1 +1,3 @@
+//! The shardmetrics frontend replica binary (work in progress).
+
 fn main() {}

@@ -1,0 +1,140 @@
+//! Kubernetes `resource.Quantity` strings in canonical form, as metrics-server prints them.
+//!
+//! CPU is a DecimalSI quantity built from nanocores (`NewScaledQuantity(n, -9)`); memory is a
+//! BinarySI quantity of bytes. Canonical form follows apimachinery's `CanonicalizeBytes`:
+//! decimal values drop factors of ten and use the largest SI suffix (`n`, `u`, `m`, none, `k`,
+//! `M`, ...) that keeps an integer mantissa (`1500000000n` prints `1500m`); binary values use
+//! the largest power of 1024 that divides them (`Ki`, `Mi`, ...), except that values below 1024
+//! print as decimal (`1000` prints `1k`).
+
+use std::fmt;
+
+/// CPU usage in nanocores, displayed as a canonical DecimalSI quantity (`"123456n"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Cpu(pub u64);
+
+/// Memory in bytes, displayed as a canonical BinarySI quantity (`"12340Ki"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Memory(pub u64);
+
+impl fmt::Display for Cpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_decimal(f, self.0, -9)
+    }
+}
+
+impl fmt::Display for Memory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 < 1024 {
+            return write_decimal(f, self.0, 0);
+        }
+        let mut mantissa = self.0;
+        let mut power = 0usize;
+        while mantissa.is_multiple_of(1024) && power < 6 {
+            mantissa /= 1024;
+            power += 1;
+        }
+        const SUFFIXES: [&str; 7] = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+        write!(f, "{mantissa}{}", SUFFIXES[power])
+    }
+}
+
+/// Writes `value * 10^exponent` (exponent a multiple of 3 between -9 and 18) canonically.
+fn write_decimal(f: &mut fmt::Formatter<'_>, value: u64, exponent: i32) -> fmt::Result {
+    if value == 0 {
+        return f.write_str("0");
+    }
+    let mut mantissa = u128::from(value);
+    let mut exponent = exponent;
+    while mantissa.is_multiple_of(10) {
+        mantissa /= 10;
+        exponent += 1;
+    }
+    // Back to a multiple of three, as apimachinery does (rem_euclid keeps negatives right).
+    match exponent.rem_euclid(3) {
+        1 => {
+            mantissa *= 10;
+            exponent -= 1;
+        }
+        2 => {
+            mantissa *= 100;
+            exponent -= 2;
+        }
+        _ => {}
+    }
+    // Above exa there is no suffix: fold the rest back into the mantissa.
+    while exponent > 18 {
+        mantissa *= 1000;
+        exponent -= 3;
+    }
+    let suffix = match exponent {
+        -9 => "n",
+        -6 => "u",
+        -3 => "m",
+        0 => "",
+        3 => "k",
+        6 => "M",
+        9 => "G",
+        12 => "T",
+        15 => "P",
+        _ => "E",
+    };
+    write!(f, "{mantissa}{suffix}")
+}
+
+/// Sum of CPU quantities, saturating (a pod's total in the Table view).
+pub fn sum_cpu(values: impl IntoIterator<Item = Cpu>) -> Cpu {
+    Cpu(values.into_iter().fold(0u64, |acc, v| acc.saturating_add(v.0)))
+}
+
+/// Sum of memory quantities, saturating (a pod's total in the Table view).
+pub fn sum_memory(values: impl IntoIterator<Item = Memory>) -> Memory {
+    Memory(values.into_iter().fold(0u64, |acc, v| acc.saturating_add(v.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_prints_nanocores_unless_a_larger_suffix_keeps_an_integer() {
+        assert_eq!(Cpu(123_456).to_string(), "123456n");
+        assert_eq!(Cpu(162_542_336).to_string(), "162542336n");
+        assert_eq!(Cpu(123_456_000).to_string(), "123456u");
+        assert_eq!(Cpu(1_500_000_000).to_string(), "1500m");
+        assert_eq!(Cpu(250_000_000).to_string(), "250m");
+        assert_eq!(Cpu(1_000_000_000).to_string(), "1");
+        assert_eq!(Cpu(10_000_000_000).to_string(), "10");
+        assert_eq!(Cpu(5_000_000_000_000).to_string(), "5k");
+        assert_eq!(Cpu(0).to_string(), "0");
+        assert_eq!(Cpu(10).to_string(), "10n");
+        assert_eq!(Cpu(100).to_string(), "100n");
+    }
+
+    #[test]
+    fn memory_prints_the_largest_power_of_1024_that_divides_it() {
+        assert_eq!(Memory(12_636_160).to_string(), "12340Ki");
+        assert_eq!(Memory(1 << 20).to_string(), "1Mi");
+        assert_eq!(Memory(3 << 30).to_string(), "3Gi");
+        assert_eq!(Memory(1025).to_string(), "1025");
+        assert_eq!(Memory(12_345_678).to_string(), "12345678");
+        assert_eq!(Memory(1024).to_string(), "1Ki");
+    }
+
+    #[test]
+    fn memory_below_1024_bytes_prints_as_a_decimal_quantity() {
+        assert_eq!(Memory(0).to_string(), "0");
+        assert_eq!(Memory(512).to_string(), "512");
+        assert_eq!(Memory(1000).to_string(), "1k");
+        assert_eq!(Memory(100).to_string(), "100");
+    }
+
+    #[test]
+    fn huge_values_do_not_overflow() {
+        assert_eq!(Cpu(u64::MAX).to_string(), "18446744073709551615n");
+        assert_eq!(Memory(u64::MAX).to_string(), "18446744073709551615");
+        assert_eq!(Memory(1 << 62).to_string(), "4Ei");
+        assert_eq!(sum_cpu([Cpu(u64::MAX), Cpu(1)]), Cpu(u64::MAX));
+        assert_eq!(sum_memory([Memory(1024), Memory(1024)]).to_string(), "2Ki");
+    }
+}

@@ -1,0 +1,141 @@
+//! Time and duration text as Go's `metav1.Time` and `metav1.Duration` marshal them.
+//!
+//! Hand-written (no allocation, no calendar library per item) because a full-cluster list
+//! formats two of these for each of 150k items.
+
+use std::fmt;
+
+/// A Unix time in milliseconds, displayed as RFC 3339 in UTC truncated to seconds
+/// (`2026-01-02T03:04:05Z`), like `metav1.Time`'s JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rfc3339(pub i64);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.div_euclid(1000);
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+            rem / 3600,
+            (rem / 60) % 60,
+            rem % 60
+        )
+    }
+}
+
+/// Year, month, day of a count of days since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// A duration in nanoseconds, displayed like Go's `time.Duration.String()` (`15.012s`,
+/// `1m0.5s`, `500ms`, `0s`), which is what `metav1.Duration` marshals to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoDuration(pub i64);
+
+impl GoDuration {
+    /// A duration of `ms` milliseconds.
+    pub fn from_millis(ms: i64) -> Self {
+        Self(ms.saturating_mul(1_000_000))
+    }
+}
+
+impl fmt::Display for GoDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let neg = self.0 < 0;
+        let u = self.0.unsigned_abs();
+        if neg {
+            f.write_str("-")?;
+        }
+        if u == 0 {
+            return f.write_str("0s");
+        }
+        if u < 1_000_000_000 {
+            // Below one second: a single unit, with a fraction.
+            let (scale, unit) = match u {
+                0..1_000 => (1, "ns"),
+                1_000..1_000_000 => (1_000, "µs"),
+                _ => (1_000_000, "ms"),
+            };
+            write_fraction(f, u / scale, u % scale, scale)?;
+            return f.write_str(unit);
+        }
+        let total_secs = u / 1_000_000_000;
+        let nanos = u % 1_000_000_000;
+        let hours = total_secs / 3600;
+        let minutes = (total_secs / 60) % 60;
+        let secs = total_secs % 60;
+        if hours > 0 {
+            write!(f, "{hours}h{minutes}m")?;
+        } else if minutes > 0 {
+            write!(f, "{minutes}m")?;
+        }
+        write_fraction(f, secs, nanos, 1_000_000_000)?;
+        f.write_str("s")
+    }
+}
+
+/// Writes `whole` and, if non-zero, `.frac` with trailing zeros trimmed (`frac / scale`).
+fn write_fraction(f: &mut fmt::Formatter<'_>, whole: u64, frac: u64, scale: u64) -> fmt::Result {
+    write!(f, "{whole}")?;
+    if frac == 0 {
+        return Ok(());
+    }
+    let mut digits = scale.ilog10() as usize;
+    let mut frac = frac;
+    while frac.is_multiple_of(10) {
+        frac /= 10;
+        digits -= 1;
+    }
+    write!(f, ".{frac:0digits$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_print_as_utc_seconds_like_metav1_time() {
+        assert_eq!(Rfc3339(0).to_string(), "1970-01-01T00:00:00Z");
+        assert_eq!(Rfc3339(1_767_225_599_999).to_string(), "2025-12-31T23:59:59Z");
+        assert_eq!(Rfc3339(1_709_210_096_789).to_string(), "2024-02-29T12:34:56Z");
+        assert_eq!(Rfc3339(-1).to_string(), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn timestamps_agree_with_jiff_over_many_days() {
+        let mut ms = -5_000_000_000_000i64;
+        while ms < 10_000_000_000_000 {
+            let ts = jiff::Timestamp::from_millisecond(ms).expect("in range");
+            assert_eq!(Rfc3339(ms).to_string(), ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+            ms += 86_400_000 * 37 + 3_723_456;
+        }
+    }
+
+    #[test]
+    fn durations_print_like_go() {
+        assert_eq!(GoDuration(0).to_string(), "0s");
+        assert_eq!(GoDuration::from_millis(15_012).to_string(), "15.012s");
+        assert_eq!(GoDuration::from_millis(15_000).to_string(), "15s");
+        assert_eq!(GoDuration::from_millis(60_000).to_string(), "1m0s");
+        assert_eq!(GoDuration::from_millis(60_500).to_string(), "1m0.5s");
+        assert_eq!(GoDuration::from_millis(3_600_000).to_string(), "1h0m0s");
+        assert_eq!(GoDuration::from_millis(500).to_string(), "500ms");
+        assert_eq!(GoDuration(1_500_000).to_string(), "1.5ms");
+        assert_eq!(GoDuration(1_000).to_string(), "1µs");
+        assert_eq!(GoDuration(10).to_string(), "10ns");
+        assert_eq!(GoDuration::from_millis(-1_500).to_string(), "-1.5s");
+    }
+}

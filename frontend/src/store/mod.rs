@@ -1,0 +1,713 @@
+//! The replica's in-memory view of every node's last two scrapes, and the queries the API asks.
+//!
+//! Samples land here from [`crate::upstream`] (one [`Store::ingest`] per decoded batch); the API
+//! reads rates computed at read time (see [`rate`]).
+//!
+//! - Nodes are keyed by name; each remembers the pods of its latest accepted scrape.
+//! - Pods live in a namespace → name → pod map, so a namespace query costs O(pods in the
+//!   namespace) and every list comes out sorted (pods by namespace, then name) for free.
+//! - Namespaces and container names are interned (`Arc<str>` shared by every pod that uses
+//!   them). Re-ingesting a node whose pod set is unchanged allocates nothing: points are updated
+//!   in place and lookups borrow the incoming strings.
+//! - Hand-off: while two shards report the same node, a scrape older (by kubelet timestamp) than
+//!   the stored one is ignored, so the newest data wins whichever shard sent it.
+//! - Staleness: a node and its pods keep being served for `max_staleness` after their last
+//!   scrape (by the shard's `scraped_at` clock), so one failed scrape never blanks them;
+//!   [`Store::sweep`] then drops them.
+
+pub mod rate;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use shardmetrics_proto::clock::SharedClock;
+use shardmetrics_proto::{NodeReleased, NodeScrape, ReleaseReason};
+
+pub use rate::{Series, Usage};
+
+/// How the store ages and rates data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `--metric-resolution` in milliseconds: the fresh-container fast path needs it.
+    pub resolution_ms: i64,
+    /// `--max-staleness` in milliseconds: how long after its last scrape a node (and its pods)
+    /// is still served.
+    pub max_staleness_ms: i64,
+}
+
+/// What [`Store::ingest_scrape`] did with a scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// The scrape is the newest for its node and was stored.
+    Applied,
+    /// An older scrape of the node than the stored one (hand-off overlap); ignored.
+    Older,
+}
+
+/// Stored object counts, for self-metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Nodes with at least one scrape stored.
+    pub nodes: usize,
+    /// Pods stored.
+    pub pods: usize,
+    /// Containers stored.
+    pub containers: usize,
+}
+
+/// The usage of one node, ready to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeUsage {
+    /// Node name.
+    pub name: Arc<str>,
+    /// CPU, memory, timestamp and window.
+    pub usage: Usage,
+    /// When the shard read the kubelet, Unix ms (freshness).
+    pub scraped_at_ms: i64,
+}
+
+/// The usage of one container, ready to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerUsage {
+    /// Container name.
+    pub name: Arc<str>,
+    /// Average CPU over the container's window, in nanocores.
+    pub cpu_nanocores: u64,
+    /// Memory working set, in bytes.
+    pub memory_bytes: u64,
+}
+
+/// The usage of one pod, ready to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodUsage {
+    /// Namespace.
+    pub namespace: Arc<str>,
+    /// Pod name.
+    pub name: Arc<str>,
+    /// Timestamp of the container with the earliest timestamp, Unix ms.
+    pub timestamp_ms: i64,
+    /// Window of that same container, in milliseconds.
+    pub window_ms: i64,
+    /// Containers sorted by name.
+    pub containers: Vec<ContainerUsage>,
+    /// When the shard read the kubelet, Unix ms (freshness).
+    pub scraped_at_ms: i64,
+}
+
+/// The store: see the module docs. Shared between the upstream writers and API readers.
+pub struct Store {
+    /// Rating and aging settings.
+    config: StoreConfig,
+    /// Wall clock for staleness.
+    clock: SharedClock,
+    /// The data. Writers hold it for one batch; readers for one query.
+    inner: RwLock<Inner>,
+}
+
+/// The data behind the lock.
+#[derive(Default)]
+struct Inner {
+    /// Nodes by name.
+    nodes: BTreeMap<Arc<str>, NodeEntry>,
+    /// Pods by namespace, then name.
+    namespaces: BTreeMap<Arc<str>, BTreeMap<Arc<str>, PodEntry>>,
+    /// Interned namespaces and container names.
+    strings: Interner,
+    /// Bumped per ingested scrape; marks what a scrape saw.
+    generation: u64,
+}
+
+/// One node's latest accepted scrape.
+struct NodeEntry {
+    /// Shard clock when it was scraped, Unix ms.
+    scraped_at_ms: i64,
+    /// Kubelet time of the scrape (ordering key for hand-offs), Unix ms.
+    kubelet_ms: i64,
+    /// The node's own usage points; `None` until the kubelet reports a node sample.
+    usage: Option<Series>,
+    /// (namespace, name) of the pods of its latest scrape.
+    pods: Vec<(Arc<str>, Arc<str>)>,
+}
+
+/// One pod's containers.
+struct PodEntry {
+    /// The node that reported it last.
+    node: Arc<str>,
+    /// Shard clock of that node's scrape, Unix ms.
+    scraped_at_ms: i64,
+    /// Generation of the last scrape that listed it.
+    seen: u64,
+    /// Containers sorted by name.
+    containers: Vec<ContainerEntry>,
+}
+
+/// One container's points.
+struct ContainerEntry {
+    /// Interned container name.
+    name: Arc<str>,
+    /// Generation of the last scrape that listed it.
+    seen: u64,
+    /// Its last two points.
+    series: Series,
+}
+
+/// Shares repeated strings (namespaces, container names).
+#[derive(Default)]
+struct Interner {
+    /// Every interned string.
+    set: HashSet<Arc<str>>,
+}
+
+impl Interner {
+    /// The shared copy of `s` (allocates only the first time).
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.set.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.set.insert(a.clone());
+        a
+    }
+
+    /// Forgets strings nothing else refers to.
+    fn purge(&mut self) {
+        self.set.retain(|a| Arc::strong_count(a) > 1);
+    }
+}
+
+/// The kubelet time of a scrape: the node sample's, else the newest container sample's, else
+/// the shard's scrape time.
+fn kubelet_time(scrape: &NodeScrape) -> i64 {
+    if let Some(p) = &scrape.node_usage {
+        return p.timestamp_ms;
+    }
+    scrape
+        .pods
+        .iter()
+        .flat_map(|p| p.containers.iter().map(|c| c.usage.timestamp_ms))
+        .max()
+        .unwrap_or(scrape.scraped_at_ms)
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new(config: StoreConfig, clock: SharedClock) -> Self {
+        Self { config, clock, inner: RwLock::new(Inner::default()) }
+    }
+
+    /// The settings it was built with.
+    pub fn config(&self) -> StoreConfig {
+        self.config
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores the scrapes (in order) and applies the releases of one batch under one lock.
+    pub fn ingest(&self, scrapes: &[NodeScrape], released: &[NodeReleased]) -> Vec<Ingested> {
+        let mut inner = self.write();
+        let outcomes = scrapes.iter().map(|s| inner.ingest_scrape(s, self.config.resolution_ms)).collect();
+        for r in released {
+            inner.release(r);
+        }
+        outcomes
+    }
+
+    /// Stores one scrape (see [`Ingested`]).
+    pub fn ingest_scrape(&self, scrape: &NodeScrape) -> Ingested {
+        self.write().ingest_scrape(scrape, self.config.resolution_ms)
+    }
+
+    /// Drops nodes (and their pods) whose last scrape is older than `max_staleness`, and
+    /// strings nothing uses any more. Returns how many nodes were dropped.
+    pub fn sweep(&self) -> usize {
+        let oldest = self.clock.now_ms().saturating_sub(self.config.max_staleness_ms);
+        let mut inner = self.write();
+        let stale: Vec<Arc<str>> =
+            inner.nodes.iter().filter(|(_, n)| n.scraped_at_ms < oldest).map(|(k, _)| k.clone()).collect();
+        for node in &stale {
+            inner.remove_node(node);
+        }
+        inner.strings.purge();
+        stale.len()
+    }
+
+    /// Stored object counts.
+    pub fn counts(&self) -> Counts {
+        let inner = self.read();
+        let mut counts = Counts { nodes: inner.nodes.len(), ..Counts::default() };
+        for pods in inner.namespaces.values() {
+            counts.pods += pods.len();
+            counts.containers += pods.values().map(|p| p.containers.len()).sum::<usize>();
+        }
+        counts
+    }
+
+    /// Oldest `scraped_at` still served, Unix ms.
+    fn oldest_served(&self) -> i64 {
+        self.clock.now_ms().saturating_sub(self.config.max_staleness_ms)
+    }
+
+    /// The usage of node `name`, if it has a rate and is not stale.
+    pub fn node(&self, name: &str) -> Option<NodeUsage> {
+        let oldest = self.oldest_served();
+        let inner = self.read();
+        let (key, entry) = inner.nodes.get_key_value(name)?;
+        node_usage(key, entry, oldest)
+    }
+
+    /// The usage of every servable node for which `keep(name)` gives `Some`, sorted by name,
+    /// each with what `keep` returned (e.g. its metadata).
+    pub fn nodes<M>(&self, mut keep: impl FnMut(&str) -> Option<M>) -> Vec<(NodeUsage, M)> {
+        let oldest = self.oldest_served();
+        let inner = self.read();
+        let mut out = Vec::with_capacity(inner.nodes.len());
+        for (name, entry) in &inner.nodes {
+            if let Some(u) = node_usage(name, entry, oldest)
+                && let Some(m) = keep(name)
+            {
+                out.push((u, m));
+            }
+        }
+        out
+    }
+
+    /// The usage of pod `namespace/name`, if all its containers have a rate and it is not stale.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<PodUsage> {
+        let oldest = self.oldest_served();
+        let inner = self.read();
+        let (ns, pods) = inner.namespaces.get_key_value(namespace)?;
+        let (key, entry) = pods.get_key_value(name)?;
+        pod_usage(ns, key, entry, oldest)
+    }
+
+    /// The usage of every servable pod in `namespace` (all namespaces when `None`) for which
+    /// `keep(namespace, name)` gives `Some`, sorted by namespace then name, each with what `keep`
+    /// returned. `keep` runs only for pods with data, so a namespace query costs O(pods in it).
+    pub fn pods<M>(&self, namespace: Option<&str>, mut keep: impl FnMut(&str, &str) -> Option<M>) -> Vec<(PodUsage, M)> {
+        let oldest = self.oldest_served();
+        let inner = self.read();
+        let mut out = Vec::new();
+        let mut visit = |ns: &Arc<str>, pods: &BTreeMap<Arc<str>, PodEntry>| {
+            for (name, entry) in pods {
+                if entry.scraped_at_ms < oldest {
+                    continue;
+                }
+                if let Some(m) = keep(ns, name)
+                    && let Some(u) = pod_usage(ns, name, entry, oldest)
+                {
+                    out.push((u, m));
+                }
+            }
+        };
+        match namespace {
+            Some(ns) => {
+                if let Some((k, pods)) = inner.namespaces.get_key_value(ns) {
+                    visit(k, pods);
+                }
+            }
+            None => {
+                for (k, pods) in &inner.namespaces {
+                    visit(k, pods);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A node's usage if it is servable.
+fn node_usage(name: &Arc<str>, entry: &NodeEntry, oldest: i64) -> Option<NodeUsage> {
+    if entry.scraped_at_ms < oldest {
+        return None;
+    }
+    let usage = entry.usage.as_ref()?.usage()?;
+    Some(NodeUsage { name: name.clone(), usage, scraped_at_ms: entry.scraped_at_ms })
+}
+
+/// A pod's usage if all of its containers have a rate (metrics-server's rule) and it is fresh.
+fn pod_usage(ns: &Arc<str>, name: &Arc<str>, entry: &PodEntry, oldest: i64) -> Option<PodUsage> {
+    if entry.scraped_at_ms < oldest || entry.containers.is_empty() {
+        return None;
+    }
+    let mut containers = Vec::with_capacity(entry.containers.len());
+    let mut earliest: Option<Usage> = None;
+    for c in &entry.containers {
+        let u = c.series.usage()?;
+        if earliest.is_none_or(|e| u.timestamp_ms < e.timestamp_ms) {
+            earliest = Some(u);
+        }
+        containers.push(ContainerUsage { name: c.name.clone(), cpu_nanocores: u.cpu_nanocores, memory_bytes: u.memory_bytes });
+    }
+    let earliest = earliest?;
+    Some(PodUsage {
+        namespace: ns.clone(),
+        name: name.clone(),
+        timestamp_ms: earliest.timestamp_ms,
+        window_ms: earliest.window_ms,
+        containers,
+        scraped_at_ms: entry.scraped_at_ms,
+    })
+}
+
+impl Inner {
+    fn ingest_scrape(&mut self, scrape: &NodeScrape, resolution_ms: i64) -> Ingested {
+        let kubelet_ms = kubelet_time(scrape);
+        if let Some(existing) = self.nodes.get(scrape.node.as_str())
+            && kubelet_ms < existing.kubelet_ms
+        {
+            return Ingested::Older;
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        let node_key = match self.nodes.get_key_value(scrape.node.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<str> = Arc::from(scrape.node.as_str());
+                self.nodes.insert(
+                    k.clone(),
+                    NodeEntry { scraped_at_ms: scrape.scraped_at_ms, kubelet_ms, usage: None, pods: Vec::new() },
+                );
+                k
+            }
+        };
+
+        // Pods: update in place; count what is new so the node's pod list is rebuilt only then.
+        let mut pod_set_changed = false;
+        for pod in &scrape.pods {
+            let ns_known = self.namespaces.contains_key(pod.namespace.as_str());
+            if !ns_known {
+                let ns = self.strings.intern(&pod.namespace);
+                self.namespaces.insert(ns, BTreeMap::new());
+            }
+            let Inner { namespaces, strings, .. } = self;
+            let Some(pods) = namespaces.get_mut(pod.namespace.as_str()) else { continue };
+            let entry = match pods.get_mut(pod.name.as_str()) {
+                Some(e) if e.seen == generation => continue, // a pod listed twice in one scrape: first wins
+                Some(e) => {
+                    if *e.node != *node_key {
+                        // The pod name now lives on another node (re-created): start afresh.
+                        e.node = node_key.clone();
+                        e.containers.clear();
+                        pod_set_changed = true;
+                    }
+                    e
+                }
+                None => {
+                    pod_set_changed = true;
+                    pods.entry(Arc::from(pod.name.as_str())).or_insert(PodEntry {
+                        node: node_key.clone(),
+                        scraped_at_ms: 0,
+                        seen: 0,
+                        containers: Vec::with_capacity(pod.containers.len()),
+                    })
+                }
+            };
+            entry.seen = generation;
+            entry.scraped_at_ms = scrape.scraped_at_ms;
+            let mut containers_changed = false;
+            for c in &pod.containers {
+                match entry.containers.binary_search_by(|e| (*e.name).cmp(c.name.as_str())) {
+                    Ok(i) => {
+                        let e = &mut entry.containers[i];
+                        if e.seen == generation {
+                            continue;
+                        }
+                        e.seen = generation;
+                        e.series.push_container(c.start_time_ms, c.usage, resolution_ms);
+                    }
+                    Err(i) => {
+                        containers_changed = true;
+                        entry.containers.insert(
+                            i,
+                            ContainerEntry {
+                                name: strings.intern(&c.name),
+                                seen: generation,
+                                series: Series::first(c.start_time_ms, c.usage, resolution_ms),
+                            },
+                        );
+                    }
+                }
+            }
+            if containers_changed || entry.containers.len() != pod.containers.len() {
+                entry.containers.retain(|c| c.seen == generation);
+            }
+        }
+
+        // The node itself.
+        let Some(node) = self.nodes.get_mut(&*node_key) else { return Ingested::Applied };
+        node.scraped_at_ms = scrape.scraped_at_ms;
+        node.kubelet_ms = kubelet_ms;
+        match (&mut node.usage, scrape.node_usage) {
+            (Some(series), Some(p)) => series.push_node(p),
+            (slot @ None, Some(p)) => *slot = Some(Series::first(0, p, resolution_ms)),
+            (_, None) => {}
+        }
+        if !pod_set_changed && node.pods.len() == scrape.pods.len() {
+            // Same count and nothing new: only a pod listed twice could hide a departure.
+            let namespaces = &self.namespaces;
+            pod_set_changed = node.pods.iter().any(|(ns, name)| {
+                namespaces.get(ns).and_then(|p| p.get(name)).is_none_or(|e| e.seen != generation)
+            });
+        } else {
+            pod_set_changed = true;
+        }
+        if pod_set_changed {
+            let old = std::mem::take(&mut node.pods);
+            let mut new = Vec::with_capacity(scrape.pods.len());
+            for pod in &scrape.pods {
+                if let Some((ns, pods)) = self.namespaces.get_key_value(pod.namespace.as_str())
+                    && let Some((name, e)) = pods.get_key_value(pod.name.as_str())
+                    && e.seen == generation
+                    && !new.iter().any(|(n, p): &(Arc<str>, Arc<str>)| n == ns && p == name)
+                {
+                    new.push((ns.clone(), name.clone()));
+                }
+            }
+            if let Some(node) = self.nodes.get_mut(&*node_key) {
+                node.pods = new;
+            }
+            for (ns, name) in old {
+                self.remove_pod_if(&ns, &name, |e| e.seen != generation && *e.node == *node_key);
+            }
+        }
+        Ingested::Applied
+    }
+
+    /// Removes pod `ns/name` if `pred` holds for it; drops the namespace when it empties.
+    fn remove_pod_if(&mut self, ns: &str, name: &str, pred: impl FnOnce(&PodEntry) -> bool) {
+        if let Some(pods) = self.namespaces.get_mut(ns) {
+            if pods.get(name).is_some_and(pred) {
+                pods.remove(name);
+            }
+            if pods.is_empty() {
+                self.namespaces.remove(ns);
+            }
+        }
+    }
+
+    /// Removes a node and the pods it last reported.
+    fn remove_node(&mut self, node: &str) {
+        if let Some(entry) = self.nodes.remove(node) {
+            for (ns, name) in entry.pods {
+                self.remove_pod_if(&ns, &name, |e| *e.node == *node);
+            }
+        }
+    }
+
+    /// Applies a release: a deleted node goes at once; a node that moved to another shard (or
+    /// whose shard is shutting down) keeps its data for the next owner to continue.
+    fn release(&mut self, released: &NodeReleased) {
+        match released.reason {
+            ReleaseReason::NodeDeleted => self.remove_node(&released.node),
+            ReleaseReason::OwnershipMoved | ReleaseReason::Shutdown => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shardmetrics_proto::clock::ManualClock;
+    use shardmetrics_proto::{ContainerSample, PodSamples, Point};
+
+    use super::*;
+
+    const T0: i64 = 1_767_225_600_000;
+    const RES: i64 = 15_000;
+
+    fn store(clock: &Arc<ManualClock>) -> Store {
+        Store::new(StoreConfig { resolution_ms: RES, max_staleness_ms: 45_000 }, clock.clone())
+    }
+
+    /// A scrape of `node` at `t` where every container has used `cores` cores since 0.
+    fn scrape(node: &str, t: i64, pods: &[(&str, &str, &[&str])], cores: u64) -> NodeScrape {
+        let cpu = |t: i64| (t as u64) * cores * 1_000_000; // ns of CPU after t ms at `cores`
+        NodeScrape {
+            node: node.into(),
+            scraped_at_ms: T0 + t + 5,
+            node_usage: Some(Point { timestamp_ms: T0 + t, cpu_usage_ns: cpu(t) * 4, memory_working_set_bytes: 1 << 30 }),
+            pods: pods
+                .iter()
+                .map(|(ns, name, containers)| PodSamples {
+                    namespace: (*ns).into(),
+                    name: (*name).into(),
+                    containers: containers
+                        .iter()
+                        .map(|c| ContainerSample {
+                            name: (*c).into(),
+                            start_time_ms: 1,
+                            usage: Point { timestamp_ms: T0 + t - 1, cpu_usage_ns: cpu(t), memory_working_set_bytes: 1 << 20 },
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    const PODS: &[(&str, &str, &[&str])] =
+        &[("default", "web-1", &["app", "sidecar"]), ("kube-system", "dns", &["coredns"]), ("default", "api", &["app"])];
+
+    #[test]
+    fn two_scrapes_give_node_and_pod_rates_sorted_by_namespace_then_name() {
+        let clock = ManualClock::new(T0 + 20_000);
+        let s = store(&clock);
+        s.ingest_scrape(&scrape("n1", 0, PODS, 1));
+        assert!(s.node("n1").is_none(), "one scrape: no rate yet");
+        assert!(s.pods(None, |_, _| Some(())).is_empty());
+        s.ingest_scrape(&scrape("n1", 15_000, PODS, 1));
+        let node = s.node("n1").expect("node rate");
+        assert_eq!(node.usage.cpu_nanocores, 4_000_000_000);
+        assert_eq!((node.usage.timestamp_ms, node.usage.window_ms), (T0 + 15_000, 15_000));
+        let pods = s.pods(None, |_, _| Some(()));
+        let names: Vec<_> = pods.iter().map(|(p, _)| format!("{}/{}", p.namespace, p.name)).collect();
+        assert_eq!(names, ["default/api", "default/web-1", "kube-system/dns"]);
+        let web = &pods[1].0;
+        assert_eq!(web.containers.iter().map(|c| &*c.name).collect::<Vec<_>>(), ["app", "sidecar"]);
+        assert_eq!(web.containers[0].cpu_nanocores, 1_000_000_000);
+        assert_eq!((web.timestamp_ms, web.window_ms), (T0 + 14_999, 15_000));
+        assert_eq!(s.counts(), Counts { nodes: 1, pods: 3, containers: 4 });
+    }
+
+    #[test]
+    fn a_namespace_query_visits_only_that_namespace() {
+        let clock = ManualClock::new(T0 + 20_000);
+        let s = store(&clock);
+        for t in [0, 15_000] {
+            s.ingest_scrape(&scrape("n1", t, PODS, 1));
+        }
+        let mut visited = Vec::new();
+        let pods = s.pods(Some("kube-system"), |ns, name| {
+            visited.push(format!("{ns}/{name}"));
+            Some(())
+        });
+        assert_eq!(visited, ["kube-system/dns"]);
+        assert_eq!(pods.len(), 1);
+        assert!(s.pods(Some("nope"), |_, _| Some(())).is_empty());
+        assert_eq!(s.pod("default", "api").map(|p| p.containers.len()), Some(1));
+        assert!(s.pod("default", "missing").is_none());
+    }
+
+    #[test]
+    fn a_pod_is_served_only_when_every_container_has_a_rate() {
+        let clock = ManualClock::new(T0 + 40_000);
+        let s = store(&clock);
+        s.ingest_scrape(&scrape("n1", 0, &[("default", "web-1", &["app"])], 1));
+        s.ingest_scrape(&scrape("n1", 15_000, &[("default", "web-1", &["app", "sidecar"])], 1));
+        assert!(s.pod("default", "web-1").is_none(), "sidecar has one point only");
+        s.ingest_scrape(&scrape("n1", 30_000, &[("default", "web-1", &["app", "sidecar"])], 1));
+        assert_eq!(s.pod("default", "web-1").map(|p| p.containers.len()), Some(2));
+    }
+
+    #[test]
+    fn pods_and_containers_missing_from_a_successful_scrape_are_gone() {
+        let clock = ManualClock::new(T0 + 40_000);
+        let s = store(&clock);
+        for t in [0, 15_000] {
+            s.ingest_scrape(&scrape("n1", t, PODS, 1));
+        }
+        s.ingest_scrape(&scrape("n1", 30_000, &[("default", "web-1", &["app"])], 1));
+        assert_eq!(s.counts(), Counts { nodes: 1, pods: 1, containers: 1 });
+        assert!(s.pod("default", "api").is_none());
+        assert_eq!(s.pod("default", "web-1").map(|p| p.containers.len()), Some(1));
+    }
+
+    #[test]
+    fn a_failed_scrape_does_not_blank_a_node_until_max_staleness() {
+        let clock = ManualClock::new(T0 + 16_000);
+        let s = store(&clock);
+        for t in [0, 15_000] {
+            s.ingest_scrape(&scrape("n1", t, PODS, 1));
+        }
+        clock.set_ms(T0 + 15_005 + 45_000);
+        assert!(s.node("n1").is_some(), "two missed scrapes later the last good data is still served");
+        assert_eq!(s.pods(None, |_, _| Some(())).len(), 3);
+        assert_eq!(s.sweep(), 0);
+        clock.advance_ms(1);
+        assert!(s.node("n1").is_none(), "past max staleness nothing is served");
+        assert!(s.pod("default", "api").is_none());
+        assert_eq!(s.sweep(), 1);
+        assert_eq!(s.counts(), Counts::default());
+    }
+
+    #[test]
+    fn during_a_hand_off_the_newest_kubelet_timestamp_wins_whichever_shard_sent_it() {
+        let clock = ManualClock::new(T0 + 40_000);
+        let s = store(&clock);
+        // New owner's scrapes arrive first, the old owner's last one after them.
+        assert_eq!(s.ingest_scrape(&scrape("n1", 15_000, PODS, 1)), Ingested::Applied);
+        assert_eq!(s.ingest_scrape(&scrape("n1", 30_000, PODS, 1)), Ingested::Applied);
+        assert_eq!(s.ingest_scrape(&scrape("n1", 0, &[], 1)), Ingested::Older);
+        let node = s.node("n1").expect("rate");
+        assert_eq!(node.usage.timestamp_ms, T0 + 30_000);
+        assert_eq!(s.counts().pods, 3, "the older scrape did not replace the pod set");
+        // The same scrape from both shards is harmless.
+        assert_eq!(s.ingest_scrape(&scrape("n1", 30_000, PODS, 1)), Ingested::Applied);
+        assert_eq!(s.node("n1").map(|n| n.usage.window_ms), Some(15_000));
+    }
+
+    #[test]
+    fn a_deleted_node_goes_at_once_and_a_moved_node_keeps_its_data() {
+        let clock = ManualClock::new(T0 + 20_000);
+        let s = store(&clock);
+        for t in [0, 15_000] {
+            s.ingest_scrape(&scrape("n1", t, PODS, 1));
+            s.ingest_scrape(&scrape("n2", t, &[("other", "x", &["c"])], 1));
+        }
+        s.ingest(&[], &[NodeReleased { node: "n1".into(), reason: ReleaseReason::OwnershipMoved }]);
+        assert!(s.node("n1").is_some());
+        s.ingest(&[], &[NodeReleased { node: "n1".into(), reason: ReleaseReason::NodeDeleted }]);
+        assert!(s.node("n1").is_none());
+        assert_eq!(s.counts(), Counts { nodes: 1, pods: 1, containers: 1 });
+    }
+
+    #[test]
+    fn a_pod_recreated_on_another_node_starts_afresh_and_is_not_removed_by_its_old_node() {
+        let clock = ManualClock::new(T0 + 40_000);
+        let s = store(&clock);
+        let sts: &[(&str, &str, &[&str])] = &[("db", "pg-0", &["pg"])];
+        for t in [0, 15_000] {
+            s.ingest_scrape(&scrape("n1", t, sts, 1));
+        }
+        s.ingest_scrape(&scrape("n2", 20_000, sts, 1));
+        assert!(s.pod("db", "pg-0").is_none(), "first point on the new node");
+        s.ingest_scrape(&scrape("n1", 30_000, &[], 1));
+        s.ingest_scrape(&scrape("n2", 35_000, sts, 1));
+        assert!(s.pod("db", "pg-0").is_some(), "the old node's departure did not remove it");
+    }
+
+    #[test]
+    fn reingesting_an_unchanged_pod_set_reuses_the_interned_strings() {
+        let clock = ManualClock::new(T0 + 40_000);
+        let s = store(&clock);
+        s.ingest_scrape(&scrape("n1", 0, PODS, 1));
+        let before = s.read().strings.set.len();
+        s.ingest_scrape(&scrape("n2", 0, PODS, 1));
+        let inner = s.read();
+        assert_eq!(inner.strings.set.len(), before, "namespaces and container names shared");
+        let app: Vec<_> = inner
+            .namespaces
+            .get("default")
+            .into_iter()
+            .flat_map(|p| p.values())
+            .flat_map(|p| p.containers.iter().filter(|c| &*c.name == "app"))
+            .collect();
+        assert!(app.windows(2).all(|w| Arc::ptr_eq(&w[0].name, &w[1].name)));
+    }
+
+    #[test]
+    fn a_pod_listed_twice_in_one_scrape_counts_once() {
+        let clock = ManualClock::new(T0 + 40_000);
+        let s = store(&clock);
+        let dup: &[(&str, &str, &[&str])] = &[("a", "p", &["c"]), ("a", "p", &["c"])];
+        for t in [0, 15_000, 30_000] {
+            s.ingest_scrape(&scrape("n1", t, dup, 1));
+        }
+        assert_eq!(s.counts(), Counts { nodes: 1, pods: 1, containers: 1 });
+        assert_eq!(s.pod("a", "p").map(|p| p.containers[0].cpu_nanocores), Some(1_000_000_000));
+    }
+}
