@@ -2,19 +2,29 @@
 //! each owned kubelet's `/metrics/resource` once per resolution and streams the raw cumulative
 //! samples to frontends over gRPC (`shardmetrics.v1.SampleStream`).
 //!
+//! A sample's path: [`nodes`] (which kubelets exist) and [`membership`] + peers' Leases (which
+//! shards are alive) → [`ownership`] through the [`ring`] (which nodes are ours) →
+//! [`schedule`] (when) → [`kubelet`] (fetch and parse) → [`stream`] (buffer, encode once,
+//! fan out) → frontends.
+//!
 //! # Layout
-//! - [`kubelet`]: fetch seam, HTTPS client and the `/metrics/resource` parser.
+//! - [`run`]: wires everything together; [`cli`] turns flags into a [`config::Config`] and calls it.
 //! - [`nodes`]: Node watch, trimmed to scrape targets (address, port).
 //! - [`membership`]: this shard's Lease (create, renew, delete on shutdown).
 //! - [`ring`]: consistent-hash ownership of nodes over live shards.
 //! - [`ownership`]: nodes × live members → this shard's [`schedule::Assignment`].
 //! - [`schedule`]: per-node phase offsets, bounded concurrency, the fetch → parse → publish pipeline.
+//! - [`kubelet`]: fetch seam, HTTPS client and the `/metrics/resource` parser.
 //! - [`buffer`]: the last two scrapes of every owned node (snapshot source).
 //! - [`stream`]: the `SampleStream` gRPC server: snapshot, live fan-out, slow-subscriber drop.
+//! - [`admin`]: `/livez`, `/readyz`, `/metrics` on their own listener.
 //! - [`metrics`]: self-metrics in an explicit registry.
-//! - [`tls`]: PEM loading and the explicit ring crypto provider.
+//! - [`config`], [`tls`]: validated configuration, duration/selector parsing, PEM loading.
 
+pub mod admin;
 pub mod buffer;
+pub mod cli;
+pub mod config;
 pub mod kubelet;
 pub mod membership;
 pub mod metrics;
@@ -24,3 +34,175 @@ pub mod ring;
 pub mod schedule;
 pub mod stream;
 pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use shardmetrics_proto::ShardIdentity;
+use shardmetrics_proto::clock::SharedClock;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::admin::Health;
+use crate::config::Config;
+use crate::kubelet::KubeletSource;
+use crate::membership::{LeaseHolder, LeaseSettings};
+use crate::metrics::Metrics;
+use crate::stream::Hub;
+
+/// The sockets a shard serves on, bound by the caller (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// `SampleStream` gRPC (`--grpc-bind-address`).
+    pub grpc: TcpListener,
+    /// `/livez` `/readyz` `/metrics` (`--admin-bind-address`).
+    pub admin: TcpListener,
+}
+
+/// A shard that stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The gRPC server failed (e.g. a TLS configuration rustls refused).
+    #[error(transparent)]
+    Grpc(#[from] stream::ServeError),
+    /// A server task panicked or was cancelled.
+    #[error("{0} task ended unexpectedly")]
+    TaskEnded(&'static str),
+}
+
+/// How long graceful shutdown waits for subscribers to drain their queues before it cuts them.
+const STREAM_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Unix nanoseconds now: this process's epoch.
+fn epoch_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Runs one shard until `shutdown` resolves, then shuts down gracefully: delete the Lease (peers
+/// take the nodes at once), stop scraping and announce the releases, let subscribers drain,
+/// stop the servers.
+pub async fn run<S: KubeletSource>(
+    config: Config,
+    kube: kube::Client,
+    kubelets: S,
+    listeners: Listeners,
+    clock: SharedClock,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    let identity = ShardIdentity { shard_id: config.shard_id.clone(), epoch: epoch_now() };
+    tracing::info!(
+        shard_id = %identity.shard_id,
+        epoch = identity.epoch,
+        grpc = %config.grpc_advertise_address,
+        resolution = ?config.schedule.resolution,
+        "scraper shard starting"
+    );
+    let hub = Hub::new(identity.clone(), config.subscriber_queue_batches, metrics.clone());
+
+    let (nodes_rx, nodes_task) = nodes::watch_nodes(kube.clone(), config.node_selector.clone(), config.targets.clone());
+    let (members_rx, members_task) = shardmetrics_proto::lease::watch_members(kube.clone(), &config.lease_namespace, clock.clone());
+    let (assignment_rx, assignment_task) =
+        ownership::watch_assignment(config.shard_id.clone(), nodes_rx.clone(), members_rx.clone(), metrics.clone());
+    let health_task = tokio::spawn(track_health(health.clone(), config.shard_id.clone(), nodes_rx, members_rx));
+
+    let (lease_stop, lease_stopped) = oneshot::channel::<()>();
+    let lease = LeaseHolder::new(
+        kube,
+        LeaseSettings {
+            namespace: config.lease_namespace.clone(),
+            shard_id: config.shard_id.clone(),
+            grpc_address: config.grpc_advertise_address.clone(),
+            epoch: identity.epoch,
+            duration: config.lease_duration,
+            renew_period: config.lease_renew_period,
+        },
+        clock.clone(),
+        metrics.clone(),
+    );
+    let lease_task = tokio::spawn(lease.run(async {
+        let _ = lease_stopped.await;
+    }));
+
+    let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
+    let mut grpc_task = tokio::spawn(stream::serve(listeners.grpc, hub.clone(), config.grpc_tls.clone(), async {
+        let _ = grpc_stopped.await;
+    }));
+    let (admin_stop, admin_stopped) = oneshot::channel::<()>();
+    let mut admin_task = tokio::spawn(admin::serve(listeners.admin, health.clone(), metrics.clone(), async {
+        let _ = admin_stopped.await;
+    }));
+    let (sched_stop, sched_stopped) = oneshot::channel::<()>();
+    let sched_task = tokio::spawn(schedule::run(
+        config.schedule,
+        Arc::new(kubelets),
+        assignment_rx,
+        hub.clone(),
+        metrics.clone(),
+        clock,
+        async {
+            let _ = sched_stopped.await;
+        },
+    ));
+
+    let mut failure: Option<RunError> = None;
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutdown requested"),
+        r = &mut grpc_task => failure = Some(match r {
+            Ok(Err(e)) => e.into(),
+            _ => RunError::TaskEnded("gRPC server"),
+        }),
+        _ = &mut admin_task => failure = Some(RunError::TaskEnded("admin server")),
+    }
+
+    health.shutting_down.store(true, Ordering::Relaxed);
+    let _ = lease_stop.send(());
+    let _ = lease_task.await;
+    let _ = sched_stop.send(());
+    let _ = sched_task.await;
+    hub.close();
+    let _ = grpc_stop.send(());
+    if !grpc_task.is_finished() {
+        match tokio::time::timeout(STREAM_DRAIN_TIMEOUT, &mut grpc_task).await {
+            Ok(Ok(Err(e))) if failure.is_none() => failure = Some(e.into()),
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!("subscribers did not drain in time; closing their connections");
+                grpc_task.abort();
+            }
+        }
+    }
+    let _ = admin_stop.send(());
+    let _ = admin_task.await;
+    for t in [nodes_task, members_task, assignment_task, health_task] {
+        t.abort();
+    }
+    tracing::info!("scraper shard stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Keeps the readiness flags in step with the node watch and the member set.
+async fn track_health(
+    health: Arc<Health>,
+    me: String,
+    mut nodes: tokio::sync::watch::Receiver<nodes::NodeView>,
+    mut members: tokio::sync::watch::Receiver<shardmetrics_proto::lease::Members>,
+) {
+    loop {
+        health.nodes_synced.store(nodes.borrow_and_update().synced, Ordering::Relaxed);
+        let held = members.borrow_and_update().contains_key(&me);
+        if health.lease_held.swap(held, Ordering::Relaxed) != held {
+            tracing::info!(member = held, "own lease {}", if held { "visible among live members" } else { "not among live members" });
+        }
+        tokio::select! {
+            r = nodes.changed() => if r.is_err() { return },
+            r = members.changed() => if r.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,705 @@
+//! Command line: flags → validation (every problem at once, exit 64) → clients, listeners,
+//! tracing → [`crate::run`]. The thin `main.rs` and the loadtest's self-exec both call
+//! [`main_with`].
+//!
+//! Every flag can also be set with `SHARDMETRICS_<FLAG_IN_UPPER_SNAKE>`; names and meanings
+//! follow metrics-server where they overlap.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, format_duration, parse_duration, valid_dns_subdomain, validate_label_selector};
+use crate::kubelet::{KubeletAuth, KubeletClient, KubeletClientConfig, KubeletTls, TokenSource};
+use crate::nodes::{AddressType, TargetRules};
+use crate::schedule::ScheduleConfig;
+use crate::stream::GrpcTls;
+use crate::{Listeners, tls};
+
+/// Exit code for invalid flags (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+/// Shortest allowed `--metric-resolution`.
+pub const MIN_RESOLUTION: Duration = Duration::from_secs(5);
+/// How often a kubelet token file is checked for rotation.
+pub const TOKEN_RECHECK: Duration = Duration::from_secs(60);
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `shardmetrics-scraper`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "shardmetrics-scraper", version, about = "A shardmetrics scraper shard: scrapes its consistent-hash share of the kubelets and streams raw samples to frontends.")]
+pub struct Args {
+    /// This shard's id: its Lease name and holderIdentity [default: $POD_NAME, else the hostname].
+    #[arg(long, env = "SHARDMETRICS_SHARD_ID")]
+    pub shard_id: Option<String>,
+    /// Kubeconfig file [default: in-cluster config, else $KUBECONFIG or ~/.kube/config].
+    #[arg(long, env = "SHARDMETRICS_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the shard Leases [default: $POD_NAMESPACE, else kube-system].
+    #[arg(long, env = "SHARDMETRICS_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Peers presume this shard dead this long after its last Lease renewal.
+    #[arg(long, env = "SHARDMETRICS_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: String,
+    /// Interval between Lease renewals; must be below --lease-duration.
+    #[arg(long, env = "SHARDMETRICS_LEASE_RENEW_PERIOD", default_value = "5s")]
+    pub lease_renew_period: String,
+    /// Address of the SampleStream gRPC server.
+    #[arg(long, env = "SHARDMETRICS_GRPC_BIND_ADDRESS", default_value = "0.0.0.0:10350")]
+    pub grpc_bind_address: String,
+    /// host:port frontends dial, written into the Lease [default: $POD_IP:<bound port>, else the bound address].
+    #[arg(long, env = "SHARDMETRICS_GRPC_ADVERTISE_ADDRESS")]
+    pub grpc_advertise_address: Option<String>,
+    /// Address of the plain-HTTP /livez /readyz /metrics server.
+    #[arg(long, env = "SHARDMETRICS_ADMIN_BIND_ADDRESS", default_value = "0.0.0.0:10351")]
+    pub admin_bind_address: String,
+    /// Serving certificate (PEM) of the gRPC server; plaintext h2 without it.
+    #[arg(long, env = "SHARDMETRICS_GRPC_TLS_CERT_FILE")]
+    pub grpc_tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --grpc-tls-cert-file.
+    #[arg(long, env = "SHARDMETRICS_GRPC_TLS_PRIVATE_KEY_FILE")]
+    pub grpc_tls_private_key_file: Option<PathBuf>,
+    /// Require frontend client certificates signed by this CA (PEM) on the gRPC server (mTLS).
+    #[arg(long, env = "SHARDMETRICS_GRPC_CLIENT_CA_FILE")]
+    pub grpc_client_ca_file: Option<PathBuf>,
+    /// Only scrape nodes matching this label selector (e.g. node-role.kubernetes.io/worker).
+    #[arg(long, env = "SHARDMETRICS_NODE_SELECTOR")]
+    pub node_selector: Option<String>,
+    /// Interval between two scrapes of a node (at least 5s).
+    #[arg(long, env = "SHARDMETRICS_METRIC_RESOLUTION", default_value = "15s")]
+    pub metric_resolution: String,
+    /// Use the kubelet port from the Node's status.daemonEndpoints when it is set.
+    #[arg(long, env = "SHARDMETRICS_KUBELET_USE_NODE_STATUS_PORT", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub kubelet_use_node_status_port: bool,
+    /// Kubelet port when the Node's status does not give one (or it is not used).
+    #[arg(long, env = "SHARDMETRICS_KUBELET_PORT", default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// Node address types to try, in order.
+    #[arg(long, env = "SHARDMETRICS_KUBELET_PREFERRED_ADDRESS_TYPES", default_value = "InternalIP,ExternalIP,Hostname")]
+    pub kubelet_preferred_address_types: String,
+    /// Do not verify kubelet serving certificates (test clusters only).
+    #[arg(long, env = "SHARDMETRICS_KUBELET_INSECURE_TLS", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub kubelet_insecure_tls: bool,
+    /// CA bundle (PEM) that signs kubelet serving certificates [default: the cluster CA of the kube config].
+    #[arg(long, env = "SHARDMETRICS_KUBELET_CERTIFICATE_AUTHORITY")]
+    pub kubelet_certificate_authority: Option<PathBuf>,
+    /// Client certificate (PEM) for kubelets, instead of the bearer token.
+    #[arg(long, env = "SHARDMETRICS_KUBELET_CLIENT_CERTIFICATE")]
+    pub kubelet_client_certificate: Option<PathBuf>,
+    /// Private key (PEM) of --kubelet-client-certificate.
+    #[arg(long, env = "SHARDMETRICS_KUBELET_CLIENT_KEY")]
+    pub kubelet_client_key: Option<PathBuf>,
+    /// Deadline of one scrape (connect, request and body); must be below --metric-resolution.
+    #[arg(long, env = "SHARDMETRICS_KUBELET_REQUEST_TIMEOUT", default_value = "10s")]
+    pub kubelet_request_timeout: String,
+    /// Largest accepted /metrics/resource body, in bytes.
+    #[arg(long, env = "SHARDMETRICS_KUBELET_MAX_RESPONSE_BYTES", default_value_t = 16 << 20)]
+    pub kubelet_max_response_bytes: usize,
+    /// Scrapes queued or running at once.
+    #[arg(long, env = "SHARDMETRICS_MAX_CONCURRENT_SCRAPES", default_value_t = 256)]
+    pub max_concurrent_scrapes: usize,
+    /// Per-subscriber queue, in batches; a subscriber whose queue is full is disconnected.
+    #[arg(long, env = "SHARDMETRICS_SUBSCRIBER_QUEUE_BATCHES", default_value_t = 1024)]
+    pub subscriber_queue_batches: usize,
+    /// Log format.
+    #[arg(long, env = "SHARDMETRICS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter, in tracing EnvFilter syntax (e.g. info,shardmetrics_scraper=debug).
+    #[arg(long, env = "SHARDMETRICS_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// What the process environment contributes to defaults (injected for tests).
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `$POD_NAME`.
+    pub pod_name: Option<String>,
+    /// `$POD_NAMESPACE`.
+    pub pod_namespace: Option<String>,
+    /// `$POD_IP`.
+    pub pod_ip: Option<String>,
+    /// The machine's hostname.
+    pub hostname: Option<String>,
+}
+
+impl Environment {
+    /// Reads the real environment.
+    pub fn from_process() -> Environment {
+        let var = |k: &str| std::env::var(k).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let hostname = var("HOSTNAME").or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty())
+        });
+        Environment { pod_name: var("POD_NAME"), pod_namespace: var("POD_NAMESPACE"), pod_ip: var("POD_IP"), hostname }
+    }
+}
+
+/// Flags checked against each other, with their files loaded. Still needs the kube config
+/// (for the kubelet token and default CA) and bound listeners.
+#[derive(Debug)]
+pub struct Validated {
+    /// Shard id.
+    pub shard_id: String,
+    /// Lease namespace.
+    pub lease_namespace: String,
+    /// Lease duration.
+    pub lease_duration: Duration,
+    /// Lease renew period.
+    pub lease_renew_period: Duration,
+    /// gRPC bind address.
+    pub grpc_bind: SocketAddr,
+    /// Explicit advertise address, if given.
+    pub grpc_advertise: Option<String>,
+    /// Admin bind address.
+    pub admin_bind: SocketAddr,
+    /// gRPC TLS material.
+    pub grpc_tls: Option<GrpcTls>,
+    /// Node selector.
+    pub node_selector: Option<String>,
+    /// Target rules.
+    pub targets: TargetRules,
+    /// Resolution and concurrency.
+    pub schedule: ScheduleConfig,
+    /// Kubelet TLS, unless it must come from the kube config's CA.
+    pub kubelet_tls: Option<KubeletTls>,
+    /// Kubelet client certificate, if given.
+    pub kubelet_client_cert: Option<KubeletAuth>,
+    /// Kubelet request timeout.
+    pub kubelet_timeout: Duration,
+    /// Kubelet body limit.
+    pub kubelet_max_response_bytes: usize,
+    /// Subscriber queue length.
+    pub subscriber_queue_batches: usize,
+    /// Explicit kubeconfig.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+fn read_file(path: &PathBuf, flag: &str, errors: &mut Vec<String>) -> Option<Vec<u8>> {
+    std::fs::read(path).map_err(|e| errors.push(format!("--{flag}: cannot read {}: {e}", path.display()))).ok()
+}
+
+/// Checks every flag and every combination; returns all problems at once.
+pub fn validate(args: &Args, env: &Environment) -> Result<Validated, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut duration = |flag: &str, value: &str| match parse_duration(value) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            errors.push(format!("--{flag}: {e}"));
+            None
+        }
+    };
+    let lease_duration = duration("lease-duration", &args.lease_duration);
+    let lease_renew_period = duration("lease-renew-period", &args.lease_renew_period);
+    let resolution = duration("metric-resolution", &args.metric_resolution);
+    let timeout = duration("kubelet-request-timeout", &args.kubelet_request_timeout);
+
+    if let Some(d) = lease_duration
+        && d < Duration::from_secs(1)
+    {
+        errors.push(format!("--lease-duration={} is below 1s (Leases count whole seconds)", format_duration(d)));
+    }
+    if let (Some(d), Some(r)) = (lease_duration, lease_renew_period) {
+        if r.is_zero() {
+            errors.push("--lease-renew-period must be above 0".into());
+        } else if r >= d {
+            errors.push(format!("--lease-renew-period={} must be below --lease-duration={}", format_duration(r), format_duration(d)));
+        }
+    }
+    if let Some(r) = resolution
+        && r < MIN_RESOLUTION
+    {
+        errors.push(format!("--metric-resolution={} is below the minimum of 5s", format_duration(r)));
+    }
+    if let Some(t) = timeout {
+        if t.is_zero() {
+            errors.push("--kubelet-request-timeout must be above 0".into());
+        } else if let Some(r) = resolution
+            && t >= r
+        {
+            errors.push(format!("--kubelet-request-timeout={} must be below --metric-resolution={}", format_duration(t), format_duration(r)));
+        }
+    }
+
+    let shard_id = args.shard_id.clone().or_else(|| env.pod_name.clone()).or_else(|| env.hostname.clone());
+    match &shard_id {
+        None => errors.push("--shard-id is required when neither $POD_NAME nor the hostname is available".into()),
+        Some(id) if !valid_dns_subdomain(id) => {
+            errors.push(format!("--shard-id={id:?} must be a DNS subdomain (lowercase letters, digits, '-', '.'): it names the Lease"))
+        }
+        _ => {}
+    }
+    let lease_namespace = args.lease_namespace.clone().or_else(|| env.pod_namespace.clone()).unwrap_or_else(|| "kube-system".into());
+    if !valid_dns_subdomain(&lease_namespace) || lease_namespace.contains('.') {
+        errors.push(format!("--lease-namespace={lease_namespace:?} is not a valid namespace name"));
+    }
+
+    let mut addr = |flag: &str, value: &str| match value.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errors.push(format!("--{flag}={value:?} is not an IP:port address"));
+            None
+        }
+    };
+    let grpc_bind = addr("grpc-bind-address", &args.grpc_bind_address);
+    let admin_bind = addr("admin-bind-address", &args.admin_bind_address);
+    if let Some(a) = &args.grpc_advertise_address {
+        let ok = a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+        if !ok {
+            errors.push(format!("--grpc-advertise-address={a:?} must be host:port"));
+        }
+    }
+
+    let grpc_tls = match (&args.grpc_tls_cert_file, &args.grpc_tls_private_key_file) {
+        (Some(c), Some(k)) => {
+            let cert = c.clone();
+            let key = k.clone();
+            if let Err(e) = tls::load_certs(&cert) {
+                errors.push(format!("--grpc-tls-cert-file: {e}"));
+            }
+            if let Err(e) = tls::load_key(&key) {
+                errors.push(format!("--grpc-tls-private-key-file: {e}"));
+            }
+            let client_ca = args.grpc_client_ca_file.as_ref().and_then(|p| {
+                if let Err(e) = tls::load_certs(p) {
+                    errors.push(format!("--grpc-client-ca-file: {e}"));
+                }
+                read_file(p, "grpc-client-ca-file", &mut errors)
+            });
+            match (read_file(&cert, "grpc-tls-cert-file", &mut errors), read_file(&key, "grpc-tls-private-key-file", &mut errors)) {
+                (Some(cert_pem), Some(key_pem)) => Some(GrpcTls { cert_pem, key_pem, client_ca_pem: client_ca }),
+                _ => None,
+            }
+        }
+        (None, None) => {
+            if args.grpc_client_ca_file.is_some() {
+                errors.push("--grpc-client-ca-file needs --grpc-tls-cert-file and --grpc-tls-private-key-file".into());
+            }
+            None
+        }
+        _ => {
+            errors.push("--grpc-tls-cert-file and --grpc-tls-private-key-file must be given together".into());
+            None
+        }
+    };
+
+    let node_selector = args.node_selector.clone().filter(|s| !s.trim().is_empty());
+    if let Some(s) = &node_selector
+        && let Err(e) = validate_label_selector(s)
+    {
+        errors.push(format!("--node-selector: {e}"));
+    }
+
+    let mut preferred = Vec::new();
+    for t in args.kubelet_preferred_address_types.split(',') {
+        match t.parse::<AddressType>() {
+            Ok(a) if !preferred.contains(&a) => preferred.push(a),
+            Ok(a) => errors.push(format!("--kubelet-preferred-address-types: {a} is listed twice")),
+            Err(e) => errors.push(format!("--kubelet-preferred-address-types: {e}")),
+        }
+    }
+    if args.kubelet_port == 0 {
+        errors.push("--kubelet-port must be between 1 and 65535".into());
+    }
+
+    let kubelet_tls = match (args.kubelet_insecure_tls, &args.kubelet_certificate_authority) {
+        (true, Some(_)) => {
+            errors.push("--kubelet-insecure-tls and --kubelet-certificate-authority are mutually exclusive".into());
+            None
+        }
+        (true, None) => Some(KubeletTls::Insecure),
+        (false, Some(p)) => match tls::load_certs(p) {
+            Ok(cas) => Some(KubeletTls::Verify(cas)),
+            Err(e) => {
+                errors.push(format!("--kubelet-certificate-authority: {e}"));
+                None
+            }
+        },
+        (false, None) => None,
+    };
+    let kubelet_client_cert = match (&args.kubelet_client_certificate, &args.kubelet_client_key) {
+        (Some(c), Some(k)) => match (tls::load_certs(c), tls::load_key(k)) {
+            (Ok(chain), Ok(key)) => Some(KubeletAuth::ClientCert { chain, key }),
+            (c, k) => {
+                if let Err(e) = c {
+                    errors.push(format!("--kubelet-client-certificate: {e}"));
+                }
+                if let Err(e) = k {
+                    errors.push(format!("--kubelet-client-key: {e}"));
+                }
+                None
+            }
+        },
+        (None, None) => None,
+        _ => {
+            errors.push("--kubelet-client-certificate and --kubelet-client-key must be given together".into());
+            None
+        }
+    };
+    if args.kubelet_max_response_bytes < 1024 {
+        errors.push(format!("--kubelet-max-response-bytes={} is below 1024", args.kubelet_max_response_bytes));
+    }
+    if args.max_concurrent_scrapes == 0 {
+        errors.push("--max-concurrent-scrapes must be at least 1".into());
+    }
+    if args.subscriber_queue_batches == 0 {
+        errors.push("--subscriber-queue-batches must be at least 1".into());
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        errors.push(format!("--log-level={:?}: {e}", args.log_level));
+    }
+    if let Some(p) = &args.kubeconfig
+        && !p.is_file()
+    {
+        errors.push(format!("--kubeconfig: {} is not a readable file", p.display()));
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // Every Option below is Some when no error was recorded.
+    let (
+        Some(shard_id),
+        Some(lease_duration),
+        Some(lease_renew_period),
+        Some(resolution),
+        Some(kubelet_timeout),
+        Some(grpc_bind),
+        Some(admin_bind),
+    ) = (shard_id, lease_duration, lease_renew_period, resolution, timeout, grpc_bind, admin_bind)
+    else {
+        return Err(vec!["internal: incomplete validation".into()]);
+    };
+    Ok(Validated {
+        shard_id,
+        lease_namespace,
+        lease_duration,
+        lease_renew_period,
+        grpc_bind,
+        grpc_advertise: args.grpc_advertise_address.clone(),
+        admin_bind,
+        grpc_tls,
+        node_selector,
+        targets: TargetRules {
+            preferred_address_types: preferred,
+            use_node_status_port: args.kubelet_use_node_status_port,
+            default_port: args.kubelet_port,
+        },
+        schedule: ScheduleConfig { resolution, max_concurrent: args.max_concurrent_scrapes },
+        kubelet_tls,
+        kubelet_client_cert,
+        kubelet_timeout,
+        kubelet_max_response_bytes: args.kubelet_max_response_bytes,
+        subscriber_queue_batches: args.subscriber_queue_batches,
+        kubeconfig: args.kubeconfig.clone(),
+    })
+}
+
+/// The address written into the Lease: the flag, else `$POD_IP:<port>`, else the bound
+/// address (the hostname when bound to an unspecified IP).
+pub fn advertise_address(explicit: Option<&str>, bound: SocketAddr, env: &Environment) -> String {
+    if let Some(a) = explicit {
+        return a.to_owned();
+    }
+    let host = match (&env.pod_ip, bound.ip().is_unspecified(), &env.hostname) {
+        (Some(ip), _, _) => ip.clone(),
+        (None, false, _) => bound.ip().to_string(),
+        (None, true, Some(h)) => h.clone(),
+        (None, true, None) => "127.0.0.1".to_owned(),
+    };
+    if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{}", bound.port()) } else { format!("{host}:{}", bound.port()) }
+}
+
+/// Sets up tracing (text or JSON on stderr). Does nothing if a subscriber is already installed
+/// (tests, or the loadtest running several components in one process).
+pub fn init_tracing(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Startup failed after validation.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// No usable kube config.
+    #[error("kube config: {0}")]
+    KubeConfig(String),
+    /// The kube client could not be built.
+    #[error("kube client: {0}")]
+    KubeClient(#[from] kube::Error),
+    /// No CA to verify kubelets with.
+    #[error("no CA to verify kubelet certificates: the kube config has none; pass --kubelet-certificate-authority or --kubelet-insecure-tls")]
+    NoKubeletCa,
+    /// The kubelet token could not be read.
+    #[error("kubelet bearer token: {0}")]
+    Token(#[from] crate::kubelet::client::TokenError),
+    /// The kubelet client could not be built.
+    #[error(transparent)]
+    KubeletClient(#[from] crate::kubelet::client::ClientError),
+    /// A listener could not be bound.
+    #[error("binding {flag} {addr}: {source}")]
+    Bind {
+        /// The flag.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+async fn load_kube_config(path: Option<&PathBuf>) -> Result<kube::Config, StartupError> {
+    match path {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p).map_err(|e| StartupError::KubeConfig(format!("{}: {e}", p.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| StartupError::KubeConfig(format!("{}: {e}", p.display())))
+        }
+        None => kube::Config::infer().await.map_err(|e| StartupError::KubeConfig(e.to_string())),
+    }
+}
+
+/// The kubelet auth a kube config implies: its token file (re-read on rotation) or token; none
+/// when it has neither.
+pub fn kubelet_auth_from(config: &kube::Config) -> Result<KubeletAuth, StartupError> {
+    if let Some(file) = &config.auth_info.token_file {
+        return Ok(KubeletAuth::Token(TokenSource::file(PathBuf::from(file), TOKEN_RECHECK)?));
+    }
+    if let Some(token) = &config.auth_info.token {
+        return Ok(KubeletAuth::Token(TokenSource::fixed(token.expose_secret())?));
+    }
+    tracing::warn!("the kube config has no bearer token and no --kubelet-client-certificate was given: kubelets are scraped without credentials");
+    Ok(KubeletAuth::None)
+}
+
+/// Builds clients and listeners from validated flags.
+pub async fn prepare(v: Validated, env: &Environment) -> Result<(Config, kube::Client, KubeletClient, Listeners), StartupError> {
+    let kube_config = load_kube_config(v.kubeconfig.as_ref()).await?;
+    let tls = match v.kubelet_tls {
+        Some(t) => t,
+        None => {
+            let roots = kube_config.root_cert.clone().unwrap_or_default();
+            if roots.is_empty() {
+                return Err(StartupError::NoKubeletCa);
+            }
+            KubeletTls::Verify(roots.into_iter().map(rustls_pki_types::CertificateDer::from).collect())
+        }
+    };
+    let auth = match v.kubelet_client_cert {
+        Some(cert) => cert,
+        None => kubelet_auth_from(&kube_config)?,
+    };
+    let kubelets = KubeletClient::new(KubeletClientConfig {
+        tls,
+        auth,
+        timeout: v.kubelet_timeout,
+        max_response_bytes: v.kubelet_max_response_bytes,
+        pool_idle_timeout: (v.schedule.resolution * 3).max(Duration::from_secs(90)),
+    })?;
+    let kube = kube::Client::try_from(kube_config)?;
+    let bind = |flag: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { flag, addr, source })
+    };
+    let grpc = bind("--grpc-bind-address", v.grpc_bind).await?;
+    let admin = bind("--admin-bind-address", v.admin_bind).await?;
+    let bound = grpc.local_addr().map_err(|source| StartupError::Bind { flag: "--grpc-bind-address", addr: v.grpc_bind, source })?;
+    let config = Config {
+        shard_id: v.shard_id,
+        lease_namespace: v.lease_namespace,
+        lease_duration: v.lease_duration,
+        lease_renew_period: v.lease_renew_period,
+        grpc_advertise_address: advertise_address(v.grpc_advertise.as_deref(), bound, env),
+        grpc_tls: v.grpc_tls,
+        node_selector: v.node_selector,
+        targets: v.targets,
+        schedule: v.schedule,
+        subscriber_queue_batches: v.subscriber_queue_batches,
+    };
+    Ok((config, kube, kubelets, Listeners { grpc, admin }))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The whole program: validate (exit 64 listing every problem), set up, run until SIGTERM.
+pub async fn main_with(args: Args) -> ExitCode {
+    let env = Environment::from_process();
+    let validated = match validate(&args, &env) {
+        Ok(v) => v,
+        Err(errors) => {
+            eprintln!("shardmetrics-scraper: invalid configuration:");
+            for e in errors {
+                eprintln!("  - {e}");
+            }
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_tracing(args.log_format, &args.log_level);
+    let (config, kube, kubelets, listeners) = match prepare(validated, &env).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "startup failed");
+            eprintln!("shardmetrics-scraper: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::run(config, kube, kubelets, listeners, shardmetrics_proto::clock::system(), termination_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "shard failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Args {
+        let mut argv = vec!["shardmetrics-scraper"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    fn env() -> Environment {
+        Environment { pod_name: Some("shardmetrics-scraper-0".into()), pod_namespace: Some("monitoring".into()), pod_ip: None, hostname: Some("host".into()) }
+    }
+
+    #[test]
+    fn defaults_validate_and_follow_the_pod_environment() {
+        let v = validate(&parse(&["--kubelet-insecure-tls"]), &env()).unwrap();
+        assert_eq!(v.shard_id, "shardmetrics-scraper-0");
+        assert_eq!(v.lease_namespace, "monitoring");
+        assert_eq!(v.schedule, ScheduleConfig { resolution: Duration::from_secs(15), max_concurrent: 256 });
+        assert_eq!(v.kubelet_timeout, Duration::from_secs(10));
+        assert_eq!(v.targets, TargetRules::default());
+        assert_eq!(v.grpc_bind, "0.0.0.0:10350".parse().unwrap());
+        assert_eq!(v.admin_bind, "0.0.0.0:10351".parse().unwrap());
+        assert!(matches!(v.kubelet_tls, Some(KubeletTls::Insecure)));
+        let v = validate(&parse(&[]), &Environment { hostname: Some("node-x".into()), ..Environment::default() }).unwrap();
+        assert_eq!((v.shard_id.as_str(), v.lease_namespace.as_str()), ("node-x", "kube-system"));
+    }
+
+    #[test]
+    fn boolean_flags_take_go_style_values() {
+        assert!(!parse(&["--kubelet-use-node-status-port=false"]).kubelet_use_node_status_port);
+        assert!(parse(&["--kubelet-use-node-status-port"]).kubelet_use_node_status_port);
+        assert!(parse(&["--kubelet-insecure-tls=true"]).kubelet_insecure_tls);
+        assert!(!parse(&[]).kubelet_insecure_tls);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let args = parse(&[
+            "--metric-resolution=4s",
+            "--kubelet-request-timeout=10s",
+            "--lease-duration=5s",
+            "--lease-renew-period=5s",
+            "--grpc-bind-address=nope",
+            "--kubelet-preferred-address-types=InternalIP,Bogus",
+            "--node-selector=a=b,",
+            "--kubelet-insecure-tls",
+            "--kubelet-certificate-authority=/nonexistent/ca.crt",
+            "--kubelet-client-certificate=/x.crt",
+            "--grpc-client-ca-file=/ca.crt",
+            "--max-concurrent-scrapes=0",
+            "--shard-id=Bad_Id",
+            "--log-level=[[[",
+        ]);
+        let errors = validate(&args, &env()).unwrap_err();
+        let joined = errors.join("\n");
+        for needle in [
+            "--metric-resolution=4s is below the minimum of 5s",
+            "--lease-renew-period=5s must be below --lease-duration=5s",
+            "--grpc-bind-address=\"nope\"",
+            "unknown node address type \"Bogus\"",
+            "--node-selector",
+            "mutually exclusive",
+            "--kubelet-client-certificate and --kubelet-client-key must be given together",
+            "--grpc-client-ca-file needs",
+            "--max-concurrent-scrapes",
+            "--shard-id=\"Bad_Id\"",
+            "--log-level",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+        assert!(errors.len() >= 11, "{joined}");
+    }
+
+    #[test]
+    fn the_request_timeout_must_be_below_the_resolution() {
+        let errors = validate(&parse(&["--metric-resolution=10s", "--kubelet-request-timeout=10s"]), &env()).unwrap_err();
+        assert_eq!(errors, vec!["--kubelet-request-timeout=10s must be below --metric-resolution=10s".to_owned()]);
+    }
+
+    #[test]
+    fn unreadable_pem_files_are_reported_with_their_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not pem").unwrap();
+        let e = empty.to_str().unwrap();
+        let errors = validate(&parse(&["--grpc-tls-cert-file", e, "--grpc-tls-private-key-file", e]), &env()).unwrap_err();
+        assert!(errors.iter().any(|x| x.starts_with("--grpc-tls-cert-file:") && x.contains("no certificate")), "{errors:?}");
+        assert!(errors.iter().any(|x| x.starts_with("--grpc-tls-private-key-file:")), "{errors:?}");
+    }
+
+    #[test]
+    fn the_advertised_address_prefers_the_flag_then_the_pod_ip_then_the_bound_address() {
+        let bound: SocketAddr = "0.0.0.0:10350".parse().unwrap();
+        assert_eq!(advertise_address(Some("shard-0.svc:1"), bound, &env()), "shard-0.svc:1");
+        let with_ip = Environment { pod_ip: Some("10.1.2.3".into()), ..env() };
+        assert_eq!(advertise_address(None, bound, &with_ip), "10.1.2.3:10350");
+        let v6 = Environment { pod_ip: Some("fd00::5".into()), ..env() };
+        assert_eq!(advertise_address(None, bound, &v6), "[fd00::5]:10350");
+        assert_eq!(advertise_address(None, "127.0.0.1:4000".parse().unwrap(), &env()), "127.0.0.1:4000");
+        assert_eq!(advertise_address(None, bound, &env()), "host:10350");
+    }
+
+    #[test]
+    fn every_flag_has_its_shardmetrics_env_var() {
+        use clap::CommandFactory;
+        for arg in Args::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            let want = format!("SHARDMETRICS_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(want.as_str()), "--{long}");
+        }
+    }
+}
