@@ -72,6 +72,18 @@ pub enum RunError {
     TaskEnded(&'static str),
 }
 
+/// Aborts the tasks it holds when dropped, so that dropping a `run` future (a crash in tests,
+/// a cancelled caller) never leaves a Lease renewing or a scheduler scraping behind it.
+struct TaskGuard(Vec<tokio::task::AbortHandle>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
 /// How long graceful shutdown waits for subscribers to drain their queues before it cuts them.
 const STREAM_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -148,6 +160,13 @@ pub async fn run<S: KubeletSource>(
         },
     ));
 
+    let _guard = TaskGuard(
+        [&nodes_task, &members_task, &assignment_task, &health_task]
+            .iter()
+            .map(|t| t.abort_handle())
+            .chain([lease_task.abort_handle(), grpc_task.abort_handle(), admin_task.abort_handle(), sched_task.abort_handle()])
+            .collect(),
+    );
     let mut failure: Option<RunError> = None;
     tokio::select! {
         _ = shutdown => tracing::info!("shutdown requested"),
