@@ -1055,3 +1055,81 @@ fn every_selector_selects_exactly_the_pods_it_is_meant_for() -> Result<()> {
     }
     Ok(())
 }
+
+/// A container's args as the kubelet passes them: `$(VAR)` expanded from the container's
+/// downward-API env as a pod named `pod` in `namespace` at `pod_ip` would see it.
+fn expanded_args(container: &Value, pod: &str, namespace: &str, pod_ip: &str) -> Result<Vec<String>> {
+    let mut vars = BTreeMap::new();
+    for e in container.pointer("/env").and_then(Value::as_array).into_iter().flatten() {
+        let value = match str_at(e, "/valueFrom/fieldRef/fieldPath") {
+            "metadata.name" => pod,
+            "metadata.namespace" => namespace,
+            "status.podIP" => pod_ip,
+            other => bail!("unexpected downward-API field {other:?}"),
+        };
+        vars.insert(format!("$({})", str_at(e, "/name")), value);
+    }
+    args(container)
+        .into_iter()
+        .map(|a| {
+            let mut a = a.to_owned();
+            for (var, value) in &vars {
+                a = a.replace(var, value);
+            }
+            ensure!(!a.contains("$("), "{a:?} refers to a variable the container does not define");
+            Ok(a)
+        })
+        .collect()
+}
+
+/// Replaces the values of file flags (absolute paths inside the pod) with real files of the
+/// right kind written to `dir`, so validation that loads them can run here.
+fn with_local_files(args: Vec<String>, dir: &Path) -> Result<Vec<String>> {
+    let ca = shardmetrics_loadtest::pki::Ca::new("deploy-test-ca")?;
+    let serving =
+        ca.server_cert("shardmetrics-frontend.kube-system.svc", &["shardmetrics-frontend.kube-system.svc"])?;
+    args.into_iter()
+        .map(|a| {
+            let Some((flag, _)) = a.split_once("=/") else { return Ok(a) };
+            let (name, content) = match flag {
+                "--kubelet-certificate-authority" | "--client-ca-file" | "--requestheader-client-ca-file" => {
+                    ("ca.crt", ca.cert_pem())
+                }
+                "--tls-cert-file" => ("tls.crt", serving.cert_pem.as_str()),
+                "--tls-private-key-file" => ("tls.key", serving.key_pem.as_str()),
+                other => bail!("no local stand-in for the file of {other}"),
+            };
+            let path = dir.join(name);
+            std::fs::write(&path, content)?;
+            Ok(format!("{flag}={}", path.display()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_scraper_parses_and_validates_its_arguments_in_every_render() -> Result<()> {
+    use clap::Parser as _;
+    use shardmetrics_scraper::cli;
+    let files = tempfile::tempdir()?;
+    for r in renders().all() {
+        let sts = find(r, "StatefulSet", "shardmetrics-scraper")?;
+        let namespace = str_at(sts, "/metadata/namespace");
+        let c = sts.pointer("/spec/template/spec/containers/0").ok_or_else(|| anyhow!("no container"))?;
+        let pod = format!("{}-0", str_at(sts, "/metadata/name"));
+        let argv = with_local_files(expanded_args(c, &pod, namespace, "192.0.2.10")?, files.path())?;
+        let parsed = cli::Args::try_parse_from(std::iter::once("shardmetrics-scraper".to_owned()).chain(argv.clone()))
+            .map_err(|e| anyhow!("{}: clap refused {argv:?}:\n{e}", r.label))?;
+        let env = cli::Environment {
+            pod_name: Some(pod.clone()),
+            pod_namespace: Some(namespace.to_owned()),
+            pod_ip: Some("192.0.2.10".into()),
+            hostname: Some(pod.clone()),
+        };
+        let valid = cli::validate(&parsed, &env).map_err(|errors| anyhow!("{}: {}", r.label, errors.join("; ")))?;
+        assert_eq!(valid.shard_id, pod, "{}", r.label);
+        assert_eq!(valid.lease_namespace, namespace, "{}", r.label);
+        assert_eq!(valid.grpc_bind.port(), GRPC_PORT as u16, "{}", r.label);
+        assert_eq!(valid.admin_bind.port(), ADMIN_PORT as u16, "{}", r.label);
+    }
+    Ok(())
+}
