@@ -284,3 +284,54 @@ async fn a_crashed_shards_nodes_move_when_its_lease_expires_and_new_nodes_are_pi
     eventually(Duration::from_secs(10), "12 nodes owned", || async { s0.metric("shardmetrics_scraper_owned_nodes").await == Some(12.0) }).await;
     s0.stop_gracefully().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_watch_survives_dropped_watches_and_resource_version_too_old_by_relisting() {
+    let sim = sim(4).await;
+    let s0 = start_shard(&sim, "scraper-0", "30s").await;
+    let one = [&s0];
+    eventually(Duration::from_secs(20), "settled", || settled(&one, 4)).await;
+
+    // Every watch is cut and the history compacted: resuming gets 410 Gone, so the shard must
+    // re-list to see the node added meanwhile.
+    sim.api.compact_history();
+    sim.api.drop_all_watches();
+    let kubelet = sim.cluster.add_node("sim-node-after-410").await.unwrap();
+    eventually(Duration::from_secs(20), "5 nodes owned after the re-list", || async { s0.metric("shardmetrics_scraper_owned_nodes").await == Some(5.0) }).await;
+    eventually(Duration::from_secs(10), "the new node is scraped", || {
+        let k = kubelet.clone();
+        async move { k.scrapes() > 0 }
+    })
+    .await;
+    assert_eq!(s0.metric("shardmetrics_scraper_members").await, Some(1.0), "the Lease watch re-listed too");
+    s0.stop_gracefully().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_changed_behind_the_shards_back_is_re_read_and_renewed() {
+    let sim = sim(2).await;
+    let s0 = start_shard(&sim, "scraper-0", "30s").await;
+    let one = [&s0];
+    eventually(Duration::from_secs(20), "settled", || settled(&one, 2)).await;
+
+    // Someone else writes the Lease: the shard's next replace carries a stale resourceVersion.
+    let admin = kube::Client::try_from(sim.api.kubeconfig_for(shardmetrics_loadtest::apiserver::DEFAULT_ADMIN).await.unwrap()).unwrap();
+    let leases: kube::Api<Lease> = kube::Api::namespaced(admin, "kube-system");
+    let mut lease = leases.get("scraper-0").await.unwrap();
+    lease.metadata.labels.get_or_insert_with(Default::default).insert("touched".into(), "yes".into());
+    leases.replace("scraper-0", &Default::default(), &lease).await.unwrap();
+
+    eventually(Duration::from_secs(10), "a conflict is counted", || async {
+        s0.metric("shardmetrics_scraper_lease_renewals_total{result=\"conflict\"}").await.unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    let renewed_before = s0.metric("shardmetrics_scraper_lease_renewals_total{result=\"success\"}").await.unwrap();
+    eventually(Duration::from_secs(10), "renewals succeed again", || async {
+        s0.metric("shardmetrics_scraper_lease_renewals_total{result=\"success\"}").await.unwrap() > renewed_before
+    })
+    .await;
+    let lease = leases.get("scraper-0").await.unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("scraper-0"));
+    assert_eq!(http_get(&s0.admin, "/readyz").await.map(|r| r.0), Some(200));
+    s0.stop_gracefully().await;
+}
