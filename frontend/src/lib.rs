@@ -2,4 +2,6 @@
 
 pub mod api;
 pub mod auth;
+pub mod metadata;
+pub mod metrics;
 pub mod store;

@@ -1,4 +1,19 @@
 //! The `metrics.k8s.io/v1beta1` API: routing, selectors, encodings and errors.
+//!
+//! A request enters [`router::Api::handle`]; it parses the path ([`router::Route`]) and query,
+//! negotiates the encoding ([`media`]), joins store usage with metadata labels ([`items`]) and
+//! writes JSON ([`json`]), protobuf ([`protobuf`]) or a Table ([`table`]) into a streamed
+//! [`body::Body`]. Errors are `Status` objects ([`status`]).
 
+pub mod body;
+pub mod discovery;
+pub mod items;
+pub mod json;
+pub mod media;
+pub mod protobuf;
 pub mod quantity;
+pub mod router;
+pub mod selector;
+pub mod status;
+pub mod table;
 pub mod timefmt;

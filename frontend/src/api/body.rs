@@ -1,0 +1,135 @@
+//! Response bodies: small ones in one piece, large lists produced chunk by chunk while the
+//! client reads, so a 150k-pod list never sits in memory as one buffer.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+
+/// Target size of one streamed chunk, in bytes.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Appends more of a response to the buffer; returns `false` once everything is written.
+pub type Producer = Box<dyn FnMut(&mut Vec<u8>) -> bool + Send>;
+
+/// A response body: one buffer, or a [`Producer`] drained in chunks of about [`CHUNK_BYTES`].
+pub struct Body {
+    /// What is left to send.
+    state: State,
+}
+
+/// Where a body is in its sending.
+enum State {
+    /// One buffer, sent in one frame (`None` once sent).
+    Full(Option<Bytes>),
+    /// A producer that has not yet reported completion.
+    Streaming(Producer),
+    /// Nothing left.
+    Done,
+}
+
+impl Body {
+    /// A body of `bytes`.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        Self { state: State::Full((!bytes.is_empty()).then_some(bytes)) }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self { state: State::Done }
+    }
+
+    /// A body produced while it is sent.
+    pub fn streaming(producer: Producer) -> Self {
+        Self { state: State::Streaming(producer) }
+    }
+
+    /// Reads the whole body (for tests and small internal uses).
+    pub fn collect_bytes(mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.next_chunk() {
+            out.extend_from_slice(&chunk);
+        }
+        out
+    }
+
+    /// The next frame's bytes, or `None` at the end.
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        match &mut self.state {
+            State::Full(b) => {
+                let b = b.take();
+                self.state = State::Done;
+                b
+            }
+            State::Streaming(producer) => {
+                let mut buf = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
+                let mut more = true;
+                while more && buf.len() < CHUNK_BYTES {
+                    more = producer(&mut buf);
+                }
+                if !more {
+                    self.state = State::Done;
+                }
+                if buf.is_empty() { None } else { Some(Bytes::from(buf)) }
+            }
+            State::Done => None,
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.next_chunk().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done | State::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            State::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            State::Full(None) | State::Done => SizeHint::with_exact(0),
+            State::Streaming(_) => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streaming_body_comes_out_in_bounded_chunks_and_whole() {
+        let mut n = 0;
+        let mut body = Body::streaming(Box::new(move |out: &mut Vec<u8>| {
+            out.extend_from_slice(&[b'x'; 1000]);
+            n += 1;
+            n < 200
+        }));
+        let mut total = 0;
+        let mut chunks = 0;
+        while let Some(c) = body.next_chunk() {
+            assert!(c.len() <= CHUNK_BYTES + 1000);
+            total += c.len();
+            chunks += 1;
+        }
+        assert_eq!(total, 200_000);
+        assert!(chunks >= 3, "{chunks} chunks");
+        assert!(http_body::Body::is_end_stream(&body));
+    }
+
+    #[test]
+    fn a_full_body_reports_its_exact_size() {
+        let body = Body::full(&b"abc"[..]);
+        assert_eq!(http_body::Body::size_hint(&body).exact(), Some(3));
+        assert_eq!(body.collect_bytes(), b"abc");
+        assert!(http_body::Body::is_end_stream(&Body::full(Bytes::new())));
+    }
+}

@@ -1,0 +1,223 @@
+//! JSON of NodeMetrics / PodMetrics and their lists, byte-for-byte in metrics-server's shape,
+//! written straight into the output buffer (no intermediate JSON value). Lists are streamed:
+//! [`node_list`] and [`pod_list`] return bodies that serialize items as the client reads.
+
+use std::io::Write as _;
+
+use super::body::Body;
+use super::items::{NodeItem, PodItem};
+use super::quantity::{Cpu, Memory};
+use super::status::json_str;
+use super::timefmt::{GoDuration, Rfc3339};
+use crate::metadata::Labels;
+
+/// `apiVersion` of every object here.
+pub const API_VERSION: &str = "metrics.k8s.io/v1beta1";
+
+fn labels_json(out: &mut Vec<u8>, labels: Option<&Labels>) {
+    let Some(labels) = labels.filter(|l| !l.is_empty()) else { return };
+    out.extend_from_slice(br#","labels":{"#);
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_str(out, k);
+        out.push(b':');
+        json_str(out, v);
+    }
+    out.push(b'}');
+}
+
+fn usage_json(out: &mut Vec<u8>, cpu: u64, memory: u64) {
+    let _ = write!(out, r#"{{"cpu":"{}","memory":"{}"}}"#, Cpu(cpu), Memory(memory));
+}
+
+/// Appends one NodeMetrics; `typed` adds `kind`/`apiVersion` (single objects, not list items).
+/// `now_ms` is the `creationTimestamp`, as metrics-server sets it to the time of the request.
+pub fn write_node(out: &mut Vec<u8>, item: &NodeItem, now_ms: i64, typed: bool) {
+    out.push(b'{');
+    if typed {
+        let _ = write!(out, r#""kind":"NodeMetrics","apiVersion":"{API_VERSION}","#);
+    }
+    out.extend_from_slice(br#""metadata":{"name":"#);
+    json_str(out, &item.usage.name);
+    let _ = write!(out, r#","creationTimestamp":"{}""#, Rfc3339(now_ms));
+    labels_json(out, item.labels.as_ref());
+    let u = &item.usage.usage;
+    let _ = write!(
+        out,
+        r#"}},"timestamp":"{}","window":"{}","usage":"#,
+        Rfc3339(u.timestamp_ms),
+        GoDuration::from_millis(u.window_ms)
+    );
+    usage_json(out, u.cpu_nanocores, u.memory_bytes);
+    out.push(b'}');
+}
+
+/// Appends one PodMetrics (containers sorted by name); see [`write_node`].
+pub fn write_pod(out: &mut Vec<u8>, item: &PodItem, now_ms: i64, typed: bool) {
+    out.push(b'{');
+    if typed {
+        let _ = write!(out, r#""kind":"PodMetrics","apiVersion":"{API_VERSION}","#);
+    }
+    let p = &item.usage;
+    out.extend_from_slice(br#""metadata":{"name":"#);
+    json_str(out, &p.name);
+    out.extend_from_slice(br#","namespace":"#);
+    json_str(out, &p.namespace);
+    let _ = write!(out, r#","creationTimestamp":"{}""#, Rfc3339(now_ms));
+    labels_json(out, item.labels.as_ref());
+    let _ = write!(
+        out,
+        r#"}},"timestamp":"{}","window":"{}","containers":["#,
+        Rfc3339(p.timestamp_ms),
+        GoDuration::from_millis(p.window_ms)
+    );
+    for (i, c) in p.containers.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"name":"#);
+        json_str(out, &c.name);
+        out.extend_from_slice(br#","usage":"#);
+        usage_json(out, c.cpu_nanocores, c.memory_bytes);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+}
+
+/// A streamed list body: `{"kind":<kind>,...,"items":[` + items + `]}`.
+fn list<T: Send + 'static>(
+    kind: &'static str,
+    items: Vec<T>,
+    now_ms: i64,
+    write: fn(&mut Vec<u8>, &T, i64, bool),
+) -> Body {
+    let mut next = 0usize;
+    let mut header = true;
+    Body::streaming(Box::new(move |out: &mut Vec<u8>| {
+        if header {
+            let _ = write!(out, r#"{{"kind":"{kind}","apiVersion":"{API_VERSION}","metadata":{{}},"items":["#);
+            header = false;
+        }
+        // A batch of items per call keeps the per-call overhead small.
+        let end = (next + 64).min(items.len());
+        for (i, item) in items[next..end].iter().enumerate() {
+            if next + i > 0 {
+                out.push(b',');
+            }
+            write(out, item, now_ms, false);
+        }
+        next = end;
+        if next == items.len() {
+            out.extend_from_slice(b"]}");
+            return false;
+        }
+        true
+    }))
+}
+
+/// A streamed `NodeMetricsList`.
+pub fn node_list(items: Vec<NodeItem>, now_ms: i64) -> Body {
+    list("NodeMetricsList", items, now_ms, write_node)
+}
+
+/// A streamed `PodMetricsList`.
+pub fn pod_list(items: Vec<PodItem>, now_ms: i64) -> Body {
+    list("PodMetricsList", items, now_ms, write_pod)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{ContainerUsage, NodeUsage, PodUsage, Usage};
+
+    const NOW: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+    pub(crate) fn node(name: &str) -> NodeItem {
+        NodeItem {
+            usage: NodeUsage {
+                name: name.into(),
+                usage: Usage {
+                    timestamp_ms: NOW - 3_500,
+                    window_ms: 15_012,
+                    cpu_nanocores: 123_456,
+                    memory_bytes: 12_636_160,
+                },
+                scraped_at_ms: NOW - 3_000,
+            },
+            labels: Some(Arc::new(BTreeMap::from([("kubernetes.io/hostname".into(), name.into())]))),
+        }
+    }
+
+    pub(crate) fn pod(ns: &str, name: &str) -> PodItem {
+        PodItem {
+            usage: PodUsage {
+                namespace: ns.into(),
+                name: name.into(),
+                timestamp_ms: NOW - 2_000,
+                window_ms: 15_000,
+                containers: vec![
+                    ContainerUsage { name: "app".into(), cpu_nanocores: 1_500_000_000, memory_bytes: 1 << 20 },
+                    ContainerUsage { name: "sidecar".into(), cpu_nanocores: 7, memory_bytes: 1000 },
+                ],
+                scraped_at_ms: NOW - 1_000,
+            },
+            labels: None,
+        }
+    }
+
+    #[test]
+    fn node_metrics_json_has_metrics_server_shape() {
+        let mut out = Vec::new();
+        write_node(&mut out, &node("node-1"), NOW, true);
+        let text = String::from_utf8(out).expect("utf8");
+        assert_eq!(
+            text,
+            r#"{"kind":"NodeMetrics","apiVersion":"metrics.k8s.io/v1beta1","metadata":{"name":"node-1","creationTimestamp":"2026-01-01T00:00:00Z","labels":{"kubernetes.io/hostname":"node-1"}},"timestamp":"2025-12-31T23:59:56Z","window":"15.012s","usage":{"cpu":"123456n","memory":"12340Ki"}}"#
+        );
+    }
+
+    #[test]
+    fn pod_metrics_json_has_containers_and_no_labels_when_none() {
+        let mut out = Vec::new();
+        write_pod(&mut out, &pod("default", "web"), NOW, true);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(
+            v,
+            json!({
+                "kind": "PodMetrics", "apiVersion": "metrics.k8s.io/v1beta1",
+                "metadata": {"name": "web", "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "timestamp": "2025-12-31T23:59:58Z", "window": "15s",
+                "containers": [
+                    {"name": "app", "usage": {"cpu": "1500m", "memory": "1Mi"}},
+                    {"name": "sidecar", "usage": {"cpu": "7n", "memory": "1k"}}
+                ]
+            })
+        );
+    }
+
+    #[test]
+    fn lists_stream_valid_json_for_zero_one_and_many_items() {
+        for n in [0usize, 1, 65, 3000] {
+            let items: Vec<_> = (0..n).map(|i| pod("ns", &format!("p{i:05}"))).collect();
+            let bytes = pod_list(items, NOW).collect_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+            assert_eq!(v["kind"], "PodMetricsList");
+            assert_eq!(v["metadata"], json!({}));
+            assert_eq!(v["items"].as_array().map(Vec::len), Some(n));
+            if n > 0 {
+                assert!(v["items"][0].get("kind").is_none(), "list items carry no kind");
+            }
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&node_list(vec![node("a"), node("b")], NOW).collect_bytes()).expect("json");
+        assert_eq!(v["kind"], "NodeMetricsList");
+        assert_eq!(v["items"][1]["metadata"]["name"], "b");
+    }
+}

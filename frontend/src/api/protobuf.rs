@@ -1,0 +1,388 @@
+//! Kubernetes protobuf encoding (`application/vnd.kubernetes.protobuf`): the `k8s\0` magic,
+//! then a `runtime.Unknown` whose `raw` holds the object, with the field numbers of
+//! `k8s.io/metrics/pkg/apis/metrics/v1beta1/generated.proto` and apimachinery's
+//! `generated.proto` files. Messages are written by hand as prost structs (no protoc).
+//!
+//! Lists are streamed: a first pass computes each item's encoded length (the envelope needs the
+//! total up front), a second pass encodes items chunk by chunk as the client reads.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+
+use super::body::Body;
+use super::items::{NodeItem, PodItem};
+use super::json::API_VERSION;
+use super::quantity::{Cpu, Memory};
+
+/// The four bytes that start every Kubernetes protobuf body.
+pub const MAGIC: &[u8; 4] = b"k8s\0";
+
+/// `runtime.TypeMeta`.
+#[derive(Clone, PartialEq, Message)]
+pub struct TypeMeta {
+    /// `apiVersion`.
+    #[prost(string, optional, tag = "1")]
+    pub api_version: Option<String>,
+    /// `kind`.
+    #[prost(string, optional, tag = "2")]
+    pub kind: Option<String>,
+}
+
+/// `runtime.Unknown`: the envelope of every protobuf body.
+#[derive(Clone, PartialEq, Message)]
+pub struct Unknown {
+    /// Type of `raw`.
+    #[prost(message, optional, tag = "1")]
+    pub type_meta: Option<TypeMeta>,
+    /// The encoded object.
+    #[prost(bytes = "vec", optional, tag = "2")]
+    pub raw: Option<Vec<u8>>,
+    /// Always empty.
+    #[prost(string, optional, tag = "3")]
+    pub content_encoding: Option<String>,
+    /// Always empty.
+    #[prost(string, optional, tag = "4")]
+    pub content_type: Option<String>,
+}
+
+/// `metav1.Time` (seconds only, as apimachinery writes it).
+#[derive(Clone, PartialEq, Message)]
+pub struct Time {
+    /// Unix seconds.
+    #[prost(int64, optional, tag = "1")]
+    pub seconds: Option<i64>,
+    /// Never set by apimachinery; read for completeness.
+    #[prost(int32, optional, tag = "2")]
+    pub nanos: Option<i32>,
+}
+
+/// `metav1.Duration`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Duration {
+    /// Nanoseconds.
+    #[prost(int64, optional, tag = "1")]
+    pub duration: Option<i64>,
+}
+
+/// `resource.Quantity`: its canonical string.
+#[derive(Clone, PartialEq, Message)]
+pub struct Quantity {
+    /// Canonical text (`123456n`, `12340Ki`).
+    #[prost(string, optional, tag = "1")]
+    pub string: Option<String>,
+}
+
+/// `metav1.ObjectMeta`, the fields used here.
+#[derive(Clone, PartialEq, Message)]
+pub struct ObjectMeta {
+    /// `name`.
+    #[prost(string, optional, tag = "1")]
+    pub name: Option<String>,
+    /// `namespace`.
+    #[prost(string, optional, tag = "3")]
+    pub namespace: Option<String>,
+    /// `selfLink` (unused).
+    #[prost(string, optional, tag = "4")]
+    pub self_link: Option<String>,
+    /// `uid` (unused).
+    #[prost(string, optional, tag = "5")]
+    pub uid: Option<String>,
+    /// `resourceVersion` (unused).
+    #[prost(string, optional, tag = "6")]
+    pub resource_version: Option<String>,
+    /// `creationTimestamp`.
+    #[prost(message, optional, tag = "8")]
+    pub creation_timestamp: Option<Time>,
+    /// `labels`.
+    #[prost(btree_map = "string, string", tag = "11")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `metav1.ListMeta`, the fields used here.
+#[derive(Clone, PartialEq, Message)]
+pub struct ListMeta {
+    /// `selfLink` (unused).
+    #[prost(string, optional, tag = "1")]
+    pub self_link: Option<String>,
+    /// `resourceVersion` (unused).
+    #[prost(string, optional, tag = "2")]
+    pub resource_version: Option<String>,
+    /// `continue` (unused).
+    #[prost(string, optional, tag = "3")]
+    pub r#continue: Option<String>,
+}
+
+/// `v1beta1.NodeMetrics`.
+#[derive(Clone, PartialEq, Message)]
+pub struct NodeMetrics {
+    /// Name, creation time, labels.
+    #[prost(message, optional, tag = "1")]
+    pub metadata: Option<ObjectMeta>,
+    /// Kubelet sample time.
+    #[prost(message, optional, tag = "2")]
+    pub timestamp: Option<Time>,
+    /// Rate window.
+    #[prost(message, optional, tag = "3")]
+    pub window: Option<Duration>,
+    /// `cpu` and `memory`.
+    #[prost(btree_map = "string, message", tag = "4")]
+    pub usage: BTreeMap<String, Quantity>,
+}
+
+/// `v1beta1.ContainerMetrics`.
+#[derive(Clone, PartialEq, Message)]
+pub struct ContainerMetrics {
+    /// Container name.
+    #[prost(string, optional, tag = "1")]
+    pub name: Option<String>,
+    /// `cpu` and `memory`.
+    #[prost(btree_map = "string, message", tag = "2")]
+    pub usage: BTreeMap<String, Quantity>,
+}
+
+/// `v1beta1.PodMetrics`.
+#[derive(Clone, PartialEq, Message)]
+pub struct PodMetrics {
+    /// Name, namespace, creation time, labels.
+    #[prost(message, optional, tag = "1")]
+    pub metadata: Option<ObjectMeta>,
+    /// Earliest container sample time.
+    #[prost(message, optional, tag = "2")]
+    pub timestamp: Option<Time>,
+    /// That container's window.
+    #[prost(message, optional, tag = "3")]
+    pub window: Option<Duration>,
+    /// Containers by name.
+    #[prost(message, repeated, tag = "4")]
+    pub containers: Vec<ContainerMetrics>,
+}
+
+/// `v1beta1.NodeMetricsList`.
+#[derive(Clone, PartialEq, Message)]
+pub struct NodeMetricsList {
+    /// Empty list metadata.
+    #[prost(message, optional, tag = "1")]
+    pub metadata: Option<ListMeta>,
+    /// Items.
+    #[prost(message, repeated, tag = "2")]
+    pub items: Vec<NodeMetrics>,
+}
+
+/// `v1beta1.PodMetricsList`.
+#[derive(Clone, PartialEq, Message)]
+pub struct PodMetricsList {
+    /// Empty list metadata.
+    #[prost(message, optional, tag = "1")]
+    pub metadata: Option<ListMeta>,
+    /// Items.
+    #[prost(message, repeated, tag = "2")]
+    pub items: Vec<PodMetrics>,
+}
+
+fn time(ms: i64) -> Option<Time> {
+    Some(Time { seconds: Some(ms.div_euclid(1000)), nanos: None })
+}
+
+fn usage(cpu: u64, memory: u64) -> BTreeMap<String, Quantity> {
+    BTreeMap::from([
+        ("cpu".to_owned(), Quantity { string: Some(Cpu(cpu).to_string()) }),
+        ("memory".to_owned(), Quantity { string: Some(Memory(memory).to_string()) }),
+    ])
+}
+
+/// The protobuf NodeMetrics of `item` (`now_ms` = creationTimestamp).
+pub fn node_message(item: &NodeItem, now_ms: i64) -> NodeMetrics {
+    let u = &item.usage.usage;
+    NodeMetrics {
+        metadata: Some(ObjectMeta {
+            name: Some(item.usage.name.to_string()),
+            creation_timestamp: time(now_ms),
+            labels: item.labels.as_deref().cloned().unwrap_or_default(),
+            ..ObjectMeta::default()
+        }),
+        timestamp: time(u.timestamp_ms),
+        window: Some(Duration { duration: Some(u.window_ms.saturating_mul(1_000_000)) }),
+        usage: usage(u.cpu_nanocores, u.memory_bytes),
+    }
+}
+
+/// The protobuf PodMetrics of `item` (`now_ms` = creationTimestamp).
+pub fn pod_message(item: &PodItem, now_ms: i64) -> PodMetrics {
+    let p = &item.usage;
+    PodMetrics {
+        metadata: Some(ObjectMeta {
+            name: Some(p.name.to_string()),
+            namespace: Some(p.namespace.to_string()),
+            creation_timestamp: time(now_ms),
+            labels: item.labels.as_deref().cloned().unwrap_or_default(),
+            ..ObjectMeta::default()
+        }),
+        timestamp: time(p.timestamp_ms),
+        window: Some(Duration { duration: Some(p.window_ms.saturating_mul(1_000_000)) }),
+        containers: p
+            .containers
+            .iter()
+            .map(|c| ContainerMetrics { name: Some(c.name.to_string()), usage: usage(c.cpu_nanocores, c.memory_bytes) })
+            .collect(),
+    }
+}
+
+fn type_meta(kind: &str) -> TypeMeta {
+    TypeMeta { api_version: Some(API_VERSION.to_owned()), kind: Some(kind.to_owned()) }
+}
+
+/// A whole envelope around an already encoded object.
+fn envelope(kind: &str, raw: Vec<u8>) -> Vec<u8> {
+    let unknown = Unknown {
+        type_meta: Some(type_meta(kind)),
+        raw: Some(raw),
+        content_encoding: Some(String::new()),
+        content_type: Some(String::new()),
+    };
+    let mut out = Vec::with_capacity(4 + unknown.encoded_len());
+    out.extend_from_slice(MAGIC);
+    // Encoding into a Vec with enough capacity cannot fail.
+    let _ = unknown.encode(&mut out);
+    out
+}
+
+/// One NodeMetrics in its envelope.
+pub fn node(item: &NodeItem, now_ms: i64) -> Vec<u8> {
+    envelope("NodeMetrics", node_message(item, now_ms).encode_to_vec())
+}
+
+/// One PodMetrics in its envelope.
+pub fn pod(item: &PodItem, now_ms: i64) -> Vec<u8> {
+    envelope("PodMetrics", pod_message(item, now_ms).encode_to_vec())
+}
+
+/// A streamed list envelope: see the module docs.
+fn list<T: Send + 'static, M: Message + 'static>(kind: &'static str, items: Vec<T>, now_ms: i64, message: fn(&T, i64) -> M) -> Body {
+    const ITEMS_TAG: u8 = (2 << 3) | 2; // field 2, length-delimited
+    let lengths: Vec<usize> = items.iter().map(|i| message(i, now_ms).encoded_len()).collect();
+    let list_meta = ListMeta::default();
+    let list_meta_len = list_meta.encoded_len();
+    let mut raw_len = 1 + prost::encoding::encoded_len_varint(list_meta_len as u64) + list_meta_len;
+    for l in &lengths {
+        raw_len += 1 + prost::encoding::encoded_len_varint(*l as u64) + l;
+    }
+    let mut header = Vec::with_capacity(64);
+    header.extend_from_slice(MAGIC);
+    let tm = type_meta(kind);
+    prost::encoding::message::encode(1, &tm, &mut header);
+    header.push(ITEMS_TAG); // Unknown.raw is field 2, length-delimited too
+    prost::encoding::encode_varint(raw_len as u64, &mut header);
+    prost::encoding::message::encode(1, &list_meta, &mut header);
+    let mut header = Some(header);
+    let mut next = 0usize;
+    Body::streaming(Box::new(move |out: &mut Vec<u8>| {
+        if let Some(h) = header.take() {
+            out.extend_from_slice(&h);
+        }
+        let end = (next + 64).min(items.len());
+        for (item, len) in items[next..end].iter().zip(&lengths[next..end]) {
+            out.push(ITEMS_TAG);
+            prost::encoding::encode_varint(*len as u64, out);
+            let _ = message(item, now_ms).encode(out);
+        }
+        next = end;
+        if next == items.len() {
+            // Unknown.contentEncoding = "", Unknown.contentType = "".
+            prost::encoding::string::encode(3, &String::new(), out);
+            prost::encoding::string::encode(4, &String::new(), out);
+            return false;
+        }
+        true
+    }))
+}
+
+/// A streamed NodeMetricsList envelope.
+pub fn node_list(items: Vec<NodeItem>, now_ms: i64) -> Body {
+    list("NodeMetricsList", items, now_ms, node_message)
+}
+
+/// A streamed PodMetricsList envelope.
+pub fn pod_list(items: Vec<PodItem>, now_ms: i64) -> Body {
+    list("PodMetricsList", items, now_ms, pod_message)
+}
+
+/// Decodes an envelope (for tests and clients): the type and the raw object.
+pub fn decode_envelope(bytes: &[u8]) -> Result<(TypeMeta, Vec<u8>), String> {
+    let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or("missing k8s\\0 magic")?;
+    let unknown = Unknown::decode(rest).map_err(|e| e.to_string())?;
+    Ok((unknown.type_meta.unwrap_or_default(), unknown.raw.unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::json::tests::{node, pod};
+
+    const NOW: i64 = 1_767_225_600_000;
+
+    #[test]
+    fn a_node_envelope_decodes_back_with_prost_to_the_same_values() {
+        let bytes = super::node(&node("node-1"), NOW);
+        assert_eq!(&bytes[..4], b"k8s\0");
+        let (tm, raw) = decode_envelope(&bytes).expect("envelope");
+        assert_eq!((tm.api_version.as_deref(), tm.kind.as_deref()), (Some("metrics.k8s.io/v1beta1"), Some("NodeMetrics")));
+        let m = NodeMetrics::decode(raw.as_slice()).expect("node");
+        let meta = m.metadata.expect("metadata");
+        assert_eq!(meta.name.as_deref(), Some("node-1"));
+        assert_eq!(meta.labels.get("kubernetes.io/hostname").map(String::as_str), Some("node-1"));
+        assert_eq!(meta.creation_timestamp.and_then(|t| t.seconds), Some(NOW / 1000));
+        assert_eq!(m.timestamp.and_then(|t| t.seconds), Some((NOW - 3_500).div_euclid(1000)));
+        assert_eq!(m.window.and_then(|w| w.duration), Some(15_012_000_000));
+        assert_eq!(m.usage["cpu"].string.as_deref(), Some("123456n"));
+        assert_eq!(m.usage["memory"].string.as_deref(), Some("12340Ki"));
+    }
+
+    #[test]
+    fn field_numbers_match_k8s_io_metrics_generated_proto() {
+        // NodeMetrics.metadata(1).name(1) = "n": 0a 03 0a 01 6e
+        let m = NodeMetrics {
+            metadata: Some(ObjectMeta { name: Some("n".into()), ..ObjectMeta::default() }),
+            ..NodeMetrics::default()
+        };
+        assert_eq!(m.encode_to_vec(), [0x0a, 0x03, 0x0a, 0x01, b'n']);
+        // ObjectMeta.namespace = 3, creationTimestamp = 8, labels = 11.
+        let meta = ObjectMeta {
+            namespace: Some("a".into()),
+            creation_timestamp: Some(Time { seconds: Some(1), nanos: None }),
+            labels: BTreeMap::from([("k".into(), "v".into())]),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(
+            meta.encode_to_vec(),
+            [0x1a, 0x01, b'a', 0x42, 0x02, 0x08, 0x01, 0x5a, 0x06, 0x0a, 0x01, b'k', 0x12, 0x01, b'v']
+        );
+        // PodMetrics.containers = 4, ContainerMetrics.usage = 2, Duration.duration = 1.
+        let p = PodMetrics {
+            window: Some(Duration { duration: Some(1) }),
+            containers: vec![ContainerMetrics { name: Some("c".into()), usage: BTreeMap::new() }],
+            ..PodMetrics::default()
+        };
+        assert_eq!(p.encode_to_vec(), [0x1a, 0x02, 0x08, 0x01, 0x22, 0x03, 0x0a, 0x01, b'c']);
+    }
+
+    #[test]
+    fn a_streamed_pod_list_decodes_as_one_prost_message() {
+        for n in [0usize, 1, 200] {
+            let items: Vec<_> = (0..n).map(|i| pod("ns", &format!("p{i:04}"))).collect();
+            let bytes = pod_list(items.clone(), NOW).collect_bytes();
+            let (tm, raw) = decode_envelope(&bytes).expect("envelope");
+            assert_eq!(tm.kind.as_deref(), Some("PodMetricsList"));
+            let list = PodMetricsList::decode(raw.as_slice()).expect("list");
+            assert_eq!(list.items.len(), n);
+            for (got, want) in list.items.iter().zip(&items) {
+                assert_eq!(*got, pod_message(want, NOW));
+            }
+            let unknown = Unknown::decode(&bytes[4..]).expect("unknown");
+            assert_eq!(unknown.content_type.as_deref(), Some(""));
+        }
+        let bytes = node_list(vec![node("a")], NOW).collect_bytes();
+        let (_, raw) = decode_envelope(&bytes).expect("envelope");
+        assert_eq!(NodeMetricsList::decode(raw.as_slice()).expect("list").items.len(), 1);
+    }
+}

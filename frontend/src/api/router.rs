@@ -1,0 +1,541 @@
+//! Where API requests are routed and answered: path and query parsing, content negotiation,
+//! the store/metadata join, and the choice of encoder.
+//!
+//! Paths (metrics-server's): `/apis/metrics.k8s.io/v1beta1/nodes`, `.../nodes/{name}`,
+//! `.../pods`, `.../namespaces/{ns}/pods`, `.../namespaces/{ns}/pods/{name}`, plus discovery,
+//! OpenAPI and `/version`. Anything else is a 404 Status; methods other than GET a 405; `watch`
+//! a 405 (metrics-server's `MethodNotSupported`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
+use shardmetrics_proto::clock::SharedClock;
+
+use super::body::Body;
+use super::discovery::{AggregatedVersion, Documents};
+use super::items::{NodeItem, PodItem};
+use super::media::{Encoding, negotiate};
+use super::selector::{Field, FieldSelector, LabelSelector};
+use super::status::Status;
+use super::table::{IncludeObject, TableOptions};
+use super::{json, protobuf, table};
+use crate::metadata::{Labels, Metadata};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Prefix of every resource path.
+const PREFIX: &str = "/apis/metrics.k8s.io/v1beta1";
+
+/// A request's route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/apis` (also aggregated discovery).
+    Apis,
+    /// `/apis/metrics.k8s.io`.
+    Group,
+    /// `/apis/metrics.k8s.io/v1beta1`.
+    Resources,
+    /// `/apis/metrics.k8s.io/v1beta1/nodes`.
+    Nodes,
+    /// `/apis/metrics.k8s.io/v1beta1/nodes/{name}`.
+    Node(String),
+    /// `.../pods` (namespace `None`) or `.../namespaces/{ns}/pods`.
+    Pods(Option<String>),
+    /// `.../namespaces/{ns}/pods/{name}`.
+    Pod(String, String),
+    /// `/openapi/v2`.
+    OpenApiV2,
+    /// `/openapi/v3`.
+    OpenApiV3,
+    /// `/openapi/v3/apis/metrics.k8s.io/v1beta1`.
+    OpenApiV3Group,
+    /// `/version`.
+    Version,
+    /// Nothing here.
+    Unknown,
+}
+
+impl Route {
+    /// Parses a request path (percent-decoding each segment).
+    pub fn parse(path: &str) -> Route {
+        let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+        match path {
+            "/apis" => return Route::Apis,
+            "/apis/metrics.k8s.io" => return Route::Group,
+            PREFIX => return Route::Resources,
+            "/openapi/v2" => return Route::OpenApiV2,
+            "/openapi/v3" => return Route::OpenApiV3,
+            "/openapi/v3/apis/metrics.k8s.io/v1beta1" => return Route::OpenApiV3Group,
+            "/version" => return Route::Version,
+            _ => {}
+        }
+        let Some(rest) = path.strip_prefix(PREFIX).and_then(|r| r.strip_prefix('/')) else { return Route::Unknown };
+        let segments: Vec<String> = rest.split('/').map(percent_decode).collect();
+        if segments.iter().any(String::is_empty) {
+            return Route::Unknown;
+        }
+        match segments.as_slice() {
+            [n] if n == "nodes" => Route::Nodes,
+            [n, name] if n == "nodes" => Route::Node(name.clone()),
+            [p] if p == "pods" => Route::Pods(None),
+            [n, ns, p] if n == "namespaces" && p == "pods" => Route::Pods(Some(ns.clone())),
+            [n, ns, p, name] if n == "namespaces" && p == "pods" => Route::Pod(ns.clone(), name.clone()),
+            _ => Route::Unknown,
+        }
+    }
+
+    /// The `resource` label of request metrics.
+    pub fn resource(&self) -> &'static str {
+        match self {
+            Route::Apis | Route::Group | Route::Resources => "discovery",
+            Route::Nodes | Route::Node(_) => "nodes",
+            Route::Pods(_) | Route::Pod(..) => "pods",
+            Route::OpenApiV2 | Route::OpenApiV3 | Route::OpenApiV3Group => "openapi",
+            Route::Version => "version",
+            Route::Unknown => "unknown",
+        }
+    }
+
+    /// The `verb` label of request metrics (Kubernetes verbs for resources).
+    pub fn verb(&self, method: &Method, watch: bool) -> &'static str {
+        match (self, method) {
+            (Route::Nodes | Route::Pods(_), &Method::GET) if watch => "watch",
+            (Route::Nodes | Route::Pods(_), &Method::GET) => "list",
+            (_, &Method::GET) => "get",
+            (_, &Method::HEAD) => "head",
+            (_, &Method::POST) => "post",
+            (_, &Method::PUT) => "put",
+            (_, &Method::PATCH) => "patch",
+            (_, &Method::DELETE) => "delete",
+            _ => "other",
+        }
+    }
+}
+
+/// Decodes `%XX` escapes and, in queries, `+` as space; invalid escapes stay as they are.
+fn decode(s: &str, plus_is_space: bool) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' if plus_is_space => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn percent_decode(s: &str) -> String {
+    decode(s, false)
+}
+
+/// The query parameters this server reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    /// `labelSelector`.
+    pub label_selector: String,
+    /// `fieldSelector`.
+    pub field_selector: String,
+    /// `watch=true|1`.
+    pub watch: bool,
+    /// `includeObject` (Table only).
+    pub include_object: String,
+}
+
+impl Query {
+    /// Parses a query string (`application/x-www-form-urlencoded`); unknown keys are ignored.
+    pub fn parse(query: Option<&str>) -> Query {
+        let mut q = Query::default();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = decode(v, true);
+            match decode(k, true).as_str() {
+                "labelSelector" => q.label_selector = v,
+                "fieldSelector" => q.field_selector = v,
+                "watch" => q.watch = matches!(v.as_str(), "true" | "1"),
+                "includeObject" => q.include_object = v,
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// What [`Api::handle`] produced, with the labels for request metrics.
+pub struct Handled {
+    /// The response.
+    pub response: Response<Body>,
+    /// Kubernetes verb (`get`, `list`, `watch`, ...).
+    pub verb: &'static str,
+    /// Resource label (`nodes`, `pods`, `discovery`, ...).
+    pub resource: &'static str,
+}
+
+/// Answers API requests from the store and the metadata view.
+pub struct Api {
+    /// Samples and rates.
+    store: Arc<Store>,
+    /// Pod/Node existence and labels; without it every stored object exists and has no labels.
+    metadata: Option<Arc<Metadata>>,
+    /// Wall clock: creationTimestamp and freshness.
+    clock: SharedClock,
+    /// Discovery and OpenAPI documents.
+    docs: Documents,
+    /// Freshness histogram.
+    metrics: Option<Metrics>,
+}
+
+/// An answer in one piece.
+fn respond(code: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = code;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// A Status answer (always JSON, which every client decodes).
+pub fn status_response(status: &Status) -> Response<Body> {
+    let mut r = respond(status.code, "application/json", Body::full(status.to_json()));
+    if let Some(secs) = status.details.as_ref().and_then(|d| d.retry_after_seconds) {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
+}
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+impl Api {
+    /// An API over `store` and (optionally) `metadata`.
+    pub fn new(store: Arc<Store>, metadata: Option<Arc<Metadata>>, clock: SharedClock, metrics: Option<Metrics>) -> Self {
+        Self { store, metadata, clock, docs: Documents::new(env!("CARGO_PKG_VERSION")), metrics }
+    }
+
+    /// Answers one request.
+    pub fn handle(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Handled {
+        let route = Route::parse(uri.path());
+        let query = Query::parse(uri.query());
+        let verb = route.verb(method, query.watch);
+        let resource = route.resource();
+        let response = match self.answer(method, &route, &query, headers) {
+            Ok(r) => r,
+            Err(status) => status_response(&status),
+        };
+        Handled { response, verb, resource }
+    }
+
+    fn answer(&self, method: &Method, route: &Route, query: &Query, headers: &HeaderMap) -> Result<Response<Body>, Status> {
+        if *route == Route::Unknown {
+            return Err(Status::path_not_found());
+        }
+        if method != Method::GET {
+            return Err(Status::method_not_allowed());
+        }
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        let doc = |b: &bytes::Bytes| Ok(respond(StatusCode::OK, "application/json", Body::full(b.clone())));
+        match route {
+            Route::Apis => match AggregatedVersion::negotiate(accept) {
+                Some(v @ AggregatedVersion::V2) => Ok(respond(StatusCode::OK, v.content_type(), Body::full(self.docs.aggregated_v2.clone()))),
+                Some(v @ AggregatedVersion::V2beta1) => {
+                    Ok(respond(StatusCode::OK, v.content_type(), Body::full(self.docs.aggregated_v2beta1.clone())))
+                }
+                None => doc(&self.docs.apis),
+            },
+            Route::Group => doc(&self.docs.group),
+            Route::Resources => doc(&self.docs.resources),
+            Route::OpenApiV2 => doc(&self.docs.openapi_v2),
+            Route::OpenApiV3 => doc(&self.docs.openapi_v3_index),
+            Route::OpenApiV3Group => doc(&self.docs.openapi_v3_group),
+            Route::Version => doc(&self.docs.version),
+            Route::Nodes | Route::Node(_) | Route::Pods(_) | Route::Pod(..) => {
+                let resource = if matches!(route, Route::Nodes | Route::Node(_)) { "nodemetrics" } else { "podmetrics" };
+                if query.watch {
+                    return Err(Status::watch_not_supported(resource));
+                }
+                let encoding = negotiate(accept).ok_or_else(|| Status::not_acceptable(accept.unwrap_or("")))?;
+                let include = IncludeObject::parse(&query.include_object).map_err(Status::bad_request)?;
+                let labels = LabelSelector::parse(&query.label_selector).map_err(|e| Status::bad_request(e.0))?;
+                let fields = FieldSelector::parse(&query.field_selector).map_err(|e| Status::bad_request(e.0))?;
+                let now_ms = self.clock.now_ms();
+                let out = Output { encoding, include, now_ms };
+                match route {
+                    Route::Nodes => Ok(out.nodes(self.list_nodes(&labels, &fields, now_ms), false)),
+                    Route::Node(name) => Ok(out.nodes(vec![self.get_node(name, now_ms)?], true)),
+                    Route::Pods(ns) => Ok(out.pods(self.list_pods(ns.as_deref(), &labels, &fields, now_ms), false)),
+                    Route::Pod(ns, name) => Ok(out.pods(vec![self.get_pod(ns, name, now_ms)?], true)),
+                    _ => Err(Status::path_not_found()),
+                }
+            }
+            Route::Unknown => Err(Status::path_not_found()),
+        }
+    }
+
+    fn observe(&self, now_ms: i64, timestamp_ms: i64) {
+        if let Some(m) = &self.metrics {
+            m.freshness.observe((now_ms - timestamp_ms).max(0) as f64 / 1000.0);
+        }
+    }
+
+    /// Nodes matching both selectors, sorted by name.
+    pub fn list_nodes(&self, labels: &LabelSelector, fields: &FieldSelector, now_ms: i64) -> Vec<NodeItem> {
+        let meta = self.metadata.as_ref().map(|m| m.read());
+        let items: Vec<NodeItem> = self
+            .store
+            .nodes(|name| {
+                if !fields.matches("", name) {
+                    return None;
+                }
+                let found: Option<Labels> = match &meta {
+                    Some(m) => Some(m.node(name)?.clone()),
+                    None => None,
+                };
+                labels.matches(found.as_deref().unwrap_or(&NO_LABELS)).then_some(found)
+            })
+            .into_iter()
+            .map(|(usage, labels)| NodeItem { usage, labels })
+            .collect();
+        for i in &items {
+            self.observe(now_ms, i.usage.usage.timestamp_ms);
+        }
+        items
+    }
+
+    fn get_node(&self, name: &str, now_ms: i64) -> Result<NodeItem, Status> {
+        let labels = match &self.metadata {
+            Some(m) => Some(m.read().node(name).cloned().ok_or_else(|| Status::object_not_found("node", name))?),
+            None => None,
+        };
+        let usage = self.store.node(name).ok_or_else(|| Status::metrics_not_found("nodemetrics", name))?;
+        self.observe(now_ms, usage.usage.timestamp_ms);
+        Ok(NodeItem { usage, labels })
+    }
+
+    /// Running pods in `namespace` (all when `None`) matching both selectors, sorted by
+    /// namespace then name. A `metadata.namespace=` field selector narrows an all-namespace list
+    /// to that namespace's index.
+    pub fn list_pods(&self, namespace: Option<&str>, labels: &LabelSelector, fields: &FieldSelector, now_ms: i64) -> Vec<PodItem> {
+        let namespace = namespace.or(fields.required(Field::Namespace));
+        let meta = self.metadata.as_ref().map(|m| m.read());
+        let items: Vec<PodItem> = self
+            .store
+            .pods(namespace, |ns, name| {
+                if !fields.matches(ns, name) {
+                    return None;
+                }
+                let found: Option<Labels> = match &meta {
+                    Some(m) => Some(m.pod(ns, name)?.clone()),
+                    None => None,
+                };
+                labels.matches(found.as_deref().unwrap_or(&NO_LABELS)).then_some(found)
+            })
+            .into_iter()
+            .map(|(usage, labels)| PodItem { usage, labels })
+            .collect();
+        for i in &items {
+            self.observe(now_ms, i.usage.timestamp_ms);
+        }
+        items
+    }
+
+    fn get_pod(&self, namespace: &str, name: &str, now_ms: i64) -> Result<PodItem, Status> {
+        let labels = match &self.metadata {
+            Some(m) => Some(m.read().pod(namespace, name).cloned().ok_or_else(|| Status::object_not_found("pod", name))?),
+            None => None,
+        };
+        let usage = self.store.pod(namespace, name).ok_or_else(|| Status::metrics_not_found("podmetrics", name))?;
+        self.observe(now_ms, usage.timestamp_ms);
+        Ok(PodItem { usage, labels })
+    }
+}
+
+/// How to write the answer of a resource request.
+struct Output {
+    encoding: Encoding,
+    include: IncludeObject,
+    now_ms: i64,
+}
+
+impl Output {
+    fn table_options(&self, version: super::media::TableVersion) -> TableOptions {
+        TableOptions { version, include: self.include, now_ms: self.now_ms }
+    }
+
+    /// `single`: a GET of one object (not a list).
+    fn nodes(&self, items: Vec<NodeItem>, single: bool) -> Response<Body> {
+        let ct = self.encoding.content_type();
+        let body = match (self.encoding, single) {
+            (Encoding::Json, true) => {
+                let mut out = Vec::with_capacity(512);
+                json::write_node(&mut out, &items[0], self.now_ms, true);
+                Body::full(out)
+            }
+            (Encoding::Json, false) => json::node_list(items, self.now_ms),
+            (Encoding::Protobuf, true) => Body::full(protobuf::node(&items[0], self.now_ms)),
+            (Encoding::Protobuf, false) => protobuf::node_list(items, self.now_ms),
+            (Encoding::Table(v), _) => table::nodes(items, self.table_options(v)),
+        };
+        respond(StatusCode::OK, ct, body)
+    }
+
+    fn pods(&self, items: Vec<PodItem>, single: bool) -> Response<Body> {
+        let ct = self.encoding.content_type();
+        let body = match (self.encoding, single) {
+            (Encoding::Json, true) => {
+                let mut out = Vec::with_capacity(1024);
+                json::write_pod(&mut out, &items[0], self.now_ms, true);
+                Body::full(out)
+            }
+            (Encoding::Json, false) => json::pod_list(items, self.now_ms),
+            (Encoding::Protobuf, true) => Body::full(protobuf::pod(&items[0], self.now_ms)),
+            (Encoding::Protobuf, false) => protobuf::pod_list(items, self.now_ms),
+            (Encoding::Table(v), _) => table::pods(items, self.table_options(v)),
+        };
+        respond(StatusCode::OK, ct, body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shardmetrics_proto::clock::ManualClock;
+    use shardmetrics_proto::{ContainerSample, NodeScrape, PodSamples, Point};
+
+    use super::*;
+    use crate::store::StoreConfig;
+
+    const T0: i64 = 1_767_225_600_000;
+
+    #[test]
+    fn paths_route_like_metrics_server() {
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/nodes"), Route::Nodes);
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/nodes/"), Route::Nodes);
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/nodes/n%2D1"), Route::Node("n-1".into()));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/pods"), Route::Pods(None));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces/a/pods"), Route::Pods(Some("a".into())));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces/a/pods/p"), Route::Pod("a".into(), "p".into()));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1"), Route::Resources);
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces/a"), Route::Unknown);
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces//pods"), Route::Unknown);
+        assert_eq!(Route::parse("/api/v1/nodes"), Route::Unknown);
+        assert_eq!(Route::parse("/"), Route::Unknown);
+    }
+
+    #[test]
+    fn query_parameters_are_form_decoded() {
+        let q = Query::parse(Some("labelSelector=app%20in%20(a%2Cb),tier&fieldSelector=metadata.name%3Dx&watch=1&limit=500"));
+        assert_eq!(q.label_selector, "app in (a,b),tier");
+        assert_eq!(q.field_selector, "metadata.name=x");
+        assert!(q.watch);
+        assert_eq!(Query::parse(Some("labelSelector=a+b")).label_selector, "a b");
+        assert_eq!(decode("%zz%4", false), "%zz%4");
+    }
+
+    fn api() -> Api {
+        let clock = ManualClock::new(T0 + 20_000);
+        let store = Arc::new(Store::new(StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 }, clock.clone()));
+        for t in [0i64, 15_000] {
+            let point = |cpu: u64| Point { timestamp_ms: T0 + t, cpu_usage_ns: cpu * t as u64, memory_working_set_bytes: 1024 };
+            store.ingest_scrape(&NodeScrape {
+                node: "n1".into(),
+                scraped_at_ms: T0 + t,
+                node_usage: Some(point(4_000_000)),
+                pods: ["web-1", "web-2"]
+                    .iter()
+                    .map(|name| PodSamples {
+                        namespace: "default".into(),
+                        name: (*name).into(),
+                        containers: vec![ContainerSample { name: "app".into(), start_time_ms: 1, usage: point(1_000_000) }],
+                    })
+                    .collect(),
+            });
+        }
+        let metadata = Metadata::new();
+        use kube::runtime::watcher::Event;
+        let l = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        metadata.apply_pod(Event::Apply((("default".into(), "web-1".into()), l(&[("app", "web")]))));
+        metadata.apply_pod(Event::Apply((("default".into(), "web-2".into()), l(&[("app", "api")]))));
+        metadata.apply_node(Event::Apply(("n1".into(), l(&[("zone", "a")]))));
+        Api::new(store, Some(metadata), clock, None)
+    }
+
+    fn get(api: &Api, uri: &str, accept: Option<&str>) -> (StatusCode, String, serde_json::Value) {
+        let mut headers = HeaderMap::new();
+        if let Some(a) = accept {
+            headers.insert(header::ACCEPT, HeaderValue::from_str(a).expect("header"));
+        }
+        let h = api.handle(&Method::GET, &uri.parse().expect("uri"), &headers);
+        let ct = h.response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let code = h.response.status();
+        let bytes = h.response.into_body().collect_bytes();
+        (code, ct, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[test]
+    fn a_label_selector_filters_pods_by_their_metadata_labels() {
+        let api = api();
+        let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods?labelSelector=app%3Dweb", None);
+        assert_eq!(code, 200);
+        assert_eq!(v["items"].as_array().map(Vec::len), Some(1));
+        assert_eq!(v["items"][0]["metadata"]["labels"]["app"], "web");
+        assert_eq!(v["items"][0]["containers"][0]["usage"]["cpu"], "1");
+        let (_, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=metadata.namespace%3Ddefault,metadata.name!%3Dweb-1", None);
+        assert_eq!(v["items"][0]["metadata"]["name"], "web-2");
+    }
+
+    #[test]
+    fn objects_missing_from_metadata_or_store_are_not_found_statuses() {
+        let api = api();
+        let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/nodes/n2", None);
+        assert_eq!((code.as_u16(), v["reason"].as_str()), (404, Some("NotFound")));
+        assert_eq!(v["message"], "node \"n2\" not found");
+        let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/namespaces/x/pods/web-1", None);
+        assert_eq!(code, 404);
+        assert_eq!(v["details"]["kind"], "pod");
+        let (_, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/nodes/n1", None);
+        assert_eq!(v["kind"], "NodeMetrics");
+        assert_eq!(v["metadata"]["labels"]["zone"], "a");
+    }
+
+    #[test]
+    fn watch_bad_selectors_other_methods_and_unknown_media_are_statuses() {
+        let api = api();
+        let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?watch=true", None);
+        assert_eq!((code.as_u16(), v["reason"].as_str()), (405, Some("MethodNotAllowed")));
+        let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?labelSelector=a%20b", None);
+        assert_eq!((code.as_u16(), v["reason"].as_str()), (400, Some("BadRequest")));
+        let (code, _, _) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=spec.nodeName%3Dn1", None);
+        assert_eq!(code, 400);
+        let (code, _, _) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods", Some("text/html"));
+        assert_eq!(code, 406);
+        let h = api.handle(&Method::DELETE, &"/apis/metrics.k8s.io/v1beta1/pods".parse().expect("uri"), &HeaderMap::new());
+        assert_eq!(h.response.status(), 405);
+        assert_eq!(h.verb, "delete");
+        let (code, _, v) = get(&api, "/apis/nope", None);
+        assert_eq!((code.as_u16(), v["kind"].as_str()), (404, Some("Status")));
+    }
+
+    #[test]
+    fn tables_and_aggregated_discovery_are_negotiated() {
+        let api = api();
+        let (_, ct, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/nodes", Some("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
+        assert_eq!(ct, "application/json;as=Table;v=v1;g=meta.k8s.io");
+        assert_eq!(v["rows"][0]["cells"][0], "n1");
+        let (_, ct, v) = get(&api, "/apis", Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"));
+        assert_eq!(ct, "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");
+        assert_eq!(v["kind"], "APIGroupDiscoveryList");
+        let (_, _, v) = get(&api, "/apis", None);
+        assert_eq!(v["kind"], "APIGroupList");
+    }
+}

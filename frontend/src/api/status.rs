@@ -1,0 +1,242 @@
+//! Every error answer is a `metav1.Status`, as kube-apiserver and metrics-server write it.
+
+use std::io::Write as _;
+
+use bytes::Bytes;
+use http::StatusCode;
+
+/// The group every resource here belongs to.
+pub const GROUP: &str = "metrics.k8s.io";
+
+/// `Status.details`: what the error is about.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Details {
+    /// The object's name, if one.
+    pub name: Option<String>,
+    /// The API group of the resource (empty for core).
+    pub group: Option<String>,
+    /// The resource (`nodemetrics`, `podmetrics`, or `node`/`pod` for missing objects).
+    pub kind: Option<String>,
+    /// Seconds the client should wait before retrying (429).
+    pub retry_after_seconds: Option<u32>,
+}
+
+/// A failed request as a Kubernetes `Status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// HTTP status code (also `Status.code`).
+    pub code: StatusCode,
+    /// Machine-readable `Status.reason` (`NotFound`, `BadRequest`, ...).
+    pub reason: &'static str,
+    /// Human-readable `Status.message`.
+    pub message: String,
+    /// `Status.details`; `None` writes no details.
+    pub details: Option<Box<Details>>,
+}
+
+impl Status {
+    /// A 404 for an object that exists but has no metrics (yet), or whose resource is
+    /// `nodemetrics`/`podmetrics`: `nodemetrics.metrics.k8s.io "x" not found`.
+    pub fn metrics_not_found(resource: &str, name: &str) -> Self {
+        Self {
+            code: StatusCode::NOT_FOUND,
+            reason: "NotFound",
+            message: format!("{resource}.{GROUP} {name:?} not found"),
+            details: Some(Box::new(Details {
+                name: Some(name.to_owned()),
+                group: Some(GROUP.to_owned()),
+                kind: Some(resource.to_owned()),
+                retry_after_seconds: None,
+            })),
+        }
+    }
+
+    /// A 404 for a Node or Pod that does not exist (metrics-server forwards its lister's
+    /// error): `pod "x" not found`, core group.
+    pub fn object_not_found(kind: &str, name: &str) -> Self {
+        Self {
+            code: StatusCode::NOT_FOUND,
+            reason: "NotFound",
+            message: format!("{kind} {name:?} not found"),
+            details: Some(Box::new(Details {
+                name: Some(name.to_owned()),
+                group: Some(String::new()),
+                kind: Some(kind.to_owned()),
+                retry_after_seconds: None,
+            })),
+        }
+    }
+
+    /// A 404 for a path this server does not serve.
+    pub fn path_not_found() -> Self {
+        Self {
+            code: StatusCode::NOT_FOUND,
+            reason: "NotFound",
+            message: "the server could not find the requested resource".to_owned(),
+            details: Some(Box::default()),
+        }
+    }
+
+    /// A 405 for `watch` on `resource` (metrics-server's `NewMethodNotSupported`).
+    pub fn watch_not_supported(resource: &str) -> Self {
+        Self {
+            code: StatusCode::METHOD_NOT_ALLOWED,
+            reason: "MethodNotAllowed",
+            message: format!("watch is not supported on resources of kind \"{resource}.{GROUP}\""),
+            details: Some(Box::new(Details {
+                group: Some(GROUP.to_owned()),
+                kind: Some(resource.to_owned()),
+                ..Details::default()
+            })),
+        }
+    }
+
+    /// A 405 for a method other than GET/HEAD.
+    pub fn method_not_allowed() -> Self {
+        Self {
+            code: StatusCode::METHOD_NOT_ALLOWED,
+            reason: "MethodNotAllowed",
+            message: "the server does not allow this method on the requested resource".to_owned(),
+            details: Some(Box::default()),
+        }
+    }
+
+    /// A 400 with `message` (bad selector, bad parameter).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self { code: StatusCode::BAD_REQUEST, reason: "BadRequest", message: message.into(), details: None }
+    }
+
+    /// A 406 when no offered media type is one this server writes.
+    pub fn not_acceptable(accept: &str) -> Self {
+        Self {
+            code: StatusCode::NOT_ACCEPTABLE,
+            reason: "NotAcceptable",
+            message: format!(
+                "only the following media types are accepted: application/json, \
+                 application/vnd.kubernetes.protobuf, application/json;as=Table;v=v1;g=meta.k8s.io (got {accept:?})"
+            ),
+            details: None,
+        }
+    }
+
+    /// A 429 when `--max-requests-inflight` is reached.
+    pub fn too_many_requests(retry_after_seconds: u32) -> Self {
+        Self {
+            code: StatusCode::TOO_MANY_REQUESTS,
+            reason: "TooManyRequests",
+            message: "Too many requests, please try again later.".to_owned(),
+            details: Some(Box::new(Details { retry_after_seconds: Some(retry_after_seconds), ..Details::default() })),
+        }
+    }
+
+    /// A status from an authentication/authorization failure (401, 403, 503).
+    pub fn from_auth(code: StatusCode, reason: &'static str, message: String) -> Self {
+        Self { code, reason, message, details: None }
+    }
+
+    /// A 500 for a failure of this server.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            code: StatusCode::INTERNAL_SERVER_ERROR,
+            reason: "InternalError",
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// The JSON body.
+    pub fn to_json(&self) -> Bytes {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"#);
+        json_str(&mut out, &self.message);
+        out.extend_from_slice(br#","reason":"#);
+        json_str(&mut out, self.reason);
+        if let Some(d) = &self.details {
+            out.extend_from_slice(br#","details":{"#);
+            let mut first = true;
+            let mut field = |out: &mut Vec<u8>, key: &str| {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                json_str(out, key);
+                out.push(b':');
+            };
+            if let Some(v) = &d.name {
+                field(&mut out, "name");
+                json_str(&mut out, v);
+            }
+            if let Some(v) = d.group.as_ref().filter(|g| !g.is_empty()) {
+                field(&mut out, "group");
+                json_str(&mut out, v);
+            }
+            if let Some(v) = &d.kind {
+                field(&mut out, "kind");
+                json_str(&mut out, v);
+            }
+            if let Some(v) = d.retry_after_seconds {
+                field(&mut out, "retryAfterSeconds");
+                let _ = write!(out, "{v}");
+            }
+            out.push(b'}');
+        }
+        let _ = write!(out, r#","code":{}}}"#, self.code.as_u16());
+        Bytes::from(out)
+    }
+}
+
+/// Appends `s` as a JSON string.
+pub fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &Status) -> serde_json::Value {
+        serde_json::from_slice(&s.to_json()).expect("valid json")
+    }
+
+    #[test]
+    fn a_missing_node_metric_is_a_not_found_status_like_metrics_server() {
+        let v = parse(&Status::metrics_not_found("nodemetrics", "node-\"7\""));
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "nodemetrics.metrics.k8s.io \"node-\\\"7\\\"\" not found",
+                "reason": "NotFound",
+                "details": {"name": "node-\"7\"", "group": "metrics.k8s.io", "kind": "nodemetrics"},
+                "code": 404
+            })
+        );
+    }
+
+    #[test]
+    fn a_missing_pod_object_names_the_core_kind_without_a_group() {
+        let v = parse(&Status::object_not_found("pod", "web"));
+        assert_eq!(v["message"], "pod \"web\" not found");
+        assert_eq!(v["details"], serde_json::json!({"name": "web", "kind": "pod"}));
+    }
+
+    #[test]
+    fn every_constructor_writes_its_code_and_reason() {
+        for (s, code, reason) in [
+            (Status::watch_not_supported("podmetrics"), 405, "MethodNotAllowed"),
+            (Status::method_not_allowed(), 405, "MethodNotAllowed"),
+            (Status::bad_request("x"), 400, "BadRequest"),
+            (Status::not_acceptable("text/html"), 406, "NotAcceptable"),
+            (Status::too_many_requests(1), 429, "TooManyRequests"),
+            (Status::internal("x"), 500, "InternalError"),
+            (Status::path_not_found(), 404, "NotFound"),
+        ] {
+            let v = parse(&s);
+            assert_eq!((v["code"].as_u64(), v["reason"].as_str()), (Some(code), Some(reason)));
+            assert_eq!(s.code.as_u16() as u64, code);
+        }
+        assert_eq!(parse(&Status::too_many_requests(3))["details"]["retryAfterSeconds"], 3);
+        assert!(parse(&Status::bad_request("x")).get("details").is_none());
+    }
+}

@@ -1,0 +1,204 @@
+//! `meta.k8s.io` Table answers for `kubectl get nodemetrics` / `kubectl get podmetrics`.
+//!
+//! Columns as metrics-server's `ConvertToTable`: `Name`, then the usage resources sorted by name
+//! (`cpu`, `memory`, summed over containers for pods), then `Window`. Each row carries the
+//! object as `includeObject` asks: `Metadata` (the default) a `PartialObjectMetadata`, `Object`
+//! the whole NodeMetrics/PodMetrics, `None` nothing.
+
+use std::io::Write as _;
+
+use super::body::Body;
+use super::items::{NodeItem, PodItem};
+use super::json::{write_node, write_pod};
+use super::media::TableVersion;
+use super::quantity::{Cpu, Memory, sum_cpu, sum_memory};
+use super::status::json_str;
+use super::timefmt::{GoDuration, Rfc3339};
+
+/// What each row carries (`?includeObject=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IncludeObject {
+    /// `PartialObjectMetadata` (default).
+    #[default]
+    Metadata,
+    /// The full object.
+    Object,
+    /// No object.
+    None,
+}
+
+impl IncludeObject {
+    /// Parses the query parameter; unknown values are an error message.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "" | "Metadata" => Ok(Self::Metadata),
+            "Object" => Ok(Self::Object),
+            "None" => Ok(Self::None),
+            other => Err(format!("includeObject: unsupported value {other:?}: use None, Metadata or Object")),
+        }
+    }
+}
+
+/// How a Table is written.
+#[derive(Debug, Clone, Copy)]
+pub struct TableOptions {
+    /// `meta.k8s.io` version.
+    pub version: TableVersion,
+    /// What rows carry.
+    pub include: IncludeObject,
+    /// creationTimestamp of the objects.
+    pub now_ms: i64,
+}
+
+const COLUMNS: &str = r#""columnDefinitions":[{"name":"Name","type":"string","format":"name","description":"Name of the resource","priority":0},{"name":"cpu","type":"string","format":"quantity","description":"","priority":0},{"name":"memory","type":"string","format":"quantity","description":"","priority":0},{"name":"Window","type":"string","format":"duration","description":"","priority":0}]"#;
+
+fn row_cells(out: &mut Vec<u8>, name: &str, cpu: Cpu, memory: Memory, window_ms: i64) {
+    out.extend_from_slice(br#"{"cells":["#);
+    json_str(out, name);
+    let _ = write!(out, r#","{cpu}","{memory}","{}"]"#, GoDuration::from_millis(window_ms));
+}
+
+fn partial_metadata(out: &mut Vec<u8>, opts: &TableOptions, name: &str, namespace: Option<&str>, labels: Option<&crate::metadata::Labels>) {
+    let _ = write!(
+        out,
+        r#","object":{{"kind":"PartialObjectMetadata","apiVersion":"{}","metadata":{{"name":"#,
+        opts.version.api_version()
+    );
+    json_str(out, name);
+    if let Some(ns) = namespace {
+        out.extend_from_slice(br#","namespace":"#);
+        json_str(out, ns);
+    }
+    let _ = write!(out, r#","creationTimestamp":"{}""#, Rfc3339(opts.now_ms));
+    if let Some(labels) = labels.filter(|l| !l.is_empty()) {
+        out.extend_from_slice(br#","labels":{"#);
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_str(out, k);
+            out.push(b':');
+            json_str(out, v);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"}}");
+}
+
+fn node_row(out: &mut Vec<u8>, item: &NodeItem, opts: &TableOptions) {
+    let u = &item.usage.usage;
+    row_cells(out, &item.usage.name, Cpu(u.cpu_nanocores), Memory(u.memory_bytes), u.window_ms);
+    match opts.include {
+        IncludeObject::Metadata => partial_metadata(out, opts, &item.usage.name, None, item.labels.as_ref()),
+        IncludeObject::Object => {
+            out.extend_from_slice(br#","object":"#);
+            write_node(out, item, opts.now_ms, true);
+        }
+        IncludeObject::None => {}
+    }
+    out.push(b'}');
+}
+
+fn pod_row(out: &mut Vec<u8>, item: &PodItem, opts: &TableOptions) {
+    let p = &item.usage;
+    let cpu = sum_cpu(p.containers.iter().map(|c| Cpu(c.cpu_nanocores)));
+    let memory = sum_memory(p.containers.iter().map(|c| Memory(c.memory_bytes)));
+    row_cells(out, &p.name, cpu, memory, p.window_ms);
+    match opts.include {
+        IncludeObject::Metadata => partial_metadata(out, opts, &p.name, Some(&p.namespace), item.labels.as_ref()),
+        IncludeObject::Object => {
+            out.extend_from_slice(br#","object":"#);
+            write_pod(out, item, opts.now_ms, true);
+        }
+        IncludeObject::None => {}
+    }
+    out.push(b'}');
+}
+
+fn table<T: Send + 'static>(items: Vec<T>, opts: TableOptions, row: fn(&mut Vec<u8>, &T, &TableOptions)) -> Body {
+    let mut next = 0usize;
+    let mut header = true;
+    Body::streaming(Box::new(move |out: &mut Vec<u8>| {
+        if header {
+            let _ = write!(out, r#"{{"kind":"Table","apiVersion":"{}","metadata":{{}},{COLUMNS},"rows":["#, opts.version.api_version());
+            header = false;
+        }
+        let end = (next + 64).min(items.len());
+        for (i, item) in items[next..end].iter().enumerate() {
+            if next + i > 0 {
+                out.push(b',');
+            }
+            row(out, item, &opts);
+        }
+        next = end;
+        if next == items.len() {
+            out.extend_from_slice(b"]}");
+            return false;
+        }
+        true
+    }))
+}
+
+/// A Table of nodes.
+pub fn nodes(items: Vec<NodeItem>, opts: TableOptions) -> Body {
+    table(items, opts, node_row)
+}
+
+/// A Table of pods.
+pub fn pods(items: Vec<PodItem>, opts: TableOptions) -> Body {
+    table(items, opts, pod_row)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::json::tests::{node, pod};
+
+    const NOW: i64 = 1_767_225_600_000;
+
+    fn opts(include: IncludeObject) -> TableOptions {
+        TableOptions { version: TableVersion::V1, include, now_ms: NOW }
+    }
+
+    #[test]
+    fn a_node_table_has_metrics_server_columns_and_partial_metadata_rows() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&nodes(vec![node("node-1")], opts(IncludeObject::Metadata)).collect_bytes()).expect("json");
+        assert_eq!(v["kind"], "Table");
+        assert_eq!(v["apiVersion"], "meta.k8s.io/v1");
+        let names: Vec<_> = v["columnDefinitions"].as_array().expect("columns").iter().map(|c| c["name"].clone()).collect();
+        assert_eq!(names, [json!("Name"), json!("cpu"), json!("memory"), json!("Window")]);
+        assert_eq!(v["rows"][0]["cells"], json!(["node-1", "123456n", "12340Ki", "15.012s"]));
+        assert_eq!(
+            v["rows"][0]["object"],
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                   "metadata": {"name": "node-1", "creationTimestamp": "2026-01-01T00:00:00Z",
+                                "labels": {"kubernetes.io/hostname": "node-1"}}})
+        );
+    }
+
+    #[test]
+    fn pod_rows_sum_containers_and_carry_their_namespace() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&pods(vec![pod("default", "web")], opts(IncludeObject::Metadata)).collect_bytes()).expect("json");
+        assert_eq!(v["rows"][0]["cells"], json!(["web", "1500000007n", "1049576", "15s"]));
+        assert_eq!(v["rows"][0]["object"]["metadata"]["namespace"], "default");
+    }
+
+    #[test]
+    fn include_object_none_and_object_change_what_rows_carry() {
+        let none: serde_json::Value =
+            serde_json::from_slice(&nodes(vec![node("a")], opts(IncludeObject::None)).collect_bytes()).expect("json");
+        assert!(none["rows"][0].get("object").is_none());
+        let full: serde_json::Value =
+            serde_json::from_slice(&nodes(vec![node("a")], opts(IncludeObject::Object)).collect_bytes()).expect("json");
+        assert_eq!(full["rows"][0]["object"]["kind"], "NodeMetrics");
+        assert_eq!(IncludeObject::parse("Bogus").unwrap_err(), "includeObject: unsupported value \"Bogus\": use None, Metadata or Object");
+        let empty: serde_json::Value =
+            serde_json::from_slice(&pods(Vec::new(), opts(IncludeObject::Metadata)).collect_bytes()).expect("json");
+        assert_eq!(empty["rows"], json!([]));
+        assert_eq!(empty["columnDefinitions"].as_array().map(Vec::len), Some(4));
+    }
+}
