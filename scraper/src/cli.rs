@@ -473,17 +473,47 @@ async fn load_kube_config(path: Option<&PathBuf>) -> Result<kube::Config, Startu
     }
 }
 
-/// The kubelet auth a kube config implies: its token file (re-read on rotation) or token; none
-/// when it has neither.
+/// The kubelet auth a kube config implies, as metrics-server inherits its REST config: the
+/// token file (re-read on rotation), else the token, else the client certificate; none when
+/// it has none of these.
 pub fn kubelet_auth_from(config: &kube::Config) -> Result<KubeletAuth, StartupError> {
-    if let Some(file) = &config.auth_info.token_file {
+    let auth = &config.auth_info;
+    if let Some(file) = &auth.token_file {
         return Ok(KubeletAuth::Token(TokenSource::file(PathBuf::from(file), TOKEN_RECHECK)?));
     }
-    if let Some(token) = &config.auth_info.token {
+    if let Some(token) = &auth.token {
         return Ok(KubeletAuth::Token(TokenSource::fixed(token.expose_secret())?));
     }
-    tracing::warn!("the kube config has no bearer token and no --kubelet-client-certificate was given: kubelets are scraped without credentials");
+    let cert = pem_source(auth.client_certificate_data.as_deref(), auth.client_certificate.as_deref(), "client-certificate")?;
+    let key_data = auth.client_key_data.as_ref().map(|k| k.expose_secret().to_owned());
+    let key = pem_source(key_data.as_deref(), auth.client_key.as_deref(), "client-key")?;
+    if let (Some(cert), Some(key)) = (cert, key) {
+        use rustls_pki_types::pem::PemObject;
+        let bad = |what: &str, e: rustls_pki_types::pem::Error| StartupError::KubeConfig(format!("{what} of the kube config: {e}"));
+        let chain = rustls_pki_types::CertificateDer::pem_slice_iter(&cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("client-certificate", e))?;
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&key).map_err(|e| bad("client-key", e))?;
+        return Ok(KubeletAuth::ClientCert { chain, key });
+    }
+    tracing::warn!("the kube config has no bearer token or client certificate and no --kubelet-client-certificate was given: kubelets are scraped without credentials");
     Ok(KubeletAuth::None)
+}
+
+/// PEM bytes from a kubeconfig `*-data` field (base64) or file path.
+fn pem_source(data: Option<&str>, path: Option<&str>, what: &str) -> Result<Option<Vec<u8>>, StartupError> {
+    use base64::Engine as _;
+    if let Some(d) = data {
+        let clean: String = d.chars().filter(|c| !c.is_whitespace()).collect();
+        return base64::engine::general_purpose::STANDARD
+            .decode(clean)
+            .map(Some)
+            .map_err(|e| StartupError::KubeConfig(format!("{what}-data of the kube config is not base64: {e}")));
+    }
+    match path {
+        Some(p) => std::fs::read(p).map(Some).map_err(|e| StartupError::KubeConfig(format!("{what} {p}: {e}"))),
+        None => Ok(None),
+    }
 }
 
 /// Builds clients and listeners from validated flags.
@@ -688,6 +718,30 @@ mod tests {
         assert_eq!(advertise_address(None, bound, &v6), "[fd00::5]:10350");
         assert_eq!(advertise_address(None, "127.0.0.1:4000".parse().unwrap(), &env()), "127.0.0.1:4000");
         assert_eq!(advertise_address(None, bound, &env()), "host:10350");
+    }
+
+    #[test]
+    fn kubelet_credentials_come_from_the_kube_config_token_file_token_or_client_certificate() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
+        assert!(matches!(kubelet_auth_from(&config).unwrap(), KubeletAuth::None));
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["x".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+        config.auth_info.client_certificate_data = Some(b64(cert.pem()));
+        config.auth_info.client_key_data = Some(b64(key.serialize_pem()).into());
+        assert!(matches!(kubelet_auth_from(&config).unwrap(), KubeletAuth::ClientCert { ref chain, .. } if chain.len() == 1));
+
+        config.auth_info.token = Some("t0ken".to_owned().into());
+        assert!(matches!(kubelet_auth_from(&config).unwrap(), KubeletAuth::Token(_)));
+
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file").unwrap();
+        config.auth_info.token_file = Some(file.to_str().unwrap().to_owned());
+        let KubeletAuth::Token(t) = kubelet_auth_from(&config).unwrap() else { panic!("token expected") };
+        assert!(format!("{t:?}").contains("File"), "the rotating file wins: {t:?}");
     }
 
     #[test]
