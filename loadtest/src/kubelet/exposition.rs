@@ -37,8 +37,12 @@ pub fn go_float(v: f64) -> String {
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) {
+        std::borrow::Cow::Owned(v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+    } else {
+        std::borrow::Cow::Borrowed(v)
+    }
 }
 
 fn family(out: &mut String, name: &str, help: &str, ty: &str) {
