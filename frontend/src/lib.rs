@@ -5,3 +5,4 @@ pub mod auth;
 pub mod metadata;
 pub mod metrics;
 pub mod store;
+pub mod upstream;
