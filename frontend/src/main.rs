@@ -1,3 +1,11 @@
-//! The shardmetrics frontend replica binary (work in progress).
+//! The shardmetrics frontend replica binary: parses flags and hands over to
+//! [`shardmetrics_frontend::cli::main_with`].
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    shardmetrics_frontend::cli::main_with(shardmetrics_frontend::cli::Args::parse()).await
+}

@@ -188,11 +188,11 @@ pub async fn run(
         }
         let source_ended = tokio::select! {
             changed = members.changed() => changed.is_err(),
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = crate::stopped(&mut shutdown) => break,
         };
         if source_ended {
             // The member source ended: keep the current subscriptions until shutdown.
-            let _ = shutdown.wait_for(|s| *s).await;
+            let _ = crate::stopped(&mut shutdown).await;
             break;
         }
     }

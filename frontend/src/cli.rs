@@ -1,0 +1,409 @@
+//! Command-line flags (metrics-server's names where the meaning is the same; each also read
+//! from `SHARDMETRICS_<FLAG>`), their validation (every problem reported at once, exit code 64),
+//! and [`main_with`], the entry point shared by the binary and the load test's child processes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::auth::AuthArgs;
+use crate::auth::flags::parse_duration;
+use crate::store::StoreConfig;
+use crate::upstream::{GrpcClientTls, UpstreamConfig};
+use crate::{Config, Listeners, ShardSource};
+
+/// Exit code for invalid flags (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+/// Lease duration of shards assumed by the default `--max-staleness`, in seconds.
+pub const SHARD_LEASE_SECONDS: u64 = 15;
+
+/// Flags of the frontend replica.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "shardmetrics-frontend", version, about = "Serves metrics.k8s.io/v1beta1 from the streams of every scraper shard.")]
+pub struct Args {
+    /// Name of this replica (sent to shards as the subscriber name). Default: $POD_NAME, else the hostname.
+    #[arg(long, env = "SHARDMETRICS_REPLICA_NAME")]
+    pub replica_name: Option<String>,
+    /// kubeconfig of the API server (Leases, Pods, Nodes, TokenReview, SubjectAccessReview, ConfigMap).
+    /// Default: in-cluster config, else $KUBECONFIG / ~/.kube/config.
+    #[arg(long, env = "SHARDMETRICS_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the shard Leases. Default: $POD_NAMESPACE, else kube-system.
+    #[arg(long, env = "SHARDMETRICS_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// IP address the secure port listens on.
+    #[arg(long, env = "SHARDMETRICS_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: String,
+    /// The HTTPS port of the API.
+    #[arg(long, env = "SHARDMETRICS_SECURE_PORT", default_value_t = 10250)]
+    pub secure_port: u16,
+    /// Plain-HTTP address of /livez, /readyz, /healthz and /metrics; empty disables it.
+    #[arg(long, env = "SHARDMETRICS_ADMIN_BIND_ADDRESS", default_value = "0.0.0.0:10351")]
+    pub admin_bind_address: String,
+    /// Scrape interval of the shards (Go duration); used for the fresh-container rate and the
+    /// default --max-staleness.
+    #[arg(long, env = "SHARDMETRICS_METRIC_RESOLUTION", default_value = "15s")]
+    pub metric_resolution: String,
+    /// How long a node's last good data is served without a new scrape. Default: 2 x
+    /// --metric-resolution + the shard lease duration (15s).
+    #[arg(long, env = "SHARDMETRICS_MAX_STALENESS")]
+    pub max_staleness: Option<String>,
+    /// CA bundle of the shards' gRPC serving certificates; plaintext HTTP/2 to shards when unset.
+    #[arg(long, env = "SHARDMETRICS_GRPC_TLS_CA_FILE", value_name = "PATH")]
+    pub grpc_tls_ca_file: Option<PathBuf>,
+    /// Client certificate for mTLS to shards (needs --grpc-tls-ca-file).
+    #[arg(long, env = "SHARDMETRICS_GRPC_TLS_CERT_FILE", value_name = "PATH")]
+    pub grpc_tls_cert_file: Option<PathBuf>,
+    /// Private key of --grpc-tls-cert-file.
+    #[arg(long, env = "SHARDMETRICS_GRPC_TLS_PRIVATE_KEY_FILE", value_name = "PATH")]
+    pub grpc_tls_private_key_file: Option<PathBuf>,
+    /// Requests served at once on the secure port; beyond it: 429 with Retry-After.
+    #[arg(long, env = "SHARDMETRICS_MAX_REQUESTS_INFLIGHT", default_value_t = 400)]
+    pub max_requests_inflight: usize,
+    /// Log format: text or json.
+    #[arg(long, env = "SHARDMETRICS_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// Log filter (tracing EnvFilter syntax, e.g. info or shardmetrics_frontend=debug).
+    #[arg(long, env = "SHARDMETRICS_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Authentication, authorization and TLS of the secure port.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Flags checked against each other and the file system.
+pub struct Validated {
+    /// Where to listen (secure port).
+    pub secure_addr: SocketAddr,
+    /// Where to listen (admin port), if enabled.
+    pub admin_addr: Option<SocketAddr>,
+    /// Everything else for [`crate::run`], minus the API client (built at start).
+    pub config: Config,
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--lease-namespace` (resolved).
+    pub lease_namespace: String,
+    /// `--log-format` is json.
+    pub json_logs: bool,
+    /// `--log-level`.
+    pub log_level: String,
+}
+
+fn env_or(var: &str, fallback: impl FnOnce() -> String) -> String {
+    std::env::var(var).ok().filter(|v| !v.is_empty()).unwrap_or_else(fallback)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "shardmetrics-frontend".to_owned())
+}
+
+fn read_file(flag: &str, path: &Option<PathBuf>, problems: &mut Vec<String>) -> Option<Vec<u8>> {
+    let path = path.as_ref()?;
+    match std::fs::read(path) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            problems.push(format!("{flag} {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+impl Args {
+    /// Validates every flag; on failure returns all problems, one per line.
+    pub fn validate(&self) -> Result<Validated, Vec<String>> {
+        let mut problems = Vec::new();
+        let resolution = match parse_duration(&self.metric_resolution) {
+            Ok(d) if d >= Duration::from_secs(1) => d,
+            Ok(d) => {
+                problems.push(format!("--metric-resolution {d:?}: must be at least 1s"));
+                Duration::from_secs(15)
+            }
+            Err(e) => {
+                problems.push(format!("--metric-resolution: {e}"));
+                Duration::from_secs(15)
+            }
+        };
+        let default_staleness = resolution * 2 + Duration::from_secs(SHARD_LEASE_SECONDS);
+        let max_staleness = match self.max_staleness.as_deref().map(parse_duration) {
+            None => default_staleness,
+            Some(Ok(d)) if d >= resolution => d,
+            Some(Ok(d)) => {
+                problems.push(format!("--max-staleness {d:?}: must be at least --metric-resolution ({resolution:?})"));
+                default_staleness
+            }
+            Some(Err(e)) => {
+                problems.push(format!("--max-staleness: {e}"));
+                default_staleness
+            }
+        };
+        let secure_addr = match self.bind_address.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, self.secure_port),
+            Err(_) => {
+                problems.push(format!("--bind-address {:?}: not an IP address", self.bind_address));
+                SocketAddr::from(([0, 0, 0, 0], self.secure_port))
+            }
+        };
+        let admin_addr = match self.admin_bind_address.trim() {
+            "" => None,
+            a => match a.parse::<SocketAddr>() {
+                Ok(s) => Some(s),
+                Err(_) => {
+                    problems.push(format!("--admin-bind-address {a:?}: expected IP:PORT (or empty to disable)"));
+                    None
+                }
+            },
+        };
+        if self.max_requests_inflight == 0 {
+            problems.push("--max-requests-inflight: must be at least 1".to_owned());
+        }
+        let json_logs = match self.log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                problems.push(format!("--log-format {other:?}: use text or json"));
+                false
+            }
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            problems.push(format!("--log-level {:?}: {e}", self.log_level));
+        }
+        if self.grpc_tls_cert_file.is_some() != self.grpc_tls_private_key_file.is_some() {
+            problems.push("--grpc-tls-cert-file and --grpc-tls-private-key-file must be given together".to_owned());
+        }
+        if self.grpc_tls_cert_file.is_some() && self.grpc_tls_ca_file.is_none() {
+            problems.push("--grpc-tls-cert-file needs --grpc-tls-ca-file (mTLS is only used over TLS)".to_owned());
+        }
+        let ca = read_file("--grpc-tls-ca-file", &self.grpc_tls_ca_file, &mut problems);
+        let cert = read_file("--grpc-tls-cert-file", &self.grpc_tls_cert_file, &mut problems);
+        let key = read_file("--grpc-tls-private-key-file", &self.grpc_tls_private_key_file, &mut problems);
+        if let Some(path) = &self.kubeconfig
+            && !path.is_file()
+        {
+            problems.push(format!("--kubeconfig {}: not a readable file", path.display()));
+        }
+        let auth = self.auth.to_configs();
+        let (auth, tls) = match auth {
+            Ok(c) => c,
+            Err(mut p) => {
+                problems.append(&mut p);
+                Default::default()
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let replica_name = self.replica_name.clone().unwrap_or_else(|| env_or("POD_NAME", hostname));
+        let lease_namespace = self.lease_namespace.clone().unwrap_or_else(|| env_or("POD_NAMESPACE", || "kube-system".to_owned()));
+        let grpc_tls = ca.map(|ca_pem| GrpcClientTls { ca_pem, identity: cert.zip(key) });
+        Ok(Validated {
+            secure_addr,
+            admin_addr,
+            kubeconfig: self.kubeconfig.clone(),
+            lease_namespace: lease_namespace.clone(),
+            json_logs,
+            log_level: self.log_level.clone(),
+            config: Config {
+                store: StoreConfig {
+                    resolution_ms: resolution.as_millis() as i64,
+                    max_staleness_ms: max_staleness.as_millis() as i64,
+                },
+                upstream: UpstreamConfig { replica_name, tls: grpc_tls, ..UpstreamConfig::default() },
+                shards: ShardSource::Leases { namespace: lease_namespace },
+                kube: None,
+                auth,
+                tls,
+                max_requests_inflight: self.max_requests_inflight,
+                clock: shardmetrics_proto::clock::system(),
+                shutdown_grace: Duration::from_secs(20),
+                sweep_interval: resolution,
+            },
+        })
+    }
+}
+
+/// Builds the API client from `--kubeconfig` or the environment (in-cluster, then
+/// $KUBECONFIG / ~/.kube/config).
+pub async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| format!("no usable kubeconfig or in-cluster config: {e}"))?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("API client: {e}"))
+}
+
+fn init_logging(json: bool, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second initialisation (tests, the load test's child) keeps the first subscriber.
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Validates `args`, connects to the API server, binds the ports and runs until SIGTERM/Ctrl-C.
+/// Exit codes: 0 after a clean shutdown, 64 for invalid flags, 1 for start-up failures.
+pub async fn main_with(args: Args) -> ExitCode {
+    let v = match args.validate() {
+        Ok(v) => v,
+        Err(problems) => {
+            eprintln!("invalid flags:");
+            for p in problems {
+                eprintln!("  {p}");
+            }
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(v.json_logs, &v.log_level);
+    let mut config = v.config;
+    match kube_client(v.kubeconfig.as_ref()).await {
+        Ok(c) => config.kube = Some(c),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reach the API server");
+            return ExitCode::FAILURE;
+        }
+    }
+    let secure = match tokio::net::TcpListener::bind(v.secure_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(address = %v.secure_addr, error = %e, "cannot bind the secure port");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin = match v.admin_addr {
+        Some(a) => match tokio::net::TcpListener::bind(a).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(address = %a, error = %e, "cannot bind the admin port");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    tracing::info!(
+        secure = %secure.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        admin = ?admin.as_ref().and_then(|a| a.local_addr().ok()),
+        lease_namespace = %v.lease_namespace,
+        "starting frontend"
+    );
+    match crate::run(config, Listeners { secure, admin }, termination()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "frontend failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("shardmetrics-frontend").chain(args.iter().copied())).expect("parse")
+    }
+
+    fn valid(args: &[&str]) -> Validated {
+        match parse(args).validate() {
+            Ok(v) => v,
+            Err(problems) => panic!("unexpected problems: {problems:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_give_metrics_server_ports_and_a_staleness_of_two_resolutions_plus_a_lease() {
+        let v = valid(&[]);
+        assert_eq!(v.secure_addr, "0.0.0.0:10250".parse().expect("addr"));
+        assert_eq!(v.admin_addr, Some("0.0.0.0:10351".parse().expect("addr")));
+        assert_eq!(v.config.store, StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 });
+        assert_eq!(v.config.max_requests_inflight, 400);
+        assert!(!v.config.auth.anonymous);
+        assert!(v.config.upstream.tls.is_none());
+    }
+
+    #[test]
+    fn every_bad_flag_is_reported_at_once() {
+        let problems = parse(&[
+            "--metric-resolution=fast",
+            "--max-staleness=1s",
+            "--bind-address=nowhere",
+            "--admin-bind-address=10351",
+            "--max-requests-inflight=0",
+            "--log-format=xml",
+            "--grpc-tls-cert-file=/nonexistent/c.pem",
+            "--tls-min-version=VersionTLS10",
+        ])
+        .validate()
+        .err()
+        .expect("invalid");
+        let text = problems.join("\n");
+        for needle in [
+            "--metric-resolution",
+            "--max-staleness",
+            "--bind-address",
+            "--admin-bind-address",
+            "--max-requests-inflight",
+            "--log-format",
+            "--grpc-tls-cert-file and --grpc-tls-private-key-file",
+            "needs --grpc-tls-ca-file",
+            "/nonexistent/c.pem",
+            "--tls-min-version",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn flags_are_read_from_shardmetrics_environment_variables() {
+        let cmd = <Args as clap::CommandFactory>::command();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            let want = format!("SHARDMETRICS_{}", id.to_uppercase());
+            assert_eq!(env.as_deref(), Some(want.as_str()), "flag {id}");
+        }
+    }
+
+    #[test]
+    fn an_empty_admin_address_disables_the_admin_port_and_staleness_can_be_set() {
+        let v = valid(&["--admin-bind-address=", "--metric-resolution=10s", "--max-staleness=1m"]);
+        assert_eq!(v.admin_addr, None);
+        assert_eq!(v.config.store.max_staleness_ms, 60_000);
+        assert_eq!(v.config.store.resolution_ms, 10_000);
+    }
+}
