@@ -432,8 +432,8 @@ impl Cluster {
             let kubelet = start_kubelet(&fleet, &node).await?;
             let obj = node_object(&node, kubelet.port(), config.node_cpu_cores, config.node_memory_bytes, config.clock.now_ms());
             store.create(NODES, "", obj)?;
-            for p in 0..config.pods_per_node {
-                let spec = generated_pod(&config, &node, i, p, pod_index);
+            for _ in 0..config.pods_per_node {
+                let spec = generated_pod(&config, &node, pod_index);
                 pod_index += 1;
                 store.create(PODS, &spec.namespace, pod_object(&spec, config.clock.now_ms()))?;
             }
@@ -553,11 +553,26 @@ async fn start_kubelet(fleet: &KubeletFleet, node: &str) -> Result<Arc<SimKubele
     fleet.start(node, 50 + h % 200, (512 << 20) + (((h >> 8) % 512) << 20)).await
 }
 
-fn generated_pod(config: &ClusterConfig, node: &str, node_index: usize, pod_on_node: usize, pod_index: usize) -> PodSpec {
+/// Five characters that look random but are distinct for every index below 27^5 (a bijection:
+/// multiplication by a number coprime to 27^5, then base 27).
+fn unique_suffix(index: usize) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    const SPACE: u64 = 27 * 27 * 27 * 27 * 27;
+    let mut n = (index as u64 % SPACE).wrapping_mul(7_919_117) % SPACE;
+    (0..5)
+        .map(|_| {
+            let c = ALPHABET[(n % 27) as usize] as char;
+            n /= 27;
+            c
+        })
+        .collect()
+}
+
+fn generated_pod(config: &ClusterConfig, node: &str, pod_index: usize) -> PodSpec {
     let namespace = config.namespaces[pod_index % config.namespaces.len().max(1)].clone();
     let app = format!("app-{}", (pod_index / config.namespaces.len().max(1)) % config.apps_per_namespace.max(1));
     let template = short_hash(&format!("{namespace}/{app}"), 10);
-    let name = format!("{app}-{template}-{}", short_hash(&format!("{node_index}/{pod_on_node}"), 5));
+    let name = format!("{app}-{template}-{}", unique_suffix(pod_index));
     let containers = (0..config.containers_per_pod.max(1))
         .map(|c| {
             let cname = if c == 0 { "main".to_owned() } else { format!("sidecar-{c}") };
@@ -743,6 +758,14 @@ impl Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_pod_names_never_collide() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200_000 {
+            assert!(seen.insert(unique_suffix(i)), "collision at {i}");
+        }
+    }
 
     #[test]
     fn quantities_parse_to_base_units() {
