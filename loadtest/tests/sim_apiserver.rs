@@ -267,3 +267,89 @@ async fn a_client_certificate_authenticates_as_its_cn_and_o() {
     let err = nodes.get("x").await.unwrap_err();
     assert!(matches!(&err, kube::Error::Api(s) if s.code == 403 && s.message.contains("User \"carol\"")), "{err:?}");
 }
+
+/// Reads a watch over raw HTTPS, line by line, until the stream ends or `max` lines arrived.
+async fn raw_watch(api: &RunningApiServer, path_and_query: &str, max: usize) -> Vec<serde_json::Value> {
+    use http_body_util::BodyExt;
+    let tls = shardmetrics_loadtest::pki::client_config(Some(&api.ca().root_store()), None).unwrap();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let req = http::Request::get(format!("{}{path_and_query}", api.url()))
+        .header("authorization", format!("Bearer {DEFAULT_ADMIN_TOKEN}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let mut events = Vec::new();
+    while events.len() < max {
+        let Some(frame) = tokio::time::timeout(Duration::from_secs(20), body.frame()).await.expect("watch stalled") else { break };
+        if let Ok(data) = frame.unwrap().into_data() {
+            buf.extend_from_slice(&data);
+        }
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            events.push(serde_json::from_slice(&line).unwrap());
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_watches_carry_bookmarks_end_at_their_timeout_and_report_gone_as_an_error_event() {
+    let api = ApiServer::start(ApiServerConfig { policy: policy(), bookmark_interval: Duration::from_millis(100), ..Default::default() })
+        .await
+        .unwrap();
+    api.store().create(0, "", node_json("a")).unwrap();
+    let rv = api.store().current_rv();
+
+    // Bookmarks carry the current resourceVersion and the kind of the watched resource.
+    let events = raw_watch(&api, &format!("/api/v1/nodes?watch=true&allowWatchBookmarks=true&resourceVersion={rv}"), 2).await;
+    assert!(events.iter().all(|e| e["type"] == "BOOKMARK"), "{events:?}");
+    assert_eq!(events[0]["object"]["kind"], "Node");
+    assert_eq!(events[0]["object"]["metadata"]["resourceVersion"], rv.to_string());
+
+    // Without a resourceVersion: synthetic ADDED for what exists; timeoutSeconds ends the stream.
+    let events = raw_watch(&api, "/api/v1/nodes?watch=1&timeoutSeconds=1", 100).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["type"], "ADDED");
+    assert_eq!(events[0]["object"]["metadata"]["name"], "a");
+
+    // A compacted resourceVersion: HTTP 200, one ERROR event with a 410 Expired Status.
+    api.compact_history();
+    let events = raw_watch(&api, &format!("/api/v1/nodes?watch=true&resourceVersion={rv}"), 100).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["type"], "ERROR");
+    assert_eq!(events[0]["object"]["code"], 410);
+    assert_eq!(events[0]["object"]["reason"], "Expired");
+
+    // sendInitialEvents (streaming lists): ADDED events, then a bookmark marking their end.
+    let events = raw_watch(
+        &api,
+        "/api/v1/nodes?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
+        2,
+    )
+    .await;
+    assert_eq!(events[0]["type"], "ADDED");
+    assert_eq!(events[1]["type"], "BOOKMARK");
+    assert_eq!(events[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kube_rs_watcher_with_streaming_lists_initialises() {
+    let api = start(policy()).await;
+    api.store().create(0, "", node_json("a")).unwrap();
+    let nodes: Api<Node> = Api::all(client(&api, DEFAULT_ADMIN).await);
+    let mut events = watcher(nodes, watcher::Config::default().streaming_lists()).boxed();
+    let mut names = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), events.next()).await.expect("watcher stalled").unwrap().unwrap() {
+            watcher::Event::InitApply(n) => names.push(n.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(names, ["a"]);
+}
