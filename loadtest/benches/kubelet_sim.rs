@@ -15,7 +15,10 @@ use shardmetrics_loadtest::pki::{self, Ca};
 
 const NOW: i64 = 1_750_000_000_000;
 
-fn pods(add: &mut dyn FnMut(&str, &str, Vec<(ContainerUsage, i64)>)) {
+/// Containers of one pod with their start times (Unix ms).
+type Containers = Vec<(ContainerUsage, i64)>;
+
+fn pods(add: &mut dyn FnMut(&str, &str, Containers)) {
     for p in 0..30 {
         let containers = (0..if p % 2 == 0 { 2 } else { 1 })
             .map(|c| (ContainerUsage::new(&format!("container-{c}"), 50 + p * 7, (64 + p) << 20), NOW - 3_600_000))
