@@ -26,7 +26,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::Registry;
@@ -172,8 +172,11 @@ impl ServerState {
 /// A connection builder for HTTP/1.1 and HTTP/2.
 fn builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1().keep_alive(true).header_read_timeout(Duration::from_secs(30));
-    b.http2().max_concurrent_streams(250).keep_alive_interval(Some(Duration::from_secs(30)));
+    b.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(Duration::from_secs(30));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(250)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
     b
 }
 

@@ -13,7 +13,7 @@ use shardmetrics_proto::v1::sample_stream_server::{SampleStream, SampleStreamSer
 use shardmetrics_proto::v1::{SampleBatch, SubscribeRequest};
 use shardmetrics_proto::{ContainerSample, NodeReleased, NodeScrape, PodSamples, Point, ShardIdentity, encode_batch};
 use tokio::sync::{mpsc, oneshot};
-use tonic::{Request, Response, Status};
+use tonic::{Response, Status};
 
 /// 2026-01-01T00:00:00Z in Unix ms: the base of every test timestamp.
 pub const T0: i64 = 1_767_225_600_000;
@@ -37,7 +37,7 @@ struct Service(Arc<ShardState>);
 impl SampleStream for Service {
     type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SampleBatch, Status>> + Send>>;
 
-    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(&self, request: tonic::Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
         self.0.subscribes.fetch_add(1, Ordering::SeqCst);
         self.0.subscriber_names.lock().expect("lock").push(request.into_inner().subscriber);
         let (tx, rx) = mpsc::channel(1024);
@@ -162,4 +162,341 @@ pub fn scrape(node: &str, t_ms: i64, node_cores: f64, container_cores: f64, pods
             })
             .collect(),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PKI, a running frontend, and an HTTPS client
+// ---------------------------------------------------------------------------------------------
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use shardmetrics_frontend::auth::{AuthConfig, RequestHeaderSettings, TlsConfig};
+use shardmetrics_frontend::store::StoreConfig;
+use shardmetrics_frontend::upstream::UpstreamConfig;
+use shardmetrics_frontend::{Config, Listeners, ShardSource};
+
+/// A test certificate authority.
+pub struct Ca {
+    /// Its certificate, PEM.
+    pub pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A certificate and key.
+pub struct Identity {
+    /// Certificate, PEM.
+    pub cert_pem: String,
+    /// Key, PEM.
+    pub key_pem: String,
+    /// Certificate, DER.
+    pub der: CertificateDer<'static>,
+    /// Key, PKCS#8 DER.
+    pub key_der: Vec<u8>,
+}
+
+impl Ca {
+    /// A new self-signed CA.
+    pub fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("ca");
+        Ca { pem: cert.pem(), issuer: Issuer::new(params, key) }
+    }
+
+    fn issue(&self, params: CertificateParams) -> Identity {
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        Identity { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone(), key_der: key.serialize_der() }
+    }
+
+    /// A client certificate with common name `cn`.
+    pub fn client(&self, cn: &str) -> Identity {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+
+    /// A serving certificate for localhost / 127.0.0.1.
+    pub fn server(&self) -> Identity {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("params");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
+    /// The CA certificate, DER.
+    pub fn der(&self) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(self.pem.as_bytes()).expect("der")
+    }
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, contents).expect("write");
+    p
+}
+
+/// A frontend replica running in this process on 127.0.0.1:0.
+pub struct Frontend {
+    /// The secure port.
+    pub secure: SocketAddr,
+    /// The admin port.
+    pub admin: SocketAddr,
+    /// Trusts the serving certificate and presents the front-proxy certificate.
+    pub proxy_client: Arc<rustls::ClientConfig>,
+    /// Trusts the serving certificate, presents no certificate.
+    pub anonymous_client: Arc<rustls::ClientConfig>,
+    /// Trusts the serving certificate, presents a certificate from an unknown CA.
+    pub stranger_client: Arc<rustls::ClientConfig>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Knobs of [`Frontend::start`].
+pub struct FrontendOptions {
+    /// `--max-requests-inflight`.
+    pub max_inflight: usize,
+    /// The store's settings.
+    pub store: StoreConfig,
+    /// Wall clock.
+    pub clock: shardmetrics_proto::clock::SharedClock,
+}
+
+impl Default for FrontendOptions {
+    fn default() -> Self {
+        FrontendOptions {
+            max_inflight: 400,
+            store: StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 },
+            clock: shardmetrics_proto::clock::ManualClock::new(T0 + 40_000),
+        }
+    }
+}
+
+fn client_config(server_ca: &Ca, identity: Option<&Identity>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server_ca.der()).expect("root");
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut c = match identity {
+        Some(id) => b
+            .with_client_auth_cert(vec![id.der.clone()], PrivateKeyDer::Pkcs8(id.key_der.clone().into()))
+            .expect("client cert"),
+        None => b.with_no_client_auth(),
+    };
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
+impl Frontend {
+    /// Starts a frontend subscribed to `shards`, authenticating front-proxy certificates (CN
+    /// `front-proxy-client`) from its own CA, without an API server.
+    pub async fn start(shards: &[&FakeShard], options: FrontendOptions) -> Frontend {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let serving_ca = Ca::new("serving-ca");
+        let serving = serving_ca.server();
+        let proxy_ca = Ca::new("front-proxy-ca");
+        let proxy = proxy_ca.client("front-proxy-client");
+        let stranger = Ca::new("stranger-ca").client("front-proxy-client");
+        let cert_file = write(dir.path(), "tls.crt", &serving.cert_pem);
+        let key_file = write(dir.path(), "tls.key", &serving.key_pem);
+        let proxy_ca_file = write(dir.path(), "front-proxy-ca.crt", &proxy_ca.pem);
+        let secure = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (secure_addr, admin_addr) = (secure.local_addr().expect("addr"), admin.local_addr().expect("addr"));
+        let config = Config {
+            store: options.store,
+            upstream: UpstreamConfig {
+                replica_name: "frontend-test".into(),
+                backoff_initial: Duration::from_millis(20),
+                backoff_max: Duration::from_millis(200),
+                ..UpstreamConfig::default()
+            },
+            shards: ShardSource::Static(shards.iter().map(|s| s.member()).collect()),
+            kube: None,
+            auth: AuthConfig {
+                requestheader_client_ca_file: Some(proxy_ca_file),
+                requestheader: RequestHeaderSettings {
+                    allowed_names: vec!["front-proxy-client".into()],
+                    ..RequestHeaderSettings::default()
+                },
+                ..AuthConfig::default()
+            },
+            tls: TlsConfig { cert_file: Some(cert_file), key_file: Some(key_file), ..TlsConfig::default() },
+            max_requests_inflight: options.max_inflight,
+            clock: options.clock,
+            shutdown_grace: Duration::from_secs(5),
+            sweep_interval: Duration::from_millis(200),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            shardmetrics_frontend::run(config, Listeners { secure, admin: Some(admin) }, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("frontend runs");
+        });
+        Frontend {
+            secure: secure_addr,
+            admin: admin_addr,
+            proxy_client: client_config(&serving_ca, Some(&proxy)),
+            anonymous_client: client_config(&serving_ca, None),
+            stranger_client: client_config(&serving_ca, Some(&stranger)),
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// Waits until `/readyz` on the secure port answers 200.
+    pub async fn wait_ready(&self) {
+        for _ in 0..500 {
+            if let Ok(r) = get(self.secure, &self.anonymous_client, Version::Http1, "/readyz", &[]).await
+                && r.status == StatusCode::OK
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("frontend never became ready");
+    }
+
+    /// Shuts the frontend down and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), t).await.expect("stops in time").expect("no panic");
+        }
+    }
+}
+
+/// HTTP version of a test request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// HTTP/1.1 (ALPN http/1.1).
+    Http1,
+    /// HTTP/2 (ALPN h2).
+    Http2,
+}
+
+/// A response read whole.
+pub struct Reply {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The Content-Type.
+    pub fn content_type(&self) -> &str {
+        self.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+async fn tls_connect(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, version: Version) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut config = (**config).clone();
+    config.alpn_protocols = vec![match version {
+        Version::Http1 => b"http/1.1".to_vec(),
+        Version::Http2 => b"h2".to_vec(),
+    }];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)).connect(ServerName::try_from("localhost")?, tcp).await?)
+}
+
+fn request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<Empty<Bytes>> {
+    let mut b = Request::get(format!("https://localhost:{}{path}", addr.port()));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Empty::new()).expect("request")
+}
+
+/// A response whose body has not been read, and the connection task keeping it open.
+pub struct Pending {
+    /// The response head and unread body.
+    pub response: http::Response<hyper::body::Incoming>,
+    /// Drives the connection.
+    pub conn: tokio::task::JoinHandle<()>,
+}
+
+/// Sends one GET on a fresh connection and returns before reading the body. HTTP/2 connections
+/// use a 64 KiB stream window, so an unread large body stays pending on the server.
+pub async fn send(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, version: Version, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Pending> {
+    let tls = tls_connect(addr, config, version).await?;
+    let io = TokioIo::new(tls);
+    let req = request(addr, path, headers);
+    match version {
+        Version::Http1 => {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+            let conn = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Pending { response: sender.send_request(req).await?, conn })
+        }
+        Version::Http2 => {
+            let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(65_535)
+                .initial_connection_window_size(65_535)
+                .adaptive_window(false)
+                .handshake(io)
+                .await?;
+            let conn = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Pending { response: sender.send_request(req).await?, conn })
+        }
+    }
+}
+
+/// One GET over a fresh TLS connection, body read whole.
+pub async fn get(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, version: Version, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
+    let p = send(addr, config, version, path, headers).await?;
+    let status = p.response.status();
+    let headers = p.response.headers().clone();
+    let body = p.response.into_body().collect().await?.to_bytes();
+    p.conn.abort();
+    Ok(Reply { status, headers, body })
+}
+
+/// Headers the aggregation layer adds for a cluster admin.
+pub const ADMIN: &[(&str, &str)] = &[("X-Remote-User", "admin"), ("X-Remote-Group", "system:masters")];
+
+/// A plain-HTTP GET on the admin port.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> anyhow::Result<Reply> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = Request::get(format!("http://{addr}{path}")).body(Empty::<Bytes>::new())?;
+    let r = sender.send_request(req).await?;
+    let status = r.status();
+    let headers = r.headers().clone();
+    let body = r.into_body().collect().await?.to_bytes();
+    conn.abort();
+    Ok(Reply { status, headers, body })
 }
