@@ -2,6 +2,11 @@
 //! exit code 64), and the subcommands that run the simulators standalone.
 //!
 //! Every flag can also be set through `SHARDMETRICS_<FLAG_IN_UPPER_SNAKE>`.
+//!
+//! Two hidden subcommands make this binary the scraper and frontend children of `demo`:
+//! `shardmetrics-loadtest scraper <scraper flags>` and `shardmetrics-loadtest frontend <frontend
+//! flags>` run `shardmetrics_scraper::cli::main_with` / `shardmetrics_frontend::cli::main_with`,
+//! the entry points of the real binaries ([`main_from_env`] dispatches them before clap).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +55,36 @@ pub enum Command {
     Apiserver(ApiserverArgs),
     /// Run standalone kubelets with synthetic pods until Ctrl-C (no API server).
     Kubelets(KubeletsArgs),
+    /// Run the whole pipeline: simulated cluster, scraper shards and frontends (child
+    /// processes), a kubeconfig for kubectl; until Ctrl-C.
+    Demo(DemoArgs),
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct DemoArgs {
+    /// Simulated nodes (each with its own kubelet).
+    #[arg(long, env = "SHARDMETRICS_NODES", default_value_t = 20)]
+    pub nodes: usize,
+    /// Pods per node.
+    #[arg(long, env = "SHARDMETRICS_PODS_PER_NODE", default_value_t = 10)]
+    pub pods_per_node: usize,
+    /// Scraper shards.
+    #[arg(long, env = "SHARDMETRICS_SHARDS", default_value_t = 2)]
+    pub shards: usize,
+    /// Frontend replicas.
+    #[arg(long, env = "SHARDMETRICS_FRONTENDS", default_value_t = 2)]
+    pub frontends: usize,
+    /// Scrape interval (and rate window), at least 5s.
+    #[arg(long, env = "SHARDMETRICS_METRIC_RESOLUTION", default_value = "15s")]
+    pub metric_resolution: String,
+    /// Where to write the kubeconfig (contexts demo-admin and demo-noaccess).
+    #[arg(long, env = "SHARDMETRICS_KUBECONFIG", default_value = "demo.kubeconfig")]
+    pub kubeconfig: PathBuf,
+    /// Scrapers skip kubelet certificate verification (so kubelets added by hand with their own
+    /// certificates can be scraped).
+    #[arg(long, env = "SHARDMETRICS_KUBELET_INSECURE_TLS")]
+    pub kubelet_insecure_tls: bool,
 }
 
 /// Flags of `apiserver`.
@@ -120,6 +155,27 @@ pub fn validate(args: &Args) -> Vec<String> {
                 problems.push(format!("--containers-per-pod {} must be between 1 and 50", a.containers_per_pod));
             }
         }
+        Command::Demo(d) => {
+            if d.nodes == 0 || d.nodes > 20_000 {
+                problems.push(format!("--nodes {} must be between 1 and 20000", d.nodes));
+            }
+            if d.pods_per_node > 1_000 {
+                problems.push(format!("--pods-per-node {} is more than 1000", d.pods_per_node));
+            }
+            if d.shards == 0 || d.shards > 64 {
+                problems.push(format!("--shards {} must be between 1 and 64", d.shards));
+            }
+            if d.frontends == 0 || d.frontends > 32 {
+                problems.push(format!("--frontends {} must be between 1 and 32", d.frontends));
+            }
+            match shardmetrics_scraper::config::parse_duration(&d.metric_resolution) {
+                Ok(r) if r < Duration::from_secs(5) => {
+                    problems.push(format!("--metric-resolution {} is below the minimum of 5s", d.metric_resolution));
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(format!("--metric-resolution {:?}: {e}", d.metric_resolution)),
+            }
+        }
         Command::Kubelets(k) => {
             if k.count == 0 || k.count > 20_000 {
                 problems.push(format!("--count {} must be between 1 and 20000", k.count));
@@ -168,7 +224,25 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Runs the parsed command line; what `main` calls.
+/// What `main` calls: the hidden `scraper` / `frontend` children first, else [`main_with`].
+pub async fn main_from_env() -> ExitCode {
+    let mut argv = std::env::args_os();
+    let _program = argv.next();
+    let role = argv.next();
+    match role.as_ref().and_then(|r| r.to_str()) {
+        Some("scraper") => {
+            let args = shardmetrics_scraper::cli::Args::parse_from(std::iter::once("shardmetrics-scraper".into()).chain(argv));
+            shardmetrics_scraper::cli::main_with(args).await
+        }
+        Some("frontend") => {
+            let args = shardmetrics_frontend::cli::Args::parse_from(std::iter::once("shardmetrics-frontend".into()).chain(argv));
+            shardmetrics_frontend::cli::main_with(args).await
+        }
+        _ => main_with(Args::parse()).await,
+    }
+}
+
+/// Runs the parsed command line.
 pub async fn main_with(args: Args) -> ExitCode {
     let problems = validate(&args);
     if !problems.is_empty() {
@@ -181,6 +255,7 @@ pub async fn main_with(args: Args) -> ExitCode {
     let result = match args.command {
         Command::Apiserver(a) => run_apiserver(a).await,
         Command::Kubelets(k) => run_kubelets(k).await,
+        Command::Demo(d) => run_demo(d).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -221,6 +296,66 @@ async fn run_apiserver(a: ApiserverArgs) -> anyhow::Result<()> {
     drop(sim);
     api.shutdown().await;
     Ok(())
+}
+
+async fn run_demo(d: DemoArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut config = crate::demo::DemoConfig::new(exe);
+    config.nodes = d.nodes;
+    config.pods_per_node = d.pods_per_node;
+    config.shards = d.shards;
+    config.frontends = d.frontends;
+    config.metric_resolution = shardmetrics_scraper::config::parse_duration(&d.metric_resolution).map_err(anyhow::Error::msg)?;
+    config.kubeconfig = d.kubeconfig.clone();
+    config.kubelet_insecure_tls = d.kubelet_insecure_tls;
+    config.ready_timeout = config.metric_resolution * 4 + Duration::from_secs(60);
+    eprintln!(
+        "starting: {} nodes x {} pods, {} scraper shards, {} frontends, resolution {} ...",
+        d.nodes, d.pods_per_node, d.shards, d.frontends, d.metric_resolution
+    );
+    let mut demo = crate::demo::Demo::start(config).await?;
+    let kc = d.kubeconfig.display().to_string();
+    println!(
+        "demo ready: {} nodes x {} pods, {} shards, {} frontends behind {} (resolution {}); kubeconfig {}",
+        d.nodes,
+        d.pods_per_node,
+        d.shards,
+        d.frontends,
+        demo.api.url(),
+        d.metric_resolution,
+        demo.kubeconfig().display()
+    );
+    println!("try:");
+    for cmd in [
+        "top nodes".to_owned(),
+        "top pods -A --sort-by=cpu".to_owned(),
+        "top pods -n team-a -l app=app-0 --containers".to_owned(),
+        "get nodemetrics".to_owned(),
+        "get --raw /apis/metrics.k8s.io/v1beta1/namespaces/team-b/pods".to_owned(),
+        "api-resources --api-group=metrics.k8s.io".to_owned(),
+        format!("--context {} top nodes    # refused: no rights", crate::demo::NOACCESS_CONTEXT),
+    ] {
+        println!("  kubectl --kubeconfig {kc} {cmd}");
+    }
+    println!("logs and credentials of the shards and frontends: {}", demo.work_dir().display());
+    println!("Ctrl-C stops everything.");
+    let exited = tokio::select! {
+        () = shutdown_signal() => None,
+        exited = async {
+            loop {
+                if let Some(e) = demo.exited_child() {
+                    return e;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        } => Some(exited),
+    };
+    eprintln!("stopping ...");
+    demo.shutdown().await;
+    match exited {
+        None => Ok(()),
+        Some((name, status, log)) => anyhow::bail!("{name} exited ({status}); its log was {}", log.display()),
+    }
 }
 
 async fn run_kubelets(k: KubeletsArgs) -> anyhow::Result<()> {

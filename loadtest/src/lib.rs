@@ -11,6 +11,8 @@
 //!   values, `/metrics/resource` as kubelet v1.35 formats it, per-node faults).
 //! - [`cluster`]: nodes x pods x containers in the API server with a kubelet per node, kept in
 //!   step with whatever changes the API server (tests, kube-rs, kubectl).
+//! - [`demo`]: the `demo` command: the simulated cluster plus scraper shards and frontends as
+//!   child processes of this binary.
 //! - [`httputil`]: the TLS accept loop and body helpers the simulated servers share.
 //! - [`cli`]: the `shardmetrics-loadtest` command line (the binary's `main.rs` only calls it).
 //! - [`tools`]: installs kubectl/helm for the end-to-end tests.
@@ -18,6 +20,7 @@
 pub mod apiserver;
 pub mod cli;
 pub mod cluster;
+pub mod demo;
 pub mod httputil;
 pub mod kubelet;
 pub mod pki;

@@ -1,10 +1,8 @@
-//! `shardmetrics-loadtest`: parses flags and runs [`shardmetrics_loadtest::cli::main_with`].
+//! `shardmetrics-loadtest`: runs [`shardmetrics_loadtest::cli::main_from_env`].
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    shardmetrics_loadtest::cli::main_with(shardmetrics_loadtest::cli::Args::parse()).await
+    shardmetrics_loadtest::cli::main_from_env().await
 }

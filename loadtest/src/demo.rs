@@ -1,0 +1,376 @@
+//! `shardmetrics-loadtest demo`: the whole pipeline on one machine.
+//!
+//! The simulated cluster (API server, aggregation proxy, N nodes with kubelets) runs in this
+//! process; S scraper shards and F frontend replicas run as child processes of this very binary
+//! (`shardmetrics-loadtest scraper ...` / `frontend ...` call the same `cli::main_with` entry
+//! points the real `shardmetrics-scraper` and `shardmetrics-frontend` binaries call), talking to
+//! the simulator exactly as they would talk to a real cluster: kubeconfigs with service-account
+//! tokens, Leases, watches, TokenReview/SubjectAccessReview, kubelets over HTTPS, the front-proxy
+//! certificate from `extension-apiserver-authentication`.
+//!
+//! [`Demo::start`] returns once `metrics.k8s.io` serves every node (or fails after a deadline);
+//! the end-to-end tests drive it the same way the command does.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use crate::apiserver::{ApiServer, ApiServerConfig, Context, DEFAULT_ADMIN, RunningApiServer, StartError};
+use crate::cluster::{self, Cluster, ClusterConfig, ClusterError, FRONTEND_USER, NOACCESS_USER, SCRAPER_USER};
+
+/// Context of the kubeconfig with full rights.
+pub const ADMIN_CONTEXT: &str = "demo-admin";
+/// Context of the kubeconfig with an authenticated user without rights.
+pub const NOACCESS_CONTEXT: &str = "demo-noaccess";
+/// Namespace of the shard Leases.
+pub const LEASE_NAMESPACE: &str = "kube-system";
+
+/// What can stop the demo from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The API server simulator did not start.
+    #[error(transparent)]
+    ApiServer(#[from] StartError),
+    /// The simulated cluster could not be built.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// A file or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A child exited before the demo was ready.
+    #[error("{name} exited during start-up ({status}); its log: {log}")]
+    ChildExited {
+        /// Which child.
+        name: String,
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// Its log file.
+        log: String,
+    },
+    /// Metrics were not served in time.
+    #[error("metrics.k8s.io did not serve all {expected} nodes within {timeout:?} (last: {last}); logs in {logs}")]
+    NotReady {
+        /// Nodes expected.
+        expected: usize,
+        /// How long we waited.
+        timeout: Duration,
+        /// What the last attempt saw.
+        last: String,
+        /// Where the children's logs are.
+        logs: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
+    let what = what.into();
+    move |source| DemoError::Io { what, source }
+}
+
+/// How to run the demo.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// Simulated nodes.
+    pub nodes: usize,
+    /// Pods per node.
+    pub pods_per_node: usize,
+    /// Scraper shards (child processes).
+    pub shards: usize,
+    /// Frontend replicas (child processes).
+    pub frontends: usize,
+    /// Scrape interval of the shards and rate window of the frontends.
+    pub metric_resolution: Duration,
+    /// Where to write the user's kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// Scrapers skip kubelet certificate verification (for kubelets added by hand with their
+    /// own certificates); otherwise they verify against the simulator CA.
+    pub kubelet_insecure_tls: bool,
+    /// The binary to start children from (this executable by default).
+    pub exe: PathBuf,
+    /// Log level passed to the children.
+    pub child_log_level: String,
+    /// How long to wait for metrics before giving up.
+    pub ready_timeout: Duration,
+}
+
+impl DemoConfig {
+    /// The defaults: 20 nodes x 10 pods, 2 shards, 2 frontends, 15 s resolution,
+    /// `./demo.kubeconfig`, this executable.
+    pub fn new(exe: PathBuf) -> DemoConfig {
+        DemoConfig {
+            nodes: 20,
+            pods_per_node: 10,
+            shards: 2,
+            frontends: 2,
+            metric_resolution: Duration::from_secs(15),
+            kubeconfig: PathBuf::from("demo.kubeconfig"),
+            kubelet_insecure_tls: false,
+            exe,
+            child_log_level: "info".into(),
+            ready_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One child process.
+struct ChildProc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+/// A running demo. Dropping it kills the children (use [`RunningDemo::shutdown`] for a graceful
+/// stop that lets shards release their Leases).
+pub struct RunningDemo {
+    /// The API server simulator (with the aggregation proxy).
+    pub api: RunningApiServer,
+    /// The simulated nodes and their kubelets.
+    pub cluster: Cluster,
+    /// Secure addresses of the frontend replicas.
+    pub frontends: Vec<SocketAddr>,
+    children: Vec<ChildProc>,
+    work_dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl std::fmt::Debug for RunningDemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningDemo").field("api", &self.api.url()).field("frontends", &self.frontends).finish_non_exhaustive()
+    }
+}
+
+fn free_port() -> Result<u16, DemoError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
+    Ok(l.local_addr().map_err(io("finding a free port"))?.port())
+}
+
+/// Formats a duration the way the shardmetrics flags read it (`15s`, `1500ms`).
+fn flag_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
+}
+
+fn spawn(exe: &Path, role: &str, name: &str, args: &[String], log: &Path) -> Result<ChildProc, DemoError> {
+    let out = std::fs::File::create(log).map_err(io(format!("creating {}", log.display())))?;
+    let err = out.try_clone().map_err(io("duplicating a log file handle"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(role).args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
+    // The children get their settings from flags only: nothing from the demo's environment.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("SHARDMETRICS_") || matches!(k.as_ref(), "KUBECONFIG" | "POD_NAME" | "POD_NAMESPACE" | "POD_IP") {
+            cmd.env_remove(&key);
+        }
+    }
+    let child = cmd.spawn().map_err(io(format!("starting {name} ({})", exe.display())))?;
+    Ok(ChildProc { name: name.to_owned(), child, log: log.to_owned() })
+}
+
+impl RunningDemo {
+    /// The user's kubeconfig (contexts [`ADMIN_CONTEXT`] and [`NOACCESS_CONTEXT`]).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Where the children's logs and credentials are.
+    pub fn work_dir(&self) -> &Path {
+        self.work_dir.path()
+    }
+
+    /// A child that exited, if any: (name, status, log).
+    pub fn exited_child(&mut self) -> Option<(String, std::process::ExitStatus, PathBuf)> {
+        for c in &mut self.children {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                return Some((c.name.clone(), status, c.log.clone()));
+            }
+        }
+        None
+    }
+
+    /// Stops the children gracefully (SIGTERM, then SIGKILL after 10 s), then the simulators.
+    pub async fn shutdown(mut self) {
+        for c in &self.children {
+            if let Some(pid) = c.child.id() {
+                // SIGTERM by pid through kill(1): the crate forbids unsafe code, so no libc call.
+                let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            }
+        }
+        for c in &mut self.children {
+            if tokio::time::timeout(Duration::from_secs(10), c.child.wait()).await.is_err() {
+                let _ = c.child.start_kill();
+                let _ = c.child.wait().await;
+            }
+        }
+        self.children.clear();
+        self.api.set_aggregation_backends(Vec::new());
+    }
+}
+
+/// Entry point.
+#[derive(Debug)]
+pub struct Demo;
+
+impl Demo {
+    /// Starts everything and waits until every node has metrics.
+    pub async fn start(config: DemoConfig) -> Result<RunningDemo, DemoError> {
+        let api = ApiServer::start(ApiServerConfig { policy: cluster::standard_policy(), ..Default::default() }).await?;
+        let cluster =
+            Cluster::start(&api, ClusterConfig { nodes: config.nodes, pods_per_node: config.pods_per_node, ..Default::default() }).await?;
+        let work_dir = tempfile::Builder::new().prefix("shardmetrics-demo-").tempdir().map_err(io("creating the work directory"))?;
+        let dir = work_dir.path();
+        let scraper_kc = dir.join("scraper.kubeconfig");
+        let frontend_kc = dir.join("frontend.kubeconfig");
+        api.write_kubeconfig(&scraper_kc, &[api.token_context("scraper", SCRAPER_USER)?])?;
+        api.write_kubeconfig(&frontend_kc, &[api.token_context("frontend", FRONTEND_USER)?])?;
+        let ca_file = api.ca().write_pem(dir, "kubelet-ca").map_err(|e| DemoError::Io {
+            what: "writing the kubelet CA".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let resolution = flag_duration(config.metric_resolution);
+        let request_timeout = flag_duration((config.metric_resolution / 2).min(Duration::from_secs(10)));
+
+        let mut children = Vec::new();
+        let mut demo_err = None;
+        for i in 0..config.shards {
+            let name = format!("scraper-{i}");
+            let mut args: Vec<String> = [
+                "--shard-id",
+                &name,
+                "--kubeconfig",
+                &scraper_kc.display().to_string(),
+                "--lease-namespace",
+                LEASE_NAMESPACE,
+                "--grpc-bind-address",
+                "127.0.0.1:0",
+                "--admin-bind-address",
+                "127.0.0.1:0",
+                "--metric-resolution",
+                &resolution,
+                "--kubelet-request-timeout",
+                &request_timeout,
+                "--log-level",
+                &config.child_log_level,
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            if config.kubelet_insecure_tls {
+                args.push("--kubelet-insecure-tls".into());
+            } else {
+                args.extend(["--kubelet-certificate-authority".into(), ca_file.display().to_string()]);
+            }
+            match spawn(&config.exe, "scraper", &name, &args, &dir.join(format!("{name}.log"))) {
+                Ok(c) => children.push(c),
+                Err(e) => demo_err = Some(e),
+            }
+        }
+        let mut frontends = Vec::new();
+        for i in 0..config.frontends {
+            if demo_err.is_some() {
+                break;
+            }
+            let name = format!("frontend-{i}");
+            let port = free_port()?;
+            let args: Vec<String> = [
+                "--replica-name",
+                &name,
+                "--kubeconfig",
+                &frontend_kc.display().to_string(),
+                "--lease-namespace",
+                LEASE_NAMESPACE,
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                &port.to_string(),
+                "--admin-bind-address",
+                "127.0.0.1:0",
+                "--metric-resolution",
+                &resolution,
+                "--log-level",
+                &config.child_log_level,
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            match spawn(&config.exe, "frontend", &name, &args, &dir.join(format!("{name}.log"))) {
+                Ok(c) => {
+                    children.push(c);
+                    frontends.push(SocketAddr::from(([127, 0, 0, 1], port)));
+                }
+                Err(e) => demo_err = Some(e),
+            }
+        }
+        api.set_aggregation_backends(frontends.clone());
+        let contexts: [Context; 2] =
+            [api.token_context(ADMIN_CONTEXT, DEFAULT_ADMIN)?, api.token_context(NOACCESS_CONTEXT, NOACCESS_USER)?];
+        api.write_kubeconfig(&config.kubeconfig, &contexts)?;
+        let kubeconfig = std::path::absolute(&config.kubeconfig).unwrap_or_else(|_| config.kubeconfig.clone());
+        let mut demo = RunningDemo { api, cluster, frontends, children, work_dir, kubeconfig };
+        if let Some(e) = demo_err {
+            demo.shutdown().await;
+            return Err(e);
+        }
+        if let Err(e) = wait_ready(&mut demo, config.nodes, config.ready_timeout).await {
+            demo.shutdown().await;
+            return Err(e);
+        }
+        Ok(demo)
+    }
+}
+
+/// Polls `metrics.k8s.io` through the aggregation proxy (as the admin) until every node is
+/// served.
+async fn wait_ready(demo: &mut RunningDemo, nodes: usize, timeout: Duration) -> Result<(), DemoError> {
+    let config = demo.api.kubeconfig_for(DEFAULT_ADMIN).await?;
+    let client = kube::Client::try_from(config).map_err(|e| DemoError::Io {
+        what: "building an API client".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last;
+        if let Some((name, status, log)) = demo.exited_child() {
+            return Err(DemoError::ChildExited { name, status, log: log.display().to_string() });
+        }
+        let req = http::Request::get("/apis/metrics.k8s.io/v1beta1/nodes").body(Vec::new()).unwrap_or_default();
+        match client.request_text(req).await {
+            Ok(text) => {
+                let served = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["items"].as_array().map(Vec::len))
+                    .unwrap_or(0);
+                if served >= nodes {
+                    return Ok(());
+                }
+                last = format!("{served} of {nodes} nodes served");
+            }
+            Err(e) => last = e.to_string(),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(DemoError::NotReady {
+                expected: nodes,
+                timeout,
+                last,
+                logs: demo.work_dir().display().to_string(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_written_as_the_flags_read_them() {
+        assert_eq!(flag_duration(Duration::from_secs(15)), "15s");
+        assert_eq!(flag_duration(Duration::from_millis(7500)), "7500ms");
+    }
+}
