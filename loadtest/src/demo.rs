@@ -334,12 +334,11 @@ async fn wait_ready(demo: &mut RunningDemo, nodes: usize, timeout: Duration) -> 
     })?;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let last;
         if let Some((name, status, log)) = demo.exited_child() {
             return Err(DemoError::ChildExited { name, status, log: log.display().to_string() });
         }
         let req = http::Request::get("/apis/metrics.k8s.io/v1beta1/nodes").body(Vec::new()).unwrap_or_default();
-        match client.request_text(req).await {
+        let last = match client.request_text(req).await {
             Ok(text) => {
                 let served = serde_json::from_str::<serde_json::Value>(&text)
                     .ok()
@@ -348,10 +347,10 @@ async fn wait_ready(demo: &mut RunningDemo, nodes: usize, timeout: Duration) -> 
                 if served >= nodes {
                     return Ok(());
                 }
-                last = format!("{served} of {nodes} nodes served");
+                format!("{served} of {nodes} nodes served")
             }
-            Err(e) => last = e.to_string(),
-        }
+            Err(e) => e.to_string(),
+        };
         if tokio::time::Instant::now() >= deadline {
             return Err(DemoError::NotReady {
                 expected: nodes,
