@@ -28,7 +28,7 @@ const APPS_PER_NAMESPACE: usize = 10;
 fn pod(i: usize) -> (String, String, String, Vec<&'static str>) {
     let ns = format!("team-{:03}", i % NAMESPACES);
     let app = format!("app-{}", (i / NAMESPACES) % APPS_PER_NAMESPACE);
-    let containers = if i % 2 == 0 { vec!["app", "istio-proxy"] } else { vec!["app"] };
+    let containers = if i.is_multiple_of(2) { vec!["app", "istio-proxy"] } else { vec!["app"] };
     (ns, format!("{app}-{:08x}-{:05}", i.wrapping_mul(2_654_435_761) & 0xffff_ffff, i), app, containers)
 }
 

@@ -137,6 +137,10 @@ impl UpstreamState {
         s.states.retain(|k, _| keep.contains(k));
     }
 
+    fn forget(&self, shard: &str) {
+        self.lock().states.remove(shard);
+    }
+
     fn set(&self, shard: &str, state: &'static str, metrics: &Metrics) {
         let mut s = self.lock();
         s.states.insert(shard.to_owned(), state);
@@ -161,17 +165,25 @@ pub async fn run(
     loop {
         let current = members.borrow_and_update().clone();
         state.set_members(&current);
-        tasks.retain(|id, (member, task)| {
-            let keep = current.get(id).is_some_and(|m| m.grpc_address == member.grpc_address && m.epoch == member.epoch);
-            if !keep {
+        let stale: Vec<String> = tasks
+            .iter()
+            .filter(|(id, (member, _))| {
+                !current.get(*id).is_some_and(|m| m.grpc_address == member.grpc_address && m.epoch == member.epoch)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some((_, task)) = tasks.remove(&id) {
                 task.abort();
-                if !current.contains_key(id) {
-                    metrics.remove_shard(id);
-                    tracing::info!(shard = %id, "shard left; subscription closed");
-                }
+                // Wait for it to end so it cannot write its state after the removal below.
+                let _ = task.await;
             }
-            keep
-        });
+            if !current.contains_key(&id) {
+                metrics.remove_shard(&id);
+                state.forget(&id);
+                tracing::info!(shard = %id, "shard left; subscription closed");
+            }
+        }
         for (id, member) in &current {
             if tasks.contains_key(id) {
                 continue;
