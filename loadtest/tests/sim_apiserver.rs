@@ -353,3 +353,52 @@ async fn a_kube_rs_watcher_with_streaming_lists_initialises() {
     }
     assert_eq!(names, ["a"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_kubernetes_status_errors_and_change_nothing() {
+    use http_body_util::BodyExt;
+    let api = start(policy()).await;
+    api.store().create(0, "", node_json("n")).unwrap();
+    let rv_before = api.store().current_rv();
+    let tls = shardmetrics_loadtest::pki::client_config(Some(&api.ca().root_store()), None).unwrap();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let send = |method: &str, path: &str, content_type: &str, body: Vec<u8>| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", api.url()))
+            .header("authorization", format!("Bearer {DEFAULT_ADMIN_TOKEN}"))
+            .header("content-type", content_type)
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let resp = client.request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            (status, body)
+        }
+    };
+    let cases: Vec<(&str, &str, &str, Vec<u8>, u16, &str)> = vec![
+        ("POST", "/api/v1/nodes", "application/json", b"{not json".to_vec(), 400, "BadRequest"),
+        ("POST", "/api/v1/nodes", "application/yaml", b"kind: Node".to_vec(), 415, "UnsupportedMediaType"),
+        ("POST", "/api/v1/nodes", "application/json", br#"{"kind":"Pod","metadata":{"name":"x"}}"#.to_vec(), 400, "BadRequest"),
+        ("PATCH", "/api/v1/nodes/n", "application/apply-patch+yaml", b"{}".to_vec(), 415, "UnsupportedMediaType"),
+        ("PATCH", "/api/v1/nodes/n", "application/json-patch+json", br#"[{"op":"remove","path":"/nope"}]"#.to_vec(), 400, "BadRequest"),
+        ("PATCH", "/api/v1/nodes/missing", "application/merge-patch+json", b"{}".to_vec(), 404, "NotFound"),
+        ("GET", "/api/v1/pods?labelSelector=a%20in%20(b", "application/json", vec![], 400, "BadRequest"),
+        ("GET", "/api/v1/nodes?watch=1&resourceVersion=abc", "application/json", vec![], 400, "BadRequest"),
+        ("GET", "/api/v1/nodes?limit=-1", "application/json", vec![], 400, "BadRequest"),
+        ("GET", "/api/v1/deployments", "application/json", vec![], 404, "NotFound"),
+        ("POST", "/api/v1/nodes", "application/json", vec![b' '; 4 << 20], 400, "BadRequest"),
+        ("PUT", "/api/v1/nodes/n", "application/json", br#"{"metadata":{"name":"other"}}"#.to_vec(), 400, "BadRequest"),
+    ];
+    for (method, path, ct, body, code, reason) in cases {
+        let (status, status_obj) = send(method, path, ct, body).await;
+        assert_eq!((status, status_obj["reason"].as_str()), (code, Some(reason)), "{method} {path}: {status_obj}");
+        assert_eq!(status_obj["kind"], "Status");
+        assert_eq!(status_obj["code"], code);
+    }
+    assert_eq!(api.store().current_rv(), rv_before, "no bad request changed anything");
+}
