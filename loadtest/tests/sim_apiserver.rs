@@ -380,7 +380,9 @@ async fn bad_requests_get_kubernetes_status_errors_and_change_nothing() {
             (status, body)
         }
     };
-    let cases: Vec<(&str, &str, &str, Vec<u8>, u16, &str)> = vec![
+    // (method, path, content type, body, expected code, expected reason)
+    type Case = (&'static str, &'static str, &'static str, Vec<u8>, u16, &'static str);
+    let cases: Vec<Case> = vec![
         ("POST", "/api/v1/nodes", "application/json", b"{not json".to_vec(), 400, "BadRequest"),
         ("POST", "/api/v1/nodes", "application/yaml", b"kind: Node".to_vec(), 415, "UnsupportedMediaType"),
         ("POST", "/api/v1/nodes", "application/json", br#"{"kind":"Pod","metadata":{"name":"x"}}"#.to_vec(), 400, "BadRequest"),
