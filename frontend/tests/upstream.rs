@@ -27,6 +27,10 @@ struct Harness {
 }
 
 fn start(shards: &[&FakeShard]) -> Harness {
+    start_with(shards, None)
+}
+
+fn start_with(shards: &[&FakeShard], tls: Option<upstream::GrpcClientTls>) -> Harness {
     let clock = ManualClock::new(T0 + 40_000);
     let store = Arc::new(Store::new(StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 }, clock));
     let registry = prometheus::Registry::new();
@@ -38,6 +42,7 @@ fn start(shards: &[&FakeShard]) -> Harness {
         replica_name: "frontend-test".into(),
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
+        tls,
         ..UpstreamConfig::default()
     };
     let task = tokio::spawn(upstream::run(config, rx, store.clone(), metrics, state.clone(), shutdown_rx));
@@ -143,4 +148,33 @@ async fn shards_joining_and_leaving_the_member_set_open_and_close_subscriptions(
     })
     .await;
     h.shutdown.send(true).expect("shutdown");
+}
+
+#[tokio::test]
+async fn shards_are_reached_over_mutual_tls_when_a_ca_and_client_certificate_are_configured() {
+    let serving_ca = support::Ca::new("shard-ca");
+    let serving = serving_ca.server();
+    let client_ca = support::Ca::new("frontend-client-ca");
+    let client = client_ca.client("shardmetrics-frontend");
+    let id = shardmetrics_proto::ShardIdentity { shard_id: "shard-0".into(), epoch: 1 };
+    let snap = snapshot(&id, &[scrape("n1", 0, 1.0, 1.0, PODS), scrape("n1", 15_000, 1.0, 1.0, PODS)]);
+    let shard = FakeShard::start_with_tls("shard-0", snap, Some((serving.cert_pem.clone(), serving.key_pem.clone(), Some(client_ca.pem.clone())))).await;
+
+    // Without a client certificate the shard refuses the handshake: never ready.
+    let plain = start_with(&[&shard], Some(upstream::GrpcClientTls { ca_pem: serving_ca.pem.clone().into_bytes(), identity: None }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!plain.state.is_ready());
+    assert!(plain.store.node("n1").is_none());
+    plain.shutdown.send(true).expect("shutdown");
+
+    let mtls = start_with(
+        &[&shard],
+        Some(upstream::GrpcClientTls {
+            ca_pem: serving_ca.pem.clone().into_bytes(),
+            identity: Some((client.cert_pem.clone().into_bytes(), client.key_pem.clone().into_bytes())),
+        }),
+    );
+    eventually("ready over mTLS", || mtls.state.is_ready()).await;
+    assert_eq!(mtls.store.node("n1").map(|n| n.usage.cpu_nanocores), Some(1_000_000_000));
+    mtls.shutdown.send(true).expect("shutdown");
 }

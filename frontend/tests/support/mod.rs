@@ -63,15 +63,29 @@ pub struct FakeShard {
 impl FakeShard {
     /// Starts a shard that will send `snapshot` (already including `snapshot_complete`).
     pub async fn start(shard_id: &str, snapshot: Vec<SampleBatch>) -> FakeShard {
+        Self::start_with_tls(shard_id, snapshot, None).await
+    }
+
+    /// Like [`FakeShard::start`], serving TLS with `(cert_pem, key_pem)` and, when
+    /// `client_ca_pem` is given, requiring client certificates signed by it.
+    pub async fn start_with_tls(shard_id: &str, snapshot: Vec<SampleBatch>, tls: Option<(String, String, Option<String>)>) -> FakeShard {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(ShardState::default());
         *state.snapshot.lock().expect("lock") = snapshot;
         let (stop, stopped) = oneshot::channel::<()>();
         let svc = SampleStreamServer::new(Service(state.clone()));
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key, client_ca)) = tls {
+            let mut cfg = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
+            if let Some(ca) = client_ca {
+                cfg = cfg.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
+            builder = builder.tls_config(cfg).expect("server TLS");
+        }
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
+            let _ = builder
                 .serve_with_incoming_shutdown(svc, incoming, async {
                     let _ = stopped.await;
                 })
