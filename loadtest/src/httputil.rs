@@ -93,10 +93,31 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Why a request body could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// The body is longer than the limit (in bytes).
+    #[error("request entity too large: limit is {0} bytes")]
+    TooLarge(usize),
+    /// The connection failed while reading.
+    #[error("reading the request body: {0}")]
+    Read(String),
+}
+
 /// Reads a whole request body, refusing more than `limit` bytes.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, String> {
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    use http_body::Body as _;
+    if body.size_hint().lower() > limit as u64 {
+        return Err(BodyError::TooLarge(limit));
+    }
     let limited = http_body_util::Limited::new(body, limit);
-    limited.collect().await.map(|c| c.to_bytes()).map_err(|e| format!("reading request body: {e}"))
+    limited.collect().await.map(|c| c.to_bytes()).map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            BodyError::TooLarge(limit)
+        } else {
+            BodyError::Read(e.to_string())
+        }
+    })
 }
 
 /// What a TLS connection proved about its client.

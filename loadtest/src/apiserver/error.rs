@@ -58,12 +58,24 @@ pub enum ApiError {
         /// The oldest resourceVersion still resumable.
         oldest: u64,
     },
+    /// 413: the request body is over the size limit.
+    #[error("{0}")]
+    TooLarge(String),
     /// 503: the aggregation proxy has no live backend.
     #[error("{0}")]
     ServiceUnavailable(String),
     /// 500: a bug or an internal failure.
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<crate::httputil::BodyError> for ApiError {
+    fn from(e: crate::httputil::BodyError) -> Self {
+        match e {
+            crate::httputil::BodyError::TooLarge(_) => ApiError::TooLarge(e.to_string()),
+            crate::httputil::BodyError::Read(_) => ApiError::BadRequest(e.to_string()),
+        }
+    }
 }
 
 impl ApiError {
@@ -79,6 +91,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => 405,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Gone { .. } => 410,
+            ApiError::TooLarge(_) => 413,
             ApiError::ServiceUnavailable(_) => 503,
             ApiError::Internal(_) => 500,
         }
@@ -97,6 +110,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Gone { .. } => "Expired",
+            ApiError::TooLarge(_) => "RequestEntityTooLarge",
             ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
             ApiError::Internal(_) => "InternalError",
         }

@@ -189,7 +189,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, peer: PeerInfo, req: Request<Inc
             let (parts, body) = req.into_parts();
             match read_body(body, MAX_BODY).await {
                 Ok(body) => shared.proxy.forward(&user, parts, body).await,
-                Err(e) => Err(ApiError::BadRequest(e)),
+                Err(e) => Err(e.into()),
             }
         }
         Route::Review(review) => {
@@ -244,7 +244,7 @@ async fn json_body(req: Request<Incoming>) -> Result<Value, ApiError> {
     if !content_type.is_empty() && !content_type.contains("json") {
         return Err(ApiError::UnsupportedMediaType("application/json".into()));
     }
-    let bytes = read_body(req.into_body(), MAX_BODY).await.map_err(ApiError::BadRequest)?;
+    let bytes = read_body(req.into_body(), MAX_BODY).await?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
 }
 
@@ -252,7 +252,7 @@ async fn json_body(req: Request<Incoming>) -> Result<Value, ApiError> {
 async fn review_body(req: Request<Incoming>) -> Result<Value, ApiError> {
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     if protobuf::is_protobuf(&content_type) {
-        let bytes = read_body(req.into_body(), MAX_BODY).await.map_err(ApiError::BadRequest)?;
+        let bytes = read_body(req.into_body(), MAX_BODY).await?;
         return protobuf::review_to_json(&bytes);
     }
     json_body(req).await
@@ -330,14 +330,14 @@ async fn rest(
             let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
             let kind = PatchType::from_content_type(content_type)
                 .ok_or_else(|| ApiError::UnsupportedMediaType(PatchType::ACCEPTED.into()))?;
-            let bytes = read_body(req.into_body(), MAX_BODY).await.map_err(ApiError::BadRequest)?;
+            let bytes = read_body(req.into_body(), MAX_BODY).await?;
             let patch_doc: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| ApiError::BadRequest(format!("the patch is not valid JSON: {e}")))?;
             let patched = store.modify(resource, namespace, name, part, |v| patch::apply(kind, v, &patch_doc))?;
             Ok(json_response(StatusCode::OK, patched.json.clone()))
         }
         Method::DELETE if !name.is_empty() => {
-            let bytes = read_body(req.into_body(), MAX_BODY).await.map_err(ApiError::BadRequest)?;
+            let bytes = read_body(req.into_body(), MAX_BODY).await?;
             let options: Value = if bytes.is_empty() {
                 Value::Null
             } else {
