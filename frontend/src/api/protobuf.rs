@@ -228,6 +228,171 @@ pub fn pod_message(item: &PodItem, now_ms: i64) -> PodMetrics {
     }
 }
 
+/// Canonical quantity text in a stack buffer (no allocation per item).
+struct QuantityText {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl std::fmt::Write for QuantityText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl QuantityText {
+    fn of(value: impl std::fmt::Display) -> Self {
+        let mut q = QuantityText { buf: [0; 32], len: 0 };
+        // 32 bytes hold any u64 with a suffix.
+        let _ = std::fmt::Write::write_fmt(&mut q, format_args!("{value}"));
+        q
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Hand-written encoding of the served messages straight from borrowed data: the same bytes
+/// prost would write for [`node_message`] / [`pod_message`] (tests check they decode equal),
+/// without building owned messages, so big lists cost one pass for lengths and one to write.
+mod hand {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
+    use super::QuantityText;
+    use crate::api::items::{NodeItem, PodItem};
+    use crate::api::quantity::{Cpu, Memory};
+    use crate::metadata::Labels;
+
+    /// Length of a length-delimited field with tag `tag` and a payload of `len` bytes.
+    fn ld_len(tag: u32, len: usize) -> usize {
+        key_len(tag) + encoded_len_varint(len as u64) + len
+    }
+
+    fn put_ld(tag: u32, len: usize, out: &mut Vec<u8>) {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(len as u64, out);
+    }
+
+    fn put_bytes(tag: u32, b: &[u8], out: &mut Vec<u8>) {
+        put_ld(tag, b.len(), out);
+        out.extend_from_slice(b);
+    }
+
+    /// `Time{seconds}` or `Duration{duration}`: one varint field 1.
+    fn int_msg_len(v: i64) -> usize {
+        key_len(1) + encoded_len_varint(v as u64)
+    }
+
+    fn put_int_msg(tag: u32, v: i64, out: &mut Vec<u8>) {
+        put_ld(tag, int_msg_len(v), out);
+        encode_key(1, WireType::Varint, out);
+        encode_varint(v as u64, out);
+    }
+
+    fn entry_len(key: &[u8], value_len: usize) -> usize {
+        ld_len(1, key.len()) + ld_len(2, value_len)
+    }
+
+    /// The `usage` map (`cpu`, `memory` → Quantity{string}) as repeated field `tag`.
+    fn usage_len(tag: u32, cpu: &QuantityText, mem: &QuantityText) -> usize {
+        ld_len(tag, entry_len(b"cpu", ld_len(1, cpu.len))) + ld_len(tag, entry_len(b"memory", ld_len(1, mem.len)))
+    }
+
+    fn put_usage(tag: u32, cpu: &QuantityText, mem: &QuantityText, out: &mut Vec<u8>) {
+        for (key, q) in [(&b"cpu"[..], cpu), (&b"memory"[..], mem)] {
+            let q_len = ld_len(1, q.len);
+            put_ld(tag, entry_len(key, q_len), out);
+            put_bytes(1, key, out);
+            put_ld(2, q_len, out);
+            put_bytes(1, q.bytes(), out);
+        }
+    }
+
+    fn meta_len(name: &str, namespace: Option<&str>, now_s: i64, labels: Option<&Labels>) -> usize {
+        let mut n = ld_len(1, name.len()) + ld_len(8, int_msg_len(now_s));
+        if let Some(ns) = namespace {
+            n += ld_len(3, ns.len());
+        }
+        for (k, v) in labels.into_iter().flat_map(|l| l.iter()) {
+            n += ld_len(11, entry_len(k.as_bytes(), v.len()));
+        }
+        n
+    }
+
+    fn put_meta(name: &str, namespace: Option<&str>, now_s: i64, labels: Option<&Labels>, out: &mut Vec<u8>) {
+        put_ld(1, meta_len(name, namespace, now_s, labels), out);
+        put_bytes(1, name.as_bytes(), out);
+        if let Some(ns) = namespace {
+            put_bytes(3, ns.as_bytes(), out);
+        }
+        put_int_msg(8, now_s, out);
+        for (k, v) in labels.into_iter().flat_map(|l| l.iter()) {
+            put_ld(11, entry_len(k.as_bytes(), v.len()), out);
+            put_bytes(1, k.as_bytes(), out);
+            put_bytes(2, v.as_bytes(), out);
+        }
+    }
+
+    fn window_ns(window_ms: i64) -> i64 {
+        window_ms.saturating_mul(1_000_000)
+    }
+
+    /// Encoded length of a NodeMetrics.
+    pub(super) fn node_len(item: &NodeItem, now_s: i64) -> usize {
+        let u = &item.usage.usage;
+        let (cpu, mem) = (QuantityText::of(Cpu(u.cpu_nanocores)), QuantityText::of(Memory(u.memory_bytes)));
+        ld_len(1, meta_len(&item.usage.name, None, now_s, item.labels.as_ref()))
+            + ld_len(2, int_msg_len(u.timestamp_ms.div_euclid(1000)))
+            + ld_len(3, int_msg_len(window_ns(u.window_ms)))
+            + usage_len(4, &cpu, &mem)
+    }
+
+    /// Writes a NodeMetrics (without its own length prefix).
+    pub(super) fn put_node(item: &NodeItem, now_s: i64, out: &mut Vec<u8>) {
+        let u = &item.usage.usage;
+        put_meta(&item.usage.name, None, now_s, item.labels.as_ref(), out);
+        put_int_msg(2, u.timestamp_ms.div_euclid(1000), out);
+        put_int_msg(3, window_ns(u.window_ms), out);
+        put_usage(4, &QuantityText::of(Cpu(u.cpu_nanocores)), &QuantityText::of(Memory(u.memory_bytes)), out);
+    }
+
+    fn container_len(name: &str, cpu: &QuantityText, mem: &QuantityText) -> usize {
+        ld_len(1, name.len()) + usage_len(2, cpu, mem)
+    }
+
+    /// Encoded length of a PodMetrics.
+    pub(super) fn pod_len(item: &PodItem, now_s: i64) -> usize {
+        let p = &item.usage;
+        let mut n = ld_len(1, meta_len(&p.name, Some(&p.namespace), now_s, item.labels.as_ref()))
+            + ld_len(2, int_msg_len(p.timestamp_ms.div_euclid(1000)))
+            + ld_len(3, int_msg_len(window_ns(p.window_ms)));
+        for c in &p.containers {
+            let (cpu, mem) = (QuantityText::of(Cpu(c.cpu_nanocores)), QuantityText::of(Memory(c.memory_bytes)));
+            n += ld_len(4, container_len(&c.name, &cpu, &mem));
+        }
+        n
+    }
+
+    /// Writes a PodMetrics (without its own length prefix).
+    pub(super) fn put_pod(item: &PodItem, now_s: i64, out: &mut Vec<u8>) {
+        let p = &item.usage;
+        put_meta(&p.name, Some(&p.namespace), now_s, item.labels.as_ref(), out);
+        put_int_msg(2, p.timestamp_ms.div_euclid(1000), out);
+        put_int_msg(3, window_ns(p.window_ms), out);
+        for c in &p.containers {
+            let (cpu, mem) = (QuantityText::of(Cpu(c.cpu_nanocores)), QuantityText::of(Memory(c.memory_bytes)));
+            put_ld(4, container_len(&c.name, &cpu, &mem), out);
+            put_bytes(1, c.name.as_bytes(), out);
+            put_usage(2, &cpu, &mem, out);
+        }
+    }
+}
+
 fn type_meta(kind: &str) -> TypeMeta {
     TypeMeta { api_version: Some(API_VERSION.to_owned()), kind: Some(kind.to_owned()) }
 }
@@ -249,18 +414,31 @@ fn envelope(kind: &str, raw: Vec<u8>) -> Vec<u8> {
 
 /// One NodeMetrics in its envelope.
 pub fn node(item: &NodeItem, now_ms: i64) -> Vec<u8> {
-    envelope("NodeMetrics", node_message(item, now_ms).encode_to_vec())
+    let now_s = now_ms.div_euclid(1000);
+    let mut raw = Vec::with_capacity(hand::node_len(item, now_s));
+    hand::put_node(item, now_s, &mut raw);
+    envelope("NodeMetrics", raw)
 }
 
 /// One PodMetrics in its envelope.
 pub fn pod(item: &PodItem, now_ms: i64) -> Vec<u8> {
-    envelope("PodMetrics", pod_message(item, now_ms).encode_to_vec())
+    let now_s = now_ms.div_euclid(1000);
+    let mut raw = Vec::with_capacity(hand::pod_len(item, now_s));
+    hand::put_pod(item, now_s, &mut raw);
+    envelope("PodMetrics", raw)
 }
 
 /// A streamed list envelope: see the module docs.
-fn list<T: Send + 'static, M: Message + 'static>(kind: &'static str, items: Vec<T>, now_ms: i64, message: fn(&T, i64) -> M) -> Body {
-    const ITEMS_TAG: u8 = (2 << 3) | 2; // field 2, length-delimited
-    let lengths: Vec<usize> = items.iter().map(|i| message(i, now_ms).encoded_len()).collect();
+fn list<T: Send + 'static>(
+    kind: &'static str,
+    items: Vec<T>,
+    now_ms: i64,
+    len: fn(&T, i64) -> usize,
+    put: fn(&T, i64, &mut Vec<u8>),
+) -> Body {
+    const FIELD2_LD: u8 = (2 << 3) | 2; // Unknown.raw and List.items: field 2, length-delimited
+    let now_s = now_ms.div_euclid(1000);
+    let lengths: Vec<usize> = items.iter().map(|i| len(i, now_s)).collect();
     let list_meta = ListMeta::default();
     let list_meta_len = list_meta.encoded_len();
     let mut raw_len = 1 + prost::encoding::encoded_len_varint(list_meta_len as u64) + list_meta_len;
@@ -271,7 +449,7 @@ fn list<T: Send + 'static, M: Message + 'static>(kind: &'static str, items: Vec<
     header.extend_from_slice(MAGIC);
     let tm = type_meta(kind);
     prost::encoding::message::encode(1, &tm, &mut header);
-    header.push(ITEMS_TAG); // Unknown.raw is field 2, length-delimited too
+    header.push(FIELD2_LD);
     prost::encoding::encode_varint(raw_len as u64, &mut header);
     prost::encoding::message::encode(1, &list_meta, &mut header);
     let mut header = Some(header);
@@ -282,9 +460,9 @@ fn list<T: Send + 'static, M: Message + 'static>(kind: &'static str, items: Vec<
         }
         let end = (next + 64).min(items.len());
         for (item, len) in items[next..end].iter().zip(&lengths[next..end]) {
-            out.push(ITEMS_TAG);
+            out.push(FIELD2_LD);
             prost::encoding::encode_varint(*len as u64, out);
-            let _ = message(item, now_ms).encode(out);
+            put(item, now_s, out);
         }
         next = end;
         if next == items.len() {
@@ -299,12 +477,12 @@ fn list<T: Send + 'static, M: Message + 'static>(kind: &'static str, items: Vec<
 
 /// A streamed NodeMetricsList envelope.
 pub fn node_list(items: Vec<NodeItem>, now_ms: i64) -> Body {
-    list("NodeMetricsList", items, now_ms, node_message)
+    list("NodeMetricsList", items, now_ms, hand::node_len, hand::put_node)
 }
 
 /// A streamed PodMetricsList envelope.
 pub fn pod_list(items: Vec<PodItem>, now_ms: i64) -> Body {
-    list("PodMetricsList", items, now_ms, pod_message)
+    list("PodMetricsList", items, now_ms, hand::pod_len, hand::put_pod)
 }
 
 /// Decodes an envelope (for tests and clients): the type and the raw object.
@@ -364,6 +542,24 @@ mod tests {
             ..PodMetrics::default()
         };
         assert_eq!(p.encode_to_vec(), [0x1a, 0x02, 0x08, 0x01, 0x22, 0x03, 0x0a, 0x01, b'c']);
+    }
+
+    #[test]
+    fn the_hand_encoder_writes_what_prost_decodes_to_the_reference_messages_with_exact_lengths() {
+        let mut items = vec![pod("default", "web"), pod("kube-system", "x")];
+        items[1].labels = Some(std::sync::Arc::new(BTreeMap::from([("app".into(), "x".into()), ("empty".into(), String::new())])));
+        items[1].usage.timestamp_ms = -1_500; // negative int64 varints
+        for item in &items {
+            let mut out = Vec::new();
+            hand::put_pod(item, NOW / 1000, &mut out);
+            assert_eq!(out.len(), hand::pod_len(item, NOW / 1000));
+            assert_eq!(PodMetrics::decode(out.as_slice()).expect("decode"), pod_message(item, NOW));
+        }
+        let n = node("node-1");
+        let mut out = Vec::new();
+        hand::put_node(&n, NOW / 1000, &mut out);
+        assert_eq!(out.len(), hand::node_len(&n, NOW / 1000));
+        assert_eq!(NodeMetrics::decode(out.as_slice()).expect("decode"), node_message(&n, NOW));
     }
 
     #[test]

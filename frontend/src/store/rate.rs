@@ -87,8 +87,12 @@ impl Series {
         let prev = self.prev?;
         let window_ms = self.last.timestamp_ms.checked_sub(prev.timestamp_ms).filter(|w| *w > 0)?;
         let delta = self.last.cpu_usage_ns.checked_sub(prev.cpu_usage_ns)?;
-        // ns of CPU per ms of wall time x 1000 = ns of CPU per s = nanocores.
-        let cpu = u128::from(delta) * 1000 / window_ms as u128;
+        // ns of CPU per ms of wall time x 1000 = ns of CPU per s = nanocores. u64 arithmetic
+        // unless the product overflows (over ~5 core-hours in one window).
+        let cpu = match delta.checked_mul(1000) {
+            Some(product) => u128::from(product / window_ms as u64),
+            None => u128::from(delta) * 1000 / window_ms as u128,
+        };
         Some(Usage {
             timestamp_ms: self.last.timestamp_ms,
             window_ms,
@@ -172,6 +176,16 @@ mod tests {
         assert_eq!(Series::first(started, p(started + 9_999, 1, 0), RES).usage(), None, "under 10 s: too short");
         assert_eq!(Series::first(started, p(started + RES, 1, 0), RES).usage(), None, "a full resolution old: not fresh");
         assert_eq!(Series::first(0, p(12_000, 1, 0), RES).usage(), None, "unknown start time");
+    }
+
+    #[test]
+    fn huge_cpu_deltas_do_not_overflow() {
+        let mut s = Series::first(0, p(START, 0, 0), RES);
+        s.push_container(0, p(START + 1, u64::MAX, 0), RES);
+        assert_eq!(s.usage().map(|u| u.cpu_nanocores), Some(u64::MAX), "saturates");
+        let mut s = Series::first(0, p(START, 0, 0), RES);
+        s.push_container(0, p(START + 1_000, u64::MAX / 999, 0), RES);
+        assert_eq!(s.usage().map(|u| u.cpu_nanocores), Some(u64::MAX / 999));
     }
 
     #[test]
