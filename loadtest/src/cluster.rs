@@ -397,6 +397,7 @@ pub fn pod_object(spec: &PodSpec, now_ms: i64) -> Value {
 
 /// A running simulated cluster. Dropping it stops the kubelets and the sync task.
 pub struct Cluster {
+    resyncs: Arc<std::sync::atomic::AtomicU64>,
     store: Arc<Store>,
     fleet: Arc<KubeletFleet>,
     config: ClusterConfig,
@@ -438,9 +439,10 @@ impl Cluster {
                 store.create(PODS, &spec.namespace, pod_object(&spec, config.clock.now_ms()))?;
             }
         }
-        let sync = Sync { store: store.clone(), fleet: fleet.clone(), config: config.clone(), synced: synced_tx };
+        let resyncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sync = Sync { store: store.clone(), fleet: fleet.clone(), config: config.clone(), synced: synced_tx, resyncs: resyncs.clone() };
         let task = tokio::spawn(sync.run(changes));
-        let cluster = Cluster { store, fleet, config, synced, task };
+        let cluster = Cluster { resyncs, store, fleet, config, synced, task };
         cluster.synced().await;
         Ok(cluster)
     }
@@ -463,6 +465,12 @@ impl Cluster {
     /// The configuration it was built with.
     pub fn config(&self) -> &ClusterConfig {
         &self.config
+    }
+
+    /// Full reconciliations so far: one at start, one more each time the sync fell more than
+    /// the store's broadcast capacity behind the API server.
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until the kubelets reflect every change made to the API server so far.
@@ -592,6 +600,7 @@ struct Sync {
     fleet: Arc<KubeletFleet>,
     config: ClusterConfig,
     synced: watch::Sender<u64>,
+    resyncs: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Sync {
@@ -614,6 +623,7 @@ impl Sync {
 
     /// Reconciles everything from scratch (start-up, or after falling behind).
     async fn resync(&self) {
+        self.resyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rv = self.store.last_change_rv();
         let nodes = self.store.list(&crate::apiserver::store::Filter::all(NODES), &Default::default());
         let names: Vec<String> = nodes.map(|l| l.items.iter().map(|n| n.key.name.clone()).collect()).unwrap_or_default();

@@ -225,3 +225,41 @@ async fn a_cluster_registers_nodes_and_pods_and_its_kubelets_follow_the_api_serv
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(get(&c, port, Some("scraper-token")).await.is_err(), "the port is closed");
 }
+
+// Current-thread runtime: the sync task cannot run while the burst is created, so it must lag.
+#[tokio::test]
+async fn kubelets_resync_after_falling_behind_the_api_server() {
+    use shardmetrics_loadtest::apiserver::StoreConfig;
+    let api = ApiServer::start(ApiServerConfig {
+        policy: cluster_policy(),
+        store: StoreConfig { history_capacity: 100, broadcast_capacity: 16 },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let cluster = Cluster::start(&api, ClusterConfig { nodes: 2, pods_per_node: 0, ..Default::default() }).await.unwrap();
+    // 300 changes in one go: far more than the 16-change broadcast, so the sync task lags.
+    for i in 0..300 {
+        let spec = PodSpec {
+            namespace: "default".into(),
+            name: format!("burst-{i}"),
+            node: format!("sim-node-000{}", i % 2),
+            labels: Default::default(),
+            containers: vec![ContainerUsage::constant("c", 10, 1 << 20)],
+        };
+        api.store().create(PODS, "default", shardmetrics_loadtest::cluster::pod_object(&spec, 0)).unwrap();
+    }
+    for i in (0..300).step_by(3) {
+        api.store().delete(PODS, "default", &format!("burst-{i}"), None, None).unwrap();
+    }
+    cluster.synced().await;
+    assert!(cluster.resyncs() >= 2, "the sync fell behind and reconciled from scratch");
+    let total: usize = cluster.fleet().all().iter().map(|k| k.pods().len()).sum();
+    assert_eq!(total, 200, "every surviving pod is reported exactly once");
+    for k in cluster.fleet().all() {
+        let mut expected: Vec<(String, String)> =
+            api.store().pods_on_node(k.node()).iter().map(|p| (p.key.namespace.clone(), p.key.name.clone())).collect();
+        expected.sort();
+        assert_eq!(k.pods(), expected);
+    }
+}
