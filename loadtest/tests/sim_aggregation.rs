@@ -153,3 +153,16 @@ async fn a_proxied_response_streams_back_as_it_arrives() {
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(rest, Bytes::from_static(b"second\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_proxy_authorization_the_backend_decides_for_every_authenticated_caller() {
+    let api = ApiServer::start(ApiServerConfig { policy: policy(), authorize_aggregated: false, ..Default::default() }).await.unwrap();
+    let (a, _stop) = echo_backend("a", api.front_proxy_ca(), Arc::new(Notify::new())).await;
+    api.set_aggregation_backends(vec![a]);
+    let c = client(&api);
+    let (status, echo) = get(&c, &api, "/apis/metrics.k8s.io/v1beta1/nodes", "noaccess-token").await;
+    assert_eq!(status, StatusCode::OK, "forwarded: the frontend's own authorization is what decides");
+    assert_eq!(echo["user"], json!(["demo-noaccess"]));
+    let (status, _) = get(&c, &api, "/apis/metrics.k8s.io/v1beta1/nodes", "forged").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "authentication still happens at the proxy");
+}
