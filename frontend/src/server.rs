@@ -7,7 +7,8 @@
 //!    until the response body is fully sent, so slow readers of big lists count);
 //! 3. authentication and authorization ([`crate::auth::Auth`]) unless the path is always
 //!    allowed: 401 / 403 / 503 Status otherwise;
-//! 4. `/metrics`, health paths, or the API ([`crate::api::router::Api`]).
+//! 4. `/metrics`, health paths, or the API ([`crate::api::router::Api`]); cluster-wide lists run on
+//!    the blocking pool. Request durations are observed when the response body is done.
 //!
 //! Admin port (plain HTTP, meant for probes and Prometheus inside the pod network): `/livez`,
 //! `/readyz`, `/healthz`, `/metrics`, without authentication.
@@ -36,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::api::body::Body;
-use crate::api::router::{Api, status_response};
+use crate::api::router::{Api, Handled, Route, status_response};
 use crate::api::status::Status;
 use crate::auth::{Auth, RequestAttributes};
 use crate::health::Health;
@@ -69,6 +70,17 @@ pub struct GuardedBody {
     body: Body,
     /// Held while the body is alive.
     _permit: Option<OwnedSemaphorePermit>,
+    /// Observes the request's duration when the body is done (fully sent or abandoned), so
+    /// streamed lists are timed to their last byte.
+    timer: Option<(prometheus::Histogram, Instant)>,
+}
+
+impl Drop for GuardedBody {
+    fn drop(&mut self) {
+        if let Some((histogram, start)) = self.timer.take() {
+            histogram.observe(start.elapsed().as_secs_f64());
+        }
+    }
 }
 
 impl http_body::Body for GuardedBody {
@@ -89,7 +101,7 @@ impl http_body::Body for GuardedBody {
 }
 
 fn guarded(response: Response<Body>, permit: Option<OwnedSemaphorePermit>) -> Response<GuardedBody> {
-    response.map(|body| GuardedBody { body, _permit: permit })
+    response.map(|body| GuardedBody { body, _permit: permit, timer: None })
 }
 
 fn text(code: StatusCode, body: String) -> Response<Body> {
@@ -114,8 +126,33 @@ impl ServerState {
             .observe(start.elapsed().as_secs_f64());
     }
 
+    /// Wraps an API response so its duration is observed when its body is done.
+    fn timed(&self, response: Response<Body>, permit: OwnedSemaphorePermit, verb: &str, resource: &str, start: Instant) -> Response<GuardedBody> {
+        let histogram = self.metrics.request_duration.with_label_values(&[verb, resource, response.status().as_str()]);
+        response.map(|body| GuardedBody { body, _permit: Some(permit), timer: Some((histogram, start)) })
+    }
+
+    /// Answers an API request; all-namespace and all-node lists (up to hundreds of
+    /// milliseconds of CPU at cluster scale) run on the blocking pool so they never stall the
+    /// connections sharing a runtime worker.
+    async fn api(self: &Arc<Self>, method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) -> Handled {
+        let heavy = matches!(Route::parse(uri.path()), Route::Pods(None) | Route::Nodes);
+        if !heavy {
+            return self.api.handle(method, uri, headers);
+        }
+        let (state, method, uri, headers) = (self.clone(), method.clone(), uri.clone(), headers.clone());
+        match tokio::task::spawn_blocking(move || state.api.handle(&method, &uri, &headers)).await {
+            Ok(handled) => handled,
+            Err(e) => Handled {
+                response: status_response(&Status::internal(format!("list failed: {e}"))),
+                verb: "list",
+                resource: "unknown",
+            },
+        }
+    }
+
     /// Answers one secure-port request from a client that presented `peer_certs`.
-    pub async fn handle_secure(&self, req: Request<Incoming>, peer_certs: Option<&[CertificateDer<'static>]>) -> Response<GuardedBody> {
+    pub async fn handle_secure(self: &Arc<Self>, req: Request<Incoming>, peer_certs: Option<&[CertificateDer<'static>]>) -> Response<GuardedBody> {
         let start = Instant::now();
         let path = req.uri().path().to_owned();
         let always_allowed = self.auth.is_always_allowed(&path);
@@ -150,9 +187,8 @@ impl ServerState {
             self.observe("get", "healthz", code, start);
             return guarded(text(code, body), Some(permit));
         }
-        let handled = self.api.handle(req.method(), req.uri(), req.headers());
-        self.observe(handled.verb, handled.resource, handled.response.status(), start);
-        guarded(handled.response, Some(permit))
+        let handled = self.api(req.method(), req.uri(), req.headers()).await;
+        self.timed(handled.response, permit, handled.verb, handled.resource, start)
     }
 
     /// Answers one admin-port request.
