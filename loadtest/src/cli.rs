@@ -58,6 +58,28 @@ pub enum Command {
     /// Run the whole pipeline: simulated cluster, scraper shards and frontends (child
     /// processes), a kubeconfig for kubectl; until Ctrl-C.
     Demo(DemoArgs),
+    /// Run a load-test scenario against the demo's pipeline and write a report.
+    Run(RunArgs),
+}
+
+/// Flags of `run`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct RunArgs {
+    /// The pipeline (same flags as `demo`).
+    #[command(flatten)]
+    pub demo: DemoArgs,
+    /// How long to measure once every node is served.
+    #[arg(long, env = "SHARDMETRICS_DURATION", default_value = "60s")]
+    pub duration: String,
+    /// Closed-loop query clients.
+    #[arg(long, env = "SHARDMETRICS_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+    /// Kill one scraper shard (SIGKILL) this long into the measurement (e.g. `30s`).
+    #[arg(long, env = "SHARDMETRICS_KILL_SHARD_AT")]
+    pub kill_shard_at: Option<String>,
+    /// Where to write the JSON report.
+    #[arg(long, env = "SHARDMETRICS_REPORT", default_value = "loadtest-report.json")]
+    pub report: PathBuf,
 }
 
 /// Flags of `demo`.
@@ -176,6 +198,31 @@ pub fn validate(args: &Args) -> Vec<String> {
                 Err(e) => problems.push(format!("--metric-resolution {:?}: {e}", d.metric_resolution)),
             }
         }
+        Command::Run(r) => {
+            problems.extend(validate(&Args {
+                command: Command::Demo(r.demo.clone()),
+                log_format: args.log_format,
+                log_level: args.log_level.clone(),
+            }));
+            let duration = shardmetrics_scraper::config::parse_duration(&r.duration);
+            match &duration {
+                Ok(d) if d.is_zero() => problems.push("--duration must be positive".into()),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("--duration {:?}: {e}", r.duration)),
+            }
+            if r.concurrency == 0 || r.concurrency > 1024 {
+                problems.push(format!("--concurrency {} must be between 1 and 1024", r.concurrency));
+            }
+            if let Some(k) = &r.kill_shard_at {
+                match shardmetrics_scraper::config::parse_duration(k) {
+                    Ok(at) if duration.as_ref().is_ok_and(|d| at >= *d) => {
+                        problems.push(format!("--kill-shard-at {k} is not within --duration {}", r.duration));
+                    }
+                    Ok(_) => {}
+                    Err(e) => problems.push(format!("--kill-shard-at {k:?}: {e}")),
+                }
+            }
+        }
         Command::Kubelets(k) => {
             if k.count == 0 || k.count > 20_000 {
                 problems.push(format!("--count {} must be between 1 and 20000", k.count));
@@ -256,6 +303,7 @@ pub async fn main_with(args: Args) -> ExitCode {
         Command::Apiserver(a) => run_apiserver(a).await,
         Command::Kubelets(k) => run_kubelets(k).await,
         Command::Demo(d) => run_demo(d).await,
+        Command::Run(r) => run_scenario(r).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -298,7 +346,7 @@ async fn run_apiserver(a: ApiserverArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_demo(d: DemoArgs) -> anyhow::Result<()> {
+fn demo_config(d: &DemoArgs) -> anyhow::Result<crate::demo::DemoConfig> {
     let exe = std::env::current_exe()?;
     let mut config = crate::demo::DemoConfig::new(exe);
     config.nodes = d.nodes;
@@ -308,7 +356,34 @@ async fn run_demo(d: DemoArgs) -> anyhow::Result<()> {
     config.metric_resolution = shardmetrics_scraper::config::parse_duration(&d.metric_resolution).map_err(anyhow::Error::msg)?;
     config.kubeconfig = d.kubeconfig.clone();
     config.kubelet_insecure_tls = d.kubelet_insecure_tls;
-    config.ready_timeout = config.metric_resolution * 4 + Duration::from_secs(60);
+    config.ready_timeout = config.metric_resolution * 4 + Duration::from_secs(60) + Duration::from_millis(d.nodes as u64 * 20);
+    Ok(config)
+}
+
+async fn run_scenario(r: RunArgs) -> anyhow::Result<()> {
+    let parse = |s: &str| shardmetrics_scraper::config::parse_duration(s).map_err(anyhow::Error::msg);
+    let mut demo = demo_config(&r.demo)?;
+    demo.child_log_level = "warn".into();
+    let config = crate::scenario::ScenarioConfig {
+        demo,
+        duration: parse(&r.duration)?,
+        concurrency: r.concurrency,
+        kill_shard_at: r.kill_shard_at.as_deref().map(parse).transpose()?,
+        report: r.report.clone(),
+        progress: true,
+    };
+    eprintln!(
+        "starting: {} nodes x {} pods, {} scraper shards, {} frontends, resolution {} ...",
+        r.demo.nodes, r.demo.pods_per_node, r.demo.shards, r.demo.frontends, r.demo.metric_resolution
+    );
+    let report = crate::scenario::run(config).await?;
+    print!("{}", crate::scenario::summary(&report));
+    println!("report: {}", r.report.display());
+    Ok(())
+}
+
+async fn run_demo(d: DemoArgs) -> anyhow::Result<()> {
+    let config = demo_config(&d)?;
     eprintln!(
         "starting: {} nodes x {} pods, {} scraper shards, {} frontends, resolution {} ...",
         d.nodes, d.pods_per_node, d.shards, d.frontends, d.metric_resolution

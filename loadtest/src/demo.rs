@@ -186,6 +186,21 @@ impl RunningDemo {
         self.work_dir.path()
     }
 
+    /// The children still running: (name, pid), scrapers first.
+    pub fn children(&self) -> Vec<(String, u32)> {
+        self.children.iter().filter_map(|c| c.child.id().map(|pid| (c.name.clone(), pid))).collect()
+    }
+
+    /// Kills a child at once (SIGKILL: a crash, no Lease release) and forgets it; returns
+    /// whether it existed.
+    pub async fn kill_child(&mut self, name: &str) -> bool {
+        let Some(i) = self.children.iter().position(|c| c.name == name) else { return false };
+        let mut c = self.children.remove(i);
+        let _ = c.child.start_kill();
+        let _ = c.child.wait().await;
+        true
+    }
+
     /// A child that exited, if any: (name, status, log).
     pub fn exited_child(&mut self) -> Option<(String, std::process::ExitStatus, PathBuf)> {
         for c in &mut self.children {

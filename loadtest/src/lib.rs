@@ -13,6 +13,8 @@
 //!   step with whatever changes the API server (tests, kube-rs, kubectl).
 //! - [`demo`]: the `demo` command: the simulated cluster plus scraper shards and frontends as
 //!   child processes of this binary.
+//! - [`scenario`]: the `run` command: a query load and a shard failure against the demo's
+//!   pipeline, measured into a report.
 //! - [`httputil`]: the TLS accept loop and body helpers the simulated servers share.
 //! - [`cli`]: the `shardmetrics-loadtest` command line (the binary's `main.rs` only calls it).
 //! - [`tools`]: installs kubectl/helm for the end-to-end tests.
@@ -24,4 +26,5 @@ pub mod demo;
 pub mod httputil;
 pub mod kubelet;
 pub mod pki;
+pub mod scenario;
 pub mod tools;
