@@ -29,7 +29,27 @@ fn labels_json(out: &mut Vec<u8>, labels: Option<&Labels>) {
 }
 
 fn usage_json(out: &mut Vec<u8>, cpu: u64, memory: u64) {
-    let _ = write!(out, r#"{{"cpu":"{}","memory":"{}"}}"#, Cpu(cpu), Memory(memory));
+    out.extend_from_slice(br#"{"cpu":""#);
+    out.extend_from_slice(Cpu(cpu).text().as_bytes());
+    out.extend_from_slice(br#"","memory":""#);
+    out.extend_from_slice(Memory(memory).text().as_bytes());
+    out.extend_from_slice(br#""}"#);
+}
+
+/// `,"creationTimestamp":"<now>"`.
+fn created(out: &mut Vec<u8>, now_ms: i64) {
+    out.extend_from_slice(br#","creationTimestamp":""#);
+    Rfc3339(now_ms).write_to(out);
+    out.push(b'"');
+}
+
+/// `},"timestamp":"...","window":"...",` closing the metadata object.
+fn timestamp_window(out: &mut Vec<u8>, timestamp_ms: i64, window_ms: i64) {
+    out.extend_from_slice(br#"},"timestamp":""#);
+    Rfc3339(timestamp_ms).write_to(out);
+    out.extend_from_slice(br#"","window":""#);
+    GoDuration::from_millis(window_ms).write_to(out);
+    out.extend_from_slice(br#"","#);
 }
 
 /// Appends one NodeMetrics; `typed` adds `kind`/`apiVersion` (single objects, not list items).
@@ -41,15 +61,11 @@ pub fn write_node(out: &mut Vec<u8>, item: &NodeItem, now_ms: i64, typed: bool) 
     }
     out.extend_from_slice(br#""metadata":{"name":"#);
     json_str(out, &item.usage.name);
-    let _ = write!(out, r#","creationTimestamp":"{}""#, Rfc3339(now_ms));
+    created(out, now_ms);
     labels_json(out, item.labels.as_ref());
     let u = &item.usage.usage;
-    let _ = write!(
-        out,
-        r#"}},"timestamp":"{}","window":"{}","usage":"#,
-        Rfc3339(u.timestamp_ms),
-        GoDuration::from_millis(u.window_ms)
-    );
+    timestamp_window(out, u.timestamp_ms, u.window_ms);
+    out.extend_from_slice(br#""usage":"#);
     usage_json(out, u.cpu_nanocores, u.memory_bytes);
     out.push(b'}');
 }
@@ -65,14 +81,10 @@ pub fn write_pod(out: &mut Vec<u8>, item: &PodItem, now_ms: i64, typed: bool) {
     json_str(out, &p.name);
     out.extend_from_slice(br#","namespace":"#);
     json_str(out, &p.namespace);
-    let _ = write!(out, r#","creationTimestamp":"{}""#, Rfc3339(now_ms));
+    created(out, now_ms);
     labels_json(out, item.labels.as_ref());
-    let _ = write!(
-        out,
-        r#"}},"timestamp":"{}","window":"{}","containers":["#,
-        Rfc3339(p.timestamp_ms),
-        GoDuration::from_millis(p.window_ms)
-    );
+    timestamp_window(out, p.timestamp_ms, p.window_ms);
+    out.extend_from_slice(br#""containers":["#);
     for (i, c) in p.containers.iter().enumerate() {
         if i > 0 {
             out.push(b',');

@@ -228,42 +228,13 @@ pub fn pod_message(item: &PodItem, now_ms: i64) -> PodMetrics {
     }
 }
 
-/// Canonical quantity text in a stack buffer (no allocation per item).
-struct QuantityText {
-    buf: [u8; 32],
-    len: usize,
-}
-
-impl std::fmt::Write for QuantityText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        let slot = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        slot.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
-impl QuantityText {
-    fn of(value: impl std::fmt::Display) -> Self {
-        let mut q = QuantityText { buf: [0; 32], len: 0 };
-        // 32 bytes hold any u64 with a suffix.
-        let _ = std::fmt::Write::write_fmt(&mut q, format_args!("{value}"));
-        q
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
 /// Hand-written encoding of the served messages straight from borrowed data: the same bytes
 /// prost would write for [`node_message`] / [`pod_message`] (tests check they decode equal),
 /// without building owned messages, so big lists cost one pass for lengths and one to write.
 mod hand {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
-    use super::QuantityText;
+    use crate::api::quantity::Text as QuantityText;
     use crate::api::items::{NodeItem, PodItem};
     use crate::api::quantity::{Cpu, Memory};
     use crate::metadata::Labels;
@@ -300,16 +271,16 @@ mod hand {
 
     /// The `usage` map (`cpu`, `memory` → Quantity{string}) as repeated field `tag`.
     fn usage_len(tag: u32, cpu: &QuantityText, mem: &QuantityText) -> usize {
-        ld_len(tag, entry_len(b"cpu", ld_len(1, cpu.len))) + ld_len(tag, entry_len(b"memory", ld_len(1, mem.len)))
+        ld_len(tag, entry_len(b"cpu", ld_len(1, cpu.as_bytes().len()))) + ld_len(tag, entry_len(b"memory", ld_len(1, mem.as_bytes().len())))
     }
 
     fn put_usage(tag: u32, cpu: &QuantityText, mem: &QuantityText, out: &mut Vec<u8>) {
         for (key, q) in [(&b"cpu"[..], cpu), (&b"memory"[..], mem)] {
-            let q_len = ld_len(1, q.len);
+            let q_len = ld_len(1, q.as_bytes().len());
             put_ld(tag, entry_len(key, q_len), out);
             put_bytes(1, key, out);
             put_ld(2, q_len, out);
-            put_bytes(1, q.bytes(), out);
+            put_bytes(1, q.as_bytes(), out);
         }
     }
 
@@ -345,7 +316,7 @@ mod hand {
     /// Encoded length of a NodeMetrics.
     pub(super) fn node_len(item: &NodeItem, now_s: i64) -> usize {
         let u = &item.usage.usage;
-        let (cpu, mem) = (QuantityText::of(Cpu(u.cpu_nanocores)), QuantityText::of(Memory(u.memory_bytes)));
+        let (cpu, mem) = (Cpu(u.cpu_nanocores).text(), Memory(u.memory_bytes).text());
         ld_len(1, meta_len(&item.usage.name, None, now_s, item.labels.as_ref()))
             + ld_len(2, int_msg_len(u.timestamp_ms.div_euclid(1000)))
             + ld_len(3, int_msg_len(window_ns(u.window_ms)))
@@ -358,7 +329,7 @@ mod hand {
         put_meta(&item.usage.name, None, now_s, item.labels.as_ref(), out);
         put_int_msg(2, u.timestamp_ms.div_euclid(1000), out);
         put_int_msg(3, window_ns(u.window_ms), out);
-        put_usage(4, &QuantityText::of(Cpu(u.cpu_nanocores)), &QuantityText::of(Memory(u.memory_bytes)), out);
+        put_usage(4, &Cpu(u.cpu_nanocores).text(), &Memory(u.memory_bytes).text(), out);
     }
 
     fn container_len(name: &str, cpu: &QuantityText, mem: &QuantityText) -> usize {
@@ -372,7 +343,7 @@ mod hand {
             + ld_len(2, int_msg_len(p.timestamp_ms.div_euclid(1000)))
             + ld_len(3, int_msg_len(window_ns(p.window_ms)));
         for c in &p.containers {
-            let (cpu, mem) = (QuantityText::of(Cpu(c.cpu_nanocores)), QuantityText::of(Memory(c.memory_bytes)));
+            let (cpu, mem) = (Cpu(c.cpu_nanocores).text(), Memory(c.memory_bytes).text());
             n += ld_len(4, container_len(&c.name, &cpu, &mem));
         }
         n
@@ -385,7 +356,7 @@ mod hand {
         put_int_msg(2, p.timestamp_ms.div_euclid(1000), out);
         put_int_msg(3, window_ns(p.window_ms), out);
         for c in &p.containers {
-            let (cpu, mem) = (QuantityText::of(Cpu(c.cpu_nanocores)), QuantityText::of(Memory(c.memory_bytes)));
+            let (cpu, mem) = (Cpu(c.cpu_nanocores).text(), Memory(c.memory_bytes).text());
             put_ld(4, container_len(&c.name, &cpu, &mem), out);
             put_bytes(1, c.name.as_bytes(), out);
             put_usage(2, &cpu, &mem, out);

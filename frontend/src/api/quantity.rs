@@ -17,16 +17,78 @@ pub struct Cpu(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Memory(pub u64);
 
-impl fmt::Display for Cpu {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_decimal(f, self.0, -9)
+/// Canonical quantity text in a fixed buffer (no allocation; a u64 with any suffix fits).
+#[derive(Clone, Copy)]
+pub struct Text {
+    /// The bytes, at the end of the buffer: `buf[start..]`.
+    buf: [u8; 44],
+    /// Where the text starts.
+    start: usize,
+}
+
+impl Text {
+    /// The text as bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and suffix letters are ever written.
+        std::str::from_utf8(self.as_bytes()).unwrap_or("0")
+    }
+
+    /// `mantissa` followed by `suffix`.
+    fn new(mantissa: u128, suffix: &str) -> Text {
+        let mut t = Text { buf: [0; 44], start: 44 };
+        for b in suffix.bytes().rev() {
+            t.start -= 1;
+            t.buf[t.start] = b;
+        }
+        // 64-bit divisions for the common case; u128 only beyond u64.
+        match u64::try_from(mantissa) {
+            Ok(mut v) => loop {
+                t.start -= 1;
+                t.buf[t.start] = b'0' + (v % 10) as u8;
+                v /= 10;
+                if v == 0 {
+                    break;
+                }
+            },
+            Err(_) => {
+                let mut v = mantissa;
+                loop {
+                    t.start -= 1;
+                    t.buf[t.start] = b'0' + (v % 10) as u8;
+                    v /= 10;
+                    if v == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        t
     }
 }
 
-impl fmt::Display for Memory {
+impl fmt::Debug for Text {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Cpu {
+    /// The canonical text.
+    pub fn text(self) -> Text {
+        decimal(self.0, -9)
+    }
+}
+
+impl Memory {
+    /// The canonical text.
+    pub fn text(self) -> Text {
         if self.0 < 1024 {
-            return write_decimal(f, self.0, 0);
+            return decimal(self.0, 0);
         }
         let mut mantissa = self.0;
         let mut power = 0usize;
@@ -35,14 +97,26 @@ impl fmt::Display for Memory {
             power += 1;
         }
         const SUFFIXES: [&str; 7] = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
-        write!(f, "{mantissa}{}", SUFFIXES[power])
+        Text::new(u128::from(mantissa), SUFFIXES[power])
     }
 }
 
-/// Writes `value * 10^exponent` (exponent a multiple of 3 between -9 and 18) canonically.
-fn write_decimal(f: &mut fmt::Formatter<'_>, value: u64, exponent: i32) -> fmt::Result {
+impl fmt::Display for Cpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text().as_str())
+    }
+}
+
+impl fmt::Display for Memory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text().as_str())
+    }
+}
+
+/// `value * 10^exponent` (exponent a multiple of 3 between -9 and 18) in canonical form.
+fn decimal(value: u64, exponent: i32) -> Text {
     if value == 0 {
-        return f.write_str("0");
+        return Text::new(0, "");
     }
     let mut mantissa = u128::from(value);
     let mut exponent = exponent;
@@ -79,7 +153,7 @@ fn write_decimal(f: &mut fmt::Formatter<'_>, value: u64, exponent: i32) -> fmt::
         15 => "P",
         _ => "E",
     };
-    write!(f, "{mantissa}{suffix}")
+    Text::new(mantissa, suffix)
 }
 
 /// Sum of CPU quantities, saturating (a pod's total in the Table view).
@@ -127,6 +201,14 @@ mod tests {
         assert_eq!(Memory(512).to_string(), "512");
         assert_eq!(Memory(1000).to_string(), "1k");
         assert_eq!(Memory(100).to_string(), "100");
+    }
+
+    #[test]
+    fn text_and_display_agree() {
+        for v in [0u64, 1, 9, 10, 999, 1000, 1001, 1023, 1024, 123_456_789, 1 << 40, u64::MAX - 1] {
+            assert_eq!(Cpu(v).text().as_str(), Cpu(v).to_string());
+            assert_eq!(Memory(v).text().as_bytes(), Memory(v).to_string().as_bytes());
+        }
     }
 
     #[test]

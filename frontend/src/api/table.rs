@@ -55,7 +55,13 @@ const COLUMNS: &str = r#""columnDefinitions":[{"name":"Name","type":"string","fo
 fn row_cells(out: &mut Vec<u8>, name: &str, cpu: Cpu, memory: Memory, window_ms: i64) {
     out.extend_from_slice(br#"{"cells":["#);
     json_str(out, name);
-    let _ = write!(out, r#","{cpu}","{memory}","{}"]"#, GoDuration::from_millis(window_ms));
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(cpu.text().as_bytes());
+    out.extend_from_slice(b"\",\"");
+    out.extend_from_slice(memory.text().as_bytes());
+    out.extend_from_slice(b"\",\"");
+    GoDuration::from_millis(window_ms).write_to(out);
+    out.extend_from_slice(b"\"]");
 }
 
 fn partial_metadata(out: &mut Vec<u8>, opts: &TableOptions, name: &str, namespace: Option<&str>, labels: Option<&crate::metadata::Labels>) {

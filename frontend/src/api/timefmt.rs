@@ -26,6 +26,45 @@ impl fmt::Display for Rfc3339 {
     }
 }
 
+impl Rfc3339 {
+    /// Appends the text to `out` (a fixed-width fast path for years 0-9999).
+    pub fn write_to(self, out: &mut Vec<u8>) {
+        let secs = self.0.div_euclid(1000);
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+        if !(0..=9999).contains(&y) {
+            use std::io::Write as _;
+            let _ = write!(out, "{self}");
+            return;
+        }
+        let rem = secs.rem_euclid(86_400);
+        let two = |v: i64| [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8];
+        let (h, mi, se) = (two(rem / 3600), two((rem / 60) % 60), two(rem % 60));
+        let (mo, da) = (two(i64::from(m)), two(i64::from(d)));
+        out.extend_from_slice(&[
+            b'0' + (y / 1000) as u8,
+            b'0' + (y / 100 % 10) as u8,
+            b'0' + (y / 10 % 10) as u8,
+            b'0' + (y % 10) as u8,
+            b'-',
+            mo[0],
+            mo[1],
+            b'-',
+            da[0],
+            da[1],
+            b'T',
+            h[0],
+            h[1],
+            b':',
+            mi[0],
+            mi[1],
+            b':',
+            se[0],
+            se[1],
+            b'Z',
+        ]);
+    }
+}
+
 /// Year, month, day of a count of days since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -49,6 +88,35 @@ impl GoDuration {
     /// A duration of `ms` milliseconds.
     pub fn from_millis(ms: i64) -> Self {
         Self(ms.saturating_mul(1_000_000))
+    }
+}
+
+impl GoDuration {
+    /// Appends the text to `out` (a fast path for whole milliseconds between 1 s and 1 min, the
+    /// usual metrics window).
+    pub fn write_to(self, out: &mut Vec<u8>) {
+        if (1_000_000_000..60_000_000_000).contains(&self.0) && self.0 % 1_000_000 == 0 {
+            let ms = self.0 / 1_000_000;
+            let (secs, mut frac) = (ms / 1000, ms % 1000);
+            if secs >= 10 {
+                out.push(b'0' + (secs / 10) as u8);
+            }
+            out.push(b'0' + (secs % 10) as u8);
+            if frac != 0 {
+                out.push(b'.');
+                let digits = [b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8];
+                let mut len = 3;
+                while frac % 10 == 0 {
+                    frac /= 10;
+                    len -= 1;
+                }
+                out.extend_from_slice(&digits[..len]);
+            }
+            out.push(b's');
+            return;
+        }
+        use std::io::Write as _;
+        let _ = write!(out, "{self}");
     }
 }
 
@@ -121,6 +189,22 @@ mod tests {
             let ts = jiff::Timestamp::from_millisecond(ms).expect("in range");
             assert_eq!(Rfc3339(ms).to_string(), ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
             ms += 86_400_000 * 37 + 3_723_456;
+        }
+    }
+
+    #[test]
+    fn the_fast_writers_agree_with_display() {
+        let mut ms = -86_400_000i64 * 400;
+        while ms < 86_400_000i64 * 365 * 9000 {
+            let mut out = Vec::new();
+            Rfc3339(ms).write_to(&mut out);
+            assert_eq!(out, Rfc3339(ms).to_string().into_bytes(), "{ms}");
+            ms += 86_400_000 * 97 + 3_599_999;
+        }
+        for d in (0..130_000i64).step_by(7).chain([1_000, 10_000, 59_999, 60_000, 15_012, 15_100, 15_120]) {
+            let mut out = Vec::new();
+            GoDuration::from_millis(d).write_to(&mut out);
+            assert_eq!(String::from_utf8(out).expect("utf8"), GoDuration::from_millis(d).to_string(), "{d} ms");
         }
     }
 
