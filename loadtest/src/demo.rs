@@ -100,6 +100,9 @@ pub struct DemoConfig {
     pub ready_timeout: Duration,
     /// Memory oscillation of the simulated containers, in percent of their base (0: constant).
     pub memory_amplitude_percent: u64,
+    /// Distinct `app` labels per namespace; 0 picks one app per ~20 pods (at least 3), so a
+    /// label selector matches a deployment-sized set at any scale.
+    pub apps_per_namespace: usize,
 }
 
 impl DemoConfig {
@@ -118,6 +121,7 @@ impl DemoConfig {
             child_log_level: "info".into(),
             ready_timeout: Duration::from_secs(120),
             memory_amplitude_percent: 10,
+            apps_per_namespace: 0,
         }
     }
 }
@@ -238,11 +242,17 @@ impl Demo {
     /// Starts everything and waits until every node has metrics.
     pub async fn start(config: DemoConfig) -> Result<RunningDemo, DemoError> {
         let api = ApiServer::start(ApiServerConfig { policy: cluster::standard_policy(), ..Default::default() }).await?;
+        let defaults = ClusterConfig::default();
+        let apps_per_namespace = match config.apps_per_namespace {
+            0 => (config.nodes * config.pods_per_node / (defaults.namespaces.len() * 20)).max(3),
+            n => n,
+        };
         let cluster_config = ClusterConfig {
             nodes: config.nodes,
             pods_per_node: config.pods_per_node,
             memory_amplitude_percent: config.memory_amplitude_percent,
-            ..Default::default()
+            apps_per_namespace,
+            ..defaults
         };
         let cluster = Cluster::start(&api, cluster_config).await?;
         let work_dir = tempfile::Builder::new().prefix("shardmetrics-demo-").tempdir().map_err(io("creating the work directory"))?;

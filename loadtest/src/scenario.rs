@@ -219,7 +219,8 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
     let client: HttpsClient = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
     let token = demo.api.policy().token_of(crate::apiserver::DEFAULT_ADMIN).unwrap_or_default().to_owned();
     let base = format!("{}/apis/metrics.k8s.io/v1beta1", demo.api.url());
-    let namespaces = crate::cluster::ClusterConfig::default().namespaces;
+    let namespaces = demo.cluster.config().namespaces.clone();
+    let apps = demo.cluster.config().apps_per_namespace.max(1);
     let nodes = demo.cluster.node_names();
     let resolution = config.demo.metric_resolution;
 
@@ -245,7 +246,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
                     0 => ("all_nodes", format!("{base}/nodes")),
                     1 => ("namespace_pods", format!("{base}/namespaces/{ns}/pods")),
                     2 | 3 => ("one_node", format!("{base}/nodes/{}", nodes[i % nodes.len()])),
-                    _ => ("hpa_selector", format!("{base}/namespaces/{ns}/pods?labelSelector=app%3Dapp-{}", i % 3)),
+                    _ => ("hpa_selector", format!("{base}/namespaces/{ns}/pods?labelSelector=app%3Dapp-{}", (i / 7) % apps)),
                 };
                 let start = Instant::now();
                 let entry = samples.entry(kind).or_default();
