@@ -13,6 +13,8 @@
 //!   step with whatever changes the API server (tests, kube-rs, kubectl).
 //! - [`demo`]: the `demo` command: the simulated cluster plus scraper shards and frontends as
 //!   child processes of this binary.
+//! - [`faults`]: the faults `run --fault` injects (shard crash/restart, frontend crash, watch
+//!   drops, failing kubelets, shard scaling, overload).
 //! - [`scenario`]: the `run` command: a query load and a shard failure against the demo's
 //!   pipeline, measured into a report.
 //! - [`httputil`]: the TLS accept loop and body helpers the simulated servers share.
@@ -23,6 +25,7 @@ pub mod apiserver;
 pub mod cli;
 pub mod cluster;
 pub mod demo;
+pub mod faults;
 pub mod httputil;
 pub mod kubelet;
 pub mod pki;
