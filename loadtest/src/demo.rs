@@ -81,6 +81,8 @@ pub struct DemoConfig {
     pub nodes: usize,
     /// Pods per node.
     pub pods_per_node: usize,
+    /// Containers per pod (each a separate series in the kubelet payload).
+    pub containers_per_pod: usize,
     /// Scraper shards (child processes).
     pub shards: usize,
     /// Frontend replicas (child processes).
@@ -112,6 +114,7 @@ impl DemoConfig {
         DemoConfig {
             nodes: 20,
             pods_per_node: 10,
+            containers_per_pod: 1,
             shards: 2,
             frontends: 2,
             metric_resolution: Duration::from_secs(15),
@@ -250,6 +253,7 @@ impl Demo {
         let cluster_config = ClusterConfig {
             nodes: config.nodes,
             pods_per_node: config.pods_per_node,
+            containers_per_pod: config.containers_per_pod.max(1),
             memory_amplitude_percent: config.memory_amplitude_percent,
             apps_per_namespace,
             ..defaults
