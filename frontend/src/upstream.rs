@@ -289,12 +289,8 @@ async fn stream_once(
         if batch.shard.shard_id != member.shard_id {
             tracing::warn!(expected = %member.shard_id, got = %batch.shard.shard_id, "batch from an unexpected shard id");
         }
-        let outcomes = store.ingest(&batch.scrapes, &batch.released);
-        metrics.upstream_scrapes.with_label_values(&[shard]).inc_by(outcomes.len() as u64);
-        let older = outcomes.iter().filter(|o| **o == Ingested::Older).count();
-        if older > 0 {
-            metrics.upstream_scrapes_older.inc_by(older as u64);
-        }
+        // Every batch up to and including the one completing the snapshot is a replay.
+        apply_batch(store, metrics, shard, &batch, *reached_live);
         if batch.snapshot_complete && !*reached_live {
             *reached_live = true;
             state.set(shard, "live", metrics);
@@ -302,6 +298,27 @@ async fn stream_once(
         }
     }
     Err(StreamError::Closed)
+}
+
+/// Ingests one decoded batch of `shard` and counts it. For a `live` batch (not a snapshot
+/// replay), each applied scrape's scrape-to-servable latency is observed: the store's clock right
+/// after the batch became visible minus the scrape's `scraped_at_ms`.
+fn apply_batch(store: &Store, metrics: &Metrics, shard: &str, batch: &Batch, live: bool) {
+    let outcomes = store.ingest(&batch.scrapes, &batch.released);
+    metrics.upstream_scrapes.with_label_values(&[shard]).inc_by(outcomes.len() as u64);
+    let older = outcomes.iter().filter(|o| **o == Ingested::Older).count();
+    if older > 0 {
+        metrics.upstream_scrapes_older.inc_by(older as u64);
+    }
+    if live && !batch.scrapes.is_empty() {
+        let visible_at_ms = store.now_ms();
+        for (scrape, outcome) in batch.scrapes.iter().zip(&outcomes) {
+            if *outcome == Ingested::Applied {
+                let ms = visible_at_ms.saturating_sub(scrape.scraped_at_ms).max(0);
+                metrics.scrape_to_servable.observe(ms as f64 / 1000.0);
+            }
+        }
+    }
 }
 
 /// A member list that never changes, for running without an API server (tests, local runs).
@@ -324,6 +341,51 @@ mod tests {
         }
         assert!(delays[9] > Duration::from_secs(7));
         assert_ne!(backoff_delay(initial, max, 3, 1), backoff_delay(initial, max, 3, 2), "seeds spread replicas");
+    }
+
+    #[test]
+    fn scrape_to_servable_is_observed_for_applied_live_scrapes_only() {
+        use shardmetrics_proto::clock::ManualClock;
+        use shardmetrics_proto::{NodeScrape, ShardIdentity};
+
+        use crate::store::StoreConfig;
+
+        const T0: i64 = 1_767_225_600_000;
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let clock = ManualClock::new(T0);
+        let store = Store::new(StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 }, clock.clone());
+        let scrape = |node: &str, scraped_at_ms: i64| NodeScrape { node: node.into(), scraped_at_ms, node_usage: None, pods: vec![] };
+        let batch = |scrapes: Vec<NodeScrape>| Batch {
+            shard: ShardIdentity { shard_id: "s0".into(), epoch: 1 },
+            scrapes,
+            released: vec![],
+            snapshot_complete: false,
+        };
+        let h = &metrics.scrape_to_servable;
+
+        // A snapshot replay of old scrapes is not a latency.
+        clock.set_ms(T0 + 20_000);
+        apply_batch(&store, &metrics, "s0", &batch(vec![scrape("a", T0 - 15_000), scrape("a", T0)]), false);
+        assert_eq!(h.get_sample_count(), 0);
+
+        // Live: 7 ms and 40 ms after the shard's reads.
+        apply_batch(&store, &metrics, "s0", &batch(vec![scrape("a", T0 + 19_993), scrape("b", T0 + 19_960)]), true);
+        assert_eq!(h.get_sample_count(), 2);
+        assert!((h.get_sample_sum() - 0.047).abs() < 1e-9, "{}", h.get_sample_sum());
+
+        // An older scrape (hand-off overlap) is ignored by the store, so it never became servable.
+        apply_batch(&store, &metrics, "s0", &batch(vec![scrape("a", T0 + 5_000)]), true);
+        assert_eq!(h.get_sample_count(), 2);
+        assert_eq!(metrics.upstream_scrapes_older.get(), 1);
+
+        // A shard clock ahead of ours counts as 0, not as a negative latency.
+        apply_batch(&store, &metrics, "s0", &batch(vec![scrape("c", T0 + 20_500)]), true);
+        assert_eq!(h.get_sample_count(), 3);
+        assert!((h.get_sample_sum() - 0.047).abs() < 1e-9);
+        let text = String::from_utf8(crate::metrics::render(&registry)).expect("utf8");
+        assert!(text.contains(r#"shardmetrics_frontend_scrape_to_servable_seconds_bucket{le="0.01"} 2"#), "{text}");
+        assert!(text.contains(r#"shardmetrics_frontend_scrape_to_servable_seconds_bucket{le="0.05"} 3"#), "{text}");
     }
 
     #[test]

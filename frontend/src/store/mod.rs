@@ -200,6 +200,11 @@ impl Store {
         self.config
     }
 
+    /// The store's (injected) wall clock now, Unix ms: what ingest and staleness are timed by.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
