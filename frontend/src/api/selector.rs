@@ -212,6 +212,31 @@ impl LabelSelector {
     }
 }
 
+/// Canonical text that [`LabelSelector::parse`] reads back as the same selector (for logs and
+/// error messages): `key`, `!key`, `key=v`, `key!=v`, `key in (a,b)`, `key notin (a,b)`,
+/// `key>n`, `key<n`, joined by commas.
+impl fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.requirements.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            let first = r.values.first().map_or("", String::as_str);
+            match (r.op, r.values.len()) {
+                (Op::Exists, _) => write!(f, "{}", r.key)?,
+                (Op::DoesNotExist, _) => write!(f, "!{}", r.key)?,
+                (Op::In, 1) => write!(f, "{}={first}", r.key)?,
+                (Op::NotIn, 1) => write!(f, "{}!={first}", r.key)?,
+                (Op::In, _) => write!(f, "{} in ({})", r.key, r.values.join(","))?,
+                (Op::NotIn, _) => write!(f, "{} notin ({})", r.key, r.values.join(","))?,
+                (Op::Gt(_), _) => write!(f, "{}>{first}", r.key)?,
+                (Op::Lt(_), _) => write!(f, "{}<{first}", r.key)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 fn parse_requirement(p: &mut Parser) -> Result<Requirement, SelectorError> {
     let mut tok = p.next(true);
     let negated = tok == Token::Not;
@@ -448,6 +473,32 @@ impl FieldSelector {
     }
 }
 
+/// Canonical text that [`FieldSelector::parse`] reads back as the same selector:
+/// `metadata.name=v` / `metadata.namespace!=v` terms joined by commas, with `\\`, `,` and `=`
+/// in values escaped.
+impl fmt::Display for FieldSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, t) in self.terms.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            let field = match t.field {
+                Field::Name => "metadata.name",
+                Field::Namespace => "metadata.namespace",
+            };
+            f.write_str(field)?;
+            f.write_str(if t.equals { "=" } else { "!=" })?;
+            for c in t.value.chars() {
+                if matches!(c, '\\' | ',' | '=') {
+                    f.write_str("\\")?;
+                }
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Splits on `sep` not preceded by a backslash escape; escapes are kept.
 fn split_unescaped(s: &str, sep: char) -> Vec<String> {
     let mut out = vec![String::new()];
@@ -598,5 +649,32 @@ mod tests {
         );
         assert!(FieldSelector::parse("metadata.name").unwrap_err().0.contains("can't understand"));
         assert!(FieldSelector::parse(r"metadata.name=a\x").unwrap_err().0.contains("escape"));
+    }
+
+    #[test]
+    fn selectors_print_as_text_that_parses_back_to_the_same_selector() {
+        for (input, printed) in [
+            ("", ""),
+            ("app", "app"),
+            ("!app", "!app"),
+            ("app==web, tier != db", "app=web,tier!=db"),
+            ("app in (a, b,), x notin (in)", "app in (a,b,),x!=in"),
+            ("app in ()", "app="),
+            ("example.com/n>007,n<-1", "example.com/n>007,n<-1"),
+            ("in=notin", "in=notin"),
+        ] {
+            let s = sel(input);
+            assert_eq!(s.to_string(), printed, "{input:?}");
+            assert_eq!(sel(&s.to_string()), s, "{input:?}");
+        }
+        for (input, printed) in [
+            ("", ""),
+            (r" metadata.name ==a\,b\=c\\", r"metadata.name=a\,b\=c\\"),
+            ("metadata.namespace!=!x,metadata.name=", "metadata.namespace!=!x,metadata.name="),
+        ] {
+            let f = FieldSelector::parse(input).expect(input);
+            assert_eq!(f.to_string(), printed, "{input:?}");
+            assert_eq!(FieldSelector::parse(&f.to_string()).expect("re-parses"), f, "{input:?}");
+        }
     }
 }
