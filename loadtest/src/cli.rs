@@ -60,6 +60,19 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run a load-test scenario against the demo's pipeline and write a report.
     Run(RunArgs),
+    /// Fetch every kubelet's payload once per resolution and discard it (the floor `run`
+    /// compares the scrapers with; started by `run`).
+    #[command(hide = true)]
+    Floor(FloorArgs),
+}
+
+/// Query encoding of `run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueryEncoding {
+    /// `application/json`.
+    Json,
+    /// `application/vnd.kubernetes.protobuf`.
+    Protobuf,
 }
 
 /// Flags of `run`.
@@ -68,18 +81,80 @@ pub struct RunArgs {
     /// The pipeline (same flags as `demo`).
     #[command(flatten)]
     pub demo: DemoArgs,
-    /// How long to measure once every node is served.
+    /// Containers per pod.
+    #[arg(long, env = "SHARDMETRICS_CONTAINERS_PER_POD", default_value_t = 1)]
+    pub containers_per_pod: usize,
+    /// How long to measure once every node is served (after the warm-up).
     #[arg(long, env = "SHARDMETRICS_DURATION", default_value = "60s")]
     pub duration: String,
-    /// Closed-loop query clients.
-    #[arg(long, env = "SHARDMETRICS_CONCURRENCY", default_value_t = 8)]
-    pub concurrency: usize,
-    /// Kill one scraper shard (SIGKILL) this long into the measurement (e.g. `30s`).
-    #[arg(long, env = "SHARDMETRICS_KILL_SHARD_AT")]
+    /// Query load on but not measured before the measurement.
+    #[arg(long, env = "SHARDMETRICS_WARMUP", default_value = "0s")]
+    pub warmup: String,
+    /// HPA-style queries per second (one namespace's pods with an `app=` label selector).
+    #[arg(long, env = "SHARDMETRICS_HPA_QUERIES_PER_SEC", default_value_t = 20.0)]
+    pub hpa_queries_per_sec: f64,
+    /// `kubectl top pods -A`-style queries per second (every pod in the cluster).
+    #[arg(long, env = "SHARDMETRICS_TOP_QUERIES_PER_SEC", default_value_t = 0.1)]
+    pub top_queries_per_sec: f64,
+    /// Node queries per second (alternately one node and every node).
+    #[arg(long, env = "SHARDMETRICS_NODE_QUERIES_PER_SEC", default_value_t = 1.0)]
+    pub node_queries_per_sec: f64,
+    /// Response encoding the queries ask for.
+    #[arg(long, env = "SHARDMETRICS_QUERY_ENCODING", value_enum, default_value = "json")]
+    pub query_encoding: QueryEncoding,
+    /// Send queries through the simulated aggregation proxy instead of straight to the
+    /// frontends.
+    #[arg(long, env = "SHARDMETRICS_VIA_PROXY")]
+    pub via_proxy: bool,
+    /// A fault to inject, `KIND[=VALUE][@AT]` (e.g. `kill-shard@30s`); repeatable.
+    #[arg(long = "fault", env = "SHARDMETRICS_FAULT", value_delimiter = ',')]
+    pub faults: Vec<String>,
+    /// Old spelling of `--fault kill-shard@AT`.
+    #[arg(long, env = "SHARDMETRICS_KILL_SHARD_AT", hide = true)]
     pub kill_shard_at: Option<String>,
-    /// Where to write the JSON report.
+    /// How long the floor client runs after the measurement (default min(duration, 30s); 0s:
+    /// no floor).
+    #[arg(long, env = "SHARDMETRICS_FLOOR_DURATION")]
+    pub floor_duration: Option<String>,
+    /// Where to write the JSON report (the chart goes next to it, same name, `.svg`).
     #[arg(long, env = "SHARDMETRICS_REPORT", default_value = "loadtest-report.json")]
     pub report: PathBuf,
+}
+
+impl RunArgs {
+    /// The `--fault` specs (plus `--kill-shard-at`), parsed; every problem as text.
+    pub fn fault_specs(&self) -> Result<Vec<crate::faults::FaultSpec>, Vec<String>> {
+        let mut specs = Vec::new();
+        let mut problems = Vec::new();
+        let old = self.kill_shard_at.as_ref().map(|at| format!("kill-shard@{at}"));
+        for f in self.faults.iter().chain(old.iter()) {
+            match f.parse::<crate::faults::FaultSpec>() {
+                Ok(s) => specs.push(s),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if problems.is_empty() { Ok(specs) } else { Err(problems) }
+    }
+}
+
+/// Flags of the hidden `floor` subcommand (started by `run`; see `scenario::floor`).
+#[derive(Debug, Clone, ClapArgs)]
+pub struct FloorArgs {
+    /// File of `NODE HOST:PORT` lines.
+    #[arg(long, env = "SHARDMETRICS_TARGETS_FILE")]
+    pub targets_file: PathBuf,
+    /// PEM file of the kubelets' CA.
+    #[arg(long, env = "SHARDMETRICS_CA_FILE")]
+    pub ca_file: PathBuf,
+    /// File with the bearer token.
+    #[arg(long, env = "SHARDMETRICS_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    /// Fetch interval per node.
+    #[arg(long, env = "SHARDMETRICS_METRIC_RESOLUTION", default_value = "15s")]
+    pub metric_resolution: String,
+    /// How long to fetch (after one connection round).
+    #[arg(long, env = "SHARDMETRICS_DURATION", default_value = "30s")]
+    pub duration: String,
 }
 
 /// Flags of `demo`.
@@ -210,19 +285,45 @@ pub fn validate(args: &Args) -> Vec<String> {
                 Ok(_) => {}
                 Err(e) => problems.push(format!("--duration {:?}: {e}", r.duration)),
             }
-            if r.concurrency == 0 || r.concurrency > 1024 {
-                problems.push(format!("--concurrency {} must be between 1 and 1024", r.concurrency));
+            let parse = |flag: &str, v: &str, problems: &mut Vec<String>| match shardmetrics_scraper::config::parse_duration(v) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    problems.push(format!("{flag} {v:?}: {e}"));
+                    None
+                }
+            };
+            parse("--warmup", &r.warmup, &mut problems);
+            if let Some(f) = &r.floor_duration {
+                parse("--floor-duration", f, &mut problems);
             }
-            if let Some(k) = &r.kill_shard_at {
-                match shardmetrics_scraper::config::parse_duration(k) {
-                    Ok(at) if duration.as_ref().is_ok_and(|d| at >= *d) => {
-                        problems.push(format!("--kill-shard-at {k} is not within --duration {}", r.duration));
-                    }
-                    Ok(_) => {}
-                    Err(e) => problems.push(format!("--kill-shard-at {k:?}: {e}")),
+            if !(1..=50).contains(&r.containers_per_pod) {
+                problems.push(format!("--containers-per-pod {} must be between 1 and 50", r.containers_per_pod));
+            }
+            for (flag, v) in [
+                ("--hpa-queries-per-sec", r.hpa_queries_per_sec),
+                ("--top-queries-per-sec", r.top_queries_per_sec),
+                ("--node-queries-per-sec", r.node_queries_per_sec),
+            ] {
+                if !v.is_finite() || !(0.0..=10_000.0).contains(&v) {
+                    problems.push(format!("{flag} {v} must be between 0 and 10000"));
                 }
             }
+            match r.fault_specs() {
+                Ok(specs) => {
+                    for s in specs {
+                        if duration.as_ref().is_ok_and(|d| s.at >= *d) {
+                            problems.push(format!("--fault {s}: not within --duration {}", r.duration));
+                        }
+                    }
+                }
+                Err(p) => problems.extend(p),
+            }
         }
+        Command::Floor(f) => match shardmetrics_scraper::config::parse_duration(&f.metric_resolution) {
+            Ok(r) if r.is_zero() => problems.push("--metric-resolution must be positive".into()),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("--metric-resolution {:?}: {e}", f.metric_resolution)),
+        },
         Command::Kubelets(k) => {
             if k.count == 0 || k.count > 20_000 {
                 problems.push(format!("--count {} must be between 1 and 20000", k.count));
@@ -304,6 +405,7 @@ pub async fn main_with(args: Args) -> ExitCode {
         Command::Kubelets(k) => run_kubelets(k).await,
         Command::Demo(d) => run_demo(d).await,
         Command::Run(r) => run_scenario(r).await,
+        Command::Floor(f) => run_floor(f).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -364,21 +466,47 @@ async fn run_scenario(r: RunArgs) -> anyhow::Result<()> {
     let parse = |s: &str| shardmetrics_scraper::config::parse_duration(s).map_err(anyhow::Error::msg);
     let mut demo = demo_config(&r.demo)?;
     demo.child_log_level = "warn".into();
-    let config = crate::scenario::ScenarioConfig {
-        demo,
-        duration: parse(&r.duration)?,
-        concurrency: r.concurrency,
-        kill_shard_at: r.kill_shard_at.as_deref().map(parse).transpose()?,
-        report: r.report.clone(),
-        progress: true,
+    demo.containers_per_pod = r.containers_per_pod;
+    let duration = parse(&r.duration)?;
+    let mut config = crate::scenario::ScenarioConfig::new(demo, duration, r.report.clone());
+    config.warmup = parse(&r.warmup)?;
+    if let Some(f) = &r.floor_duration {
+        config.floor_duration = parse(f)?;
+    }
+    config.load = crate::scenario::LoadConfig {
+        hpa_per_second: r.hpa_queries_per_sec,
+        top_per_second: r.top_queries_per_sec,
+        node_per_second: r.node_queries_per_sec,
+        encoding: match r.query_encoding {
+            QueryEncoding::Json => crate::scenario::queries::Encoding::Json,
+            QueryEncoding::Protobuf => crate::scenario::queries::Encoding::Protobuf,
+        },
+        via_proxy: r.via_proxy,
     };
+    config.faults = r.fault_specs().map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    config.progress = true;
     eprintln!(
-        "starting: {} nodes x {} pods, {} scraper shards, {} frontends, resolution {} ...",
-        r.demo.nodes, r.demo.pods_per_node, r.demo.shards, r.demo.frontends, r.demo.metric_resolution
+        "starting: {} nodes x {} pods x {} containers, {} scraper shards, {} frontends, resolution {} ...",
+        r.demo.nodes, r.demo.pods_per_node, r.containers_per_pod, r.demo.shards, r.demo.frontends, r.demo.metric_resolution
     );
+    let chart = config.chart_path();
     let report = crate::scenario::run(config).await?;
     print!("{}", crate::scenario::summary(&report));
-    println!("report: {}", r.report.display());
+    println!("report: {}; chart: {}", r.report.display(), chart.display());
+    Ok(())
+}
+
+async fn run_floor(f: FloorArgs) -> anyhow::Result<()> {
+    let parse = |s: &str| shardmetrics_scraper::config::parse_duration(s).map_err(anyhow::Error::msg);
+    let result = crate::scenario::floor::run_floor(crate::scenario::floor::FloorConfig {
+        targets_file: f.targets_file,
+        ca_file: f.ca_file,
+        token_file: f.token_file,
+        resolution: parse(&f.metric_resolution)?,
+        duration: parse(&f.duration)?,
+    })
+    .await?;
+    println!("{}", serde_json::to_string(&result)?);
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! The `run` scenario end to end: a short load against the real pipeline, a shard killed
-//! mid-run, and the report it writes.
+//! The `run` scenario end to end: a short open-loop load against the real pipeline, a shard
+//! killed mid-run through `--fault`, and the report and chart it writes.
 
 use std::time::Duration;
 
@@ -18,27 +18,27 @@ async fn a_short_scenario_measures_queries_scrapes_and_a_shard_failure() {
     demo.kubeconfig = dir.path().join("demo.kubeconfig");
     demo.child_log_level = "warn".into();
     let report_path = dir.path().join("report.json");
-    let config = ScenarioConfig {
-        demo,
-        duration: Duration::from_secs(8),
-        concurrency: 2,
-        kill_shard_at: Some(Duration::from_secs(3)),
-        report: report_path.clone(),
-        progress: false,
-    };
+    let mut config = ScenarioConfig::new(demo, Duration::from_secs(8), report_path.clone());
+    config.faults = vec!["kill-shard@3s".parse().unwrap(), "kill-frontend@5s".parse().unwrap()];
+    config.floor_duration = Duration::from_secs(2);
+    config.load.node_per_second = 4.0;
+    config.load.top_per_second = 1.0;
     let report = scenario::run(config).await.expect("the scenario runs");
     let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
-    assert_eq!(written["nodes"], 6);
-    assert_eq!(report.pods, 24);
-    for kind in ["all_nodes", "hpa_selector", "namespace_pods", "one_node"] {
+    assert_eq!(written["setup"]["nodes"], 6);
+    assert_eq!(report.setup.pods, 24);
+    for kind in ["all_nodes", "hpa_selector", "one_node", "top_all_pods"] {
         let q = &report.queries[kind];
         assert!(q.ok > 0, "{kind}: {q:?}");
         assert_eq!(q.errors, 0, "{kind}: {q:?}");
     }
-    assert_eq!(report.min_nodes_served, 6, "a crashed shard's nodes keep being served from the last data");
-    assert!(report.killed_shard.is_some() && report.failover_max_staleness_ms.is_some());
-    assert!(report.scrapes > 0);
-    assert_eq!(report.duplicate_scrapes, 0, "one owner per node");
-    assert!(report.processes.iter().any(|p| p.name == "frontend-0" && p.rss_mib > 0.0));
+    assert_eq!(report.faults.len(), 2);
+    assert!(report.faults[0].error.is_none() && report.faults[0].outcome.targets.len() == 1, "{:?}", report.faults[0]);
+    assert_eq!(report.faults[0].after.fewest_nodes_served, Some(6), "a crashed shard's nodes keep being served from the last data");
+    assert!(report.scrapes.kubelet_requests > 0);
+    assert_eq!(report.scrapes.duplicate_scrapes, 0, "one owner per node");
+    assert!(report.processes.iter().any(|p| p.name == "frontend-0" && p.peak_rss_mib > 0.0));
+    assert!(report.floor.as_ref().is_some_and(|f| f.fetches > 0), "{:?}", report.floor);
     assert!(scenario::summary(&report).contains("hpa_selector"));
+    assert!(std::fs::read_to_string(report_path.with_extension("svg")).unwrap().contains("<svg"));
 }

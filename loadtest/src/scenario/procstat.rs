@@ -1,0 +1,233 @@
+//! What the run reads about its processes: CPU time and memory from `/proc`, the ports a child
+//! listens on (from `/proc/<pid>/fd` and `/proc/net/tcp*`, so the children can keep binding
+//! port 0), and counters from a child's `/metrics` (Prometheus text) on its admin port.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+
+/// Clock ticks per second of /proc CPU times (USER_HZ; 100 on every Linux build that matters).
+pub const TICKS_PER_SECOND: f64 = 100.0;
+
+/// One reading of a process from /proc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcSample {
+    /// User + system CPU time, clock ticks ([`TICKS_PER_SECOND`]).
+    pub cpu_ticks: u64,
+    /// Resident memory now, KiB.
+    pub rss_kib: u64,
+    /// Peak resident memory since start (VmHWM), KiB.
+    pub peak_rss_kib: u64,
+}
+
+/// Reads `/proc/<pid>/stat` and `/proc/<pid>/status`; `None` when the process is gone.
+pub fn proc_sample(pid: u32) -> Option<ProcSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_proc(&stat, &status)
+}
+
+/// Parses the two /proc files (separate so it can be tested on fixed text).
+pub fn parse_proc(stat: &str, status: &str) -> Option<ProcSample> {
+    // Fields after the parenthesised command name (which may contain spaces and parentheses);
+    // utime and stime are fields 14 and 15 of the whole line.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let cpu_ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let kib = |key: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Some(ProcSample { cpu_ticks, rss_kib: kib("VmRSS:"), peak_rss_kib: kib("VmHWM:") })
+}
+
+/// The TCP ports `pid` listens on (IPv4 and IPv6), ascending.
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let inodes: std::collections::HashSet<u64> = fds
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy().into_owned();
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect();
+    let mut ports: Vec<u16> = ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).ok())
+        .flat_map(|table| listening_in_table(&table, &inodes))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The local ports of LISTEN (state `0A`) sockets in a `/proc/net/tcp` table whose inode is in
+/// `inodes`.
+pub fn listening_in_table(table: &str, inodes: &std::collections::HashSet<u64>) -> Vec<u16> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (f.get(1)?, f.get(3)?, f.get(9)?.parse::<u64>().ok()?);
+            if *state != "0A" || !inodes.contains(&inode) {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()
+        })
+        .collect()
+}
+
+/// Samples of a Prometheus text exposition: `name{labels}` (exactly as written) to value.
+pub type Exposition = BTreeMap<String, f64>;
+
+/// Parses Prometheus text format, skipping comments and lines it cannot read.
+pub fn parse_exposition(text: &str) -> Exposition {
+    let mut out = Exposition::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        // The value follows the last space outside the label braces; an optional timestamp
+        // after it is not written by the Rust prometheus crate.
+        let split = match line.rfind('}') {
+            Some(close) => line[close..].find(' ').map(|i| close + i),
+            None => line.find(' '),
+        };
+        let Some(at) = split else { continue };
+        let (key, value) = (line[..at].trim(), line[at..].split_whitespace().next().unwrap_or(""));
+        let v = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => match v.parse::<f64>() {
+                Ok(v) => v,
+                Err(_) => continue,
+            },
+        };
+        out.insert(key.to_owned(), v);
+    }
+    out
+}
+
+/// The value of label `label` in a key like `name{a="x",label="y"}`.
+pub fn label_value<'a>(key: &'a str, label: &str) -> Option<&'a str> {
+    let inner = key.split_once('{')?.1.strip_suffix('}')?;
+    let needle = format!("{label}=\"");
+    let start = inner.find(&needle)? + needle.len();
+    let len = inner[start..].find('"')?;
+    Some(&inner[start..start + len])
+}
+
+/// Every sample of metric `name` (with or without labels).
+pub fn samples_of<'a>(e: &'a Exposition, name: &'a str) -> impl Iterator<Item = (&'a String, f64)> + 'a {
+    e.iter().filter(move |(k, _)| k.as_str() == name || k.strip_prefix(name).is_some_and(|r| r.starts_with('{'))).map(|(k, v)| (k, *v))
+}
+
+/// Cumulative buckets `(le, count)` of histogram `name` (ascending `le`, `+Inf` last).
+pub fn histogram_buckets(e: &Exposition, name: &str) -> Vec<(f64, f64)> {
+    let bucket = format!("{name}_bucket");
+    let mut out: Vec<(f64, f64)> = samples_of(e, &bucket)
+        .filter_map(|(k, v)| {
+            let le = label_value(k, "le")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, v))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+type PlainClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+/// Reads `/metrics` of the children over plain HTTP on their admin ports (found once per pid).
+pub struct AdminReader {
+    client: PlainClient,
+    ports: BTreeMap<u32, u16>,
+}
+
+impl Default for AdminReader {
+    fn default() -> Self {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        AdminReader { client, ports: BTreeMap::new() }
+    }
+}
+
+impl AdminReader {
+    async fn get(&self, port: u16) -> Option<Exposition> {
+        let req = http::Request::get(format!("http://127.0.0.1:{port}/metrics")).body(Empty::new()).ok()?;
+        let resp = tokio::time::timeout(Duration::from_secs(3), self.client.request(req)).await.ok()?.ok()?;
+        if resp.status() != http::StatusCode::OK {
+            return None;
+        }
+        let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await.ok()?.ok()?.to_bytes();
+        let text = std::str::from_utf8(&body).ok()?;
+        text.contains("shardmetrics_").then(|| parse_exposition(text))
+    }
+
+    /// The exposition of the process `pid` (trying each port it listens on the first time:
+    /// the admin port is the one answering plain-HTTP `/metrics`); `None` if it has none.
+    pub async fn metrics(&mut self, pid: u32) -> Option<Exposition> {
+        if let Some(port) = self.ports.get(&pid) {
+            return self.get(*port).await;
+        }
+        for port in listening_ports(pid) {
+            if let Some(e) = self.get(port).await {
+                self.ports.insert(pid, port);
+                return Some(e);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_can_be_sampled_from_proc() {
+        let s = proc_sample(std::process::id()).unwrap();
+        assert!(s.rss_kib > 0 && s.peak_rss_kib >= s.rss_kib, "{s:?}");
+    }
+
+    #[test]
+    fn proc_text_with_odd_command_names_parses() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 100 1000 10 18446744073709551615";
+        let status = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
+        assert_eq!(parse_proc(stat, status), Some(ProcSample { cpu_ticks: 300, rss_kib: 1024, peak_rss_kib: 2048 }));
+        assert_eq!(parse_proc("garbage", status), None);
+    }
+
+    #[test]
+    fn listening_sockets_are_found_by_inode_and_state() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 555 1\n   1: 0100007F:1F91 00000000:0000 01 00000000:00000000 00:00000000 00000000  1000        0 556 1\n   2: 0100007F:1F92 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 999 1\n";
+        let inodes = [555u64, 556].into_iter().collect();
+        assert_eq!(listening_in_table(table, &inodes), vec![0x1F90]);
+    }
+
+    #[tokio::test]
+    async fn this_process_listening_port_is_found() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(listening_ports(std::process::id()).contains(&port));
+    }
+
+    #[test]
+    fn expositions_parse_with_labels_and_histograms() {
+        let text = "# HELP x y\n# TYPE a counter\na_total 5\nb{result=\"success\"} 7\nb{result=\"timeout\"} 1\nh_bucket{le=\"0.1\"} 3\nh_bucket{le=\"+Inf\"} 4\nh_bucket{le=\"0.01\"} 1\nweird{x=\"a b\"} 2\nbroken\n";
+        let e = parse_exposition(text);
+        assert_eq!(e["a_total"], 5.0);
+        assert_eq!(e["weird{x=\"a b\"}"], 2.0);
+        assert_eq!(samples_of(&e, "b").count(), 2);
+        assert_eq!(label_value("b{result=\"timeout\"}", "result"), Some("timeout"));
+        assert_eq!(histogram_buckets(&e, "h"), vec![(0.01, 1.0), (0.1, 3.0), (f64::INFINITY, 4.0)]);
+    }
+}
