@@ -1,25 +1,62 @@
 //! Which nodes this shard owns: the node view × the live members, through the [`Ring`].
 //!
 //! Recomputed whenever either input changes (the ring itself only when the member set does);
-//! the result is published as a [`Assignment`] for the scheduler.
+//! the result is published as a [`Assignment`] for the scheduler, with a [`Handover`] for each
+//! node that moved here from another member: who had it, whether that member is still live,
+//! and whether it left before its Lease expired (a graceful stop) or after (a crash). The
+//! scheduler scrapes a node promptly only when its previous owner may not have scraped it in the
+//! last resolution.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use shardmetrics_proto::lease::Members;
+use shardmetrics_proto::lease::{Member, Members};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::nodes::{NodeTarget, NodeView};
 use crate::ring::Ring;
-use crate::schedule::Assignment;
+use crate::schedule::{Assignment, Handover};
 
 /// The nodes of `view` that `me` owns among `members`.
 pub fn assign(me: &str, ring: &Ring, view: &NodeView) -> Assignment {
     let owned: BTreeMap<String, NodeTarget> =
         view.nodes.iter().filter(|(name, _)| ring.is_owner(me, name)).map(|(k, v)| (k.clone(), v.clone())).collect();
     let known: BTreeSet<String> = view.nodes.keys().cloned().collect();
-    Assignment { owned: Arc::new(owned), known: Arc::new(known) }
+    Assignment { owned: Arc::new(owned), known: Arc::new(known), handovers: Arc::default() }
+}
+
+/// Handovers of the nodes `now` owns that `before` did not: for each whose previous owner under
+/// `previous_ring` was another shard, what is known about that shard (`seen`: the last record of
+/// every member ever seen; `live`: the current members). Nodes absent from `previous_known`
+/// are new to the cluster and get none (they are scraped at once).
+pub fn handovers(
+    me: &str,
+    now: &Assignment,
+    before: &Assignment,
+    previous_ring: &Ring,
+    previous_known: Option<&BTreeSet<String>>,
+    seen: &BTreeMap<String, Member>,
+    live: &Members,
+) -> BTreeMap<String, Handover> {
+    now.owned
+        .keys()
+        .filter(|n| !before.owned.contains_key(*n))
+        .filter(|n| previous_known.is_none_or(|k| k.contains(*n)))
+        .filter_map(|n| {
+            let owner = previous_ring.owner(n).filter(|o| *o != me)?;
+            let m = seen.get(owner)?;
+            let started_ms = if m.epoch == 0 { i64::MAX } else { i64::try_from(m.epoch / 1_000_000).unwrap_or(i64::MAX) };
+            Some((
+                n.clone(),
+                Handover {
+                    previous_owner_started_ms: started_ms,
+                    previous_owner_live: live.contains_key(owner),
+                    previous_owner_expires_ms: m.renew_time_ms.saturating_add(m.lease_duration_ms),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Publishes this shard's assignment whenever nodes or members change. The task ends when the
@@ -32,16 +69,39 @@ pub fn watch_assignment(
 ) -> (watch::Receiver<Assignment>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(Assignment::default());
     let task = tokio::spawn(async move {
-        let mut ring = Ring::new(members.borrow_and_update().keys().cloned());
+        let mut live: Members = members.borrow_and_update().clone();
+        let mut ring = Ring::new(live.keys().cloned());
         let mut last_members: Vec<String> = ring.members().map(str::to_owned).collect();
+        // Every member ever seen, as last seen (a departed one's record tells crash from stop).
+        let mut seen: BTreeMap<String, Member> = live.clone();
+        // The ring and node set behind the last published assignment of a synced view; before
+        // the first one, the ring of the others: what owned the nodes before this shard came.
+        let mut previous: Option<(Vec<String>, Arc<BTreeSet<String>>)> = None;
         loop {
             let view = nodes.borrow_and_update().clone();
-            let assignment = assign(&me, &ring, &view);
+            let mut assignment = assign(&me, &ring, &view);
             metrics.members.set(ring.len() as i64);
             let changed = {
                 let cur = tx.borrow();
                 *cur.owned != *assignment.owned || *cur.known != *assignment.known
             };
+            if changed && view.synced {
+                let before = tx.borrow().clone();
+                let rebuilt;
+                let (previous_ring, previous_known) = match &previous {
+                    Some((ids, k)) if *ids == last_members => (&ring, Some(k.as_ref())),
+                    Some((ids, k)) => {
+                        rebuilt = Ring::new(ids.iter().cloned());
+                        (&rebuilt, Some(k.as_ref()))
+                    }
+                    None => {
+                        rebuilt = Ring::new(live.keys().filter(|k| **k != me).cloned());
+                        (&rebuilt, None)
+                    }
+                };
+                assignment.handovers = Arc::new(handovers(&me, &assignment, &before, previous_ring, previous_known, &seen, &live));
+                previous = Some((last_members.clone(), assignment.known.clone()));
+            }
             if changed {
                 tracing::info!(owned = assignment.owned.len(), known = assignment.known.len(), members = ring.len(), "assignment changed");
                 tx.send_replace(assignment);
@@ -53,7 +113,9 @@ pub fn watch_assignment(
                     if r.is_err() {
                         return;
                     }
-                    let ids: Vec<String> = members.borrow_and_update().keys().cloned().collect();
+                    live = members.borrow_and_update().clone();
+                    seen.extend(live.iter().map(|(k, m)| (k.clone(), m.clone())));
+                    let ids: Vec<String> = live.keys().cloned().collect();
                     if ids != last_members {
                         tracing::info!(members = ?ids, "shard membership changed");
                         ring = Ring::new(ids.iter().cloned());
@@ -98,6 +160,38 @@ mod tests {
         let union: BTreeSet<&String> = parts.iter().flat_map(|a| a.owned.keys()).collect();
         assert_eq!(union.len(), 500);
         assert!(parts.iter().all(|a| a.known.len() == 500));
+    }
+
+    #[tokio::test]
+    async fn moved_nodes_carry_their_previous_owner_and_new_nodes_do_not() {
+        let (ntx, nrx) = watch::channel(view(&["a", "b", "c", "d", "e", "f", "g", "h"]));
+        let mut both = members(&["s0", "s1"]);
+        if let Some(m) = both.get_mut("s1") {
+            m.epoch = 5_000_000_000_000;
+            m.renew_time_ms = 9_000;
+            m.lease_duration_ms = 3_000;
+        }
+        let (mtx, mrx) = watch::channel(both.clone());
+        let (mut rx, _task) = watch_assignment("s0".into(), nrx, mrx, Metrics::new());
+        let first = rx.wait_for(|a| !a.known.is_empty()).await.unwrap().clone();
+        // The first assignment: s1 would own everything without s0, and s1 is live.
+        assert!(!first.owned.is_empty());
+        assert!(first.handovers.values().all(|h| h.previous_owner_live && h.previous_owner_started_ms == 5_000_000));
+        assert_eq!(first.handovers.len(), first.owned.len());
+
+        mtx.send_replace(members(&["s0"]));
+        let after = rx.wait_for(|a| a.owned.len() == 8).await.unwrap().clone();
+        let moved: BTreeSet<&String> = after.owned.keys().filter(|n| !first.owned.contains_key(*n)).collect();
+        assert!(!moved.is_empty());
+        assert_eq!(after.handovers.keys().collect::<BTreeSet<_>>(), moved, "exactly the moved nodes");
+        for h in after.handovers.values() {
+            assert!(!h.previous_owner_live);
+            assert_eq!(h.previous_owner_expires_ms, 12_000, "the departed Lease's expiry tells stop from crash");
+        }
+
+        ntx.send_replace(view(&["a", "b", "c", "d", "e", "f", "g", "h", "new"]));
+        let grown = rx.wait_for(|a| a.owned.len() == 9).await.unwrap().clone();
+        assert!(grown.handovers.is_empty(), "a node new to the cluster has no previous owner");
     }
 
     #[tokio::test]

@@ -5,12 +5,18 @@
 //! hash of its name and anchored to wall-clock time, so load is spread evenly over the
 //! interval and a node that moves to another shard keeps its phase there. A node that becomes
 //! owned is scraped at once (a frontend should not wait a whole interval for it), then at its
-//! phase. Scrapes run as tasks bounded by a semaphore of `--max-concurrent-scrapes`; a node
+//! phase — unless it was handed over by an owner that was scraping it at its phase until just
+//! now (a graceful leave, or the ring changed under live shards, see [`Handover`]): then its
+//! last scrape is less than a resolution old and the new owner simply continues at the phase,
+//! so the node is scraped exactly once per resolution cluster-wide. A regular slot that comes
+//! less than half a resolution after the node's last scrape actually started (a prompt scrape
+//! that waited for a permit) is skipped, so no node is ever scraped twice within half a
+//! resolution by one shard. Scrapes run as tasks bounded by a semaphore of `--max-concurrent-scrapes`; a node
 //! has at most one scrape queued or running: if it is still busy when due again, that round
 //! is skipped and counted. A released node's scrape is aborted and its result, if any, dropped.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +38,35 @@ pub struct Assignment {
     pub owned: NodeMap,
     /// Every node that exists (owned by anyone); a released node not in here was deleted.
     pub known: Arc<BTreeSet<String>>,
+    /// For owned nodes that just moved here from another shard: what is known about that
+    /// shard, to decide whether the node needs a prompt first scrape.
+    pub handovers: Arc<BTreeMap<String, Handover>>,
+}
+
+/// What the new owner of a moved node knows about its previous owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handover {
+    /// When the previous owner's process started, Unix ms (`i64::MAX` when unknown).
+    pub previous_owner_started_ms: i64,
+    /// The previous owner is still a member (the node moved because the ring changed).
+    pub previous_owner_live: bool,
+    /// When the previous owner's Lease would expire, Unix ms: a shard that left before that
+    /// deleted its Lease (graceful stop), one that left after it crashed.
+    pub previous_owner_expires_ms: i64,
+}
+
+/// A Lease that disappears less than this before its expiry was deleted, not expired.
+const GRACEFUL_MARGIN_MS: i64 = 250;
+
+impl Handover {
+    /// Whether the previous owner kept scraping the node at its phase until now, so its last
+    /// scrape is less than a `resolution` old and the new owner can wait for the phase slot.
+    pub fn scraped_within(&self, resolution: Duration, now_ms: i64) -> bool {
+        let res_ms = i64::try_from(resolution.as_millis()).unwrap_or(i64::MAX);
+        let up_a_full_interval = self.previous_owner_started_ms.saturating_add(res_ms) <= now_ms;
+        let alive_until_now = self.previous_owner_live || now_ms.saturating_add(GRACEFUL_MARGIN_MS) < self.previous_owner_expires_ms;
+        up_a_full_interval && alive_until_now
+    }
 }
 
 /// Scheduler settings.
@@ -89,6 +124,8 @@ impl Slots {
 
 /// What a scrape task hands back.
 struct Outcome {
+    /// When the fetch began (after waiting for a permit).
+    started: Instant,
     duration: Duration,
     result: Result<Scraped, ScrapeError>,
 }
@@ -108,6 +145,8 @@ struct NodeState {
     busy: Option<AbortHandle>,
     /// Result label of the last scrape, to log once per change.
     last_result: Option<&'static str>,
+    /// When the last finished scrape's fetch began.
+    last_started: Option<Instant>,
 }
 
 /// Runs the scheduler until `shutdown` resolves; then aborts in-flight scrapes and publishes a
@@ -131,7 +170,7 @@ pub async fn run<S: KubeletSource>(
     tokio::pin!(shutdown);
 
     let initial = assignments.borrow_and_update().clone();
-    apply_assignment(&initial, config.resolution, &mut nodes, &mut due, &mut next_generation, &hub, &metrics);
+    apply_assignment(&initial, &slots, &clock, &mut nodes, &mut due, &mut next_generation, &hub, &metrics);
 
     loop {
         let next_due = due.peek().map(|Reverse((at, _, _))| *at);
@@ -143,7 +182,7 @@ pub async fn run<S: KubeletSource>(
                     break;
                 }
                 let a = assignments.borrow_and_update().clone();
-                apply_assignment(&a, config.resolution, &mut nodes, &mut due, &mut next_generation, &hub, &metrics);
+                apply_assignment(&a, &slots, &clock, &mut nodes, &mut due, &mut next_generation, &hub, &metrics);
             }
             Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                 let (id, outcome) = match joined {
@@ -178,6 +217,10 @@ pub async fn run<S: KubeletSource>(
                         tracing::debug!(node = %name, "previous scrape still queued or running; skipping this round");
                         continue;
                     }
+                    if state.last_started.is_some_and(|t| now.saturating_duration_since(t) < config.resolution / 2) {
+                        tracing::debug!(node = %name, "scraped less than half a resolution ago (first scrape after a move); skipping this slot");
+                        continue;
+                    }
                     let handle = tasks.spawn(scrape_one(source.clone(), state.target.clone(), permits.clone(), hub.clone(), clock.clone()));
                     running.insert(handle.id(), (name, generation));
                     state.busy = Some(handle);
@@ -199,9 +242,11 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn apply_assignment(
     a: &Assignment,
-    resolution: Duration,
+    slots: &Slots,
+    clock: &SharedClock,
     nodes: &mut HashMap<String, NodeState>,
     due: &mut BinaryHeap<Reverse<(Instant, u64, String)>>,
     next_generation: &mut u64,
@@ -209,6 +254,8 @@ fn apply_assignment(
     metrics: &Metrics,
 ) {
     let now = Instant::now();
+    let now_ms = clock.now_ms();
+    let resolution = slots.resolution;
     let mut released = Vec::new();
     nodes.retain(|name, state| {
         if a.owned.contains_key(name) {
@@ -232,12 +279,16 @@ fn apply_assignment(
             None => {
                 let generation = *next_generation;
                 *next_generation += 1;
+                let phase = phase_offset(name, resolution);
                 nodes.insert(
                     name.clone(),
-                    NodeState { target: target.clone(), phase: phase_offset(name, resolution), generation, busy: None, last_result: None },
+                    NodeState { target: target.clone(), phase, generation, busy: None, last_result: None, last_started: None },
                 );
-                // First scrape at once; later ones at the node's phase.
-                due.push(Reverse((now, generation, name.clone())));
+                // First scrape at once (later ones at the node's phase), unless the previous
+                // owner scraped it within the last resolution: then at the phase right away.
+                let continued = a.handovers.get(name).is_some_and(|h| h.scraped_within(resolution, now_ms));
+                let first = if continued { slots.next(phase, now) } else { now };
+                due.push(Reverse((first, generation, name.clone())));
             }
         }
     }
@@ -255,6 +306,7 @@ fn handle_outcome(node: &str, generation: u64, outcome: Outcome, nodes: &mut Has
         return;
     }
     state.busy = None;
+    state.last_started = Some(outcome.started);
     metrics.scrape_duration_seconds.observe(outcome.duration.as_secs_f64());
     let label = match &outcome.result {
         Ok(_) => "success",
@@ -308,7 +360,7 @@ async fn scrape_one<S: KubeletSource>(
         }
         Err(e) => Err(e),
     };
-    Outcome { duration: started.elapsed(), result }
+    Outcome { started, duration: started.elapsed(), result }
 }
 
 #[cfg(test)]
@@ -367,7 +419,11 @@ mod tests {
     fn assignment(owned: &[&str], known: &[&str]) -> Assignment {
         let owned: BTreeMap<String, NodeTarget> =
             owned.iter().map(|n| ((*n).to_owned(), NodeTarget { name: (*n).to_owned(), host: "127.0.0.1".into(), port: 1 })).collect();
-        Assignment { owned: Arc::new(owned), known: Arc::new(known.iter().map(|n| (*n).to_owned()).collect()) }
+        Assignment {
+            owned: Arc::new(owned),
+            known: Arc::new(known.iter().map(|n| (*n).to_owned()).collect()),
+            handovers: Arc::default(),
+        }
     }
 
     struct Harness {
@@ -461,6 +517,85 @@ mod tests {
         }
         assert_eq!(per_second.iter().sum::<usize>(), 600, "every node once in the interval");
         assert!(per_second.iter().all(|&c| (20..=60).contains(&c)), "{per_second:?}");
+    }
+
+    /// Every gap between two scrapes of one node, across all nodes, that is below half a
+    /// resolution.
+    fn early_rescrapes(fleet: &FakeFleet) -> Vec<(String, Duration)> {
+        let fetches = fleet.fetches.lock().unwrap().clone();
+        let mut by_node: BTreeMap<String, Vec<Instant>> = BTreeMap::new();
+        for (n, t) in fetches {
+            by_node.entry(n).or_default().push(t);
+        }
+        by_node
+            .into_iter()
+            .flat_map(|(n, ts)| ts.windows(2).map(|w| (n.clone(), w[1] - w[0])).collect::<Vec<_>>())
+            .filter(|(_, gap)| *gap < RES / 2)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prompt_scrape_delayed_by_the_permit_queue_is_not_followed_by_an_early_slot() {
+        // One permit and 150 ms per fetch: 40 nodes taken over at once wait up to 6 s for
+        // their prompt scrape, so some regular slots come soon after it.
+        let h = start(&["node-x"], 1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let all = names(40);
+        for n in &all {
+            h.fleet.delay.lock().unwrap().insert(n.clone(), Duration::from_millis(150));
+        }
+        let mut owned: Vec<&str> = all.iter().map(String::as_str).collect();
+        owned.push("node-x");
+        h.tx.send_replace(assignment(&owned, &owned));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(early_rescrapes(&h.fleet), vec![], "no node scraped twice within half a resolution");
+        for n in &all {
+            let times = h.fleet.times_of(n);
+            assert!(times[0] - h.start < Duration::from_secs(8), "{n}: first scrape promptly (queued behind the others)");
+            assert!(times.len() >= 3, "{n}: keeps being scraped: {}", times.len());
+            for w in times.windows(2) {
+                // A skipped slot is at most half a resolution after the prompt scrape.
+                assert!(w[1] - w[0] <= RES + RES / 2 + Duration::from_secs(1), "{n}: at most one slot skipped: {:?}", w[1] - w[0]);
+            }
+        }
+    }
+
+    fn handover(started_ms: i64, live: bool, expires_ms: i64) -> Handover {
+        Handover { previous_owner_started_ms: started_ms, previous_owner_live: live, previous_owner_expires_ms: expires_ms }
+    }
+
+    #[test]
+    fn a_handover_counts_as_recently_scraped_only_from_a_running_owner_that_did_not_crash() {
+        let now = WALL_START_MS;
+        let old = now - 60_000;
+        assert!(handover(old, true, 0).scraped_within(RES, now), "ring change under a live owner");
+        assert!(handover(old, false, now + 5_000).scraped_within(RES, now), "graceful leave: Lease deleted before expiry");
+        assert!(!handover(old, false, now).scraped_within(RES, now), "Lease expired: crash");
+        assert!(!handover(now - 2_000, true, 0).scraped_within(RES, now), "owner younger than a resolution");
+        assert!(!handover(i64::MAX, true, 0).scraped_within(RES, now), "owner start unknown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_handed_over_gracefully_waits_for_its_phase_and_a_crashed_owners_node_does_not() {
+        let h = start(&["node-a"], 8);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let moved_at = Instant::now();
+        let mut a = assignment(&["node-a", "node-g", "node-c"], &["node-a", "node-g", "node-c"]);
+        a.handovers = Arc::new(BTreeMap::from([
+            ("node-g".to_owned(), handover(WALL_START_MS - 60_000, false, WALL_START_MS + 10_000)),
+            ("node-c".to_owned(), handover(WALL_START_MS - 60_000, false, WALL_START_MS - 1_000)),
+        ]));
+        h.tx.send_replace(a);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(h.fleet.times_of("node-c"), vec![moved_at], "crashed owner: scraped at once");
+        assert_eq!(h.fleet.times_of("node-g"), vec![], "graceful handover: no prompt scrape");
+        tokio::time::sleep(RES).await;
+        let g = h.fleet.times_of("node-g");
+        assert_eq!(g.len(), 1, "scraped at its phase within one resolution");
+        let anchor = h.start - Duration::from_secs(5);
+        let into = Duration::from_nanos((g[0].duration_since(anchor).as_nanos() % RES.as_nanos()) as u64);
+        let phase = phase_offset("node-g", RES);
+        assert!(into >= phase && into - phase < Duration::from_millis(1), "at its phase: {into:?} vs {phase:?}");
     }
 
     #[tokio::test(start_paused = true)]
