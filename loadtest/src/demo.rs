@@ -105,6 +105,12 @@ pub struct DemoConfig {
     /// Distinct `app` labels per namespace; 0 picks one app per ~20 pods (at least 3), so a
     /// label selector matches a deployment-sized set at any scale.
     pub apps_per_namespace: usize,
+    /// Shard Lease duration (`--lease-duration`); `None` keeps the scraper's default. Short
+    /// durations make crash takeovers fast in tests.
+    pub lease_duration: Option<Duration>,
+    /// Shard Lease renew period (`--lease-renew-period`, below the duration); `None` keeps the
+    /// scraper's default.
+    pub lease_renew_period: Option<Duration>,
 }
 
 impl DemoConfig {
@@ -125,6 +131,8 @@ impl DemoConfig {
             ready_timeout: Duration::from_secs(120),
             memory_amplitude_percent: 10,
             apps_per_namespace: 0,
+            lease_duration: None,
+            lease_renew_period: None,
         }
     }
 }
@@ -134,6 +142,109 @@ struct ChildProc {
     name: String,
     child: Child,
     log: PathBuf,
+    /// Its plain admin address (`/readyz`, `/metrics`).
+    admin: SocketAddr,
+    /// A frontend's secure address.
+    secure: Option<SocketAddr>,
+}
+
+/// How to start children: everything [`Demo::start`] decided, so that shards and frontends
+/// started later (restarts, scale-up, replacements) get the same flags.
+#[derive(Debug, Clone)]
+struct Spawner {
+    exe: PathBuf,
+    dir: PathBuf,
+    scraper_kubeconfig: PathBuf,
+    frontend_kubeconfig: PathBuf,
+    kubelet_ca: PathBuf,
+    kubelet_insecure_tls: bool,
+    resolution: String,
+    request_timeout: String,
+    log_level: String,
+    lease_duration: Option<Duration>,
+    lease_renew_period: Option<Duration>,
+    metric_resolution: Duration,
+    kubelet_request_timeout: Duration,
+}
+
+/// The scraper's `--lease-duration` default.
+const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+
+impl Spawner {
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    /// Starts shard `name` (its log appended to, so a restarted shard's earlier log is kept).
+    fn scraper(&self, name: &str) -> Result<ChildProc, DemoError> {
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut args: Vec<String> = [
+            "--shard-id",
+            name,
+            "--kubeconfig",
+            &self.scraper_kubeconfig.display().to_string(),
+            "--lease-namespace",
+            LEASE_NAMESPACE,
+            "--grpc-bind-address",
+            "127.0.0.1:0",
+            "--admin-bind-address",
+            &admin.to_string(),
+            "--metric-resolution",
+            &self.resolution,
+            "--kubelet-request-timeout",
+            &self.request_timeout,
+            "--log-level",
+            &self.log_level,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        if self.kubelet_insecure_tls {
+            args.push("--kubelet-insecure-tls".into());
+        } else {
+            args.extend(["--kubelet-certificate-authority".into(), self.kubelet_ca.display().to_string()]);
+        }
+        if let Some(d) = self.lease_duration {
+            args.extend(["--lease-duration".into(), flag_duration(d)]);
+        }
+        if let Some(d) = self.lease_renew_period {
+            args.extend(["--lease-renew-period".into(), flag_duration(d)]);
+        }
+        let mut c = spawn(&self.exe, "scraper", name, &args, &self.log(name))?;
+        c.admin = admin;
+        Ok(c)
+    }
+
+    /// Starts frontend `name` on a free port.
+    fn frontend(&self, name: &str) -> Result<ChildProc, DemoError> {
+        let port = free_port()?;
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let args: Vec<String> = [
+            "--replica-name",
+            name,
+            "--kubeconfig",
+            &self.frontend_kubeconfig.display().to_string(),
+            "--lease-namespace",
+            LEASE_NAMESPACE,
+            "--bind-address",
+            "127.0.0.1",
+            "--secure-port",
+            &port.to_string(),
+            "--admin-bind-address",
+            &admin.to_string(),
+            "--metric-resolution",
+            &self.resolution,
+            "--log-level",
+            &self.log_level,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let mut c = spawn(&self.exe, "frontend", name, &args, &self.log(name))?;
+        c.admin = admin;
+        c.secure = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+        Ok(c)
+    }
 }
 
 /// A running demo. Dropping it kills the children (use [`RunningDemo::shutdown`] for a graceful
@@ -146,6 +257,9 @@ pub struct RunningDemo {
     /// Secure addresses of the frontend replicas.
     pub frontends: Vec<SocketAddr>,
     children: Vec<ChildProc>,
+    spawner: Spawner,
+    /// Frontends started so far (names are never reused, so logs are never mixed).
+    frontends_started: usize,
     work_dir: tempfile::TempDir,
     kubeconfig: PathBuf,
 }
@@ -167,7 +281,11 @@ fn flag_duration(d: Duration) -> String {
 }
 
 fn spawn(exe: &Path, role: &str, name: &str, args: &[String], log: &Path) -> Result<ChildProc, DemoError> {
-    let out = std::fs::File::create(log).map_err(io(format!("creating {}", log.display())))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io(format!("opening {}", log.display())))?;
     let err = out.try_clone().map_err(io("duplicating a log file handle"))?;
     let mut cmd = Command::new(exe);
     cmd.arg(role).args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
@@ -179,7 +297,8 @@ fn spawn(exe: &Path, role: &str, name: &str, args: &[String], log: &Path) -> Res
         }
     }
     let child = cmd.spawn().map_err(io(format!("starting {name} ({})", exe.display())))?;
-    Ok(ChildProc { name: name.to_owned(), child, log: log.to_owned() })
+    let unset = SocketAddr::from(([127, 0, 0, 1], 0));
+    Ok(ChildProc { name: name.to_owned(), child, log: log.to_owned(), admin: unset, secure: None })
 }
 
 impl RunningDemo {
@@ -205,7 +324,116 @@ impl RunningDemo {
         let mut c = self.children.remove(i);
         let _ = c.child.start_kill();
         let _ = c.child.wait().await;
+        self.forget_frontend(&c);
         true
+    }
+
+    /// The shards' scrape interval and the frontends' rate window.
+    pub fn metric_resolution(&self) -> Duration {
+        self.spawner.metric_resolution
+    }
+
+    /// The shards' Lease duration (how long a crashed shard's nodes wait for a new owner).
+    pub fn lease_duration(&self) -> Duration {
+        self.spawner.lease_duration.unwrap_or(DEFAULT_LEASE_DURATION)
+    }
+
+    /// The shards' `--kubelet-request-timeout`.
+    pub fn kubelet_request_timeout(&self) -> Duration {
+        self.spawner.kubelet_request_timeout
+    }
+
+    /// Names of the running scraper shards, in start order.
+    pub fn shard_names(&self) -> Vec<String> {
+        self.children.iter().filter(|c| c.name.starts_with("scraper-")).map(|c| c.name.clone()).collect()
+    }
+
+    /// Names of the running frontends with their secure addresses, in start order.
+    pub fn frontend_children(&self) -> Vec<(String, SocketAddr)> {
+        self.children.iter().filter_map(|c| c.secure.map(|a| (c.name.clone(), a))).collect()
+    }
+
+    /// A running child's plain admin address (`/readyz`, `/metrics`).
+    pub fn admin_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.children.iter().find(|c| c.name == name).map(|c| c.admin)
+    }
+
+    /// A child's log file (also after it stopped: logs are kept in [`Self::work_dir`]).
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.spawner.log(name)
+    }
+
+    /// Stops a child gracefully (SIGTERM by pid, as [`Self::shutdown`] does; SIGKILL after
+    /// 10 s), waits for it and forgets it. Returns its exit status, `None` if there was no such
+    /// child.
+    pub async fn stop_child_gracefully(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let i = self.children.iter().position(|c| c.name == name)?;
+        let mut c = self.children.remove(i);
+        if let Some(pid) = c.child.id() {
+            let _ = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+        }
+        let status = match tokio::time::timeout(Duration::from_secs(10), c.child.wait()).await {
+            Ok(Ok(s)) => Some(s),
+            _ => {
+                let _ = c.child.start_kill();
+                c.child.wait().await.ok()
+            }
+        };
+        self.forget_frontend(&c);
+        status
+    }
+
+    fn forget_frontend(&mut self, c: &ChildProc) {
+        if let Some(addr) = c.secure {
+            self.frontends.retain(|a| *a != addr);
+            self.api.set_aggregation_backends(self.frontends.clone());
+        }
+    }
+
+    /// Starts shard `scraper-{id}` with the flags every shard got at start; fails if it runs.
+    pub fn start_shard(&mut self, id: usize) -> Result<String, DemoError> {
+        let name = format!("scraper-{id}");
+        if self.children.iter().any(|c| c.name == name) {
+            return Err(DemoError::Io { what: format!("starting {name}"), source: std::io::Error::other("already running") });
+        }
+        let c = self.spawner.scraper(&name)?;
+        self.children.push(c);
+        Ok(name)
+    }
+
+    /// Stops shard `name` gracefully (its Lease is deleted) and starts it again with the same
+    /// id and flags; returns the old process's exit status.
+    pub async fn restart_shard(&mut self, name: &str) -> Result<Option<std::process::ExitStatus>, DemoError> {
+        let id = name
+            .strip_prefix("scraper-")
+            .and_then(|i| i.parse::<usize>().ok())
+            .ok_or_else(|| DemoError::Io { what: format!("restarting {name}"), source: std::io::Error::other("not a shard name") })?;
+        let status = self.stop_child_gracefully(name).await;
+        self.start_shard(id)?;
+        Ok(status)
+    }
+
+    /// Starts one more shard with the lowest id not running; returns its name.
+    pub fn add_shard(&mut self) -> Result<String, DemoError> {
+        let running = self.shard_names();
+        let id = (0..).find(|i| !running.contains(&format!("scraper-{i}"))).unwrap_or(running.len());
+        self.start_shard(id)
+    }
+
+    /// Starts one more frontend (e.g. replacing a killed one) on a new port with the flags the
+    /// others got, and puts it behind the aggregation proxy; returns its name and secure
+    /// address. It serves once it has the shards' snapshots (poll `/readyz` on
+    /// [`Self::admin_addr`]).
+    pub fn start_frontend(&mut self) -> Result<(String, SocketAddr), DemoError> {
+        let next = self.frontends_started;
+        let name = format!("frontend-{next}");
+        let c = self.spawner.frontend(&name)?;
+        let addr = c.secure.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        self.children.push(c);
+        self.frontends_started = next + 1;
+        self.frontends.push(addr);
+        self.api.set_aggregation_backends(self.frontends.clone());
+        Ok((name, addr))
     }
 
     /// A child that exited, if any: (name, status, log).
@@ -269,40 +497,27 @@ impl Demo {
             what: "writing the kubelet CA".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        let resolution = flag_duration(config.metric_resolution);
-        let request_timeout = flag_duration((config.metric_resolution / 2).min(Duration::from_secs(10)));
+        let request_timeout = (config.metric_resolution / 2).min(Duration::from_secs(10));
+        let spawner = Spawner {
+            exe: config.exe.clone(),
+            dir: dir.to_owned(),
+            scraper_kubeconfig: scraper_kc,
+            frontend_kubeconfig: frontend_kc,
+            kubelet_ca: ca_file,
+            kubelet_insecure_tls: config.kubelet_insecure_tls,
+            resolution: flag_duration(config.metric_resolution),
+            request_timeout: flag_duration(request_timeout),
+            metric_resolution: config.metric_resolution,
+            kubelet_request_timeout: request_timeout,
+            log_level: config.child_log_level.clone(),
+            lease_duration: config.lease_duration,
+            lease_renew_period: config.lease_renew_period,
+        };
 
         let mut children = Vec::new();
         let mut demo_err = None;
         for i in 0..config.shards {
-            let name = format!("scraper-{i}");
-            let mut args: Vec<String> = [
-                "--shard-id",
-                &name,
-                "--kubeconfig",
-                &scraper_kc.display().to_string(),
-                "--lease-namespace",
-                LEASE_NAMESPACE,
-                "--grpc-bind-address",
-                "127.0.0.1:0",
-                "--admin-bind-address",
-                "127.0.0.1:0",
-                "--metric-resolution",
-                &resolution,
-                "--kubelet-request-timeout",
-                &request_timeout,
-                "--log-level",
-                &config.child_log_level,
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-            if config.kubelet_insecure_tls {
-                args.push("--kubelet-insecure-tls".into());
-            } else {
-                args.extend(["--kubelet-certificate-authority".into(), ca_file.display().to_string()]);
-            }
-            match spawn(&config.exe, "scraper", &name, &args, &dir.join(format!("{name}.log"))) {
+            match spawner.scraper(&format!("scraper-{i}")) {
                 Ok(c) => children.push(c),
                 Err(e) => demo_err = Some(e),
             }
@@ -312,33 +527,10 @@ impl Demo {
             if demo_err.is_some() {
                 break;
             }
-            let name = format!("frontend-{i}");
-            let port = free_port()?;
-            let args: Vec<String> = [
-                "--replica-name",
-                &name,
-                "--kubeconfig",
-                &frontend_kc.display().to_string(),
-                "--lease-namespace",
-                LEASE_NAMESPACE,
-                "--bind-address",
-                "127.0.0.1",
-                "--secure-port",
-                &port.to_string(),
-                "--admin-bind-address",
-                "127.0.0.1:0",
-                "--metric-resolution",
-                &resolution,
-                "--log-level",
-                &config.child_log_level,
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-            match spawn(&config.exe, "frontend", &name, &args, &dir.join(format!("{name}.log"))) {
+            match spawner.frontend(&format!("frontend-{i}")) {
                 Ok(c) => {
+                    frontends.extend(c.secure);
                     children.push(c);
-                    frontends.push(SocketAddr::from(([127, 0, 0, 1], port)));
                 }
                 Err(e) => demo_err = Some(e),
             }
@@ -348,7 +540,7 @@ impl Demo {
             [api.token_context(ADMIN_CONTEXT, DEFAULT_ADMIN)?, api.token_context(NOACCESS_CONTEXT, NOACCESS_USER)?];
         api.write_kubeconfig(&config.kubeconfig, &contexts)?;
         let kubeconfig = std::path::absolute(&config.kubeconfig).unwrap_or_else(|_| config.kubeconfig.clone());
-        let mut demo = RunningDemo { api, cluster, frontends, children, work_dir, kubeconfig };
+        let mut demo = RunningDemo { api, cluster, frontends, children, spawner, frontends_started: config.frontends, work_dir, kubeconfig };
         if let Some(e) = demo_err {
             demo.shutdown().await;
             return Err(e);

@@ -49,6 +49,12 @@ pub struct ApiStats {
     pub watches_started: AtomicU64,
     /// Watches currently open.
     pub watches_open: AtomicI64,
+    /// Collection lists served (initial lists and re-lists after 410 Gone).
+    pub lists: AtomicU64,
+    /// Watches closed by [`super::RunningApiServer::drop_all_watches`].
+    pub watches_dropped: AtomicU64,
+    /// Watch requests answered with a 410 Gone ERROR event (resume from compacted history).
+    pub watches_gone: AtomicU64,
 }
 
 /// State shared by every request.
@@ -61,7 +67,7 @@ pub(crate) struct Shared {
     pub bookmark_interval: Duration,
     pub authorize_aggregated: bool,
     pub server_address: String,
-    pub stats: ApiStats,
+    pub stats: Arc<ApiStats>,
 }
 
 impl Shared {
@@ -294,6 +300,7 @@ async fn rest(
             start_watch(shared, filter, query, as_table)
         }
         Method::GET if name.is_empty() => {
+            shared.stats.lists.fetch_add(1, Ordering::Relaxed);
             let filter = filter_from(resource, namespace, query)?;
             let limit = match param("limit").filter(|l| !l.is_empty()) {
                 Some(l) => Some(l.parse::<usize>().map_err(|_| ApiError::BadRequest(format!("invalid limit {l:?}")))?),
@@ -432,6 +439,7 @@ fn start_watch(shared: &Arc<Shared>, filter: Filter, query: &[(String, String)],
         Ok(s) => s,
         Err(gone @ ApiError::Gone { .. }) => {
             // As kube-apiserver: HTTP 200 and one ERROR event carrying a 410 Status.
+            shared.stats.watches_gone.fetch_add(1, Ordering::Relaxed);
             let line = event_line("ERROR", gone.to_status().to_string().as_bytes());
             let _ = tx.try_send(line);
             return Ok(resp);
@@ -489,7 +497,10 @@ async fn run_watch(
         // `drop_all_watches(); create(...)` always makes clients resume from before the create.
         let line = tokio::select! {
             biased;
-            _ = drop_rx.changed() => return,
+            _ = drop_rx.changed() => {
+                shared.stats.watches_dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             _ = tx.closed() => return,
             _ = &mut deadline => return,
             _ = tick.tick(), if bookmarks => match shared.store.bookmark_rv(&live) {

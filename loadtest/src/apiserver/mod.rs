@@ -207,7 +207,7 @@ impl ApiServer {
             bookmark_interval: config.bookmark_interval,
             authorize_aggregated: config.authorize_aggregated,
             server_address: addr.to_string(),
-            stats: ApiStats::default(),
+            stats: Arc::new(ApiStats::default()),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let handler_shared = shared.clone();
@@ -306,6 +306,11 @@ impl RunningApiServer {
         &self.shared.stats
     }
 
+    /// Request counters, shared (for measurements that outlive a borrow of the server).
+    pub fn stats_handle(&self) -> Arc<ApiStats> {
+        self.shared.stats.clone()
+    }
+
     /// Aggregation proxy counters.
     pub fn proxy_stats(&self) -> &ProxyStats {
         &self.shared.proxy.stats
@@ -326,6 +331,16 @@ impl RunningApiServer {
     /// Compacts the watch history so that the next resume of any watch gets 410 Gone.
     pub fn compact_history(&self) {
         self.shared.store.compact_history();
+    }
+
+    /// What an etcd compaction during a network blip does: forgets the watch history, then
+    /// closes every open watch, so that every watcher's resume gets 410 Gone ("Expired") and it
+    /// has to re-list. Returns how many watches were open.
+    pub fn drop_watches_and_compact(&self) -> i64 {
+        let open = self.shared.stats.watches_open.load(std::sync::atomic::Ordering::Relaxed);
+        self.compact_history();
+        self.drop_all_watches();
+        open
     }
 
     /// The kubeconfig text for `contexts`, the first one current.
