@@ -11,6 +11,7 @@ use clap::Parser;
 
 use crate::auth::AuthArgs;
 use crate::auth::flags::parse_duration;
+use crate::server::{MIN_HEADER_BYTES, ServerLimits};
 use crate::store::StoreConfig;
 use crate::upstream::{GrpcClientTls, UpstreamConfig};
 use crate::{Config, Listeners, ShardSource};
@@ -63,6 +64,26 @@ pub struct Args {
     /// Requests served at once on the secure port; beyond it: 429 with Retry-After.
     #[arg(long, env = "SHARDMETRICS_MAX_REQUESTS_INFLIGHT", default_value_t = 400)]
     pub max_requests_inflight: usize,
+    /// Largest request body accepted, in bytes (the API serves only GETs); larger: 413.
+    #[arg(long, env = "SHARDMETRICS_MAX_REQUEST_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_request_body_bytes: u64,
+    /// Largest request head (request line and headers), in bytes; larger: 431 (at least 8192).
+    #[arg(long, env = "SHARDMETRICS_MAX_REQUEST_HEADER_BYTES", default_value_t = 128 << 10)]
+    pub max_request_header_bytes: usize,
+    /// Time a client has to send a request's headers (and a body of unknown length) before the
+    /// connection is closed (Go duration).
+    #[arg(long, env = "SHARDMETRICS_REQUEST_HEADER_TIMEOUT", default_value = "10s")]
+    pub request_header_timeout: String,
+    /// A connection with no request in progress for this long is closed (Go duration).
+    #[arg(long, env = "SHARDMETRICS_IDLE_CONNECTION_TIMEOUT", default_value = "90s")]
+    pub idle_connection_timeout: String,
+    /// Time a new connection has to complete its TLS handshake (Go duration).
+    #[arg(long, env = "SHARDMETRICS_TLS_HANDSHAKE_TIMEOUT", default_value = "10s")]
+    pub tls_handshake_timeout: String,
+    /// Largest gRPC message accepted from a shard, in bytes; a larger batch ends that
+    /// subscription (counted in shardmetrics_frontend_upstream_decode_errors_total).
+    #[arg(long, env = "SHARDMETRICS_GRPC_MAX_MESSAGE_BYTES", default_value_t = crate::upstream::MAX_MESSAGE_BYTES)]
+    pub grpc_max_message_bytes: usize,
     /// Log format: text or json.
     #[arg(long, env = "SHARDMETRICS_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -164,6 +185,10 @@ impl Args {
         if self.max_requests_inflight == 0 {
             problems.push("--max-requests-inflight: must be at least 1".to_owned());
         }
+        let limits = self.limits(&mut problems);
+        if self.grpc_max_message_bytes < 1 << 20 {
+            problems.push(format!("--grpc-max-message-bytes {}: must be at least 1048576 (1 MiB)", self.grpc_max_message_bytes));
+        }
         let json_logs = match self.log_format.as_str() {
             "text" => false,
             "json" => true,
@@ -215,17 +240,54 @@ impl Args {
                     resolution_ms: resolution.as_millis() as i64,
                     max_staleness_ms: max_staleness.as_millis() as i64,
                 },
-                upstream: UpstreamConfig { replica_name, tls: grpc_tls, ..UpstreamConfig::default() },
+                upstream: UpstreamConfig {
+                    replica_name,
+                    tls: grpc_tls,
+                    max_message_bytes: self.grpc_max_message_bytes,
+                    ..UpstreamConfig::default()
+                },
                 shards: ShardSource::Leases { namespace: lease_namespace },
                 kube: None,
                 auth,
                 tls,
                 max_requests_inflight: self.max_requests_inflight,
+                limits,
                 clock: shardmetrics_proto::clock::system(),
                 shutdown_grace: Duration::from_secs(20),
                 sweep_interval: resolution,
             },
         })
+    }
+}
+
+impl Args {
+    /// The request and connection limits; problems are appended to `problems`.
+    fn limits(&self, problems: &mut Vec<String>) -> ServerLimits {
+        let defaults = ServerLimits::default();
+        let mut duration = |flag: &str, text: &str, fallback: Duration| match parse_duration(text) {
+            Ok(d) if d > Duration::ZERO => d,
+            Ok(_) => {
+                problems.push(format!("--{flag}: must be above 0"));
+                fallback
+            }
+            Err(e) => {
+                problems.push(format!("--{flag}: {e}"));
+                fallback
+            }
+        };
+        let request_header_timeout = duration("request-header-timeout", &self.request_header_timeout, defaults.request_header_timeout);
+        let idle_connection_timeout = duration("idle-connection-timeout", &self.idle_connection_timeout, defaults.idle_connection_timeout);
+        let tls_handshake_timeout = duration("tls-handshake-timeout", &self.tls_handshake_timeout, defaults.tls_handshake_timeout);
+        if self.max_request_header_bytes < MIN_HEADER_BYTES {
+            problems.push(format!("--max-request-header-bytes {}: must be at least {MIN_HEADER_BYTES}", self.max_request_header_bytes));
+        }
+        ServerLimits {
+            max_request_body_bytes: self.max_request_body_bytes,
+            max_request_header_bytes: self.max_request_header_bytes.max(MIN_HEADER_BYTES),
+            request_header_timeout,
+            idle_connection_timeout,
+            tls_handshake_timeout,
+        }
     }
 }
 
@@ -349,6 +411,8 @@ mod tests {
         assert_eq!(v.admin_addr, Some("0.0.0.0:10351".parse().expect("addr")));
         assert_eq!(v.config.store, StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 });
         assert_eq!(v.config.max_requests_inflight, 400);
+        assert_eq!(v.config.limits, ServerLimits::default());
+        assert_eq!(v.config.upstream.max_message_bytes, 64 << 20);
         assert!(!v.config.auth.anonymous);
         assert!(v.config.upstream.tls.is_none());
     }
@@ -364,6 +428,11 @@ mod tests {
             "--log-format=xml",
             "--grpc-tls-cert-file=/nonexistent/c.pem",
             "--tls-min-version=VersionTLS10",
+            "--max-request-header-bytes=100",
+            "--request-header-timeout=0",
+            "--idle-connection-timeout=soon",
+            "--tls-handshake-timeout=-1s",
+            "--grpc-max-message-bytes=1000",
         ])
         .validate()
         .err()
@@ -380,6 +449,11 @@ mod tests {
             "needs --grpc-tls-ca-file",
             "/nonexistent/c.pem",
             "--tls-min-version",
+            "--max-request-header-bytes 100",
+            "--request-header-timeout",
+            "--idle-connection-timeout",
+            "--tls-handshake-timeout",
+            "--grpc-max-message-bytes 1000",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
@@ -405,5 +479,28 @@ mod tests {
         assert_eq!(v.admin_addr, None);
         assert_eq!(v.config.store.max_staleness_ms, 60_000);
         assert_eq!(v.config.store.resolution_ms, 10_000);
+    }
+
+    #[test]
+    fn limits_are_set_from_flags() {
+        let v = valid(&[
+            "--max-request-body-bytes=10",
+            "--max-request-header-bytes=16384",
+            "--request-header-timeout=2s",
+            "--idle-connection-timeout=1m",
+            "--tls-handshake-timeout=500ms",
+            "--grpc-max-message-bytes=2097152",
+        ]);
+        assert_eq!(
+            v.config.limits,
+            ServerLimits {
+                max_request_body_bytes: 10,
+                max_request_header_bytes: 16384,
+                request_header_timeout: Duration::from_secs(2),
+                idle_connection_timeout: Duration::from_secs(60),
+                tls_handshake_timeout: Duration::from_millis(500),
+            }
+        );
+        assert_eq!(v.config.upstream.max_message_bytes, 2 << 20);
     }
 }

@@ -39,7 +39,7 @@ use crate::auth::{Auth, AuthConfig, AuthSetupError, TlsConfig, TlsError, server_
 use crate::health::Health;
 use crate::metadata::Metadata;
 use crate::metrics::Metrics;
-use crate::server::ServerState;
+use crate::server::{ServerLimits, ServerState};
 use crate::store::{Store, StoreConfig};
 use crate::upstream::{UpstreamConfig, UpstreamState};
 
@@ -73,6 +73,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Requests handled at once on the secure port before answering 429.
     pub max_requests_inflight: usize,
+    /// Request size and connection time limits of both ports.
+    pub limits: ServerLimits,
     /// Wall clock.
     pub clock: SharedClock,
     /// How long open connections may finish their requests after shutdown begins.
@@ -153,6 +155,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         metrics: metrics.clone(),
         registry,
         inflight: Arc::new(Semaphore::new(config.max_requests_inflight.max(1))),
+        limits: config.limits,
     });
 
     background.push(tokio::spawn(sweep(store.clone(), metadata, metrics, config.sweep_interval, stop_rx.clone())));

@@ -27,7 +27,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use crate::metrics::Metrics;
 use crate::store::{Ingested, Store};
 
-/// Largest gRPC message accepted from a shard, in bytes (a snapshot batch of a big shard).
+/// Default largest gRPC message accepted from a shard (`--grpc-max-message-bytes`), in bytes:
+/// far above a snapshot batch of a big shard (~1 MiB), far below what would hurt a replica.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// TLS towards the shards (`--grpc-tls-*`).
@@ -58,6 +59,9 @@ pub struct UpstreamConfig {
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// `--grpc-max-message-bytes`: a larger batch ends the subscription with `OUT_OF_RANGE`
+    /// (counted as a decode error) instead of being buffered, in bytes.
+    pub max_message_bytes: usize,
 }
 
 impl Default for UpstreamConfig {
@@ -68,6 +72,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
+            max_message_bytes: MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -244,6 +249,12 @@ async fn subscription(config: Arc<UpstreamConfig>, member: Member, store: Arc<St
         if let Err(StreamError::Decode(_)) = &result {
             metrics.upstream_decode_errors.with_label_values(&[&shard]).inc();
         }
+        if let Err(StreamError::Status(s)) = &result
+            && s.code() == tonic::Code::OutOfRange
+        {
+            // Over --grpc-max-message-bytes.
+            metrics.upstream_decode_errors.with_label_values(&[&shard]).inc();
+        }
         if let Err(e) = result {
             tracing::warn!(shard = %shard, address = %member.grpc_address, error = %e, retry_in = ?delay, "shard subscription ended");
         }
@@ -279,7 +290,7 @@ async fn stream_once(
     reached_live: &mut bool,
 ) -> Result<(), StreamError> {
     let channel = endpoint(config, &member.grpc_address)?.connect().await?;
-    let mut client = SampleStreamClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut client = SampleStreamClient::new(channel).max_decoding_message_size(config.max_message_bytes);
     let mut stream = client.subscribe(SubscribeRequest { subscriber: config.replica_name.clone() }).await?.into_inner();
     let shard = member.shard_id.as_str();
     metrics.upstream_connects.with_label_values(&[shard]).inc();

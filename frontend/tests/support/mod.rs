@@ -287,6 +287,10 @@ pub struct FrontendOptions {
     pub store: StoreConfig,
     /// Wall clock.
     pub clock: shardmetrics_proto::clock::SharedClock,
+    /// Request size and connection time limits.
+    pub limits: shardmetrics_frontend::server::ServerLimits,
+    /// `--grpc-max-message-bytes`.
+    pub grpc_max_message_bytes: usize,
 }
 
 impl Default for FrontendOptions {
@@ -295,6 +299,8 @@ impl Default for FrontendOptions {
             max_inflight: 400,
             store: StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 },
             clock: shardmetrics_proto::clock::ManualClock::new(T0 + 40_000),
+            limits: shardmetrics_frontend::server::ServerLimits::default(),
+            grpc_max_message_bytes: shardmetrics_frontend::upstream::MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -338,6 +344,7 @@ impl Frontend {
                 replica_name: "frontend-test".into(),
                 backoff_initial: Duration::from_millis(20),
                 backoff_max: Duration::from_millis(200),
+                max_message_bytes: options.grpc_max_message_bytes,
                 ..UpstreamConfig::default()
             },
             shards: ShardSource::Static(shards.iter().map(|s| s.member()).collect()),
@@ -352,6 +359,7 @@ impl Frontend {
             },
             tls: TlsConfig { cert_file: Some(cert_file), key_file: Some(key_file), ..TlsConfig::default() },
             max_requests_inflight: options.max_inflight,
+            limits: options.limits,
             clock: options.clock,
             shutdown_grace: Duration::from_secs(5),
             sweep_interval: Duration::from_millis(200),
