@@ -131,6 +131,13 @@ pub struct ApiState {
     pub tokens: HashMap<String, (String, Vec<String>)>,
     /// Users the SubjectAccessReview allows; everyone else is denied.
     pub allowed_users: HashSet<String>,
+    /// User -> the one namespace the SubjectAccessReview allows them (namespaced requests only).
+    pub namespace_grants: HashMap<String, String>,
+    /// Running pods (namespace, name) served to metadata-only lists of `/api/v1/pods`; `None`
+    /// answers 404. Watches are held open without events.
+    pub running_pods: Option<Vec<(String, String)>>,
+    /// Node names served to metadata-only lists of `/api/v1/nodes`; `None` answers 404.
+    pub nodes: Option<Vec<String>>,
     /// When set, review endpoints answer 500.
     pub failing: bool,
     /// Data of kube-system/extension-apiserver-authentication; `None` answers 404.
@@ -235,7 +242,27 @@ fn status_body(code: u16, reason: &str, message: &str) -> Value {
            "message": message, "reason": reason, "code": code})
 }
 
+/// A metadata-only list (`PartialObjectMetadataList`) of `objects` (namespace, name).
+fn metadata_list(objects: &[(String, String)]) -> Value {
+    let items: Vec<Value> = objects
+        .iter()
+        .map(|(ns, name)| {
+            let mut metadata = json!({"name": name, "resourceVersion": "1", "labels": {}});
+            if !ns.is_empty() {
+                metadata["namespace"] = json!(ns);
+            }
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": metadata})
+        })
+        .collect();
+    json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
 async fn api_handle(state: &Mutex<ApiState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let is_list = matches!(req.uri().path(), "/api/v1/pods" | "/api/v1/nodes");
+    if is_list && req.uri().query().unwrap_or_default().split('&').any(|p| p == "watch=true" || p == "watch=1") {
+        // A watch without events: held open until the client or the server goes away.
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
     let (parts, body) = req.into_parts();
     let body: Value = match body.collect().await {
         Ok(collected) => serde_json::from_slice(&collected.to_bytes()).unwrap_or(Value::Null),
@@ -276,7 +303,9 @@ async fn api_handle(state: &Mutex<ApiState>, req: Request<Incoming>) -> Response
             }
             state.last_access_review = Some(body["spec"].clone());
             let user = body["spec"]["user"].as_str().unwrap_or_default();
-            let allowed = state.allowed_users.contains(user);
+            let namespace = body["spec"]["resourceAttributes"]["namespace"].as_str().unwrap_or_default();
+            let allowed = state.allowed_users.contains(user)
+                || (!namespace.is_empty() && state.namespace_grants.get(user).is_some_and(|ns| ns == namespace));
             let status = if allowed {
                 json!({"allowed": true, "reason": "RBAC: allowed by test policy"})
             } else {
@@ -314,6 +343,14 @@ async fn api_handle(state: &Mutex<ApiState>, req: Request<Incoming>) -> Response
                     ),
                 ),
             }
+        }
+        ("GET", "/api/v1/pods") if state.running_pods.is_some() => {
+            json_response(StatusCode::OK, &metadata_list(state.running_pods.as_deref().unwrap_or_default()))
+        }
+        ("GET", "/api/v1/nodes") if state.nodes.is_some() => {
+            let nodes: Vec<(String, String)> =
+                state.nodes.iter().flatten().map(|n| (String::new(), n.clone())).collect();
+            json_response(StatusCode::OK, &metadata_list(&nodes))
         }
         _ => json_response(
             StatusCode::NOT_FOUND,
