@@ -407,9 +407,10 @@ async fn observe_recovery(probe: Probe, nodes: usize, fault_ms: i64, window: Dur
     };
 }
 
-/// How long shard faults are observed: a Lease duration, two resolutions and some slack.
+/// How long shard faults are observed: a Lease duration, two resolutions and some slack (at most
+/// 55 s: the runner waits 60 s for pending measurements).
 fn recovery_window(demo: &RunningDemo) -> Duration {
-    (demo.lease_duration() + demo.metric_resolution() * 2 + Duration::from_secs(3)).min(Duration::from_secs(120))
+    (demo.lease_duration() + demo.metric_resolution() * 2 + Duration::from_secs(3)).min(Duration::from_secs(55))
 }
 
 /// Each shard's `shardmetrics_scraper_owned_nodes`, by name (shards whose /metrics fail are left out).
