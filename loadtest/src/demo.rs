@@ -111,6 +111,12 @@ pub struct DemoConfig {
     /// Shard Lease renew period (`--lease-renew-period`, below the duration); `None` keeps the
     /// scraper's default.
     pub lease_renew_period: Option<Duration>,
+    /// The frontends' `--max-staleness` (how long a node's last good data is served without a
+    /// new scrape); `None` keeps their default (2 resolutions + 15 s).
+    pub frontend_max_staleness: Option<Duration>,
+    /// The frontends' `--max-requests-inflight` (beyond it: 429 with Retry-After); `None` keeps
+    /// their default.
+    pub frontend_max_requests_inflight: Option<usize>,
 }
 
 impl DemoConfig {
@@ -133,6 +139,8 @@ impl DemoConfig {
             apps_per_namespace: 0,
             lease_duration: None,
             lease_renew_period: None,
+            frontend_max_staleness: None,
+            frontend_max_requests_inflight: None,
         }
     }
 }
@@ -165,6 +173,8 @@ struct Spawner {
     lease_renew_period: Option<Duration>,
     metric_resolution: Duration,
     kubelet_request_timeout: Duration,
+    frontend_max_staleness: Option<Duration>,
+    frontend_max_requests_inflight: Option<usize>,
 }
 
 /// The scraper's `--lease-duration` default.
@@ -219,7 +229,7 @@ impl Spawner {
     fn frontend(&self, name: &str) -> Result<ChildProc, DemoError> {
         let port = free_port()?;
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--replica-name",
             name,
             "--kubeconfig",
@@ -240,6 +250,12 @@ impl Spawner {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        if let Some(d) = self.frontend_max_staleness {
+            args.extend(["--max-staleness".into(), flag_duration(d)]);
+        }
+        if let Some(n) = self.frontend_max_requests_inflight {
+            args.extend(["--max-requests-inflight".into(), n.to_string()]);
+        }
         let mut c = spawn(&self.exe, "frontend", name, &args, &self.log(name))?;
         c.admin = admin;
         c.secure = Some(SocketAddr::from(([127, 0, 0, 1], port)));
@@ -341,6 +357,11 @@ impl RunningDemo {
     /// The shards' `--kubelet-request-timeout`.
     pub fn kubelet_request_timeout(&self) -> Duration {
         self.spawner.kubelet_request_timeout
+    }
+
+    /// The frontends' `--max-staleness` if set (their default otherwise).
+    pub fn frontend_max_staleness(&self) -> Option<Duration> {
+        self.spawner.frontend_max_staleness
     }
 
     /// Names of the running scraper shards, in start order.
@@ -509,6 +530,8 @@ impl Demo {
             request_timeout: flag_duration(request_timeout),
             metric_resolution: config.metric_resolution,
             kubelet_request_timeout: request_timeout,
+            frontend_max_staleness: config.frontend_max_staleness,
+            frontend_max_requests_inflight: config.frontend_max_requests_inflight,
             log_level: config.child_log_level.clone(),
             lease_duration: config.lease_duration,
             lease_renew_period: config.lease_renew_period,

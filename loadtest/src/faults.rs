@@ -644,22 +644,28 @@ pub async fn inject(spec: &FaultSpec, demo: &mut RunningDemo, at_s: f64) -> Resu
             outcome.measured.insert("ring_moved_nodes_count".into(), expected_moves as f64);
             outcome.measured.insert("ring_moved_fraction".into(), expected_moves as f64 / nodes.max(1) as f64);
             let window = recovery_window(demo);
+            let settle = (demo.lease_duration() + demo.metric_resolution()).min(window);
             let fleet = demo.cluster.fleet().clone();
             let admins: Vec<(String, SocketAddr)> =
                 after.iter().filter_map(|n| demo.admin_addr(n).map(|a| (n.clone(), a))).collect();
             let pending = tokio::spawn(async move {
                 let mut m = BTreeMap::new();
-                observe_recovery(probe.clone(), nodes, fault_ms, window, &mut m).await;
-                // Observed moves: nodes each surviving or new shard gained, plus those the
-                // removed shards had.
-                let mut gained = 0.0;
-                let mut total_after = 0.0;
-                for (name, addr) in &admins {
-                    if let Ok(now) = probe.metric_sum(*addr, "shardmetrics_scraper_owned_nodes").await {
-                        total_after += now;
-                        gained += (now - before_owned.get(name).copied().unwrap_or(0.0)).max(0.0);
+                // Observed moves, read once membership has settled (a Lease duration and a
+                // resolution after the change, before any later fault): nodes each surviving or
+                // new shard gained.
+                let gauges = async {
+                    tokio::time::sleep(settle).await;
+                    let mut gained = 0.0;
+                    let mut total_after = 0.0;
+                    for (name, addr) in &admins {
+                        if let Ok(now) = probe.metric_sum(*addr, "shardmetrics_scraper_owned_nodes").await {
+                            total_after += now;
+                            gained += (now - before_owned.get(name).copied().unwrap_or(0.0)).max(0.0);
+                        }
                     }
-                }
+                    (gained, total_after)
+                };
+                let ((gained, total_after), ()) = tokio::join!(gauges, observe_recovery(probe.clone(), nodes, fault_ms, window, &mut m));
                 m.insert("moved_nodes_count".into(), gained);
                 m.insert("moved_fraction".into(), gained / nodes.max(1) as f64);
                 m.insert("owned_nodes_after_count".into(), total_after);
