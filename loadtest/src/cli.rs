@@ -612,6 +612,39 @@ mod tests {
     }
 
     #[test]
+    fn every_run_and_floor_flag_has_its_env_var() {
+        use clap::CommandFactory;
+        let cmd = Args::command();
+        for sub in ["run", "floor"] {
+            let sub = cmd.find_subcommand(sub).unwrap();
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if matches!(long, "help" | "version") {
+                    continue;
+                }
+                let want = format!("SHARDMETRICS_{}", long.to_uppercase().replace('-', "_"));
+                assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(want.as_str()), "--{long}");
+            }
+        }
+    }
+
+    #[test]
+    fn run_faults_are_parsed_and_checked_against_the_duration() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["shardmetrics-loadtest", "run", "--duration", "60s"];
+            argv.extend(extra);
+            validate(&Args::try_parse_from(argv).unwrap())
+        };
+        assert!(parse(&["--fault", "kill-shard@30s", "--fault", "kubelets-failing=5%"]).is_empty());
+        assert!(parse(&["--kill-shard-at", "10s"]).is_empty());
+        let problems = parse(&["--fault", "explode@1s", "--fault", "kill-shard@90s", "--hpa-queries-per-sec=-1", "--warmup", "x"]);
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        let args = Args::try_parse_from(["shardmetrics-loadtest", "run", "--kill-shard-at", "5s", "--fault", "restart-shard@1s"]).unwrap();
+        let Command::Run(r) = args.command else { panic!("not run") };
+        assert_eq!(r.fault_specs().unwrap().len(), 2);
+    }
+
+    #[test]
     fn defaults_are_valid() {
         let args = Args::try_parse_from(["shardmetrics-loadtest", "apiserver"]).unwrap();
         assert!(validate(&args).is_empty());

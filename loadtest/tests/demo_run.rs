@@ -24,6 +24,7 @@ async fn a_short_scenario_measures_queries_scrapes_and_a_shard_failure() {
     config.load.node_per_second = 4.0;
     config.load.top_per_second = 1.0;
     let report = scenario::run(config).await.expect("the scenario runs");
+    eprintln!("{}", scenario::summary(&report));
     let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     assert_eq!(written["setup"]["nodes"], 6);
     assert_eq!(report.setup.pods, 24);

@@ -138,30 +138,48 @@ impl Target {
     }
 
     /// GETs `path_and_query` asking for `encoding`; the body of a 200, else what went wrong.
+    /// Straight to the frontends, a frontend that refuses the connection is skipped for the
+    /// next one, as the aggregation proxy does.
     pub async fn get_as(&self, path_and_query: &str, encoding: Encoding) -> Result<Bytes, String> {
-        let mut req = http::Request::get("/").header("accept", encoding.accept());
-        let url = match &self.proxy {
-            Some((api, token)) => {
-                req = req.header("authorization", format!("Bearer {token}"));
-                format!("{api}{path_and_query}")
+        if let Some((api, token)) = &self.proxy {
+            let req = http::Request::get(format!("{api}{path_and_query}"))
+                .header("accept", encoding.accept())
+                .header("authorization", format!("Bearer {token}"))
+                .body(Empty::new())
+                .map_err(|e| e.to_string())?;
+            return self.send(req).await;
+        }
+        let list = self.frontends.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if list.is_empty() {
+            return Err("no frontend".into());
+        }
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = String::new();
+        for i in 0..list.len() {
+            let frontend = list[(first + i) % list.len()];
+            let mut req = http::Request::get(format!("https://{frontend}{path_and_query}"))
+                .header("accept", encoding.accept())
+                .header("x-remote-user", USER);
+            for g in GROUPS {
+                req = req.header("x-remote-group", g);
             }
-            None => {
-                let frontend = {
-                    let list = self.frontends.read().unwrap_or_else(|p| p.into_inner());
-                    if list.is_empty() {
-                        return Err("no frontend".into());
-                    }
-                    list[self.next.fetch_add(1, Ordering::Relaxed) % list.len()]
-                };
-                req = req.header("x-remote-user", USER);
-                for g in GROUPS {
-                    req = req.header("x-remote-group", g);
-                }
-                format!("https://{frontend}{path_and_query}")
+            let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+            match self.client.request(req).await {
+                Err(e) if e.is_connect() => last = format!("transport: {e}"),
+                other => return Self::read(other).await,
             }
-        };
-        let req = req.uri(url).body(Empty::new()).map_err(|e| e.to_string())?;
-        let resp = self.client.request(req).await.map_err(|e| format!("transport: {e}"))?;
+        }
+        Err(last)
+    }
+
+    async fn send(&self, req: http::Request<Empty<Bytes>>) -> Result<Bytes, String> {
+        Self::read(self.client.request(req).await).await
+    }
+
+    async fn read(
+        resp: Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+    ) -> Result<Bytes, String> {
+        let resp = resp.map_err(|e| format!("transport: {e}"))?;
         let status = resp.status();
         let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
         if status != http::StatusCode::OK {
