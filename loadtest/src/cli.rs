@@ -308,15 +308,15 @@ pub fn validate(args: &Args) -> Vec<String> {
                     problems.push(format!("{flag} {v} must be between 0 and 10000"));
                 }
             }
-            match r.fault_specs() {
-                Ok(specs) => {
-                    for s in specs {
-                        if duration.as_ref().is_ok_and(|d| s.at >= *d) {
-                            problems.push(format!("--fault {s}: not within --duration {}", r.duration));
-                        }
+            let old = r.kill_shard_at.as_ref().map(|at| format!("kill-shard@{at}"));
+            for f in r.faults.iter().chain(old.iter()) {
+                match f.parse::<crate::faults::FaultSpec>() {
+                    Ok(s) if duration.as_ref().is_ok_and(|d| s.at >= *d) => {
+                        problems.push(format!("--fault {f}: not within --duration {}", r.duration));
                     }
+                    Ok(_) => {}
+                    Err(e) => problems.push(e.to_string()),
                 }
-                Err(p) => problems.extend(p),
             }
         }
         Command::Floor(f) => match shardmetrics_scraper::config::parse_duration(&f.metric_resolution) {
