@@ -113,6 +113,11 @@ pub struct Args {
     /// Per-subscriber queue, in batches; a subscriber whose queue is full is disconnected.
     #[arg(long, env = "SHARDMETRICS_SUBSCRIBER_QUEUE_BATCHES", default_value_t = 1024)]
     pub subscriber_queue_batches: usize,
+    /// Largest stream message sent to frontends, in bytes; a node's scrape whose batch is larger
+    /// is not streamed (logged, counted in shardmetrics_scraper_batches_oversized_total). Keep it
+    /// at most the frontends' --grpc-max-message-bytes.
+    #[arg(long, env = "SHARDMETRICS_GRPC_MAX_MESSAGE_BYTES", default_value_t = crate::stream::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub grpc_max_message_bytes: usize,
     /// Log format.
     #[arg(long, env = "SHARDMETRICS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -181,6 +186,8 @@ pub struct Validated {
     pub kubelet_max_response_bytes: usize,
     /// Subscriber queue length.
     pub subscriber_queue_batches: usize,
+    /// Largest stream message, in bytes.
+    pub grpc_max_message_bytes: usize,
     /// Explicit kubeconfig.
     pub kubeconfig: Option<PathBuf>,
 }
@@ -355,6 +362,9 @@ pub fn validate(args: &Args, env: &Environment) -> Result<Validated, Vec<String>
     if args.subscriber_queue_batches == 0 {
         errors.push("--subscriber-queue-batches must be at least 1".into());
     }
+    if args.grpc_max_message_bytes < 1 << 20 {
+        errors.push(format!("--grpc-max-message-bytes={} is below 1048576 (1 MiB)", args.grpc_max_message_bytes));
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
         errors.push(format!("--log-level={:?}: {e}", args.log_level));
     }
@@ -401,6 +411,7 @@ pub fn validate(args: &Args, env: &Environment) -> Result<Validated, Vec<String>
         kubelet_timeout,
         kubelet_max_response_bytes: args.kubelet_max_response_bytes,
         subscriber_queue_batches: args.subscriber_queue_batches,
+        grpc_max_message_bytes: args.grpc_max_message_bytes,
         kubeconfig: args.kubeconfig.clone(),
     })
 }
@@ -558,6 +569,7 @@ pub async fn prepare(v: Validated, env: &Environment) -> Result<(Config, kube::C
         targets: v.targets,
         schedule: v.schedule,
         subscriber_queue_batches: v.subscriber_queue_batches,
+        grpc_max_message_bytes: v.grpc_max_message_bytes,
     };
     Ok((config, kube, kubelets, Listeners { grpc, admin }))
 }
@@ -637,6 +649,7 @@ mod tests {
         assert_eq!(v.lease_namespace, "monitoring");
         assert_eq!(v.schedule, ScheduleConfig { resolution: Duration::from_secs(15), max_concurrent: 256 });
         assert_eq!(v.kubelet_timeout, Duration::from_secs(10));
+        assert_eq!(v.grpc_max_message_bytes, 64 << 20);
         assert_eq!(v.targets, TargetRules::default());
         assert_eq!(v.grpc_bind, "0.0.0.0:10350".parse().unwrap());
         assert_eq!(v.admin_bind, "0.0.0.0:10351".parse().unwrap());
@@ -670,11 +683,13 @@ mod tests {
             "--max-concurrent-scrapes=0",
             "--shard-id=Bad_Id",
             "--log-level=[[[",
+            "--grpc-max-message-bytes=1000",
         ]);
         let errors = validate(&args, &env()).unwrap_err();
         let joined = errors.join("\n");
         for needle in [
             "--metric-resolution=4s is below the minimum of 5s",
+            "--grpc-max-message-bytes=1000 is below 1048576",
             "--lease-renew-period=5s must be below --lease-duration=5s",
             "--grpc-bind-address=\"nope\"",
             "unknown node address type \"Bogus\"",

@@ -30,6 +30,8 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     /// Per-subscriber queue length, in batches.
     pub subscriber_queue_batches: usize,
+    /// `--grpc-max-message-bytes`: largest stream message sent, in bytes.
+    pub grpc_max_message_bytes: usize,
 }
 
 /// Parses a Go `time.ParseDuration`-style duration: `15s`, `1m30s`, `500ms`, `1.5h`, `0`.

@@ -113,7 +113,7 @@ pub async fn run<S: KubeletSource>(
         resolution = ?config.schedule.resolution,
         "scraper shard starting"
     );
-    let hub = Hub::new(identity.clone(), config.subscriber_queue_batches, metrics.clone());
+    let hub = Hub::with_max_message_bytes(identity.clone(), config.subscriber_queue_batches, config.grpc_max_message_bytes, metrics.clone());
 
     let (nodes_rx, nodes_task) = nodes::watch_nodes(kube.clone(), config.node_selector.clone(), config.targets.clone());
     let (members_rx, members_task) = shardmetrics_proto::lease::watch_members(kube.clone(), &config.lease_namespace, clock.clone());

@@ -45,6 +45,8 @@ const SNAPSHOT_MAX_SCRAPES: usize = 64;
 /// …and at most about this many samples, to stay far below gRPC's default 4 MiB message limit
 /// (a sample is ~30 bytes on the wire).
 const SNAPSHOT_MAX_SAMPLES: usize = 20_000;
+/// Default `--grpc-max-message-bytes`, in bytes: the frontends' default decoding limit.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 struct Subscriber {
     id: u64,
@@ -63,6 +65,11 @@ struct HubState {
 pub struct Hub {
     shard: ShardIdentity,
     queue_batches: usize,
+    /// `--grpc-max-message-bytes`: a live batch larger than this is not streamed (frontends would
+    /// refuse it and resubscribe, over and over), in bytes.
+    max_message_bytes: usize,
+    /// `shardmetrics_scraper_batches_oversized_total`: scrapes and releases not streamed for it.
+    oversized: prometheus::IntCounter,
     metrics: Metrics,
     next_id: AtomicU64,
     state: Mutex<HubState>,
@@ -75,11 +82,28 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// A hub for `shard` with per-subscriber queues of `queue_batches` batches (at least 1).
+    /// A hub for `shard` with per-subscriber queues of `queue_batches` batches (at least 1) and
+    /// the default message limit ([`DEFAULT_MAX_MESSAGE_BYTES`]).
     pub fn new(shard: ShardIdentity, queue_batches: usize, metrics: Metrics) -> Arc<Hub> {
+        Self::with_max_message_bytes(shard, queue_batches, DEFAULT_MAX_MESSAGE_BYTES, metrics)
+    }
+
+    /// Like [`Hub::new`], streaming no live batch larger than `max_message_bytes`
+    /// (`--grpc-max-message-bytes`); such a scrape is logged, counted in
+    /// `shardmetrics_scraper_batches_oversized_total` and neither buffered nor sent.
+    pub fn with_max_message_bytes(shard: ShardIdentity, queue_batches: usize, max_message_bytes: usize, metrics: Metrics) -> Arc<Hub> {
+        let oversized = prometheus::IntCounter::new(
+            "shardmetrics_scraper_batches_oversized_total",
+            "Scrapes and releases not streamed because their batch exceeded --grpc-max-message-bytes.",
+        )
+        .unwrap_or_else(|_| unreachable!("static metric name and help are valid"));
+        // A second hub on the same registry (tests) keeps counting in its own counter.
+        let _ = metrics.registry.register(Box::new(oversized.clone()));
         Arc::new(Hub {
             shard,
             queue_batches: queue_batches.max(1),
+            max_message_bytes,
+            oversized,
             metrics,
             next_id: AtomicU64::new(1),
             state: Mutex::new(HubState { buffer: ScrapeBuffer::default(), subscribers: Vec::new(), closed: false }),
@@ -101,8 +125,22 @@ impl Hub {
         Bytes::from(encode_batch(&self.shard, &[scrape], &[], false).encode_to_vec())
     }
 
-    /// Buffers a scrape and queues its encoded batch to every subscriber.
+    /// Whether `frame` fits `--grpc-max-message-bytes`; if not, logs and counts it.
+    fn fits(&self, frame: &Bytes, what: &str) -> bool {
+        if frame.len() <= self.max_message_bytes {
+            return true;
+        }
+        tracing::error!(what, bytes = frame.len(), limit = self.max_message_bytes, "batch larger than --grpc-max-message-bytes; not streamed");
+        self.oversized.inc();
+        false
+    }
+
+    /// Buffers a scrape and queues its encoded batch to every subscriber (unless the batch is
+    /// over `--grpc-max-message-bytes`: then neither).
     pub fn publish_scrape(&self, scrape: Arc<NodeScrape>, frame: Bytes) {
+        if !self.fits(&frame, &scrape.node) {
+            return;
+        }
         let mut state = self.lock();
         if state.closed {
             return;
@@ -117,6 +155,9 @@ impl Hub {
             return;
         }
         let frame = Bytes::from(encode_batch(&self.shard, &[], &released, false).encode_to_vec());
+        if !self.fits(&frame, "node releases") {
+            return;
+        }
         let mut state = self.lock();
         if state.closed {
             return;
@@ -483,6 +524,24 @@ mod tests {
         assert_eq!(hub.subscriber_count(), 1);
         drop(sub);
         assert_eq!(hub.subscriber_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_scrape_over_the_message_limit_is_counted_and_neither_buffered_nor_sent() {
+        let metrics = Metrics::new();
+        let hub = Hub::with_max_message_bytes(shard(), 4, 64, metrics.clone());
+        let mut sub = hub.subscribe("fe".into()).unwrap();
+        assert!(decode(sub.next().await.unwrap().unwrap()).snapshot_complete);
+        let big = Arc::new(NodeScrape { node: "n".repeat(100), scraped_at_ms: 1, node_usage: None, pods: vec![] });
+        let frame = hub.encode_scrape(&big);
+        assert!(frame.len() > 64);
+        hub.publish_scrape(big, frame);
+        assert_eq!(hub.buffered_nodes(), 0);
+        publish(&hub, "small", 2);
+        let live = decode(sub.next().await.unwrap().unwrap());
+        assert_eq!(live.scrapes[0].node, "small", "the oversized batch was never queued");
+        let text = prometheus::TextEncoder::new().encode_to_string(&metrics.registry.gather()).unwrap();
+        assert!(text.contains("shardmetrics_scraper_batches_oversized_total 1"), "{text}");
     }
 
     #[tokio::test]
