@@ -116,6 +116,7 @@ pub async fn run<S: KubeletSource>(
     let hub = Hub::with_max_message_bytes(identity.clone(), config.subscriber_queue_batches, config.grpc_max_message_bytes, metrics.clone());
 
     let (nodes_rx, nodes_task) = nodes::watch_nodes(kube.clone(), config.node_selector.clone(), config.targets.clone());
+    let mut synced_nodes = nodes_rx.clone();
     let (members_rx, members_task) = shardmetrics_proto::lease::watch_members(kube.clone(), &config.lease_namespace, clock.clone());
     let (assignment_rx, assignment_task) =
         ownership::watch_assignment(config.shard_id.clone(), nodes_rx.clone(), members_rx.clone(), metrics.clone());
@@ -135,9 +136,16 @@ pub async fn run<S: KubeletSource>(
         clock.clone(),
         metrics.clone(),
     );
-    let lease_task = tokio::spawn(lease.run(async {
-        let _ = lease_stopped.await;
-    }));
+    // The Lease appears once the node view is synced: peers release their nodes to this shard
+    // the moment they see it.
+    let lease_task = tokio::spawn(lease.run_after(
+        async move {
+            let _ = synced_nodes.wait_for(|v| v.synced).await;
+        },
+        async {
+            let _ = lease_stopped.await;
+        },
+    ));
 
     let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
     let mut grpc_task = tokio::spawn(stream::serve(listeners.grpc, hub.clone(), config.grpc_tls.clone(), async {

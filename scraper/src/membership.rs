@@ -173,8 +173,19 @@ impl LeaseHolder {
     }
 
     /// Renews every renew period (sooner after an error) until `shutdown`, then deletes.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        self.run_after(std::future::ready(()), shutdown).await;
+    }
+
+    /// Like [`Self::run`], but creates the Lease only once `ready` resolves (e.g. the node view
+    /// is synced): peers hand their nodes over the moment the Lease appears, so it must not
+    /// appear before this shard can scrape them. A shutdown before that creates nothing.
+    pub async fn run_after(mut self, ready: impl std::future::Future<Output = ()>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = ready => {}
+        }
         loop {
             let held = self.renew().await;
             let wait = if held { self.settings.renew_period } else { RETRY_AFTER_ERROR.min(self.settings.renew_period) };
