@@ -1,30 +1,35 @@
-//! The real kubelet source: HTTPS `GET /metrics/resource` over a keep-alive pool.
+//! The real kubelet source: HTTPS `GET /metrics/resource` over kept-alive connections.
 //!
-//! One hyper client for all kubelets: at most one idle connection per kubelet (a node is
-//! scraped once per resolution, never concurrently), kept longer than the resolution so every
-//! scrape reuses its connection; TLS by rustls (ring) with either a CA bundle or
-//! `--kubelet-insecure-tls`; a bearer token (re-read when its file changes) or a client
-//! certificate; a deadline over connect + request + body; a body size limit checked against
-//! `Content-Length` first and enforced while reading.
+//! A node is scraped once per resolution and never concurrently, so the "pool" is a map from
+//! kubelet address to at most one idle TLS stream: a scrape takes its kubelet's stream (or opens
+//! one), runs one request on it ([`super::http1`] framing) and puts it back. An idle connection
+//! costs only its rustls state (~5 KiB): no task, no channel, no read buffer (see
+//! [`super::http1`] for why not hyper's pooled client). TLS by rustls (ring) with either a CA
+//! bundle or `--kubelet-insecure-tls`; a bearer token (re-read when its file changes) or a
+//! client certificate; a deadline over connect + request + body; a body size limit checked
+//! against `Content-Length` first and enforced while reading. A kept-alive connection the
+//! kubelet closed while idle is detected (no response byte) and the request is retried once on
+//! a fresh connection.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH};
-use http::{HeaderValue, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use futures::FutureExt;
+use http::HeaderValue;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
+use super::http1::{self, BodyLength, ChunkedDecoder};
 use super::{KubeletSource, ScrapeError};
 use crate::nodes::NodeTarget;
 use crate::tls::provider;
@@ -205,23 +210,63 @@ pub enum ClientError {
     NoUsableCa(usize),
 }
 
-/// Scrapes kubelets over HTTPS.
+/// Bytes asked of the socket per read while a body of unknown length is read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Scrapes kubelets over HTTPS, keeping one idle connection per kubelet.
 #[derive(Clone)]
 pub struct KubeletClient {
-    http: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    tls: TlsConnector,
     token: Option<TokenSource>,
     timeout: Duration,
     max_response_bytes: usize,
+    idle_timeout: Duration,
+    idle: Mutex<IdlePool>,
+}
+
+/// At most one idle connection per kubelet `(host, port)`.
+struct IdlePool {
+    conns: HashMap<(String, u16), IdleConn>,
+    /// When connections idle longer than the timeout were last dropped.
+    swept: Instant,
+}
+
+struct IdleConn {
+    /// Boxed: the map moves its values when it grows, a rustls connection is ~1 KiB.
+    stream: Box<TlsStream<TcpStream>>,
+    since: Instant,
 }
 
 impl std::fmt::Debug for KubeletClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeletClient").field("timeout", &self.timeout).field("max_response_bytes", &self.max_response_bytes).finish()
+        f.debug_struct("KubeletClient")
+            .field("timeout", &self.inner.timeout)
+            .field("max_response_bytes", &self.inner.max_response_bytes)
+            .field("idle_connections", &self.idle_connections())
+            .finish()
+    }
+}
+
+/// Why one request/response exchange failed, and whether a fresh connection may retry it.
+struct Failure {
+    error: ScrapeError,
+    /// The connection was reused and nothing of a response arrived: the kubelet most likely
+    /// closed it while idle, so the request was never seen.
+    retry: bool,
+}
+
+impl Failure {
+    fn fatal(error: ScrapeError) -> Failure {
+        Failure { error, retry: false }
     }
 }
 
 impl KubeletClient {
-    /// Builds the client and its connection pool.
+    /// Builds the client (no connection is opened until the first scrape).
     pub fn new(config: KubeletClientConfig) -> Result<KubeletClient, ClientError> {
         let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
         let builder = match config.tls {
@@ -236,70 +281,214 @@ impl KubeletClient {
             }
             KubeletTls::Insecure => builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider()))),
         };
-        let (tls, token) = match config.auth {
+        let (mut tls, token) = match config.auth {
             KubeletAuth::None => (builder.with_no_client_auth(), None),
             KubeletAuth::Token(t) => (builder.with_no_client_auth(), Some(t)),
             KubeletAuth::ClientCert { chain, key } => (builder.with_client_auth_cert(chain, key)?, None),
         };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().wrap_connector(http);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(1)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
-        Ok(KubeletClient { http, token, timeout: config.timeout, max_response_bytes: config.max_response_bytes })
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(KubeletClient {
+            inner: Arc::new(ClientInner {
+                tls: TlsConnector::from(Arc::new(tls)),
+                token,
+                timeout: config.timeout,
+                max_response_bytes: config.max_response_bytes,
+                idle_timeout: config.pool_idle_timeout,
+                idle: Mutex::new(IdlePool { conns: HashMap::new(), swept: Instant::now() }),
+            }),
+        })
     }
 
-    async fn fetch_inner(&self, uri: Uri) -> Result<Bytes, ScrapeError> {
-        let mut req = Request::get(uri).header(ACCEPT, "text/plain");
-        if let Some(t) = &self.token {
-            req = req.header(AUTHORIZATION, t.header().await);
+    /// Kept-alive connections currently idle (one per recently scraped kubelet at most).
+    pub fn idle_connections(&self) -> usize {
+        self.inner.pool().conns.len()
+    }
+
+    async fn fetch_inner(&self, target: &NodeTarget) -> Result<Bytes, ScrapeError> {
+        let inner = &*self.inner;
+        let authorization = match &inner.token {
+            Some(t) => Some(t.header().await),
+            None => None,
+        };
+        let request = http1::request(RESOURCE_METRICS_PATH, &target.host, target.port, authorization.as_ref().map(HeaderValue::as_bytes));
+        let key = (target.host.clone(), target.port);
+        if let Some(stream) = inner.take_idle(&key) {
+            match inner.exchange(stream, &request, true).await {
+                Ok((body, reusable)) => {
+                    inner.put_idle(key, reusable);
+                    return Ok(body);
+                }
+                Err(f) if f.retry => tracing::debug!(node = %target.name, error = %f.error, "kept-alive kubelet connection was closed; reconnecting"),
+                Err(f) => return Err(f.error),
+            }
         }
-        let req = req.body(Empty::new()).map_err(|e| ScrapeError::Connect(e.to_string()))?;
-        let resp = self.http.request(req).await.map_err(|e| {
-            let chain = error_chain(&e);
-            if e.is_connect() { ScrapeError::Connect(chain) } else { ScrapeError::Transport(chain) }
-        })?;
-        let status = resp.status();
-        if status != StatusCode::OK {
-            return Err(ScrapeError::Http { status: status.as_u16() });
-        }
-        let declared = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.max_response_bytes as u64) {
-            return Err(ScrapeError::TooLarge { limit: self.max_response_bytes });
-        }
-        let body = Limited::new(resp.into_body(), self.max_response_bytes);
-        match body.collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ScrapeError::TooLarge { limit: self.max_response_bytes }),
-            Err(e) => Err(ScrapeError::Transport(error_chain(&*e))),
-        }
+        let stream = inner.connect(target).await?;
+        let (body, reusable) = inner.exchange(stream, &request, false).await.map_err(|f| f.error)?;
+        inner.put_idle(key, reusable);
+        Ok(body)
     }
 }
 
-/// The URL of a node's `/metrics/resource` (IPv6 hosts get brackets).
-pub fn resource_metrics_uri(target: &NodeTarget) -> Result<Uri, ScrapeError> {
-    let host = if target.host.contains(':') && !target.host.starts_with('[') { format!("[{}]", target.host) } else { target.host.clone() };
-    format!("https://{host}:{}{RESOURCE_METRICS_PATH}", target.port)
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| ScrapeError::Connect(format!("invalid kubelet address {:?}: {e}", target.host)))
+impl ClientInner {
+    fn pool(&self) -> std::sync::MutexGuard<'_, IdlePool> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The kubelet's idle connection, unless it idled past the timeout.
+    fn take_idle(&self, key: &(String, u16)) -> Option<Box<TlsStream<TcpStream>>> {
+        let idle = self.pool().conns.remove(key)?;
+        (idle.since.elapsed() < self.idle_timeout).then_some(idle.stream)
+    }
+
+    /// Parks a connection for the kubelet's next scrape; now and then drops connections that
+    /// idled past the timeout (nodes no longer owned, deleted or moved).
+    fn put_idle(&self, key: (String, u16), stream: Option<Box<TlsStream<TcpStream>>>) {
+        let now = Instant::now();
+        let mut pool = self.pool();
+        if now.duration_since(pool.swept) >= self.idle_timeout {
+            pool.swept = now;
+            let timeout = self.idle_timeout;
+            pool.conns.retain(|_, c| now.duration_since(c.since) < timeout);
+        }
+        if let Some(stream) = stream {
+            pool.conns.insert(key, IdleConn { stream, since: now });
+        }
+    }
+
+    async fn connect(&self, target: &NodeTarget) -> Result<Box<TlsStream<TcpStream>>, ScrapeError> {
+        let name = ServerName::try_from(target.host.clone())
+            .map_err(|e| ScrapeError::Connect(format!("invalid kubelet address {:?}: {e}", target.host)))?;
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| ScrapeError::Connect(format!("tcp connect to {}:{}: {}", target.host, target.port, error_chain(&e))))?;
+        tcp.set_nodelay(true).map_err(|e| ScrapeError::Connect(e.to_string()))?;
+        let tls = self.tls.connect(name, tcp).await.map_err(|e| ScrapeError::Connect(format!("TLS handshake: {}", error_chain(&e))))?;
+        Ok(Box::new(tls))
+    }
+
+    /// Sends `request` on `stream` and reads the whole response. On success returns the body
+    /// and the stream if it may carry the next request.
+    async fn exchange(
+        &self,
+        mut stream: Box<TlsStream<TcpStream>>,
+        request: &[u8],
+        reused: bool,
+    ) -> Result<(Bytes, Option<Box<TlsStream<TcpStream>>>), Failure> {
+        let io = |e: std::io::Error| ScrapeError::Transport(error_chain(&e));
+        if let Err(e) = async {
+            stream.write_all(request).await?;
+            stream.flush().await
+        }
+        .await
+        {
+            return Err(Failure { error: io(e), retry: reused });
+        }
+
+        // Head.
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        let head = loop {
+            if let Some(head) = http1::parse_head(&buf).map_err(|e| Failure::fatal(ScrapeError::Transport(e.to_string())))? {
+                break head;
+            }
+            buf.reserve(READ_CHUNK);
+            match stream.read_buf(&mut buf).await {
+                Ok(0) => {
+                    return Err(Failure {
+                        error: ScrapeError::Transport("connection closed before a response".into()),
+                        retry: reused && buf.is_empty(),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => return Err(Failure { retry: reused && buf.is_empty(), error: io(e) }),
+            }
+        };
+        if head.status != 200 {
+            return Err(Failure::fatal(ScrapeError::Http { status: head.status }));
+        }
+        buf.drain(..head.len);
+        let limit = self.max_response_bytes;
+        let too_large = || Failure::fatal(ScrapeError::TooLarge { limit });
+
+        // Body.
+        let mut reusable = head.keep_alive;
+        let body = match head.body {
+            BodyLength::Known(len) => {
+                let len = usize::try_from(len).ok().filter(|l| *l <= limit).ok_or_else(too_large)?;
+                if buf.len() > len {
+                    // Bytes after the response: nothing was asked for, do not reuse.
+                    buf.truncate(len);
+                    reusable = false;
+                }
+                buf.reserve_exact(len - buf.len());
+                while buf.len() < len {
+                    let n = stream.read_buf(&mut buf).await.map_err(|e| Failure::fatal(io(e)))?;
+                    if n == 0 {
+                        return Err(Failure::fatal(ScrapeError::Transport(format!(
+                            "connection closed after {} of {len} body bytes",
+                            buf.len()
+                        ))));
+                    }
+                }
+                buf
+            }
+            BodyLength::Chunked => {
+                let mut decoder = ChunkedDecoder::new();
+                let mut body = Vec::with_capacity(buf.capacity());
+                let mut raw = buf;
+                loop {
+                    let used = decoder.decode(&raw, &mut body).map_err(|e| Failure::fatal(ScrapeError::Transport(e.to_string())))?;
+                    if body.len() > limit {
+                        return Err(too_large());
+                    }
+                    if decoder.is_done() {
+                        if used < raw.len() {
+                            reusable = false;
+                        }
+                        break;
+                    }
+                    raw.clear();
+                    let n = stream.read_buf(&mut raw).await.map_err(|e| Failure::fatal(io(e)))?;
+                    if n == 0 {
+                        return Err(Failure::fatal(ScrapeError::Transport("connection closed inside a chunked body".into())));
+                    }
+                }
+                body
+            }
+            BodyLength::UntilClose => {
+                loop {
+                    if buf.len() > limit {
+                        return Err(too_large());
+                    }
+                    buf.reserve(READ_CHUNK);
+                    if stream.read_buf(&mut buf).await.map_err(|e| Failure::fatal(io(e)))? == 0 {
+                        break;
+                    }
+                }
+                buf
+            }
+        };
+        if reusable {
+            // One non-blocking read: it must find nothing (would block). Besides catching a
+            // kubelet that closed at once, it lets rustls shrink its receive buffer to its idle
+            // size before the connection is parked.
+            let mut probe = [0u8; 1];
+            if stream.read(&mut probe).now_or_never().is_some() {
+                reusable = false;
+            }
+        }
+        Ok((Bytes::from(body), reusable.then_some(stream)))
+    }
 }
 
 impl KubeletSource for KubeletClient {
     async fn fetch(&self, target: &NodeTarget) -> Result<Bytes, ScrapeError> {
-        let uri = resource_metrics_uri(target)?;
-        tokio::time::timeout(self.timeout, self.fetch_inner(uri)).await.unwrap_or(Err(ScrapeError::Timeout(self.timeout)))
+        let timeout = self.inner.timeout;
+        tokio::time::timeout(timeout, self.fetch_inner(target)).await.unwrap_or(Err(ScrapeError::Timeout(timeout)))
     }
 }
 
-/// Joins an error and its sources: hyper's top-level messages alone ("client error
-/// (Connect)") do not say what happened.
+/// Joins an error and its sources: top-level I/O messages alone ("invalid data") do not say
+/// what happened.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
@@ -358,18 +547,134 @@ impl ServerCertVerifier for AcceptAnyServerCert {
 mod tests {
     use super::*;
 
-    #[test]
-    fn ipv6_hosts_are_bracketed_in_the_uri() {
-        let t = NodeTarget { name: "n".into(), host: "fd00::1".into(), port: 10250 };
-        assert_eq!(resource_metrics_uri(&t).unwrap().to_string(), "https://[fd00::1]:10250/metrics/resource");
-        let t = NodeTarget { name: "n".into(), host: "10.0.0.1".into(), port: 10250 };
-        assert_eq!(resource_metrics_uri(&t).unwrap().to_string(), "https://10.0.0.1:10250/metrics/resource");
+    fn client() -> KubeletClient {
+        KubeletClient::new(KubeletClientConfig {
+            tls: KubeletTls::Insecure,
+            auth: KubeletAuth::None,
+            timeout: Duration::from_secs(2),
+            max_response_bytes: 1 << 20,
+            pool_idle_timeout: Duration::from_secs(90),
+        })
+        .unwrap()
     }
 
-    #[test]
-    fn a_host_with_spaces_is_a_connect_error_not_a_panic() {
+    #[tokio::test]
+    async fn a_host_with_spaces_is_a_connect_error_not_a_panic() {
         let t = NodeTarget { name: "n".into(), host: "bad host".into(), port: 1 };
-        assert!(matches!(resource_metrics_uri(&t), Err(ScrapeError::Connect(_))));
+        let err = client().fetch(&t).await.unwrap_err();
+        assert!(matches!(err, ScrapeError::Connect(_)), "{err}");
+    }
+
+    /// A plain-TCP "kubelet" that answers garbage: the TLS handshake fails, nothing is pooled.
+    #[tokio::test]
+    async fn a_server_that_does_not_speak_tls_is_a_connect_error_and_leaves_no_idle_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let c = client();
+        let err = c.fetch(&NodeTarget { name: "n".into(), host: "127.0.0.1".into(), port }).await.unwrap_err();
+        assert_eq!(err.result_label(), "connect_error", "{err}");
+        assert_eq!(c.idle_connections(), 0);
+    }
+
+    /// A TLS "kubelet" that answers each request with `reply(n)` (n = requests so far on any
+    /// connection) and closes every connection after `per_connection` requests, without saying
+    /// so (as a kubelet's idle timeout does). Returns its port and its connection counter.
+    async fn closing_kubelet(per_connection: usize, reply: fn(usize) -> Vec<u8>) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = key.cert.der().clone();
+        let pkey = PrivateKeyDer::try_from(key.signing_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], pkey)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, requests) = (acceptor.clone(), requests.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    for _ in 0..per_connection {
+                        let mut req = Vec::new();
+                        while !req.ends_with(b"\r\n\r\n") {
+                            let mut b = [0u8; 512];
+                            match tls.read(&mut b).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => req.extend_from_slice(&b[..n]),
+                            }
+                        }
+                        let n = requests.fetch_add(1, Ordering::SeqCst);
+                        if tls.write_all(&reply(n)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Let the client park the connection before it goes away.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                });
+            }
+        });
+        (port, connections)
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_the_kubelet_closed_is_replaced_and_the_scrape_succeeds() {
+        use std::sync::atomic::Ordering;
+        let (port, connections) =
+            closing_kubelet(1, |n| format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\nscrape {n}", 7 + n.to_string().len()).into_bytes())
+                .await;
+        let c = client();
+        let target = NodeTarget { name: "n".into(), host: "127.0.0.1".into(), port };
+        assert_eq!(c.fetch(&target).await.unwrap(), "scrape 0");
+        assert_eq!(c.idle_connections(), 1, "parked for the next scrape");
+        tokio::time::sleep(Duration::from_millis(200)).await; // the kubelet has closed it by now
+        assert_eq!(c.fetch(&target).await.unwrap(), "scrape 1");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_are_decoded_and_their_connection_reused() {
+        use std::sync::atomic::Ordering;
+        let (port, connections) = closing_kubelet(3, |n| {
+            let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for i in 0..=n {
+                r.extend_from_slice(format!("{:x}\r\nline {i}\n\r\n", 6 + i.to_string().len()).as_bytes());
+            }
+            r.extend_from_slice(b"0\r\n\r\n");
+            r
+        })
+        .await;
+        let c = client();
+        let target = NodeTarget { name: "n".into(), host: "127.0.0.1".into(), port };
+        for n in 0..3 {
+            let want: String = (0..=n).map(|i| format!("line {i}\n")).collect();
+            assert_eq!(c.fetch(&target).await.unwrap(), want.into_bytes());
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "one connection for three scrapes");
+    }
+
+    #[tokio::test]
+    async fn a_response_that_ends_early_or_without_a_status_line_is_a_transport_error() {
+        let (port, _) = closing_kubelet(1, |_| b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort".to_vec()).await;
+        let target = NodeTarget { name: "n".into(), host: "127.0.0.1".into(), port };
+        let err = client().fetch(&target).await.unwrap_err();
+        assert!(matches!(err, ScrapeError::Transport(_)), "{err}");
+        let (port, _) = closing_kubelet(1, |_| b"NOT HTTP\r\n\r\n".to_vec()).await;
+        let target = NodeTarget { name: "n".into(), host: "127.0.0.1".into(), port };
+        let err = client().fetch(&target).await.unwrap_err();
+        assert!(err.to_string().contains("status line"), "{err}");
     }
 
     #[test]

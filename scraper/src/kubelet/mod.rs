@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`KubeletSource`]: the seam the scheduler calls ("knows how to fetch one node's
 //!   `/metrics/resource` body"); [`client::KubeletClient`] is the real one, tests use fakes.
-//! - [`client`]: hyper + rustls keep-alive pool, auth, CA or insecure, timeout, size limit.
+//! - [`client`]: rustls connections kept alive one per kubelet, auth, CA or insecure,
+//!   timeout, size limit.
+//! - [`http1`]: HTTP/1.1 request and response framing (head, `Content-Length`, chunked).
 //! - [`parse`]: the text parser producing a [`shardmetrics_proto::NodeScrape`].
 //! - [`fixture`]: realistic payloads with known contents, for tests and benchmarks.
 
@@ -16,6 +18,7 @@ use crate::nodes::NodeTarget;
 
 pub mod client;
 pub mod fixture;
+pub mod http1;
 pub mod parse;
 
 pub use client::{KubeletAuth, KubeletClient, KubeletClientConfig, KubeletTls, TokenSource};
