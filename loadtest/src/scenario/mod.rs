@@ -121,9 +121,6 @@ pub enum ScenarioError {
         /// What failed.
         why: String,
     },
-    /// The floor client could not run.
-    #[error(transparent)]
-    Floor(#[from] floor::FloorError),
 }
 
 /// Runs the scenario, writes the report and the chart, and returns the report.
@@ -504,7 +501,15 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
     } else {
         let scraper_cpu_s: f64 = processes.iter().filter(|p| component(&p.name) == "scraper").map(|p| p.cpu_s).sum();
         let scraper_scrapes: f64 = scrapes.scraper_results.values().sum();
-        Some(floor::run_child(demo, &config.demo, config.floor_duration, scraper_cpu_s, scraper_scrapes).await?)
+        Some(floor::run_child(demo, &config.demo, config.floor_duration, scraper_cpu_s, scraper_scrapes).await)
+    };
+    let (floor, floor_error) = match floor {
+        None => (None, None),
+        Some(Ok(f)) => (Some(f), None),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "the floor did not run");
+            (None, Some(e.to_string()))
+        }
     };
 
     Ok(Report {
@@ -531,6 +536,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
         processes,
         components,
         floor,
+        floor_error,
         faults: faults_out,
         timeline: Timeline { node_probes: node_log.points, pod_probes: pod_log.points, query_latency },
         chart: None,

@@ -34,6 +34,8 @@ pub struct Report {
     pub components: BTreeMap<String, ComponentStats>,
     /// The bare-client floor of the scrapers' work; `None` when not run (`--floor-duration 0`).
     pub floor: Option<FloorReport>,
+    /// Why the floor did not run, if it failed (the rest of the report stands).
+    pub floor_error: Option<String>,
     /// Each `--fault`, in order of injection.
     pub faults: Vec<FaultReport>,
     /// Over time, for the chart.

@@ -51,6 +51,9 @@ pub fn summary(r: &Report) -> String {
             fl.fetches, fl.duration_s, fl.cpu_ms_per_fetch, fl.scraper_cpu_ms_per_scrape, fl.scraper_cpu_vs_floor
         );
     }
+    if let Some(e) = &r.floor_error {
+        let _ = writeln!(out, "floor: did not run: {e}");
+    }
     let _ = writeln!(out, "\nprocess               cpu s   cores   rss MiB  peak MiB");
     for p in &r.processes {
         let _ = writeln!(
