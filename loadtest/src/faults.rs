@@ -14,7 +14,17 @@
 //! | `overload=64@60s` | 64 clients send full pod lists as fast as they can for 10 s |
 //!
 //! [`inject`] performs the fault; what it measures while doing so (e.g. how long a new frontend
-//! took to serve complete data) comes back in [`Injected`].
+//! took to serve complete data) comes back in [`Injected`]:
+//!
+//! | kind | measured |
+//! |---|---|
+//! | shard faults (kill, restart, scale) | over a Lease duration + 2 resolutions through the proxy: `max_node_age_ms`, `min_nodes_served_count`, `all_nodes_rescraped_ms` (every node has a sample newer than the fault), `duplicate_scrapes_count` (two kubelet requests of a node < resolution/2 apart) |
+//! | restart-shard | also `stop_ms`, `exit_success_count`, `lease_left_after_stop_count` (0: deleted on shutdown), `lease_back_ms` |
+//! | scale-shards | also `ring_moved_*` (what the ring moves) and `moved_nodes_count`/`moved_fraction` (what the shards' owned-node gauges gained), `owned_nodes_after_count` |
+//! | kill-frontend | `frontend_ready_ms` (`/readyz` 200), `frontend_ready_with_complete_data_ms` (every node and every pod with CPU rates, asked directly) |
+//! | apiserver-drop-watches | `watches_dropped_count`, `watch_410_gone_count`, `relists_count`, `watches_reopened_ms`, plus the shard-fault staleness figures |
+//! | kubelets-failing | `targets` name each node and its fault; `failing_nodes_count` |
+//! | overload | `ok_count`, `429_with_retry_after_count`, `429_without_retry_after_count`, `other_status_count`, `transport_error_count`, `max_latency_ms`, `frontends_ready_after_count`, `frontends_kept_ingesting_count` |
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -572,6 +582,7 @@ pub async fn inject(spec: &FaultSpec, demo: &mut RunningDemo, at_s: f64) -> Resu
             outcome.measured.insert("watches_open_before_count".into(), open as f64);
             let api = demo.api.stats_handle();
             let window = recovery_window(demo);
+            let fleet = demo.cluster.fleet().clone();
             let pending = tokio::spawn(async move {
                 let mut m = BTreeMap::new();
                 let started = tokio::time::Instant::now();
@@ -595,6 +606,7 @@ pub async fn inject(spec: &FaultSpec, demo: &mut RunningDemo, at_s: f64) -> Resu
                 m.insert("watches_dropped_count".into(), s.watches_dropped.load(Ordering::Relaxed).saturating_sub(dropped0) as f64);
                 m.insert("watch_410_gone_count".into(), s.watches_gone.load(Ordering::Relaxed).saturating_sub(gone0) as f64);
                 m.insert("relists_count".into(), s.lists.load(Ordering::Relaxed).saturating_sub(lists0) as f64);
+                m.insert("duplicate_scrapes_count".into(), duplicate_scrapes(&fleet, fault_ms, half_ms) as f64);
                 match reopened {
                     Some(ms) => m.insert("watches_reopened_ms".into(), ms),
                     None => m.insert("watches_reopened_timeout_count".into(), 1.0),
@@ -762,6 +774,35 @@ mod tests {
         let s: FaultSpec = "overload=64@1500ms".parse().unwrap();
         assert_eq!(s, FaultSpec { kind: FaultKind::Overload(64), at: Duration::from_millis(1500) });
         assert_eq!(s.to_string().parse::<FaultSpec>().unwrap(), s);
+    }
+
+    #[test]
+    fn kubelets_are_picked_evenly_and_deterministically() {
+        let nodes: Vec<String> = (0..20).map(|i| format!("node-{i:02}")).collect();
+        let five = pick_nodes(&nodes, 25.0);
+        assert_eq!(five, vec!["node-00", "node-04", "node-08", "node-12", "node-16"]);
+        assert_eq!(pick_nodes(&nodes, 25.0), five);
+        assert_eq!(pick_nodes(&nodes, 1.0).len(), 1, "a positive share picks at least one");
+        assert!(pick_nodes(&nodes, 0.0).is_empty());
+        assert_eq!(pick_nodes(&nodes, 100.0), nodes);
+        assert!(pick_nodes(&[], 50.0).is_empty());
+    }
+
+    #[test]
+    fn the_fault_mix_covers_every_kubelet_fault_and_oversizes_past_the_limit() {
+        let mix = kubelet_fault_mix(Duration::from_secs(3), 1000);
+        assert!(mix.iter().any(|(f, _)| matches!(f, Fault::Oversized(n) if *n > 1000)));
+        assert!(mix.iter().any(|(f, _)| matches!(f, Fault::Slow(d) if *d < Duration::from_secs(3))));
+        for f in [Fault::Timeout, Fault::Http500, Fault::Garbage, Fault::Truncated] {
+            assert!(mix.iter().any(|(m, _)| *m == f), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn metric_sums_add_every_series_of_exactly_that_name() {
+        let text = "# HELP x_total X\nx_total{shard=\"a\"} 3\nx_total{shard=\"b\"} 4.5\nx_total_other 100\nx_total 1\n";
+        assert_eq!(metric_sum(text, "x_total"), 8.5);
+        assert_eq!(metric_sum(text, "missing"), 0.0);
     }
 
     #[test]

@@ -37,6 +37,7 @@ async fn only_failing_kubelets_lose_freshness_and_failures_are_counted_by_reason
     let mut demo = Demo::start(config).await.expect("demo starts");
     let probe = Probe::new(&demo).unwrap();
     let base = probe.proxy_base();
+    tokio::time::sleep(faults_support::WARMUP).await;
     let before = scrape_results(&probe, &demo).await;
 
     let spec: FaultSpec = "kubelets-failing=50%".parse().unwrap();

@@ -15,6 +15,9 @@ pub const RES: Duration = Duration::from_secs(5);
 /// Lease duration of the fault tests (renewed every second).
 pub const LEASE: Duration = Duration::from_secs(3);
 
+/// Load without measurement before the window (and before direct injections).
+pub const WARMUP: Duration = Duration::from_secs(8);
+
 /// A demo of `nodes` nodes x 3 pods, `shards` shards and `frontends` frontends with [`RES`]
 /// and [`LEASE`].
 pub fn demo(dir: &Path, nodes: usize, shards: usize, frontends: usize) -> DemoConfig {
@@ -37,6 +40,9 @@ pub async fn run(dir: &Path, demo: DemoConfig, duration: Duration, faults: &[&st
     let mut config = ScenarioConfig::new(demo, duration, dir.join("report.json"));
     config.faults = faults.iter().map(|f| f.parse().expect("fault spec")).collect();
     config.floor_duration = Duration::ZERO;
+    // Past the start-up transient (the first prompt scrape, then the first phase slot up to
+    // 1.5 resolutions later), so the windows show the faults only.
+    config.warmup = WARMUP;
     config.load.hpa_per_second = 5.0;
     config.load.node_per_second = 2.0;
     config.load.top_per_second = 0.2;
