@@ -3,7 +3,8 @@
 //! The [`Hub`] holds the last two scrapes of every owned node ([`ScrapeBuffer`]) and the
 //! subscribers. Each scrape is encoded into its wire `SampleBatch` **once**, and the same
 //! bytes are queued to every subscriber (a custom codec writes them to the gRPC stream as is,
-//! so N frontends cost one encoding, not N).
+//! so N frontends cost one encoding, not N). The buffer keeps those same bytes (compact, shared);
+//! a new subscriber's snapshot decodes them and re-encodes them into a few larger batches.
 //!
 //! Backpressure: each subscriber has a bounded queue of `--subscriber-queue-batches` batches.
 //! Overflow policy: the subscriber whose queue is full is disconnected with
@@ -25,8 +26,8 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes};
 use futures::Stream;
 use prost::Message;
-use shardmetrics_proto::v1::SubscribeRequest;
-use shardmetrics_proto::{NodeReleased, NodeScrape, ShardIdentity, encode_batch};
+use shardmetrics_proto::v1::{SampleBatch, SubscribeRequest};
+use shardmetrics_proto::{NodeReleased, NodeScrape, ShardIdentity, decode_batch, encode_batch};
 use tokio::sync::{mpsc, oneshot};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, NamedService, ServerStreamingService};
@@ -145,7 +146,7 @@ impl Hub {
         if state.closed {
             return;
         }
-        state.buffer.push(scrape);
+        state.buffer.push(&scrape.node, frame.clone());
         self.fan_out(&mut state, frame);
     }
 
@@ -245,7 +246,9 @@ pub struct Subscription {
     hub: Arc<Hub>,
     id: u64,
     name: String,
-    snapshot: Vec<Arc<NodeScrape>>,
+    /// The buffered scrapes' live batches, sent one per message, then an empty batch with
+    /// `snapshot_complete`.
+    snapshot: Vec<Bytes>,
     snapshot_pos: usize,
     snapshot_done: bool,
     queue: mpsc::Receiver<Bytes>,
@@ -255,31 +258,54 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The next snapshot message: up to [`SNAPSHOT_MAX_SCRAPES`] buffered scrapes (about
+    /// [`SNAPSHOT_MAX_SAMPLES`] samples), decoded from their buffered frames and re-encoded as
+    /// one batch, a node's two scrapes kept together. Decoding costs a few ms per 1000 nodes,
+    /// once per subscription; in exchange the buffer holds compact bytes.
     fn next_snapshot_batch(&mut self) -> Bytes {
-        let start = self.snapshot_pos;
-        let mut end = start;
+        let mut scrapes: Vec<NodeScrape> = Vec::new();
         let mut samples = 0;
-        while end < self.snapshot.len() && end - start < SNAPSHOT_MAX_SCRAPES {
-            let n = self.snapshot[end].sample_count();
-            if end > start && samples + n > SNAPSHOT_MAX_SAMPLES {
+        while let Some(frame) = self.snapshot.get(self.snapshot_pos) {
+            let decoded = match SampleBatch::decode(frame.clone()).map_err(|e| e.to_string()).and_then(|b| decode_batch(b).map_err(|e| e.to_string())) {
+                Ok(b) => b.scrapes,
+                Err(e) => {
+                    // Only this process encoded it; never expected. Skip it rather than stall.
+                    tracing::error!(error = %e, "a buffered batch does not decode; left out of the snapshot");
+                    self.snapshot_pos += 1;
+                    continue;
+                }
+            };
+            let n: usize = decoded.iter().map(NodeScrape::sample_count).sum();
+            if !scrapes.is_empty() && (scrapes.len() + decoded.len() > SNAPSHOT_MAX_SCRAPES || samples + n > SNAPSHOT_MAX_SAMPLES) {
                 break;
             }
             samples += n;
-            end += 1;
+            scrapes.extend(decoded);
+            self.snapshot_pos += 1;
         }
         // Keep a node's two scrapes in the same batch when they would straddle the boundary.
-        if end < self.snapshot.len() && end > start + 1 && self.snapshot[end].node == self.snapshot[end - 1].node {
-            end -= 1;
+        if self.snapshot_pos < self.snapshot.len()
+            && scrapes.len() > 1
+            && let Some(next) = self.snapshot.get(self.snapshot_pos)
+            && scrapes.last().is_some_and(|last| self.node_of(next).as_deref() == Some(last.node.as_str()))
+        {
+            scrapes.pop();
+            self.snapshot_pos -= 1;
         }
-        self.snapshot_pos = end;
-        let complete = end >= self.snapshot.len();
-        let scrapes: Vec<&NodeScrape> = self.snapshot[start..end].iter().map(|s| &**s).collect();
-        let frame = Bytes::from(encode_batch(&self.hub.shard, &scrapes, &[], complete).encode_to_vec());
+        let complete = self.snapshot_pos >= self.snapshot.len();
+        let refs: Vec<&NodeScrape> = scrapes.iter().collect();
+        let frame = Bytes::from(encode_batch(&self.hub.shard, &refs, &[], complete).encode_to_vec());
         if complete {
             self.snapshot_done = true;
             self.snapshot = Vec::new();
         }
         frame
+    }
+
+    /// The node of a buffered one-scrape frame.
+    fn node_of(&self, frame: &Bytes) -> Option<String> {
+        let batch = SampleBatch::decode(frame.clone()).ok()?;
+        batch.scrapes.into_iter().next().map(|s| s.node)
     }
 }
 
@@ -576,6 +602,18 @@ mod tests {
             assert_eq!(b.scrapes.len() % 2, 0);
             assert!(b.scrapes.len() <= SNAPSHOT_MAX_SCRAPES);
         }
+    }
+
+    #[tokio::test]
+    async fn the_buffer_holds_the_very_bytes_queued_to_subscribers() {
+        let hub = Hub::new(shard(), 4, Metrics::new());
+        let mut sub = hub.subscribe("fe".into()).unwrap();
+        let _ = sub.next().await;
+        publish(&hub, "a", 1);
+        let queued = sub.next().await.unwrap().unwrap();
+        let buffered = hub.lock().buffer.snapshot();
+        assert_eq!(buffered.len(), 1);
+        assert_eq!(buffered[0].as_ptr(), queued.as_ptr(), "shared, not copied");
     }
 
     #[tokio::test]
