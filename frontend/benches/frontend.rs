@@ -1,6 +1,7 @@
 //! Frontend hot paths at the design scale (5000 nodes x 30 pods = 150k pods, ~1.5 containers
-//! per pod): store ingest of one node scrape, an HPA-style namespace + label query, and the full
-//! pod list encoded as JSON and as protobuf.
+//! per pod): store ingest of one node scrape, an HPA-style namespace + label query (as a store
+//! query and as the HPA's exact request through the router, encoded), and the full pod list
+//! encoded as JSON and as protobuf.
 //!
 //! Run: `cargo bench -p shardmetrics-frontend --bench frontend`.
 
@@ -126,6 +127,21 @@ fn benches(c: &mut Criterion) {
     group.bench_function("hpa_namespace_label_query_150k_pods", |b| {
         b.iter(|| black_box(api.list_pods(Some("team-042"), &app, &no_fields, T0 + 20_000)))
     });
+    // The HPA's exact request through the real router: path and query parsing, selector
+    // parsing, the namespace index, label matching and the encoded body, as served.
+    let hpa_uri: http::Uri = "/apis/metrics.k8s.io/v1beta1/namespaces/team-042/pods?labelSelector=app%3Dapp-3".parse().expect("uri");
+    for (name, accept) in [
+        ("hpa_request_through_router_json", "application/json"),
+        ("hpa_request_through_router_protobuf", "application/vnd.kubernetes.protobuf,application/json"),
+    ] {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::ACCEPT, http::HeaderValue::from_static(accept));
+        let body = api.handle(&http::Method::GET, &hpa_uri, &headers).response.into_body().collect_bytes();
+        eprintln!("{name}: {} bytes", body.len());
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(api.handle(&http::Method::GET, &hpa_uri, &headers).response.into_body().collect_bytes().len()))
+        });
+    }
     group.sample_size(10);
     group.bench_function("list_all_150k_pods_query_only", |b| {
         b.iter(|| black_box(api.list_pods(None, &everything, &no_fields, T0 + 20_000).len()))
