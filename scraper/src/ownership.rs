@@ -28,8 +28,10 @@ pub fn assign(me: &str, ring: &Ring, view: &NodeView) -> Assignment {
 
 /// Handovers of the nodes `now` owns that `before` did not: for each whose previous owner under
 /// `previous_ring` was another shard, what is known about that shard (`seen`: the last record of
-/// every member ever seen; `live`: the current members). Nodes absent from `previous_known`
+/// every member ever seen; `live`: the current members; `noticed_at`: when the member change
+/// arrived). Nodes absent from `previous_known`
 /// are new to the cluster and get none (they are scraped at once).
+#[allow(clippy::too_many_arguments)]
 pub fn handovers(
     me: &str,
     now: &Assignment,
@@ -38,6 +40,7 @@ pub fn handovers(
     previous_known: Option<&BTreeSet<String>>,
     seen: &BTreeMap<String, Member>,
     live: &Members,
+    noticed_at: tokio::time::Instant,
 ) -> BTreeMap<String, Handover> {
     now.owned
         .keys()
@@ -53,6 +56,7 @@ pub fn handovers(
                     previous_owner_started_ms: started_ms,
                     previous_owner_live: live.contains_key(owner),
                     previous_owner_expires_ms: m.renew_time_ms.saturating_add(m.lease_duration_ms),
+                    noticed_at,
                 },
             ))
         })
@@ -77,6 +81,7 @@ pub fn watch_assignment(
         // The ring and node set behind the last published assignment of a synced view; before
         // the first one, the ring of the others: what owned the nodes before this shard came.
         let mut previous: Option<(Vec<String>, Arc<BTreeSet<String>>)> = None;
+        let mut members_changed_at = tokio::time::Instant::now();
         loop {
             let view = nodes.borrow_and_update().clone();
             let mut assignment = assign(&me, &ring, &view);
@@ -99,7 +104,7 @@ pub fn watch_assignment(
                         (&rebuilt, None)
                     }
                 };
-                assignment.handovers = Arc::new(handovers(&me, &assignment, &before, previous_ring, previous_known, &seen, &live));
+                assignment.handovers = Arc::new(handovers(&me, &assignment, &before, previous_ring, previous_known, &seen, &live, members_changed_at));
                 previous = Some((last_members.clone(), assignment.known.clone()));
             }
             if changed {
@@ -113,6 +118,7 @@ pub fn watch_assignment(
                     if r.is_err() {
                         return;
                     }
+                    members_changed_at = tokio::time::Instant::now();
                     live = members.borrow_and_update().clone();
                     seen.extend(live.iter().map(|(k, m)| (k.clone(), m.clone())));
                     let ids: Vec<String> = live.keys().cloned().collect();

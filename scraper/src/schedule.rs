@@ -53,6 +53,10 @@ pub struct Handover {
     /// When the previous owner's Lease would expire, Unix ms: a shard that left before that
     /// deleted its Lease (graceful stop), one that left after it crashed.
     pub previous_owner_expires_ms: i64,
+    /// When this shard learnt of the member change that moved the node (before rebuilding the
+    /// ring): a departed owner had stopped scraping by then, so a slot between this and the
+    /// moment the scheduler gets the node was missed by both and is caught up at once.
+    pub noticed_at: Instant,
 }
 
 /// A Lease that disappears less than this before its expiry was deleted, not expired.
@@ -286,8 +290,13 @@ fn apply_assignment(
                 );
                 // First scrape at once (later ones at the node's phase), unless the previous
                 // owner scraped it within the last resolution: then at the phase right away.
-                let continued = a.handovers.get(name).is_some_and(|h| h.scraped_within(resolution, now_ms));
-                let first = if continued { slots.next(phase, now) } else { now };
+                let handover = a.handovers.get(name).filter(|h| h.scraped_within(resolution, now_ms));
+                let first = match handover {
+                    // A departed owner's slot that fell while the ring was rebuilt: missed.
+                    Some(h) if !h.previous_owner_live && slots.next(phase, h.noticed_at) < now => now,
+                    Some(_) => slots.next(phase, now),
+                    None => now,
+                };
                 due.push(Reverse((first, generation, name.clone())));
             }
         }
@@ -561,7 +570,12 @@ mod tests {
     }
 
     fn handover(started_ms: i64, live: bool, expires_ms: i64) -> Handover {
-        Handover { previous_owner_started_ms: started_ms, previous_owner_live: live, previous_owner_expires_ms: expires_ms }
+        Handover {
+            previous_owner_started_ms: started_ms,
+            previous_owner_live: live,
+            previous_owner_expires_ms: expires_ms,
+            noticed_at: Instant::now(),
+        }
     }
 
     #[test]
@@ -596,6 +610,29 @@ mod tests {
         let into = Duration::from_nanos((g[0].duration_since(anchor).as_nanos() % RES.as_nanos()) as u64);
         let phase = phase_offset("node-g", RES);
         assert!(into >= phase && into - phase < Duration::from_millis(1), "at its phase: {into:?} vs {phase:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_departed_owners_slot_that_fell_while_the_move_was_computed_is_caught_up() {
+        let h = start(&["node-a"], 8);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        // node-g's slot falls 50 ms after the change was noticed, 100 ms before it arrives.
+        let anchor = h.start - Duration::from_secs(5);
+        let phase = phase_offset("node-g", RES);
+        let slot = Slots { anchor, resolution: RES }.next(phase, Instant::now() + Duration::from_millis(200));
+        tokio::time::sleep_until(slot - Duration::from_millis(50)).await;
+        let noticed_at = Instant::now();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let mut a = assignment(&["node-a", "node-g"], &["node-a", "node-g"]);
+        let mut g = handover(WALL_START_MS - 60_000, false, WALL_START_MS + 10_000);
+        g.noticed_at = noticed_at;
+        a.handovers = Arc::new(BTreeMap::from([("node-g".to_owned(), g)]));
+        let moved_at = Instant::now();
+        h.tx.send_replace(a);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(h.fleet.times_of("node-g"), vec![moved_at], "the missed slot is caught up at once");
+        tokio::time::sleep(RES * 2).await;
+        assert_eq!(early_rescrapes(&h.fleet), vec![]);
     }
 
     #[tokio::test(start_paused = true)]
