@@ -132,22 +132,27 @@ impl Target {
         if self.proxy.is_some() { Path::ViaAggregationProxy } else { Path::DirectToFrontends }
     }
 
-    /// GETs `path_and_query` (`/apis/metrics.k8s.io/...`) with this target's encoding.
-    pub async fn get(&self, path_and_query: &str) -> Result<Bytes, String> {
-        self.get_as(path_and_query, self.encoding).await
+    /// GETs `path_and_query` (`/apis/metrics.k8s.io/...`) with this target's encoding,
+    /// reading and discarding the body; its length in bytes.
+    pub async fn get_len(&self, path_and_query: &str) -> Result<usize, String> {
+        self.request(path_and_query, self.encoding, false).await.map(|(n, _)| n)
     }
 
     /// GETs `path_and_query` asking for `encoding`; the body of a 200, else what went wrong.
     /// Straight to the frontends, a frontend that refuses the connection is skipped for the
     /// next one, as the aggregation proxy does.
     pub async fn get_as(&self, path_and_query: &str, encoding: Encoding) -> Result<Bytes, String> {
+        self.request(path_and_query, encoding, true).await.map(|(_, b)| b)
+    }
+
+    async fn request(&self, path_and_query: &str, encoding: Encoding, keep: bool) -> Result<(usize, Bytes), String> {
         if let Some((api, token)) = &self.proxy {
             let req = http::Request::get(format!("{api}{path_and_query}"))
                 .header("accept", encoding.accept())
                 .header("authorization", format!("Bearer {token}"))
                 .body(Empty::new())
                 .map_err(|e| e.to_string())?;
-            return self.send(req).await;
+            return Self::read(self.client.request(req).await, keep).await;
         }
         let list = self.frontends.read().unwrap_or_else(|p| p.into_inner()).clone();
         if list.is_empty() {
@@ -166,26 +171,34 @@ impl Target {
             let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
             match self.client.request(req).await {
                 Err(e) if e.is_connect() => last = format!("transport: {e}"),
-                other => return Self::read(other).await,
+                other => return Self::read(other, keep).await,
             }
         }
         Err(last)
     }
 
-    async fn send(&self, req: http::Request<Empty<Bytes>>) -> Result<Bytes, String> {
-        Self::read(self.client.request(req).await).await
-    }
-
+    /// The body of a 200 (kept, or only counted), else what went wrong.
     async fn read(
         resp: Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
-    ) -> Result<Bytes, String> {
+        keep: bool,
+    ) -> Result<(usize, Bytes), String> {
         let resp = resp.map_err(|e| format!("transport: {e}"))?;
         let status = resp.status();
-        let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+        let mut body = resp.into_body();
+        let mut kept = bytes::BytesMut::new();
+        let mut len = 0;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.map_err(|e| format!("body: {e}"))?.into_data() {
+                len += data.len();
+                if keep {
+                    kept.extend_from_slice(&data);
+                }
+            }
+        }
         if status != http::StatusCode::OK {
             return Err(format!("HTTP {}", status.as_u16()));
         }
-        Ok(body)
+        Ok((len, kept.freeze()))
     }
 }
 
@@ -376,7 +389,7 @@ pub async fn generate(kind: QueryKind, rate: f64, start: Instant, end: Instant, 
         };
         let (target, universe, recorder) = (target.clone(), universe.clone(), recorder.clone());
         tasks.spawn(async move {
-            let result = target.get(&universe.path(kind, n)).await.map(|b| b.len());
+            let result = target.get_len(&universe.path(kind, n)).await;
             recorder.record(kind, due, result);
             drop(permit);
         });
