@@ -201,6 +201,8 @@ pub async fn run_floor(config: FloorConfig) -> Result<FloorResult, FloorError> {
         });
     }
     while tasks.join_next().await.is_some() {}
+    // The window is the same length whatever the phases: CPU and fetches over `duration`.
+    tokio::time::sleep_until(end.into()).await;
     let sample = proc_sample(me);
     let cpu_after = sample.map_or(cpu_before, |s| s.cpu_ticks);
     Ok(FloorResult {
@@ -284,7 +286,7 @@ pub fn compare(r: &FloorResult, scraper_cpu_s: f64, scraper_scrapes: f64) -> Flo
         cpu_s: r.cpu_s,
         cpu_ms_per_fetch: floor_ms,
         scraper_cpu_ms_per_scrape: scraper_ms,
-        scraper_cpu_vs_floor: if floor_ms > 0.0 { scraper_ms / floor_ms } else { 0.0 },
+        scraper_cpu_vs_floor: (floor_ms > 0.0 && scraper_ms > 0.0).then(|| scraper_ms / floor_ms),
         peak_rss_mib: r.peak_rss_kib as f64 / 1024.0,
     }
 }
@@ -306,7 +308,7 @@ mod tests {
         let f = compare(&r, 3.0, 1500.0);
         assert!((f.cpu_ms_per_fetch - 1.0).abs() < 1e-9);
         assert!((f.scraper_cpu_ms_per_scrape - 2.0).abs() < 1e-9);
-        assert!((f.scraper_cpu_vs_floor - 2.0).abs() < 1e-9);
-        assert_eq!(compare(&FloorResult::default(), 1.0, 0.0).scraper_cpu_vs_floor, 0.0);
+        assert!((f.scraper_cpu_vs_floor.unwrap() - 2.0).abs() < 1e-9);
+        assert_eq!(compare(&FloorResult::default(), 1.0, 0.0).scraper_cpu_vs_floor, None);
     }
 }

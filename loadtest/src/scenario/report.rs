@@ -207,8 +207,9 @@ pub struct FloorReport {
     /// The scrapers' CPU per scrape in the measurement window, ms.
     pub scraper_cpu_ms_per_scrape: f64,
     /// `scraper_cpu_ms_per_scrape / cpu_ms_per_fetch` (1 = the scrapers cost no more than
-    /// fetching the bytes).
-    pub scraper_cpu_vs_floor: f64,
+    /// fetching the bytes); `None` when either side measured no CPU (/proc counts in 10 ms
+    /// ticks: too short a run).
+    pub scraper_cpu_vs_floor: Option<f64>,
     /// Peak RSS of the floor process, MiB.
     pub peak_rss_mib: f64,
 }

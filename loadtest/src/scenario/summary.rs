@@ -47,8 +47,12 @@ pub fn summary(r: &Report) -> String {
     if let Some(fl) = &r.floor {
         let _ = writeln!(
             out,
-            "floor: {} fetches in {:.0}s, {:.3} ms CPU each; scrapers {:.3} ms CPU per scrape = {:.2}x the floor",
-            fl.fetches, fl.duration_s, fl.cpu_ms_per_fetch, fl.scraper_cpu_ms_per_scrape, fl.scraper_cpu_vs_floor
+            "floor: {} fetches in {:.0}s, {:.3} ms CPU each; scrapers {:.3} ms CPU per scrape = {} the floor",
+            fl.fetches,
+            fl.duration_s,
+            fl.cpu_ms_per_fetch,
+            fl.scraper_cpu_ms_per_scrape,
+            fl.scraper_cpu_vs_floor.map_or("(too little CPU to compare) x".to_owned(), |r| format!("{r:.2}x"))
         );
     }
     if let Some(e) = &r.floor_error {
