@@ -54,8 +54,9 @@ pub struct Handover {
     /// deleted its Lease (graceful stop), one that left after it crashed.
     pub previous_owner_expires_ms: i64,
     /// When this shard learnt of the member change that moved the node (before rebuilding the
-    /// ring): a departed owner had stopped scraping by then, so a slot between this and the
-    /// moment the scheduler gets the node was missed by both and is caught up at once.
+    /// ring): a departed owner had stopped scraping by then and a live one stops when it
+    /// notices the same change, so a slot between this and the moment the scheduler gets the
+    /// node is caught up at once.
     pub noticed_at: Instant,
 }
 
@@ -292,8 +293,11 @@ fn apply_assignment(
                 // owner scraped it within the last resolution: then at the phase right away.
                 let handover = a.handovers.get(name).filter(|h| h.scraped_within(resolution, now_ms));
                 let first = match handover {
-                    // A departed owner's slot that fell while the ring was rebuilt: missed.
-                    Some(h) if !h.previous_owner_live && slots.next(phase, h.noticed_at) < now => now,
+                    // A slot that fell while the move was computed here: a departed owner had
+                    // stopped, a live one released the node when it noticed the same change
+                    // (missed unless it was slower than this shard: then a duplicate, the
+                    // lesser evil for freshness).
+                    Some(h) if slots.next(phase, h.noticed_at) < now => now,
                     Some(_) => slots.next(phase, now),
                     None => now,
                 };
