@@ -15,8 +15,9 @@
 //!   child processes of this binary.
 //! - [`faults`]: the faults `run --fault` injects (shard crash/restart, frontend crash, watch
 //!   drops, failing kubelets, shard scaling, overload).
-//! - [`scenario`]: the `run` command: a query load and a shard failure against the demo's
-//!   pipeline, measured into a report.
+//! - [`scenario`]: the `run` command: open-loop HPA/top query load, faults, a coverage and
+//!   freshness probe, the bare-fetch floor, CPU/RSS per process; a JSON report, a summary and an
+//!   SVG chart.
 //! - [`httputil`]: the TLS accept loop and body helpers the simulated servers share.
 //! - [`cli`]: the `shardmetrics-loadtest` command line (the binary's `main.rs` only calls it).
 //! - [`tools`]: installs kubectl/helm for the end-to-end tests.
