@@ -5,81 +5,15 @@
 //!
 //! Run: `cargo bench -p shardmetrics-frontend --bench frontend`.
 
-use std::collections::BTreeMap;
-use std::hint::black_box;
-use std::sync::Arc;
+mod cluster;
 
+use std::hint::black_box;
+
+use cluster::{NODES, PODS_PER_NODE, T0, cluster, scrape};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use kube::runtime::watcher::Event;
-use shardmetrics_frontend::api::router::Api;
 use shardmetrics_frontend::api::selector::{FieldSelector, LabelSelector};
 use shardmetrics_frontend::api::{json, protobuf};
-use shardmetrics_frontend::metadata::Metadata;
-use shardmetrics_frontend::store::{Ingested, Store, StoreConfig};
-use shardmetrics_proto::clock::ManualClock;
-use shardmetrics_proto::{ContainerSample, NodeScrape, PodSamples, Point};
-
-const T0: i64 = 1_767_225_600_000;
-const NODES: usize = 5000;
-const PODS_PER_NODE: usize = 30;
-const NAMESPACES: usize = 500;
-const APPS_PER_NAMESPACE: usize = 10;
-
-/// Pod `i` of the cluster: (namespace, name, app label, container names).
-fn pod(i: usize) -> (String, String, String, Vec<&'static str>) {
-    let ns = format!("team-{:03}", i % NAMESPACES);
-    let app = format!("app-{}", (i / NAMESPACES) % APPS_PER_NAMESPACE);
-    let containers = if i.is_multiple_of(2) { vec!["app", "istio-proxy"] } else { vec!["app"] };
-    (ns, format!("{app}-{:08x}-{:05}", i.wrapping_mul(2_654_435_761) & 0xffff_ffff, i), app, containers)
-}
-
-fn scrape(node: usize, t_ms: i64) -> NodeScrape {
-    let point = |k: u64| Point { timestamp_ms: T0 + t_ms, cpu_usage_ns: k * t_ms as u64 * 1_000_000 + 1, memory_working_set_bytes: k << 24 };
-    NodeScrape {
-        node: format!("node-{node:05}"),
-        scraped_at_ms: T0 + t_ms + 30,
-        node_usage: Some(point(8)),
-        pods: (0..PODS_PER_NODE)
-            .map(|p| {
-                let (namespace, name, _, containers) = pod(node * PODS_PER_NODE + p);
-                PodSamples {
-                    namespace,
-                    name,
-                    containers: containers
-                        .iter()
-                        .map(|c| ContainerSample { name: (*c).into(), start_time_ms: T0 - 86_400_000, usage: point(1 + p as u64 % 3) })
-                        .collect(),
-                }
-            })
-            .collect(),
-    }
-}
-
-/// A store and API holding the whole cluster with rates, plus the metadata (labels).
-fn cluster() -> (Arc<Store>, Api) {
-    let clock = ManualClock::new(T0 + 20_000);
-    let store = Arc::new(Store::new(StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 }, clock.clone()));
-    let metadata = Metadata::new();
-    metadata.apply_pod(Event::Init);
-    for i in 0..NODES * PODS_PER_NODE {
-        let (ns, name, app, _) = pod(i);
-        let labels = BTreeMap::from([("app".to_owned(), app), ("pod-template-hash".to_owned(), "5d4f8c9b7".to_owned())]);
-        metadata.apply_pod(Event::InitApply(((ns, name), labels)));
-    }
-    metadata.apply_pod(Event::InitDone);
-    metadata.apply_node(Event::Init);
-    for n in 0..NODES {
-        metadata.apply_node(Event::InitApply((format!("node-{n:05}"), BTreeMap::new())));
-    }
-    metadata.apply_node(Event::InitDone);
-    for t in [0, 15_000] {
-        for n in 0..NODES {
-            store.ingest_scrape(&scrape(n, t));
-        }
-    }
-    let api = Api::new(store.clone(), Some(metadata), clock, None);
-    (store, api)
-}
+use shardmetrics_frontend::store::Ingested;
 
 /// Resident set size of this process in bytes (Linux), 0 elsewhere.
 fn rss_bytes() -> u64 {
@@ -91,7 +25,7 @@ fn rss_bytes() -> u64 {
 
 fn benches(c: &mut Criterion) {
     let before = rss_bytes();
-    let (store, api) = cluster();
+    let (store, _metadata, api) = cluster();
     eprintln!("RSS growth for store + metadata of the whole cluster: {} MiB", (rss_bytes().saturating_sub(before)) >> 20);
     let counts = store.counts();
     assert_eq!(counts.pods, NODES * PODS_PER_NODE);

@@ -328,14 +328,14 @@ impl Api {
     /// to that namespace's index.
     pub fn list_pods(&self, namespace: Option<&str>, labels: &LabelSelector, fields: &FieldSelector, now_ms: i64) -> Vec<PodItem> {
         let namespace = namespace.or(fields.required(Field::Namespace));
-        let meta = self.metadata.as_ref().map(|m| m.read());
+        // The metadata read guard is taken per chunk of the store's walk, never across it.
         let items: Vec<PodItem> = self
             .store
-            .pods(namespace, |ns, name| {
+            .pods_with(namespace, || self.metadata.as_ref().map(|m| m.read()), |meta, ns, name| {
                 if !fields.matches(ns, name) {
                     return None;
                 }
-                let found: Option<Labels> = match &meta {
+                let found: Option<Labels> = match meta {
                     Some(m) => Some(m.pod(ns, name)?.clone()),
                     None => None,
                 };
