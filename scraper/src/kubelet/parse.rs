@@ -89,6 +89,8 @@ type Timed<T> = Option<(T, i64)>;
 
 struct ContainerAcc<'a> {
     name: Cow<'a, str>,
+    /// Its position in the order of first appearance.
+    seq: usize,
     cpu_ns: Timed<u64>,
     memory_bytes: Timed<u64>,
     start_time_ms: Option<i64>,
@@ -108,13 +110,29 @@ struct PodAcc<'a> {
 pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Result<Parsed, ParseError> {
     let mut pods: Vec<PodAcc<'_>> = Vec::with_capacity(body.len() / 1024 + 4);
     let mut pod_index: HashMap<(Cow<'_, str>, Cow<'_, str>), usize> = HashMap::with_capacity(body.len() / 1024 + 4);
+    // Containers in order of first appearance, and per container family where the next line is
+    // expected in that order: the kubelet writes every family in the same row order, so most
+    // lines are found by one comparison instead of hashing their namespace and pod.
+    let mut order: Vec<(usize, usize)> = Vec::with_capacity(body.len() / 512 + 4);
+    let mut next_in_order = [0usize; 3];
     let mut node_cpu: Timed<u64> = None;
     let mut node_memory: Timed<u64> = None;
     let mut rejected_samples = 0u32;
 
-    for (index, raw) in body.split(|&b| b == b'\n').enumerate() {
+    // Checked once for the whole body (word at a time for ASCII), so that label values and
+    // numbers become `&str` by slicing instead of one UTF-8 check each. A body with invalid
+    // UTF-8 somewhere (a comment, say) still parses: its lines are checked piece by piece.
+    let text = std::str::from_utf8(body).ok();
+    let mut line_start = 0;
+    let mut number = 0;
+    while line_start <= body.len() {
+        let line_end = find_either(&body[line_start..], b'\n', b'\n').map_or(body.len(), |i| line_start + i);
+        let raw = &body[line_start..line_end];
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let mut cur = Cursor { line, pos: 0, number: index + 1 };
+        let line_text = text.and_then(|t| t.get(line_start..line_start + line.len()));
+        line_start = line_end + 1;
+        number += 1;
+        let mut cur = Cursor { line, text: line_text, pos: 0, number };
         cur.skip_blanks();
         if cur.at_end() || cur.peek() == Some(b'#') {
             continue;
@@ -165,7 +183,12 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
                     rejected_samples += 1;
                     continue;
                 };
-                let acc = container_acc(&mut pods, &mut pod_index, namespace, pod, container);
+                let hint = match family {
+                    Family::ContainerCpu => &mut next_in_order[0],
+                    Family::ContainerMemory => &mut next_in_order[1],
+                    _ => &mut next_in_order[2],
+                };
+                let acc = container_acc(&mut pods, &mut pod_index, &mut order, hint, namespace, pod, container);
                 match family {
                     Family::ContainerCpu => acc.cpu_ns = Some((converted as u64, ts)),
                     Family::ContainerMemory => acc.memory_bytes = Some((converted as u64, ts)),
@@ -208,13 +231,25 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
     })
 }
 
+/// The accumulator of one container, created on its first sample. `order` lists containers
+/// (pod index, container index) by first appearance; `hint` is where in it this family's next
+/// line probably is, moved past the container found.
 fn container_acc<'a, 'p>(
     pods: &'p mut Vec<PodAcc<'a>>,
     pod_index: &mut HashMap<(Cow<'a, str>, Cow<'a, str>), usize>,
+    order: &mut Vec<(usize, usize)>,
+    hint: &mut usize,
     namespace: Cow<'a, str>,
     pod: Cow<'a, str>,
     container: Cow<'a, str>,
 ) -> &'p mut ContainerAcc<'a> {
+    if let Some(&(i, j)) = order.get(*hint) {
+        let p = &pods[i];
+        if p.containers[j].name == container && p.name == pod && p.namespace == namespace {
+            *hint += 1;
+            return &mut pods[i].containers[j];
+        }
+    }
     let key = (namespace, pod);
     let i = match pod_index.get(&key) {
         Some(&i) => i,
@@ -229,10 +264,12 @@ fn container_acc<'a, 'p>(
     let j = match containers.iter().position(|c| c.name == container) {
         Some(j) => j,
         None => {
-            containers.push(ContainerAcc { name: container, cpu_ns: None, memory_bytes: None, start_time_ms: None });
+            containers.push(ContainerAcc { name: container, seq: order.len(), cpu_ns: None, memory_bytes: None, start_time_ms: None });
+            order.push((i, containers.len() - 1));
             containers.len() - 1
         }
     };
+    *hint = containers[j].seq + 1;
     &mut containers[j]
 }
 
@@ -253,9 +290,32 @@ fn seconds_to_ms(seconds: f64) -> Option<i64> {
     (0.0..i64::MAX as f64).contains(&r).then_some(r as i64)
 }
 
+/// [`NAME_CHARS`] bit: may appear in a label name (and a metric name): `[a-zA-Z0-9_]`.
+const LABEL_NAME: u8 = 1;
+/// [`NAME_CHARS`] bit: may appear in a metric name: `[a-zA-Z0-9_:]`.
+const METRIC_NAME: u8 = 2;
+
+/// Character classes of name bytes, by byte: one table lookup per byte in the hot loop.
+static NAME_CHARS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'_' {
+            t[b] = LABEL_NAME | METRIC_NAME;
+        } else if c == b':' {
+            t[b] = METRIC_NAME;
+        }
+        b += 1;
+    }
+    t
+};
+
 /// A position within one line; every error it makes names the line and column.
 struct Cursor<'a> {
     line: &'a [u8],
+    /// The same line as text, when it is known to be valid UTF-8.
+    text: Option<&'a str>,
     pos: usize,
     number: usize,
 }
@@ -267,6 +327,14 @@ impl<'a> Cursor<'a> {
 
     fn at_end(&self) -> bool {
         self.pos >= self.line.len()
+    }
+
+    /// `line[start..end]` as text, if it is UTF-8.
+    fn str_of(&self, start: usize, end: usize) -> Option<&'a str> {
+        match self.text {
+            Some(t) => t.get(start..end),
+            None => std::str::from_utf8(self.line.get(start..end)?).ok(),
+        }
     }
 
     /// Skips spaces and tabs; says whether there were any.
@@ -291,13 +359,13 @@ impl<'a> Cursor<'a> {
 
     fn name(&mut self, what: &'static str, colon: bool) -> Result<&'a [u8], ParseError> {
         let start = self.pos;
+        let class = if colon { METRIC_NAME } else { LABEL_NAME };
         match self.peek() {
-            Some(b) if b.is_ascii_alphabetic() || b == b'_' || (colon && b == b':') => self.pos += 1,
+            Some(b) if NAME_CHARS[b as usize] & class != 0 && !b.is_ascii_digit() => {}
             _ => return Err(self.error(what)),
         }
-        while matches!(self.peek(), Some(b) if b.is_ascii_alphanumeric() || b == b'_' || (colon && b == b':')) {
-            self.pos += 1;
-        }
+        let rest = &self.line[start + 1..];
+        self.pos = start + 1 + rest.iter().position(|&b| NAME_CHARS[b as usize] & class == 0).unwrap_or(rest.len());
         Ok(&self.line[start..self.pos])
     }
 
@@ -321,14 +389,21 @@ impl<'a> Cursor<'a> {
             }
             self.pos += 1;
             self.skip_blanks();
-            let value = self.label_value()?;
-            if let Some(labels) = want.as_deref_mut() {
-                match name {
-                    b"namespace" => labels.namespace = Some(value),
-                    b"pod" => labels.pod = Some(value),
-                    b"container" => labels.container = Some(value),
-                    _ => {}
+            let slot = match (want.as_deref_mut(), name) {
+                (Some(labels), b"namespace") => Some(&mut labels.namespace),
+                (Some(labels), b"pod") => Some(&mut labels.pod),
+                (Some(labels), b"container") => Some(&mut labels.container),
+                _ => None,
+            };
+            let (start, raw, escaped) = self.label_value_raw()?;
+            match slot {
+                Some(slot) => *slot = Some(self.label_text(start, raw, escaped)?),
+                // Not kept: only checked (escapes and UTF-8), not copied; plain ASCII, the
+                // usual case, needs no check at all.
+                None if escaped || (self.text.is_none() && !raw.is_ascii()) => {
+                    self.label_text(start, raw, escaped)?;
                 }
+                None => {}
             }
             self.skip_blanks();
             match self.peek() {
@@ -339,8 +414,9 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// Parses a quoted label value, unescaping `\\`, `\"` and `\n` (borrowed when it has none).
-    fn label_value(&mut self) -> Result<Cow<'a, str>, ParseError> {
+    /// Scans a quoted label value: its start, its raw bytes (escapes not undone) and whether it
+    /// has escapes. Leaves the cursor after the closing quote.
+    fn label_value_raw(&mut self) -> Result<(usize, &'a [u8], bool), ParseError> {
         if self.peek() != Some(b'"') {
             return Err(self.error("'\"' to open the label value"));
         }
@@ -348,22 +424,34 @@ impl<'a> Cursor<'a> {
         let start = self.pos;
         let mut escaped = false;
         loop {
-            match self.peek() {
-                None => return Err(self.error("'\"' to close the label value")),
-                Some(b'"') => break,
-                Some(b'\\') => {
+            let rest = &self.line[self.pos..];
+            match find_either(rest, b'"', b'\\') {
+                None => {
+                    self.pos = self.line.len();
+                    return Err(self.error("'\"' to close the label value"));
+                }
+                Some(i) if rest[i] == b'"' => {
+                    self.pos += i;
+                    break;
+                }
+                Some(i) => {
                     escaped = true;
-                    self.pos += 2;
+                    self.pos += i + 2;
                     if self.pos > self.line.len() {
                         self.pos = self.line.len();
                         return Err(self.error("an escaped character after '\\'"));
                     }
                 }
-                Some(_) => self.pos += 1,
             }
         }
         let raw = &self.line[start..self.pos];
         self.pos += 1; // closing quote
+        Ok((start, raw, escaped))
+    }
+
+    /// The text of a label value scanned by [`Cursor::label_value_raw`], unescaping `\\`,
+    /// `\"` and `\n` (borrowed when it has none).
+    fn label_text(&mut self, start: usize, raw: &'a [u8], escaped: bool) -> Result<Cow<'a, str>, ParseError> {
         let value = if escaped {
             let mut out = Vec::with_capacity(raw.len());
             let mut i = 0;
@@ -389,7 +477,7 @@ impl<'a> Cursor<'a> {
                 self.error("a UTF-8 label value")
             })?
         } else {
-            std::str::from_utf8(raw).map(Cow::Borrowed).map_err(|_| {
+            self.str_of(start, start + raw.len()).map(Cow::Borrowed).ok_or_else(|| {
                 self.pos = start;
                 self.error("a UTF-8 label value")
             })?
@@ -399,9 +487,8 @@ impl<'a> Cursor<'a> {
 
     fn token(&mut self) -> &'a [u8] {
         let start = self.pos;
-        while matches!(self.peek(), Some(b) if b != b' ' && b != b'\t') {
-            self.pos += 1;
-        }
+        let rest = self.line.get(start..).unwrap_or_default();
+        self.pos = start + find_either(rest, b' ', b'\t').unwrap_or(rest.len());
         &self.line[start..self.pos]
     }
 
@@ -409,7 +496,7 @@ impl<'a> Cursor<'a> {
     fn value(&mut self) -> Result<f64, ParseError> {
         let start = self.pos;
         let token = self.token();
-        let parsed = std::str::from_utf8(token).ok().filter(|t| is_float_syntax(t.as_bytes())).and_then(|t| t.parse::<f64>().ok());
+        let parsed = if is_float_syntax(token) { self.str_of(start, self.pos).and_then(|t| t.parse::<f64>().ok()) } else { None };
         parsed.ok_or_else(|| {
             self.pos = start;
             self.error("a sample value (a float, NaN, +Inf or -Inf)")
@@ -420,13 +507,57 @@ impl<'a> Cursor<'a> {
     fn timestamp(&mut self) -> Result<i64, ParseError> {
         let start = self.pos;
         let token = self.token();
-        let ok = !token.is_empty() && token.iter().enumerate().all(|(i, &b)| b.is_ascii_digit() || (i == 0 && b == b'-' && token.len() > 1));
-        let parsed = if ok { std::str::from_utf8(token).ok().and_then(|t| t.parse::<i64>().ok()) } else { None };
-        parsed.ok_or_else(|| {
+        parse_i64(token).ok_or_else(|| {
             self.pos = start;
             self.error("a timestamp in integer milliseconds")
         })
     }
+}
+
+/// `-?[0-9]+` as an i64; `None` for anything else or on overflow.
+fn parse_i64(t: &[u8]) -> Option<i64> {
+    let (negative, digits) = match t.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, t),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    // Accumulated negatively so that i64::MIN parses too.
+    let mut n: i64 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_sub(i64::from(b - b'0'))?;
+    }
+    if negative { Some(n) } else { n.checked_neg() }
+}
+
+/// Bytes with every byte set to 0x01 (SWAR search below).
+const ONES: u64 = 0x0101_0101_0101_0101;
+/// Bytes with every high bit set.
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Position of the first byte equal to `a` or `b` in `hay`, eight bytes at a time (lines and
+/// label values are long; a byte loop costs several instructions per byte).
+fn find_either(hay: &[u8], a: u8, b: u8) -> Option<usize> {
+    let (wa, wb) = (ONES * u64::from(a), ONES * u64::from(b));
+    let words = hay.chunks_exact(8);
+    let tail = words.remainder();
+    for (k, chunk) in words.enumerate() {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(bytes);
+        let (xa, xb) = (w ^ wa, w ^ wb);
+        // High bit set in each zero byte of x; false positives only above the first true one.
+        let hits = (xa.wrapping_sub(ONES) & !xa & HIGHS) | (xb.wrapping_sub(ONES) & !xb & HIGHS);
+        if hits != 0 {
+            return Some(k * 8 + (hits.trailing_zeros() / 8) as usize);
+        }
+    }
+    let done = hay.len() - tail.len();
+    tail.iter().position(|&x| x == a || x == b).map(|i| done + i)
 }
 
 /// Whether `t` is a float as Prometheus writes them; excludes Rust-only spellings such as
@@ -662,6 +793,75 @@ scrape_error 0
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_word_at_a_time_search_finds_the_first_match_like_a_byte_loop() {
+        let mut state = 11u64;
+        for len in 0..40 {
+            for _ in 0..50 {
+                let hay: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state = fixture::splitmix(state);
+                        // Mostly bytes next to the needles (borrow edge cases), some needles.
+                        [b'"', b'\\', b'#', b'[', b'!', 0x00, 0xff, 0xa2, b'\n'][(state % 9) as usize]
+                    })
+                    .collect();
+                for (a, b) in [(b'"', b'\\'), (b'\n', b'\n'), (0xff, 0x00)] {
+                    let want = hay.iter().position(|&x| x == a || x == b);
+                    assert_eq!(find_either(&hay, a, b), want, "{hay:?} {a} {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn timestamps_parse_exactly_and_reject_anything_else() {
+        assert_eq!(parse_i64(b"1700000000123"), Some(1_700_000_000_123));
+        assert_eq!(parse_i64(b"-42"), Some(-42));
+        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        for bad in [&b""[..], b"-", b"+1", b"9223372036854775808", b"1.5", b"12a", b"--1", b" 1"] {
+            assert_eq!(parse_i64(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_outside_data_lines_does_not_matter_and_inside_kept_labels_is_an_error() {
+        let mut body = b"# HELP \xff comment\n".to_vec();
+        body.extend_from_slice(b"node_cpu_usage_seconds_total 1 5\nnode_memory_working_set_bytes 2 5\n");
+        let p = parse_resource_metrics("n", &body, 0).unwrap();
+        assert_eq!(p.scrape.node_usage.map(|u| u.memory_working_set_bytes), Some(2));
+        let mut bad = b"# \xff\ncontainer_cpu_usage_seconds_total{container=\"a\xffb\",namespace=\"n\",pod=\"p\"} 1\n".to_vec();
+        bad.extend_from_slice(b"x 1\n");
+        assert!(matches!(parse_resource_metrics("n", &bad, 0), Err(ParseError::Syntax { line: 2, expected: "a UTF-8 label value", .. })));
+    }
+
+    #[test]
+    fn rows_in_a_different_order_per_family_still_join_by_container() {
+        let text = "container_cpu_usage_seconds_total{container=\"a\",namespace=\"n\",pod=\"p\"} 1 10\n\
+                    container_cpu_usage_seconds_total{container=\"b\",namespace=\"n\",pod=\"p\"} 2 10\n\
+                    container_cpu_usage_seconds_total{container=\"a\",namespace=\"n\",pod=\"q\"} 3 10\n\
+                    container_memory_working_set_bytes{container=\"a\",namespace=\"n\",pod=\"q\"} 30 10\n\
+                    container_memory_working_set_bytes{container=\"a\",namespace=\"n\",pod=\"p\"} 10 10\n\
+                    container_memory_working_set_bytes{container=\"b\",namespace=\"n\",pod=\"p\"} 20 10\n\
+                    container_memory_working_set_bytes{container=\"c\",namespace=\"n\",pod=\"p\"} 40 10\n";
+        let p = parse(text);
+        let got: Vec<(String, String, u64, u64)> = p
+            .scrape
+            .pods
+            .iter()
+            .flat_map(|pod| pod.containers.iter().map(move |c| (pod.name.clone(), c.name.clone(), c.usage.cpu_usage_ns, c.usage.memory_working_set_bytes)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("p".into(), "a".into(), 1_000_000_000, 10),
+                ("p".into(), "b".into(), 2_000_000_000, 20),
+                ("q".into(), "a".into(), 3_000_000_000, 30)
+            ]
+        );
+        assert_eq!(p.incomplete_containers, 1, "c has no CPU sample");
     }
 
     #[test]
