@@ -2,14 +2,13 @@
 //! new port behind the aggregation proxy and serves every node and every pod with CPU rates
 //! within 2 seconds of its start, from the shards' snapshots.
 
-mod faults_support;
-
 use std::time::Duration;
 
-use faults_support::{demo, measured, only_fault, run};
+use crate::support::{demo, measured, only_fault, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_frontend_serves_complete_data_with_rates_within_two_seconds() {
+    let _serial = crate::support::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let report = run(dir.path(), demo(dir.path(), 12, 2, 2), Duration::from_secs(12), &["kill-frontend@3s"]).await;
     let f = only_fault(&report);

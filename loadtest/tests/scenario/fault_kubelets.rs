@@ -4,12 +4,10 @@
 //! stays fresh; every other node stays fresh; each failure is counted by reason in the
 //! shards' `/metrics`.
 
-mod faults_support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use faults_support::{LEASE, RES, demo};
+use crate::support::{GRANULARITY, LEASE, RES, SLACK, demo};
 use shardmetrics_loadtest::demo::Demo;
 use shardmetrics_loadtest::faults::{self, FaultSpec, Probe};
 
@@ -30,6 +28,7 @@ async fn scrape_results(probe: &Probe, demo: &shardmetrics_loadtest::demo::Runni
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_failing_kubelets_lose_freshness_and_failures_are_counted_by_reason() {
+    let _serial = crate::support::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = demo(dir.path(), 12, 2, 1);
     let staleness = RES * 2 + LEASE;
@@ -37,7 +36,7 @@ async fn only_failing_kubelets_lose_freshness_and_failures_are_counted_by_reason
     let mut demo = Demo::start(config).await.expect("demo starts");
     let probe = Probe::new(&demo).unwrap();
     let base = probe.proxy_base();
-    tokio::time::sleep(faults_support::WARMUP).await;
+    tokio::time::sleep(crate::support::WARMUP).await;
     let before = scrape_results(&probe, &demo).await;
 
     let spec: FaultSpec = "kubelets-failing=50%".parse().unwrap();
@@ -57,7 +56,7 @@ async fn only_failing_kubelets_lose_freshness_and_failures_are_counted_by_reason
     let failing: Vec<&String> = targets.iter().filter(|(_, f)| *f != "slow").map(|(n, _)| n).collect();
     let all_nodes = demo.cluster.node_names();
     let healthy: Vec<&String> = all_nodes.iter().filter(|n| !failing.contains(n)).collect();
-    let fresh_ms = (RES + Duration::from_millis(1500)).as_millis() as i64;
+    let fresh_ms = (RES + SLACK + GRANULARITY).as_millis() as i64;
 
     // Within the staleness bound of their last good scrape (at most a resolution before the
     // injection): everything served, failing nodes with their last good data.

@@ -2,14 +2,13 @@
 //! admits; the excess gets 429 with Retry-After, no frontend crashes, each stays ready and keeps
 //! ingesting scrapes.
 
-mod faults_support;
-
 use std::time::Duration;
 
-use faults_support::{demo, measured, only_fault, run};
+use crate::support::{demo, measured, only_fault, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overload_gets_429s_without_crashing_or_stalling_ingest() {
+    let _serial = crate::support::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = demo(dir.path(), 20, 2, 2);
     config.pods_per_node = 10;

@@ -3,14 +3,13 @@
 //! at the nodes' phases, the shard comes back with the same id; no node stale for more than a
 //! resolution and no node scraped twice within half a resolution.
 
-mod faults_support;
-
 use std::time::Duration;
 
-use faults_support::{RES, demo, measured, only_fault, run};
+use crate::support::{GRANULARITY, RES, SLACK, demo, measured, only_fault, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gracefully_restarted_shard_hands_over_without_staleness_or_duplicates() {
+    let _serial = crate::support::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let report = run(dir.path(), demo(dir.path(), 12, 3, 2), Duration::from_secs(20), &["restart-shard@4s"]).await;
     let f = only_fault(&report);
@@ -18,9 +17,11 @@ async fn a_gracefully_restarted_shard_hands_over_without_staleness_or_duplicates
     assert_eq!(measured(f, "lease_left_after_stop_count"), 0.0, "the Lease is deleted on shutdown");
     let back = measured(f, "lease_back_ms");
     assert!(back < 15_000.0, "the restarted shard holds its Lease again after {back} ms");
-    assert!(measured(f, "all_nodes_rescraped_ms") <= (RES + Duration::from_secs(1)).as_millis() as f64);
-    // One resolution, plus scrape, ingest and probe latency on this shared machine.
-    let bound_ms = (RES + Duration::from_millis(1500)).as_millis() as f64;
+    // One resolution, plus scheduling slack on this shared machine, read from second-granular
+    // timestamps.
+    let bound_ms = (RES + SLACK + GRANULARITY).as_millis() as f64;
+    let rescraped = measured(f, "all_nodes_rescraped_ms");
+    assert!(rescraped <= bound_ms, "every node scraped again after {rescraped} ms");
     assert!(measured(f, "max_node_age_ms") <= bound_ms, "oldest served node {} ms", measured(f, "max_node_age_ms"));
     assert!(f.after.worst_node_staleness_ms <= bound_ms, "scenario probe: {} ms", f.after.worst_node_staleness_ms);
     assert_eq!(f.after.fewest_nodes_served, Some(12));

@@ -9,6 +9,7 @@ use shardmetrics_loadtest::scenario::{self, ScenarioConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_scenario_covers_every_node_and_pod_and_reports_every_measurement() {
+    let _serial = crate::support::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let mut demo = DemoConfig::new(env!("CARGO_BIN_EXE_shardmetrics-loadtest").into());
     demo.nodes = 200;

@@ -1,8 +1,6 @@
 //! Shared setup of the fault tests: a small demo with short resolution and Lease durations, run
 //! through the `run` scenario (which injects the `--fault` specs) or driven directly.
 
-#![allow(dead_code)]
-
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,10 +8,24 @@ use shardmetrics_loadtest::demo::DemoConfig;
 use shardmetrics_loadtest::scenario::report::{FaultReport, Report};
 use shardmetrics_loadtest::scenario::{self, ScenarioConfig};
 
+/// The scenario tests each run a whole multi-process pipeline on a 2-core machine with
+/// timing bounds; they take turns (held for the whole test) so one cannot slow another's.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
 /// Resolution of the fault tests (the scrapers' minimum).
 pub const RES: Duration = Duration::from_secs(5);
 /// Lease duration of the fault tests (renewed every second).
 pub const LEASE: Duration = Duration::from_secs(3);
+
+/// Scheduling slack for a slot, a scrape and ingest on a shared 2-core machine that runs the
+/// whole pipeline (a slot is seen late by up to ~1.5 s when the machine is busy).
+pub const SLACK: Duration = Duration::from_millis(1500);
+
+/// The Metrics API's timestamps are whole seconds, so an age read from them is up to 1 s high.
+pub const GRANULARITY: Duration = Duration::from_secs(1);
 
 /// Load without measurement before the window (and before direct injections).
 pub const WARMUP: Duration = Duration::from_secs(8);
