@@ -405,7 +405,6 @@ impl ClientInner {
         if head.status != 200 {
             return Err(Failure::fatal(ScrapeError::Http { status: head.status }));
         }
-        buf.drain(..head.len);
         let limit = self.max_response_bytes;
         let too_large = || Failure::fatal(ScrapeError::TooLarge { limit });
 
@@ -414,24 +413,29 @@ impl ClientInner {
         let body = match head.body {
             BodyLength::Known(len) => {
                 let len = usize::try_from(len).ok().filter(|l| *l <= limit).ok_or_else(too_large)?;
-                if buf.len() > len {
+                let read = &buf[head.len..];
+                if read.len() > len {
                     // Bytes after the response: nothing was asked for, do not reuse.
-                    buf.truncate(len);
                     reusable = false;
                 }
-                buf.reserve_exact(len - buf.len());
-                while buf.len() < len {
-                    let n = stream.read_buf(&mut buf).await.map_err(|e| Failure::fatal(io(e)))?;
+                // Sized once: the part read with the head is copied once, the rest is read in
+                // place (no regrowth, no shifting the head out).
+                let mut body = Vec::with_capacity(len);
+                body.extend_from_slice(&read[..read.len().min(len)]);
+                drop(buf);
+                while body.len() < len {
+                    let n = stream.read_buf(&mut body).await.map_err(|e| Failure::fatal(io(e)))?;
                     if n == 0 {
                         return Err(Failure::fatal(ScrapeError::Transport(format!(
                             "connection closed after {} of {len} body bytes",
-                            buf.len()
+                            body.len()
                         ))));
                     }
                 }
-                buf
+                body
             }
             BodyLength::Chunked => {
+                buf.drain(..head.len);
                 let mut decoder = ChunkedDecoder::new();
                 let mut body = Vec::with_capacity(buf.capacity());
                 let mut raw = buf;
@@ -455,6 +459,7 @@ impl ClientInner {
                 body
             }
             BodyLength::UntilClose => {
+                buf.drain(..head.len);
                 loop {
                     if buf.len() > limit {
                         return Err(too_large());
