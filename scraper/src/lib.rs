@@ -119,7 +119,7 @@ pub async fn run<S: KubeletSource>(
     let mut synced_nodes = nodes_rx.clone();
     let (members_rx, members_task) = shardmetrics_proto::lease::watch_members(kube.clone(), &config.lease_namespace, clock.clone());
     let (assignment_rx, assignment_task) =
-        ownership::watch_assignment(config.shard_id.clone(), nodes_rx.clone(), members_rx.clone(), metrics.clone());
+        ownership::watch_assignment(config.shard_id.clone(), identity.epoch, nodes_rx.clone(), members_rx.clone(), metrics.clone());
     let health_task = tokio::spawn(track_health(health.clone(), config.shard_id.clone(), nodes_rx, members_rx));
 
     let (lease_stop, lease_stopped) = oneshot::channel::<()>();

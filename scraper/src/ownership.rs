@@ -64,9 +64,12 @@ pub fn handovers(
 }
 
 /// Publishes this shard's assignment whenever nodes or members change. The task ends when the
-/// returned receiver (and its clones) are dropped or an input closes.
+/// returned receiver (and its clones) are dropped or an input closes. `epoch` is this process's
+/// (Unix ns at start, as in its Lease): a Lease of `me` with another epoch is a previous
+/// incarnation of this shard.
 pub fn watch_assignment(
     me: String,
+    epoch: u64,
     mut nodes: watch::Receiver<NodeView>,
     mut members: watch::Receiver<Members>,
     metrics: Metrics,
@@ -104,7 +107,15 @@ pub fn watch_assignment(
                         (&rebuilt, None)
                     }
                 };
-                assignment.handovers = Arc::new(handovers(&me, &assignment, &before, previous_ring, previous_known, &seen, &live, members_changed_at));
+                // A previous incarnation of this shard (restarted after a crash, same id) may still
+                // hold an unexpired Lease: the peers kept it in their rings and never scraped its
+                // nodes, so nothing was handed over and every node is scraped at once.
+                let restarted = previous.is_none() && live.get(&me).is_some_and(|m| m.epoch != epoch);
+                assignment.handovers = if restarted {
+                    Arc::new(BTreeMap::new())
+                } else {
+                    Arc::new(handovers(&me, &assignment, &before, previous_ring, previous_known, &seen, &live, members_changed_at))
+                };
                 previous = Some((last_members.clone(), assignment.known.clone()));
             }
             if changed {
@@ -178,7 +189,7 @@ mod tests {
             m.lease_duration_ms = 3_000;
         }
         let (mtx, mrx) = watch::channel(both.clone());
-        let (mut rx, _task) = watch_assignment("s0".into(), nrx, mrx, Metrics::new());
+        let (mut rx, _task) = watch_assignment("s0".into(), 1, nrx, mrx, Metrics::new());
         let first = rx.wait_for(|a| !a.known.is_empty()).await.unwrap().clone();
         // The first assignment: s1 would own everything without s0, and s1 is live.
         assert!(!first.owned.is_empty());
@@ -201,10 +212,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn after_a_crash_restart_under_the_same_id_nothing_counts_as_handed_over() {
+        let (_ntx, nrx) = watch::channel(view(&["a", "b", "c", "d", "e", "f", "g", "h"]));
+        // s0's previous incarnation (epoch 1) still holds its Lease: s1 never took its nodes.
+        let (_mtx, mrx) = watch::channel(members(&["s0", "s1"]));
+        let (mut rx, _task) = watch_assignment("s0".into(), 2, nrx, mrx, Metrics::new());
+        let first = rx.wait_for(|a| !a.known.is_empty()).await.unwrap().clone();
+        assert!(!first.owned.is_empty());
+        assert!(first.handovers.is_empty(), "every owned node is scraped at once: {:?}", first.handovers.keys());
+    }
+
+    #[tokio::test]
     async fn a_member_leaving_hands_its_nodes_to_the_rest() {
         let (ntx, nrx) = watch::channel(view(&["a", "b", "c", "d", "e", "f", "g", "h"]));
         let (mtx, mrx) = watch::channel(members(&["s0", "s1"]));
-        let (mut rx, _task) = watch_assignment("s0".into(), nrx, mrx, Metrics::new());
+        let (mut rx, _task) = watch_assignment("s0".into(), 1, nrx, mrx, Metrics::new());
         rx.wait_for(|a| !a.known.is_empty()).await.unwrap();
         let before = rx.borrow().owned.len();
         mtx.send_replace(members(&["s0"]));
