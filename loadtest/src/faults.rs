@@ -374,14 +374,7 @@ fn now_ms() -> i64 {
 /// Scrapes of one node closer than `half_ms` to the previous one, all kubelets together, counted
 /// over requests at or after `since_ms`.
 pub fn duplicate_scrapes(fleet: &KubeletFleet, since_ms: i64, half_ms: i64) -> u64 {
-    fleet
-        .all()
-        .iter()
-        .map(|k| {
-            let times: Vec<i64> = k.request_times().into_iter().filter(|t| *t >= since_ms).collect();
-            times.windows(2).filter(|w| w[1] - w[0] < half_ms).count() as u64
-        })
-        .sum()
+    fleet.scrape_counts(since_ms, i64::MAX, half_ms).0
 }
 
 /// Watches the nodes served through the proxy from the fault on (`fault_ms`) for `window`:

@@ -437,6 +437,19 @@ impl KubeletFleet {
         self.all().iter().map(|k| k.scrapes()).sum()
     }
 
+    /// `/metrics/resource` requests received in `[from_ms, to_ms)` (Unix ms), and how many
+    /// pairs of them hit one kubelet closer than `min_gap_ms` apart (duplicate scrapes).
+    pub fn scrape_counts(&self, from_ms: i64, to_ms: i64, min_gap_ms: i64) -> (u64, u64) {
+        let mut duplicates = 0;
+        let mut requests = 0;
+        for k in self.all() {
+            let times: Vec<i64> = k.request_times().into_iter().filter(|t| *t >= from_ms && *t < to_ms).collect();
+            requests += times.len() as u64;
+            duplicates += times.windows(2).filter(|w| w[1] - w[0] < min_gap_ms).count() as u64;
+        }
+        (duplicates, requests)
+    }
+
     /// The fleet's configuration.
     pub fn config(&self) -> &FleetConfig {
         &self.config

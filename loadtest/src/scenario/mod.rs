@@ -241,15 +241,7 @@ impl MetricsTracker {
 /// Pairs of requests to one kubelet within `[from_ms, to_ms)` closer than half a resolution,
 /// and the number of requests in the window.
 fn scrape_counts(demo: &RunningDemo, from_ms: i64, to_ms: i64, resolution: Duration) -> (u64, u64) {
-    let half = (resolution.as_millis() / 2) as i64;
-    let mut duplicates = 0;
-    let mut requests = 0;
-    for k in demo.cluster.fleet().all() {
-        let times: Vec<i64> = k.request_times().into_iter().filter(|t| *t >= from_ms && *t < to_ms).collect();
-        requests += times.len() as u64;
-        duplicates += times.windows(2).filter(|w| w[1] - w[0] < half).count() as u64;
-    }
-    (duplicates, requests)
+    demo.cluster.fleet().scrape_counts(from_ms, to_ms, (resolution.as_millis() / 2) as i64)
 }
 
 struct Pending {
