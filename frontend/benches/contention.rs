@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use cluster::{NODES, PODS_PER_NODE, T0, cluster, pod, pod_labels, scrape};
 use kube::runtime::watcher::Event;
 use shardmetrics_frontend::api::json;
-use shardmetrics_frontend::api::selector::{FieldSelector, LabelSelector};
+use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector};
 
 /// Scrapes ingested per second: 5000 nodes every 15 s.
 const SCRAPES_PER_SEC: f64 = NODES as f64 / 15.0;

@@ -11,7 +11,7 @@ use std::hint::black_box;
 
 use cluster::{NODES, PODS_PER_NODE, T0, cluster, scrape};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use shardmetrics_frontend::api::selector::{FieldSelector, LabelSelector};
+use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector};
 use shardmetrics_frontend::api::{json, protobuf};
 use shardmetrics_frontend::store::Ingested;
 

@@ -10,14 +10,15 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::auth::AuthArgs;
-use crate::auth::flags::parse_duration;
+use shardmetrics_plumbing::duration::GoDuration;
+use shardmetrics_plumbing::process::LogFormat;
 use crate::server::{MIN_HEADER_BYTES, ServerLimits};
 use crate::store::StoreConfig;
 use crate::upstream::{GrpcClientTls, UpstreamConfig};
 use crate::{Config, Listeners, ShardSource};
 
 /// Exit code for invalid flags (EX_USAGE).
-pub const EXIT_USAGE: u8 = 64;
+pub use shardmetrics_plumbing::process::EXIT_USAGE;
 /// Lease duration of shards assumed by the default `--max-staleness`, in seconds.
 pub const SHARD_LEASE_SECONDS: u64 = 15;
 
@@ -47,11 +48,11 @@ pub struct Args {
     /// Scrape interval of the shards (Go duration); used for the fresh-container rate and the
     /// default --max-staleness.
     #[arg(long, env = "SHARDMETRICS_METRIC_RESOLUTION", default_value = "15s")]
-    pub metric_resolution: String,
+    pub metric_resolution: GoDuration,
     /// How long a node's last good data is served without a new scrape. Default: 2 x
     /// --metric-resolution + the shard lease duration (15s).
     #[arg(long, env = "SHARDMETRICS_MAX_STALENESS")]
-    pub max_staleness: Option<String>,
+    pub max_staleness: Option<GoDuration>,
     /// CA bundle of the shards' gRPC serving certificates; plaintext HTTP/2 to shards when unset.
     #[arg(long, env = "SHARDMETRICS_GRPC_TLS_CA_FILE", value_name = "PATH")]
     pub grpc_tls_ca_file: Option<PathBuf>,
@@ -73,20 +74,20 @@ pub struct Args {
     /// Time a client has to send a request's headers (and a body of unknown length) before the
     /// connection is closed (Go duration).
     #[arg(long, env = "SHARDMETRICS_REQUEST_HEADER_TIMEOUT", default_value = "10s")]
-    pub request_header_timeout: String,
+    pub request_header_timeout: GoDuration,
     /// A connection with no request in progress for this long is closed (Go duration).
     #[arg(long, env = "SHARDMETRICS_IDLE_CONNECTION_TIMEOUT", default_value = "90s")]
-    pub idle_connection_timeout: String,
+    pub idle_connection_timeout: GoDuration,
     /// Time a new connection has to complete its TLS handshake (Go duration).
     #[arg(long, env = "SHARDMETRICS_TLS_HANDSHAKE_TIMEOUT", default_value = "10s")]
-    pub tls_handshake_timeout: String,
+    pub tls_handshake_timeout: GoDuration,
     /// Largest gRPC message accepted from a shard, in bytes; a larger batch ends that
     /// subscription (counted in shardmetrics_frontend_upstream_decode_errors_total).
     #[arg(long, env = "SHARDMETRICS_GRPC_MAX_MESSAGE_BYTES", default_value_t = crate::upstream::MAX_MESSAGE_BYTES)]
     pub grpc_max_message_bytes: usize,
-    /// Log format: text or json.
-    #[arg(long, env = "SHARDMETRICS_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    /// Log format.
+    #[arg(long, env = "SHARDMETRICS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax, e.g. info or shardmetrics_frontend=debug).
     #[arg(long, env = "SHARDMETRICS_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -107,8 +108,8 @@ pub struct Validated {
     pub kubeconfig: Option<PathBuf>,
     /// `--lease-namespace` (resolved).
     pub lease_namespace: String,
-    /// `--log-format` is json.
-    pub json_logs: bool,
+    /// `--log-format`.
+    pub log_format: LogFormat,
     /// `--log-level`.
     pub log_level: String,
 }
@@ -141,27 +142,19 @@ impl Args {
     /// Validates every flag; on failure returns all problems, one per line.
     pub fn validate(&self) -> Result<Validated, Vec<String>> {
         let mut problems = Vec::new();
-        let resolution = match parse_duration(&self.metric_resolution) {
-            Ok(d) if d >= Duration::from_secs(1) => d,
-            Ok(d) => {
+        let resolution = match *self.metric_resolution {
+            d if d >= Duration::from_secs(1) => d,
+            d => {
                 problems.push(format!("--metric-resolution {d:?}: must be at least 1s"));
-                Duration::from_secs(15)
-            }
-            Err(e) => {
-                problems.push(format!("--metric-resolution: {e}"));
                 Duration::from_secs(15)
             }
         };
         let default_staleness = resolution * 2 + Duration::from_secs(SHARD_LEASE_SECONDS);
-        let max_staleness = match self.max_staleness.as_deref().map(parse_duration) {
+        let max_staleness = match self.max_staleness.map(|d| d.0) {
             None => default_staleness,
-            Some(Ok(d)) if d >= resolution => d,
-            Some(Ok(d)) => {
+            Some(d) if d >= resolution => d,
+            Some(d) => {
                 problems.push(format!("--max-staleness {d:?}: must be at least --metric-resolution ({resolution:?})"));
-                default_staleness
-            }
-            Some(Err(e)) => {
-                problems.push(format!("--max-staleness: {e}"));
                 default_staleness
             }
         };
@@ -189,15 +182,7 @@ impl Args {
         if self.grpc_max_message_bytes < 1 << 20 {
             problems.push(format!("--grpc-max-message-bytes {}: must be at least 1048576 (1 MiB)", self.grpc_max_message_bytes));
         }
-        let json_logs = match self.log_format.as_str() {
-            "text" => false,
-            "json" => true,
-            other => {
-                problems.push(format!("--log-format {other:?}: use text or json"));
-                false
-            }
-        };
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+        if let Err(e) = shardmetrics_plumbing::process::check_log_level(&self.log_level) {
             problems.push(format!("--log-level {:?}: {e}", self.log_level));
         }
         if self.grpc_tls_cert_file.is_some() != self.grpc_tls_private_key_file.is_some() {
@@ -233,7 +218,7 @@ impl Args {
             admin_addr,
             kubeconfig: self.kubeconfig.clone(),
             lease_namespace: lease_namespace.clone(),
-            json_logs,
+            log_format: self.log_format,
             log_level: self.log_level.clone(),
             config: Config {
                 store: StoreConfig {
@@ -252,7 +237,7 @@ impl Args {
                 tls,
                 max_requests_inflight: self.max_requests_inflight,
                 limits,
-                clock: shardmetrics_proto::clock::system(),
+                clock: shardmetrics_plumbing::clock::system(),
                 shutdown_grace: Duration::from_secs(20),
                 sweep_interval: resolution,
             },
@@ -264,20 +249,17 @@ impl Args {
     /// The request and connection limits; problems are appended to `problems`.
     fn limits(&self, problems: &mut Vec<String>) -> ServerLimits {
         let defaults = ServerLimits::default();
-        let mut duration = |flag: &str, text: &str, fallback: Duration| match parse_duration(text) {
-            Ok(d) if d > Duration::ZERO => d,
-            Ok(_) => {
+        let mut duration = |flag: &str, d: GoDuration, fallback: Duration| {
+            if d.is_zero() {
                 problems.push(format!("--{flag}: must be above 0"));
                 fallback
-            }
-            Err(e) => {
-                problems.push(format!("--{flag}: {e}"));
-                fallback
+            } else {
+                d.0
             }
         };
-        let request_header_timeout = duration("request-header-timeout", &self.request_header_timeout, defaults.request_header_timeout);
-        let idle_connection_timeout = duration("idle-connection-timeout", &self.idle_connection_timeout, defaults.idle_connection_timeout);
-        let tls_handshake_timeout = duration("tls-handshake-timeout", &self.tls_handshake_timeout, defaults.tls_handshake_timeout);
+        let request_header_timeout = duration("request-header-timeout", self.request_header_timeout, defaults.request_header_timeout);
+        let idle_connection_timeout = duration("idle-connection-timeout", self.idle_connection_timeout, defaults.idle_connection_timeout);
+        let tls_handshake_timeout = duration("tls-handshake-timeout", self.tls_handshake_timeout, defaults.tls_handshake_timeout);
         if self.max_request_header_bytes < MIN_HEADER_BYTES {
             problems.push(format!("--max-request-header-bytes {}: must be at least {MIN_HEADER_BYTES}", self.max_request_header_bytes));
         }
@@ -294,45 +276,7 @@ impl Args {
 /// Builds the API client from `--kubeconfig` or the environment (in-cluster, then
 /// $KUBECONFIG / ~/.kube/config).
 pub async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, String> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
-        }
-        None => kube::Config::infer().await.map_err(|e| format!("no usable kubeconfig or in-cluster config: {e}"))?,
-    };
-    kube::Client::try_from(config).map_err(|e| format!("API client: {e}"))
-}
-
-fn init_logging(json: bool, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    // A second initialisation (tests, the load test's child) keeps the first subscriber.
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn termination() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    shardmetrics_plumbing::process::kube_client(kubeconfig.map(PathBuf::as_path)).await
 }
 
 /// Validates `args`, connects to the API server, binds the ports and runs until SIGTERM/Ctrl-C.
@@ -348,7 +292,7 @@ pub async fn main_with(args: Args) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_logging(v.json_logs, &v.log_level);
+    shardmetrics_plumbing::process::init_tracing(v.log_format, &v.log_level);
     let mut config = v.config;
     match kube_client(v.kubeconfig.as_ref()).await {
         Ok(c) => config.kube = Some(c),
@@ -380,7 +324,7 @@ pub async fn main_with(args: Args) -> ExitCode {
         lease_namespace = %v.lease_namespace,
         "starting frontend"
     );
-    match crate::run(config, Listeners { secure, admin }, termination()).await {
+    match crate::run(config, Listeners { secure, admin }, shardmetrics_plumbing::process::termination_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "frontend failed");
@@ -420,18 +364,15 @@ mod tests {
     #[test]
     fn every_bad_flag_is_reported_at_once() {
         let problems = parse(&[
-            "--metric-resolution=fast",
+            "--metric-resolution=500ms",
             "--max-staleness=1s",
             "--bind-address=nowhere",
             "--admin-bind-address=10351",
             "--max-requests-inflight=0",
-            "--log-format=xml",
             "--grpc-tls-cert-file=/nonexistent/c.pem",
             "--tls-min-version=VersionTLS10",
             "--max-request-header-bytes=100",
             "--request-header-timeout=0",
-            "--idle-connection-timeout=soon",
-            "--tls-handshake-timeout=-1s",
             "--grpc-max-message-bytes=1000",
         ])
         .validate()
@@ -444,18 +385,31 @@ mod tests {
             "--bind-address",
             "--admin-bind-address",
             "--max-requests-inflight",
-            "--log-format",
             "--grpc-tls-cert-file and --grpc-tls-private-key-file",
             "needs --grpc-tls-ca-file",
             "/nonexistent/c.pem",
             "--tls-min-version",
             "--max-request-header-bytes 100",
             "--request-header-timeout",
-            "--idle-connection-timeout",
-            "--tls-handshake-timeout",
             "--grpc-max-message-bytes 1000",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_refused_while_parsing_naming_its_flag() {
+        for (flag, value) in [
+            ("--metric-resolution", "fast"),
+            ("--max-staleness", "later"),
+            ("--idle-connection-timeout", "soon"),
+            ("--tls-handshake-timeout", "-1s"),
+            ("--authorization-webhook-cache-authorized-ttl", "1x"),
+            ("--log-format", "xml"),
+        ] {
+            let arg = format!("{flag}={value}");
+            let err = Args::try_parse_from(["shardmetrics-frontend", arg.as_str()]).expect_err(&arg).to_string();
+            assert!(err.contains(flag) && err.contains(value), "{arg}: {err}");
         }
     }
 

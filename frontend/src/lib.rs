@@ -29,8 +29,8 @@ pub mod upstream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardmetrics_proto::clock::SharedClock;
-use shardmetrics_proto::lease::{Member, watch_members};
+use shardmetrics_plumbing::clock::SharedClock;
+use shardmetrics_plumbing::lease::{Member, watch_members};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 

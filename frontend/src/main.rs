@@ -3,9 +3,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    shardmetrics_frontend::cli::main_with(shardmetrics_frontend::cli::Args::parse()).await
+    match shardmetrics_plumbing::process::parse_args::<shardmetrics_frontend::cli::Args>(std::env::args_os()) {
+        Ok(args) => shardmetrics_frontend::cli::main_with(args).await,
+        Err(code) => code,
+    }
 }

@@ -1,6 +1,6 @@
 //! Where samples enter the replica: one gRPC subscription per live scraper shard.
 //!
-//! The set of live shards comes from their Leases ([`shardmetrics_proto::lease::watch_members`])
+//! The set of live shards comes from their Leases ([`shardmetrics_plumbing::lease::watch_members`])
 //! or, without an API server, from a fixed list. For each live shard a task calls
 //! `SampleStream.Subscribe`, decodes every batch ([`shardmetrics_proto::decode_batch`]) and
 //! feeds the [`Store`]; on any error it reconnects with capped exponential backoff and gets a
@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shardmetrics_proto::lease::{Member, Members};
+use shardmetrics_plumbing::lease::{Member, Members};
 use shardmetrics_proto::v1::SubscribeRequest;
 use shardmetrics_proto::v1::sample_stream_client::SampleStreamClient;
 use shardmetrics_proto::{Batch, decode_batch};
@@ -356,7 +356,7 @@ mod tests {
 
     #[test]
     fn scrape_to_servable_is_observed_for_applied_live_scrapes_only() {
-        use shardmetrics_proto::clock::ManualClock;
+        use shardmetrics_plumbing::clock::ManualClock;
         use shardmetrics_proto::{NodeScrape, ShardIdentity};
 
         use crate::store::StoreConfig;

@@ -167,7 +167,7 @@ async fn every_caller_gets_exactly_what_authentication_and_authorization_allow()
         tls: TlsConfig { cert_file: Some(cert_file), key_file: Some(key_file), ..TlsConfig::default() },
         max_requests_inflight: 100,
         limits: shardmetrics_frontend::server::ServerLimits::default(),
-        clock: shardmetrics_proto::clock::ManualClock::new(T0 + 40_000),
+        clock: shardmetrics_plumbing::clock::ManualClock::new(T0 + 40_000),
         shutdown_grace: Duration::from_secs(5),
         sweep_interval: Duration::from_millis(200),
     };

@@ -10,7 +10,7 @@ use std::time::Duration;
 use auth_support::{ApiState, FakeApiServer, counter};
 use http::HeaderMap;
 use shardmetrics_frontend::auth::{Auth, AuthConfig, AuthError, RequestAttributes, UserInfo};
-use shardmetrics_proto::clock::{Clock, ManualClock, SystemClock};
+use shardmetrics_plumbing::clock::{Clock, ManualClock, SystemClock};
 
 struct Setup {
     api: FakeApiServer,

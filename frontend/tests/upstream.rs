@@ -10,7 +10,7 @@ use std::time::Duration;
 use shardmetrics_frontend::metrics::Metrics;
 use shardmetrics_frontend::store::{Store, StoreConfig};
 use shardmetrics_frontend::upstream::{self, UpstreamConfig, UpstreamState};
-use shardmetrics_proto::clock::ManualClock;
+use shardmetrics_plumbing::clock::ManualClock;
 use shardmetrics_proto::{NodeReleased, ReleaseReason};
 use support::{FakeShard, T0, scrape, snapshot};
 use tokio::sync::watch;
@@ -20,7 +20,7 @@ const PODS: &[support::PodSpec<'static>] = &[("default", "web-1", &["app"]), ("k
 struct Harness {
     store: Arc<Store>,
     state: Arc<UpstreamState>,
-    members: watch::Sender<shardmetrics_proto::lease::Members>,
+    members: watch::Sender<shardmetrics_plumbing::lease::Members>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     registry: prometheus::Registry,

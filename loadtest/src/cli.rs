@@ -16,22 +16,13 @@ use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
-use crate::apiserver::{ApiServer, ApiServerConfig, Context, DEFAULT_ADMIN};
-use crate::cluster::{self, Cluster, ClusterConfig, NOACCESS_USER};
-use crate::kubelet::{ContainerUsage, FleetConfig, KubeletFleet, fixed_tokens};
-use crate::pki::Ca;
+use shardmetrics_sim::apiserver::{ApiServer, ApiServerConfig, Context, DEFAULT_ADMIN};
+use shardmetrics_sim::cluster::{self, Cluster, ClusterConfig, NOACCESS_USER};
+use shardmetrics_sim::kubelet::{ContainerUsage, FleetConfig, KubeletFleet, fixed_tokens};
+use shardmetrics_plumbing::duration::GoDuration;
+use shardmetrics_plumbing::pki::Ca;
 
-/// Exit code for invalid flags (EX_USAGE).
-pub const EXIT_USAGE: u8 = 64;
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use shardmetrics_plumbing::process::{EXIT_USAGE, LogFormat, init_tracing, termination_signal as shutdown_signal};
 
 /// `shardmetrics-loadtest`: a simulated Kubernetes cluster on one machine.
 #[derive(Debug, Parser)]
@@ -86,10 +77,10 @@ pub struct RunArgs {
     pub containers_per_pod: usize,
     /// How long to measure once every node is served (after the warm-up).
     #[arg(long, env = "SHARDMETRICS_DURATION", default_value = "60s")]
-    pub duration: String,
+    pub duration: GoDuration,
     /// Query load on but not measured before the measurement.
     #[arg(long, env = "SHARDMETRICS_WARMUP", default_value = "0s")]
-    pub warmup: String,
+    pub warmup: GoDuration,
     /// HPA-style queries per second (one namespace's pods with an `app=` label selector).
     #[arg(long, env = "SHARDMETRICS_HPA_QUERIES_PER_SEC", default_value_t = 20.0)]
     pub hpa_queries_per_sec: f64,
@@ -115,7 +106,7 @@ pub struct RunArgs {
     /// How long the floor client runs after the measurement (default min(duration, 30s); 0s:
     /// no floor).
     #[arg(long, env = "SHARDMETRICS_FLOOR_DURATION")]
-    pub floor_duration: Option<String>,
+    pub floor_duration: Option<GoDuration>,
     /// Where to write the JSON report (the chart goes next to it, same name, `.svg`).
     #[arg(long, env = "SHARDMETRICS_REPORT", default_value = "loadtest-report.json")]
     pub report: PathBuf,
@@ -151,10 +142,10 @@ pub struct FloorArgs {
     pub token_file: PathBuf,
     /// Fetch interval per node.
     #[arg(long, env = "SHARDMETRICS_METRIC_RESOLUTION", default_value = "15s")]
-    pub metric_resolution: String,
+    pub metric_resolution: GoDuration,
     /// How long to fetch (after one connection round).
     #[arg(long, env = "SHARDMETRICS_DURATION", default_value = "30s")]
-    pub duration: String,
+    pub duration: GoDuration,
 }
 
 /// Flags of `demo`.
@@ -174,7 +165,7 @@ pub struct DemoArgs {
     pub frontends: usize,
     /// Scrape interval (and rate window), at least 5s.
     #[arg(long, env = "SHARDMETRICS_METRIC_RESOLUTION", default_value = "15s")]
-    pub metric_resolution: String,
+    pub metric_resolution: GoDuration,
     /// Where to write the kubeconfig (contexts demo-admin and demo-noaccess).
     #[arg(long, env = "SHARDMETRICS_KUBECONFIG", default_value = "demo.kubeconfig")]
     pub kubeconfig: PathBuf,
@@ -265,12 +256,8 @@ pub fn validate(args: &Args) -> Vec<String> {
             if d.frontends == 0 || d.frontends > 32 {
                 problems.push(format!("--frontends {} must be between 1 and 32", d.frontends));
             }
-            match shardmetrics_scraper::config::parse_duration(&d.metric_resolution) {
-                Ok(r) if r < Duration::from_secs(5) => {
-                    problems.push(format!("--metric-resolution {} is below the minimum of 5s", d.metric_resolution));
-                }
-                Ok(_) => {}
-                Err(e) => problems.push(format!("--metric-resolution {:?}: {e}", d.metric_resolution)),
+            if *d.metric_resolution < Duration::from_secs(5) {
+                problems.push(format!("--metric-resolution {} is below the minimum of 5s", d.metric_resolution));
             }
         }
         Command::Run(r) => {
@@ -279,22 +266,9 @@ pub fn validate(args: &Args) -> Vec<String> {
                 log_format: args.log_format,
                 log_level: args.log_level.clone(),
             }));
-            let duration = shardmetrics_scraper::config::parse_duration(&r.duration);
-            match &duration {
-                Ok(d) if d.is_zero() => problems.push("--duration must be positive".into()),
-                Ok(_) => {}
-                Err(e) => problems.push(format!("--duration {:?}: {e}", r.duration)),
-            }
-            let parse = |flag: &str, v: &str, problems: &mut Vec<String>| match shardmetrics_scraper::config::parse_duration(v) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    problems.push(format!("{flag} {v:?}: {e}"));
-                    None
-                }
-            };
-            parse("--warmup", &r.warmup, &mut problems);
-            if let Some(f) = &r.floor_duration {
-                parse("--floor-duration", f, &mut problems);
+            let duration = r.duration.0;
+            if duration.is_zero() {
+                problems.push("--duration must be positive".into());
             }
             if !(1..=50).contains(&r.containers_per_pod) {
                 problems.push(format!("--containers-per-pod {} must be between 1 and 50", r.containers_per_pod));
@@ -311,7 +285,7 @@ pub fn validate(args: &Args) -> Vec<String> {
             let old = r.kill_shard_at.as_ref().map(|at| format!("kill-shard@{at}"));
             for f in r.faults.iter().chain(old.iter()) {
                 match f.parse::<crate::faults::FaultSpec>() {
-                    Ok(s) if duration.as_ref().is_ok_and(|d| s.at >= *d) => {
+                    Ok(s) if s.at >= duration => {
                         problems.push(format!("--fault {f}: not within --duration {}", r.duration));
                     }
                     Ok(_) => {}
@@ -319,11 +293,11 @@ pub fn validate(args: &Args) -> Vec<String> {
                 }
             }
         }
-        Command::Floor(f) => match shardmetrics_scraper::config::parse_duration(&f.metric_resolution) {
-            Ok(r) if r.is_zero() => problems.push("--metric-resolution must be positive".into()),
-            Ok(_) => {}
-            Err(e) => problems.push(format!("--metric-resolution {:?}: {e}", f.metric_resolution)),
-        },
+        Command::Floor(f) => {
+            if f.metric_resolution.is_zero() {
+                problems.push("--metric-resolution must be positive".into());
+            }
+        }
         Command::Kubelets(k) => {
             if k.count == 0 || k.count > 20_000 {
                 problems.push(format!("--count {} must be between 1 and 20000", k.count));
@@ -339,39 +313,6 @@ pub fn validate(args: &Args) -> Vec<String> {
     problems
 }
 
-/// Sets up logging to stderr.
-pub fn init_tracing(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 /// What `main` calls: the hidden `scraper` / `frontend` children first, else [`main_with`].
 pub async fn main_from_env() -> ExitCode {
     let mut argv = std::env::args_os();
@@ -379,14 +320,21 @@ pub async fn main_from_env() -> ExitCode {
     let role = argv.next();
     match role.as_ref().and_then(|r| r.to_str()) {
         Some("scraper") => {
-            let args = shardmetrics_scraper::cli::Args::parse_from(std::iter::once("shardmetrics-scraper".into()).chain(argv));
-            shardmetrics_scraper::cli::main_with(args).await
+            match shardmetrics_plumbing::process::parse_args(std::iter::once("shardmetrics-scraper".into()).chain(argv)) {
+                Ok(args) => shardmetrics_scraper::cli::main_with(args).await,
+                Err(code) => code,
+            }
         }
         Some("frontend") => {
-            let args = shardmetrics_frontend::cli::Args::parse_from(std::iter::once("shardmetrics-frontend".into()).chain(argv));
-            shardmetrics_frontend::cli::main_with(args).await
+            match shardmetrics_plumbing::process::parse_args(std::iter::once("shardmetrics-frontend".into()).chain(argv)) {
+                Ok(args) => shardmetrics_frontend::cli::main_with(args).await,
+                Err(code) => code,
+            }
         }
-        _ => main_with(Args::parse()).await,
+        _ => match shardmetrics_plumbing::process::parse_args(std::env::args_os()) {
+            Ok(args) => main_with(args).await,
+            Err(code) => code,
+        },
     }
 }
 
@@ -455,7 +403,7 @@ fn demo_config(d: &DemoArgs) -> anyhow::Result<crate::demo::DemoConfig> {
     config.pods_per_node = d.pods_per_node;
     config.shards = d.shards;
     config.frontends = d.frontends;
-    config.metric_resolution = shardmetrics_scraper::config::parse_duration(&d.metric_resolution).map_err(anyhow::Error::msg)?;
+    config.metric_resolution = d.metric_resolution.0;
     config.kubeconfig = d.kubeconfig.clone();
     config.kubelet_insecure_tls = d.kubelet_insecure_tls;
     config.ready_timeout = config.metric_resolution * 4 + Duration::from_secs(60) + Duration::from_millis(d.nodes as u64 * 20);
@@ -463,15 +411,13 @@ fn demo_config(d: &DemoArgs) -> anyhow::Result<crate::demo::DemoConfig> {
 }
 
 async fn run_scenario(r: RunArgs) -> anyhow::Result<()> {
-    let parse = |s: &str| shardmetrics_scraper::config::parse_duration(s).map_err(anyhow::Error::msg);
     let mut demo = demo_config(&r.demo)?;
     demo.child_log_level = "warn".into();
     demo.containers_per_pod = r.containers_per_pod;
-    let duration = parse(&r.duration)?;
-    let mut config = crate::scenario::ScenarioConfig::new(demo, duration, r.report.clone());
-    config.warmup = parse(&r.warmup)?;
-    if let Some(f) = &r.floor_duration {
-        config.floor_duration = parse(f)?;
+    let mut config = crate::scenario::ScenarioConfig::new(demo, r.duration.0, r.report.clone());
+    config.warmup = r.warmup.0;
+    if let Some(f) = r.floor_duration {
+        config.floor_duration = f.0;
     }
     config.load = crate::scenario::LoadConfig {
         hpa_per_second: r.hpa_queries_per_sec,
@@ -497,13 +443,12 @@ async fn run_scenario(r: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn run_floor(f: FloorArgs) -> anyhow::Result<()> {
-    let parse = |s: &str| shardmetrics_scraper::config::parse_duration(s).map_err(anyhow::Error::msg);
     let result = crate::scenario::floor::run_floor(crate::scenario::floor::FloorConfig {
         targets_file: f.targets_file,
         ca_file: f.ca_file,
         token_file: f.token_file,
-        resolution: parse(&f.metric_resolution)?,
-        duration: parse(&f.duration)?,
+        resolution: f.metric_resolution.0,
+        duration: f.duration.0,
     })
     .await?;
     println!("{}", serde_json::to_string(&result)?);
@@ -569,7 +514,7 @@ async fn run_kubelets(k: KubeletsArgs) -> anyhow::Result<()> {
         ca.write_pem(dir, "kubelet-ca")?;
     }
     let width = k.count.saturating_sub(1).to_string().len().max(4);
-    let now = shardmetrics_proto::clock::system();
+    let now = shardmetrics_plumbing::clock::system();
     for i in 0..k.count {
         let node = format!("{}{:0width$}", k.node_prefix, i);
         let kubelet = fleet.start(&node, 100, 512 << 20).await?;
@@ -637,8 +582,10 @@ mod tests {
         };
         assert!(parse(&["--fault", "kill-shard@30s", "--fault", "kubelets-failing=5%"]).is_empty());
         assert!(parse(&["--kill-shard-at", "10s"]).is_empty());
-        let problems = parse(&["--fault", "explode@1s", "--fault", "kill-shard@90s", "--hpa-queries-per-sec=-1", "--warmup", "x"]);
-        assert_eq!(problems.len(), 4, "{problems:?}");
+        let problems = parse(&["--fault", "explode@1s", "--fault", "kill-shard@90s", "--hpa-queries-per-sec=-1"]);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        let err = Args::try_parse_from(["shardmetrics-loadtest", "run", "--warmup", "x"]).unwrap_err().to_string();
+        assert!(err.contains("--warmup") && err.contains("invalid duration"), "{err}");
         let args = Args::try_parse_from(["shardmetrics-loadtest", "run", "--kill-shard-at", "5s", "--fault", "restart-shard@1s"]).unwrap();
         let Command::Run(r) = args.command else { panic!("not run") };
         assert_eq!(r.fault_specs().unwrap().len(), 2);

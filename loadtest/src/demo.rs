@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use crate::apiserver::{ApiServer, ApiServerConfig, Context, DEFAULT_ADMIN, RunningApiServer, StartError};
-use crate::cluster::{self, Cluster, ClusterConfig, ClusterError, FRONTEND_USER, NOACCESS_USER, SCRAPER_USER};
+use shardmetrics_sim::apiserver::{ApiServer, ApiServerConfig, Context, DEFAULT_ADMIN, RunningApiServer, StartError};
+use shardmetrics_sim::cluster::{self, Cluster, ClusterConfig, ClusterError, FRONTEND_USER, NOACCESS_USER, SCRAPER_USER};
 
 /// Context of the kubeconfig with full rights.
 pub const ADMIN_CONTEXT: &str = "demo-admin";
@@ -581,7 +581,7 @@ impl Demo {
 /// while another one already has them, and kubectl's requests go to either.
 async fn wait_ready(demo: &mut RunningDemo, nodes: usize, timeout: Duration) -> Result<(), DemoError> {
     use http_body_util::{BodyExt, Empty};
-    let tls = crate::pki::client_config(None, None).map_err(|e| DemoError::Io {
+    let tls = shardmetrics_plumbing::pki::client_config(None, None).map_err(|e| DemoError::Io {
         what: "building a TLS client".into(),
         source: std::io::Error::other(e.to_string()),
     })?;

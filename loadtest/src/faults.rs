@@ -40,9 +40,9 @@ use hyper_util::rt::TokioExecutor;
 use shardmetrics_scraper::ring::Ring;
 use tokio::task::JoinHandle;
 
-use crate::apiserver::resources::LEASES;
+use shardmetrics_sim::apiserver::resources::LEASES;
 use crate::demo::{LEASE_NAMESPACE, RunningDemo};
-use crate::kubelet::{Fault, KubeletFleet};
+use shardmetrics_sim::kubelet::{Fault, KubeletFleet};
 
 /// One fault of a scenario.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,41 +122,13 @@ pub struct Injected {
     pub pending: Option<JoinHandle<BTreeMap<String, f64>>>,
 }
 
-/// `90s`, `1500ms`, `2m`, `1m30s`.
-fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
-        if digits == 0 {
-            return None;
-        }
-        let n: f64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let secs = match &rest[..unit] {
-            "ms" => n / 1000.0,
-            "s" => n,
-            "m" => n * 60.0,
-            "h" => n * 3600.0,
-            _ => return None,
-        };
-        rest = &rest[unit..];
-        total += Duration::try_from_secs_f64(secs).ok()?;
-    }
-    Some(total)
-}
-
 impl FromStr for FaultSpec {
     type Err = FaultError;
 
     fn from_str(spec: &str) -> Result<FaultSpec, FaultError> {
         let bad = |why: &str| FaultError::Spec { spec: spec.to_owned(), why: why.to_owned() };
         let (body, at) = match spec.split_once('@') {
-            Some((body, at)) => (body, parse_duration(at).ok_or_else(|| bad("the time after @ is not a duration like 60s"))?),
+            Some((body, at)) => (body, shardmetrics_plumbing::duration::parse(at).map_err(|_| bad("the time after @ is not a duration like 60s"))?),
             None => (spec, Duration::ZERO),
         };
         let (name, value) = match body.split_once('=') {
@@ -271,11 +243,11 @@ impl std::fmt::Debug for Probe {
 impl Probe {
     /// A probe of `demo`.
     pub fn new(demo: &RunningDemo) -> Result<Probe, FaultError> {
-        let tls = crate::pki::client_config(None, None).map_err(|e| FaultError::Client(e.to_string()))?;
+        let tls = shardmetrics_plumbing::pki::client_config(None, None).map_err(|e| FaultError::Client(e.to_string()))?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
         let https = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-        let token = demo.api.policy().token_of(crate::apiserver::DEFAULT_ADMIN).unwrap_or_default().to_owned();
+        let token = demo.api.policy().token_of(shardmetrics_sim::apiserver::DEFAULT_ADMIN).unwrap_or_default().to_owned();
         Ok(Probe { https, http, token, api_url: demo.api.url() })
     }
 
@@ -480,7 +452,7 @@ pub async fn inject(spec: &FaultSpec, demo: &mut RunningDemo, at_s: f64) -> Resu
             let name = demo.shard_names().into_iter().next().ok_or_else(|| inapplicable("no scraper shard is running"))?;
             let store = demo.api.store().clone();
             let lease_name = name.clone();
-            let uid_of = move |store: &crate::apiserver::store::Store| {
+            let uid_of = move |store: &shardmetrics_sim::apiserver::store::Store| {
                 store
                     .get(LEASES, LEASE_NAMESPACE, &lease_name)
                     .ok()
@@ -531,7 +503,7 @@ pub async fn inject(spec: &FaultSpec, demo: &mut RunningDemo, at_s: f64) -> Resu
             let admin = demo.admin_addr(&new_name).ok_or_else(|| inapplicable("the new frontend has no admin address"))?;
             outcome.targets.push(name);
             outcome.targets.push(new_name);
-            let pods = demo.api.store().count(crate::apiserver::resources::PODS);
+            let pods = demo.api.store().count(shardmetrics_sim::apiserver::resources::PODS);
             let pending = tokio::spawn(async move {
                 let mut m = BTreeMap::new();
                 let base = Probe::frontend_base(addr);

@@ -2,16 +2,15 @@
 //! of the real binary) queried with the real kubectl 1.35, values checked against the
 //! simulator's true usage.
 
-mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
-use shardmetrics_loadtest::apiserver::resources::PODS;
-use shardmetrics_loadtest::apiserver::store::Filter;
+use shardmetrics_sim::apiserver::resources::PODS;
+use shardmetrics_sim::apiserver::store::Filter;
 use shardmetrics_loadtest::demo::{Demo, DemoConfig, RunningDemo};
-use support::Kubectl;
+use shardmetrics_xtask::kubectl::Kubectl;
 
 const RESOLUTION: Duration = Duration::from_secs(5);
 

@@ -56,7 +56,7 @@ async fn the_kubelets_command_serves_synthetic_pods_until_stopped() {
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(dir.path().join("kubelet-ca.crt")).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
-    let tls = shardmetrics_loadtest::pki::client_config(Some(&roots), None).unwrap();
+    let tls = shardmetrics_plumbing::pki::client_config(Some(&roots), None).unwrap();
     let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
     let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);

@@ -1,24 +1,21 @@
 //! The contract between shardmetrics scraper shards and frontend replicas.
 //!
 //! A shard scrapes kubelets and streams raw cumulative samples; a frontend subscribes to every
-//! live shard and computes rates. Both sides agree on three things, all defined here:
+//! live shard and computes rates. Both sides agree on two things, both defined here:
 //!
 //! - the gRPC stream (`shardmetrics/v1/samples.proto`, generated into [`v1`]);
 //! - the domain types a scrape produces ([`sample`]) and their one conversion to and from the
-//!   wire ([`convert`]);
-//! - how shards announce themselves: one `coordination.k8s.io/v1` Lease per shard, watched by
-//!   peers and frontends alike ([`lease`]).
+//!   wire ([`convert`]).
+//!
+//! How shards announce themselves (one `coordination.k8s.io/v1` Lease per shard) is in
+//! `shardmetrics-plumbing`'s `lease` module, beside the clock it needs.
 //!
 //! # Layout
 //! - `shardmetrics/v1/samples.proto`: the wire contract, documented field by field.
 //! - [`v1`]: generated code, committed (no `protoc` needed); `tests/codegen.rs` keeps it in sync.
 //! - [`sample`], [`convert`]: domain types and wire conversion.
-//! - [`lease`]: Lease naming, parsing, and a watcher of live members.
-//! - [`clock`]: the injected wall clock.
 
-pub mod clock;
 pub mod convert;
-pub mod lease;
 pub mod sample;
 
 /// Generated messages, client and server of `shardmetrics.v1`.

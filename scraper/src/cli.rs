@@ -10,11 +10,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, format_duration, parse_duration, valid_dns_subdomain, validate_label_selector};
+use shardmetrics_plumbing::duration::{GoDuration, format as format_duration};
+use shardmetrics_plumbing::selector::LabelSelector;
+
+use crate::config::{Config, valid_dns_subdomain};
 use crate::kubelet::{KubeletAuth, KubeletClient, KubeletClientConfig, KubeletTls, TokenSource};
 use crate::nodes::{AddressType, TargetRules};
 use crate::schedule::ScheduleConfig;
@@ -22,20 +25,13 @@ use crate::stream::GrpcTls;
 use crate::{Listeners, tls};
 
 /// Exit code for invalid flags (EX_USAGE).
-pub const EXIT_USAGE: u8 = 64;
+pub use shardmetrics_plumbing::process::EXIT_USAGE;
 /// Shortest allowed `--metric-resolution`.
 pub const MIN_RESOLUTION: Duration = Duration::from_secs(5);
 /// How often a kubelet token file is checked for rotation.
 pub const TOKEN_RECHECK: Duration = Duration::from_secs(60);
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use shardmetrics_plumbing::process::LogFormat;
 
 /// Flags of `shardmetrics-scraper`.
 #[derive(Debug, Clone, Parser)]
@@ -52,10 +48,10 @@ pub struct Args {
     pub lease_namespace: Option<String>,
     /// Peers presume this shard dead this long after its last Lease renewal.
     #[arg(long, env = "SHARDMETRICS_LEASE_DURATION", default_value = "15s")]
-    pub lease_duration: String,
+    pub lease_duration: GoDuration,
     /// Interval between Lease renewals; must be below --lease-duration.
     #[arg(long, env = "SHARDMETRICS_LEASE_RENEW_PERIOD", default_value = "5s")]
-    pub lease_renew_period: String,
+    pub lease_renew_period: GoDuration,
     /// Address of the SampleStream gRPC server.
     #[arg(long, env = "SHARDMETRICS_GRPC_BIND_ADDRESS", default_value = "0.0.0.0:10350")]
     pub grpc_bind_address: String,
@@ -79,7 +75,7 @@ pub struct Args {
     pub node_selector: Option<String>,
     /// Interval between two scrapes of a node (at least 5s).
     #[arg(long, env = "SHARDMETRICS_METRIC_RESOLUTION", default_value = "15s")]
-    pub metric_resolution: String,
+    pub metric_resolution: GoDuration,
     /// Use the kubelet port from the Node's status.daemonEndpoints when it is set.
     #[arg(long, env = "SHARDMETRICS_KUBELET_USE_NODE_STATUS_PORT", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub kubelet_use_node_status_port: bool,
@@ -103,7 +99,7 @@ pub struct Args {
     pub kubelet_client_key: Option<PathBuf>,
     /// Deadline of one scrape (connect, request and body); must be below --metric-resolution.
     #[arg(long, env = "SHARDMETRICS_KUBELET_REQUEST_TIMEOUT", default_value = "10s")]
-    pub kubelet_request_timeout: String,
+    pub kubelet_request_timeout: GoDuration,
     /// Largest accepted /metrics/resource body, in bytes.
     #[arg(long, env = "SHARDMETRICS_KUBELET_MAX_RESPONSE_BYTES", default_value_t = 16 << 20)]
     pub kubelet_max_response_bytes: usize,
@@ -199,17 +195,11 @@ fn read_file(path: &PathBuf, flag: &str, errors: &mut Vec<String>) -> Option<Vec
 /// Checks every flag and every combination; returns all problems at once.
 pub fn validate(args: &Args, env: &Environment) -> Result<Validated, Vec<String>> {
     let mut errors = Vec::new();
-    let mut duration = |flag: &str, value: &str| match parse_duration(value) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            errors.push(format!("--{flag}: {e}"));
-            None
-        }
-    };
-    let lease_duration = duration("lease-duration", &args.lease_duration);
-    let lease_renew_period = duration("lease-renew-period", &args.lease_renew_period);
-    let resolution = duration("metric-resolution", &args.metric_resolution);
-    let timeout = duration("kubelet-request-timeout", &args.kubelet_request_timeout);
+    // Durations are parsed by clap (GoDuration); what is left is how they relate.
+    let lease_duration = Some(args.lease_duration.0);
+    let lease_renew_period = Some(args.lease_renew_period.0);
+    let resolution = Some(args.metric_resolution.0);
+    let timeout = Some(args.kubelet_request_timeout.0);
 
     if let Some(d) = lease_duration
         && d < Duration::from_secs(1)
@@ -302,7 +292,7 @@ pub fn validate(args: &Args, env: &Environment) -> Result<Validated, Vec<String>
 
     let node_selector = args.node_selector.clone().filter(|s| !s.trim().is_empty());
     if let Some(s) = &node_selector
-        && let Err(e) = validate_label_selector(s)
+        && let Err(e) = LabelSelector::parse(s)
     {
         errors.push(format!("--node-selector: {e}"));
     }
@@ -365,7 +355,7 @@ pub fn validate(args: &Args, env: &Environment) -> Result<Validated, Vec<String>
     if args.grpc_max_message_bytes < 1 << 20 {
         errors.push(format!("--grpc-max-message-bytes={} is below 1048576 (1 MiB)", args.grpc_max_message_bytes));
     }
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+    if let Err(e) = shardmetrics_plumbing::process::check_log_level(&args.log_level) {
         errors.push(format!("--log-level={:?}: {e}", args.log_level));
     }
     if let Some(p) = &args.kubeconfig
@@ -431,17 +421,6 @@ pub fn advertise_address(explicit: Option<&str>, bound: SocketAddr, env: &Enviro
     if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{}", bound.port()) } else { format!("{host}:{}", bound.port()) }
 }
 
-/// Sets up tracing (text or JSON on stderr). Does nothing if a subscriber is already installed
-/// (tests, or the loadtest running several components in one process).
-pub fn init_tracing(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-}
-
 /// Startup failed after validation.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -473,15 +452,7 @@ pub enum StartupError {
 }
 
 async fn load_kube_config(path: Option<&PathBuf>) -> Result<kube::Config, StartupError> {
-    match path {
-        Some(p) => {
-            let kc = kube::config::Kubeconfig::read_from(p).map_err(|e| StartupError::KubeConfig(format!("{}: {e}", p.display())))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| StartupError::KubeConfig(format!("{}: {e}", p.display())))
-        }
-        None => kube::Config::infer().await.map_err(|e| StartupError::KubeConfig(e.to_string())),
-    }
+    shardmetrics_plumbing::process::kube_config(path.map(PathBuf::as_path)).await.map_err(StartupError::KubeConfig)
 }
 
 /// The kubelet auth a kube config implies, as metrics-server inherits its REST config: the
@@ -574,29 +545,6 @@ pub async fn prepare(v: Validated, env: &Environment) -> Result<(Config, kube::C
     Ok((config, kube, kubelets, Listeners { grpc, admin }))
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 /// The whole program: validate (exit 64 listing every problem), set up, run until SIGTERM.
 pub async fn main_with(args: Args) -> ExitCode {
     let env = Environment::from_process();
@@ -610,7 +558,7 @@ pub async fn main_with(args: Args) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_tracing(args.log_format, &args.log_level);
+    shardmetrics_plumbing::process::init_tracing(args.log_format, &args.log_level);
     let (config, kube, kubelets, listeners) = match prepare(validated, &env).await {
         Ok(p) => p,
         Err(e) => {
@@ -619,7 +567,7 @@ pub async fn main_with(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match crate::run(config, kube, kubelets, listeners, shardmetrics_proto::clock::system(), termination_signal()).await {
+    match crate::run(config, kube, kubelets, listeners, shardmetrics_plumbing::clock::system(), shardmetrics_plumbing::process::termination_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "shard failed");

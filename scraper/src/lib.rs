@@ -41,7 +41,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shardmetrics_proto::ShardIdentity;
-use shardmetrics_proto::clock::SharedClock;
+use shardmetrics_plumbing::clock::SharedClock;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -117,7 +117,7 @@ pub async fn run<S: KubeletSource>(
 
     let (nodes_rx, nodes_task) = nodes::watch_nodes(kube.clone(), config.node_selector.clone(), config.targets.clone());
     let mut synced_nodes = nodes_rx.clone();
-    let (members_rx, members_task) = shardmetrics_proto::lease::watch_members(kube.clone(), &config.lease_namespace, clock.clone());
+    let (members_rx, members_task) = shardmetrics_plumbing::lease::watch_members(kube.clone(), &config.lease_namespace, clock.clone());
     let (assignment_rx, assignment_task) =
         ownership::watch_assignment(config.shard_id.clone(), identity.epoch, nodes_rx.clone(), members_rx.clone(), metrics.clone());
     let health_task = tokio::spawn(track_health(health.clone(), config.shard_id.clone(), nodes_rx, members_rx));
@@ -219,7 +219,7 @@ async fn track_health(
     health: Arc<Health>,
     me: String,
     mut nodes: tokio::sync::watch::Receiver<nodes::NodeView>,
-    mut members: tokio::sync::watch::Receiver<shardmetrics_proto::lease::Members>,
+    mut members: tokio::sync::watch::Receiver<shardmetrics_plumbing::lease::Members>,
 ) {
     loop {
         health.nodes_synced.store(nodes.borrow_and_update().synced, Ordering::Relaxed);

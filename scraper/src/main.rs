@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let args = shardmetrics_scraper::cli::Args::parse();
+    let args = match shardmetrics_plumbing::process::parse_args::<shardmetrics_scraper::cli::Args>(std::env::args_os()) {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt.block_on(shardmetrics_scraper::cli::main_with(args)),
         Err(e) => {

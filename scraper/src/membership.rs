@@ -1,6 +1,6 @@
 //! This shard's own Lease: create, renew, delete on graceful shutdown.
 //!
-//! The Lease (built by `shardmetrics_proto::lease::shard_lease`) is named after the shard id,
+//! The Lease (built by `shardmetrics_plumbing::lease::shard_lease`) is named after the shard id,
 //! holds the shard's gRPC address and epoch, and is renewed every `--lease-renew-period` with
 //! an optimistic-concurrency `replace` (the last seen `resourceVersion`). A conflict re-reads
 //! and retries at once; a deleted Lease is re-created; other errors are retried after a short
@@ -8,15 +8,15 @@
 //! Lease is deleted, preconditioned on the version this shard wrote, so peers take its nodes
 //! at once without ever deleting a newer holder's Lease.
 //!
-//! Peers are found with `shardmetrics_proto::lease::watch_members` (used by `run`).
+//! Peers are found with `shardmetrics_plumbing::lease::watch_members` (used by `run`).
 
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::{Api, Client};
-use shardmetrics_proto::clock::SharedClock;
-use shardmetrics_proto::lease::{micro_time, shard_lease};
+use shardmetrics_plumbing::clock::SharedClock;
+use shardmetrics_plumbing::lease::{micro_time, shard_lease};
 
 use crate::metrics::Metrics;
 

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use shardmetrics_proto::lease::{Member, Members};
+use shardmetrics_plumbing::lease::{Member, Members};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -147,7 +147,7 @@ pub fn watch_assignment(
 
 #[cfg(test)]
 mod tests {
-    use shardmetrics_proto::lease::Member;
+    use shardmetrics_plumbing::lease::Member;
 
     use super::*;
 

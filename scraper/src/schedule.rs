@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardmetrics_proto::clock::SharedClock;
+use shardmetrics_plumbing::clock::SharedClock;
 use shardmetrics_proto::{NodeReleased, NodeScrape, ReleaseReason};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{AbortHandle, JoinSet};
@@ -385,7 +385,7 @@ mod tests {
     use bytes::Bytes;
     use futures::StreamExt;
     use prost::Message;
-    use shardmetrics_proto::clock::ManualClock;
+    use shardmetrics_plumbing::clock::ManualClock;
     use shardmetrics_proto::v1::SampleBatch;
     use shardmetrics_proto::{Batch, ShardIdentity, decode_batch};
     use tokio::sync::oneshot;

@@ -4,9 +4,7 @@
 //! relies on a process-wide default.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -31,10 +29,7 @@ pub enum PemError {
     },
 }
 
-/// The ring crypto provider every rustls config here is built with.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+pub use shardmetrics_plumbing::tls::provider;
 
 /// Reads every certificate of a PEM file (a chain, or a CA bundle).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {

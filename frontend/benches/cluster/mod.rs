@@ -9,7 +9,7 @@ use kube::runtime::watcher::Event;
 use shardmetrics_frontend::api::router::Api;
 use shardmetrics_frontend::metadata::Metadata;
 use shardmetrics_frontend::store::{Store, StoreConfig};
-use shardmetrics_proto::clock::ManualClock;
+use shardmetrics_plumbing::clock::ManualClock;
 use shardmetrics_proto::{ContainerSample, NodeScrape, PodSamples, Point};
 
 /// The benches' epoch (2026-01-01T00:00:00Z), Unix ms.

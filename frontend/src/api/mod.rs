@@ -13,7 +13,6 @@ pub mod media;
 pub mod protobuf;
 pub mod quantity;
 pub mod router;
-pub mod selector;
 pub mod status;
 pub mod table;
 pub mod timefmt;

@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
-use shardmetrics_proto::clock::SharedClock;
+use shardmetrics_plumbing::clock::SharedClock;
 
 use super::body::Body;
 use super::discovery::{AggregatedVersion, Documents};
 use super::items::{NodeItem, PodItem};
 use super::media::{Encoding, negotiate};
-use super::selector::{Field, FieldSelector, LabelSelector};
+use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector, METADATA_FIELDS};
 use super::status::Status;
 use super::table::{IncludeObject, TableOptions};
 use super::{json, protobuf, table};
@@ -268,7 +268,7 @@ impl Api {
                 let encoding = negotiate(accept).ok_or_else(|| Status::not_acceptable(accept.unwrap_or("")))?;
                 let include = IncludeObject::parse(&query.include_object).map_err(Status::bad_request)?;
                 let labels = LabelSelector::parse(&query.label_selector).map_err(|e| Status::bad_request(e.0))?;
-                let fields = FieldSelector::parse(&query.field_selector).map_err(|e| Status::bad_request(e.0))?;
+                let fields = FieldSelector::parse(&query.field_selector, METADATA_FIELDS).map_err(|e| Status::bad_request(e.0))?;
                 let now_ms = self.clock.now_ms();
                 let out = Output { encoding, include, now_ms };
                 match route {
@@ -295,7 +295,7 @@ impl Api {
         let items: Vec<NodeItem> = self
             .store
             .nodes(|name| {
-                if !fields.matches("", name) {
+                if !fields.matches_metadata("", name) {
                     return None;
                 }
                 let found: Option<Labels> = match &meta {
@@ -327,12 +327,12 @@ impl Api {
     /// namespace then name. A `metadata.namespace=` field selector narrows an all-namespace list
     /// to that namespace's index.
     pub fn list_pods(&self, namespace: Option<&str>, labels: &LabelSelector, fields: &FieldSelector, now_ms: i64) -> Vec<PodItem> {
-        let namespace = namespace.or(fields.required(Field::Namespace));
+        let namespace = namespace.or(fields.required("metadata.namespace"));
         // The metadata read guard is taken per chunk of the store's walk, never across it.
         let items: Vec<PodItem> = self
             .store
             .pods_with(namespace, || self.metadata.as_ref().map(|m| m.read()), |meta, ns, name| {
-                if !fields.matches(ns, name) {
+                if !fields.matches_metadata(ns, name) {
                     return None;
                 }
                 let found: Option<Labels> = match meta {
@@ -409,7 +409,7 @@ impl Output {
 
 #[cfg(test)]
 mod tests {
-    use shardmetrics_proto::clock::ManualClock;
+    use shardmetrics_plumbing::clock::ManualClock;
     use shardmetrics_proto::{ContainerSample, NodeScrape, PodSamples, Point};
 
     use super::*;

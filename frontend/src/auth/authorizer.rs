@@ -10,7 +10,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 use kube::Api;
 use kube::api::PostParams;
-use shardmetrics_proto::clock::SharedClock;
+use shardmetrics_plumbing::clock::SharedClock;
 
 use super::attributes::RequestAttributes;
 use super::cache::TtlCache;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use shardmetrics_proto::clock::SharedClock;
+use shardmetrics_plumbing::clock::SharedClock;
 
 /// Minimum spacing of full sweeps, in milliseconds, so a cache full of live entries does not
 /// cost O(capacity) per insert.
@@ -103,7 +103,7 @@ impl<V: Clone> TtlCache<V> {
 
 #[cfg(test)]
 mod tests {
-    use shardmetrics_proto::clock::ManualClock;
+    use shardmetrics_plumbing::clock::ManualClock;
 
     use super::*;
 

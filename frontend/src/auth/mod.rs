@@ -53,7 +53,7 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use rustls_pki_types::CertificateDer;
-use shardmetrics_proto::clock::SharedClock;
+use shardmetrics_plumbing::clock::SharedClock;
 
 pub use attributes::{RequestAttributes, ResourceAttributes};
 pub use error::{AuthError, AuthSetupError, TlsError};
@@ -123,7 +123,7 @@ impl Default for AuthConfig {
             cache_capacity: 10_000,
             refresh_interval: Duration::from_secs(10),
             tolerate_lookup_failure: false,
-            clock: shardmetrics_proto::clock::system(),
+            clock: shardmetrics_plumbing::clock::system(),
         }
     }
 }
@@ -538,7 +538,7 @@ mod tests {
     fn an_x509_user_is_the_common_name_with_organizations_as_groups() {
         let ca = x509::testing::TestCa::new("client-ca");
         let bundle = CaBundle::from_pem(ca.pem.as_bytes(), "test").expect("bundle");
-        let now = shardmetrics_proto::clock::system().now_ms();
+        let now = shardmetrics_plumbing::clock::system().now_ms();
         let chain = [ca.client_cert("admin", "system:masters")];
         let Attempt::Authenticated(user) = x509_user(&bundle, Some(&chain), now) else {
             panic!("expected a user")

@@ -192,7 +192,7 @@ mod tests {
     use super::*;
 
     fn now_ms() -> i64 {
-        shardmetrics_proto::clock::system().now_ms()
+        shardmetrics_plumbing::clock::system().now_ms()
     }
 
     fn authenticator(ca: &TestCa, allowed: &[&str]) -> RequestHeaderAuthenticator {

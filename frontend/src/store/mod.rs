@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use shardmetrics_proto::clock::SharedClock;
+use shardmetrics_plumbing::clock::SharedClock;
 use shardmetrics_proto::{NodeReleased, NodeScrape, ReleaseReason};
 
 pub use rate::{Series, Usage};
@@ -556,7 +556,7 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    use shardmetrics_proto::clock::ManualClock;
+    use shardmetrics_plumbing::clock::ManualClock;
     use shardmetrics_proto::{ContainerSample, PodSamples, Point};
 
     use super::*;

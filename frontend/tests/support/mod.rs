@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::Stream;
-use shardmetrics_proto::lease::Member;
+use shardmetrics_plumbing::lease::Member;
 use shardmetrics_proto::v1::sample_stream_server::{SampleStream, SampleStreamServer};
 use shardmetrics_proto::v1::{SampleBatch, SubscribeRequest};
 use shardmetrics_proto::{ContainerSample, NodeReleased, NodeScrape, PodSamples, Point, ShardIdentity, encode_batch};
@@ -286,7 +286,7 @@ pub struct FrontendOptions {
     /// The store's settings.
     pub store: StoreConfig,
     /// Wall clock.
-    pub clock: shardmetrics_proto::clock::SharedClock,
+    pub clock: shardmetrics_plumbing::clock::SharedClock,
     /// Request size and connection time limits.
     pub limits: shardmetrics_frontend::server::ServerLimits,
     /// `--grpc-max-message-bytes`.
@@ -298,7 +298,7 @@ impl Default for FrontendOptions {
         FrontendOptions {
             max_inflight: 400,
             store: StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 },
-            clock: shardmetrics_proto::clock::ManualClock::new(T0 + 40_000),
+            clock: shardmetrics_plumbing::clock::ManualClock::new(T0 + 40_000),
             limits: shardmetrics_frontend::server::ServerLimits::default(),
             grpc_max_message_bytes: shardmetrics_frontend::upstream::MAX_MESSAGE_BYTES,
         }

@@ -19,7 +19,7 @@ use libfuzzer_sys::fuzz_target;
 use shardmetrics_frontend::api::router::{Api, Query, Route};
 use shardmetrics_frontend::metadata::Metadata;
 use shardmetrics_frontend::store::{Store, StoreConfig};
-use shardmetrics_proto::clock::ManualClock;
+use shardmetrics_plumbing::clock::ManualClock;
 use shardmetrics_scraper::kubelet::fixture::{PayloadSpec, pods, resource_metrics};
 use shardmetrics_scraper::kubelet::parse_resource_metrics;
 

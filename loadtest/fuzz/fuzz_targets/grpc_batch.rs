@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use shardmetrics_frontend::api::router::Api;
 use shardmetrics_frontend::store::{Store, StoreConfig};
-use shardmetrics_proto::clock::ManualClock;
+use shardmetrics_plumbing::clock::ManualClock;
 use shardmetrics_proto::v1::SampleBatch;
 use shardmetrics_proto::{NodeScrape, decode_batch, encode_batch};
 

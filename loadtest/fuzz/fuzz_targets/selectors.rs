@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
-use shardmetrics_frontend::api::selector::{Field, FieldSelector, LabelSelector};
+use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector, METADATA_FIELDS};
 
 /// Label sets to match against: derived from the input so that values it names can match.
 fn label_sets(text: &str) -> Vec<BTreeMap<String, String>> {
@@ -47,16 +47,16 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    if let Ok(selector) = FieldSelector::parse(text) {
+    if let Ok(selector) = FieldSelector::parse(text, METADATA_FIELDS) {
         let printed = selector.to_string();
-        let again = FieldSelector::parse(&printed)
+        let again = FieldSelector::parse(&printed, METADATA_FIELDS)
             .unwrap_or_else(|e| panic!("{text:?} printed as {printed:?}, which does not parse: {e}"));
         assert_eq!(again, selector, "{text:?} printed as {printed:?}, which parses differently");
-        let name = selector.required(Field::Name).unwrap_or("x").to_owned();
-        let namespace = selector.required(Field::Namespace).unwrap_or("").to_owned();
-        assert_eq!(selector.matches(&namespace, &name), again.matches(&namespace, &name));
+        let name = selector.required("metadata.name").unwrap_or("x").to_owned();
+        let namespace = selector.required("metadata.namespace").unwrap_or("").to_owned();
+        assert_eq!(selector.matches_metadata(&namespace, &name), again.matches_metadata(&namespace, &name));
         if selector.is_empty() {
-            assert!(selector.matches(&namespace, &name));
+            assert!(selector.matches_metadata(&namespace, &name));
         }
     }
 });

@@ -139,7 +139,7 @@ pub async fn run_floor(config: FloorConfig) -> Result<FloorResult, FloorError> {
     if added == 0 {
         return Err(FloorError::Input("no certificate in the CA file".into()));
     }
-    let tls = crate::pki::client_config(Some(&roots), None).map_err(|e| FloorError::Input(e.to_string()))?;
+    let tls = shardmetrics_plumbing::pki::client_config(Some(&roots), None).map_err(|e| FloorError::Input(e.to_string()))?;
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -232,7 +232,7 @@ pub async fn run_child(
     let targets: String = demo.cluster.fleet().all().iter().map(|k| format!("{} {}\n", k.node(), k.addr())).collect();
     let targets_file = dir.join("floor-targets.txt");
     write(&targets_file, &targets)?;
-    let token = demo.api.policy().token_of(crate::cluster::SCRAPER_USER).unwrap_or_default().to_owned();
+    let token = demo.api.policy().token_of(shardmetrics_sim::cluster::SCRAPER_USER).unwrap_or_default().to_owned();
     let token_file = dir.join("floor-token");
     write(&token_file, &token)?;
     let ca_file = dir.join("floor-kubelet-ca.crt");

@@ -112,7 +112,7 @@ pub enum ScenarioError {
     Demo(#[from] DemoError),
     /// The query clients' TLS configuration failed.
     #[error(transparent)]
-    Tls(#[from] crate::pki::PkiError),
+    Tls(#[from] shardmetrics_plumbing::pki::PkiError),
     /// Writing the report or the chart failed.
     #[error("writing {path}: {why}")]
     Write {
@@ -254,11 +254,11 @@ struct Pending {
 async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64) -> Result<Report, ScenarioError> {
     let resolution = config.demo.metric_resolution;
     let frontends: Arc<RwLock<Vec<SocketAddr>>> = Arc::new(RwLock::new(demo.frontends.clone()));
-    let proxy_tls = crate::pki::client_config(None, Some(demo.api.front_proxy_client_cert()))?;
+    let proxy_tls = shardmetrics_plumbing::pki::client_config(None, Some(demo.api.front_proxy_client_cert()))?;
     let direct = Target::direct(proxy_tls, frontends.clone(), config.load.encoding);
     let target = if config.load.via_proxy {
-        let tls = crate::pki::client_config(Some(&demo.api.ca().root_store()), None)?;
-        let token = demo.api.policy().token_of(crate::apiserver::DEFAULT_ADMIN).unwrap_or_default().to_owned();
+        let tls = shardmetrics_plumbing::pki::client_config(Some(&demo.api.ca().root_store()), None)?;
+        let token = demo.api.policy().token_of(shardmetrics_sim::apiserver::DEFAULT_ADMIN).unwrap_or_default().to_owned();
         Target::via_proxy(tls, demo.api.url(), token, config.load.encoding)
     } else {
         direct.clone()
@@ -269,7 +269,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
         nodes: demo.cluster.node_names(),
     });
     let nodes = universe.nodes.len();
-    let pods = demo.api.store().count(crate::apiserver::resources::PODS);
+    let pods = demo.api.store().count(shardmetrics_sim::apiserver::resources::PODS);
     let node_half = config.load.node_per_second / 2.0;
     let planned: BTreeMap<QueryKind, f64> = [
         (QueryKind::HpaSelector, config.load.hpa_per_second),
@@ -314,7 +314,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
                 measure_from: t0,
                 until: end,
                 fresh_bound_ms,
-                expected: Arc::new(move || store.count(crate::apiserver::resources::PODS)),
+                expected: Arc::new(move || store.count(shardmetrics_sim::apiserver::resources::PODS)),
             },
             direct.clone(),
             pod_log.clone(),

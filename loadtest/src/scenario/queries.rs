@@ -106,7 +106,7 @@ pub fn https_client(tls: rustls::ClientConfig) -> HttpsClient {
 }
 
 /// The user the queries are sent as (the demo's admin) and its groups.
-const USER: &str = crate::apiserver::DEFAULT_ADMIN;
+const USER: &str = shardmetrics_sim::apiserver::DEFAULT_ADMIN;
 const GROUPS: [&str; 2] = ["system:masters", "system:authenticated"];
 
 impl Target {
@@ -443,7 +443,7 @@ mod tests {
     #[tokio::test]
     async fn the_schedule_is_open_loop() {
         // No frontend: every request fails at once, but the schedule still sends them all.
-        let tls = crate::pki::client_config(None, None).unwrap();
+        let tls = shardmetrics_plumbing::pki::client_config(None, None).unwrap();
         let target = Target::direct(tls, Arc::new(RwLock::new(Vec::new())), Encoding::Json);
         let start = Instant::now();
         let r = Recorder::new(start);

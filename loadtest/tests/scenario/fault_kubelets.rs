@@ -99,7 +99,7 @@ async fn only_failing_kubelets_lose_freshness_and_failures_are_counted_by_reason
 
     // Healed kubelets come back.
     for n in &failing {
-        demo.cluster.kubelet(n).unwrap().set_fault(shardmetrics_loadtest::kubelet::Fault::None);
+        demo.cluster.kubelet(n).unwrap().set_fault(shardmetrics_sim::kubelet::Fault::None);
     }
     let deadline = tokio::time::Instant::now() + RES * 3;
     loop {

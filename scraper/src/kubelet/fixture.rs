@@ -1,11 +1,11 @@
 //! Realistic `/metrics/resource` payloads with known contents, for tests and benchmarks.
 //!
-//! The text mimics a kubelet 1.30+: HELP/TYPE lines, families in the kubelet's order
-//! (including the swap, pod and scrape-error families the parser must skip), labels sorted by
-//! name, values formatted like Go's `strconv.FormatFloat(v, 'g', -1, 64)` (so `1.6273408e+07`),
-//! and millisecond timestamps. Pods average 1.5 containers, as in the design's scale figures.
+//! The text is written by `shardmetrics_plumbing::exposition`, as a kubelet v1.35 writes it
+//! (HELP/TYPE lines, families in the kubelet's order including the swap, pod and scrape-error
+//! families the parser must skip, Go float formatting, millisecond timestamps). Pods average
+//! 1.5 containers, as in the design's scale figures.
 
-use std::fmt::Write as _;
+use shardmetrics_plumbing::exposition::{ContainerRow, NodeRow, render};
 
 /// What payload to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,103 +97,35 @@ pub fn pods(spec: &PayloadSpec) -> Vec<FixturePod> {
         .collect()
 }
 
-/// Formats `v` like Go's `strconv.FormatFloat(v, 'g', -1, 64)`, as the kubelet does.
-pub fn go_float(v: f64) -> String {
-    if v == 0.0 {
-        return "0".to_owned();
-    }
-    let e = format!("{v:e}");
-    let (mantissa, exp) = e.split_once('e').unwrap_or((&e, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    if !(-4..6).contains(&exp) {
-        let sign = if exp < 0 { '-' } else { '+' };
-        format!("{mantissa}e{sign}{:02}", exp.abs())
-    } else {
-        format!("{v}")
-    }
-}
-
-/// Writes the `/metrics/resource` text of `spec`.
+/// Writes the `/metrics/resource` text of `spec`, through the one exposition writer the
+/// kubelet simulator uses too (`shardmetrics_plumbing::exposition`).
 pub fn resource_metrics(spec: &PayloadSpec) -> Vec<u8> {
     let pods = pods(spec);
-    let ts = spec.timestamp_ms;
-    let mut rows: Vec<(&FixturePod, &FixtureContainer)> = pods.iter().flat_map(|p| p.containers.iter().map(move |c| (p, c))).collect();
-    rows.sort_by(|a, b| (&a.1.name, &a.0.namespace, &a.0.name).cmp(&(&b.1.name, &b.0.namespace, &b.0.name)));
-    let mut out = String::with_capacity(600 * rows.len() + 2048);
-    let labels = |p: &FixturePod, c: &FixtureContainer| format!("container=\"{}\",namespace=\"{}\",pod=\"{}\"", c.name, p.namespace, p.name);
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    let rows: Vec<ContainerRow<'_>> = pods
+        .iter()
+        .flat_map(|p| {
+            p.containers.iter().map(move |c| ContainerRow {
+                namespace: &p.namespace,
+                pod: &p.name,
+                container: &c.name,
+                cpu_ns: c.cpu_ns,
+                memory_bytes: c.memory_bytes,
+                swap_bytes: Some(0),
+                start_ms: c.start_time_ms,
+            })
+        })
+        .collect();
+    let node = NodeRow {
+        cpu_ns: pods.iter().flat_map(|p| &p.containers).map(|c| c.cpu_ns).sum::<u64>() + 1_234_567_890,
+        memory_bytes: pods.iter().flat_map(|p| &p.containers).map(|c| c.memory_bytes).sum::<u64>() + (512 << 20),
+        swap_bytes: Some(0),
     };
-
-    family(&mut out, "container_cpu_usage_seconds_total", "counter", "[STABLE] Cumulative cpu time consumed by the container in core-seconds");
-    for (p, c) in &rows {
-        let _ = writeln!(out, "container_cpu_usage_seconds_total{{{}}} {} {ts}", labels(p, c), go_float(c.cpu_ns as f64 / 1e9));
-    }
-    family(&mut out, "container_memory_working_set_bytes", "gauge", "[STABLE] Current working set of the container in bytes");
-    for (p, c) in &rows {
-        let _ = writeln!(out, "container_memory_working_set_bytes{{{}}} {} {ts}", labels(p, c), go_float(c.memory_bytes as f64));
-    }
-    family(&mut out, "container_start_time_seconds", "gauge", "[STABLE] Start time of the container since unix epoch in seconds");
-    for (p, c) in &rows {
-        let _ = writeln!(out, "container_start_time_seconds{{{}}} {} {ts}", labels(p, c), go_float(c.start_time_ms as f64 / 1e3));
-    }
-    family(
-        &mut out,
-        "container_swap_usage_bytes",
-        "gauge",
-        "[ALPHA] Current amount of the container swap usage in bytes. Reported only on non-windows systems",
-    );
-    for (p, c) in &rows {
-        let _ = writeln!(out, "container_swap_usage_bytes{{{}}} 0 {ts}", labels(p, c));
-    }
-    let node_cpu: u64 = pods.iter().flat_map(|p| &p.containers).map(|c| c.cpu_ns).sum::<u64>() + 1_234_567_890;
-    let node_mem: u64 = pods.iter().flat_map(|p| &p.containers).map(|c| c.memory_bytes).sum::<u64>() + (512 << 20);
-    family(&mut out, "node_cpu_usage_seconds_total", "counter", "[STABLE] Cumulative cpu time consumed by the node in core-seconds");
-    let _ = writeln!(out, "node_cpu_usage_seconds_total {} {ts}", go_float(node_cpu as f64 / 1e9));
-    family(&mut out, "node_memory_working_set_bytes", "gauge", "[STABLE] Current working set of the node in bytes");
-    let _ = writeln!(out, "node_memory_working_set_bytes {} {ts}", go_float(node_mem as f64));
-    family(&mut out, "node_swap_usage_bytes", "gauge", "[ALPHA] Current swap usage of the node in bytes. Reported only on non-windows systems");
-    let _ = writeln!(out, "node_swap_usage_bytes 0 {ts}");
-    let mut by_pod: Vec<&FixturePod> = pods.iter().collect();
-    by_pod.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    family(&mut out, "pod_cpu_usage_seconds_total", "counter", "[STABLE] Cumulative cpu time consumed by the pod in core-seconds");
-    for p in &by_pod {
-        let cpu: u64 = p.containers.iter().map(|c| c.cpu_ns).sum();
-        let _ = writeln!(out, "pod_cpu_usage_seconds_total{{namespace=\"{}\",pod=\"{}\"}} {} {ts}", p.namespace, p.name, go_float(cpu as f64 / 1e9));
-    }
-    family(&mut out, "pod_memory_working_set_bytes", "gauge", "[STABLE] Current working set of the pod in bytes");
-    for p in &by_pod {
-        let mem: u64 = p.containers.iter().map(|c| c.memory_bytes).sum();
-        let _ = writeln!(out, "pod_memory_working_set_bytes{{namespace=\"{}\",pod=\"{}\"}} {} {ts}", p.namespace, p.name, go_float(mem as f64));
-    }
-    family(
-        &mut out,
-        "pod_swap_usage_bytes",
-        "gauge",
-        "[ALPHA] Current amount of the pod swap usage in bytes. Reported only on non-windows systems",
-    );
-    for p in &by_pod {
-        let _ = writeln!(out, "pod_swap_usage_bytes{{namespace=\"{}\",pod=\"{}\"}} 0 {ts}", p.namespace, p.name);
-    }
-    family(&mut out, "resource_scrape_error", "gauge", "[STABLE] 1 if there was an error while getting container metrics, 0 otherwise");
-    out.push_str("resource_scrape_error 0\n");
-    out.into_bytes()
+    render(&node, &rows, spec.timestamp_ms).into_bytes()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn floats_are_formatted_like_go() {
-        assert_eq!(go_float(16_273_408.0), "1.6273408e+07");
-        assert_eq!(go_float(357.35491), "357.35491");
-        assert_eq!(go_float(0.000031), "3.1e-05");
-        assert_eq!(go_float(0.0001), "0.0001");
-        assert_eq!(go_float(123_456.0), "123456");
-        assert_eq!(go_float(1_000_000.0), "1e+06");
-        assert_eq!(go_float(0.0), "0");
-    }
 
     #[test]
     fn the_same_spec_yields_the_same_bytes_and_pods_average_one_and_a_half_containers() {
