@@ -12,7 +12,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -25,6 +25,7 @@ use shardmetrics_proto::ShardIdentity;
 use shardmetrics_proto::v1::{SampleBatch, ShardIdentity as WireShard};
 use support::{ADMIN, FakeShard, Frontend, FrontendOptions, PodSpec, Version, admin_get, get, scrape, snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 const NODES: &str = "/apis/metrics.k8s.io/v1beta1/nodes";
 const PODS: &[PodSpec<'static>] = &[("default", "web-0", &["app"])];

@@ -59,7 +59,7 @@ fn true_pod_millicores(demo: &RunningDemo, namespace: &str, pod: &str) -> i64 {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    shardmetrics_plumbing::clock::system().now_ms()
 }
 
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {

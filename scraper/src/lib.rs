@@ -87,9 +87,10 @@ impl Drop for TaskGuard {
 /// How long graceful shutdown waits for subscribers to drain their queues before it cuts them.
 const STREAM_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Unix nanoseconds now: this process's epoch.
-fn epoch_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+/// This process's epoch: the wall-clock start time in Unix nanoseconds (millisecond precision,
+/// from the injected clock), so a restarted shard is told apart from a live one.
+fn epoch_now(clock: &SharedClock) -> u64 {
+    (clock.now_ms().max(0) as u64).saturating_mul(1_000_000)
 }
 
 /// Runs one shard until `shutdown` resolves, then shuts down gracefully: delete the Lease (peers
@@ -105,7 +106,7 @@ pub async fn run<S: KubeletSource>(
 ) -> Result<(), RunError> {
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
-    let identity = ShardIdentity { shard_id: config.shard_id.clone(), epoch: epoch_now() };
+    let identity = ShardIdentity { shard_id: config.shard_id.clone(), epoch: epoch_now(&clock) };
     tracing::info!(
         shard_id = %identity.shard_id,
         epoch = identity.epoch,

@@ -14,7 +14,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -186,7 +188,7 @@ pub async fn run_floor(config: FloorConfig) -> Result<FloorResult, FloorError> {
         let resolution = config.resolution;
         tasks.spawn(async move {
             while due < end {
-                tokio::time::sleep_until(due.into()).await;
+                tokio::time::sleep_until(due).await;
                 match fetch(&client, &uri, &token).await {
                     Ok(n) => {
                         fetches.fetch_add(1, Ordering::Relaxed);
@@ -202,7 +204,7 @@ pub async fn run_floor(config: FloorConfig) -> Result<FloorResult, FloorError> {
     }
     while tasks.join_next().await.is_some() {}
     // The window is the same length whatever the phases: CPU and fetches over `duration`.
-    tokio::time::sleep_until(end.into()).await;
+    tokio::time::sleep_until(end).await;
     let sample = proc_sample(me);
     let cpu_after = sample.map_or(cpu_before, |s| s.cpu_ticks);
     Ok(FloorResult {

@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::demo::{Demo, DemoConfig, DemoError, RunningDemo};
 use crate::faults::{self, FaultOutcome, FaultSpec};

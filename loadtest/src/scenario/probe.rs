@@ -7,7 +7,9 @@
 //! fresh when its age is at most two metric resolutions plus that second.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 

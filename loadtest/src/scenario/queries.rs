@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -379,7 +381,7 @@ pub async fn generate(kind: QueryKind, rate: f64, start: Instant, end: Instant, 
         if due >= end {
             break;
         }
-        tokio::time::sleep_until(due.into()).await;
+        tokio::time::sleep_until(due).await;
         while tasks.try_join_next().is_some() {}
         let n = i;
         i += 1;

@@ -113,6 +113,8 @@ fn build(module: &Module) -> Result<PathBuf, ToolError> {
     install_dir_once(&dir, |scratch| {
         for (name, package) in module.programs {
             let out = scratch.join(name);
+            // A build takes minutes: wall time for the user, no clock to inject.
+            #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
             let started = std::time::Instant::now();
             run(
                 go_command(&src).args(["build", "-trimpath", "-ldflags", module.ldflags, "-o"]).arg(&out).arg(package),

@@ -1,7 +1,7 @@
 //! The kubelet simulator and the simulated cluster over real HTTPS on loopback ports.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -123,7 +123,7 @@ async fn each_fault_mode_does_what_it_says() {
     assert!(body.starts_with(b"# HELP container_cpu_usage_seconds_total"));
 
     k.set_fault(Fault::Slow(Duration::from_millis(300)));
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     assert_eq!(get(&c, port, token).await.unwrap().0, StatusCode::OK);
     assert!(started.elapsed() >= Duration::from_millis(300), "answered only after the delay");
 
