@@ -487,22 +487,33 @@ async fn run_demo(d: DemoArgs) -> anyhow::Result<()> {
     }
     println!("logs and credentials of the shards and frontends: {}", demo.work_dir().display());
     println!("Ctrl-C stops everything.");
-    let exited = tokio::select! {
-        () = shutdown_signal() => None,
-        exited = async {
-            loop {
-                if let Some(e) = demo.exited_child() {
-                    return e;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        } => Some(exited),
-    };
+    supervise_until_stopped(|| demo.supervise()).await;
     eprintln!("stopping ...");
     demo.shutdown().await;
-    match exited {
-        None => Ok(()),
-        Some((name, status, log)) => anyhow::bail!("{name} exited ({status}); its log was {}", log.display()),
+    Ok(())
+}
+
+/// Restarts children that die (as their StatefulSet or Deployment would), printing what
+/// happens, until SIGTERM or Ctrl-C.
+async fn supervise_until_stopped(mut supervise: impl FnMut() -> Vec<crate::demo::SupervisorEvent>) {
+    use crate::demo::SupervisorEvent;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        for event in supervise() {
+            match event {
+                SupervisorEvent::Exited { name, status, after } => {
+                    eprintln!("{name} exited ({status}); restarting it in {after:?}")
+                }
+                SupervisorEvent::Restarted { name, pid } => eprintln!("restarted {name} (pid {pid})"),
+                SupervisorEvent::RestartFailed { name, error } => eprintln!("restarting {name} failed: {error}; trying again"),
+            }
+        }
     }
 }
 

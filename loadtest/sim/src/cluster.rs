@@ -245,7 +245,7 @@ fn parse_time_ms(v: &Value) -> Option<i64> {
 
 /// Start time of each container of a pod object: its `state.running.startedAt`, else the pod's
 /// `status.startTime`, else its creation time.
-fn container_starts(pod: &Value) -> BTreeMap<String, i64> {
+pub(crate) fn container_starts(pod: &Value) -> BTreeMap<String, i64> {
     let fallback = parse_time_ms(&pod["status"]["startTime"])
         .or_else(|| parse_time_ms(&pod["metadata"]["creationTimestamp"]))
         .unwrap_or(0);
@@ -287,7 +287,7 @@ pub fn node_object(name: &str, port: u16, cpu_cores: u64, memory_bytes: u64, now
     })
 }
 
-fn node_status(name: &str, port: u16, cpu_cores: u64, memory_bytes: u64, now: &str) -> Value {
+pub(crate) fn node_status(name: &str, port: u16, cpu_cores: u64, memory_bytes: u64, now: &str) -> Value {
     let cond = |ty: &str, status: &str, reason: &str, message: &str| {
         json!({"type": ty, "status": status, "reason": reason, "message": message,
             "lastHeartbeatTime": now, "lastTransitionTime": now})
@@ -324,7 +324,7 @@ fn node_status(name: &str, port: u16, cpu_cores: u64, memory_bytes: u64, now: &s
 }
 
 /// The status a kubelet reports for a running pod.
-fn running_status(pod: &Value, now: &str) -> Value {
+pub(crate) fn running_status(pod: &Value, now: &str) -> Value {
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
     let name = pod["metadata"]["name"].as_str().unwrap_or("");
     let h = hash(&format!("{ns}/{name}"));
@@ -556,7 +556,7 @@ impl Drop for Cluster {
     }
 }
 
-async fn start_kubelet(fleet: &KubeletFleet, node: &str) -> Result<Arc<SimKubelet>, KubeletError> {
+pub(crate) async fn start_kubelet(fleet: &KubeletFleet, node: &str) -> Result<Arc<SimKubelet>, KubeletError> {
     let h = hash(node);
     fleet.start(node, 50 + h % 200, (512 << 20) + (((h >> 8) % 512) << 20)).await
 }

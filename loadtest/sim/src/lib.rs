@@ -13,6 +13,8 @@
 //!   values, `/metrics/resource` as kubelet v1.35 formats it, per-node faults).
 //! - [`cluster`]: nodes x pods x containers in the API server with a kubelet per node, kept in
 //!   step with whatever changes the API server (tests, kube-rs, kubectl).
+//! - [`node_agent`]: the kubelets' nodes as real Nodes of a real kube-apiserver (kwok-style
+//!   registration, heartbeats, pod status, webhook authentication of scrapers).
 //! - [`httputil`]: the TLS accept loop and body helpers the simulated servers share.
 //!
 //! Certificates come from `shardmetrics_plumbing::pki`, the wall clock from
@@ -22,3 +24,4 @@ pub mod apiserver;
 pub mod cluster;
 pub mod httputil;
 pub mod kubelet;
+pub mod node_agent;

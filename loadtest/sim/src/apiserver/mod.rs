@@ -287,7 +287,7 @@ impl RunningApiServer {
     /// else unknown (401) - what a kubelet with webhook authentication and authorization does.
     pub fn kubelet_token_check(&self) -> crate::kubelet::TokenCheck {
         let shared = self.shared.clone();
-        Arc::new(move |token| {
+        crate::kubelet::sync_token_check(move |token| {
             use crate::kubelet::TokenVerdict;
             let policy = shared.policy();
             match policy.authenticate_token(token) {

@@ -79,13 +79,19 @@ pub enum TokenVerdict {
     Unknown,
 }
 
-/// Judges bearer tokens.
-pub type TokenCheck = Arc<dyn Fn(&str) -> TokenVerdict + Send + Sync>;
+/// Judges bearer tokens. Asynchronous, because a kubelet of a real cluster asks the API server
+/// (TokenReview, then SubjectAccessReview): see [`crate::node_agent`].
+pub type TokenCheck = Arc<dyn Fn(&str) -> futures::future::BoxFuture<'static, TokenVerdict> + Send + Sync>;
+
+/// A [`TokenCheck`] from a synchronous judgement (policies held in memory).
+pub fn sync_token_check(check: impl Fn(&str) -> TokenVerdict + Send + Sync + 'static) -> TokenCheck {
+    Arc::new(move |t| Box::pin(futures::future::ready(check(t))))
+}
 
 /// A [`TokenCheck`] accepting exactly `tokens`.
 pub fn fixed_tokens(tokens: &[&str]) -> TokenCheck {
     let tokens: Vec<String> = tokens.iter().map(|t| (*t).to_owned()).collect();
-    Arc::new(move |t| if tokens.iter().any(|k| k == t) { TokenVerdict::Allowed } else { TokenVerdict::Unknown })
+    sync_token_check(move |t| if tokens.iter().any(|k| k == t) { TokenVerdict::Allowed } else { TokenVerdict::Unknown })
 }
 
 /// How the fleet runs.
@@ -268,10 +274,10 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 }
 
 /// Ok, or the refusal's status and body.
-fn authenticate(k: &SimKubelet, peer: &PeerInfo, req: &Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
+async fn authenticate(k: &SimKubelet, peer: &PeerInfo, req: &Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
     if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
         let token = auth.to_str().ok().and_then(|a| a.strip_prefix("Bearer ")).map(str::trim).unwrap_or("");
-        return match (k.config.token_check)(token) {
+        return match (k.config.token_check)(token).await {
             TokenVerdict::Allowed => Ok(()),
             TokenVerdict::Forbidden => {
                 Err((StatusCode::FORBIDDEN, "Forbidden (user=unknown, verb=get, resource=nodes, subresource=metrics)"))
@@ -287,7 +293,7 @@ fn authenticate(k: &SimKubelet, peer: &PeerInfo, req: &Request<Incoming>) -> Res
 }
 
 async fn handle(k: Arc<SimKubelet>, peer: PeerInfo, req: Request<Incoming>) -> Response<Body> {
-    if let Err((status, body)) = authenticate(&k, &peer, &req) {
+    if let Err((status, body)) = authenticate(&k, &peer, &req).await {
         k.stats.refused.fetch_add(1, Ordering::Relaxed);
         return text(status, body);
     }

@@ -11,12 +11,14 @@
 //! [`Demo::start`] returns once `metrics.k8s.io` serves every node (or fails after a deadline);
 //! the end-to-end tests drive it the same way the command does.
 
+mod children;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use children::{Children, DEFAULT_LEASE_DURATION, Spawner, flag_duration, stop_gracefully};
+pub use children::SupervisorEvent;
 
 use shardmetrics_sim::apiserver::{ApiServer, ApiServerConfig, Context, DEFAULT_ADMIN, RunningApiServer, StartError};
 use shardmetrics_sim::cluster::{self, Cluster, ClusterConfig, ClusterError, FRONTEND_USER, NOACCESS_USER, SCRAPER_USER};
@@ -69,7 +71,7 @@ pub enum DemoError {
     },
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
     let what = what.into();
     move |source| DemoError::Io { what, source }
 }
@@ -145,124 +147,6 @@ impl DemoConfig {
     }
 }
 
-/// One child process.
-struct ChildProc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-    /// Its plain admin address (`/readyz`, `/metrics`).
-    admin: SocketAddr,
-    /// A frontend's secure address.
-    secure: Option<SocketAddr>,
-}
-
-/// How to start children: everything [`Demo::start`] decided, so that shards and frontends
-/// started later (restarts, scale-up, replacements) get the same flags.
-#[derive(Debug, Clone)]
-struct Spawner {
-    exe: PathBuf,
-    dir: PathBuf,
-    scraper_kubeconfig: PathBuf,
-    frontend_kubeconfig: PathBuf,
-    kubelet_ca: PathBuf,
-    kubelet_insecure_tls: bool,
-    resolution: String,
-    request_timeout: String,
-    log_level: String,
-    lease_duration: Option<Duration>,
-    lease_renew_period: Option<Duration>,
-    metric_resolution: Duration,
-    kubelet_request_timeout: Duration,
-    frontend_max_staleness: Option<Duration>,
-    frontend_max_requests_inflight: Option<usize>,
-}
-
-/// The scraper's `--lease-duration` default.
-const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
-
-impl Spawner {
-    fn log(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.log"))
-    }
-
-    /// Starts shard `name` (its log appended to, so a restarted shard's earlier log is kept).
-    fn scraper(&self, name: &str) -> Result<ChildProc, DemoError> {
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let mut args: Vec<String> = [
-            "--shard-id",
-            name,
-            "--kubeconfig",
-            &self.scraper_kubeconfig.display().to_string(),
-            "--lease-namespace",
-            LEASE_NAMESPACE,
-            "--grpc-bind-address",
-            "127.0.0.1:0",
-            "--admin-bind-address",
-            &admin.to_string(),
-            "--metric-resolution",
-            &self.resolution,
-            "--kubelet-request-timeout",
-            &self.request_timeout,
-            "--log-level",
-            &self.log_level,
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        if self.kubelet_insecure_tls {
-            args.push("--kubelet-insecure-tls".into());
-        } else {
-            args.extend(["--kubelet-certificate-authority".into(), self.kubelet_ca.display().to_string()]);
-        }
-        if let Some(d) = self.lease_duration {
-            args.extend(["--lease-duration".into(), flag_duration(d)]);
-        }
-        if let Some(d) = self.lease_renew_period {
-            args.extend(["--lease-renew-period".into(), flag_duration(d)]);
-        }
-        let mut c = spawn(&self.exe, "scraper", name, &args, &self.log(name))?;
-        c.admin = admin;
-        Ok(c)
-    }
-
-    /// Starts frontend `name` on a free port.
-    fn frontend(&self, name: &str) -> Result<ChildProc, DemoError> {
-        let port = free_port()?;
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let mut args: Vec<String> = [
-            "--replica-name",
-            name,
-            "--kubeconfig",
-            &self.frontend_kubeconfig.display().to_string(),
-            "--lease-namespace",
-            LEASE_NAMESPACE,
-            "--bind-address",
-            "127.0.0.1",
-            "--secure-port",
-            &port.to_string(),
-            "--admin-bind-address",
-            &admin.to_string(),
-            "--metric-resolution",
-            &self.resolution,
-            "--log-level",
-            &self.log_level,
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        if let Some(d) = self.frontend_max_staleness {
-            args.extend(["--max-staleness".into(), flag_duration(d)]);
-        }
-        if let Some(n) = self.frontend_max_requests_inflight {
-            args.extend(["--max-requests-inflight".into(), n.to_string()]);
-        }
-        let mut c = spawn(&self.exe, "frontend", name, &args, &self.log(name))?;
-        c.admin = admin;
-        c.secure = Some(SocketAddr::from(([127, 0, 0, 1], port)));
-        Ok(c)
-    }
-}
-
 /// A running demo. Dropping it kills the children (use [`RunningDemo::shutdown`] for a graceful
 /// stop that lets shards release their Leases).
 pub struct RunningDemo {
@@ -272,10 +156,7 @@ pub struct RunningDemo {
     pub cluster: Cluster,
     /// Secure addresses of the frontend replicas.
     pub frontends: Vec<SocketAddr>,
-    children: Vec<ChildProc>,
-    spawner: Spawner,
-    /// Frontends started so far (names are never reused, so logs are never mixed).
-    frontends_started: usize,
+    children: Children,
     work_dir: tempfile::TempDir,
     kubeconfig: PathBuf,
 }
@@ -284,37 +165,6 @@ impl std::fmt::Debug for RunningDemo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningDemo").field("api", &self.api.url()).field("frontends", &self.frontends).finish_non_exhaustive()
     }
-}
-
-fn free_port() -> Result<u16, DemoError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
-    Ok(l.local_addr().map_err(io("finding a free port"))?.port())
-}
-
-/// Formats a duration the way the shardmetrics flags read it (`15s`, `1500ms`).
-fn flag_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
-}
-
-fn spawn(exe: &Path, role: &str, name: &str, args: &[String], log: &Path) -> Result<ChildProc, DemoError> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(io(format!("opening {}", log.display())))?;
-    let err = out.try_clone().map_err(io("duplicating a log file handle"))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg(role).args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
-    // The children get their settings from flags only: nothing from the demo's environment.
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("SHARDMETRICS_") || matches!(k.as_ref(), "KUBECONFIG" | "POD_NAME" | "POD_NAMESPACE" | "POD_IP") {
-            cmd.env_remove(&key);
-        }
-    }
-    let child = cmd.spawn().map_err(io(format!("starting {name} ({})", exe.display())))?;
-    let unset = SocketAddr::from(([127, 0, 0, 1], 0));
-    Ok(ChildProc { name: name.to_owned(), child, log: log.to_owned(), admin: unset, secure: None })
 }
 
 impl RunningDemo {
@@ -330,96 +180,78 @@ impl RunningDemo {
 
     /// The children still running: (name, pid), scrapers first.
     pub fn children(&self) -> Vec<(String, u32)> {
-        self.children.iter().filter_map(|c| c.child.id().map(|pid| (c.name.clone(), pid))).collect()
+        self.children.pids()
     }
 
-    /// Kills a child at once (SIGKILL: a crash, no Lease release) and forgets it; returns
-    /// whether it existed.
+    /// Kills a child at once (SIGKILL: a crash, no Lease release) and forgets it (it is not
+    /// restarted); returns whether it existed.
     pub async fn kill_child(&mut self, name: &str) -> bool {
-        let Some(i) = self.children.iter().position(|c| c.name == name) else { return false };
-        let mut c = self.children.remove(i);
+        let Some(mut c) = self.children.take(name) else { return false };
         let _ = c.child.start_kill();
         let _ = c.child.wait().await;
-        self.forget_frontend(&c);
+        self.sync_frontends();
         true
     }
 
     /// The shards' scrape interval and the frontends' rate window.
     pub fn metric_resolution(&self) -> Duration {
-        self.spawner.metric_resolution
+        self.children.spawner.metric_resolution
     }
 
     /// The shards' Lease duration (how long a crashed shard's nodes wait for a new owner).
     pub fn lease_duration(&self) -> Duration {
-        self.spawner.lease_duration.unwrap_or(DEFAULT_LEASE_DURATION)
+        self.children.spawner.lease_duration.unwrap_or(DEFAULT_LEASE_DURATION)
     }
 
     /// The shards' `--kubelet-request-timeout`.
     pub fn kubelet_request_timeout(&self) -> Duration {
-        self.spawner.kubelet_request_timeout
+        self.children.spawner.kubelet_request_timeout
     }
 
     /// The frontends' `--max-staleness` if set (their default otherwise).
     pub fn frontend_max_staleness(&self) -> Option<Duration> {
-        self.spawner.frontend_max_staleness
+        self.children.spawner.frontend_max_staleness
     }
 
     /// Names of the running scraper shards, in start order.
     pub fn shard_names(&self) -> Vec<String> {
-        self.children.iter().filter(|c| c.name.starts_with("scraper-")).map(|c| c.name.clone()).collect()
+        self.children.procs.iter().filter(|c| c.name.starts_with("scraper-")).map(|c| c.name.clone()).collect()
     }
 
     /// Names of the running frontends with their secure addresses, in start order.
     pub fn frontend_children(&self) -> Vec<(String, SocketAddr)> {
-        self.children.iter().filter_map(|c| c.secure.map(|a| (c.name.clone(), a))).collect()
+        self.children.procs.iter().filter_map(|c| c.secure.map(|a| (c.name.clone(), a))).collect()
     }
 
     /// A running child's plain admin address (`/readyz`, `/metrics`).
     pub fn admin_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.children.iter().find(|c| c.name == name).map(|c| c.admin)
+        self.children.procs.iter().find(|c| c.name == name).map(|c| c.admin)
     }
 
     /// A child's log file (also after it stopped: logs are kept in [`Self::work_dir`]).
     pub fn log_path(&self, name: &str) -> PathBuf {
-        self.spawner.log(name)
+        self.children.spawner.log(name)
     }
 
     /// Stops a child gracefully (SIGTERM by pid, as [`Self::shutdown`] does; SIGKILL after
     /// 10 s), waits for it and forgets it. Returns its exit status, `None` if there was no such
     /// child.
     pub async fn stop_child_gracefully(&mut self, name: &str) -> Option<std::process::ExitStatus> {
-        let i = self.children.iter().position(|c| c.name == name)?;
-        let mut c = self.children.remove(i);
-        if let Some(pid) = c.child.id() {
-            let _ = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
-        }
-        let status = match tokio::time::timeout(Duration::from_secs(10), c.child.wait()).await {
-            Ok(Ok(s)) => Some(s),
-            _ => {
-                let _ = c.child.start_kill();
-                c.child.wait().await.ok()
-            }
-        };
-        self.forget_frontend(&c);
+        let mut c = self.children.take(name)?;
+        let status = stop_gracefully(&mut c).await;
+        self.sync_frontends();
         status
     }
 
-    fn forget_frontend(&mut self, c: &ChildProc) {
-        if let Some(addr) = c.secure {
-            self.frontends.retain(|a| *a != addr);
-            self.api.set_aggregation_backends(self.frontends.clone());
-        }
+    /// Puts the running frontends behind the aggregation proxy.
+    fn sync_frontends(&mut self) {
+        self.frontends = self.children.frontends();
+        self.api.set_aggregation_backends(self.frontends.clone());
     }
 
     /// Starts shard `scraper-{id}` with the flags every shard got at start; fails if it runs.
     pub fn start_shard(&mut self, id: usize) -> Result<String, DemoError> {
-        let name = format!("scraper-{id}");
-        if self.children.iter().any(|c| c.name == name) {
-            return Err(DemoError::Io { what: format!("starting {name}"), source: std::io::Error::other("already running") });
-        }
-        let c = self.spawner.scraper(&name)?;
-        self.children.push(c);
-        Ok(name)
+        self.children.start_shard(id)
     }
 
     /// Stops shard `name` gracefully (its Lease is deleted) and starts it again with the same
@@ -446,42 +278,29 @@ impl RunningDemo {
     /// address. It serves once it has the shards' snapshots (poll `/readyz` on
     /// [`Self::admin_addr`]).
     pub fn start_frontend(&mut self) -> Result<(String, SocketAddr), DemoError> {
-        let next = self.frontends_started;
-        let name = format!("frontend-{next}");
-        let c = self.spawner.frontend(&name)?;
-        let addr = c.secure.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        self.children.push(c);
-        self.frontends_started = next + 1;
-        self.frontends.push(addr);
-        self.api.set_aggregation_backends(self.frontends.clone());
-        Ok((name, addr))
+        let started = self.children.start_frontend()?;
+        self.sync_frontends();
+        Ok(started)
     }
 
     /// A child that exited, if any: (name, status, log).
     pub fn exited_child(&mut self) -> Option<(String, std::process::ExitStatus, PathBuf)> {
-        for c in &mut self.children {
-            if let Ok(Some(status)) = c.child.try_wait() {
-                return Some((c.name.clone(), status, c.log.clone()));
-            }
+        self.children.exited()
+    }
+
+    /// Restarts children that died on their own after a short back-off, as their StatefulSet
+    /// or Deployment would (call it periodically; the `demo` command does, twice a second).
+    pub fn supervise(&mut self) -> Vec<SupervisorEvent> {
+        let events = self.children.supervise();
+        if !events.is_empty() {
+            self.sync_frontends();
         }
-        None
+        events
     }
 
     /// Stops the children gracefully (SIGTERM, then SIGKILL after 10 s), then the simulators.
     pub async fn shutdown(mut self) {
-        for c in &self.children {
-            if let Some(pid) = c.child.id() {
-                // SIGTERM by pid through kill(1): the crate forbids unsafe code, so no libc call.
-                let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-            }
-        }
-        for c in &mut self.children {
-            if tokio::time::timeout(Duration::from_secs(10), c.child.wait()).await.is_err() {
-                let _ = c.child.start_kill();
-                let _ = c.child.wait().await;
-            }
-        }
-        self.children.clear();
+        self.children.shutdown().await;
         self.api.set_aggregation_backends(Vec::new());
     }
 }
@@ -532,39 +351,20 @@ impl Demo {
             kubelet_request_timeout: request_timeout,
             frontend_max_staleness: config.frontend_max_staleness,
             frontend_max_requests_inflight: config.frontend_max_requests_inflight,
+            frontend_tls: None,
             log_level: config.child_log_level.clone(),
             lease_duration: config.lease_duration,
             lease_renew_period: config.lease_renew_period,
         };
-
-        let mut children = Vec::new();
-        let mut demo_err = None;
-        for i in 0..config.shards {
-            match spawner.scraper(&format!("scraper-{i}")) {
-                Ok(c) => children.push(c),
-                Err(e) => demo_err = Some(e),
-            }
-        }
-        let mut frontends = Vec::new();
-        for i in 0..config.frontends {
-            if demo_err.is_some() {
-                break;
-            }
-            match spawner.frontend(&format!("frontend-{i}")) {
-                Ok(c) => {
-                    frontends.extend(c.secure);
-                    children.push(c);
-                }
-                Err(e) => demo_err = Some(e),
-            }
-        }
-        api.set_aggregation_backends(frontends.clone());
+        let mut children = Children::new(spawner);
+        let started = children.start_all(config.shards, config.frontends);
         let contexts: [Context; 2] =
             [api.token_context(ADMIN_CONTEXT, DEFAULT_ADMIN)?, api.token_context(NOACCESS_CONTEXT, NOACCESS_USER)?];
         api.write_kubeconfig(&config.kubeconfig, &contexts)?;
         let kubeconfig = std::path::absolute(&config.kubeconfig).unwrap_or_else(|_| config.kubeconfig.clone());
-        let mut demo = RunningDemo { api, cluster, frontends, children, spawner, frontends_started: config.frontends, work_dir, kubeconfig };
-        if let Some(e) = demo_err {
+        let mut demo = RunningDemo { api, cluster, frontends: Vec::new(), children, work_dir, kubeconfig };
+        demo.sync_frontends();
+        if let Err(e) = started {
             demo.shutdown().await;
             return Err(e);
         }
@@ -643,6 +443,8 @@ async fn wait_ready(demo: &mut RunningDemo, nodes: usize, timeout: Duration) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use super::children::flag_duration;
 
     #[test]
     fn durations_are_written_as_the_flags_read_them() {
