@@ -148,6 +148,15 @@ pub struct FloorArgs {
     pub duration: GoDuration,
 }
 
+/// The control plane a demo runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ControlPlaneMode {
+    /// The embedded API-server simulator (and its aggregation proxy).
+    Sim,
+    /// The real upstream control plane on loopback.
+    Real,
+}
+
 /// Flags of `demo`.
 #[derive(Debug, Clone, ClapArgs)]
 pub struct DemoArgs {
@@ -173,6 +182,11 @@ pub struct DemoArgs {
     /// certificates can be scraped).
     #[arg(long, env = "SHARDMETRICS_KUBELET_INSECURE_TLS")]
     pub kubelet_insecure_tls: bool,
+    /// Which control plane: `sim` (the embedded API-server simulator, needs only Rust) or `real`
+    /// (etcd, kube-apiserver, kube-controller-manager and kube-scheduler built from the pinned
+    /// upstream sources on first use; needs Go).
+    #[arg(long, env = "SHARDMETRICS_CONTROL_PLANE", value_enum, default_value_t = ControlPlaneMode::Sim)]
+    pub control_plane: ControlPlaneMode,
 }
 
 /// Flags of `apiserver`.
@@ -266,6 +280,9 @@ pub fn validate(args: &Args) -> Vec<String> {
                 log_format: args.log_format,
                 log_level: args.log_level.clone(),
             }));
+            if r.demo.control_plane == ControlPlaneMode::Real {
+                problems.push("--control-plane real: `run` measures on the simulated control plane (it carries the 5000-node scenarios); use `demo --control-plane real`".into());
+            }
             let duration = r.duration.0;
             if duration.is_zero() {
                 problems.push("--duration must be positive".into());
@@ -456,6 +473,9 @@ async fn run_floor(f: FloorArgs) -> anyhow::Result<()> {
 }
 
 async fn run_demo(d: DemoArgs) -> anyhow::Result<()> {
+    if d.control_plane == ControlPlaneMode::Real {
+        return run_real_demo(d).await;
+    }
     let config = demo_config(&d)?;
     eprintln!(
         "starting: {} nodes x {} pods, {} scraper shards, {} frontends, resolution {} ...",
@@ -473,6 +493,17 @@ async fn run_demo(d: DemoArgs) -> anyhow::Result<()> {
         d.metric_resolution,
         demo.kubeconfig().display()
     );
+    demo_hints(&kc);
+    println!("logs and credentials of the shards and frontends: {}", demo.work_dir().display());
+    println!("Ctrl-C stops everything.");
+    supervise_until_stopped(|| demo.supervise()).await;
+    eprintln!("stopping ...");
+    demo.shutdown().await;
+    Ok(())
+}
+
+/// The commands the demo suggests, for `kubeconfig`.
+fn demo_hints(kc: &str) {
     println!("try:");
     for cmd in [
         "top nodes".to_owned(),
@@ -485,7 +516,32 @@ async fn run_demo(d: DemoArgs) -> anyhow::Result<()> {
     ] {
         println!("  kubectl --kubeconfig {kc} {cmd}");
     }
-    println!("logs and credentials of the shards and frontends: {}", demo.work_dir().display());
+}
+
+async fn run_real_demo(d: DemoArgs) -> anyhow::Result<()> {
+    let mut config = demo_config(&d)?;
+    config.ready_timeout += Duration::from_secs(60);
+    eprintln!(
+        "starting the real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler; built from loadtest/upstream on first use), {} simulated nodes x {} pods, {} scraper shards, {} frontends, resolution {} ...",
+        d.nodes, d.pods_per_node, d.shards, d.frontends, d.metric_resolution
+    );
+    let mut demo = crate::demo::real::RealDemo::start(config, crate::demo::real::HpaTimings::default()).await?;
+    let kc = d.kubeconfig.display().to_string();
+    println!(
+        "demo ready after {:.0?}: kube-apiserver {} with APIService {} Available; {} nodes x {} pods, {} shards, {} frontends (resolution {}); kubeconfig {}",
+        demo.startup,
+        demo.control_plane.url(),
+        crate::demo::real::API_SERVICE,
+        d.nodes,
+        d.pods_per_node,
+        d.shards,
+        d.frontends,
+        d.metric_resolution,
+        demo.kubeconfig().display()
+    );
+    demo_hints(&kc);
+    println!("  kubectl --kubeconfig {kc} autoscale deployment app-0 -n team-a --cpu-percent=50 --min=1 --max=10   # the real HPA controller");
+    println!("logs of every process (control plane, shards, frontends): {}", demo.work_dir().display());
     println!("Ctrl-C stops everything.");
     supervise_until_stopped(|| demo.supervise()).await;
     eprintln!("stopping ...");

@@ -6,6 +6,8 @@
 //! are `shardmetrics-xtask` in `loadtest/xtask/`. This crate puts shards and frontends on top.
 //!
 //! # Layout
+//! - [`control_plane`]: the real upstream control plane (etcd, kube-apiserver,
+//!   kube-controller-manager, kube-scheduler) on loopback, for `demo --control-plane real`.
 //! - [`demo`]: the `demo` command: the simulated cluster plus scraper shards and frontends as
 //!   child processes of this binary.
 //! - [`faults`]: the faults `run --fault` injects (shard crash/restart, frontend crash, watch
@@ -13,9 +15,12 @@
 //! - [`scenario`]: the `run` command: open-loop HPA/top query load, faults, a coverage and
 //!   freshness probe, the bare-fetch floor, CPU/RSS per process; a JSON report, a summary and an
 //!   SVG chart.
+//! - [`service_proxy`]: the kube-proxy stand-in between the real aggregator and the frontends.
 //! - [`cli`]: the `shardmetrics-loadtest` command line (the binary's `main.rs` only calls it).
 
 pub mod cli;
+pub mod control_plane;
 pub mod demo;
 pub mod faults;
 pub mod scenario;
+pub mod service_proxy;

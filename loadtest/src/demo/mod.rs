@@ -12,6 +12,7 @@
 //! the end-to-end tests drive it the same way the command does.
 
 mod children;
+pub mod real;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -179,6 +179,14 @@ impl Ca {
     }
 }
 
+/// A fresh ECDSA P-256 key pair as (private key PKCS#8 PEM, public key SPKI PEM): what
+/// kube-apiserver signs service-account tokens with (`--service-account-signing-key-file`) and
+/// verifies them with (`--service-account-key-file`).
+pub fn signing_key_pem() -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    Ok((key.serialize_pem(), key.public_key_pem()))
+}
+
 fn dn(common_name: &str, organization: Option<&str>) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     if let Some(o) = organization {
