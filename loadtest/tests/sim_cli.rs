@@ -73,3 +73,85 @@ async fn the_kubelets_command_serves_synthetic_pods_until_stopped() {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 }
+
+/// The child processes of `pid` (from /proc), with their command lines.
+fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            out.push((child, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+/// Unix seconds of an RFC 3339 timestamp (`2026-12-02T10:11:12Z`).
+fn unix_seconds(ts: &str) -> i64 {
+    ts.parse::<jiff::Timestamp>().unwrap().as_second()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_a_user_sigkills_in_the_running_demo_comes_back_and_its_nodes_are_fresh_again() {
+    const RESOLUTION_S: i64 = 5;
+    const LEASE_S: i64 = 15;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let mut demo = tokio::process::Command::new(BIN)
+        .args(["demo", "--nodes", "6", "--pods-per-node", "2", "--shards", "2", "--frontends", "1", "--metric-resolution", "5s", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .env_remove("SHARDMETRICS_LOG_LEVEL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(demo.stdout.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(120), stdout.next_line()).await.expect("demo ready in time").unwrap().expect("demo output ended early");
+        if line.starts_with("demo ready") {
+            break;
+        }
+    }
+    let mut stderr = BufReader::new(demo.stderr.take().unwrap()).lines();
+    let kubectl = shardmetrics_xtask::kubectl::Kubectl::new(&kubeconfig).await;
+
+    // As a user would: find a shard process of the demo and SIGKILL it.
+    let demo_pid = demo.id().unwrap();
+    let (victim, _) = children_of(demo_pid).into_iter().find(|(_, cmd)| cmd.contains(" scraper ") && cmd.contains("scraper-1")).expect("a scraper-1 child");
+    let killed_at = shardmetrics_plumbing::clock::system().now_ms() / 1000;
+    assert!(std::process::Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap().success());
+
+    // The demo says so and starts it again under the same name.
+    let mut said = Vec::new();
+    let restarted = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), stderr.next_line()).await.expect("a restart within 30 s").unwrap().expect("stderr ended");
+        said.push(line.clone());
+        if line.starts_with("restarted scraper-1 (pid ") {
+            break line;
+        }
+    };
+    assert!(said.iter().any(|l| l.starts_with("scraper-1 exited (signal: 9")), "{said:?}");
+    let new_pid: u32 = restarted.trim_start_matches("restarted scraper-1 (pid ").trim_end_matches(')').parse().unwrap();
+    assert_ne!(new_pid, victim);
+    assert!(children_of(demo_pid).iter().any(|(p, _)| *p == new_pid), "the new shard is the demo's child");
+
+    // Every node is served with a sample newer than the kill within resolution + lease.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs((RESOLUTION_S + LEASE_S) as u64 + 10);
+    loop {
+        let raw = kubectl.ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes"]).await;
+        let list: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        let items = list["items"].as_array().unwrap();
+        let fresh = items.iter().filter(|n| unix_seconds(n["timestamp"].as_str().unwrap()) > killed_at).count();
+        if items.len() == 6 && fresh == 6 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{fresh} of {} nodes fresh after the kill:\n{raw}", items.len());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let _ = std::process::Command::new("kill").args(["-TERM", &demo_pid.to_string()]).status();
+    let status = tokio::time::timeout(Duration::from_secs(30), demo.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "the demo stops cleanly on SIGTERM: {status}");
+}

@@ -255,7 +255,7 @@ impl RealDemo {
         let logs = demo.work_dir().display().to_string();
         wait_pods_running(&demo.agent, pods, config.ready_timeout, &logs).await?;
         wait_available(&demo.admin, config.ready_timeout, &logs).await?;
-        demo.wait_served(config.nodes, &probe_token, config.ready_timeout).await?;
+        demo.wait_served(config.nodes, pods, &probe_token, config.ready_timeout).await?;
         demo.startup = begun.elapsed();
         Ok(demo)
     }
@@ -346,8 +346,9 @@ impl RealDemo {
 
     /// Polls every frontend directly, with the probe ServiceAccount's token (checked by the
     /// frontends with TokenReview and SubjectAccessReview against the real API server), until
-    /// each serves every node: the aggregator's connections may go to either.
-    async fn wait_served(&mut self, nodes: usize, token: &str, timeout: Duration) -> Result<(), RealDemoError> {
+    /// each serves every node and every pod (so node rates cover a window in which the pods
+    /// ran): the aggregator's connections may go to either.
+    async fn wait_served(&mut self, nodes: usize, pods: usize, token: &str, timeout: Duration) -> Result<(), RealDemoError> {
         use http_body_util::{BodyExt, Empty};
         let tls = shardmetrics_plumbing::pki::client_config(None, None)?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
@@ -365,33 +366,35 @@ impl RealDemo {
                 });
             }
             let mut served_everywhere = !self.children.frontends().is_empty();
-            for frontend in self.children.frontends() {
-                let served = match http::Request::get(format!("https://{frontend}/apis/metrics.k8s.io/v1beta1/nodes"))
-                    .header("authorization", format!("Bearer {token}"))
-                    .body(Empty::new())
-                {
-                    Ok(req) => match client.request(req).await {
-                        Ok(resp) => {
-                            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            serde_json::from_slice::<serde_json::Value>(&body)
-                                .ok()
-                                .and_then(|v| v["items"].as_array().map(Vec::len))
-                                .unwrap_or(0)
-                        }
+            'frontends: for frontend in self.children.frontends() {
+                for (resource, want) in [("nodes", nodes), ("pods", pods)] {
+                    let served = match http::Request::get(format!("https://{frontend}/apis/metrics.k8s.io/v1beta1/{resource}"))
+                        .header("authorization", format!("Bearer {token}"))
+                        .body(Empty::new())
+                    {
+                        Ok(req) => match client.request(req).await {
+                            Ok(resp) => {
+                                let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                serde_json::from_slice::<serde_json::Value>(&body)
+                                    .ok()
+                                    .and_then(|v| v["items"].as_array().map(Vec::len))
+                                    .unwrap_or(0)
+                            }
+                            Err(e) => {
+                                last = format!("{frontend}: {e}");
+                                0
+                            }
+                        },
                         Err(e) => {
-                            last = format!("{frontend}: {e}");
+                            last = e.to_string();
                             0
                         }
-                    },
-                    Err(e) => {
-                        last = e.to_string();
-                        0
+                    };
+                    if served < want {
+                        last = format!("{frontend} serves {served} of {want} {resource}");
+                        served_everywhere = false;
+                        break 'frontends;
                     }
-                };
-                if served < nodes {
-                    last = format!("{frontend} serves {served} of {nodes} nodes");
-                    served_everywhere = false;
-                    break;
                 }
             }
             if served_everywhere {
