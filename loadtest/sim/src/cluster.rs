@@ -425,7 +425,6 @@ impl Cluster {
             store.ensure_namespace(ns)?;
         }
         let (synced_tx, synced) = watch::channel(0u64);
-        let changes = store.subscribe();
         let width = config.nodes.saturating_sub(1).to_string().len().max(4);
         let mut pod_index = 0usize;
         for i in 0..config.nodes {
@@ -439,6 +438,9 @@ impl Cluster {
                 store.create(PODS, &spec.namespace, pod_object(&spec, config.clock.now_ms()))?;
             }
         }
+        // Subscribed after the bulk creation: the sync starts with a full resync of what exists,
+        // and the creation burst (nodes x pods changes) never overflows its channel.
+        let changes = store.subscribe();
         let resyncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sync = Sync { store: store.clone(), fleet: fleet.clone(), config: config.clone(), synced: synced_tx, resyncs: resyncs.clone() };
         let task = tokio::spawn(sync.run(changes));
@@ -468,7 +470,7 @@ impl Cluster {
     }
 
     /// Full reconciliations so far: one at start, one more each time the sync fell more than
-    /// the store's broadcast capacity behind the API server.
+    /// the store's broadcast capacity behind the API server (each is linear in nodes + pods).
     pub fn resyncs(&self) -> u64 {
         self.resyncs.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -626,14 +628,15 @@ impl Sync {
         self.resyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rv = self.store.last_change_rv();
         let nodes = self.store.list(&crate::apiserver::store::Filter::all(NODES), &Default::default());
-        let names: Vec<String> = nodes.map(|l| l.items.iter().map(|n| n.key.name.clone()).collect()).unwrap_or_default();
+        let names: std::collections::HashSet<String> =
+            nodes.map(|l| l.items.iter().map(|n| n.key.name.clone()).collect()).unwrap_or_default();
         for name in &names {
             if let Ok(node) = self.store.get(NODES, "", name) {
                 self.node_changed(&node.value()).await;
             }
         }
         for kubelet in self.fleet.all() {
-            if !names.iter().any(|n| n == kubelet.node()) {
+            if !names.contains(kubelet.node()) {
                 self.fleet.stop(kubelet.node());
                 continue;
             }
@@ -644,16 +647,16 @@ impl Sync {
 
     fn reload_pods(&self, kubelet: &SimKubelet) {
         let desired = self.store.pods_on_node(kubelet.node());
-        let mut keep = Vec::new();
+        let mut keep = std::collections::HashSet::new();
         for pod in desired {
             let v = pod.value();
             if self.pod_runs(&v) {
-                keep.push((pod.key.namespace.clone(), pod.key.name.clone()));
+                keep.insert((pod.key.namespace.clone(), pod.key.name.clone()));
                 self.upsert(kubelet, &v);
             }
         }
         for (ns, name) in kubelet.pods() {
-            if !keep.iter().any(|(n, p)| *n == ns && *p == name) {
+            if !keep.contains(&(ns.clone(), name.clone())) {
                 kubelet.remove_pod(&ns, &name);
             }
         }
