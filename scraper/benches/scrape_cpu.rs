@@ -12,7 +12,9 @@
 //! - `floor`: the bare client, one TLS stream, write the request, read the response into a reused
 //!   buffer, discard it (what `loadtest floor` does);
 //! - `scraper`: what a scrape task does per node: [`KubeletClient`] fetch, parse, encode the live
-//!   batch, publish it to the hub (buffer + one subscriber's queue, drained).
+//!   batch, publish it to the hub (buffer + one subscriber's queue, drained);
+//! - `snapshot`: what a new subscriber costs the shard: subscribe to a hub holding two scrapes of
+//!   each of [`SNAPSHOT_NODES`] nodes and take its whole snapshot (no kubelet; `N` subscriptions).
 //!
 //! Only the measured function is collected (`--toggle-collect`), so Ir / N is the CPU per scrape:
 //!
@@ -22,7 +24,10 @@
 //! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured*' \
 //!     --callgrind-out-file=/tmp/cg.scraper $B scraper 200 30
 //! valgrind ... --callgrind-out-file=/tmp/cg.floor $B floor 200 30
+//! valgrind ... --callgrind-out-file=/tmp/cg.snapshot $B snapshot 20 30
 //! ```
+//!
+//! For `snapshot`, Ir / N is the CPU of one subscriber's snapshot of 1000 nodes.
 //!
 //! Without valgrind it prints wall time per round (indicative only).
 
@@ -51,6 +56,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The server child gives up after this long, whatever happens to the parent.
 const SERVE_FOR: Duration = Duration::from_secs(600);
+/// Nodes held by the hub in the `snapshot` mode (two scrapes each).
+const SNAPSHOT_NODES: usize = 1000;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -194,6 +201,41 @@ impl Pipeline {
     }
 }
 
+/// A hub holding two scrapes of each of [`SNAPSHOT_NODES`] nodes of `pods` pods.
+fn full_hub(pods: usize) -> anyhow::Result<Arc<Hub>> {
+    let hub = Hub::new(ShardIdentity { shard_id: "bench".into(), epoch: 1 }, 16, Metrics::new());
+    for i in 0..SNAPSHOT_NODES {
+        let node = format!("node-{i:04}");
+        for t in 0..2 {
+            let body = fixture::resource_metrics(&PayloadSpec { pods, seed: (i * 2 + t) as u64, timestamp_ms: 1_700_000_000_000 + t as i64 });
+            let parsed = parse_resource_metrics(&node, &body, 1_700_000_000_000 + t as i64)?;
+            let frame = hub.encode_scrape(&parsed.scrape);
+            hub.publish_scrape(Arc::new(parsed.scrape), frame);
+        }
+    }
+    Ok(hub)
+}
+
+/// Subscribes `rounds` times and takes each whole snapshot; returns the snapshot bytes sent.
+#[inline(never)]
+fn measured_snapshot(rt: &tokio::runtime::Runtime, hub: &Arc<Hub>, rounds: usize) -> anyhow::Result<usize> {
+    rt.block_on(async {
+        let mut bytes = 0;
+        for _ in 0..rounds {
+            let mut sub = hub.subscribe("bench".into()).map_err(|s| anyhow::anyhow!("subscribe: {s}"))?;
+            loop {
+                let frame = sub.next().await.ok_or_else(|| anyhow::anyhow!("stream ended"))?.map_err(|s| anyhow::anyhow!("subscription: {s}"))?;
+                bytes += frame.len();
+                // The last snapshot batch ends with `snapshot_complete = true` (field 5, varint 1).
+                if frame.ends_with(&[0x28, 0x01]) {
+                    break;
+                }
+            }
+        }
+        Ok(bytes)
+    })
+}
+
 #[inline(never)]
 fn measured_floor(rt: &tokio::runtime::Runtime, floor: &mut Floor, rounds: usize) -> anyhow::Result<usize> {
     rt.block_on(async {
@@ -223,6 +265,16 @@ fn main() -> anyhow::Result<()> {
     let pods: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(30);
     if mode == "serve" {
         return serve(pods);
+    }
+    if mode == "snapshot" {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let hub = full_hub(pods)?;
+        measured_snapshot(&rt, &hub, 1)?;
+        let started = Instant::now();
+        let bytes = measured_snapshot(&rt, &hub, rounds)?;
+        let per = started.elapsed() / u32::try_from(rounds.max(1))?;
+        println!("snapshot: {SNAPSHOT_NODES} nodes x 2 scrapes of {pods} pods, {bytes} bytes in {rounds} snapshots, {per:?} wall per snapshot");
+        return Ok(());
     }
     let modes: &[&str] = match mode {
         "floor" => &["floor"],
