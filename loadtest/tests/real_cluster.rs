@@ -123,7 +123,11 @@ async fn metric_failures(demo: &RealDemo, ns: &str) -> Vec<String> {
         .items
         .into_iter()
         .filter(|e| e.reason.as_deref().is_some_and(|r| r.starts_with("FailedGet") || r == "FailedComputeMetricsReplicas"))
-        .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .map(|e| {
+            let when = e.last_timestamp.map(|t| t.0.to_string()).unwrap_or_default();
+            let hpa = e.involved_object.name.unwrap_or_default();
+            format!("{when} {hpa} x{}: {}: {}", e.count.unwrap_or(1), e.reason.unwrap_or_default(), e.message.unwrap_or_default())
+        })
         .collect()
 }
 

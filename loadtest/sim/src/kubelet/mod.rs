@@ -230,11 +230,11 @@ impl SimKubelet {
     }
 
     /// True average CPU of a container over `[t1_ms, t2_ms]`, in cores (`None` if unknown or
-    /// not running for the whole window).
+    /// not running at one rate for the whole window).
     pub fn true_container_cpu(&self, namespace: &str, pod: &str, container: &str, t1_ms: i64, t2_ms: i64) -> Option<f64> {
         let usage = lock(&self.usage);
         let c = usage.container(namespace, pod, container)?;
-        (t2_ms > t1_ms && c.start_ms <= t1_ms).then(|| (c.cpu_ns(t2_ms) - c.cpu_ns(t1_ms)) as f64 / ((t2_ms - t1_ms) as f64 * 1e6))
+        (t2_ms > t1_ms && c.segment_ms <= t1_ms).then(|| (c.cpu_ns(t2_ms) - c.cpu_ns(t1_ms)) as f64 / ((t2_ms - t1_ms) as f64 * 1e6))
     }
 
     /// True memory working set of a container at `t_ms`, in bytes.

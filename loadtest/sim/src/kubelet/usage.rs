@@ -1,8 +1,11 @@
 //! The usage model: what each simulated container and node "uses", as a pure function of time,
 //! so that tests can ask the true value for any instant or window.
 //!
-//! - CPU: each container runs at a constant rate (millicores); its cumulative counter is exact
-//!   integer nanoseconds, `rate x (t - start)`, so any two samples give the rate back exactly.
+//! - CPU: each container runs at a constant rate (millicores) per segment; its cumulative counter
+//!   is exact integer nanoseconds, `base + rate x (t - segment start)`, so any two samples of a
+//!   segment give the rate back exactly. A rate change (a new annotation) starts a new segment
+//!   whose base is the counter so far: the counter never goes backwards and the container keeps
+//!   its start time, as a real kubelet reports a busier or idler container.
 //! - Memory: a sine around a base, `base + amplitude x sin(2π (t - start) / period)`, in whole
 //!   bytes.
 //! - A restart sets a new start time: the counter starts from zero again (what kubelet reports
@@ -49,17 +52,41 @@ impl ContainerUsage {
 /// One incarnation of a container on a node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerState {
-    /// Its behaviour.
+    /// Its behaviour (the current segment's CPU rate).
     pub usage: ContainerUsage,
-    /// When this incarnation started, Unix milliseconds.
+    /// When this incarnation started, Unix milliseconds (what the kubelet reports).
     pub start_ms: i64,
+    /// When the current CPU rate took effect, Unix milliseconds (`start_ms` until a change).
+    pub segment_ms: i64,
+    /// Cumulative CPU at `segment_ms`, in nanoseconds (0 for the first segment).
+    pub segment_base_ns: u64,
 }
 
 impl ContainerState {
-    /// Cumulative CPU at `t_ms`, in nanoseconds (0 before the start).
+    /// A new incarnation started at `start_ms`, its counter at zero.
+    pub fn started(usage: ContainerUsage, start_ms: i64) -> ContainerState {
+        ContainerState { usage, start_ms, segment_ms: start_ms, segment_base_ns: 0 }
+    }
+
+    /// Cumulative CPU at `t_ms`, in nanoseconds (0 before the start; exact from the current
+    /// segment's start on, its base before it).
     pub fn cpu_ns(&self, t_ms: i64) -> u64 {
-        let elapsed = (t_ms - self.start_ms).max(0) as u64;
-        self.usage.cpu_millicores.saturating_mul(elapsed).saturating_mul(1000)
+        let elapsed = (t_ms - self.segment_ms).max(0) as u64;
+        self.segment_base_ns.saturating_add(self.usage.cpu_millicores.saturating_mul(elapsed).saturating_mul(1000))
+    }
+
+    /// Changes the CPU rate from `now_ms` on: a new segment continuing the counter.
+    fn change_rate(&mut self, now_ms: i64, usage: ContainerUsage) {
+        self.segment_base_ns = self.cpu_ns(now_ms);
+        self.segment_ms = now_ms.max(self.start_ms);
+        self.usage = usage;
+    }
+
+    /// Restarts the container at `now_ms`: a new incarnation, its counter from zero.
+    fn restart(&mut self, now_ms: i64) {
+        self.start_ms = now_ms;
+        self.segment_ms = now_ms;
+        self.segment_base_ns = 0;
     }
 
     /// Memory working set at `t_ms`, in bytes.
@@ -140,16 +167,17 @@ impl NodeUsage {
                     if start_ms > kept.start_ms {
                         // Reported with a later start: a restart happened.
                         self.retired_cpu_ns += kept.cpu_ns(now_ms);
-                        kept.start_ms = start_ms;
+                        kept.restart(start_ms);
+                        kept.usage = usage;
                     } else if kept.usage.cpu_millicores != usage.cpu_millicores {
-                        // A rate change is a new segment: retire what it used so far.
-                        self.retired_cpu_ns += kept.cpu_ns(now_ms);
-                        kept.start_ms = now_ms;
+                        // A rate change is a new segment of the same incarnation.
+                        kept.change_rate(now_ms, usage);
+                    } else {
+                        kept.usage = usage;
                     }
-                    kept.usage = usage;
                     new.containers.push(kept);
                 }
-                None => new.containers.push(ContainerState { usage, start_ms }),
+                None => new.containers.push(ContainerState::started(usage, start_ms)),
             }
         }
         for gone in old_containers {
@@ -175,7 +203,7 @@ impl NodeUsage {
         let Some(p) = self.pods.get_mut(&(namespace.to_owned(), pod.to_owned())) else { return false };
         let Some(c) = p.containers.iter_mut().find(|c| c.usage.name == container) else { return false };
         self.retired_cpu_ns += c.cpu_ns(now_ms);
-        c.start_ms = now_ms;
+        c.restart(now_ms);
         true
     }
 
@@ -191,7 +219,7 @@ mod tests {
 
     #[test]
     fn a_container_counter_grows_at_exactly_its_rate() {
-        let c = ContainerState { usage: ContainerUsage::new("c", 250, 100 << 20), start_ms: 1_000 };
+        let c = ContainerState::started(ContainerUsage::new("c", 250, 100 << 20), 1_000);
         assert_eq!(c.cpu_ns(500), 0);
         assert_eq!(c.cpu_ns(2_000), 250_000_000, "a quarter core for one second");
         assert_eq!(c.cpu_ns(61_000), 15_000_000_000);
@@ -199,11 +227,11 @@ mod tests {
 
     #[test]
     fn memory_oscillates_around_the_base_within_the_amplitude() {
-        let c = ContainerState { usage: ContainerUsage::new("c", 1, 1_000_000), start_ms: 0 };
+        let c = ContainerState::started(ContainerUsage::new("c", 1, 1_000_000), 0);
         assert_eq!(c.memory_bytes(0), 1_000_000);
         assert_eq!(c.memory_bytes(150_000), 1_100_000, "a quarter period is the peak");
         assert_eq!(c.memory_bytes(450_000), 900_000);
-        let flat = ContainerState { usage: ContainerUsage::constant("c", 1, 42), start_ms: 0 };
+        let flat = ContainerState::started(ContainerUsage::constant("c", 1, 42), 0);
         assert_eq!(flat.memory_bytes(123_456), 42);
     }
 
@@ -234,5 +262,18 @@ mod tests {
         n.upsert_pod(6_000, "ns", "p", vec![(ContainerUsage::constant("a", 1000, 1), 6_000)]);
         assert_eq!(n.container("ns", "p", "a").unwrap().cpu_ns(6_000), 0, "a later start is a restart");
         assert_eq!(n.cpu_ns(6_000), total + 1_000_000_000);
+    }
+
+    #[test]
+    fn a_rate_change_continues_the_counter_and_keeps_the_start_time() {
+        let mut n = NodeUsage::new(0, 0, 0);
+        n.upsert_pod(0, "ns", "p", vec![(ContainerUsage::constant("a", 300, 1), 0)]);
+        let node_before = n.cpu_ns(10_000);
+        n.upsert_pod(10_000, "ns", "p", vec![(ContainerUsage::constant("a", 10, 1), 0)]);
+        let a = n.container("ns", "p", "a").unwrap();
+        assert_eq!(a.start_ms, 0, "the same incarnation: no restart for the frontend to see");
+        assert_eq!(a.cpu_ns(10_000), 3_000_000_000, "the counter goes on from where it was");
+        assert_eq!(a.cpu_ns(12_000) - a.cpu_ns(10_000), 20_000_000, "at the new rate");
+        assert_eq!(n.cpu_ns(10_000), node_before);
     }
 }
