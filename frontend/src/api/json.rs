@@ -122,7 +122,8 @@ fn list<T: Send + 'static>(
         }
         next = end;
         if next == items.len() {
-            out.extend_from_slice(b"]}");
+            // A trailing newline, as Go's json.Encoder (and so kube-apiserver) writes.
+            out.extend_from_slice(b"]}\n");
             return false;
         }
         true

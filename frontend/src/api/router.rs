@@ -157,18 +157,31 @@ pub struct Query {
 }
 
 impl Query {
-    /// Parses a query string (`application/x-www-form-urlencoded`); unknown keys are ignored.
+    /// Parses a query string (`application/x-www-form-urlencoded`); unknown keys are ignored
+    /// and, as in kube-apiserver's parameter decoding, the first of repeated keys wins. `watch`
+    /// is true when present with any value but `0` or `false` (Go's `Convert_Slice_string_To_bool`:
+    /// `?watch` and `?watch=` are watches).
     pub fn parse(query: Option<&str>) -> Query {
         let mut q = Query::default();
+        let mut seen = [false; 4];
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match decode(k, true).as_str() {
+                "labelSelector" => 0,
+                "fieldSelector" => 1,
+                "watch" => 2,
+                "includeObject" => 3,
+                _ => continue,
+            };
+            if std::mem::replace(&mut seen[slot], true) {
+                continue;
+            }
             let v = decode(v, true);
-            match decode(k, true).as_str() {
-                "labelSelector" => q.label_selector = v,
-                "fieldSelector" => q.field_selector = v,
-                "watch" => q.watch = matches!(v.as_str(), "true" | "1"),
-                "includeObject" => q.include_object = v,
-                _ => {}
+            match slot {
+                0 => q.label_selector = v,
+                1 => q.field_selector = v,
+                2 => q.watch = !(v == "0" || v.eq_ignore_ascii_case("false")),
+                _ => q.include_object = v,
             }
         }
         q
@@ -260,24 +273,40 @@ impl Api {
             Route::OpenApiV3 => doc(&self.docs.openapi_v3_index),
             Route::OpenApiV3Group => doc(&self.docs.openapi_v3_group),
             Route::Version => doc(&self.docs.version),
-            Route::Nodes | Route::Node(_) | Route::Pods(_) | Route::Pod(..) => {
-                let resource = if matches!(route, Route::Nodes | Route::Node(_)) { "nodemetrics" } else { "podmetrics" };
-                if query.watch {
-                    return Err(Status::watch_not_supported(resource));
-                }
+            Route::Nodes | Route::Pods(_) => {
+                // kube-apiserver's ListResource order: media type (406), selector syntax and
+                // field names (400), watch (405), the list, then the Table conversion (400).
                 let encoding = negotiate(accept).ok_or_else(|| Status::not_acceptable(accept.unwrap_or("")))?;
-                let include = IncludeObject::parse(&query.include_object).map_err(Status::bad_request)?;
                 let labels = LabelSelector::parse(&query.label_selector).map_err(|e| Status::bad_request(e.0))?;
-                let fields = FieldSelector::parse(&query.field_selector, METADATA_FIELDS).map_err(|e| Status::bad_request(e.0))?;
+                let fields = FieldSelector::parse_metadata(&query.field_selector).map_err(|e| Status::bad_request(e.0))?;
+                if query.watch {
+                    return Err(Status::watch_not_supported(route.resource()));
+                }
                 let now_ms = self.clock.now_ms();
-                let out = Output { encoding, include, now_ms };
                 match route {
-                    Route::Nodes => Ok(out.nodes(self.list_nodes(&labels, &fields, now_ms), false)),
-                    Route::Node(name) => Ok(out.nodes(vec![self.get_node(name, now_ms)?], true)),
-                    Route::Pods(ns) => Ok(out.pods(self.list_pods(ns.as_deref(), &labels, &fields, now_ms), false)),
-                    Route::Pod(ns, name) => Ok(out.pods(vec![self.get_pod(ns, name, now_ms)?], true)),
+                    Route::Nodes => {
+                        let items = self.list_nodes(&labels, &fields, now_ms);
+                        Ok(Output::new(encoding, query, now_ms)?.nodes(items, false))
+                    }
+                    Route::Pods(ns) => {
+                        let items = self.list_pods(ns.as_deref(), &labels, &fields, now_ms);
+                        Ok(Output::new(encoding, query, now_ms)?.pods(items, false))
+                    }
                     _ => Err(Status::path_not_found()),
                 }
+            }
+            // A single-object GET reads no selector and no `watch` (`GetOptions` has neither).
+            Route::Node(name) => {
+                let encoding = negotiate(accept).ok_or_else(|| Status::not_acceptable(accept.unwrap_or("")))?;
+                let now_ms = self.clock.now_ms();
+                let item = self.get_node(name, now_ms)?;
+                Ok(Output::new(encoding, query, now_ms)?.nodes(vec![item], true))
+            }
+            Route::Pod(ns, name) => {
+                let encoding = negotiate(accept).ok_or_else(|| Status::not_acceptable(accept.unwrap_or("")))?;
+                let now_ms = self.clock.now_ms();
+                let item = self.get_pod(ns, name, now_ms)?;
+                Ok(Output::new(encoding, query, now_ms)?.pods(vec![item], true))
             }
             Route::Unknown => Err(Status::path_not_found()),
         }
@@ -352,10 +381,13 @@ impl Api {
 
     fn get_pod(&self, namespace: &str, name: &str, now_ms: i64) -> Result<PodItem, Status> {
         let labels = match &self.metadata {
-            Some(m) => Some(m.read().pod(namespace, name).cloned().ok_or_else(|| Status::object_not_found("pod", name))?),
+            Some(m) => Some(m.read().pod(namespace, name).cloned().ok_or_else(|| Status::object_not_found("pods", name))?),
             None => None,
         };
-        let usage = self.store.pod(namespace, name).ok_or_else(|| Status::metrics_not_found("podmetrics", name))?;
+        let usage = self
+            .store
+            .pod(namespace, name)
+            .ok_or_else(|| Status::metrics_not_found("podmetrics", &format!("{namespace}/{name}")))?;
         self.observe(now_ms, usage.timestamp_ms);
         Ok(PodItem { usage, labels })
     }
@@ -369,6 +401,16 @@ struct Output {
 }
 
 impl Output {
+    /// `includeObject` is read only for a Table, once the objects are there (upstream converts
+    /// the list to a Table after listing it, and only then checks the parameter).
+    fn new(encoding: Encoding, query: &Query, now_ms: i64) -> Result<Output, Status> {
+        let include = match encoding {
+            Encoding::Table(_) => IncludeObject::parse(&query.include_object).map_err(Status::bad_request)?,
+            _ => IncludeObject::default(),
+        };
+        Ok(Output { encoding, include, now_ms })
+    }
+
     fn table_options(&self, version: super::media::TableVersion) -> TableOptions {
         TableOptions { version, include: self.include, now_ms: self.now_ms }
     }
@@ -380,6 +422,7 @@ impl Output {
             (Encoding::Json, true) => {
                 let mut out = Vec::with_capacity(512);
                 json::write_node(&mut out, &items[0], self.now_ms, true);
+                out.push(b'\n');
                 Body::full(out)
             }
             (Encoding::Json, false) => json::node_list(items, self.now_ms),
@@ -396,6 +439,7 @@ impl Output {
             (Encoding::Json, true) => {
                 let mut out = Vec::with_capacity(1024);
                 json::write_pod(&mut out, &items[0], self.now_ms, true);
+                out.push(b'\n');
                 Body::full(out)
             }
             (Encoding::Json, false) => json::pod_list(items, self.now_ms),
@@ -440,6 +484,10 @@ mod tests {
         assert!(q.watch);
         assert_eq!(Query::parse(Some("labelSelector=a+b")).label_selector, "a b");
         assert_eq!(decode("%zz%4", false), "%zz%4");
+        assert_eq!(Query::parse(Some("labelSelector=a&labelSelector=b")).label_selector, "a", "the first value wins");
+        for (q, watch) in [("watch", true), ("watch=", true), ("watch=yes", true), ("watch=0", false), ("watch=FALSE", false), ("", false)] {
+            assert_eq!(Query::parse(Some(q)).watch, watch, "{q:?}");
+        }
     }
 
     fn api() -> Api {
@@ -502,7 +550,10 @@ mod tests {
         assert_eq!(v["message"], "node \"n2\" not found");
         let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/namespaces/x/pods/web-1", None);
         assert_eq!(code, 404);
-        assert_eq!(v["details"]["kind"], "pod");
+        assert_eq!(v["message"], "pods \"web-1\" not found", "the metadata pod lister's resource");
+        assert_eq!(v["details"], serde_json::json!({"name": "web-1", "kind": "pods"}));
+        let (_, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/nodes/n1?watch=true&labelSelector=%3D%3D", None);
+        assert_eq!(v["kind"], "NodeMetrics", "a GET reads neither watch nor selectors");
         let (_, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/nodes/n1", None);
         assert_eq!(v["kind"], "NodeMetrics");
         assert_eq!(v["metadata"]["labels"]["zone"], "a");
@@ -513,10 +564,23 @@ mod tests {
         let api = api();
         let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?watch=true", None);
         assert_eq!((code.as_u16(), v["reason"].as_str()), (405, Some("MethodNotAllowed")));
+        assert_eq!(v["message"], "watch is not supported on resources of kind \"pods.metrics.k8s.io\"");
+        assert_eq!(v["details"], serde_json::json!({"group": "metrics.k8s.io", "kind": "pods"}));
         let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?labelSelector=a%20b", None);
         assert_eq!((code.as_u16(), v["reason"].as_str()), (400, Some("BadRequest")));
-        let (code, _, _) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=spec.nodeName%3Dn1", None);
+        assert_eq!(v["message"], "unable to parse requirement: found 'b', expected: in, notin, =, ==, !=, gt, lt");
+        let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=spec.nodeName%3Dn1&watch=true", None);
+        assert_eq!(code, 400, "selectors are checked before watch");
+        assert_eq!(v["message"], r#""spec.nodeName" is not a known field selector: only "metadata.name", "metadata.namespace""#);
+        let table = Some("application/json;as=Table;v=v1;g=meta.k8s.io");
+        let (code, _, _) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?includeObject=x", None);
+        assert_eq!(code, 200, "includeObject is read for Tables only");
+        let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?includeObject=x", table);
         assert_eq!(code, 400);
+        assert_eq!(
+            v["message"],
+            "Unable to convert to Table as requested: includeObject: Invalid value: \"x\": must be 'Metadata', 'Object', 'None', or empty"
+        );
         let (code, _, _) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods", Some("text/html"));
         assert_eq!(code, 406);
         let h = api.handle(&Method::DELETE, &"/apis/metrics.k8s.io/v1beta1/pods".parse().expect("uri"), &HeaderMap::new());
@@ -524,6 +588,26 @@ mod tests {
         assert_eq!(h.verb, "delete");
         let (code, _, v) = get(&api, "/apis/nope", None);
         assert_eq!((code.as_u16(), v["kind"].as_str()), (404, Some("Status")));
+    }
+
+    #[test]
+    fn json_bodies_end_with_a_newline_like_go_encoders() {
+        let api = api();
+        for (uri, accept) in [
+            ("/apis/metrics.k8s.io/v1beta1/nodes", None),
+            ("/apis/metrics.k8s.io/v1beta1/nodes/n1", None),
+            ("/apis/metrics.k8s.io/v1beta1/pods", None),
+            ("/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/web-1", None),
+            ("/apis/metrics.k8s.io/v1beta1/pods", Some("application/json;as=Table;v=v1;g=meta.k8s.io")),
+            ("/apis/metrics.k8s.io/v1beta1/nodes/nope", None),
+        ] {
+            let mut headers = HeaderMap::new();
+            if let Some(a) = accept {
+                headers.insert(header::ACCEPT, HeaderValue::from_static(a));
+            }
+            let body = api.handle(&Method::GET, &uri.parse().expect("uri"), &headers).response.into_body().collect_bytes();
+            assert!(body.ends_with(b"}\n"), "{uri}: {}", String::from_utf8_lossy(&body));
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::io::Write as _;
 
 use bytes::Bytes;
 use http::StatusCode;
+use shardmetrics_plumbing::selector::go_quote;
 
 /// The group every resource here belongs to.
 pub const GROUP: &str = "metrics.k8s.io";
@@ -41,7 +42,7 @@ impl Status {
         Self {
             code: StatusCode::NOT_FOUND,
             reason: "NotFound",
-            message: format!("{resource}.{GROUP} {name:?} not found"),
+            message: format!("{resource}.{GROUP} {} not found", go_quote(name)),
             details: Some(Box::new(Details {
                 name: Some(name.to_owned()),
                 group: Some(GROUP.to_owned()),
@@ -52,12 +53,13 @@ impl Status {
     }
 
     /// A 404 for a Node or Pod that does not exist (metrics-server forwards its lister's
-    /// error): `pod "x" not found`, core group.
+    /// error, whose resource is `node` for the typed node lister and `pods` for the metadata
+    /// pod lister): `pods "x" not found`, core group.
     pub fn object_not_found(kind: &str, name: &str) -> Self {
         Self {
             code: StatusCode::NOT_FOUND,
             reason: "NotFound",
-            message: format!("{kind} {name:?} not found"),
+            message: format!("{kind} {} not found", go_quote(name)),
             details: Some(Box::new(Details {
                 name: Some(name.to_owned()),
                 group: Some(String::new()),
@@ -77,7 +79,8 @@ impl Status {
         }
     }
 
-    /// A 405 for `watch` on `resource` (metrics-server's `NewMethodNotSupported`).
+    /// A 405 for `watch` on the URL's `resource` (`nodes`, `pods`: metrics-server's
+    /// `NewMethodNotSupported` of its request scope's resource).
     pub fn watch_not_supported(resource: &str) -> Self {
         Self {
             code: StatusCode::METHOD_NOT_ALLOWED,
@@ -180,7 +183,8 @@ impl Status {
             }
             out.push(b'}');
         }
-        let _ = write!(out, r#","code":{}}}"#, self.code.as_u16());
+        // A trailing newline, as Go's json.Encoder (and so kube-apiserver) writes.
+        let _ = writeln!(out, r#","code":{}}}"#, self.code.as_u16());
         Bytes::from(out)
     }
 }
@@ -216,15 +220,16 @@ mod tests {
 
     #[test]
     fn a_missing_pod_object_names_the_core_kind_without_a_group() {
-        let v = parse(&Status::object_not_found("pod", "web"));
-        assert_eq!(v["message"], "pod \"web\" not found");
-        assert_eq!(v["details"], serde_json::json!({"name": "web", "kind": "pod"}));
+        let v = parse(&Status::object_not_found("pods", "web"));
+        assert_eq!(v["message"], "pods \"web\" not found");
+        assert_eq!(v["details"], serde_json::json!({"name": "web", "kind": "pods"}));
+        assert!(Status::object_not_found("pods", "web").to_json().ends_with(b"}\n"), "a trailing newline, as Go's encoder");
     }
 
     #[test]
     fn every_constructor_writes_its_code_and_reason() {
         for (s, code, reason) in [
-            (Status::watch_not_supported("podmetrics"), 405, "MethodNotAllowed"),
+            (Status::watch_not_supported("pods"), 405, "MethodNotAllowed"),
             (Status::method_not_allowed(), 405, "MethodNotAllowed"),
             (Status::bad_request("x"), 400, "BadRequest"),
             (Status::not_acceptable("text/html"), 406, "NotAcceptable"),

@@ -34,7 +34,10 @@ impl IncludeObject {
             "" | "Metadata" => Ok(Self::Metadata),
             "Object" => Ok(Self::Object),
             "None" => Ok(Self::None),
-            other => Err(format!("includeObject: unsupported value {other:?}: use None, Metadata or Object")),
+            other => Err(format!(
+                "Unable to convert to Table as requested: includeObject: Invalid value: {}: must be 'Metadata', 'Object', 'None', or empty",
+                shardmetrics_plumbing::selector::go_quote(other)
+            )),
         }
     }
 }
@@ -138,7 +141,8 @@ fn table<T: Send + 'static>(items: Vec<T>, opts: TableOptions, row: fn(&mut Vec<
         }
         next = end;
         if next == items.len() {
-            out.extend_from_slice(b"]}");
+            // A trailing newline, as Go's json.Encoder (and so kube-apiserver) writes.
+            out.extend_from_slice(b"]}\n");
             return false;
         }
         true
@@ -201,7 +205,7 @@ mod tests {
         let full: serde_json::Value =
             serde_json::from_slice(&nodes(vec![node("a")], opts(IncludeObject::Object)).collect_bytes()).expect("json");
         assert_eq!(full["rows"][0]["object"]["kind"], "NodeMetrics");
-        assert_eq!(IncludeObject::parse("Bogus").unwrap_err(), "includeObject: unsupported value \"Bogus\": use None, Metadata or Object");
+        assert_eq!(IncludeObject::parse("Bogus").unwrap_err(), "Unable to convert to Table as requested: includeObject: Invalid value: \"Bogus\": must be 'Metadata', 'Object', 'None', or empty");
         let empty: serde_json::Value =
             serde_json::from_slice(&pods(Vec::new(), opts(IncludeObject::Metadata)).collect_bytes()).expect("json");
         assert_eq!(empty["rows"], json!([]));
