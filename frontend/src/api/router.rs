@@ -16,7 +16,7 @@ use super::body::Body;
 use super::discovery::{AggregatedVersion, Documents};
 use super::items::{NodeItem, PodItem};
 use super::media::{Encoding, negotiate};
-use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector, METADATA_FIELDS};
+use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector};
 use super::status::Status;
 use super::table::{IncludeObject, TableOptions};
 use super::{json, protobuf, table};
