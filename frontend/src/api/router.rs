@@ -143,36 +143,58 @@ fn percent_decode(s: &str) -> String {
     decode(s, false)
 }
 
-/// The query parameters this server reads.
+/// The query parameters this server reads (`ListOptions`' and `includeObject`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Query {
     /// `labelSelector`.
     pub label_selector: String,
     /// `fieldSelector`.
     pub field_selector: String,
-    /// `watch=true|1`.
+    /// `watch` (see [`Query::parse`] for what counts as true).
     pub watch: bool,
     /// `includeObject` (Table only).
     pub include_object: String,
+    /// `resourceVersion`, as given.
+    pub resource_version: Option<String>,
+    /// `timeoutSeconds`, as given (an integer when valid).
+    pub timeout_seconds: Option<String>,
+    /// `limit`, as given (an integer when valid).
+    pub limit: Option<String>,
+    /// `allowWatchBookmarks`.
+    pub allow_watch_bookmarks: bool,
+    /// `sendInitialEvents`, when given.
+    pub send_initial_events: Option<bool>,
+}
+
+/// Go's `Convert_Slice_string_To_bool` of a present parameter: anything but `0` and `false`
+/// (any case) is true, the empty value included.
+fn go_flag(v: &str) -> bool {
+    !(v == "0" || v.eq_ignore_ascii_case("false"))
 }
 
 impl Query {
     /// Parses a query string (`application/x-www-form-urlencoded`); unknown keys are ignored
-    /// and, as in kube-apiserver's parameter decoding, the first of repeated keys wins. `watch`
-    /// is true when present with any value but `0` or `false` (Go's `Convert_Slice_string_To_bool`:
-    /// `?watch` and `?watch=` are watches).
+    /// and, as in kube-apiserver's parameter decoding, the first of repeated keys wins. Flags
+    /// are true when present with any value but `0` or `false` (`?watch` and `?watch=` are
+    /// watches).
     pub fn parse(query: Option<&str>) -> Query {
+        const KEYS: [&str; 9] = [
+            "labelSelector",
+            "fieldSelector",
+            "watch",
+            "includeObject",
+            "resourceVersion",
+            "timeoutSeconds",
+            "limit",
+            "allowWatchBookmarks",
+            "sendInitialEvents",
+        ];
         let mut q = Query::default();
-        let mut seen = [false; 4];
+        let mut seen = [false; KEYS.len()];
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let slot = match decode(k, true).as_str() {
-                "labelSelector" => 0,
-                "fieldSelector" => 1,
-                "watch" => 2,
-                "includeObject" => 3,
-                _ => continue,
-            };
+            let key = decode(k, true);
+            let Some(slot) = KEYS.iter().position(|k| *k == key) else { continue };
             if std::mem::replace(&mut seen[slot], true) {
                 continue;
             }
@@ -180,11 +202,22 @@ impl Query {
             match slot {
                 0 => q.label_selector = v,
                 1 => q.field_selector = v,
-                2 => q.watch = !(v == "0" || v.eq_ignore_ascii_case("false")),
-                _ => q.include_object = v,
+                2 => q.watch = go_flag(&v),
+                3 => q.include_object = v,
+                4 => q.resource_version = Some(v),
+                5 => q.timeout_seconds = Some(v),
+                6 => q.limit = Some(v),
+                7 => q.allow_watch_bookmarks = go_flag(&v),
+                _ => q.send_initial_events = Some(go_flag(&v)),
             }
         }
         q
+    }
+
+    /// Whether the integer options decode (Go's `strconv.ParseInt`), as kube-apiserver's
+    /// parameter decoding requires before it trusts a list's options.
+    pub fn list_options_decode(&self) -> bool {
+        [&self.timeout_seconds, &self.limit].iter().all(|v| v.as_deref().is_none_or(|v| v.parse::<i64>().is_ok()))
     }
 }
 

@@ -132,7 +132,7 @@ impl Status {
         }
     }
 
-    /// A status from an authentication/authorization failure (401, 403, 503).
+    /// A status from an authentication/authorization failure (401, 403).
     pub fn from_auth(code: StatusCode, reason: &'static str, message: String) -> Self {
         Self { code, reason, message, details: None }
     }

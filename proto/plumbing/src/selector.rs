@@ -538,6 +538,12 @@ impl FieldSelector {
         })
     }
 
+    /// Parses the syntax of `input` only, any field name accepted (what kube-apiserver's
+    /// request info decodes before the resource's field labels are checked).
+    pub fn parse_syntax(input: &str) -> Result<Self, SelectorError> {
+        Self::parse_checked(input, |_| None)
+    }
+
     /// Parses `input` for a resource that supports [`METADATA_FIELDS`] only, with upstream's
     /// text for any other field (`DefaultMetaV1FieldSelectorConversion`, what metrics-server
     /// answers): `"spec.nodeName" is not a known field selector: only "metadata.name",
