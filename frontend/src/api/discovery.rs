@@ -84,11 +84,22 @@ fn group() -> Value {
     json!({"name": "metrics.k8s.io", "versions": [group_version()], "preferredVersion": group_version()})
 }
 
+/// `/apis`: the group list as k8s.io/apiserver writes it (no `apiVersion`; the server's own
+/// address for every client CIDR, `:<port>` when it advertises no host).
+fn apis(secure_port: Option<u16>) -> Value {
+    let mut g = group();
+    if let (Some(port), Some(o)) = (secure_port, g.as_object_mut()) {
+        o.insert("serverAddressByClientCIDRs".into(), json!([{"clientCIDR": "0.0.0.0/0", "serverAddress": format!(":{port}")}]));
+    }
+    json!({"kind": "APIGroupList", "groups": [g]})
+}
+
 fn aggregated(api_version: &str) -> Value {
     let resource = |name: &str, kind: &str, scope: &str| {
         json!({
             "resource": name,
-            "responseKind": {"group": "metrics.k8s.io", "version": "v1beta1", "kind": kind},
+            // Empty group and version, as metrics-server's generic API server writes them.
+            "responseKind": {"group": "", "version": "", "kind": kind},
             "scope": scope,
             "singularResource": "",
             "verbs": ["get", "list"]
@@ -263,8 +274,9 @@ fn hash_hex(data: &[u8]) -> String {
 }
 
 impl Documents {
-    /// Builds every document; `version` is this build's version (e.g. `0.1.0`).
-    pub fn new(version: &str) -> Self {
+    /// Builds every document; `version` is this build's version (e.g. `0.1.0`), `secure_port`
+    /// the port `/apis` names in `serverAddressByClientCIDRs` (as a generic API server does).
+    pub fn new(version: &str, secure_port: Option<u16>) -> Self {
         let info = json!({"title": "shardmetrics", "version": version});
         let openapi_v2 = json!({
             "swagger": "2.0",
@@ -292,7 +304,7 @@ impl Documents {
         let major = parts.next().unwrap_or("0");
         let minor = parts.next().unwrap_or("0");
         Self {
-            apis: bytes(&json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group()]})),
+            apis: bytes(&apis(secure_port)),
             group: bytes(&{
                 let mut g = group();
                 if let Some(o) = g.as_object_mut() {
@@ -337,7 +349,7 @@ mod tests {
 
     #[test]
     fn the_resource_list_offers_nodes_and_pods_with_get_and_list() {
-        let d = Documents::new("0.1.0");
+        let d = Documents::new("0.1.0", Some(443));
         let v = parse(&d.resources);
         assert_eq!(v["groupVersion"], "metrics.k8s.io/v1beta1");
         assert_eq!(v["resources"][0]["kind"], "NodeMetrics");
@@ -357,7 +369,7 @@ mod tests {
             Some(AggregatedVersion::V2beta1)
         );
         assert_eq!(AggregatedVersion::negotiate(Some("application/json")), None);
-        let v = parse(&Documents::new("0.1.0").aggregated_v2);
+        let v = parse(&Documents::new("0.1.0", Some(443)).aggregated_v2);
         let resources = &v["items"][0]["versions"][0]["resources"];
         assert_eq!(resources[0]["responseKind"]["kind"], "NodeMetrics");
         assert_eq!(resources[1]["scope"], "Namespaced");
@@ -365,7 +377,7 @@ mod tests {
 
     #[test]
     fn openapi_documents_reference_only_defined_schemas() {
-        let d = Documents::new("0.1.0");
+        let d = Documents::new("0.1.0", Some(443));
         for (doc, prefix, defs) in [
             (parse(&d.openapi_v2), "#/definitions/", "/definitions"),
             (parse(&d.openapi_v3_group), "#/components/schemas/", "/components/schemas"),

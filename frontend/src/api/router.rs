@@ -267,7 +267,13 @@ static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 impl Api {
     /// An API over `store` and (optionally) `metadata`.
     pub fn new(store: Arc<Store>, metadata: Option<Arc<Metadata>>, clock: SharedClock, metrics: Option<Metrics>) -> Self {
-        Self { store, metadata, clock, docs: Documents::new(env!("CARGO_PKG_VERSION")), metrics }
+        Self { store, metadata, clock, docs: Documents::new(env!("CARGO_PKG_VERSION"), None), metrics }
+    }
+
+    /// The same API, with `/apis` naming `port` as the server's address (the secure port).
+    pub fn with_secure_port(mut self, port: Option<u16>) -> Self {
+        self.docs = Documents::new(env!("CARGO_PKG_VERSION"), port);
+        self
     }
 
     /// Answers one request.
@@ -647,7 +653,7 @@ mod tests {
     fn tables_and_aggregated_discovery_are_negotiated() {
         let api = api();
         let (_, ct, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/nodes", Some("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
-        assert_eq!(ct, "application/json;as=Table;v=v1;g=meta.k8s.io");
+        assert_eq!(ct, "application/json", "as kube-apiserver labels a Table");
         assert_eq!(v["rows"][0]["cells"][0], "n1");
         let (_, ct, v) = get(&api, "/apis", Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"));
         assert_eq!(ct, "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");

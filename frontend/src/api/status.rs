@@ -189,10 +189,49 @@ impl Status {
     }
 }
 
-/// Appends `s` as a JSON string.
+/// Appends `s` as a JSON string, escaped as Go's `encoding/json` escapes it (what every
+/// kube-apiserver and metrics-server body holds): `"` `\\` `\n` `\r` `\t` short, other
+/// control characters and the HTML-sensitive `<` `>` `&` as `\u00XX`, U+2028 and U+2029 as
+/// `\u2028` `\u2029`.
 pub fn json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let b = s.as_bytes();
+    out.reserve(b.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let escape: Option<&[u8]> = match c {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'\t' => Some(b"\\t"),
+            0..=0x1f | b'<' | b'>' | b'&' => Some(&[]),
+            // U+2028 / U+2029 are E2 80 A8 / E2 80 A9 in UTF-8.
+            0xE2 if b.get(i + 1) == Some(&0x80) && matches!(b.get(i + 2), Some(0xA8 | 0xA9)) => Some(&[]),
+            _ => None,
+        };
+        let Some(short) = escape else {
+            i += 1;
+            continue;
+        };
+        out.extend_from_slice(&b[start..i]);
+        if !short.is_empty() {
+            out.extend_from_slice(short);
+            i += 1;
+        } else if c == 0xE2 {
+            out.extend_from_slice(if b[i + 2] == 0xA8 { b"\\u2028" } else { b"\\u2029" });
+            i += 3;
+        } else {
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(c >> 4)], HEX[usize::from(c & 0xf)]]);
+            i += 1;
+        }
+        start = i;
+    }
+    out.extend_from_slice(&b[start..]);
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -224,6 +263,17 @@ mod tests {
         assert_eq!(v["message"], "pods \"web\" not found");
         assert_eq!(v["details"], serde_json::json!({"name": "web", "kind": "pods"}));
         assert!(Status::object_not_found("pods", "web").to_json().ends_with(b"}\n"), "a trailing newline, as Go's encoder");
+    }
+
+    #[test]
+    fn strings_are_escaped_as_go_encoding_json_escapes_them() {
+        let mut out = Vec::new();
+        json_str(&mut out, "<nil> & \"q\" \\ \n\r\t\u{1}\u{8}\u{c}\u{7f} \u{2028}\u{2029} é ✓");
+        let want = "\"\\u003cnil\\u003e \\u0026 \\\"q\\\" \\\\ \\n\\r\\t\\u0001\\u0008\\u000c\u{7f} \\u2028\\u2029 é ✓\"";
+        assert_eq!(String::from_utf8(out).expect("utf-8"), want);
+        let mut plain = Vec::new();
+        json_str(&mut plain, "app-0-6fb4666986-twcnl");
+        assert_eq!(plain, b"\"app-0-6fb4666986-twcnl\"");
     }
 
     #[test]

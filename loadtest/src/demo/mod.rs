@@ -120,6 +120,10 @@ pub struct DemoConfig {
     /// The frontends' `--max-requests-inflight` (beyond it: 429 with Retry-After); `None` keeps
     /// their default.
     pub frontend_max_requests_inflight: Option<usize>,
+    /// The kubelets' sample timestamps are rounded down to a multiple of this (cAdvisor's
+    /// housekeeping interval), so that two scrapers reading a kubelet within one period see the
+    /// same sample; zero samples at each request.
+    pub kubelet_sample_period: Duration,
 }
 
 impl DemoConfig {
@@ -144,6 +148,7 @@ impl DemoConfig {
             lease_renew_period: None,
             frontend_max_staleness: None,
             frontend_max_requests_inflight: None,
+            kubelet_sample_period: Duration::ZERO,
         }
     }
 }
@@ -325,6 +330,7 @@ impl Demo {
             containers_per_pod: config.containers_per_pod.max(1),
             memory_amplitude_percent: config.memory_amplitude_percent,
             apps_per_namespace,
+            sample_period: config.kubelet_sample_period,
             ..defaults
         };
         let cluster = Cluster::start(&api, cluster_config).await?;

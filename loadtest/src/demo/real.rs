@@ -101,6 +101,9 @@ pub enum RealDemoError {
         /// Where the logs are.
         logs: String,
     },
+    /// The peer (metrics-server) did not start.
+    #[error(transparent)]
+    Peer(#[from] crate::peer::PeerError),
     /// A file operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -139,6 +142,8 @@ impl Default for HpaTimings {
 
 /// A running real-control-plane demo. Dropping it kills everything.
 pub struct RealDemo {
+    /// The CA the kubelets' serving certificates chain to (the peer verifies with it too).
+    kubelet_ca: PathBuf,
     /// The upstream control plane.
     pub control_plane: ControlPlane,
     /// The simulated nodes and their kubelets.
@@ -183,6 +188,7 @@ impl RealDemo {
 
         let kubelet_ca = Arc::new(Ca::new("shardmetrics-demo-kubelet-ca")?);
         let kubelet_ca_file = kubelet_ca.write_pem(&dir, "kubelet-ca")?;
+        let kubelet_ca_path = kubelet_ca_file.clone();
         let width = config.nodes.saturating_sub(1).to_string().len().max(4);
         let nodes: Vec<String> = (0..config.nodes).map(|i| format!("sim-node-{i:0width$}")).collect();
         let agent = NodeAgent::start(
@@ -194,7 +200,7 @@ impl RealDemo {
                 memory_amplitude_percent: config.memory_amplitude_percent,
                 lease_renew_interval: Duration::from_secs(10),
                 status_interval: Duration::from_secs(60),
-                sample_period: Duration::ZERO,
+                sample_period: config.kubelet_sample_period,
                 kubelet_ca,
                 clock: shardmetrics_plumbing::clock::system(),
             },
@@ -235,6 +241,7 @@ impl RealDemo {
         };
         let proxy = ServiceProxy::start(0).await.map_err(io_err("starting the frontend Service proxy"))?;
         let mut demo = RealDemo {
+            kubelet_ca: kubelet_ca_path,
             control_plane,
             agent,
             proxy,
@@ -283,6 +290,11 @@ impl RealDemo {
     /// The shards' Lease duration.
     pub fn lease_duration(&self) -> Duration {
         self.children.spawner.lease_duration.unwrap_or(DEFAULT_LEASE_DURATION)
+    }
+
+    /// The frontends' secure ports (each serves the whole API).
+    pub fn frontend_addrs(&self) -> Vec<SocketAddr> {
+        self.children.frontends()
     }
 
     /// The shards and frontends still running: (name, pid), scrapers first.
@@ -338,6 +350,40 @@ impl RealDemo {
         let RealDemo { control_plane, agent, .. } = self;
         drop(agent);
         control_plane.shutdown().await;
+    }
+
+    /// Starts `replicas` metrics-server replicas beside shardmetrics (the peer, see
+    /// [`crate::peer`]), scraping the same kubelets with upstream's RBAC and its own
+    /// ServiceAccount, and waits until each is ready. `resolution` must be at least 10 s
+    /// (upstream's minimum).
+    pub async fn start_metrics_server(&mut self, replicas: usize, resolution: Duration) -> Result<Vec<crate::peer::MetricsServer>, RealDemoError> {
+        use crate::peer::{MetricsServer, PeerConfig};
+        let dir = self.work_dir().to_owned();
+        let admin_kubeconfig = dir.join("admin.kubeconfig");
+        crate::peer::apply_rbac(&admin_kubeconfig).await?;
+        let token = service_account_token_in(&self.admin, crate::peer::NAMESPACE, crate::peer::SERVICE_ACCOUNT).await?;
+        let kubeconfig = dir.join("metrics-server.kubeconfig");
+        self.control_plane.write_kubeconfig(&kubeconfig, &[self.control_plane.token_context("metrics-server", &token)])?;
+        let ca = Ca::new("metrics-server-serving-ca")?;
+        let serving = ca.server_cert("localhost", &[])?;
+        let serving_cert = serving.write_pem(&dir, "metrics-server-serving")?;
+        let mut servers = Vec::with_capacity(replicas);
+        for i in 0..replicas {
+            let config = PeerConfig {
+                name: format!("metrics-server-{i}"),
+                dir: dir.clone(),
+                kubeconfig: kubeconfig.clone(),
+                serving_cert: serving_cert.clone(),
+                kubelet_ca: Some(self.kubelet_ca.clone()),
+                metric_resolution: resolution,
+                kubelet_request_timeout: (resolution / 2).min(Duration::from_secs(10)),
+            };
+            servers.push(MetricsServer::start(&config).await?);
+        }
+        for s in &mut servers {
+            s.wait_ready(Duration::from_secs(60)).await?;
+        }
+        Ok(servers)
     }
 
     fn sync_frontends(&mut self) {
@@ -521,7 +567,12 @@ async fn create_workloads(admin: &kube::Client, config: &DemoConfig, pods: usize
 
 /// A bound token of `account` in the install namespace (TokenRequest, 24 h).
 async fn service_account_token(admin: &kube::Client, account: &str) -> Result<String, RealDemoError> {
-    let api: Api<ServiceAccount> = Api::namespaced(admin.clone(), INSTALL_NAMESPACE);
+    service_account_token_in(admin, INSTALL_NAMESPACE, account).await
+}
+
+/// A bound token of `namespace/account` (TokenRequest, 24 h).
+async fn service_account_token_in(admin: &kube::Client, namespace: &str, account: &str) -> Result<String, RealDemoError> {
+    let api: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
     let request = TokenRequest {
         spec: TokenRequestSpec { expiration_seconds: Some(24 * 3600), ..TokenRequestSpec::default() },
         ..TokenRequest::default()
@@ -529,7 +580,7 @@ async fn service_account_token(admin: &kube::Client, account: &str) -> Result<St
     let issued = api
         .create_token_request(account, &PostParams::default(), &request)
         .await
-        .map_err(api_err(format!("requesting a token for {INSTALL_NAMESPACE}/{account}")))?;
+        .map_err(api_err(format!("requesting a token for {namespace}/{account}")))?;
     Ok(issued.status.map(|s| s.token).unwrap_or_default())
 }
 
