@@ -346,7 +346,7 @@ impl ServerState {
     /// milliseconds of CPU at cluster scale) run on the blocking pool so they never stall the
     /// connections sharing a runtime worker.
     async fn api(self: &Arc<Self>, method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) -> Handled {
-        let heavy = matches!(Route::parse(uri.path()), Route::Pods(None) | Route::Nodes);
+        let heavy = Route::parse(uri.path()).is_cluster_list();
         if !heavy {
             return self.api.handle(method, uri, headers);
         }

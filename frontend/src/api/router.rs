@@ -1,8 +1,9 @@
 //! Where API requests are routed and answered: path and query parsing, content negotiation,
 //! the store/metadata join, and the choice of encoder.
 //!
-//! Paths (metrics-server's): `/apis/metrics.k8s.io/v1beta1/nodes`, `.../nodes/{name}`,
-//! `.../pods`, `.../namespaces/{ns}/pods`, `.../namespaces/{ns}/pods/{name}`, plus discovery,
+//! Paths (metrics-server's, under `/apis/metrics.k8s.io/v1beta1` and `/apis/metrics.k8s.io/v1`):
+//! `.../nodes`, `.../nodes/{name}`, `.../pods`, `.../namespaces/{ns}/pods`,
+//! `.../namespaces/{ns}/pods/{name}`, plus discovery,
 //! OpenAPI and `/version`. Anything else is a 404 Status; methods other than GET a 405; `watch`
 //! a 405 (metrics-server's `MethodNotSupported`).
 
@@ -19,37 +20,35 @@ use super::media::{Encoding, negotiate};
 use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector};
 use super::status::Status;
 use super::table::{IncludeObject, TableOptions};
+use super::version::ApiVersion;
 use super::{json, protobuf, table};
 use crate::metadata::{Labels, Metadata};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-/// Prefix of every resource path.
-const PREFIX: &str = "/apis/metrics.k8s.io/v1beta1";
-
-/// A request's route.
+/// A request's route. Resource routes carry the `metrics.k8s.io` version of their path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// `/apis` (also aggregated discovery).
     Apis,
     /// `/apis/metrics.k8s.io`.
     Group,
-    /// `/apis/metrics.k8s.io/v1beta1`.
-    Resources,
-    /// `/apis/metrics.k8s.io/v1beta1/nodes`.
-    Nodes,
-    /// `/apis/metrics.k8s.io/v1beta1/nodes/{name}`.
-    Node(String),
+    /// `/apis/metrics.k8s.io/<version>`.
+    Resources(ApiVersion),
+    /// `/apis/metrics.k8s.io/<version>/nodes`.
+    Nodes(ApiVersion),
+    /// `/apis/metrics.k8s.io/<version>/nodes/{name}`.
+    Node(ApiVersion, String),
     /// `.../pods` (namespace `None`) or `.../namespaces/{ns}/pods`.
-    Pods(Option<String>),
+    Pods(ApiVersion, Option<String>),
     /// `.../namespaces/{ns}/pods/{name}`.
-    Pod(String, String),
+    Pod(ApiVersion, String, String),
     /// `/openapi/v2`.
     OpenApiV2,
     /// `/openapi/v3`.
     OpenApiV3,
-    /// `/openapi/v3/apis/metrics.k8s.io/v1beta1`.
-    OpenApiV3Group,
+    /// `/openapi/v3/apis/metrics.k8s.io/<version>`.
+    OpenApiV3Group(ApiVersion),
     /// `/version`.
     Version,
     /// Nothing here.
@@ -63,35 +62,42 @@ impl Route {
         match path {
             "/apis" => return Route::Apis,
             "/apis/metrics.k8s.io" => return Route::Group,
-            PREFIX => return Route::Resources,
             "/openapi/v2" => return Route::OpenApiV2,
             "/openapi/v3" => return Route::OpenApiV3,
-            "/openapi/v3/apis/metrics.k8s.io/v1beta1" => return Route::OpenApiV3Group,
             "/version" => return Route::Version,
             _ => {}
         }
-        let Some(rest) = path.strip_prefix(PREFIX).and_then(|r| r.strip_prefix('/')) else { return Route::Unknown };
+        if let Some((v, "")) = path.strip_prefix("/openapi/v3").and_then(ApiVersion::strip) {
+            return Route::OpenApiV3Group(v);
+        }
+        let Some((v, rest)) = ApiVersion::strip(path) else { return Route::Unknown };
+        let Some(rest) = rest.strip_prefix('/') else { return Route::Resources(v) };
         let segments: Vec<String> = rest.split('/').map(percent_decode).collect();
         if segments.iter().any(String::is_empty) {
             return Route::Unknown;
         }
         match segments.as_slice() {
-            [n] if n == "nodes" => Route::Nodes,
-            [n, name] if n == "nodes" => Route::Node(name.clone()),
-            [p] if p == "pods" => Route::Pods(None),
-            [n, ns, p] if n == "namespaces" && p == "pods" => Route::Pods(Some(ns.clone())),
-            [n, ns, p, name] if n == "namespaces" && p == "pods" => Route::Pod(ns.clone(), name.clone()),
+            [n] if n == "nodes" => Route::Nodes(v),
+            [n, name] if n == "nodes" => Route::Node(v, name.clone()),
+            [p] if p == "pods" => Route::Pods(v, None),
+            [n, ns, p] if n == "namespaces" && p == "pods" => Route::Pods(v, Some(ns.clone())),
+            [n, ns, p, name] if n == "namespaces" && p == "pods" => Route::Pod(v, ns.clone(), name.clone()),
             _ => Route::Unknown,
         }
+    }
+
+    /// Whether this is a cluster-wide list (the expensive requests, run off the async workers).
+    pub fn is_cluster_list(&self) -> bool {
+        matches!(self, Route::Nodes(_) | Route::Pods(_, None))
     }
 
     /// The `resource` label of request metrics.
     pub fn resource(&self) -> &'static str {
         match self {
-            Route::Apis | Route::Group | Route::Resources => "discovery",
-            Route::Nodes | Route::Node(_) => "nodes",
-            Route::Pods(_) | Route::Pod(..) => "pods",
-            Route::OpenApiV2 | Route::OpenApiV3 | Route::OpenApiV3Group => "openapi",
+            Route::Apis | Route::Group | Route::Resources(_) => "discovery",
+            Route::Nodes(_) | Route::Node(..) => "nodes",
+            Route::Pods(..) | Route::Pod(..) => "pods",
+            Route::OpenApiV2 | Route::OpenApiV3 | Route::OpenApiV3Group(_) => "openapi",
             Route::Version => "version",
             Route::Unknown => "unknown",
         }
@@ -100,8 +106,8 @@ impl Route {
     /// The `verb` label of request metrics (Kubernetes verbs for resources).
     pub fn verb(&self, method: &Method, watch: bool) -> &'static str {
         match (self, method) {
-            (Route::Nodes | Route::Pods(_), &Method::GET) if watch => "watch",
-            (Route::Nodes | Route::Pods(_), &Method::GET) => "list",
+            (Route::Nodes(_) | Route::Pods(..), &Method::GET) if watch => "watch",
+            (Route::Nodes(_) | Route::Pods(..), &Method::GET) => "list",
             (_, &Method::GET) => "get",
             (_, &Method::HEAD) => "head",
             (_, &Method::POST) => "post",
@@ -307,12 +313,12 @@ impl Api {
                 None => doc(&self.docs.apis),
             },
             Route::Group => doc(&self.docs.group),
-            Route::Resources => doc(&self.docs.resources),
+            Route::Resources(v) => doc(self.docs.resources(*v)),
             Route::OpenApiV2 => doc(&self.docs.openapi_v2),
             Route::OpenApiV3 => doc(&self.docs.openapi_v3_index),
-            Route::OpenApiV3Group => doc(&self.docs.openapi_v3_group),
+            Route::OpenApiV3Group(v) => doc(self.docs.openapi_v3(*v)),
             Route::Version => doc(&self.docs.version),
-            Route::Nodes | Route::Pods(_) => {
+            Route::Nodes(v) | Route::Pods(v, _) => {
                 // kube-apiserver's ListResource order: media type (406), selector syntax and
                 // field names (400), watch (405), the list, then the Table conversion (400).
                 let encoding = negotiate(accept).ok_or_else(|| Status::not_acceptable(accept.unwrap_or("")))?;
@@ -322,30 +328,30 @@ impl Api {
                     return Err(Status::watch_not_supported(route.resource()));
                 }
                 let now_ms = self.clock.now_ms();
+                let out = Output::new(encoding, query, now_ms, *v);
                 match route {
-                    Route::Nodes => {
-                        let items = self.list_nodes(&labels, &fields, now_ms);
-                        Ok(Output::new(encoding, query, now_ms)?.nodes(items, false))
-                    }
-                    Route::Pods(ns) => {
+                    Route::Pods(_, ns) => {
                         let items = self.list_pods(ns.as_deref(), &labels, &fields, now_ms);
-                        Ok(Output::new(encoding, query, now_ms)?.pods(items, false))
+                        Ok(out?.pods(items, false))
                     }
-                    _ => Err(Status::path_not_found()),
+                    _ => {
+                        let items = self.list_nodes(&labels, &fields, now_ms);
+                        Ok(out?.nodes(items, false))
+                    }
                 }
             }
             // A single-object GET reads no selector and no `watch` (`GetOptions` has neither).
-            Route::Node(name) => {
+            Route::Node(v, name) => {
                 let encoding = negotiate(accept).ok_or_else(|| Status::not_acceptable(accept.unwrap_or("")))?;
                 let now_ms = self.clock.now_ms();
                 let item = self.get_node(name, now_ms)?;
-                Ok(Output::new(encoding, query, now_ms)?.nodes(vec![item], true))
+                Ok(Output::new(encoding, query, now_ms, *v)?.nodes(vec![item], true))
             }
-            Route::Pod(ns, name) => {
+            Route::Pod(v, ns, name) => {
                 let encoding = negotiate(accept).ok_or_else(|| Status::not_acceptable(accept.unwrap_or("")))?;
                 let now_ms = self.clock.now_ms();
                 let item = self.get_pod(ns, name, now_ms)?;
-                Ok(Output::new(encoding, query, now_ms)?.pods(vec![item], true))
+                Ok(Output::new(encoding, query, now_ms, *v)?.pods(vec![item], true))
             }
             Route::Unknown => Err(Status::path_not_found()),
         }
@@ -437,21 +443,22 @@ struct Output {
     encoding: Encoding,
     include: IncludeObject,
     now_ms: i64,
+    version: ApiVersion,
 }
 
 impl Output {
     /// `includeObject` is read only for a Table, once the objects are there (upstream converts
     /// the list to a Table after listing it, and only then checks the parameter).
-    fn new(encoding: Encoding, query: &Query, now_ms: i64) -> Result<Output, Status> {
+    fn new(encoding: Encoding, query: &Query, now_ms: i64, version: ApiVersion) -> Result<Output, Status> {
         let include = match encoding {
             Encoding::Table(_) => IncludeObject::parse(&query.include_object).map_err(Status::bad_request)?,
             _ => IncludeObject::default(),
         };
-        Ok(Output { encoding, include, now_ms })
+        Ok(Output { encoding, include, now_ms, version })
     }
 
     fn table_options(&self, version: super::media::TableVersion) -> TableOptions {
-        TableOptions { version, include: self.include, now_ms: self.now_ms }
+        TableOptions { version, include: self.include, now_ms: self.now_ms, api: self.version }
     }
 
     /// `single`: a GET of one object (not a list).
@@ -460,13 +467,13 @@ impl Output {
         let body = match (self.encoding, single) {
             (Encoding::Json, true) => {
                 let mut out = Vec::with_capacity(512);
-                json::write_node(&mut out, &items[0], self.now_ms, true);
+                json::write_node(&mut out, &items[0], self.now_ms, Some(self.version));
                 out.push(b'\n');
                 Body::full(out)
             }
-            (Encoding::Json, false) => json::node_list(items, self.now_ms),
-            (Encoding::Protobuf, true) => Body::full(protobuf::node(&items[0], self.now_ms)),
-            (Encoding::Protobuf, false) => protobuf::node_list(items, self.now_ms),
+            (Encoding::Json, false) => json::node_list(items, self.now_ms, self.version),
+            (Encoding::Protobuf, true) => Body::full(protobuf::node(&items[0], self.now_ms, self.version)),
+            (Encoding::Protobuf, false) => protobuf::node_list(items, self.now_ms, self.version),
             (Encoding::Table(v), _) => table::nodes(items, self.table_options(v)),
         };
         respond(StatusCode::OK, ct, body)
@@ -477,13 +484,13 @@ impl Output {
         let body = match (self.encoding, single) {
             (Encoding::Json, true) => {
                 let mut out = Vec::with_capacity(1024);
-                json::write_pod(&mut out, &items[0], self.now_ms, true);
+                json::write_pod(&mut out, &items[0], self.now_ms, Some(self.version));
                 out.push(b'\n');
                 Body::full(out)
             }
-            (Encoding::Json, false) => json::pod_list(items, self.now_ms),
-            (Encoding::Protobuf, true) => Body::full(protobuf::pod(&items[0], self.now_ms)),
-            (Encoding::Protobuf, false) => protobuf::pod_list(items, self.now_ms),
+            (Encoding::Json, false) => json::pod_list(items, self.now_ms, self.version),
+            (Encoding::Protobuf, true) => Body::full(protobuf::pod(&items[0], self.now_ms, self.version)),
+            (Encoding::Protobuf, false) => protobuf::pod_list(items, self.now_ms, self.version),
             (Encoding::Table(v), _) => table::pods(items, self.table_options(v)),
         };
         respond(StatusCode::OK, ct, body)
@@ -502,13 +509,19 @@ mod tests {
 
     #[test]
     fn paths_route_like_metrics_server() {
-        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/nodes"), Route::Nodes);
-        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/nodes/"), Route::Nodes);
-        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/nodes/n%2D1"), Route::Node("n-1".into()));
-        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/pods"), Route::Pods(None));
-        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces/a/pods"), Route::Pods(Some("a".into())));
-        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces/a/pods/p"), Route::Pod("a".into(), "p".into()));
-        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1"), Route::Resources);
+        use ApiVersion::{V1, V1beta1};
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/nodes"), Route::Nodes(V1beta1));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/nodes/"), Route::Nodes(V1beta1));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/nodes/n%2D1"), Route::Node(V1beta1, "n-1".into()));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/pods"), Route::Pods(V1beta1, None));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces/a/pods"), Route::Pods(V1beta1, Some("a".into())));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces/a/pods/p"), Route::Pod(V1beta1, "a".into(), "p".into()));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1"), Route::Resources(V1beta1));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1"), Route::Resources(V1));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1/namespaces/a/pods/p"), Route::Pod(V1, "a".into(), "p".into()));
+        assert_eq!(Route::parse("/openapi/v3/apis/metrics.k8s.io/v1"), Route::OpenApiV3Group(V1));
+        assert_eq!(Route::parse("/openapi/v3/apis/metrics.k8s.io/v1beta1"), Route::OpenApiV3Group(V1beta1));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v2/nodes"), Route::Unknown);
         assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces/a"), Route::Unknown);
         assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces//pods"), Route::Unknown);
         assert_eq!(Route::parse("/api/v1/nodes"), Route::Unknown);
@@ -627,6 +640,30 @@ mod tests {
         assert_eq!(h.verb, "delete");
         let (code, _, v) = get(&api, "/apis/nope", None);
         assert_eq!((code.as_u16(), v["kind"].as_str()), (404, Some("Status")));
+    }
+
+    #[test]
+    fn v1_serves_the_same_objects_as_v1beta1_with_its_own_api_version() {
+        let api = api();
+        for (path, kind) in [("nodes", "NodeMetricsList"), ("pods", "PodMetricsList"), ("namespaces/default/pods", "PodMetricsList")] {
+            let (code, _, v1) = get(&api, &format!("/apis/metrics.k8s.io/v1/{path}"), None);
+            let (_, _, beta) = get(&api, &format!("/apis/metrics.k8s.io/v1beta1/{path}"), None);
+            assert_eq!(code, 200);
+            assert_eq!((v1["kind"].as_str(), v1["apiVersion"].as_str()), (Some(kind), Some("metrics.k8s.io/v1")));
+            assert_eq!(v1["items"], beta["items"], "{path}");
+        }
+        let (_, _, pod) = get(&api, "/apis/metrics.k8s.io/v1/namespaces/default/pods/web-1", None);
+        assert_eq!(pod["apiVersion"], "metrics.k8s.io/v1");
+        let table = Some("application/json;as=Table;v=v1;g=meta.k8s.io");
+        let (_, _, t) = get(&api, "/apis/metrics.k8s.io/v1/nodes?includeObject=Object", table);
+        assert_eq!(t["rows"][0]["object"]["apiVersion"], "metrics.k8s.io/v1");
+        let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1", None);
+        assert_eq!((code.as_u16(), v["groupVersion"].as_str()), (200, Some("metrics.k8s.io/v1")));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/vnd.kubernetes.protobuf"));
+        let body = api.handle(&Method::GET, &"/apis/metrics.k8s.io/v1/pods".parse().expect("uri"), &headers).response.into_body().collect_bytes();
+        let (tm, _) = protobuf::decode_envelope(&body).expect("envelope");
+        assert_eq!(tm.api_version.as_deref(), Some("metrics.k8s.io/v1"));
     }
 
     #[test]

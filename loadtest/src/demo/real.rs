@@ -11,8 +11,9 @@
 //! - the frontends' serving certificate for `shardmetrics-frontend.kube-system.svc` (the name
 //!   the aggregator verifies), an ExternalName Service `shardmetrics-frontend` pointing at
 //!   127.0.0.1 (Endpoints refuse loopback addresses) in front of a kube-proxy stand-in
-//!   ([`crate::service_proxy`]), and the APIService `v1beta1.metrics.k8s.io` with the CA
-//!   bundle; the demo waits until the aggregator reports it `Available=True`;
+//!   ([`crate::service_proxy`]), and the APIServices `v1beta1.metrics.k8s.io` and
+//!   `v1.metrics.k8s.io` (preferred) with the CA bundle; the demo waits until the aggregator
+//!   reports both `Available=True`;
 //! - workloads: Deployments in five namespaces whose pods the scheduler binds to the simulated
 //!   nodes; their usage comes from the pod annotations `sim.shardmetrics.io/cpu-millicores` and
 //!   `sim.shardmetrics.io/memory-bytes` (change them with `kubectl annotate` and the kubelets
@@ -49,8 +50,8 @@ pub const NAMESPACES: &[&str] = &["default", "team-a", "team-b", "team-c", "batc
 pub const INSTALL_NAMESPACE: &str = "kube-system";
 /// The frontend Service the APIService names.
 pub const FRONTEND_SERVICE: &str = "shardmetrics-frontend";
-/// The APIService shardmetrics registers.
-pub const API_SERVICE: &str = "v1beta1.metrics.k8s.io";
+/// The APIServices shardmetrics registers: v1beta1 (kubectl's), and v1, preferred.
+pub const API_SERVICES: [(&str, &str, i32); 2] = [("v1beta1.metrics.k8s.io", "v1beta1", 100), ("v1.metrics.k8s.io", "v1", 200)];
 /// The user of [`NOACCESS_CONTEXT`]: authenticated by certificate, bound to nothing.
 pub const NOACCESS_USER: &str = "demo-noaccess";
 /// The manifests of `deploy/` the demo applies: identities and RBAC (the workloads run as
@@ -623,23 +624,25 @@ async fn register_api_service(admin: &kube::Client, proxy: SocketAddr, ca_pem: &
         .await
         .map_err(api_err("creating the frontend Service"))?;
     let api_services: Api<APIService> = Api::all(admin.clone());
-    let api_service = json!({
-        "apiVersion": "apiregistration.k8s.io/v1",
-        "kind": "APIService",
-        "metadata": {"name": API_SERVICE, "labels": {"app.kubernetes.io/name": "shardmetrics", "app.kubernetes.io/component": "apiservice"}},
-        "spec": {
-            "group": "metrics.k8s.io",
-            "version": "v1beta1",
-            "groupPriorityMinimum": 100,
-            "versionPriority": 100,
-            "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
-            "service": {"name": FRONTEND_SERVICE, "namespace": INSTALL_NAMESPACE, "port": proxy.port()},
-        },
-    });
-    api_services
-        .patch(API_SERVICE, &PatchParams::apply("shardmetrics-demo").force(), &Patch::Apply(&api_service))
-        .await
-        .map_err(api_err("registering the APIService"))?;
+    for (name, version, priority) in API_SERVICES {
+        let api_service = json!({
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "shardmetrics", "app.kubernetes.io/component": "apiservice"}},
+            "spec": {
+                "group": "metrics.k8s.io",
+                "version": version,
+                "groupPriorityMinimum": 100,
+                "versionPriority": priority,
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+                "service": {"name": FRONTEND_SERVICE, "namespace": INSTALL_NAMESPACE, "port": proxy.port()},
+            },
+        });
+        api_services
+            .patch(name, &PatchParams::apply("shardmetrics-demo").force(), &Patch::Apply(&api_service))
+            .await
+            .map_err(api_err(format!("registering the APIService {name}")))?;
+    }
     Ok(())
 }
 
@@ -662,25 +665,28 @@ async fn wait_pods_running(agent: &NodeAgent, pods: usize, timeout: Duration, lo
     }
 }
 
-/// Waits until the aggregator reports the APIService `Available=True`.
+/// Waits until the aggregator reports every APIService of [`API_SERVICES`] `Available=True`.
 pub async fn wait_available(admin: &kube::Client, timeout: Duration, logs: &str) -> Result<(), RealDemoError> {
     let api: Api<APIService> = Api::all(admin.clone());
     let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let last = match api.get(API_SERVICE).await {
-            Ok(s) => {
-                let conditions = s.status.and_then(|s| s.conditions).unwrap_or_default();
-                match conditions.iter().find(|c| c.type_ == "Available") {
-                    Some(c) if c.status == "True" => return Ok(()),
-                    Some(c) => format!("Available={} ({}: {})", c.status, c.reason.as_deref().unwrap_or(""), c.message.as_deref().unwrap_or("")),
-                    None => "no Available condition yet".into(),
+    'services: for (name, _, _) in API_SERVICES {
+        loop {
+            let last = match api.get(name).await {
+                Ok(s) => {
+                    let conditions = s.status.and_then(|s| s.conditions).unwrap_or_default();
+                    match conditions.iter().find(|c| c.type_ == "Available") {
+                        Some(c) if c.status == "True" => continue 'services,
+                        Some(c) => format!("Available={} ({}: {})", c.status, c.reason.as_deref().unwrap_or(""), c.message.as_deref().unwrap_or("")),
+                        None => "no Available condition yet".into(),
+                    }
                 }
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RealDemoError::Timeout { what: format!("APIService {name} was not Available"), timeout, last, logs: logs.to_owned() });
             }
-            Err(e) => e.to_string(),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            return Err(RealDemoError::Timeout { what: format!("APIService {API_SERVICE} was not Available"), timeout, last, logs: logs.to_owned() });
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    Ok(())
 }

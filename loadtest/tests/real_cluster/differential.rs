@@ -284,6 +284,13 @@ async fn fetch_round(pair: &Pair, pod: &str) -> Vec<(String, Answer, Answer)> {
         let (a, b) = pair.get(path, accept).await;
         out.push((format!("{path} ({})", accept.unwrap_or("json")), a, b));
     }
+    // shardmetrics' v1 against metrics-server's v1beta1: the same but for `apiVersion`.
+    for path in ["nodes", "pods"] {
+        let (ga, beta) = (format!("/apis/metrics.k8s.io/v1/{path}"), format!("/apis/metrics.k8s.io/v1beta1/{path}"));
+        let (a, b) = tokio::join!(pair.one(pair.ours, &ga, None), pair.one(pair.theirs, &beta, None));
+        let b = Answer { body: String::from_utf8_lossy(&b.body).replace("metrics.k8s.io/v1beta1", "metrics.k8s.io/v1").into_bytes(), ..b };
+        out.push((format!("/apis/metrics.k8s.io/v1/{path} (json, as v1beta1)"), a, b));
+    }
     out
 }
 
@@ -328,6 +335,12 @@ async fn shardmetrics_answers_as_metrics_server_does_for_the_same_kubelet_sample
         let (mut x, mut y) = (a.json(), b.json());
         own_address(&mut x, pair.ours);
         own_address(&mut y, pair.theirs);
+        // The one deliberate difference: shardmetrics also serves v1, preferred.
+        if accept.is_some() {
+            aggregated_with_v1(&mut y);
+        } else {
+            with_v1(&mut y);
+        }
         if let Some(d) = diff(path, &x, &y) {
             problems.push(format!("discovery: {d}\n  shardmetrics:   {}\n  metrics-server: {}", a.text(), b.text()));
         }
@@ -480,6 +493,37 @@ async fn shardmetrics_answers_as_metrics_server_does_for_the_same_kubelet_sample
     drop(peers);
     demo.shutdown().await;
     assert!(problems.is_empty(), "shardmetrics and metrics-server differ:\n{}", problems.join("\n"));
+}
+
+/// metrics-server's discovery document as it reads with `metrics.k8s.io/v1` served too and
+/// preferred: the v1 entry before the v1beta1 one, the same resources.
+fn with_v1(v: &mut Value) {
+    let gv = json!({"groupVersion": "metrics.k8s.io/v1", "version": "v1"});
+    let add = |g: &mut Value| {
+        if let Some(versions) = g["versions"].as_array_mut() {
+            versions.insert(0, gv.clone());
+            g["preferredVersion"] = gv.clone();
+        }
+    };
+    if v.get("name").is_some_and(|n| n == "metrics.k8s.io") {
+        add(v);
+    }
+    for g in v["groups"].as_array_mut().into_iter().flatten() {
+        add(g);
+    }
+}
+
+/// The same for aggregated discovery (`APIGroupDiscoveryList`).
+fn aggregated_with_v1(v: &mut Value) {
+    for item in v["items"].as_array_mut().into_iter().flatten() {
+        if let Some(versions) = item["versions"].as_array_mut()
+            && let Some(beta) = versions.first().cloned()
+        {
+            let mut ga = beta;
+            ga["version"] = json!("v1");
+            versions.insert(0, ga);
+        }
+    }
 }
 
 /// The first 600 characters (lists are long).
