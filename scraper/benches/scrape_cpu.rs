@@ -193,7 +193,7 @@ impl Pipeline {
         let parsed = parse_resource_metrics(&self.target.name, &body, now_ms)?;
         let frame = self.hub.encode_scrape(&parsed.scrape);
         let samples = parsed.scrape.sample_count();
-        self.hub.publish_scrape(Arc::new(parsed.scrape), frame);
+        self.hub.publish_scrape(&parsed.scrape.node, frame);
         while let Some(Some(batch)) = self.subscription.next().now_or_never() {
             batch.map_err(|s| anyhow::anyhow!("subscription: {s}"))?;
         }
@@ -210,7 +210,7 @@ fn full_hub(pods: usize) -> anyhow::Result<Arc<Hub>> {
             let body = fixture::resource_metrics(&PayloadSpec { pods, seed: (i * 2 + t) as u64, timestamp_ms: 1_700_000_000_000 + t as i64 });
             let parsed = parse_resource_metrics(&node, &body, 1_700_000_000_000 + t as i64)?;
             let frame = hub.encode_scrape(&parsed.scrape);
-            hub.publish_scrape(Arc::new(parsed.scrape), frame);
+            hub.publish_scrape(&node, frame);
         }
     }
     Ok(hub)

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shardmetrics_plumbing::clock::SharedClock;
-use shardmetrics_proto::{NodeReleased, NodeScrape, ReleaseReason};
+use shardmetrics_proto::{NodeReleased, ReleaseReason};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
@@ -135,10 +135,16 @@ struct Outcome {
     result: Result<Scraped, ScrapeError>,
 }
 
+/// What a successful scrape leaves for the scheduler: the encoded batch and its counts (the
+/// decoded `NodeScrape` is dropped in the task once encoded).
 struct Scraped {
-    scrape: Arc<NodeScrape>,
+    /// The scrape's live `SampleBatch`, encoded once, for the hub.
     frame: bytes::Bytes,
+    /// Samples shipped: node points plus containers.
+    samples: usize,
+    /// Samples of kept families thrown away (NaN, negative, missing labels).
     rejected_samples: u32,
+    /// Containers (or node points) left out for lack of a CPU or memory sample.
     incomplete_containers: u32,
 }
 
@@ -333,10 +339,10 @@ fn handle_outcome(node: &str, generation: u64, outcome: Outcome, nodes: &mut Has
             if changed {
                 tracing::info!(node = %node, "scrapes succeeding");
             }
-            metrics.samples_total.inc_by(s.scrape.sample_count() as u64);
+            metrics.samples_total.inc_by(s.samples as u64);
             metrics.rejected_samples_total.inc_by(u64::from(s.rejected_samples));
             metrics.incomplete_containers_total.inc_by(u64::from(s.incomplete_containers));
-            hub.publish_scrape(s.scrape, s.frame);
+            hub.publish_scrape(node, s.frame);
         }
         Err(err) => {
             if changed {
@@ -360,10 +366,9 @@ async fn scrape_one<S: KubeletSource>(
             let scraped_at_ms = clock.now_ms();
             match parse_resource_metrics(&target.name, &body, scraped_at_ms) {
                 Ok(parsed) => {
-                    let frame = hub.encode_scrape(&parsed.scrape);
                     Ok(Scraped {
-                        scrape: Arc::new(parsed.scrape),
-                        frame,
+                        frame: hub.encode_scrape(&parsed.scrape),
+                        samples: parsed.scrape.sample_count(),
                         rejected_samples: parsed.rejected_samples,
                         incomplete_containers: parsed.incomplete_containers,
                     })

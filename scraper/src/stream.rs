@@ -136,17 +136,17 @@ impl Hub {
         false
     }
 
-    /// Buffers a scrape and queues its encoded batch to every subscriber (unless the batch is
-    /// over `--grpc-max-message-bytes`: then neither).
-    pub fn publish_scrape(&self, scrape: Arc<NodeScrape>, frame: Bytes) {
-        if !self.fits(&frame, &scrape.node) {
+    /// Buffers a scrape of `node` (its batch from [`Hub::encode_scrape`]) and queues it to every
+    /// subscriber (unless the batch is over `--grpc-max-message-bytes`: then neither).
+    pub fn publish_scrape(&self, node: &str, frame: Bytes) {
+        if !self.fits(&frame, node) {
             return;
         }
         let mut state = self.lock();
         if state.closed {
             return;
         }
-        state.buffer.push(&scrape.node, frame.clone());
+        state.buffer.push(node, frame.clone());
         self.fan_out(&mut state, frame);
     }
 
@@ -516,14 +516,13 @@ mod tests {
         ShardIdentity { shard_id: "s0".into(), epoch: 7 }
     }
 
-    fn scrape(node: &str, t: i64) -> Arc<NodeScrape> {
-        Arc::new(NodeScrape { node: node.into(), scraped_at_ms: t, node_usage: None, pods: vec![] })
+    fn scrape(node: &str, t: i64) -> NodeScrape {
+        NodeScrape { node: node.into(), scraped_at_ms: t, node_usage: None, pods: vec![] }
     }
 
     fn publish(hub: &Hub, node: &str, t: i64) {
-        let s = scrape(node, t);
-        let f = hub.encode_scrape(&s);
-        hub.publish_scrape(s, f);
+        let f = hub.encode_scrape(&scrape(node, t));
+        hub.publish_scrape(node, f);
     }
 
     fn decode(b: Bytes) -> shardmetrics_proto::Batch {
@@ -558,10 +557,10 @@ mod tests {
         let hub = Hub::with_max_message_bytes(shard(), 4, 64, metrics.clone());
         let mut sub = hub.subscribe("fe".into()).unwrap();
         assert!(decode(sub.next().await.unwrap().unwrap()).snapshot_complete);
-        let big = Arc::new(NodeScrape { node: "n".repeat(100), scraped_at_ms: 1, node_usage: None, pods: vec![] });
+        let big = NodeScrape { node: "n".repeat(100), scraped_at_ms: 1, node_usage: None, pods: vec![] };
         let frame = hub.encode_scrape(&big);
         assert!(frame.len() > 64);
-        hub.publish_scrape(big, frame);
+        hub.publish_scrape(&big.node, frame);
         assert_eq!(hub.buffered_nodes(), 0);
         publish(&hub, "small", 2);
         let live = decode(sub.next().await.unwrap().unwrap());

@@ -20,14 +20,14 @@ fn shard() -> ShardIdentity {
     ShardIdentity { shard_id: "shardmetrics-scraper-0".into(), epoch: 99 }
 }
 
-fn real_scrape(node: &str, t: i64) -> Arc<NodeScrape> {
+fn real_scrape(node: &str, t: i64) -> NodeScrape {
     let body = resource_metrics(&PayloadSpec { pods: 30, seed: t as u64, timestamp_ms: t });
-    Arc::new(parse_resource_metrics(node, &body, t).unwrap().scrape)
+    parse_resource_metrics(node, &body, t).unwrap().scrape
 }
 
-fn publish(hub: &Hub, s: Arc<NodeScrape>) {
-    let f = hub.encode_scrape(&s);
-    hub.publish_scrape(s, f);
+fn publish(hub: &Hub, s: &NodeScrape) {
+    let f = hub.encode_scrape(s);
+    hub.publish_scrape(&s.node, f);
 }
 
 async fn start(hub: Arc<Hub>, tls: Option<GrpcTls>) -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
@@ -53,9 +53,9 @@ async fn plain_client(addr: &str) -> SampleStreamClient<Channel> {
 async fn a_frontend_gets_the_last_two_scrapes_per_node_then_live_scrapes_and_releases() {
     let hub = Hub::new(shard(), 64, Metrics::new());
     for t in [1_000, 2_000, 3_000] {
-        publish(&hub, real_scrape("node-a", t));
+        publish(&hub, &real_scrape("node-a", t));
     }
-    publish(&hub, real_scrape("node-b", 1_500));
+    publish(&hub, &real_scrape("node-b", 1_500));
     let (addr, stop, server) = start(hub.clone(), None).await;
 
     let mut stream = plain_client(&addr).await.subscribe(SubscribeRequest { subscriber: "frontend-0".into() }).await.unwrap().into_inner();
@@ -64,13 +64,13 @@ async fn a_frontend_gets_the_last_two_scrapes_per_node_then_live_scrapes_and_rel
     assert_eq!(snap.shard, shard());
     let got: Vec<(&str, i64)> = snap.scrapes.iter().map(|s| (s.node.as_str(), s.scraped_at_ms)).collect();
     assert_eq!(got, vec![("node-a", 2_000), ("node-a", 3_000), ("node-b", 1_500)]);
-    assert_eq!(snap.scrapes[1], *real_scrape("node-a", 3_000), "samples survive the wire unchanged");
+    assert_eq!(snap.scrapes[1], real_scrape("node-a", 3_000), "samples survive the wire unchanged");
 
     let live = real_scrape("node-b", 2_500);
-    publish(&hub, live.clone());
+    publish(&hub, &live);
     let b = decode_batch(stream.message().await.unwrap().unwrap()).unwrap();
     assert!(!b.snapshot_complete);
-    assert_eq!(b.scrapes, vec![(*live).clone()]);
+    assert_eq!(b.scrapes, vec![live]);
 
     hub.publish_released(vec![NodeReleased { node: "node-a".into(), reason: ReleaseReason::OwnershipMoved }]);
     let b = decode_batch(stream.message().await.unwrap().unwrap()).unwrap();
@@ -108,7 +108,7 @@ async fn a_slow_frontend_is_dropped_with_resource_exhausted_while_a_fast_one_get
         (n, fast)
     });
     for _ in 0..total {
-        hub.publish_scrape(scrape.clone(), frame.clone());
+        hub.publish_scrape(&scrape.node, frame.clone());
         tokio::task::yield_now().await;
         if metrics.subscribers_dropped_total.get() == 0 {
             tokio::time::sleep(Duration::from_micros(200)).await;
