@@ -216,9 +216,15 @@ fn full_hub(pods: usize) -> anyhow::Result<Arc<Hub>> {
     Ok(hub)
 }
 
-/// Subscribes `rounds` times and takes each whole snapshot; returns the snapshot bytes sent.
+/// The collected part of the `snapshot` mode (the warm-up calls [`take_snapshots`] directly, so
+/// it is not counted and Ir / N is per snapshot).
 #[inline(never)]
 fn measured_snapshot(rt: &tokio::runtime::Runtime, hub: &Arc<Hub>, rounds: usize) -> anyhow::Result<usize> {
+    take_snapshots(rt, hub, rounds)
+}
+
+/// Subscribes `rounds` times and takes each whole snapshot; returns the snapshot bytes sent.
+fn take_snapshots(rt: &tokio::runtime::Runtime, hub: &Arc<Hub>, rounds: usize) -> anyhow::Result<usize> {
     rt.block_on(async {
         let mut bytes = 0;
         for _ in 0..rounds {
@@ -269,7 +275,7 @@ fn main() -> anyhow::Result<()> {
     if mode == "snapshot" {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let hub = full_hub(pods)?;
-        measured_snapshot(&rt, &hub, 1)?;
+        take_snapshots(&rt, &hub, 1)?;
         let started = Instant::now();
         let bytes = measured_snapshot(&rt, &hub, rounds)?;
         let per = started.elapsed() / u32::try_from(rounds.max(1))?;

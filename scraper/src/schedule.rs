@@ -480,6 +480,11 @@ mod tests {
         decode_batch(SampleBatch::decode(sub.next().await.unwrap().unwrap()).unwrap()).unwrap()
     }
 
+    /// Reads `sub`'s snapshot (one message per buffered scrape) up to its `snapshot_complete`.
+    async fn skip_snapshot(sub: &mut Subscription) {
+        while !next_batch(sub).await.snapshot_complete {}
+    }
+
     fn names(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("node-{i:04}")).collect()
     }
@@ -723,7 +728,7 @@ mod tests {
         let mut h = start(&["node-a", "node-b"], 8);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let mut sub = h.hub.subscribe("test".into()).unwrap();
-        let _snapshot = next_batch(&mut sub).await;
+        skip_snapshot(&mut sub).await;
         let _ = h.stop.take().unwrap().send(());
         (&mut h.task).await.unwrap();
         let b = next_batch(&mut sub).await;

@@ -59,12 +59,21 @@ async fn a_frontend_gets_the_last_two_scrapes_per_node_then_live_scrapes_and_rel
     let (addr, stop, server) = start(hub.clone(), None).await;
 
     let mut stream = plain_client(&addr).await.subscribe(SubscribeRequest { subscriber: "frontend-0".into() }).await.unwrap().into_inner();
-    let snap = decode_batch(stream.message().await.unwrap().unwrap()).unwrap();
-    assert!(snap.snapshot_complete);
-    assert_eq!(snap.shard, shard());
-    let got: Vec<(&str, i64)> = snap.scrapes.iter().map(|s| (s.node.as_str(), s.scraped_at_ms)).collect();
+    // The snapshot: one message per buffered scrape, then an empty `snapshot_complete` one.
+    let mut snap = Vec::new();
+    loop {
+        let b = decode_batch(stream.message().await.unwrap().unwrap()).unwrap();
+        assert_eq!(b.shard, shard());
+        if b.snapshot_complete {
+            assert!(b.scrapes.is_empty() && b.released.is_empty());
+            break;
+        }
+        assert_eq!(b.scrapes.len(), 1);
+        snap.extend(b.scrapes);
+    }
+    let got: Vec<(&str, i64)> = snap.iter().map(|s| (s.node.as_str(), s.scraped_at_ms)).collect();
     assert_eq!(got, vec![("node-a", 2_000), ("node-a", 3_000), ("node-b", 1_500)]);
-    assert_eq!(snap.scrapes[1], real_scrape("node-a", 3_000), "samples survive the wire unchanged");
+    assert_eq!(snap[1], real_scrape("node-a", 3_000), "samples survive the wire unchanged");
 
     let live = real_scrape("node-b", 2_500);
     publish(&hub, &live);
