@@ -50,6 +50,7 @@ use crate::config::Config;
 use crate::kubelet::KubeletSource;
 use crate::membership::{LeaseHolder, LeaseSettings};
 use crate::metrics::Metrics;
+use crate::schedule::{Pipeline, Scheduler};
 use crate::stream::Hub;
 
 /// The sockets a shard serves on, bound by the caller (tests bind `127.0.0.1:0`).
@@ -157,17 +158,10 @@ pub async fn run<S: KubeletSource>(
         let _ = admin_stopped.await;
     }));
     let (sched_stop, sched_stopped) = oneshot::channel::<()>();
-    let sched_task = tokio::spawn(schedule::run(
-        config.schedule,
-        Arc::new(kubelets),
-        assignment_rx,
-        hub.clone(),
-        metrics.clone(),
-        clock,
-        async {
-            let _ = sched_stopped.await;
-        },
-    ));
+    let pipeline = Pipeline::new(Arc::new(kubelets), config.schedule.max_concurrent, hub.clone(), metrics.clone(), clock);
+    let sched_task = tokio::spawn(Scheduler::new(config.schedule, pipeline).run(assignment_rx, async {
+        let _ = sched_stopped.await;
+    }));
 
     let _guard = TaskGuard(
         [&nodes_task, &members_task, &assignment_task, &health_task]

@@ -1,5 +1,5 @@
-//! When each owned node is scraped, and the scrape pipeline itself (fetch → parse → encode →
-//! publish).
+//! When each owned node is scraped ([`Scheduler`]), apart from what a scrape does
+//! ([`Pipeline`]: fetch → parse → encode → publish).
 //!
 //! Every owned node is scraped once per resolution at a stable phase offset derived from a
 //! hash of its name and anchored to wall-clock time, so load is spread evenly over the
@@ -131,8 +131,19 @@ impl Slots {
 struct Outcome {
     /// When the fetch began (after waiting for a permit).
     started: Instant,
+    /// Fetch and parse together (encoding included).
     duration: Duration,
     result: Result<Scraped, ScrapeError>,
+}
+
+impl Outcome {
+    /// The `result` label of `shardmetrics_scraper_scrapes_total`.
+    fn label(&self) -> &'static str {
+        match &self.result {
+            Ok(_) => "success",
+            Err(e) => e.result_label(),
+        }
+    }
 }
 
 /// What a successful scrape leaves for the scheduler: the encoded batch and its counts (the
@@ -148,6 +159,83 @@ struct Scraped {
     incomplete_containers: u32,
 }
 
+/// The "what" of a scrape, apart from the "when" ([`Scheduler`]): fetch one node within the
+/// concurrency bound → parse → encode (in a scrape task) → count and publish (back on the
+/// scheduler, for a node it still owns). Shared by every scrape task.
+pub struct Pipeline<S> {
+    /// Where scrape bodies come from: the kubelet client (a fake fleet in tests).
+    source: Arc<S>,
+    /// `--max-concurrent-scrapes` permits; a scrape holds one from fetch to encode.
+    permits: Arc<Semaphore>,
+    /// Where encoded scrapes and node releases go.
+    hub: Arc<Hub>,
+    /// Self-metrics: scrape results and durations, samples, owned and known nodes.
+    metrics: Metrics,
+    /// Wall clock: each scrape's `scraped_at_ms`, and the slots' anchor.
+    clock: SharedClock,
+}
+
+impl<S> std::fmt::Debug for Pipeline<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("hub", &self.hub).field("permits", &self.permits.available_permits()).finish_non_exhaustive()
+    }
+}
+
+impl<S: KubeletSource> Pipeline<S> {
+    /// A pipeline fetching from `source` with at most `max_concurrent` scrapes (at least 1)
+    /// queued or running at once, publishing to `hub`.
+    pub fn new(source: Arc<S>, max_concurrent: usize, hub: Arc<Hub>, metrics: Metrics, clock: SharedClock) -> Pipeline<S> {
+        Pipeline { source, permits: Arc::new(Semaphore::new(max_concurrent.max(1))), hub, metrics, clock }
+    }
+
+    /// One scrape of `target`: wait for a permit, fetch, parse, encode.
+    async fn scrape(self: Arc<Self>, target: NodeTarget) -> Outcome {
+        let _permit = self.permits.clone().acquire_owned().await;
+        let started = Instant::now();
+        let result = match self.source.fetch(&target).await {
+            Ok(body) => {
+                let scraped_at_ms = self.clock.now_ms();
+                match parse_resource_metrics(&target.name, &body, scraped_at_ms) {
+                    Ok(parsed) => Ok(Scraped {
+                        frame: self.hub.encode_scrape(&parsed.scrape),
+                        samples: parsed.scrape.sample_count(),
+                        rejected_samples: parsed.rejected_samples,
+                        incomplete_containers: parsed.incomplete_containers,
+                    }),
+                    Err(e) => Err(ScrapeError::Parse(e)),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        Outcome { started, duration: started.elapsed(), result }
+    }
+
+    /// Counts a finished scrape of `target` and publishes it if it succeeded; logs only when the
+    /// node's result changed since its previous scrape (`changed`).
+    fn publish(&self, target: &NodeTarget, outcome: Outcome, changed: bool) {
+        let metrics = &self.metrics;
+        metrics.scrape_duration_seconds.observe(outcome.duration.as_secs_f64());
+        metrics.scrapes_total.with_label_values(&[outcome.label()]).inc();
+        match outcome.result {
+            Ok(s) => {
+                if changed {
+                    tracing::info!(node = %target.name, "scrapes succeeding");
+                }
+                metrics.samples_total.inc_by(s.samples as u64);
+                metrics.rejected_samples_total.inc_by(u64::from(s.rejected_samples));
+                metrics.incomplete_containers_total.inc_by(u64::from(s.incomplete_containers));
+                self.hub.publish_scrape(&target.name, s.frame);
+            }
+            Err(err) => {
+                if changed {
+                    tracing::warn!(node = %target.name, host = %target.host, port = target.port, error = %err, "scrape failed");
+                }
+            }
+        }
+    }
+}
+
+/// One owned node, as the scheduler tracks it.
 struct NodeState {
     target: NodeTarget,
     phase: Duration,
@@ -160,90 +248,192 @@ struct NodeState {
     last_started: Option<Instant>,
 }
 
-/// Runs the scheduler until `shutdown` resolves; then aborts in-flight scrapes and publishes a
-/// `Shutdown` release of every owned node.
-pub async fn run<S: KubeletSource>(
+/// A node's next slot in the due queue: when, for which generation of its ownership, which node.
+type Due = Reverse<(Instant, u64, String)>;
+
+/// The "when" of scraping: each owned node's slots, what a hand-over means for its first
+/// scrape, the due queue and the scrape tasks in flight (one per node at most). What a scrape
+/// does is the [`Pipeline`]'s.
+pub struct Scheduler<S> {
     config: ScheduleConfig,
-    source: Arc<S>,
-    mut assignments: watch::Receiver<Assignment>,
-    hub: Arc<Hub>,
-    metrics: Metrics,
-    clock: SharedClock,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let slots = Slots::new(&clock, config.resolution);
-    let permits = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
-    let mut nodes: HashMap<String, NodeState> = HashMap::new();
-    let mut due: BinaryHeap<Reverse<(Instant, u64, String)>> = BinaryHeap::new();
-    let mut tasks: JoinSet<Outcome> = JoinSet::new();
-    let mut running: HashMap<tokio::task::Id, (String, u64)> = HashMap::new();
-    let mut next_generation: u64 = 1;
-    tokio::pin!(shutdown);
+    slots: Slots,
+    /// Owned nodes by name.
+    nodes: HashMap<String, NodeState>,
+    /// Every owned node's next slot, earliest first; entries of an older generation are stale.
+    due: BinaryHeap<Due>,
+    /// The generation the next newly owned node gets.
+    next_generation: u64,
+    /// Scrape tasks queued or running.
+    tasks: JoinSet<Outcome>,
+    /// Which node (and generation) each task in `tasks` scrapes.
+    running: HashMap<tokio::task::Id, (String, u64)>,
+    pipeline: Arc<Pipeline<S>>,
+}
 
-    let initial = assignments.borrow_and_update().clone();
-    apply_assignment(&initial, &slots, &clock, &mut nodes, &mut due, &mut next_generation, &hub, &metrics);
+impl<S> std::fmt::Debug for Scheduler<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").field("config", &self.config).field("owned", &self.nodes.len()).finish_non_exhaustive()
+    }
+}
 
-    loop {
-        let next_due = due.peek().map(|Reverse((at, _, _))| *at);
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            changed = assignments.changed() => {
-                if changed.is_err() {
-                    break;
+impl<S: KubeletSource> Scheduler<S> {
+    /// A scheduler owning no node yet, its slots anchored to the pipeline's wall clock now.
+    pub fn new(config: ScheduleConfig, pipeline: Pipeline<S>) -> Scheduler<S> {
+        Scheduler {
+            config,
+            slots: Slots::new(&pipeline.clock, config.resolution),
+            nodes: HashMap::new(),
+            due: BinaryHeap::new(),
+            next_generation: 1,
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            pipeline: Arc::new(pipeline),
+        }
+    }
+
+    /// Scrapes what `assignments` says this shard owns until `shutdown` resolves (or the
+    /// assignments close); then aborts in-flight scrapes and publishes a `Shutdown` release of
+    /// every owned node.
+    pub async fn run(mut self, mut assignments: watch::Receiver<Assignment>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let initial = assignments.borrow_and_update().clone();
+        self.apply(&initial);
+        loop {
+            let next_due = self.due.peek().map(|Reverse((at, _, _))| *at);
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                changed = assignments.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let a = assignments.borrow_and_update().clone();
+                    self.apply(&a);
                 }
-                let a = assignments.borrow_and_update().clone();
-                apply_assignment(&a, &slots, &clock, &mut nodes, &mut due, &mut next_generation, &hub, &metrics);
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finish(joined),
+                _ = sleep_until_opt(next_due) => self.start_due(Instant::now()),
             }
-            Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                let (id, outcome) = match joined {
-                    Ok((id, outcome)) => (id, Ok(outcome)),
-                    Err(err) => (err.id(), Err(err)),
-                };
-                let Some((node, generation)) = running.remove(&id) else { continue };
-                match outcome {
-                    Ok(outcome) => handle_outcome(&node, generation, outcome, &mut nodes, &hub, &metrics),
-                    Err(err) => {
-                        if let Some(state) = nodes.get_mut(&node).filter(|s| s.generation == generation) {
-                            state.busy = None;
-                        }
-                        if err.is_panic() {
-                            tracing::error!(node = %node, "scrape task panicked");
-                        }
+        }
+        self.tasks.abort_all();
+        let released: Vec<NodeReleased> = self.nodes.keys().map(|n| NodeReleased { node: n.clone(), reason: ReleaseReason::Shutdown }).collect();
+        self.pipeline.metrics.owned_nodes.set(0);
+        self.pipeline.hub.publish_released(released);
+    }
+
+    /// Takes on a new assignment: releases (and stops scraping) nodes no longer owned, follows
+    /// address changes, and queues each newly owned node's first scrape.
+    fn apply(&mut self, a: &Assignment) {
+        let now = Instant::now();
+        let now_ms = self.pipeline.clock.now_ms();
+        let resolution = self.slots.resolution;
+        let mut released = Vec::new();
+        self.nodes.retain(|name, state| {
+            if a.owned.contains_key(name) {
+                return true;
+            }
+            if let Some(h) = state.busy.take() {
+                h.abort();
+            }
+            let reason = if a.known.contains(name) { ReleaseReason::OwnershipMoved } else { ReleaseReason::NodeDeleted };
+            released.push(NodeReleased { node: name.clone(), reason });
+            false
+        });
+        for (name, target) in a.owned.iter() {
+            match self.nodes.get_mut(name) {
+                Some(state) => {
+                    if state.target != *target {
+                        tracing::info!(node = %name, host = %target.host, port = target.port, "kubelet address changed");
+                        state.target = target.clone();
                     }
                 }
+                None => {
+                    let generation = self.next_generation;
+                    self.next_generation += 1;
+                    let phase = phase_offset(name, resolution);
+                    self.nodes.insert(
+                        name.clone(),
+                        NodeState { target: target.clone(), phase, generation, busy: None, last_result: None, last_started: None },
+                    );
+                    // First scrape at once (later ones at the node's phase), unless the previous
+                    // owner scraped it within the last resolution: then at the phase right away.
+                    let handover = a.handovers.get(name).filter(|h| h.scraped_within(resolution, now_ms));
+                    let first = match handover {
+                        // A slot that fell while the move was computed here: a departed owner had
+                        // stopped, a live one released the node when it noticed the same change
+                        // (missed unless it was slower than this shard: then a duplicate, the
+                        // lesser evil for freshness).
+                        Some(h) if self.slots.next(phase, h.noticed_at) < now => now,
+                        Some(_) => self.slots.next(phase, now),
+                        None => now,
+                    };
+                    self.due.push(Reverse((first, generation, name.clone())));
+                }
             }
-            _ = sleep_until_opt(next_due) => {
-                let now = Instant::now();
-                while due.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
-                    let Some(Reverse((at, generation, name))) = due.pop() else { break };
-                    let Some(state) = nodes.get_mut(&name) else { continue };
-                    if state.generation != generation {
-                        continue;
-                    }
-                    let after = at.max(now) + config.resolution / 2;
-                    due.push(Reverse((slots.next(state.phase, after), generation, name.clone())));
-                    if state.busy.is_some() {
-                        metrics.scrapes_skipped_total.inc();
-                        tracing::debug!(node = %name, "previous scrape still queued or running; skipping this round");
-                        continue;
-                    }
-                    if state.last_started.is_some_and(|t| now.saturating_duration_since(t) < config.resolution / 2) {
-                        tracing::debug!(node = %name, "scraped less than half a resolution ago (first scrape after a move); skipping this slot");
-                        continue;
-                    }
-                    let handle = tasks.spawn(scrape_one(source.clone(), state.target.clone(), permits.clone(), hub.clone(), clock.clone()));
-                    running.insert(handle.id(), (name, generation));
-                    state.busy = Some(handle);
+        }
+        let metrics = &self.pipeline.metrics;
+        if !released.is_empty() {
+            tracing::info!(released = released.len(), "nodes released");
+            self.pipeline.hub.publish_released(released);
+        }
+        metrics.owned_nodes.set(self.nodes.len() as i64);
+        metrics.known_nodes.set(a.known.len() as i64);
+    }
+
+    /// Starts the scrape of every node whose slot has come by `now` and queues its next slot;
+    /// a node still busy, or scraped less than half a resolution ago, skips this slot.
+    fn start_due(&mut self, now: Instant) {
+        while self.due.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
+            let Some(Reverse((at, generation, name))) = self.due.pop() else { break };
+            let Some(state) = self.nodes.get_mut(&name) else { continue };
+            if state.generation != generation {
+                continue;
+            }
+            let after = at.max(now) + self.config.resolution / 2;
+            self.due.push(Reverse((self.slots.next(state.phase, after), generation, name.clone())));
+            if state.busy.is_some() {
+                self.pipeline.metrics.scrapes_skipped_total.inc();
+                tracing::debug!(node = %name, "previous scrape still queued or running; skipping this round");
+                continue;
+            }
+            if state.last_started.is_some_and(|t| now.saturating_duration_since(t) < self.config.resolution / 2) {
+                tracing::debug!(node = %name, "scraped less than half a resolution ago (first scrape after a move); skipping this slot");
+                continue;
+            }
+            let handle = self.tasks.spawn(self.pipeline.clone().scrape(state.target.clone()));
+            self.running.insert(handle.id(), (name, generation));
+            state.busy = Some(handle);
+        }
+    }
+
+    /// A scrape task ended: unless its node was released (or re-acquired) meanwhile, record it
+    /// and hand it to the pipeline to count and publish.
+    fn finish(&mut self, joined: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>) {
+        let (id, outcome) = match joined {
+            Ok((id, outcome)) => (id, Ok(outcome)),
+            Err(err) => (err.id(), Err(err)),
+        };
+        let Some((node, generation)) = self.running.remove(&id) else { return };
+        let state = self.nodes.get_mut(&node).filter(|s| s.generation == generation);
+        match outcome {
+            Ok(outcome) => {
+                let Some(state) = state else { return };
+                state.busy = None;
+                state.last_started = Some(outcome.started);
+                let label = outcome.label();
+                let changed = state.last_result != Some(label);
+                state.last_result = Some(label);
+                self.pipeline.publish(&state.target, outcome, changed);
+            }
+            Err(err) => {
+                if let Some(state) = state {
+                    state.busy = None;
+                }
+                if err.is_panic() {
+                    tracing::error!(node = %node, "scrape task panicked");
                 }
             }
         }
     }
-
-    tasks.abort_all();
-    let released: Vec<NodeReleased> = nodes.keys().map(|n| NodeReleased { node: n.clone(), reason: ReleaseReason::Shutdown }).collect();
-    metrics.owned_nodes.set(0);
-    hub.publish_released(released);
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -251,134 +441,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn apply_assignment(
-    a: &Assignment,
-    slots: &Slots,
-    clock: &SharedClock,
-    nodes: &mut HashMap<String, NodeState>,
-    due: &mut BinaryHeap<Reverse<(Instant, u64, String)>>,
-    next_generation: &mut u64,
-    hub: &Hub,
-    metrics: &Metrics,
-) {
-    let now = Instant::now();
-    let now_ms = clock.now_ms();
-    let resolution = slots.resolution;
-    let mut released = Vec::new();
-    nodes.retain(|name, state| {
-        if a.owned.contains_key(name) {
-            return true;
-        }
-        if let Some(h) = state.busy.take() {
-            h.abort();
-        }
-        let reason = if a.known.contains(name) { ReleaseReason::OwnershipMoved } else { ReleaseReason::NodeDeleted };
-        released.push(NodeReleased { node: name.clone(), reason });
-        false
-    });
-    for (name, target) in a.owned.iter() {
-        match nodes.get_mut(name) {
-            Some(state) => {
-                if state.target != *target {
-                    tracing::info!(node = %name, host = %target.host, port = target.port, "kubelet address changed");
-                    state.target = target.clone();
-                }
-            }
-            None => {
-                let generation = *next_generation;
-                *next_generation += 1;
-                let phase = phase_offset(name, resolution);
-                nodes.insert(
-                    name.clone(),
-                    NodeState { target: target.clone(), phase, generation, busy: None, last_result: None, last_started: None },
-                );
-                // First scrape at once (later ones at the node's phase), unless the previous
-                // owner scraped it within the last resolution: then at the phase right away.
-                let handover = a.handovers.get(name).filter(|h| h.scraped_within(resolution, now_ms));
-                let first = match handover {
-                    // A slot that fell while the move was computed here: a departed owner had
-                    // stopped, a live one released the node when it noticed the same change
-                    // (missed unless it was slower than this shard: then a duplicate, the
-                    // lesser evil for freshness).
-                    Some(h) if slots.next(phase, h.noticed_at) < now => now,
-                    Some(_) => slots.next(phase, now),
-                    None => now,
-                };
-                due.push(Reverse((first, generation, name.clone())));
-            }
-        }
-    }
-    if !released.is_empty() {
-        tracing::info!(released = released.len(), "nodes released");
-        hub.publish_released(released);
-    }
-    metrics.owned_nodes.set(nodes.len() as i64);
-    metrics.known_nodes.set(a.known.len() as i64);
-}
-
-fn handle_outcome(node: &str, generation: u64, outcome: Outcome, nodes: &mut HashMap<String, NodeState>, hub: &Hub, metrics: &Metrics) {
-    let Some(state) = nodes.get_mut(node) else { return };
-    if state.generation != generation {
-        return;
-    }
-    state.busy = None;
-    state.last_started = Some(outcome.started);
-    metrics.scrape_duration_seconds.observe(outcome.duration.as_secs_f64());
-    let label = match &outcome.result {
-        Ok(_) => "success",
-        Err(e) => e.result_label(),
-    };
-    metrics.scrapes_total.with_label_values(&[label]).inc();
-    let changed = state.last_result != Some(label);
-    state.last_result = Some(label);
-    match outcome.result {
-        Ok(s) => {
-            if changed {
-                tracing::info!(node = %node, "scrapes succeeding");
-            }
-            metrics.samples_total.inc_by(s.samples as u64);
-            metrics.rejected_samples_total.inc_by(u64::from(s.rejected_samples));
-            metrics.incomplete_containers_total.inc_by(u64::from(s.incomplete_containers));
-            hub.publish_scrape(node, s.frame);
-        }
-        Err(err) => {
-            if changed {
-                tracing::warn!(node = %node, host = %state.target.host, port = state.target.port, error = %err, "scrape failed");
-            }
-        }
-    }
-}
-
-async fn scrape_one<S: KubeletSource>(
-    source: Arc<S>,
-    target: NodeTarget,
-    permits: Arc<Semaphore>,
-    hub: Arc<Hub>,
-    clock: SharedClock,
-) -> Outcome {
-    let _permit = permits.acquire_owned().await;
-    let started = Instant::now();
-    let result = match source.fetch(&target).await {
-        Ok(body) => {
-            let scraped_at_ms = clock.now_ms();
-            match parse_resource_metrics(&target.name, &body, scraped_at_ms) {
-                Ok(parsed) => {
-                    Ok(Scraped {
-                        frame: hub.encode_scrape(&parsed.scrape),
-                        samples: parsed.scrape.sample_count(),
-                        rejected_samples: parsed.rejected_samples,
-                        incomplete_containers: parsed.incomplete_containers,
-                    })
-                }
-                Err(e) => Err(ScrapeError::Parse(e)),
-            }
-        }
-        Err(e) => Err(e),
-    };
-    Outcome { started, duration: started.elapsed(), result }
 }
 
 #[cfg(test)]
@@ -462,17 +524,11 @@ mod tests {
         let clock: SharedClock = ManualClock::new(WALL_START_MS);
         let (stop, stopped) = oneshot::channel::<()>();
         let start = Instant::now();
-        let task = tokio::spawn(run(
-            ScheduleConfig { resolution: RES, max_concurrent },
-            fleet.clone(),
-            rx,
-            hub.clone(),
-            metrics.clone(),
-            clock,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let pipeline = Pipeline::new(fleet.clone(), max_concurrent, hub.clone(), metrics.clone(), clock);
+        let scheduler = Scheduler::new(ScheduleConfig { resolution: RES, max_concurrent }, pipeline);
+        let task = tokio::spawn(scheduler.run(rx, async {
+            let _ = stopped.await;
+        }));
         Harness { fleet, tx, hub, metrics, stop: Some(stop), task, start }
     }
 
