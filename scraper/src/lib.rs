@@ -40,16 +40,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use shardmetrics_proto::ShardIdentity;
+use futures::future::BoxFuture;
 use shardmetrics_plumbing::clock::SharedClock;
+use shardmetrics_plumbing::lease::Members;
+use shardmetrics_proto::ShardIdentity;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::admin::Health;
 use crate::config::Config;
 use crate::kubelet::KubeletSource;
 use crate::membership::{LeaseHolder, LeaseSettings};
 use crate::metrics::Metrics;
+use crate::nodes::NodeView;
 use crate::schedule::{Pipeline, Scheduler};
 use crate::stream::Hub;
 
@@ -94,12 +98,77 @@ fn epoch_now(clock: &SharedClock) -> u64 {
     (clock.now_ms().max(0) as u64).saturating_mul(1_000_000)
 }
 
-/// Runs one shard until `shutdown` resolves, then shuts down gracefully: delete the Lease (peers
-/// take the nodes at once), stop scraping and announce the releases, let subscribers drain,
-/// stop the servers.
+/// What a shard learns from the cluster, as channels, so that [`run_with`] runs without an API
+/// server (tests feed them by hand; [`run`] builds them from kube watches and a Lease).
+pub struct Inputs {
+    /// The scrapeable nodes (`nodes::watch_nodes`); `synced` once the first list is complete.
+    pub nodes: watch::Receiver<NodeView>,
+    /// The live shards, this one included once its Lease is seen
+    /// (`shardmetrics_plumbing::lease::watch_members`).
+    pub members: watch::Receiver<Members>,
+    /// Holds this shard's own membership (its Lease); started by `run_with`, see [`LeaseStart`].
+    pub lease: StartLease,
+    /// Tasks feeding `nodes` and `members`; aborted when the shard stops.
+    pub feeders: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Inputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inputs").field("feeders", &self.feeders.len()).finish_non_exhaustive()
+    }
+}
+
+/// Starts the future that holds this shard's membership (creates and renews its Lease) until
+/// [`LeaseStart::stop`] resolves, then gives it up (deletes the Lease).
+pub type StartLease = Box<dyn FnOnce(LeaseStart) -> BoxFuture<'static, ()> + Send>;
+
+/// What the membership future gets from `run_with`, which knows it only once started.
+pub struct LeaseStart {
+    /// This process's epoch (Unix ns of start), written into the Lease.
+    pub epoch: u64,
+    /// The shard's self-metrics (Lease renewals are counted there).
+    pub metrics: Metrics,
+    /// Resolves once the node view is synced: peers hand their nodes over the moment the Lease
+    /// appears, so it must not appear before.
+    pub ready: BoxFuture<'static, ()>,
+    /// Resolves when the shard shuts down: give the membership up now.
+    pub stop: BoxFuture<'static, ()>,
+}
+
+impl std::fmt::Debug for LeaseStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseStart").field("epoch", &self.epoch).finish_non_exhaustive()
+    }
+}
+
+/// Runs one shard against the cluster `kube` points at: watches Nodes and the shard Leases,
+/// holds this shard's Lease, and runs [`run_with`] on them until `shutdown` resolves.
 pub async fn run<S: KubeletSource>(
     config: Config,
     kube: kube::Client,
+    kubelets: S,
+    listeners: Listeners,
+    clock: SharedClock,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let (nodes, nodes_task) = nodes::watch_nodes(kube.clone(), config.node_selector.clone(), config.targets.clone());
+    let (members, members_task) = shardmetrics_plumbing::lease::watch_members(kube.clone(), &config.lease_namespace, clock.clone());
+    let (namespace, shard_id, grpc_address) = (config.lease_namespace.clone(), config.shard_id.clone(), config.grpc_advertise_address.clone());
+    let (duration, renew_period, lease_clock) = (config.lease_duration, config.lease_renew_period, clock.clone());
+    let lease: StartLease = Box::new(move |start: LeaseStart| {
+        let settings = LeaseSettings { namespace, shard_id, grpc_address, epoch: start.epoch, duration, renew_period };
+        Box::pin(LeaseHolder::new(kube, settings, lease_clock, start.metrics).run_after(start.ready, start.stop))
+    });
+    let inputs = Inputs { nodes, members, lease, feeders: vec![nodes_task, members_task] };
+    run_with(config, inputs, kubelets, listeners, clock, shutdown).await
+}
+
+/// Runs one shard on `inputs` until `shutdown` resolves, then shuts down gracefully: give up
+/// the membership (peers take the nodes at once), stop scraping and announce the releases, let
+/// subscribers drain, stop the servers.
+pub async fn run_with<S: KubeletSource>(
+    config: Config,
+    inputs: Inputs,
     kubelets: S,
     listeners: Listeners,
     clock: SharedClock,
@@ -117,37 +186,25 @@ pub async fn run<S: KubeletSource>(
     );
     let hub = Hub::with_max_message_bytes(identity.clone(), config.subscriber_queue_batches, config.grpc_max_message_bytes, metrics.clone());
 
-    let (nodes_rx, nodes_task) = nodes::watch_nodes(kube.clone(), config.node_selector.clone(), config.targets.clone());
+    let Inputs { nodes: nodes_rx, members: members_rx, lease, feeders } = inputs;
     let mut synced_nodes = nodes_rx.clone();
-    let (members_rx, members_task) = shardmetrics_plumbing::lease::watch_members(kube.clone(), &config.lease_namespace, clock.clone());
     let (assignment_rx, assignment_task) =
         ownership::watch_assignment(config.shard_id.clone(), identity.epoch, nodes_rx.clone(), members_rx.clone(), metrics.clone());
     let health_task = tokio::spawn(track_health(health.clone(), config.shard_id.clone(), nodes_rx, members_rx));
 
     let (lease_stop, lease_stopped) = oneshot::channel::<()>();
-    let lease = LeaseHolder::new(
-        kube,
-        LeaseSettings {
-            namespace: config.lease_namespace.clone(),
-            shard_id: config.shard_id.clone(),
-            grpc_address: config.grpc_advertise_address.clone(),
-            epoch: identity.epoch,
-            duration: config.lease_duration,
-            renew_period: config.lease_renew_period,
-        },
-        clock.clone(),
-        metrics.clone(),
-    );
     // The Lease appears once the node view is synced: peers release their nodes to this shard
     // the moment they see it.
-    let lease_task = tokio::spawn(lease.run_after(
-        async move {
+    let lease_task = tokio::spawn(lease(LeaseStart {
+        epoch: identity.epoch,
+        metrics: metrics.clone(),
+        ready: Box::pin(async move {
             let _ = synced_nodes.wait_for(|v| v.synced).await;
-        },
-        async {
+        }),
+        stop: Box::pin(async {
             let _ = lease_stopped.await;
-        },
-    ));
+        }),
+    }));
 
     let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
     let mut grpc_task = tokio::spawn(stream::serve(listeners.grpc, hub.clone(), config.grpc_tls.clone(), async {
@@ -164,8 +221,9 @@ pub async fn run<S: KubeletSource>(
     }));
 
     let _guard = TaskGuard(
-        [&nodes_task, &members_task, &assignment_task, &health_task]
+        feeders
             .iter()
+            .chain([&assignment_task, &health_task])
             .map(|t| t.abort_handle())
             .chain([lease_task.abort_handle(), grpc_task.abort_handle(), admin_task.abort_handle(), sched_task.abort_handle()])
             .collect(),
@@ -199,7 +257,7 @@ pub async fn run<S: KubeletSource>(
     }
     let _ = admin_stop.send(());
     let _ = admin_task.await;
-    for t in [nodes_task, members_task, assignment_task, health_task] {
+    for t in feeders.into_iter().chain([assignment_task, health_task]) {
         t.abort();
     }
     tracing::info!("scraper shard stopped");
