@@ -22,7 +22,7 @@ use crate::kubelet::{KubeletAuth, KubeletClient, KubeletClientConfig, KubeletTls
 use crate::nodes::{AddressType, TargetRules};
 use crate::schedule::ScheduleConfig;
 use crate::stream::GrpcTls;
-use crate::{Listeners, tls};
+use crate::{Handles, Listeners, tls};
 
 /// Exit code for invalid flags (EX_USAGE).
 pub use shardmetrics_plumbing::process::EXIT_USAGE;
@@ -499,7 +499,7 @@ fn pem_source(data: Option<&str>, path: Option<&str>, what: &str) -> Result<Opti
 }
 
 /// Builds clients and listeners from validated flags.
-pub async fn prepare(v: Validated, env: &Environment) -> Result<(Config, kube::Client, KubeletClient, Listeners), StartupError> {
+pub async fn prepare(v: Validated, env: &Environment) -> Result<(Config, Handles<KubeletClient>, Listeners), StartupError> {
     let kube_config = load_kube_config(v.kubeconfig.as_ref()).await?;
     let tls = match v.kubelet_tls {
         Some(t) => t,
@@ -542,7 +542,8 @@ pub async fn prepare(v: Validated, env: &Environment) -> Result<(Config, kube::C
         subscriber_queue_batches: v.subscriber_queue_batches,
         grpc_max_message_bytes: v.grpc_max_message_bytes,
     };
-    Ok((config, kube, kubelets, Listeners { grpc, admin }))
+    let handles = Handles { kube, clock: shardmetrics_plumbing::clock::system(), kubelets };
+    Ok((config, handles, Listeners { grpc, admin }))
 }
 
 /// The whole program: validate (exit 64 listing every problem), set up, run until SIGTERM.
@@ -559,7 +560,7 @@ pub async fn main_with(args: Args) -> ExitCode {
         }
     };
     shardmetrics_plumbing::process::init_tracing(args.log_format, &args.log_level);
-    let (config, kube, kubelets, listeners) = match prepare(validated, &env).await {
+    let (config, handles, listeners) = match prepare(validated, &env).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "startup failed");
@@ -567,7 +568,7 @@ pub async fn main_with(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match crate::run(config, kube, kubelets, listeners, shardmetrics_plumbing::clock::system(), shardmetrics_plumbing::process::termination_signal()).await {
+    match crate::run(config, handles, listeners, shardmetrics_plumbing::process::termination_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "shard failed");

@@ -66,6 +66,22 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
+/// The clients a shard talks through: passed to [`run`] beside its [`Config`], never inside it.
+pub struct Handles<S> {
+    /// The API server: Node and Lease watches, this shard's own Lease.
+    pub kube: kube::Client,
+    /// The wall clock: scrape timestamps, the epoch, Lease times.
+    pub clock: SharedClock,
+    /// Fetches kubelets' `/metrics/resource` (the [`kubelet::KubeletClient`] outside tests).
+    pub kubelets: S,
+}
+
+impl<S> std::fmt::Debug for Handles<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handles").finish_non_exhaustive()
+    }
+}
+
 /// A shard that stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -141,16 +157,15 @@ impl std::fmt::Debug for LeaseStart {
     }
 }
 
-/// Runs one shard against the cluster `kube` points at: watches Nodes and the shard Leases,
+/// Runs one shard against the cluster `handles.kube` points at: watches Nodes and the shard Leases,
 /// holds this shard's Lease, and runs [`run_with`] on them until `shutdown` resolves.
 pub async fn run<S: KubeletSource>(
     config: Config,
-    kube: kube::Client,
-    kubelets: S,
+    handles: Handles<S>,
     listeners: Listeners,
-    clock: SharedClock,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    let Handles { kube, clock, kubelets } = handles;
     let (nodes, nodes_task) = nodes::watch_nodes(kube.clone(), config.node_selector.clone(), config.targets.clone());
     let (members, members_task) = shardmetrics_plumbing::lease::watch_members(kube.clone(), &config.lease_namespace, clock.clone());
     let (namespace, shard_id, grpc_address) = (config.lease_namespace.clone(), config.shard_id.clone(), config.grpc_advertise_address.clone());
