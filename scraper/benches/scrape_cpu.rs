@@ -181,7 +181,7 @@ impl Pipeline {
             max_response_bytes: 10 << 20,
             pool_idle_timeout: Duration::from_secs(600),
         })?;
-        let hub = Hub::new(ShardIdentity { shard_id: "bench".into(), epoch: 1 }, 16, Metrics::new());
+        let hub = Hub::new(ShardIdentity { shard_id: "bench".into(), epoch: 1 }, 16, Metrics::register(&prometheus::Registry::new())?);
         let subscription = hub.subscribe("bench".into()).map_err(|s| anyhow::anyhow!("subscribe: {s}"))?;
         let target = NodeTarget { name: "node-0001".into(), host: "127.0.0.1".into(), port };
         Ok(Pipeline { client, target, hub, subscription })
@@ -203,7 +203,7 @@ impl Pipeline {
 
 /// A hub holding two scrapes of each of [`SNAPSHOT_NODES`] nodes of `pods` pods.
 fn full_hub(pods: usize) -> anyhow::Result<Arc<Hub>> {
-    let hub = Hub::new(ShardIdentity { shard_id: "bench".into(), epoch: 1 }, 16, Metrics::new());
+    let hub = Hub::new(ShardIdentity { shard_id: "bench".into(), epoch: 1 }, 16, Metrics::register(&prometheus::Registry::new())?);
     for i in 0..SNAPSHOT_NODES {
         let node = format!("node-{i:04}");
         for t in 0..2 {

@@ -122,7 +122,7 @@ mod tests {
     #[tokio::test]
     async fn readyz_names_the_failing_checks_until_all_pass() {
         let h = Health::default();
-        let m = Metrics::new();
+        let m = Metrics::register(&prometheus::Registry::new()).unwrap();
         let r = respond("/readyz", &Method::GET, false, &h, &m);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let b = body(r).await;
@@ -138,7 +138,7 @@ mod tests {
     #[tokio::test]
     async fn metrics_are_served_in_prometheus_text_and_unknown_paths_are_404() {
         let h = Health::default();
-        let m = Metrics::new();
+        let m = Metrics::register(&prometheus::Registry::new()).unwrap();
         let b = body(respond("/metrics", &Method::GET, false, &h, &m)).await;
         assert!(b.contains("# TYPE shardmetrics_scraper_scrapes_total counter"), "{b}");
         assert_eq!(respond("/nope", &Method::GET, false, &h, &m).status(), StatusCode::NOT_FOUND);

@@ -88,6 +88,9 @@ pub enum RunError {
     /// The gRPC server failed (e.g. a TLS configuration rustls refused).
     #[error(transparent)]
     Grpc(#[from] stream::ServeError),
+    /// The self-metrics could not be registered.
+    #[error("registering self-metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     /// A server task panicked or was cancelled.
     #[error("{0} task ended unexpectedly")]
     TaskEnded(&'static str),
@@ -189,7 +192,7 @@ pub async fn run_with<S: KubeletSource>(
     clock: SharedClock,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let metrics = Metrics::new();
+    let metrics = Metrics::register(&prometheus::Registry::new())?;
     let health = Arc::new(Health::default());
     let identity = ShardIdentity { shard_id: config.shard_id.clone(), epoch: epoch_now(&clock) };
     tracing::info!(

@@ -201,7 +201,7 @@ mod tests {
             m.lease_duration_ms = 3_000;
         }
         let (mtx, mrx) = watch::channel(both.clone());
-        let (mut rx, _task) = watch_assignment("s0".into(), 1, nrx, mrx, Metrics::new());
+        let (mut rx, _task) = watch_assignment("s0".into(), 1, nrx, mrx, Metrics::register(&prometheus::Registry::new()).unwrap());
         let first = rx.wait_for(|a| !a.known.is_empty()).await.unwrap().clone();
         // The first assignment: s1 would own everything without s0, and s1 is live.
         assert!(!first.owned.is_empty());
@@ -228,7 +228,7 @@ mod tests {
         let (_ntx, nrx) = watch::channel(view(&["a", "b", "c", "d", "e", "f", "g", "h"]));
         // s0's previous incarnation (epoch 1) still holds its Lease: s1 never took its nodes.
         let (_mtx, mrx) = watch::channel(members(&["s0", "s1"]));
-        let (mut rx, _task) = watch_assignment("s0".into(), 2, nrx, mrx, Metrics::new());
+        let (mut rx, _task) = watch_assignment("s0".into(), 2, nrx, mrx, Metrics::register(&prometheus::Registry::new()).unwrap());
         let first = rx.wait_for(|a| !a.known.is_empty()).await.unwrap().clone();
         assert!(!first.owned.is_empty());
         assert!(first.handovers.is_empty(), "every owned node is scraped at once: {:?}", first.handovers.keys());
@@ -238,7 +238,7 @@ mod tests {
     async fn a_member_leaving_hands_its_nodes_to_the_rest() {
         let (ntx, nrx) = watch::channel(view(&["a", "b", "c", "d", "e", "f", "g", "h"]));
         let (mtx, mrx) = watch::channel(members(&["s0", "s1"]));
-        let (mut rx, _task) = watch_assignment("s0".into(), 1, nrx, mrx, Metrics::new());
+        let (mut rx, _task) = watch_assignment("s0".into(), 1, nrx, mrx, Metrics::register(&prometheus::Registry::new()).unwrap());
         rx.wait_for(|a| !a.known.is_empty()).await.unwrap();
         let before = rx.borrow().owned.len();
         mtx.send_replace(members(&["s0"]));

@@ -519,7 +519,7 @@ mod tests {
     fn start(owned: &[&str], max_concurrent: usize) -> Harness {
         let fleet = Arc::new(FakeFleet::default());
         let (tx, rx) = watch::channel(assignment(owned, owned));
-        let metrics = Metrics::new();
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
         let hub = Hub::new(ShardIdentity { shard_id: "s0".into(), epoch: 1 }, 100_000, metrics.clone());
         let clock: SharedClock = ManualClock::new(WALL_START_MS);
         let (stop, stopped) = oneshot::channel::<()>();

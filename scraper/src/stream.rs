@@ -66,8 +66,6 @@ pub struct Hub {
     /// `--grpc-max-message-bytes`: a live batch larger than this is not streamed (frontends would
     /// refuse it and resubscribe, over and over), in bytes.
     max_message_bytes: usize,
-    /// `shardmetrics_scraper_batches_oversized_total`: scrapes and releases not streamed for it.
-    oversized: prometheus::IntCounter,
     /// The empty batch with `snapshot_complete` that ends every snapshot, encoded once.
     snapshot_complete: Bytes,
     metrics: Metrics,
@@ -92,19 +90,11 @@ impl Hub {
     /// (`--grpc-max-message-bytes`); such a scrape is logged, counted in
     /// `shardmetrics_scraper_batches_oversized_total` and neither buffered nor sent.
     pub fn with_max_message_bytes(shard: ShardIdentity, queue_batches: usize, max_message_bytes: usize, metrics: Metrics) -> Arc<Hub> {
-        let oversized = prometheus::IntCounter::new(
-            "shardmetrics_scraper_batches_oversized_total",
-            "Scrapes and releases not streamed because their batch exceeded --grpc-max-message-bytes.",
-        )
-        .unwrap_or_else(|_| unreachable!("static metric name and help are valid"));
-        // A second hub on the same registry (tests) keeps counting in its own counter.
-        let _ = metrics.registry.register(Box::new(oversized.clone()));
         let snapshot_complete = Bytes::from(encode_batch(&shard, &[], &[], true).encode_to_vec());
         Arc::new(Hub {
             shard,
             queue_batches: queue_batches.max(1),
             max_message_bytes,
-            oversized,
             snapshot_complete,
             metrics,
             next_id: AtomicU64::new(1),
@@ -133,7 +123,7 @@ impl Hub {
             return true;
         }
         tracing::error!(what, bytes = frame.len(), limit = self.max_message_bytes, "batch larger than --grpc-max-message-bytes; not streamed");
-        self.oversized.inc();
+        self.metrics.batches_oversized_total.inc();
         false
     }
 
@@ -494,7 +484,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_subscriber_gets_the_snapshot_then_only_later_scrapes() {
-        let hub = Hub::new(shard(), 16, Metrics::new());
+        let hub = Hub::new(shard(), 16, Metrics::register(&prometheus::Registry::new()).unwrap());
         publish(&hub, "a", 1);
         publish(&hub, "a", 2);
         publish(&hub, "a", 3);
@@ -518,7 +508,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_scrape_over_the_message_limit_is_counted_and_neither_buffered_nor_sent() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
         let hub = Hub::with_max_message_bytes(shard(), 4, 64, metrics.clone());
         let mut sub = hub.subscribe("fe".into()).unwrap();
         assert!(decode(sub.next().await.unwrap().unwrap()).snapshot_complete);
@@ -536,7 +526,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_shard_still_sends_a_complete_empty_snapshot() {
-        let hub = Hub::new(shard(), 4, Metrics::new());
+        let hub = Hub::new(shard(), 4, Metrics::register(&prometheus::Registry::new()).unwrap());
         let mut sub = hub.subscribe("fe".into()).unwrap();
         let snap = decode(sub.next().await.unwrap().unwrap());
         assert!(snap.snapshot_complete);
@@ -545,7 +535,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_snapshot_is_the_buffered_frames_as_they_are_then_one_shared_complete_marker() {
-        let hub = Hub::new(shard(), 4, Metrics::new());
+        let hub = Hub::new(shard(), 4, Metrics::register(&prometheus::Registry::new()).unwrap());
         for i in 0..100 {
             publish(&hub, &format!("n{i:03}"), 1);
             publish(&hub, &format!("n{i:03}"), 2);
@@ -570,7 +560,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_buffer_holds_the_very_bytes_queued_to_subscribers() {
-        let hub = Hub::new(shard(), 4, Metrics::new());
+        let hub = Hub::new(shard(), 4, Metrics::register(&prometheus::Registry::new()).unwrap());
         let mut sub = hub.subscribe("fe".into()).unwrap();
         let _ = sub.next().await;
         publish(&hub, "a", 1);
@@ -582,7 +572,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_disconnects_only_that_subscriber_with_resource_exhausted() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
         let hub = Hub::new(shard(), 2, metrics.clone());
         let mut slow = hub.subscribe("slow".into()).unwrap();
         let mut fast = hub.subscribe("fast".into()).unwrap();
@@ -602,7 +592,7 @@ mod tests {
 
     #[tokio::test]
     async fn released_nodes_leave_the_buffer_and_are_announced_in_one_batch() {
-        let hub = Hub::new(shard(), 8, Metrics::new());
+        let hub = Hub::new(shard(), 8, Metrics::register(&prometheus::Registry::new()).unwrap());
         publish(&hub, "a", 1);
         publish(&hub, "b", 1);
         let mut sub = hub.subscribe("fe".into()).unwrap();
@@ -618,7 +608,7 @@ mod tests {
 
     #[tokio::test]
     async fn closing_the_hub_ends_streams_after_their_queue_and_refuses_new_subscribers() {
-        let hub = Hub::new(shard(), 8, Metrics::new());
+        let hub = Hub::new(shard(), 8, Metrics::register(&prometheus::Registry::new()).unwrap());
         let mut sub = hub.subscribe("fe".into()).unwrap();
         let _ = sub.next().await;
         publish(&hub, "a", 1);

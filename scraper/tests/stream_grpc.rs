@@ -51,7 +51,7 @@ async fn plain_client(addr: &str) -> SampleStreamClient<Channel> {
 
 #[tokio::test]
 async fn a_frontend_gets_the_last_two_scrapes_per_node_then_live_scrapes_and_releases() {
-    let hub = Hub::new(shard(), 64, Metrics::new());
+    let hub = Hub::new(shard(), 64, Metrics::register(&prometheus::Registry::new()).unwrap());
     for t in [1_000, 2_000, 3_000] {
         publish(&hub, &real_scrape("node-a", t));
     }
@@ -94,7 +94,7 @@ async fn a_frontend_gets_the_last_two_scrapes_per_node_then_live_scrapes_and_rel
 
 #[tokio::test]
 async fn a_slow_frontend_is_dropped_with_resource_exhausted_while_a_fast_one_gets_everything() {
-    let metrics = Metrics::new();
+    let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
     let hub = Hub::new(shard(), 8, metrics.clone());
     let (addr, _stop, _server) = start(hub.clone(), None).await;
 
@@ -144,7 +144,7 @@ async fn with_mtls_only_frontends_holding_a_client_certificate_from_the_ca_can_s
     let server_ca = TestCa::new("grpc-ca");
     let client_ca = TestCa::new("frontend-ca");
     let server = server_ca.server();
-    let hub = Hub::new(shard(), 8, Metrics::new());
+    let hub = Hub::new(shard(), 8, Metrics::register(&prometheus::Registry::new()).unwrap());
     let tls = GrpcTls {
         cert_pem: server.cert_pem.clone().into_bytes(),
         key_pem: server.key_pem.clone().into_bytes(),
