@@ -193,7 +193,6 @@ pub async fn run_with<S: KubeletSource>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let metrics = Metrics::register(&prometheus::Registry::new())?;
-    let health = Arc::new(Health::default());
     let identity = ShardIdentity { shard_id: config.shard_id.clone(), epoch: epoch_now(&clock) };
     tracing::info!(
         shard_id = %identity.shard_id,
@@ -203,6 +202,9 @@ pub async fn run_with<S: KubeletSource>(
         "scraper shard starting"
     );
     let hub = Hub::with_max_message_bytes(identity.clone(), config.subscriber_queue_batches, config.grpc_max_message_bytes, metrics.clone());
+    let pipeline = Pipeline::new(Arc::new(kubelets), config.schedule.max_concurrent, hub.clone(), metrics.clone(), clock);
+    let scheduler = Scheduler::new(config.schedule, pipeline);
+    let health = Arc::new(Health::new(scheduler.heartbeat()));
 
     let Inputs { nodes: nodes_rx, members: members_rx, lease, feeders } = inputs;
     let mut synced_nodes = nodes_rx.clone();
@@ -233,8 +235,7 @@ pub async fn run_with<S: KubeletSource>(
         let _ = admin_stopped.await;
     }));
     let (sched_stop, sched_stopped) = oneshot::channel::<()>();
-    let pipeline = Pipeline::new(Arc::new(kubelets), config.schedule.max_concurrent, hub.clone(), metrics.clone(), clock);
-    let sched_task = tokio::spawn(Scheduler::new(config.schedule, pipeline).run(assignment_rx, async {
+    let mut sched_task = tokio::spawn(scheduler.run(assignment_rx, async {
         let _ = sched_stopped.await;
     }));
 
@@ -247,20 +248,33 @@ pub async fn run_with<S: KubeletSource>(
             .collect(),
     );
     let mut failure: Option<RunError> = None;
+    // A task that ended here is not awaited again below (a JoinHandle is polled to completion once).
+    let (mut admin_ended, mut sched_ended) = (false, false);
     tokio::select! {
         _ = shutdown => tracing::info!("shutdown requested"),
         r = &mut grpc_task => failure = Some(match r {
             Ok(Err(e)) => e.into(),
             _ => RunError::TaskEnded("gRPC server"),
         }),
-        _ = &mut admin_task => failure = Some(RunError::TaskEnded("admin server")),
+        _ = &mut admin_task => {
+            admin_ended = true;
+            failure = Some(RunError::TaskEnded("admin server"));
+        }
+        // The scheduler ends by itself only when its assignments close (the node or member
+        // input ended) or it panicked: either way this shard scrapes nothing any more.
+        _ = &mut sched_task => {
+            sched_ended = true;
+            failure = Some(RunError::TaskEnded("scheduler"));
+        }
     }
 
     health.shutting_down.store(true, Ordering::Relaxed);
     let _ = lease_stop.send(());
     let _ = lease_task.await;
     let _ = sched_stop.send(());
-    let _ = sched_task.await;
+    if !sched_ended {
+        let _ = sched_task.await;
+    }
     hub.close();
     let _ = grpc_stop.send(());
     if !grpc_task.is_finished() {
@@ -274,7 +288,9 @@ pub async fn run_with<S: KubeletSource>(
         }
     }
     let _ = admin_stop.send(());
-    let _ = admin_task.await;
+    if !admin_ended {
+        let _ = admin_task.await;
+    }
     for t in feeders.into_iter().chain([assignment_task, health_task]) {
         t.abort();
     }

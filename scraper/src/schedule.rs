@@ -18,6 +18,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use shardmetrics_plumbing::clock::SharedClock;
@@ -124,6 +125,51 @@ impl Slots {
         let since = not_before.duration_since(first).as_nanos();
         let k = since.div_ceil(res);
         first + Duration::from_nanos(u64::try_from(k * res).unwrap_or(u64::MAX))
+    }
+}
+
+/// How many resolutions without a scheduler tick make it stuck for `/livez`: the loop ticks at
+/// least every half resolution, so three leave room for a busy runtime but not for a dead loop.
+pub const STALL_RESOLUTIONS: u32 = 3;
+
+/// The scheduler's proof of life, read by `/livez`: when its loop last went round (tokio time).
+/// The loop ticks at least every half resolution, even with nothing to scrape.
+#[derive(Debug)]
+pub struct Heartbeat {
+    /// The tokio instant `last_ms` counts from (creation: counts as a tick).
+    origin: Instant,
+    /// The last tick, in milliseconds since `origin`.
+    last_ms: AtomicU64,
+    /// Older than this the scheduler is stuck: [`STALL_RESOLUTIONS`] × the resolution.
+    stall_after: Duration,
+}
+
+impl Heartbeat {
+    /// A heartbeat for a scheduler of `resolution`, ticked now.
+    pub fn new(resolution: Duration) -> Heartbeat {
+        Heartbeat { origin: Instant::now(), last_ms: AtomicU64::new(0), stall_after: resolution * STALL_RESOLUTIONS }
+    }
+
+    /// Records a tick now.
+    pub fn tick(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last tick.
+    pub fn age(&self) -> Duration {
+        let last = self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Instant::now().saturating_duration_since(last)
+    }
+
+    /// How old the last tick may get before the scheduler counts as stuck.
+    pub fn stall_after(&self) -> Duration {
+        self.stall_after
+    }
+
+    /// Whether the last tick is older than [`Heartbeat::stall_after`].
+    pub fn stalled(&self) -> bool {
+        self.age() > self.stall_after
     }
 }
 
@@ -268,6 +314,8 @@ pub struct Scheduler<S> {
     /// Which node (and generation) each task in `tasks` scrapes.
     running: HashMap<tokio::task::Id, (String, u64)>,
     pipeline: Arc<Pipeline<S>>,
+    /// Ticked every time round the loop (at least every half resolution).
+    heartbeat: Arc<Heartbeat>,
 }
 
 impl<S> std::fmt::Debug for Scheduler<S> {
@@ -288,7 +336,13 @@ impl<S: KubeletSource> Scheduler<S> {
             tasks: JoinSet::new(),
             running: HashMap::new(),
             pipeline: Arc::new(pipeline),
+            heartbeat: Arc::new(Heartbeat::new(config.resolution)),
         }
+    }
+
+    /// The heartbeat this scheduler ticks, for `/livez`.
+    pub fn heartbeat(&self) -> Arc<Heartbeat> {
+        self.heartbeat.clone()
     }
 
     /// Scrapes what `assignments` says this shard owns until `shutdown` resolves (or the
@@ -299,7 +353,9 @@ impl<S: KubeletSource> Scheduler<S> {
         let initial = assignments.borrow_and_update().clone();
         self.apply(&initial);
         loop {
+            self.heartbeat.tick();
             let next_due = self.due.peek().map(|Reverse((at, _, _))| *at);
+            let next_tick = Instant::now() + self.config.resolution / 2;
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
@@ -312,6 +368,8 @@ impl<S: KubeletSource> Scheduler<S> {
                 }
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finish(joined),
                 _ = sleep_until_opt(next_due) => self.start_due(Instant::now()),
+                // Nothing else happened for half a resolution: go round to tick.
+                _ = tokio::time::sleep_until(next_tick) => {}
             }
         }
         self.tasks.abort_all();
@@ -514,6 +572,7 @@ mod tests {
         stop: Option<oneshot::Sender<()>>,
         task: tokio::task::JoinHandle<()>,
         start: Instant,
+        heartbeat: Arc<Heartbeat>,
     }
 
     fn start(owned: &[&str], max_concurrent: usize) -> Harness {
@@ -526,10 +585,11 @@ mod tests {
         let start = Instant::now();
         let pipeline = Pipeline::new(fleet.clone(), max_concurrent, hub.clone(), metrics.clone(), clock);
         let scheduler = Scheduler::new(ScheduleConfig { resolution: RES, max_concurrent }, pipeline);
+        let heartbeat = scheduler.heartbeat();
         let task = tokio::spawn(scheduler.run(rx, async {
             let _ = stopped.await;
         }));
-        Harness { fleet, tx, hub, metrics, stop: Some(stop), task, start }
+        Harness { fleet, tx, hub, metrics, stop: Some(stop), task, start, heartbeat }
     }
 
     async fn next_batch(sub: &mut Subscription) -> Batch {
@@ -791,5 +851,19 @@ mod tests {
         let mut released: Vec<_> = b.released.iter().map(|r| (r.node.as_str(), r.reason)).collect();
         released.sort_by_key(|(n, _)| *n);
         assert_eq!(released, vec![("node-a", ReleaseReason::Shutdown), ("node-b", ReleaseReason::Shutdown)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_ticks_every_half_resolution_with_nothing_to_scrape_and_a_stopped_one_stalls() {
+        let mut h = start(&[], 8);
+        for _ in 0..40 {
+            tokio::time::sleep(RES / 4 + Duration::from_millis(7)).await;
+            assert!(h.heartbeat.age() <= RES / 2, "ticked {:?} ago", h.heartbeat.age());
+            assert!(!h.heartbeat.stalled());
+        }
+        let _ = h.stop.take().unwrap().send(());
+        (&mut h.task).await.unwrap();
+        tokio::time::sleep(RES * STALL_RESOLUTIONS + Duration::from_millis(1)).await;
+        assert!(h.heartbeat.stalled(), "no tick for {:?}", h.heartbeat.age());
     }
 }

@@ -21,7 +21,7 @@ use shardmetrics_scraper::kubelet::{KubeletAuth, KubeletClient, KubeletClientCon
 use shardmetrics_scraper::nodes::{NodeTarget, NodeView, TargetRules};
 use shardmetrics_scraper::ring::Ring;
 use shardmetrics_scraper::schedule::ScheduleConfig;
-use shardmetrics_scraper::{Inputs, LeaseStart, Listeners, run_with};
+use shardmetrics_scraper::{Inputs, LeaseStart, Listeners, RunError, run_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
@@ -160,4 +160,37 @@ async fn a_shard_fed_by_hand_made_channels_scrapes_only_its_nodes_and_streams_th
     }
     assert_eq!(released, mine);
     assert!(tokio::time::timeout(Duration::from_secs(5), feeder_gone).await.unwrap().is_err(), "feeder task aborted");
+}
+
+#[tokio::test]
+async fn a_shard_whose_node_input_closes_stops_with_an_error_instead_of_idling() {
+    let ca = TestCa::new("kubelet-ca");
+    let body = Bytes::from(resource_metrics(&PayloadSpec { pods: PODS, seed: 7, timestamp_ms: 1_700_000_000_000 }));
+    let k = TestKubelet::start(&ca.server(), KubeletOptions { token: None, client_ca: None, reply: Reply::Body(body) }).await;
+    let (nodes_tx, nodes_rx) = watch::channel(NodeView { nodes: Arc::new(BTreeMap::from([("node-0".to_owned(), k.target("node-0"))])), synced: true });
+    let (_members_tx, members_rx) = watch::channel(Members::from([member(ME)]));
+    let lease = Box::new(|start: LeaseStart| -> futures::future::BoxFuture<'static, ()> { start.stop });
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_addr = grpc.local_addr().unwrap().to_string();
+    let client = KubeletClient::new(KubeletClientConfig {
+        tls: KubeletTls::Verify(vec![ca.cert_der.clone()]),
+        auth: KubeletAuth::None,
+        timeout: Duration::from_secs(2),
+        max_response_bytes: 1 << 20,
+        pool_idle_timeout: Duration::from_secs(90),
+    })
+    .unwrap();
+    let inputs = Inputs { nodes: nodes_rx, members: members_rx, lease, feeders: vec![] };
+    let shard = tokio::spawn(run_with(config(&grpc_addr), inputs, client, Listeners { grpc, admin }, shardmetrics_plumbing::clock::system(), std::future::pending()));
+    for _ in 0..100 {
+        if k.requests.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(k.requests.load(Ordering::SeqCst) > 0, "scraping before the input closes");
+    drop(nodes_tx);
+    let result = tokio::time::timeout(Duration::from_secs(10), shard).await.expect("the shard notices its scheduler ended").unwrap();
+    assert!(matches!(result, Err(RunError::TaskEnded("scheduler"))), "{result:?}");
 }
