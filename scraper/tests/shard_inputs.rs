@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{KubeletOptions, Reply, TestCa, TestKubelet};
+use common::{KubeletOptions, Reply, TestKubelet};
+use shardmetrics_plumbing::pki::Ca;
 use shardmetrics_plumbing::lease::{Member, Members};
 use shardmetrics_proto::v1::SubscribeRequest;
 use shardmetrics_proto::v1::sample_stream_client::SampleStreamClient;
@@ -62,11 +63,11 @@ async fn http_get(addr: &str, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_fed_by_hand_made_channels_scrapes_only_its_nodes_and_streams_them_over_grpc() {
     // Six nodes, each its own kubelet; two live shards split them on the ring.
-    let ca = TestCa::new("kubelet-ca");
+    let ca = Ca::new("kubelet-ca").unwrap();
     let body = Bytes::from(resource_metrics(&PayloadSpec { pods: PODS, seed: 7, timestamp_ms: 1_700_000_000_000 }));
     let mut kubelets = BTreeMap::new();
     for i in 0..6 {
-        let k = TestKubelet::start(&ca.server(), KubeletOptions { token: None, client_ca: None, reply: Reply::Body(body.clone()) }).await;
+        let k = TestKubelet::start(&ca.server_cert("kubelet", &[]).unwrap(), KubeletOptions { token: None, client_ca: None, reply: Reply::Body(body.clone()) }).await;
         kubelets.insert(format!("node-{i}"), k);
     }
     let ring = Ring::new([ME, PEER]);
@@ -100,7 +101,7 @@ async fn a_shard_fed_by_hand_made_channels_scrapes_only_its_nodes_and_streams_th
     let grpc_addr = grpc.local_addr().unwrap().to_string();
     let admin_addr = admin.local_addr().unwrap().to_string();
     let client = KubeletClient::new(KubeletClientConfig {
-        tls: KubeletTls::Verify(vec![ca.cert_der.clone()]),
+        tls: KubeletTls::Verify(vec![ca.cert_der().clone()]),
         auth: KubeletAuth::None,
         timeout: Duration::from_secs(2),
         max_response_bytes: 1 << 20,
@@ -164,9 +165,9 @@ async fn a_shard_fed_by_hand_made_channels_scrapes_only_its_nodes_and_streams_th
 
 #[tokio::test]
 async fn a_shard_whose_node_input_closes_stops_with_an_error_instead_of_idling() {
-    let ca = TestCa::new("kubelet-ca");
+    let ca = Ca::new("kubelet-ca").unwrap();
     let body = Bytes::from(resource_metrics(&PayloadSpec { pods: PODS, seed: 7, timestamp_ms: 1_700_000_000_000 }));
-    let k = TestKubelet::start(&ca.server(), KubeletOptions { token: None, client_ca: None, reply: Reply::Body(body) }).await;
+    let k = TestKubelet::start(&ca.server_cert("kubelet", &[]).unwrap(), KubeletOptions { token: None, client_ca: None, reply: Reply::Body(body) }).await;
     let (nodes_tx, nodes_rx) = watch::channel(NodeView { nodes: Arc::new(BTreeMap::from([("node-0".to_owned(), k.target("node-0"))])), synced: true });
     let (_members_tx, members_rx) = watch::channel(Members::from([member(ME)]));
     let lease = Box::new(|start: LeaseStart| -> futures::future::BoxFuture<'static, ()> { start.stop });
@@ -174,7 +175,7 @@ async fn a_shard_whose_node_input_closes_stops_with_an_error_instead_of_idling()
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = grpc.local_addr().unwrap().to_string();
     let client = KubeletClient::new(KubeletClientConfig {
-        tls: KubeletTls::Verify(vec![ca.cert_der.clone()]),
+        tls: KubeletTls::Verify(vec![ca.cert_der().clone()]),
         auth: KubeletAuth::None,
         timeout: Duration::from_secs(2),
         max_response_bytes: 1 << 20,

@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestCa;
+use shardmetrics_plumbing::pki::Ca;
 use shardmetrics_proto::v1::SubscribeRequest;
 use shardmetrics_proto::v1::sample_stream_client::SampleStreamClient;
 use shardmetrics_proto::{NodeReleased, NodeScrape, ReleaseReason, ShardIdentity, decode_batch};
@@ -141,19 +141,19 @@ async fn a_slow_frontend_is_dropped_with_resource_exhausted_while_a_fast_one_get
 
 #[tokio::test]
 async fn with_mtls_only_frontends_holding_a_client_certificate_from_the_ca_can_subscribe() {
-    let server_ca = TestCa::new("grpc-ca");
-    let client_ca = TestCa::new("frontend-ca");
-    let server = server_ca.server();
+    let server_ca = Ca::new("grpc-ca").unwrap();
+    let client_ca = Ca::new("frontend-ca").unwrap();
+    let server = server_ca.server_cert("kubelet", &[]).unwrap();
     let hub = Hub::new(shard(), 8, Metrics::register(&prometheus::Registry::new()).unwrap());
     let tls = GrpcTls {
         cert_pem: server.cert_pem.clone().into_bytes(),
         key_pem: server.key_pem.clone().into_bytes(),
-        client_ca_pem: Some(client_ca.cert_pem.clone().into_bytes()),
+        client_ca_pem: Some(client_ca.cert_pem().to_owned().into_bytes()),
     };
     let (addr, _stop, _server) = start(hub, Some(tls)).await;
     let port = addr.rsplit(':').next().unwrap().to_owned();
 
-    let base = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&server_ca.cert_pem)).domain_name("localhost");
+    let base = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(server_ca.cert_pem())).domain_name("localhost");
     let endpoint = |tls: ClientTlsConfig| Channel::from_shared(format!("https://localhost:{port}")).unwrap().tls_config(tls).unwrap();
 
     let anonymous = endpoint(base.clone()).connect().await;
@@ -163,7 +163,7 @@ async fn with_mtls_only_frontends_holding_a_client_certificate_from_the_ca_can_s
     };
     assert!(refused, "a client without certificate must be refused");
 
-    let leaf = client_ca.client("frontend-0");
+    let leaf = client_ca.client_cert("frontend-0", &[]).unwrap();
     let ch = endpoint(base.identity(Identity::from_pem(&leaf.cert_pem, &leaf.key_pem))).connect().await.unwrap();
     let mut stream = SampleStreamClient::new(ch).subscribe(SubscribeRequest { subscriber: "fe".into() }).await.unwrap().into_inner();
     assert!(decode_batch(stream.message().await.unwrap().unwrap()).unwrap().snapshot_complete);
