@@ -15,9 +15,9 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use shardmetrics_plumbing::duration::{GoDuration, format as format_duration};
-use shardmetrics_plumbing::selector::LabelSelector;
+use shardmetrics_plumbing::selector::{LabelSelector, is_dns_subdomain};
 
-use crate::config::{Config, valid_dns_subdomain};
+use crate::config::Config;
 use crate::kubelet::{KubeletAuth, KubeletClient, KubeletClientConfig, KubeletTls, TokenSource};
 use crate::nodes::{AddressType, TargetRules};
 use crate::schedule::ScheduleConfig;
@@ -230,13 +230,14 @@ pub fn validate(args: &Args, env: &Environment) -> Result<Validated, Vec<String>
     let shard_id = args.shard_id.clone().or_else(|| env.pod_name.clone()).or_else(|| env.hostname.clone());
     match &shard_id {
         None => errors.push("--shard-id is required when neither $POD_NAME nor the hostname is available".into()),
-        Some(id) if !valid_dns_subdomain(id) => {
+        Some(id) if !is_dns_subdomain(id) => {
             errors.push(format!("--shard-id={id:?} must be a DNS subdomain (lowercase letters, digits, '-', '.'): it names the Lease"))
         }
         _ => {}
     }
     let lease_namespace = args.lease_namespace.clone().or_else(|| env.pod_namespace.clone()).unwrap_or_else(|| "kube-system".into());
-    if !valid_dns_subdomain(&lease_namespace) || lease_namespace.contains('.') {
+    // A namespace name is a DNS-1123 label: a subdomain of one part, at most 63 characters.
+    if !is_dns_subdomain(&lease_namespace) || lease_namespace.contains('.') || lease_namespace.len() > 63 {
         errors.push(format!("--lease-namespace={lease_namespace:?} is not a valid namespace name"));
     }
 
@@ -732,5 +733,20 @@ mod tests {
             assert!(at(heading) < at(flag), "{flag} listed under {heading}");
         }
         assert!(at("Membership:") < at("Scheduling:") && at("Admin:") < at("Logging:"));
+    }
+
+    #[test]
+    fn the_shard_id_must_be_a_dns_subdomain_and_the_lease_namespace_a_dns_label() {
+        let problems = |extra: &[&str]| validate(&parse(extra), &env()).err().unwrap_or_default();
+        assert_eq!(problems(&["--shard-id=shard-0.eu", "--lease-namespace=kube-system"]), Vec::<String>::new());
+        for bad in ["Shard_0", "-shard", "shard..0"] {
+            let p = problems(&[&format!("--shard-id={bad}")]);
+            assert!(p.len() == 1 && p[0].starts_with(&format!("--shard-id={bad:?} must be a DNS subdomain")), "{bad}: {p:?}");
+        }
+        let ns63 = "n".repeat(63);
+        assert_eq!(problems(&["--lease-namespace", &ns63]), Vec::<String>::new());
+        for bad in ["n".repeat(64), "a.b".to_owned(), "Kube".to_owned()] {
+            assert_eq!(problems(&["--lease-namespace", &bad]), vec![format!("--lease-namespace={bad:?} is not a valid namespace name")]);
+        }
     }
 }

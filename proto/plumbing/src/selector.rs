@@ -356,8 +356,10 @@ fn is_label_token(s: &str) -> bool {
             && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')))
 }
 
-/// A DNS-1123 subdomain: lowercase alphanumerics, '-' and '.', alphanumeric at both ends.
-fn is_dns_subdomain(s: &str) -> bool {
+/// Whether `s` is a DNS-1123 subdomain, as Kubernetes' `IsDNS1123Subdomain` checks it: at most
+/// 253 characters, dot-separated parts of lowercase alphanumerics and '-', each starting and
+/// ending with an alphanumeric. Most object names (a Lease's, a label key's prefix) must be one.
+pub fn is_dns_subdomain(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 253
@@ -677,6 +679,16 @@ mod tests {
             let f = FieldSelector::parse(input, METADATA_FIELDS).expect(input);
             assert_eq!(f.to_string(), printed, "{input:?}");
             assert_eq!(FieldSelector::parse(&f.to_string(), METADATA_FIELDS).expect("re-parses"), f, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn dns_subdomains_are_lowercase_dot_separated_parts_with_alphanumeric_ends() {
+        for ok in ["shardmetrics-scraper-0", "a", "0", "kube-system", "a.b-c.d", &"a".repeat(253)] {
+            assert!(is_dns_subdomain(ok), "{ok:?}");
+        }
+        for bad in ["", "Shard_0", "UPPER", "-a", "a-", "a..b", ".a", "a.", "a_b", "a b", &"a".repeat(254)] {
+            assert!(!is_dns_subdomain(bad), "{bad:?}");
         }
     }
 }
