@@ -4,22 +4,30 @@
 //!
 //! A sample's path: [`nodes`] (which kubelets exist) and [`membership`] + peers' Leases (which
 //! shards are alive) → [`ownership`] through the [`ring`] (which nodes are ours) →
-//! [`schedule`] (when) → [`kubelet`] (fetch and parse) → [`stream`] (buffer, encode once,
-//! fan out) → frontends.
+//! [`schedule`] (when, then fetch → parse → encode) → [`kubelet`] (the fetch and the parser) →
+//! [`stream`] (buffer, fan out the bytes encoded once) → frontends.
 //!
 //! # Layout
-//! - [`run`]: wires everything together; [`cli`] turns flags into a [`config::Config`] and calls it.
+//! - [`run`]: builds the cluster inputs from kube (Node watch, shard Lease watch, this shard's
+//!   Lease) and calls [`run_with`], which wires everything else on those [`Inputs`] (channels,
+//!   so tests run a whole shard without an API server). Both take the [`config::Config`] and,
+//!   apart from it, the clients ([`Handles`]) and [`Listeners`].
+//! - [`cli`]: flags → validation (every problem at once) → `Config`, `Handles`, `Listeners` → `run`.
 //! - [`nodes`]: Node watch, trimmed to scrape targets (address, port).
 //! - [`membership`]: this shard's Lease (create, renew, delete on shutdown).
 //! - [`ring`]: consistent-hash ownership of nodes over live shards.
-//! - [`ownership`]: nodes × live members → this shard's [`schedule::Assignment`].
-//! - [`schedule`]: per-node phase offsets, bounded concurrency, the fetch → parse → publish pipeline.
+//! - [`ownership`]: nodes × live members → this shard's [`schedule::Assignment`], with hand-overs.
+//! - [`schedule`]: [`schedule::Scheduler`], the "when" (per-node phase slots, hand-overs, the due
+//!   queue, one scrape per node at a time, the heartbeat `/livez` reads), apart from
+//!   [`schedule::Pipeline`], the "what" (bounded fetch → parse → encode → count and publish).
 //! - [`kubelet`]: fetch seam, HTTPS client and the `/metrics/resource` parser.
-//! - [`buffer`]: the last two scrapes of every owned node (snapshot source).
-//! - [`stream`]: the `SampleStream` gRPC server: snapshot, live fan-out, slow-subscriber drop.
-//! - [`admin`]: `/livez`, `/readyz`, `/metrics` on their own listener.
-//! - [`metrics`]: self-metrics in an explicit registry.
-//! - [`config`], [`tls`]: validated configuration, duration/selector parsing, PEM loading.
+//! - [`buffer`]: the last two encoded scrapes of every owned node (snapshot source).
+//! - [`stream`]: the `SampleStream` gRPC server: snapshot (the buffered frames as they are),
+//!   live fan-out, slow-subscriber drop.
+//! - [`admin`]: `/livez` (scheduler heartbeat), `/readyz`, `/metrics` on their own listener.
+//! - [`metrics`]: self-metrics, registered into an explicit registry.
+//! - [`config`]: the validated configuration (durations, selectors and name checks come from
+//!   `shardmetrics-plumbing`); [`tls`]: PEM loading.
 
 pub mod admin;
 pub mod buffer;
