@@ -1131,10 +1131,10 @@ fn the_scraper_parses_and_validates_its_arguments_in_every_render() -> Result<()
             hostname: Some(pod.clone()),
         };
         let valid = cli::validate(&parsed, &env).map_err(|errors| anyhow!("{}: {}", r.label, errors.join("; ")))?;
-        assert_eq!(valid.shard_id, pod, "{}", r.label);
-        assert_eq!(valid.lease_namespace, namespace, "{}", r.label);
-        assert_eq!(valid.grpc_bind.port(), GRPC_PORT as u16, "{}", r.label);
-        assert_eq!(valid.admin_bind.port(), ADMIN_PORT as u16, "{}", r.label);
+        assert_eq!(valid.config.shard_id, pod, "{}", r.label);
+        assert_eq!(valid.config.lease_namespace, namespace, "{}", r.label);
+        assert_eq!(valid.bind.grpc.port(), GRPC_PORT as u16, "{}", r.label);
+        assert_eq!(valid.bind.admin.port(), ADMIN_PORT as u16, "{}", r.label);
     }
     Ok(())
 }

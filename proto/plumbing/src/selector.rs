@@ -857,4 +857,14 @@ mod tests {
             assert_eq!(FieldSelector::parse(&f.to_string(), METADATA_FIELDS).expect("re-parses"), f, "{input:?}");
         }
     }
+
+    #[test]
+    fn dns_subdomains_are_lowercase_dot_separated_parts_with_alphanumeric_ends() {
+        for ok in ["shardmetrics-scraper-0", "a", "0", "kube-system", "a.b-c.d", &"a".repeat(253)] {
+            assert!(is_dns_subdomain(ok), "{ok:?}");
+        }
+        for bad in ["", "Shard_0", "UPPER", "-a", "a-", "a..b", ".a", "a.", "a_b", "a b", &"a".repeat(254)] {
+            assert!(!is_dns_subdomain(bad), "{bad:?}");
+        }
+    }
 }
