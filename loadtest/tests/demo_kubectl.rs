@@ -4,11 +4,13 @@
 
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use serde_json::Value;
 use shardmetrics_sim::apiserver::resources::PODS;
 use shardmetrics_sim::apiserver::store::Filter;
+use shardmetrics_sim::kubelet::usage::node_swap_capacity_bytes;
 use shardmetrics_loadtest::demo::{Demo, DemoConfig, RunningDemo};
 use shardmetrics_xtask::kubectl::Kubectl;
 
@@ -58,6 +60,15 @@ fn true_pod_millicores(demo: &RunningDemo, namespace: &str, pod: &str) -> i64 {
     })
 }
 
+/// True swap of a pod as its kubelet reports it (0 on a node without swap), in bytes.
+fn true_pod_swap(demo: &RunningDemo, namespace: &str, pod: &str) -> u64 {
+    let obj = demo.api.store().get(PODS, namespace, pod).unwrap();
+    let node = obj.field("spec.nodeName").unwrap().to_owned();
+    demo.cluster.kubelet(&node).unwrap().with_usage(|u| {
+        u.pods[&(namespace.to_owned(), pod.to_owned())].containers.iter().map(|c| u.container_swap_bytes(c).unwrap_or(0)).sum()
+    })
+}
+
 fn now_ms() -> i64 {
     shardmetrics_plumbing::clock::system().now_ms()
 }
@@ -96,7 +107,39 @@ async fn kubectl_top_and_the_metrics_api_report_the_true_usage_through_the_whole
             * if item["usage"]["memory"].as_str().unwrap().ends_with("Ki") { 1024.0 } else { 1.0 };
         let truth = demo.cluster.kubelet(name).unwrap().true_node_memory(at) as f64;
         assert!((bytes - truth).abs() / truth < 0.005, "{name}: API says {bytes} bytes, truth {truth}");
+        let swap = demo.cluster.kubelet(name).unwrap().with_usage(|u| u.swap_bytes());
+        assert_eq!(item["usage"].get("swap").is_some(), swap.is_some(), "swap served exactly where the kubelet reports it: {item}");
     }
+
+    // Swap (metrics-server serves none): `top --show-swap` shows each swap node's usage and its
+    // share of status.nodeInfo.swap.capacity, <unknown> on nodes without swap, and per pod the
+    // sum of its containers' swap.
+    let top = k.ok(&["top", "nodes", "--show-swap"]).await;
+    assert!(top.lines().next().is_some_and(|h| h.contains("SWAP(bytes)") && h.contains("SWAP(%)")), "{top}");
+    let nodes = rows(&top, 1);
+    let mut with_swap = 0;
+    for (name, cells) in &nodes {
+        match node_swap_capacity_bytes(name) {
+            Some(capacity) => {
+                let truth = demo.cluster.kubelet(name).unwrap().with_usage(|u| u.swap_bytes()).expect("a swap node reports swap");
+                assert_eq!(cells[5], format!("{}Mi", truth >> 20), "{name}: {top}");
+                assert_eq!(cells[6], format!("{}%", (truth as f64 / capacity as f64 * 100.0) as i64), "{name}: {top}");
+                with_swap += 1;
+            }
+            None => assert_eq!(cells[5..7], ["<unknown>", "<unknown>"], "{name}: {top}"),
+        }
+    }
+    assert!(with_swap > 0 && with_swap < nodes.len(), "the demo has nodes with and without swap: {top}");
+    let top = k.ok(&["top", "pods", "-A", "--show-swap"]).await;
+    assert!(top.lines().next().is_some_and(|h| h.contains("SWAP(bytes)")), "{top}");
+    let mut swapping = 0;
+    for (key, cells) in &rows(&top, 2) {
+        let (ns, name) = key.split_once('/').unwrap();
+        let truth = true_pod_swap(&demo, ns, name);
+        assert_eq!(cells[4], format!("{}Mi", truth >> 20), "{key}: {top}");
+        swapping += usize::from(truth >= 1 << 20);
+    }
+    assert!(swapping > 0, "some pod swaps a MiB or more: {top}");
 
     // Every pod, CPU within 2m of the truth.
     let all_pods = demo.api.store().list(&Filter::all(PODS), &Default::default()).unwrap().items;
@@ -149,6 +192,18 @@ async fn kubectl_top_and_the_metrics_api_report_the_true_usage_through_the_whole
     assert_eq!(raw_names, expected);
     let resources = k.ok(&["api-resources", "--api-group=metrics.k8s.io"]).await;
     assert!(resources.contains("NodeMetrics") && resources.contains("PodMetrics"), "{resources}");
+
+    // A kwok-style node: its metrics.k8s.io/resource-metrics-path annotation moves the scrape
+    // to that path on the same endpoint, and the node stays served.
+    let node = demo.cluster.node_names()[0].clone();
+    let kubelet = demo.cluster.kubelet(&node).unwrap();
+    assert_eq!(kubelet.stats.kwok_path_scrapes.load(Relaxed), 0);
+    k.ok(&["annotate", "node", &node, &format!("metrics.k8s.io/resource-metrics-path=/metrics/nodes/{node}/metrics/resource")]).await;
+    eventually("a scrape at the annotated path", async || kubelet.stats.kwok_path_scrapes.load(Relaxed) >= 2).await;
+    let served = k.ok(&["get", "--raw", &format!("/apis/metrics.k8s.io/v1beta1/nodes/{node}")]).await;
+    let served: Value = serde_json::from_str(&served).unwrap();
+    let at = served["timestamp"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap().as_millisecond();
+    assert!(now_ms() - at < RESOLUTION.as_millis() as i64 * 3, "{node} is served fresh from the annotated path: {served}");
 
     // The authenticated user without rights is refused.
     let (ok, _, stderr) = k.run(&["--context", "demo-noaccess", "top", "nodes"]).await;

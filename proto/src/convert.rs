@@ -72,6 +72,7 @@ fn point_to_wire(p: &Point) -> v1::Point {
         timestamp_ms: p.timestamp_ms,
         cpu_usage_ns: p.cpu_usage_ns,
         memory_working_set_bytes: p.memory_working_set_bytes,
+        swap_usage_bytes: p.swap_usage_bytes,
     }
 }
 
@@ -80,6 +81,7 @@ fn point_from_wire(p: &v1::Point) -> Point {
         timestamp_ms: p.timestamp_ms,
         cpu_usage_ns: p.cpu_usage_ns,
         memory_working_set_bytes: p.memory_working_set_bytes,
+        swap_usage_bytes: p.swap_usage_bytes,
     }
 }
 
@@ -218,7 +220,7 @@ mod tests {
         NodeScrape {
             node: node.into(),
             scraped_at_ms: t + 3,
-            node_usage: Some(Point { timestamp_ms: t, cpu_usage_ns: 5_000_000_000, memory_working_set_bytes: 1 << 30 }),
+            node_usage: Some(Point { timestamp_ms: t, cpu_usage_ns: 5_000_000_000, memory_working_set_bytes: 1 << 30, swap_usage_bytes: Some(0) }),
             pods: vec![
                 PodSamples {
                     namespace: "kube-system".into(),
@@ -226,7 +228,7 @@ mod tests {
                     containers: vec![ContainerSample {
                         name: "coredns".into(),
                         start_time_ms: 1_700_000_000_000,
-                        usage: Point { timestamp_ms: t - 1, cpu_usage_ns: 123_456_789, memory_working_set_bytes: 12_345_678 },
+                        usage: Point { timestamp_ms: t - 1, cpu_usage_ns: 123_456_789, memory_working_set_bytes: 12_345_678, swap_usage_bytes: Some(4096) },
                     }],
                 },
                 PodSamples {
@@ -237,7 +239,7 @@ mod tests {
                         ContainerSample {
                             name: "coredns".into(),
                             start_time_ms: 7,
-                            usage: Point { timestamp_ms: t, cpu_usage_ns: u64::MAX, memory_working_set_bytes: 0 },
+                            usage: Point { timestamp_ms: t, cpu_usage_ns: u64::MAX, memory_working_set_bytes: 0, swap_usage_bytes: None },
                         },
                     ],
                 },

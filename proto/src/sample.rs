@@ -13,6 +13,9 @@ pub struct Point {
     pub cpu_usage_ns: u64,
     /// Memory working set at `timestamp_ms`, in bytes.
     pub memory_working_set_bytes: u64,
+    /// Swap in use at `timestamp_ms`, in bytes; `None` when the kubelet reported no swap
+    /// sample (then the Metrics API leaves `swap` out rather than saying 0).
+    pub swap_usage_bytes: Option<u64>,
 }
 
 /// One container of a pod, as seen in one scrape.

@@ -45,7 +45,7 @@ use futures::StreamExt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use shardmetrics_proto::ShardIdentity;
 use shardmetrics_plumbing::tls::AcceptAnyServerCert;
-use shardmetrics_scraper::kubelet::client::RESOURCE_METRICS_PATH;
+use shardmetrics_scraper::nodes::RESOURCE_METRICS_PATH;
 use shardmetrics_scraper::kubelet::fixture::{self, PayloadSpec};
 use shardmetrics_scraper::kubelet::http1::{self, BodyLength};
 use shardmetrics_scraper::kubelet::{KubeletAuth, KubeletClient, KubeletClientConfig, KubeletSource, KubeletTls, parse_resource_metrics};
@@ -183,7 +183,7 @@ impl Pipeline {
         })?;
         let hub = Hub::new(ShardIdentity { shard_id: "bench".into(), epoch: 1 }, 16, Metrics::register(&prometheus::Registry::new())?);
         let subscription = hub.subscribe("bench".into()).map_err(|s| anyhow::anyhow!("subscribe: {s}"))?;
-        let target = NodeTarget { name: "node-0001".into(), host: "127.0.0.1".into(), port };
+        let target = NodeTarget::new("node-0001", "127.0.0.1", port);
         Ok(Pipeline { client, target, hub, subscription })
     }
 

@@ -82,6 +82,41 @@ pub struct NodeTarget {
     pub host: String,
     /// Kubelet HTTPS port.
     pub port: u16,
+    /// Request path: [`RESOURCE_METRICS_PATH`], unless the Node's
+    /// [`RESOURCE_METRICS_PATH_ANNOTATION`] names another (how kwok serves many nodes on one port).
+    pub path: String,
+}
+
+impl NodeTarget {
+    /// A target scraped at the kubelet's own [`RESOURCE_METRICS_PATH`].
+    pub fn new(name: impl Into<String>, host: impl Into<String>, port: u16) -> NodeTarget {
+        NodeTarget { name: name.into(), host: host.into(), port, path: RESOURCE_METRICS_PATH.to_owned() }
+    }
+}
+
+/// The kubelet's resource metrics path, scraped unless a Node's annotation says otherwise.
+pub const RESOURCE_METRICS_PATH: &str = "/metrics/resource";
+
+/// Node annotation naming the path to scrape on that node's kubelet endpoint (metrics-server
+/// ≥ 0.7; kwok sets it to `/metrics/nodes/<node>/metrics/resource`). Empty means unset.
+pub const RESOURCE_METRICS_PATH_ANNOTATION: &str = "metrics.k8s.io/resource-metrics-path";
+
+/// The request target of an annotation's path, as Go's `url.URL{Path: p}.String()` writes it
+/// for metrics-server: a `/` in front when missing, and every byte outside `A-Z a-z 0-9 - _ . ~
+/// $ & + , / : ; = @` percent-encoded (so a `?` or `#` stays part of the path, never a query).
+pub fn request_path(annotation: &str) -> String {
+    let mut out = String::with_capacity(annotation.len() + 1);
+    if !annotation.starts_with('/') {
+        out.push('/');
+    }
+    for b in annotation.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~$&+,/:;=@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// How Node objects become [`NodeTarget`]s.
@@ -145,7 +180,14 @@ impl TargetRules {
             (true, Some(p)) => p,
             _ => self.default_port,
         };
-        Ok(NodeTarget { name, host, port })
+        let path = node
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RESOURCE_METRICS_PATH_ANNOTATION))
+            .filter(|p| !p.is_empty())
+            .map_or_else(|| RESOURCE_METRICS_PATH.to_owned(), |p| request_path(p));
+        Ok(NodeTarget { name, host, port, path })
     }
 }
 
@@ -289,10 +331,29 @@ mod tests {
     }
 
     #[test]
+    fn the_resource_metrics_path_annotation_names_the_path_as_metrics_server_writes_it() {
+        let rules = TargetRules::default();
+        let mut n = node("kwok-node-0", &[("InternalIP", "10.0.0.1")], Some(10247));
+        assert_eq!(rules.target(&n).unwrap().path, "/metrics/resource");
+        for (annotation, path) in [
+            ("/metrics/nodes/kwok-node-0/metrics/resource", "/metrics/nodes/kwok-node-0/metrics/resource"),
+            ("", "/metrics/resource"),
+            ("metrics/x", "/metrics/x"),
+            ("/a b?c#d%e", "/a%20b%3Fc%23d%25e"),
+            ("/$&+,:;=@~-_.", "/$&+,:;=@~-_."),
+            ("/é", "/%C3%A9"),
+        ] {
+            n.metadata.annotations = Some([(RESOURCE_METRICS_PATH_ANNOTATION.to_owned(), annotation.to_owned())].into());
+            let t = rules.target(&n).unwrap();
+            assert_eq!((t.path.as_str(), t.port), (path, 10247), "{annotation:?}");
+        }
+    }
+
+    #[test]
     fn the_first_preferred_address_type_present_wins() {
         let rules = TargetRules::default();
         let n = node("n1", &[("Hostname", "n1.local"), ("ExternalIP", "1.2.3.4"), ("InternalIP", "10.0.0.1")], Some(10250));
-        assert_eq!(rules.target(&n).unwrap(), NodeTarget { name: "n1".into(), host: "10.0.0.1".into(), port: 10250 });
+        assert_eq!(rules.target(&n).unwrap(), NodeTarget::new("n1", "10.0.0.1", 10250));
         let n = node("n1", &[("Hostname", "n1.local"), ("ExternalIP", "1.2.3.4")], Some(10250));
         assert_eq!(rules.target(&n).unwrap().host, "1.2.3.4");
         let rules = TargetRules { preferred_address_types: vec![AddressType::Hostname], ..TargetRules::default() };

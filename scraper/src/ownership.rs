@@ -164,7 +164,7 @@ mod tests {
     use super::*;
 
     fn view(names: &[&str]) -> NodeView {
-        let nodes = names.iter().map(|n| ((*n).to_owned(), NodeTarget { name: (*n).into(), host: "h".into(), port: 1 })).collect();
+        let nodes = names.iter().map(|n| ((*n).to_owned(), NodeTarget::new(*n, "h", 1))).collect();
         NodeView { nodes: Arc::new(nodes), synced: true }
     }
 

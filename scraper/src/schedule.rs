@@ -556,7 +556,7 @@ mod tests {
 
     fn assignment(owned: &[&str], known: &[&str]) -> Assignment {
         let owned: BTreeMap<String, NodeTarget> =
-            owned.iter().map(|n| ((*n).to_owned(), NodeTarget { name: (*n).to_owned(), host: "127.0.0.1".into(), port: 1 })).collect();
+            owned.iter().map(|n| ((*n).to_owned(), NodeTarget::new(*n, "127.0.0.1", 1))).collect();
         Assignment {
             owned: Arc::new(owned),
             known: Arc::new(known.iter().map(|n| (*n).to_owned()).collect()),

@@ -127,7 +127,7 @@ async fn a_closed_port_is_a_connect_error() {
         l.local_addr().unwrap().port()
     };
     let c = client(KubeletTls::Verify(vec![ca.cert_der().clone()]), KubeletAuth::None);
-    let t = shardmetrics_scraper::nodes::NodeTarget { name: "n".into(), host: "127.0.0.1".into(), port };
+    let t = shardmetrics_scraper::nodes::NodeTarget::new("n", "127.0.0.1", port);
     let err = c.fetch(&t).await.unwrap_err();
     assert!(matches!(err, ScrapeError::Connect(_)), "{err}");
 }

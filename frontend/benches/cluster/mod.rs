@@ -33,7 +33,7 @@ pub fn pod(i: usize) -> (String, String, String, Vec<&'static str>) {
 
 /// The scrape of node `node` taken `t_ms` after [`T0`].
 pub fn scrape(node: usize, t_ms: i64) -> NodeScrape {
-    let point = |k: u64| Point { timestamp_ms: T0 + t_ms, cpu_usage_ns: k * t_ms as u64 * 1_000_000 + 1, memory_working_set_bytes: k << 24 };
+    let point = |k: u64| Point { timestamp_ms: T0 + t_ms, cpu_usage_ns: k * t_ms as u64 * 1_000_000 + 1, memory_working_set_bytes: k << 24, swap_usage_bytes: None };
     NodeScrape {
         node: format!("node-{node:05}"),
         scraped_at_ms: T0 + t_ms + 30,

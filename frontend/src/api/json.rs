@@ -27,11 +27,17 @@ fn labels_json(out: &mut Vec<u8>, labels: Option<&Labels>) {
     out.push(b'}');
 }
 
-fn usage_json(out: &mut Vec<u8>, cpu: u64, memory: u64) {
+/// A ResourceList in Go's key order (cpu, memory, swap); `swap` only when reported (a binary-SI
+/// quantity of bytes, as memory).
+fn usage_json(out: &mut Vec<u8>, cpu: u64, memory: u64, swap: Option<u64>) {
     out.extend_from_slice(br#"{"cpu":""#);
     out.extend_from_slice(Cpu(cpu).text().as_bytes());
     out.extend_from_slice(br#"","memory":""#);
     out.extend_from_slice(Memory(memory).text().as_bytes());
+    if let Some(swap) = swap {
+        out.extend_from_slice(br#"","swap":""#);
+        out.extend_from_slice(Memory(swap).text().as_bytes());
+    }
     out.extend_from_slice(br#""}"#);
 }
 
@@ -66,7 +72,7 @@ pub fn write_node(out: &mut Vec<u8>, item: &NodeItem, now_ms: i64, typed: Option
     let u = &item.usage.usage;
     timestamp_window(out, u.timestamp_ms, u.window_ms);
     out.extend_from_slice(br#""usage":"#);
-    usage_json(out, u.cpu_nanocores, u.memory_bytes);
+    usage_json(out, u.cpu_nanocores, u.memory_bytes, u.swap_bytes);
     out.push(b'}');
 }
 
@@ -92,7 +98,7 @@ pub fn write_pod(out: &mut Vec<u8>, item: &PodItem, now_ms: i64, typed: Option<A
         out.extend_from_slice(br#"{"name":"#);
         json_str(out, &c.name);
         out.extend_from_slice(br#","usage":"#);
-        usage_json(out, c.cpu_nanocores, c.memory_bytes);
+        usage_json(out, c.cpu_nanocores, c.memory_bytes, c.swap_bytes);
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");
@@ -162,6 +168,7 @@ pub(crate) mod tests {
                     window_ms: 15_012,
                     cpu_nanocores: 123_456,
                     memory_bytes: 12_636_160,
+                    swap_bytes: None,
                 },
                 scraped_at_ms: NOW - 3_000,
             },
@@ -177,8 +184,8 @@ pub(crate) mod tests {
                 timestamp_ms: NOW - 2_000,
                 window_ms: 15_000,
                 containers: vec![
-                    ContainerUsage { name: "app".into(), cpu_nanocores: 1_500_000_000, memory_bytes: 1 << 20 },
-                    ContainerUsage { name: "sidecar".into(), cpu_nanocores: 7, memory_bytes: 1000 },
+                    ContainerUsage { name: "app".into(), cpu_nanocores: 1_500_000_000, memory_bytes: 1 << 20, swap_bytes: None },
+                    ContainerUsage { name: "sidecar".into(), cpu_nanocores: 7, memory_bytes: 1000, swap_bytes: None },
                 ],
                 scraped_at_ms: NOW - 1_000,
             },
@@ -214,6 +221,23 @@ pub(crate) mod tests {
                 ]
             })
         );
+    }
+
+    #[test]
+    fn swap_is_served_after_memory_only_where_the_kubelet_reported_it() {
+        let mut n = node("node-1");
+        n.usage.usage.swap_bytes = Some(0);
+        let mut out = Vec::new();
+        write_node(&mut out, &n, NOW, None);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["usage"], json!({"cpu": "123456n", "memory": "12340Ki", "swap": "0"}), "0 is a value");
+        let mut p = pod("default", "web");
+        p.usage.containers[0].swap_bytes = Some(3 << 20);
+        let mut out = Vec::new();
+        write_pod(&mut out, &p, NOW, None);
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.contains(r#"{"name":"app","usage":{"cpu":"1500m","memory":"1Mi","swap":"3Mi"}}"#), "{text}");
+        assert!(text.contains(r#"{"name":"sidecar","usage":{"cpu":"7n","memory":"1k"}}"#), "no swap line, no swap: {text}");
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub struct NodeMetrics {
     /// Rate window.
     #[prost(message, optional, tag = "3")]
     pub window: Option<Duration>,
-    /// `cpu` and `memory`.
+    /// `cpu`, `memory` and, when the kubelet reports it, `swap`.
     #[prost(btree_map = "string, message", tag = "4")]
     pub usage: BTreeMap<String, Quantity>,
 }
@@ -136,7 +136,7 @@ pub struct ContainerMetrics {
     /// Container name.
     #[prost(string, optional, tag = "1")]
     pub name: Option<String>,
-    /// `cpu` and `memory`.
+    /// `cpu`, `memory` and, when the kubelet reports it, `swap`.
     #[prost(btree_map = "string, message", tag = "2")]
     pub usage: BTreeMap<String, Quantity>,
 }
@@ -184,11 +184,15 @@ fn time(ms: i64) -> Option<Time> {
     Some(Time { seconds: Some(ms.div_euclid(1000)), nanos: None })
 }
 
-fn usage(cpu: u64, memory: u64) -> BTreeMap<String, Quantity> {
-    BTreeMap::from([
+fn usage(cpu: u64, memory: u64, swap: Option<u64>) -> BTreeMap<String, Quantity> {
+    let mut map = BTreeMap::from([
         ("cpu".to_owned(), Quantity { string: Some(Cpu(cpu).to_string()) }),
         ("memory".to_owned(), Quantity { string: Some(Memory(memory).to_string()) }),
-    ])
+    ]);
+    if let Some(swap) = swap {
+        map.insert("swap".to_owned(), Quantity { string: Some(Memory(swap).to_string()) });
+    }
+    map
 }
 
 /// The protobuf NodeMetrics of `item` (`now_ms` = creationTimestamp).
@@ -203,7 +207,7 @@ pub fn node_message(item: &NodeItem, now_ms: i64) -> NodeMetrics {
         }),
         timestamp: time(u.timestamp_ms),
         window: Some(Duration { duration: Some(u.window_ms.saturating_mul(1_000_000)) }),
-        usage: usage(u.cpu_nanocores, u.memory_bytes),
+        usage: usage(u.cpu_nanocores, u.memory_bytes, u.swap_bytes),
     }
 }
 
@@ -223,7 +227,10 @@ pub fn pod_message(item: &PodItem, now_ms: i64) -> PodMetrics {
         containers: p
             .containers
             .iter()
-            .map(|c| ContainerMetrics { name: Some(c.name.to_string()), usage: usage(c.cpu_nanocores, c.memory_bytes) })
+            .map(|c| ContainerMetrics {
+                name: Some(c.name.to_string()),
+                usage: usage(c.cpu_nanocores, c.memory_bytes, c.swap_bytes),
+            })
             .collect(),
     }
 }
@@ -269,13 +276,31 @@ mod hand {
         ld_len(1, key.len()) + ld_len(2, value_len)
     }
 
-    /// The `usage` map (`cpu`, `memory` → Quantity{string}) as repeated field `tag`.
-    fn usage_len(tag: u32, cpu: &QuantityText, mem: &QuantityText) -> usize {
-        ld_len(tag, entry_len(b"cpu", ld_len(1, cpu.as_bytes().len()))) + ld_len(tag, entry_len(b"memory", ld_len(1, mem.as_bytes().len())))
+    /// The quantity texts of one `usage` map: cpu, memory and, when reported, swap.
+    struct UsageTexts {
+        cpu: QuantityText,
+        mem: QuantityText,
+        swap: Option<QuantityText>,
     }
 
-    fn put_usage(tag: u32, cpu: &QuantityText, mem: &QuantityText, out: &mut Vec<u8>) {
-        for (key, q) in [(&b"cpu"[..], cpu), (&b"memory"[..], mem)] {
+    impl UsageTexts {
+        fn new(cpu_nanocores: u64, memory_bytes: u64, swap_bytes: Option<u64>) -> Self {
+            Self { cpu: Cpu(cpu_nanocores).text(), mem: Memory(memory_bytes).text(), swap: swap_bytes.map(|s| Memory(s).text()) }
+        }
+
+        /// The map's entries in key order, as Go writes them.
+        fn entries(&self) -> impl Iterator<Item = (&'static [u8], &QuantityText)> {
+            [(&b"cpu"[..], &self.cpu), (&b"memory"[..], &self.mem)].into_iter().chain(self.swap.as_ref().map(|s| (&b"swap"[..], s)))
+        }
+    }
+
+    /// The `usage` map (`cpu`, `memory`, `swap` → Quantity{string}) as repeated field `tag`.
+    fn usage_len(tag: u32, usage: &UsageTexts) -> usize {
+        usage.entries().map(|(key, q)| ld_len(tag, entry_len(key, ld_len(1, q.as_bytes().len())))).sum()
+    }
+
+    fn put_usage(tag: u32, usage: &UsageTexts, out: &mut Vec<u8>) {
+        for (key, q) in usage.entries() {
             let q_len = ld_len(1, q.as_bytes().len());
             put_ld(tag, entry_len(key, q_len), out);
             put_bytes(1, key, out);
@@ -316,11 +341,10 @@ mod hand {
     /// Encoded length of a NodeMetrics.
     pub(super) fn node_len(item: &NodeItem, now_s: i64) -> usize {
         let u = &item.usage.usage;
-        let (cpu, mem) = (Cpu(u.cpu_nanocores).text(), Memory(u.memory_bytes).text());
         ld_len(1, meta_len(&item.usage.name, None, now_s, item.labels.as_ref()))
             + ld_len(2, int_msg_len(u.timestamp_ms.div_euclid(1000)))
             + ld_len(3, int_msg_len(window_ns(u.window_ms)))
-            + usage_len(4, &cpu, &mem)
+            + usage_len(4, &UsageTexts::new(u.cpu_nanocores, u.memory_bytes, u.swap_bytes))
     }
 
     /// Writes a NodeMetrics (without its own length prefix).
@@ -329,11 +353,11 @@ mod hand {
         put_meta(&item.usage.name, None, now_s, item.labels.as_ref(), out);
         put_int_msg(2, u.timestamp_ms.div_euclid(1000), out);
         put_int_msg(3, window_ns(u.window_ms), out);
-        put_usage(4, &Cpu(u.cpu_nanocores).text(), &Memory(u.memory_bytes).text(), out);
+        put_usage(4, &UsageTexts::new(u.cpu_nanocores, u.memory_bytes, u.swap_bytes), out);
     }
 
-    fn container_len(name: &str, cpu: &QuantityText, mem: &QuantityText) -> usize {
-        ld_len(1, name.len()) + usage_len(2, cpu, mem)
+    fn container_len(name: &str, usage: &UsageTexts) -> usize {
+        ld_len(1, name.len()) + usage_len(2, usage)
     }
 
     /// Encoded length of a PodMetrics.
@@ -343,8 +367,7 @@ mod hand {
             + ld_len(2, int_msg_len(p.timestamp_ms.div_euclid(1000)))
             + ld_len(3, int_msg_len(window_ns(p.window_ms)));
         for c in &p.containers {
-            let (cpu, mem) = (Cpu(c.cpu_nanocores).text(), Memory(c.memory_bytes).text());
-            n += ld_len(4, container_len(&c.name, &cpu, &mem));
+            n += ld_len(4, container_len(&c.name, &UsageTexts::new(c.cpu_nanocores, c.memory_bytes, c.swap_bytes)));
         }
         n
     }
@@ -356,10 +379,10 @@ mod hand {
         put_int_msg(2, p.timestamp_ms.div_euclid(1000), out);
         put_int_msg(3, window_ns(p.window_ms), out);
         for c in &p.containers {
-            let (cpu, mem) = (Cpu(c.cpu_nanocores).text(), Memory(c.memory_bytes).text());
-            put_ld(4, container_len(&c.name, &cpu, &mem), out);
+            let usage = UsageTexts::new(c.cpu_nanocores, c.memory_bytes, c.swap_bytes);
+            put_ld(4, container_len(&c.name, &usage), out);
             put_bytes(1, c.name.as_bytes(), out);
-            put_usage(2, &cpu, &mem, out);
+            put_usage(2, &usage, out);
         }
     }
 }
@@ -516,22 +539,37 @@ mod tests {
         assert_eq!(p.encode_to_vec(), [0x1a, 0x02, 0x08, 0x01, 0x22, 0x03, 0x0a, 0x01, b'c']);
     }
 
+    fn hand_pod(item: &PodItem) -> Vec<u8> {
+        let mut out = Vec::new();
+        hand::put_pod(item, NOW / 1000, &mut out);
+        out
+    }
+
     #[test]
     fn the_hand_encoder_writes_what_prost_decodes_to_the_reference_messages_with_exact_lengths() {
         let mut items = vec![pod("default", "web"), pod("kube-system", "x")];
         items[1].labels = Some(std::sync::Arc::new(BTreeMap::from([("app".into(), "x".into()), ("empty".into(), String::new())])));
         items[1].usage.timestamp_ms = -1_500; // negative int64 varints
+        items[0].usage.containers[0].swap_bytes = Some(5 << 20); // a third usage entry
         for item in &items {
             let mut out = Vec::new();
             hand::put_pod(item, NOW / 1000, &mut out);
             assert_eq!(out.len(), hand::pod_len(item, NOW / 1000));
             assert_eq!(PodMetrics::decode(out.as_slice()).expect("decode"), pod_message(item, NOW));
         }
-        let n = node("node-1");
-        let mut out = Vec::new();
-        hand::put_node(&n, NOW / 1000, &mut out);
-        assert_eq!(out.len(), hand::node_len(&n, NOW / 1000));
-        assert_eq!(NodeMetrics::decode(out.as_slice()).expect("decode"), node_message(&n, NOW));
+        let mut n = node("node-1");
+        for swap in [None, Some(0)] {
+            n.usage.usage.swap_bytes = swap;
+            let mut out = Vec::new();
+            hand::put_node(&n, NOW / 1000, &mut out);
+            assert_eq!(out.len(), hand::node_len(&n, NOW / 1000));
+            let decoded = NodeMetrics::decode(out.as_slice()).expect("decode");
+            assert_eq!(decoded.usage.get("swap").and_then(|q| q.string.as_deref()), swap.map(|_| "0"));
+            assert_eq!(decoded, node_message(&n, NOW));
+        }
+        let decoded = PodMetrics::decode(hand_pod(&items[0]).as_slice()).expect("decode");
+        assert_eq!(decoded.containers[0].usage["swap"].string.as_deref(), Some("5Mi"));
+        assert!(!decoded.containers[1].usage.contains_key("swap"));
     }
 
     #[test]

@@ -546,7 +546,7 @@ mod tests {
         let clock = ManualClock::new(T0 + 20_000);
         let store = Arc::new(Store::new(StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 }, clock.clone()));
         for t in [0i64, 15_000] {
-            let point = |cpu: u64| Point { timestamp_ms: T0 + t, cpu_usage_ns: cpu * t as u64, memory_working_set_bytes: 1024 };
+            let point = |cpu: u64| Point { timestamp_ms: T0 + t, cpu_usage_ns: cpu * t as u64, memory_working_set_bytes: 1024, swap_usage_bytes: None };
             store.ingest_scrape(&NodeScrape {
                 node: "n1".into(),
                 scraped_at_ms: T0 + t,

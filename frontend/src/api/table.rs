@@ -1,7 +1,9 @@
 //! `meta.k8s.io` Table answers for `kubectl get nodemetrics` / `kubectl get podmetrics`.
 //!
 //! Columns as metrics-server's `ConvertToTable`: `Name`, then the usage resources sorted by name
-//! (`cpu`, `memory`, summed over containers for pods), then `Window`. Each row carries the
+//! (`cpu`, `memory`, summed over containers for pods), then `Window`. A `swap` column follows
+//! `memory` when any row reports swap (a row without it shows `<none>`; metrics-server, which
+//! serves no swap, would take the columns from its first row). Each row carries the
 //! object as `includeObject` asks: `Metadata` (the default) a `PartialObjectMetadata`, `Object`
 //! the whole NodeMetrics/PodMetrics, `None` nothing.
 
@@ -58,7 +60,19 @@ pub struct TableOptions {
 
 const COLUMNS: &str = r#""columnDefinitions":[{"name":"Name","type":"string","format":"name","description":"Name of the resource","priority":0},{"name":"cpu","type":"string","format":"quantity","description":"","priority":0},{"name":"memory","type":"string","format":"quantity","description":"","priority":0},{"name":"Window","type":"string","format":"duration","description":"","priority":0}]"#;
 
-fn row_cells(out: &mut Vec<u8>, name: &str, cpu: Cpu, memory: Memory, window_ms: i64) {
+/// [`COLUMNS`] with `swap` after `memory`.
+const COLUMNS_WITH_SWAP: &str = r#""columnDefinitions":[{"name":"Name","type":"string","format":"name","description":"Name of the resource","priority":0},{"name":"cpu","type":"string","format":"quantity","description":"","priority":0},{"name":"memory","type":"string","format":"quantity","description":"","priority":0},{"name":"swap","type":"string","format":"quantity","description":"","priority":0},{"name":"Window","type":"string","format":"duration","description":"","priority":0}]"#;
+
+/// The cell of a row without swap in a table with a swap column.
+const NO_SWAP_CELL: &str = "<none>";
+
+/// The options of one table and whether it has a swap column.
+struct Layout {
+    opts: TableOptions,
+    swap_column: bool,
+}
+
+fn row_cells(out: &mut Vec<u8>, layout: &Layout, name: &str, cpu: Cpu, memory: Memory, swap: Option<Memory>, window_ms: i64) {
     out.extend_from_slice(br#"{"cells":["#);
     json_str(out, name);
     out.extend_from_slice(b",\"");
@@ -66,6 +80,13 @@ fn row_cells(out: &mut Vec<u8>, name: &str, cpu: Cpu, memory: Memory, window_ms:
     out.extend_from_slice(b"\",\"");
     out.extend_from_slice(memory.text().as_bytes());
     out.extend_from_slice(b"\",\"");
+    if layout.swap_column {
+        match swap {
+            Some(swap) => out.extend_from_slice(swap.text().as_bytes()),
+            None => out.extend_from_slice(NO_SWAP_CELL.as_bytes()),
+        }
+        out.extend_from_slice(b"\",\"");
+    }
     GoDuration::from_millis(window_ms).write_to(out);
     out.extend_from_slice(b"\"]");
 }
@@ -97,9 +118,10 @@ fn partial_metadata(out: &mut Vec<u8>, opts: &TableOptions, name: &str, namespac
     out.extend_from_slice(b"}}");
 }
 
-fn node_row(out: &mut Vec<u8>, item: &NodeItem, opts: &TableOptions) {
+fn node_row(out: &mut Vec<u8>, item: &NodeItem, layout: &Layout) {
+    let opts = &layout.opts;
     let u = &item.usage.usage;
-    row_cells(out, &item.usage.name, Cpu(u.cpu_nanocores), Memory(u.memory_bytes), u.window_ms);
+    row_cells(out, layout, &item.usage.name, Cpu(u.cpu_nanocores), Memory(u.memory_bytes), u.swap_bytes.map(Memory), u.window_ms);
     match opts.include {
         IncludeObject::Metadata => partial_metadata(out, opts, &item.usage.name, None, item.labels.as_ref()),
         IncludeObject::Object => {
@@ -111,11 +133,13 @@ fn node_row(out: &mut Vec<u8>, item: &NodeItem, opts: &TableOptions) {
     out.push(b'}');
 }
 
-fn pod_row(out: &mut Vec<u8>, item: &PodItem, opts: &TableOptions) {
+fn pod_row(out: &mut Vec<u8>, item: &PodItem, layout: &Layout) {
+    let opts = &layout.opts;
     let p = &item.usage;
     let cpu = sum_cpu(p.containers.iter().map(|c| Cpu(c.cpu_nanocores)));
     let memory = sum_memory(p.containers.iter().map(|c| Memory(c.memory_bytes)));
-    row_cells(out, &p.name, cpu, memory, p.window_ms);
+    let swap = pod_has_swap(item).then(|| sum_memory(p.containers.iter().filter_map(|c| c.swap_bytes.map(Memory))));
+    row_cells(out, layout, &p.name, cpu, memory, swap, p.window_ms);
     match opts.include {
         IncludeObject::Metadata => partial_metadata(out, opts, &p.name, Some(&p.namespace), item.labels.as_ref()),
         IncludeObject::Object => {
@@ -127,12 +151,27 @@ fn pod_row(out: &mut Vec<u8>, item: &PodItem, opts: &TableOptions) {
     out.push(b'}');
 }
 
-fn table<T: Send + 'static>(items: Vec<T>, opts: TableOptions, row: fn(&mut Vec<u8>, &T, &TableOptions)) -> Body {
+fn node_has_swap(item: &NodeItem) -> bool {
+    item.usage.usage.swap_bytes.is_some()
+}
+
+fn pod_has_swap(item: &PodItem) -> bool {
+    item.usage.containers.iter().any(|c| c.swap_bytes.is_some())
+}
+
+fn table<T: Send + 'static>(
+    items: Vec<T>,
+    opts: TableOptions,
+    has_swap: fn(&T) -> bool,
+    row: fn(&mut Vec<u8>, &T, &Layout),
+) -> Body {
+    let layout = Layout { opts, swap_column: items.iter().any(has_swap) };
     let mut next = 0usize;
     let mut header = true;
     Body::streaming(Box::new(move |out: &mut Vec<u8>| {
         if header {
-            let _ = write!(out, r#"{{"kind":"Table","apiVersion":"{}","metadata":{{}},{COLUMNS},"rows":["#, opts.version.api_version());
+            let columns = if layout.swap_column { COLUMNS_WITH_SWAP } else { COLUMNS };
+            let _ = write!(out, r#"{{"kind":"Table","apiVersion":"{}","metadata":{{}},{columns},"rows":["#, layout.opts.version.api_version());
             header = false;
         }
         let end = (next + 64).min(items.len());
@@ -140,7 +179,7 @@ fn table<T: Send + 'static>(items: Vec<T>, opts: TableOptions, row: fn(&mut Vec<
             if next + i > 0 {
                 out.push(b',');
             }
-            row(out, item, &opts);
+            row(out, item, &layout);
         }
         next = end;
         if next == items.len() {
@@ -154,12 +193,12 @@ fn table<T: Send + 'static>(items: Vec<T>, opts: TableOptions, row: fn(&mut Vec<
 
 /// A Table of nodes.
 pub fn nodes(items: Vec<NodeItem>, opts: TableOptions) -> Body {
-    table(items, opts, node_row)
+    table(items, opts, node_has_swap, node_row)
 }
 
 /// A Table of pods.
 pub fn pods(items: Vec<PodItem>, opts: TableOptions) -> Body {
-    table(items, opts, pod_row)
+    table(items, opts, pod_has_swap, pod_row)
 }
 
 #[cfg(test)]
@@ -198,6 +237,21 @@ mod tests {
             serde_json::from_slice(&pods(vec![pod("default", "web")], opts(IncludeObject::Metadata)).collect_bytes()).expect("json");
         assert_eq!(v["rows"][0]["cells"], json!(["web", "1500000007n", "1049576", "15s"]));
         assert_eq!(v["rows"][0]["object"]["metadata"]["namespace"], "default");
+    }
+
+    #[test]
+    fn a_swap_column_follows_memory_when_any_row_reports_swap() {
+        let mut with = pod("default", "web");
+        with.usage.containers[0].swap_bytes = Some(1 << 20);
+        with.usage.containers[1].swap_bytes = Some(1 << 20);
+        let v: serde_json::Value = serde_json::from_slice(
+            &pods(vec![pod("default", "a"), with], opts(IncludeObject::None)).collect_bytes(),
+        )
+        .expect("json");
+        let names: Vec<_> = v["columnDefinitions"].as_array().expect("columns").iter().map(|c| c["name"].clone()).collect();
+        assert_eq!(names, [json!("Name"), json!("cpu"), json!("memory"), json!("swap"), json!("Window")]);
+        assert_eq!(v["rows"][0]["cells"], json!(["a", "1500000007n", "1049576", "<none>", "15s"]));
+        assert_eq!(v["rows"][1]["cells"], json!(["web", "1500000007n", "1049576", "2Mi", "15s"]));
     }
 
     #[test]

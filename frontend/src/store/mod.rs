@@ -76,6 +76,8 @@ pub struct ContainerUsage {
     pub cpu_nanocores: u64,
     /// Memory working set, in bytes.
     pub memory_bytes: u64,
+    /// Swap in use, in bytes; `None` when the kubelet reported no swap for it (not served).
+    pub swap_bytes: Option<u64>,
 }
 
 /// The usage of one pod, ready to serve.
@@ -394,7 +396,12 @@ fn pod_usage(ns: &Arc<str>, name: &Arc<str>, entry: &PodEntry, oldest: i64) -> O
         if earliest.is_none_or(|e| u.timestamp_ms < e.timestamp_ms) {
             earliest = Some(u);
         }
-        containers.push(ContainerUsage { name: c.name.clone(), cpu_nanocores: u.cpu_nanocores, memory_bytes: u.memory_bytes });
+        containers.push(ContainerUsage {
+            name: c.name.clone(),
+            cpu_nanocores: u.cpu_nanocores,
+            memory_bytes: u.memory_bytes,
+            swap_bytes: u.swap_bytes,
+        });
     }
     let earliest = earliest?;
     Some(PodUsage {
@@ -582,7 +589,7 @@ mod tests {
         NodeScrape {
             node: node.into(),
             scraped_at_ms: T0 + t + 5,
-            node_usage: Some(Point { timestamp_ms: T0 + t, cpu_usage_ns: cpu(t) * 4, memory_working_set_bytes: 1 << 30 }),
+            node_usage: Some(Point { timestamp_ms: T0 + t, cpu_usage_ns: cpu(t) * 4, memory_working_set_bytes: 1 << 30, swap_usage_bytes: None }),
             pods: pods
                 .iter()
                 .map(|(ns, name, containers)| PodSamples {
@@ -593,7 +600,7 @@ mod tests {
                         .map(|c| ContainerSample {
                             name: (*c).into(),
                             start_time_ms: 1,
-                            usage: Point { timestamp_ms: T0 + t - 1, cpu_usage_ns: cpu(t), memory_working_set_bytes: 1 << 20 },
+                            usage: Point { timestamp_ms: T0 + t - 1, cpu_usage_ns: cpu(t), memory_working_set_bytes: 1 << 20, swap_usage_bytes: None },
                         })
                         .collect(),
                 })

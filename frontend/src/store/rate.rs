@@ -36,6 +36,8 @@ pub struct Usage {
     pub cpu_nanocores: u64,
     /// Memory working set at `timestamp_ms`, in bytes.
     pub memory_bytes: u64,
+    /// Swap in use at `timestamp_ms`, in bytes; `None` when the kubelet reported none.
+    pub swap_bytes: Option<u64>,
 }
 
 /// Why a series has no usage.
@@ -115,6 +117,7 @@ impl Series {
             window_ms,
             cpu_nanocores: u64::try_from(cpu).unwrap_or(u64::MAX),
             memory_bytes: self.last.memory_working_set_bytes,
+            swap_bytes: self.last.swap_usage_bytes,
         })
     }
 }
@@ -124,7 +127,7 @@ impl Series {
 fn fresh_start(start_ms: i64, point: &Point, resolution_ms: i64) -> Option<Point> {
     let age = point.timestamp_ms - start_ms;
     (start_ms > 0 && start_ms < point.timestamp_ms && age < resolution_ms && age >= FRESH_CONTAINER_MIN_AGE_MS).then_some(
-        Point { timestamp_ms: start_ms, cpu_usage_ns: 0, memory_working_set_bytes: point.memory_working_set_bytes },
+        Point { timestamp_ms: start_ms, cpu_usage_ns: 0, memory_working_set_bytes: point.memory_working_set_bytes, swap_usage_bytes: None },
     )
 }
 
@@ -136,7 +139,7 @@ mod tests {
     const START: i64 = 1_000_000;
 
     fn p(ts: i64, cpu: u64, mem: u64) -> Point {
-        Point { timestamp_ms: ts, cpu_usage_ns: cpu, memory_working_set_bytes: mem }
+        Point { timestamp_ms: ts, cpu_usage_ns: cpu, memory_working_set_bytes: mem, swap_usage_bytes: None }
     }
 
     #[test]

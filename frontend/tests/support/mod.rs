@@ -159,7 +159,7 @@ pub fn scrape(node: &str, t_ms: i64, node_cores: f64, container_cores: f64, pods
     NodeScrape {
         node: node.into(),
         scraped_at_ms: T0 + t_ms + 20,
-        node_usage: Some(Point { timestamp_ms: T0 + t_ms, cpu_usage_ns: cpu(node_cores), memory_working_set_bytes: 8 << 30 }),
+        node_usage: Some(Point { timestamp_ms: T0 + t_ms, cpu_usage_ns: cpu(node_cores), memory_working_set_bytes: 8 << 30, swap_usage_bytes: None }),
         pods: pods
             .iter()
             .map(|(ns, name, containers)| PodSamples {
@@ -170,7 +170,7 @@ pub fn scrape(node: &str, t_ms: i64, node_cores: f64, container_cores: f64, pods
                     .map(|c| ContainerSample {
                         name: (*c).into(),
                         start_time_ms: T0 - 3_600_000,
-                        usage: Point { timestamp_ms: T0 + t_ms - 5, cpu_usage_ns: cpu(container_cores), memory_working_set_bytes: 50 << 20 },
+                        usage: Point { timestamp_ms: T0 + t_ms - 5, cpu_usage_ns: cpu(container_cores), memory_working_set_bytes: 50 << 20, swap_usage_bytes: None },
                     })
                     .collect(),
             })

@@ -15,7 +15,11 @@
 //! - container usage comes from the pod annotations `sim.shardmetrics.io/cpu-millicores` and
 //!   `sim.shardmetrics.io/memory-bytes` (per container), else from the container's resource
 //!   requests, else from a hash of its name; a container reported with a later `startedAt`
-//!   restarts (counter from zero).
+//!   restarts (counter from zero);
+//! - swap: half of the nodes have swap (`status.nodeInfo.swap.capacity`, see
+//!   [`crate::kubelet::usage::node_swap_capacity_bytes`]) and report each container's swap in
+//!   use: the annotation `sim.shardmetrics.io/swap-bytes`, else 1-64 MiB for a third of the
+//!   containers (by a hash of the name) and 0 for the rest.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,6 +39,8 @@ use crate::kubelet::{ContainerUsage, FleetConfig, KubeletError, KubeletFleet, Si
 pub const CPU_ANNOTATION: &str = "sim.shardmetrics.io/cpu-millicores";
 /// Pod annotation: memory working set of each container, in bytes.
 pub const MEMORY_ANNOTATION: &str = "sim.shardmetrics.io/memory-bytes";
+/// Pod annotation: swap in use by each container on a node with swap, in bytes.
+pub const SWAP_ANNOTATION: &str = "sim.shardmetrics.io/swap-bytes";
 /// Label put on every node the cluster creates.
 pub const SIM_NODE_LABEL: &str = "sim.shardmetrics.io/node";
 
@@ -234,9 +240,16 @@ pub fn container_usages(pod: &Value, amplitude_percent: u64) -> Vec<ContainerUsa
                 .unwrap_or((20 + (h >> 16) % 480) << 20);
             let mut u = ContainerUsage::new(cname, cpu, mem);
             u.memory_amplitude_bytes = mem * amplitude_percent.min(100) / 100;
+            u.swap_bytes = ann(SWAP_ANNOTATION).unwrap_or_else(|| default_swap_bytes(h));
             Some(u)
         })
         .collect()
+}
+
+/// Swap in use by a container without the swap annotation, from the hash of its name: 1-64 MiB
+/// for a third of the containers, 0 for the rest.
+fn default_swap_bytes(h: u64) -> u64 {
+    if (h >> 40).is_multiple_of(3) { (1 + (h >> 24) % 64) << 20 } else { 0 }
 }
 
 fn parse_time_ms(v: &Value) -> Option<i64> {
@@ -293,7 +306,7 @@ pub(crate) fn node_status(name: &str, port: u16, cpu_cores: u64, memory_bytes: u
             "lastHeartbeatTime": now, "lastTransitionTime": now})
     };
     let h = hash(name);
-    json!({
+    let mut status = json!({
         "capacity": {"cpu": cpu_cores.to_string(), "memory": format!("{}Ki", memory_bytes / 1024), "pods": "110", "ephemeral-storage": "100Gi"},
         "allocatable": {
             "cpu": format!("{}m", cpu_cores * 1000 - 100),
@@ -320,7 +333,11 @@ pub(crate) fn node_status(name: &str, port: u16, cpu_cores: u64, memory_bytes: u
             "operatingSystem": "linux",
             "architecture": "amd64",
         },
-    })
+    });
+    if let Some(swap) = crate::kubelet::usage::node_swap_capacity_bytes(name) {
+        status["nodeInfo"]["swap"] = json!({"capacity": swap});
+    }
+    status
 }
 
 /// The status a kubelet reports for a running pod.
@@ -383,6 +400,11 @@ pub fn pod_object(spec: &PodSpec, now_ms: i64) -> Value {
     {
         annotations.insert(CPU_ANNOTATION.into(), json!(first.cpu_millicores.to_string()));
         annotations.insert(MEMORY_ANNOTATION.into(), json!(first.memory_base_bytes.to_string()));
+    }
+    if let Some(first) = spec.containers.first()
+        && spec.containers.iter().all(|c| c.swap_bytes == first.swap_bytes)
+    {
+        annotations.insert(SWAP_ANNOTATION.into(), json!(first.swap_bytes.to_string()));
     }
     let mut pod = json!({
         "apiVersion": "v1",
@@ -589,6 +611,7 @@ fn generated_pod(config: &ClusterConfig, node: &str, pod_index: usize) -> PodSpe
             let h = hash(&format!("{namespace}/{name}/{cname}"));
             let mut u = ContainerUsage::new(&cname, 10 + h % 490, (20 + (h >> 16) % 480) << 20);
             u.memory_amplitude_bytes = u.memory_base_bytes * config.memory_amplitude_percent.min(100) / 100;
+            u.swap_bytes = default_swap_bytes(h);
             u
         })
         .collect();

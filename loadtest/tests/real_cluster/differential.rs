@@ -414,6 +414,8 @@ async fn shardmetrics_answers_as_metrics_server_does_for_the_same_kubelet_sample
                 }
                 (a.json(), b.json())
             };
+            // A deliberate difference: shardmetrics serves the swap the kubelets report.
+            without_swap(&mut x);
             sort_containers(&mut x);
             sort_containers(&mut y);
             if let Some(d) = diff(what, &x, &y) {
@@ -496,6 +498,28 @@ async fn shardmetrics_answers_as_metrics_server_does_for_the_same_kubelet_sample
 }
 
 /// metrics-server's discovery document as it reads with `metrics.k8s.io/v1` served too and
+/// shardmetrics' answer as metrics-server, which serves no swap, would give it: no `swap` in any
+/// `usage`, and a Table without its `swap` column.
+fn without_swap(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::Object(usage)) = map.get_mut("usage") {
+                usage.remove("swap");
+            }
+            let swap_column = map.get("columnDefinitions").and_then(Value::as_array).and_then(|c| c.iter().position(|d| d["name"] == "swap"));
+            if let Some(i) = swap_column {
+                map.get_mut("columnDefinitions").and_then(Value::as_array_mut).map(|c| c.remove(i));
+                for row in map.get_mut("rows").and_then(Value::as_array_mut).into_iter().flatten() {
+                    row.get_mut("cells").and_then(Value::as_array_mut).map(|c| c.remove(i));
+                }
+            }
+            map.values_mut().for_each(without_swap);
+        }
+        Value::Array(items) => items.iter_mut().for_each(without_swap),
+        _ => {}
+    }
+}
+
 /// preferred: the v1 entry before the v1beta1 one, the same resources.
 fn with_v1(v: &mut Value) {
     let gv = json!({"groupVersion": "metrics.k8s.io/v1", "version": "v1"});

@@ -73,6 +73,10 @@ pub struct Point {
     /// Memory working set at `timestamp_ms`, in bytes (`*_memory_working_set_bytes`).
     #[prost(uint64, tag = "3")]
     pub memory_working_set_bytes: u64,
+    /// Swap in use at `timestamp_ms`, in bytes (`*_swap_usage_bytes`); absent when the kubelet
+    /// reported none (swap not accounted on that node), which is not the same as 0.
+    #[prost(uint64, optional, tag = "4")]
+    pub swap_usage_bytes: ::core::option::Option<u64>,
 }
 /// The containers of one pod on the scraped node.
 #[derive(Clone, PartialEq, ::prost::Message)]

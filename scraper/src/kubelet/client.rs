@@ -33,9 +33,6 @@ use super::{KubeletSource, ScrapeError};
 use crate::nodes::NodeTarget;
 use crate::tls::provider;
 
-/// Path of the endpoint scraped on every kubelet.
-pub const RESOURCE_METRICS_PATH: &str = "/metrics/resource";
-
 /// How kubelet serving certificates are checked.
 #[derive(Debug, Clone)]
 pub enum KubeletTls {
@@ -309,7 +306,7 @@ impl KubeletClient {
             Some(t) => Some(t.header().await),
             None => None,
         };
-        let request = http1::request(RESOURCE_METRICS_PATH, &target.host, target.port, authorization.as_ref().map(HeaderValue::as_bytes));
+        let request = http1::request(&target.path, &target.host, target.port, authorization.as_ref().map(HeaderValue::as_bytes));
         let key = (target.host.clone(), target.port);
         if let Some(stream) = inner.take_idle(&key) {
             match inner.exchange(stream, &request, true).await {
@@ -524,7 +521,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_host_with_spaces_is_a_connect_error_not_a_panic() {
-        let t = NodeTarget { name: "n".into(), host: "bad host".into(), port: 1 };
+        let t = NodeTarget::new("n", "bad host", 1);
         let err = client().fetch(&t).await.unwrap_err();
         assert!(matches!(err, ScrapeError::Connect(_)), "{err}");
     }
@@ -540,7 +537,7 @@ mod tests {
             }
         });
         let c = client();
-        let err = c.fetch(&NodeTarget { name: "n".into(), host: "127.0.0.1".into(), port }).await.unwrap_err();
+        let err = c.fetch(&NodeTarget::new("n", "127.0.0.1", port)).await.unwrap_err();
         assert_eq!(err.result_label(), "connect_error", "{err}");
         assert_eq!(c.idle_connections(), 0);
     }
@@ -600,7 +597,7 @@ mod tests {
             closing_kubelet(1, |n| format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\nscrape {n}", 7 + n.to_string().len()).into_bytes())
                 .await;
         let c = client();
-        let target = NodeTarget { name: "n".into(), host: "127.0.0.1".into(), port };
+        let target = NodeTarget::new("n", "127.0.0.1", port);
         assert_eq!(c.fetch(&target).await.unwrap(), "scrape 0");
         assert_eq!(c.idle_connections(), 1, "parked for the next scrape");
         tokio::time::sleep(Duration::from_millis(200)).await; // the kubelet has closed it by now
@@ -621,7 +618,7 @@ mod tests {
         })
         .await;
         let c = client();
-        let target = NodeTarget { name: "n".into(), host: "127.0.0.1".into(), port };
+        let target = NodeTarget::new("n", "127.0.0.1", port);
         for n in 0..3 {
             let want: String = (0..=n).map(|i| format!("line {i}\n")).collect();
             assert_eq!(c.fetch(&target).await.unwrap(), want.into_bytes());
@@ -632,11 +629,11 @@ mod tests {
     #[tokio::test]
     async fn a_response_that_ends_early_or_without_a_status_line_is_a_transport_error() {
         let (port, _) = closing_kubelet(1, |_| b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort".to_vec()).await;
-        let target = NodeTarget { name: "n".into(), host: "127.0.0.1".into(), port };
+        let target = NodeTarget::new("n", "127.0.0.1", port);
         let err = client().fetch(&target).await.unwrap_err();
         assert!(matches!(err, ScrapeError::Transport(_)), "{err}");
         let (port, _) = closing_kubelet(1, |_| b"NOT HTTP\r\n\r\n".to_vec()).await;
-        let target = NodeTarget { name: "n".into(), host: "127.0.0.1".into(), port };
+        let target = NodeTarget::new("n", "127.0.0.1", port);
         let err = client().fetch(&target).await.unwrap_err();
         assert!(err.to_string().contains("status line"), "{err}");
     }

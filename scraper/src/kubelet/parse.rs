@@ -1,14 +1,19 @@
 //! Parser for the kubelet's `/metrics/resource` Prometheus text exposition.
 //!
-//! Restricted to what the Metrics API needs: the five families below. Every line is checked
+//! Restricted to what the Metrics API needs: the seven families below. Every line is checked
 //! for syntax (a malformed line fails the scrape with its line number), but only lines of the
 //! kept families are interpreted. Allocation happens per pod and per container (the domain
 //! types own their strings), never per line.
 //!
 //! Kept families:
-//! - `node_cpu_usage_seconds_total`, `node_memory_working_set_bytes` (no labels needed);
+//! - `node_cpu_usage_seconds_total`, `node_memory_working_set_bytes`, `node_swap_usage_bytes`
+//!   (no labels needed);
 //! - `container_cpu_usage_seconds_total`, `container_memory_working_set_bytes`,
-//!   `container_start_time_seconds` (labels `namespace`, `pod`, `container`).
+//!   `container_swap_usage_bytes`, `container_start_time_seconds` (labels `namespace`, `pod`,
+//!   `container`).
+//!
+//! Swap is optional: the kubelet writes it only where swap is accounted, and a point without a
+//! swap sample is complete (its `swap_usage_bytes` is `None`).
 //!
 //! Partial results win: a sample with an unusable value (NaN, infinite, negative) or missing
 //! labels is rejected and counted; a container without both a CPU and a memory sample is
@@ -56,6 +61,8 @@ enum Family {
     ContainerCpu,
     ContainerMemory,
     ContainerStart,
+    NodeSwap,
+    ContainerSwap,
     Other,
 }
 
@@ -67,12 +74,14 @@ impl Family {
             b"container_cpu_usage_seconds_total" => Family::ContainerCpu,
             b"container_memory_working_set_bytes" => Family::ContainerMemory,
             b"container_start_time_seconds" => Family::ContainerStart,
+            b"node_swap_usage_bytes" => Family::NodeSwap,
+            b"container_swap_usage_bytes" => Family::ContainerSwap,
             _ => Family::Other,
         }
     }
 
     fn is_container(self) -> bool {
-        matches!(self, Family::ContainerCpu | Family::ContainerMemory | Family::ContainerStart)
+        matches!(self, Family::ContainerCpu | Family::ContainerMemory | Family::ContainerStart | Family::ContainerSwap)
     }
 }
 
@@ -93,6 +102,7 @@ struct ContainerAcc<'a> {
     seq: usize,
     cpu_ns: Timed<u64>,
     memory_bytes: Timed<u64>,
+    swap_bytes: Option<u64>,
     start_time_ms: Option<i64>,
 }
 
@@ -114,9 +124,10 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
     // expected in that order: the kubelet writes every family in the same row order, so most
     // lines are found by one comparison instead of hashing their namespace and pod.
     let mut order: Vec<(usize, usize)> = Vec::with_capacity(body.len() / 512 + 4);
-    let mut next_in_order = [0usize; 3];
+    let mut next_in_order = [0usize; 4];
     let mut node_cpu: Timed<u64> = None;
     let mut node_memory: Timed<u64> = None;
+    let mut node_swap: Option<u64> = None;
     let mut rejected_samples = 0u32;
 
     // Checked once for the whole body (word at a time for ASCII), so that label values and
@@ -167,7 +178,9 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
         let ts = timestamp_ms.unwrap_or(scraped_at_ms);
         let converted = match family {
             Family::NodeCpu | Family::ContainerCpu => seconds_to_ns(value).map(|v| v as i128),
-            Family::NodeMemory | Family::ContainerMemory => to_u64(value).map(|v| v as i128),
+            Family::NodeMemory | Family::ContainerMemory | Family::NodeSwap | Family::ContainerSwap => {
+                to_u64(value).map(|v| v as i128)
+            }
             Family::ContainerStart => seconds_to_ms(value).map(|v| v as i128),
             Family::Other => None,
         };
@@ -178,6 +191,7 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
         match family {
             Family::NodeCpu => node_cpu = Some((converted as u64, ts)),
             Family::NodeMemory => node_memory = Some((converted as u64, ts)),
+            Family::NodeSwap => node_swap = Some(converted as u64),
             _ => {
                 let (Some(namespace), Some(pod), Some(container)) = (labels.namespace, labels.pod, labels.container) else {
                     rejected_samples += 1;
@@ -186,12 +200,14 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
                 let hint = match family {
                     Family::ContainerCpu => &mut next_in_order[0],
                     Family::ContainerMemory => &mut next_in_order[1],
+                    Family::ContainerSwap => &mut next_in_order[3],
                     _ => &mut next_in_order[2],
                 };
                 let acc = container_acc(&mut pods, &mut pod_index, &mut order, hint, namespace, pod, container);
                 match family {
                     Family::ContainerCpu => acc.cpu_ns = Some((converted as u64, ts)),
                     Family::ContainerMemory => acc.memory_bytes = Some((converted as u64, ts)),
+                    Family::ContainerSwap => acc.swap_bytes = Some(converted as u64),
                     _ => acc.start_time_ms = Some(converted as i64),
                 }
             }
@@ -200,7 +216,9 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
 
     let mut incomplete_containers = 0u32;
     let node_usage = match (node_cpu, node_memory) {
-        (Some((cpu, ts)), Some((mem, _))) => Some(Point { timestamp_ms: ts, cpu_usage_ns: cpu, memory_working_set_bytes: mem }),
+        (Some((cpu, ts)), Some((mem, _))) => {
+            Some(Point { timestamp_ms: ts, cpu_usage_ns: cpu, memory_working_set_bytes: mem, swap_usage_bytes: node_swap })
+        }
         (None, None) => None,
         _ => {
             incomplete_containers += 1;
@@ -215,7 +233,12 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
                 (Some((cpu, ts)), Some((mem, _))) => containers.push(ContainerSample {
                     name: c.name.into_owned(),
                     start_time_ms: c.start_time_ms.unwrap_or(0),
-                    usage: Point { timestamp_ms: ts, cpu_usage_ns: cpu, memory_working_set_bytes: mem },
+                    usage: Point {
+                        timestamp_ms: ts,
+                        cpu_usage_ns: cpu,
+                        memory_working_set_bytes: mem,
+                        swap_usage_bytes: c.swap_bytes,
+                    },
                 }),
                 _ => incomplete_containers += 1,
             }
@@ -264,7 +287,7 @@ fn container_acc<'a, 'p>(
     let j = match containers.iter().position(|c| c.name == container) {
         Some(j) => j,
         None => {
-            containers.push(ContainerAcc { name: container, seq: order.len(), cpu_ns: None, memory_bytes: None, start_time_ms: None });
+            containers.push(ContainerAcc { name: container, seq: order.len(), cpu_ns: None, memory_bytes: None, swap_bytes: None, start_time_ms: None });
             order.push((i, containers.len() - 1));
             containers.len() - 1
         }
@@ -599,7 +622,7 @@ container_start_time_seconds{container="coredns",namespace="kube-system",pod="co
 container_start_time_seconds{container="kube-proxy",namespace="kube-system",pod="kube-proxy-x2x4k"} 1.699900001234e+09 1700000000456
 # HELP container_swap_usage_bytes [ALPHA] Current amount of the container swap usage in bytes. Reported only on non-windows systems
 # TYPE container_swap_usage_bytes gauge
-container_swap_usage_bytes{container="coredns",namespace="kube-system",pod="coredns-5d78c9869d-abcde"} 0 1700000000123
+container_swap_usage_bytes{container="coredns",namespace="kube-system",pod="coredns-5d78c9869d-abcde"} 1.048576e+06 1700000000123
 # HELP node_cpu_usage_seconds_total [STABLE] Cumulative cpu time consumed by the node in core-seconds
 # TYPE node_cpu_usage_seconds_total counter
 node_cpu_usage_seconds_total 357.35491 1700000000789
@@ -628,6 +651,7 @@ scrape_error 0
 
     #[test]
     fn a_real_kubelet_payload_yields_node_and_container_points() {
+        // Swap: the node and coredns report it (0 is a value), kube-proxy has no swap line (None).
         let p = parse(KUBELET_SAMPLE);
         assert_eq!(p.rejected_samples, 0);
         assert_eq!(p.incomplete_containers, 0);
@@ -636,7 +660,7 @@ scrape_error 0
         assert_eq!(s.scraped_at_ms, NOW);
         assert_eq!(
             s.node_usage,
-            Some(Point { timestamp_ms: 1_700_000_000_789, cpu_usage_ns: 357_354_910_000, memory_working_set_bytes: 1_616_273_408 })
+            Some(Point { timestamp_ms: 1_700_000_000_789, cpu_usage_ns: 357_354_910_000, memory_working_set_bytes: 1_616_273_408, swap_usage_bytes: Some(0) })
         );
         assert_eq!(
             s.pods,
@@ -647,7 +671,7 @@ scrape_error 0
                     containers: vec![ContainerSample {
                         name: "coredns".into(),
                         start_time_ms: 1_699_900_000_000,
-                        usage: Point { timestamp_ms: 1_700_000_000_123, cpu_usage_ns: 12_345_678_000, memory_working_set_bytes: 16_273_408 },
+                        usage: Point { timestamp_ms: 1_700_000_000_123, cpu_usage_ns: 12_345_678_000, memory_working_set_bytes: 16_273_408, swap_usage_bytes: Some(1_048_576) },
                     }],
                 },
                 PodSamples {
@@ -656,7 +680,7 @@ scrape_error 0
                     containers: vec![ContainerSample {
                         name: "kube-proxy".into(),
                         start_time_ms: 1_699_900_001_234,
-                        usage: Point { timestamp_ms: 1_700_000_000_456, cpu_usage_ns: 31_000, memory_working_set_bytes: 24_563_712 },
+                        usage: Point { timestamp_ms: 1_700_000_000_456, cpu_usage_ns: 31_000, memory_working_set_bytes: 24_563_712, swap_usage_bytes: None },
                     }],
                 },
             ]
@@ -672,7 +696,7 @@ scrape_error 0
     #[test]
     fn a_sample_without_timestamp_takes_the_scrape_time() {
         let p = parse("node_cpu_usage_seconds_total 1\nnode_memory_working_set_bytes 2\n");
-        assert_eq!(p.scrape.node_usage, Some(Point { timestamp_ms: NOW, cpu_usage_ns: 1_000_000_000, memory_working_set_bytes: 2 }));
+        assert_eq!(p.scrape.node_usage, Some(Point { timestamp_ms: NOW, cpu_usage_ns: 1_000_000_000, memory_working_set_bytes: 2, swap_usage_bytes: None }));
     }
 
     #[test]
@@ -685,7 +709,7 @@ scrape_error 0
         assert_eq!(p.scrape.pods[0].namespace, "ns");
         assert_eq!(p.scrape.pods[0].name, "p");
         assert_eq!(p.scrape.pods[0].containers[0].name, "c");
-        assert_eq!(p.scrape.pods[0].containers[0].usage, Point { timestamp_ms: 10, cpu_usage_ns: 2_000_000_000, memory_working_set_bytes: 3 });
+        assert_eq!(p.scrape.pods[0].containers[0].usage, Point { timestamp_ms: 10, cpu_usage_ns: 2_000_000_000, memory_working_set_bytes: 3, swap_usage_bytes: None });
         assert_eq!(p.scrape.pods[0].containers[0].start_time_ms, 0, "start time is optional");
     }
 

@@ -89,7 +89,7 @@ impl TestKubelet {
     }
 
     pub fn target(&self, name: &str) -> shardmetrics_scraper::nodes::NodeTarget {
-        shardmetrics_scraper::nodes::NodeTarget { name: name.into(), host: "127.0.0.1".into(), port: self.addr.port() }
+        shardmetrics_scraper::nodes::NodeTarget::new(name, "127.0.0.1", self.addr.port())
     }
 }
 

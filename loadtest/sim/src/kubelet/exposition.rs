@@ -8,8 +8,8 @@ use super::usage::NodeUsage;
 
 pub use shardmetrics_plumbing::exposition::{CONTENT_TYPE, go_float};
 
-/// The response body for `node` at sample time `t_ms` (Unix milliseconds). Every container and
-/// the node report swap 0, as a Linux kubelet without swap does.
+/// The response body for `node` at sample time `t_ms` (Unix milliseconds). Swap lines only on a
+/// node with swap accounting.
 pub fn render(node: &NodeUsage, t_ms: i64) -> String {
     let rows: Vec<ContainerRow<'_>> = node
         .pods
@@ -21,12 +21,12 @@ pub fn render(node: &NodeUsage, t_ms: i64) -> String {
                 container: &c.usage.name,
                 cpu_ns: c.cpu_ns(t_ms),
                 memory_bytes: c.memory_bytes(t_ms),
-                swap_bytes: Some(0),
+                swap_bytes: node.container_swap_bytes(c),
                 start_ms: c.start_ms,
             })
         })
         .collect();
-    let totals = NodeRow { cpu_ns: node.cpu_ns(t_ms), memory_bytes: node.memory_bytes(t_ms), swap_bytes: Some(0) };
+    let totals = NodeRow { cpu_ns: node.cpu_ns(t_ms), memory_bytes: node.memory_bytes(t_ms), swap_bytes: node.swap_bytes() };
     shardmetrics_plumbing::exposition::render(&totals, &rows, t_ms)
 }
 

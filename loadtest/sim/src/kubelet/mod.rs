@@ -136,8 +136,11 @@ impl FleetConfig {
 /// Counters of one kubelet.
 #[derive(Debug, Default)]
 pub struct KubeletStats {
-    /// Authenticated `/metrics/resource` requests (each one a scrape).
+    /// Authenticated `/metrics/resource` requests (each one a scrape), at either path.
     pub scrapes: AtomicU64,
+    /// Of `scrapes`, those at kwok's per-node path `/metrics/nodes/<node>/metrics/resource`
+    /// (what a Node's `metrics.k8s.io/resource-metrics-path` annotation points scrapers to).
+    pub kwok_path_scrapes: AtomicU64,
     /// Requests refused with 401 or 403.
     pub refused: AtomicU64,
 }
@@ -297,15 +300,19 @@ async fn handle(k: Arc<SimKubelet>, peer: PeerInfo, req: Request<Incoming>) -> R
         k.stats.refused.fetch_add(1, Ordering::Relaxed);
         return text(status, body);
     }
-    match req.uri().path() {
+    let kwok_path = match req.uri().path() {
         "/healthz" => return text(StatusCode::OK, "ok"),
-        "/metrics/resource" => {}
+        "/metrics/resource" => false,
+        p if p.strip_prefix("/metrics/nodes/").and_then(|r| r.strip_suffix("/metrics/resource")) == Some(k.node.as_str()) => true,
         _ => return text(StatusCode::NOT_FOUND, "404 page not found\n"),
-    }
+    };
     if req.method() != http::Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
     }
     k.stats.scrapes.fetch_add(1, Ordering::Relaxed);
+    if kwok_path {
+        k.stats.kwok_path_scrapes.fetch_add(1, Ordering::Relaxed);
+    }
     {
         let mut log = lock(&k.log);
         log.push_back(k.config.clock.now_ms());
@@ -385,7 +392,10 @@ impl KubeletFleet {
         let kubelet = Arc::new(SimKubelet {
             node: node.to_owned(),
             addr,
-            usage: Mutex::new(NodeUsage::new(self.config.clock.now_ms(), overhead_millicores, overhead_memory_bytes)),
+            usage: Mutex::new(NodeUsage {
+                swap_accounted: usage::node_swap_capacity_bytes(node).is_some(),
+                ..NodeUsage::new(self.config.clock.now_ms(), overhead_millicores, overhead_memory_bytes)
+            }),
             fault: Mutex::new(Fault::None),
             log: Mutex::new(VecDeque::new()),
             stats: KubeletStats::default(),

@@ -12,8 +12,22 @@
 //!   for a new container incarnation).
 //! - The node's counter is its own overhead rate plus every container on it; CPU of containers
 //!   that restarted or left is kept in `retired`, so the node counter never goes backwards.
+//! - Swap: a node either accounts swap (it has swap, [`node_swap_capacity_bytes`]) or not. One
+//!   that does reports each container's constant swap in use (often 0) and their sum for
+//!   itself; one that does not reports no swap lines at all, as a kubelet without swap
+//!   accounting (and kwok) does.
 
 use std::f64::consts::TAU;
+
+/// Swap size of a node named `node`, in bytes, or `None` when it has no swap: half of the
+/// simulated nodes (by a hash of the name, so every part of the simulator agrees) have 4 GiB.
+/// The API server shows it as `status.nodeInfo.swap.capacity` and the kubelet reports swap
+/// usage only there.
+pub fn node_swap_capacity_bytes(node: &str) -> Option<u64> {
+    // FNV-1a: stable across processes and Rust versions.
+    let h = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    (h >> 7).is_multiple_of(2).then_some(4 << 30)
+}
 
 /// How one container behaves.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +42,8 @@ pub struct ContainerUsage {
     pub memory_amplitude_bytes: u64,
     /// Period of the oscillation, in milliseconds (at least 1).
     pub memory_period_ms: i64,
+    /// Swap in use, in bytes, on a node that has swap (constant).
+    pub swap_bytes: u64,
 }
 
 impl ContainerUsage {
@@ -40,6 +56,7 @@ impl ContainerUsage {
             memory_base_bytes,
             memory_amplitude_bytes: memory_base_bytes / 10,
             memory_period_ms: 600_000,
+            swap_bytes: 0,
         }
     }
 
@@ -118,6 +135,8 @@ pub struct NodeUsage {
     pub overhead_millicores: u64,
     /// System memory outside any container, in bytes.
     pub overhead_memory_bytes: u64,
+    /// Whether the node has swap and its kubelet reports swap usage.
+    pub swap_accounted: bool,
     /// CPU of container incarnations no longer present, in nanoseconds.
     pub retired_cpu_ns: u64,
     /// Pods by (namespace, name).
@@ -127,7 +146,26 @@ pub struct NodeUsage {
 impl NodeUsage {
     /// A node that booted at `boot_ms`, with the given overhead.
     pub fn new(boot_ms: i64, overhead_millicores: u64, overhead_memory_bytes: u64) -> NodeUsage {
-        NodeUsage { boot_ms, overhead_millicores, overhead_memory_bytes, retired_cpu_ns: 0, pods: Default::default() }
+        NodeUsage {
+            boot_ms,
+            overhead_millicores,
+            overhead_memory_bytes,
+            swap_accounted: false,
+            retired_cpu_ns: 0,
+            pods: Default::default(),
+        }
+    }
+
+    /// Node swap in use, in bytes (the sum of its containers'), or `None` without swap
+    /// accounting.
+    pub fn swap_bytes(&self) -> Option<u64> {
+        self.swap_accounted.then(|| self.pods.values().flat_map(|p| &p.containers).map(|c| c.usage.swap_bytes).sum())
+    }
+
+    /// A container's swap in use, in bytes, as this node reports it (`None` without swap
+    /// accounting).
+    pub fn container_swap_bytes(&self, container: &ContainerState) -> Option<u64> {
+        self.swap_accounted.then_some(container.usage.swap_bytes)
     }
 
     /// Cumulative node CPU at `t_ms` in nanoseconds, given the current set of containers (exact
