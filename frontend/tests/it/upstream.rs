@@ -2,8 +2,6 @@
 //! in the store, reconnects after a dropped stream, hand-off between two shards, releases, and
 //! shards joining and leaving the member set.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +10,10 @@ use shardmetrics_frontend::store::{Store, StoreConfig};
 use shardmetrics_frontend::upstream::{self, UpstreamConfig, UpstreamState};
 use shardmetrics_plumbing::clock::ManualClock;
 use shardmetrics_proto::{NodeReleased, ReleaseReason};
-use support::{FakeShard, T0, scrape, snapshot};
+use crate::support::{FakeShard, T0, scrape, snapshot};
 use tokio::sync::watch;
 
-const PODS: &[support::PodSpec<'static>] = &[("default", "web-1", &["app"]), ("kube-system", "dns", &["coredns", "sidecar"])];
+const PODS: &[crate::support::PodSpec<'static>] = &[("default", "web-1", &["app"]), ("kube-system", "dns", &["coredns", "sidecar"])];
 
 struct Harness {
     store: Arc<Store>,
@@ -152,9 +150,9 @@ async fn shards_joining_and_leaving_the_member_set_open_and_close_subscriptions(
 
 #[tokio::test]
 async fn shards_are_reached_over_mutual_tls_when_a_ca_and_client_certificate_are_configured() {
-    let serving_ca = support::Ca::new("shard-ca");
+    let serving_ca = crate::support::Ca::new("shard-ca");
     let serving = serving_ca.server();
-    let client_ca = support::Ca::new("frontend-client-ca");
+    let client_ca = crate::support::Ca::new("frontend-client-ca");
     let client = client_ca.client("shardmetrics-frontend");
     let id = shardmetrics_proto::ShardIdentity { shard_id: "shard-0".into(), epoch: 1 };
     let snap = snapshot(&id, &[scrape("n1", 0, 1.0, 1.0, PODS), scrape("n1", 15_000, 1.0, 1.0, PODS)]);

@@ -11,20 +11,17 @@
 //! `a_denial_is_cached_for_the_unauthorized_ttl_and_never_served_as_an_allow`); TLS versions,
 //! cipher suites and certificate reload (`auth_tls.rs`).
 
-mod auth_support;
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use auth_support::{ApiState, Ca, FakeApiServer, client_config, get};
+use crate::auth_support::{ApiState, Ca, FakeApiServer, client_config, get};
 use shardmetrics_frontend::auth::{AuthConfig, RequestHeaderSettings, TlsConfig};
 use shardmetrics_frontend::store::StoreConfig;
 use shardmetrics_frontend::upstream::UpstreamConfig;
 use shardmetrics_frontend::{Config, Listeners, ShardSource};
 use shardmetrics_proto::ShardIdentity;
-use support::{FakeShard, PodSpec, T0, Version, scrape, snapshot};
+use crate::support::{FakeShard, PodSpec, T0, Version, scrape, snapshot};
 use tokio::sync::oneshot;
 
 const PODS: &[PodSpec<'static>] =
@@ -197,7 +194,7 @@ async fn every_caller_gets_exactly_what_authentication_and_authorization_allow()
     // Ready: shard snapshot in and the pod/node metadata lists synced.
     let mut readyz = String::new();
     for _ in 0..500 {
-        if let Ok(r) = support::get(addr, &client_for(Cert::None), Version::Http1, "/readyz?verbose", &[]).await {
+        if let Ok(r) = crate::support::get(addr, &client_for(Cert::None), Version::Http1, "/readyz?verbose", &[]).await {
             readyz = String::from_utf8_lossy(&r.body).into_owned();
             if r.status == 200 {
                 break;

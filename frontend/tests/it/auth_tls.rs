@@ -1,11 +1,9 @@
 //! The secure port's TLS over real sockets: protocol versions, cipher suites, ALPN, optional
 //! client certificates, and serving certificate reload.
 
-mod auth_support;
-
 use std::time::Duration;
 
-use auth_support::{ApiState, AuthServer, Ca, FakeApiServer, client_config, handshake};
+use crate::auth_support::{ApiState, AuthServer, Ca, FakeApiServer, client_config, handshake};
 use shardmetrics_frontend::auth::{Auth, AuthConfig, TlsConfig, TlsMinVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -2,12 +2,10 @@
 //! `server_tls_config` + `Auth`, a fake API server over HTTPS answering SubjectAccessReviews and
 //! the authentication ConfigMap, and rustls clients presenting rcgen client certificates.
 
-mod auth_support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
-use auth_support::{
+use crate::auth_support::{
     ApiState, AuthServer, Ca, FakeApiServer, Identity, client_config, counter, get,
 };
 use serde_json::Value;

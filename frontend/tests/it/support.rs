@@ -1,6 +1,5 @@
 //! Shared by the frontend's server tests: a real tonic `SampleStream` server that feeds known
 //! batches, and builders of realistic node scrapes.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -57,7 +56,8 @@ pub struct FakeShard {
     pub identity: ShardIdentity,
     /// Shared state.
     pub state: Arc<ShardState>,
-    stop: Option<oneshot::Sender<()>>,
+    /// Dropping it (with the shard) stops the server.
+    _stop: oneshot::Sender<()>,
 }
 
 impl FakeShard {
@@ -91,7 +91,7 @@ impl FakeShard {
                 })
                 .await;
         });
-        FakeShard { addr, identity: ShardIdentity { shard_id: shard_id.into(), epoch: 1 }, state, stop: Some(stop) }
+        FakeShard { addr, identity: ShardIdentity { shard_id: shard_id.into(), epoch: 1 }, state, _stop: stop }
     }
 
     /// The Lease member describing this shard.
@@ -133,13 +133,6 @@ impl FakeShard {
     /// Number of Subscribe calls so far.
     pub fn subscribes(&self) -> usize {
         self.state.subscribes.load(Ordering::SeqCst)
-    }
-
-    /// Stops the server.
-    pub fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
     }
 }
 

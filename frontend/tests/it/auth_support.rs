@@ -3,8 +3,6 @@
 //! server built only from `shardmetrics_frontend::auth`, and a TLS client presenting client
 //! certificates.
 
-#![allow(dead_code, missing_docs)]
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,13 +1,11 @@
 //! TokenReview and SubjectAccessReview against a fake API server over real HTTPS: answers,
 //! caching by TTL (injected clock), denials never served as allows, API errors as 503.
 
-mod auth_support;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use auth_support::{ApiState, FakeApiServer, counter};
+use crate::auth_support::{ApiState, FakeApiServer, counter};
 use http::HeaderMap;
 use shardmetrics_frontend::auth::{Auth, AuthConfig, AuthError, RequestAttributes, UserInfo};
 use shardmetrics_plumbing::clock::{Clock, ManualClock, SystemClock};
