@@ -15,7 +15,7 @@ use shardmetrics_plumbing::process::LogFormat;
 use crate::server::{MIN_HEADER_BYTES, ServerLimits};
 use crate::store::StoreConfig;
 use crate::upstream::{GrpcClientTls, UpstreamConfig};
-use crate::{Config, Listeners, ShardSource};
+use crate::{Config, Handles, Listeners, ShardSource};
 
 /// Exit code for invalid flags (EX_USAGE).
 pub use shardmetrics_plumbing::process::EXIT_USAGE;
@@ -102,7 +102,7 @@ pub struct Validated {
     pub secure_addr: SocketAddr,
     /// Where to listen (admin port), if enabled.
     pub admin_addr: Option<SocketAddr>,
-    /// Everything else for [`crate::run`], minus the API client (built at start).
+    /// Everything else for [`crate::run`] (its [`Handles`] are built at start).
     pub config: Config,
     /// `--kubeconfig`.
     pub kubeconfig: Option<PathBuf>,
@@ -232,12 +232,10 @@ impl Args {
                     ..UpstreamConfig::default()
                 },
                 shards: ShardSource::Leases { namespace: lease_namespace },
-                kube: None,
                 auth,
                 tls,
                 max_requests_inflight: self.max_requests_inflight,
                 limits,
-                clock: shardmetrics_plumbing::clock::system(),
                 shutdown_grace: Duration::from_secs(20),
                 sweep_interval: resolution,
             },
@@ -293,14 +291,14 @@ pub async fn main_with(args: Args) -> ExitCode {
         }
     };
     shardmetrics_plumbing::process::init_tracing(v.log_format, &v.log_level);
-    let mut config = v.config;
-    match kube_client(v.kubeconfig.as_ref()).await {
-        Ok(c) => config.kube = Some(c),
+    let config = v.config;
+    let kube = match kube_client(v.kubeconfig.as_ref()).await {
+        Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot reach the API server");
             return ExitCode::FAILURE;
         }
-    }
+    };
     let secure = match tokio::net::TcpListener::bind(v.secure_addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -324,7 +322,8 @@ pub async fn main_with(args: Args) -> ExitCode {
         lease_namespace = %v.lease_namespace,
         "starting frontend"
     );
-    match crate::run(config, Listeners { secure, admin }, shardmetrics_plumbing::process::termination_signal()).await {
+    let handles = Handles { kube: Some(kube), clock: shardmetrics_plumbing::clock::system() };
+    match crate::run(config, handles, Listeners { secure, admin }, shardmetrics_plumbing::process::termination_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "frontend failed");

@@ -46,7 +46,7 @@ use crate::upstream::{UpstreamConfig, UpstreamState};
 /// Where the live shards come from.
 #[derive(Debug, Clone)]
 pub enum ShardSource {
-    /// Shard Leases in this namespace (needs [`Config::kube`]).
+    /// Shard Leases in this namespace (needs [`Handles::kube`]).
     Leases {
         /// Namespace of the shard Leases.
         namespace: String,
@@ -63,10 +63,6 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Where shards are found.
     pub shards: ShardSource,
-    /// The API server (Leases, Pod/Node metadata, TokenReview, SubjectAccessReview, the
-    /// authentication ConfigMap); `None` runs without metadata (every stored object exists, no
-    /// labels) and without token/SAR checks.
-    pub kube: Option<kube::Client>,
     /// Authentication and authorization.
     pub auth: AuthConfig,
     /// The secure port's TLS.
@@ -75,12 +71,28 @@ pub struct Config {
     pub max_requests_inflight: usize,
     /// Request size and connection time limits of both ports.
     pub limits: ServerLimits,
-    /// Wall clock.
-    pub clock: SharedClock,
     /// How long open connections may finish their requests after shutdown begins.
     pub shutdown_grace: Duration,
     /// How often stale nodes are dropped and size gauges refreshed.
     pub sweep_interval: Duration,
+}
+
+/// The clients a replica talks through: passed to [`run`] beside its [`Config`], never inside
+/// it (tests hand in a simulated API server and a manual clock).
+pub struct Handles {
+    /// The API server (Leases, Pod/Node metadata, TokenReview, SubjectAccessReview, the
+    /// authentication ConfigMap); `None` runs without metadata (every stored object exists, no
+    /// labels) and without token/SAR checks.
+    pub kube: Option<kube::Client>,
+    /// The wall clock (Unix ms): staleness of stored nodes, item timestamps and freshness,
+    /// Lease expiry.
+    pub clock: SharedClock,
+}
+
+impl std::fmt::Debug for Handles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handles").field("kube", &self.kube.is_some()).finish_non_exhaustive()
+    }
 }
 
 /// The sockets [`run`] serves on (bound by the caller; port 0 in tests).
@@ -108,25 +120,26 @@ pub enum RunError {
     NoApiServer,
 }
 
-/// Runs a replica on `listeners` until `shutdown` resolves: readiness turns false, listeners
-/// stop accepting, open requests get [`Config::shutdown_grace`] to finish, background tasks
-/// stop.
-pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
+/// Runs a replica with `handles` on `listeners` until `shutdown` resolves: readiness turns
+/// false, listeners stop accepting, open requests get [`Config::shutdown_grace`] to finish,
+/// background tasks stop.
+pub async fn run(config: Config, handles: Handles, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
+    let Handles { kube, clock } = handles;
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry)?;
-    let store = Arc::new(Store::new(config.store, config.clock.clone()));
+    let store = Arc::new(Store::new(config.store, clock.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut background = Vec::new();
 
-    let metadata = config.kube.clone().map(|client| {
+    let metadata = kube.clone().map(|client| {
         let m = Metadata::new();
         background.push(tokio::spawn(m.clone().watch(client, stop_rx.clone())));
         m
     });
     let (members, _static_sender) = match &config.shards {
         ShardSource::Leases { namespace } => {
-            let client = config.kube.clone().ok_or(RunError::NoApiServer)?;
-            let (rx, task) = watch_members(client, namespace, config.clock.clone());
+            let client = kube.clone().ok_or(RunError::NoApiServer)?;
+            let (rx, task) = watch_members(client, namespace, clock.clone());
             background.push(task);
             (rx, None)
         }
@@ -145,11 +158,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         stop_rx.clone(),
     )));
 
-    let auth = Auth::new(config.auth.clone(), config.kube.clone(), &registry).await?;
+    let auth = Auth::new(config.auth.clone(), kube, &registry).await?;
     let tls = server_tls_config(&config.tls)?;
     let health = Arc::new(Health::new(upstream_state, metadata.clone()));
     let state = Arc::new(ServerState {
-        api: Api::new(store.clone(), metadata.clone(), config.clock.clone(), Some(metrics.clone())),
+        api: Api::new(store.clone(), metadata.clone(), clock, Some(metrics.clone())),
         auth,
         health: health.clone(),
         metrics: metrics.clone(),

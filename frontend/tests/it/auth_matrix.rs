@@ -19,7 +19,7 @@ use crate::auth_support::{admin_client, allow_everything, api_server, base_polic
 use shardmetrics_frontend::auth::{AuthConfig, RequestHeaderSettings, TlsConfig};
 use shardmetrics_frontend::store::StoreConfig;
 use shardmetrics_frontend::upstream::UpstreamConfig;
-use shardmetrics_frontend::{Config, Listeners, ShardSource};
+use shardmetrics_frontend::{Config, Handles, Listeners, ShardSource};
 use shardmetrics_proto::ShardIdentity;
 use shardmetrics_sim::apiserver::{Rule, resources};
 use crate::support::{FakeShard, PodSpec, T0, Version, scrape, snapshot};
@@ -160,7 +160,6 @@ async fn every_caller_gets_exactly_what_authentication_and_authorization_allow()
         store: StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 },
         upstream: UpstreamConfig { replica_name: "auth-matrix".into(), ..UpstreamConfig::default() },
         shards: ShardSource::Static(vec![shard.member()]),
-        kube: Some(admin_client(&api).await?),
         auth: AuthConfig {
             requestheader_client_ca_file: Some(proxy_ca_file),
             requestheader: RequestHeaderSettings { allowed_names: vec!["front-proxy-client".into()], ..RequestHeaderSettings::default() },
@@ -169,12 +168,12 @@ async fn every_caller_gets_exactly_what_authentication_and_authorization_allow()
         tls: TlsConfig { cert_file: Some(cert_file), key_file: Some(key_file), ..TlsConfig::default() },
         max_requests_inflight: 100,
         limits: shardmetrics_frontend::server::ServerLimits::default(),
-        clock: shardmetrics_plumbing::clock::ManualClock::new(T0 + 40_000),
         shutdown_grace: Duration::from_secs(5),
         sweep_interval: Duration::from_millis(200),
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let frontend = tokio::spawn(shardmetrics_frontend::run(config, Listeners { secure, admin: None }, async {
+    let handles = Handles { kube: Some(admin_client(&api).await?), clock: shardmetrics_plumbing::clock::ManualClock::new(T0 + 40_000) };
+    let frontend = tokio::spawn(shardmetrics_frontend::run(config, handles, Listeners { secure, admin: None }, async {
         let _ = stopped.await;
     }));
 

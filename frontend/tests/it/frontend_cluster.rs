@@ -117,14 +117,17 @@ async fn start_frontend(sim: &Sim, name: &str) -> Frontend {
         Ok(v) => v,
         Err(problems) => panic!("invalid frontend flags: {problems:?}"),
     };
-    let mut config = validated.config;
-    config.kube = Some(frontend_cli::kube_client(Some(&path)).await.expect("client"));
+    let config = validated.config;
+    let handles = shardmetrics_frontend::Handles {
+        kube: Some(frontend_cli::kube_client(Some(&path)).await.expect("client")),
+        clock: shardmetrics_plumbing::clock::system(),
+    };
     let secure = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let (secure_addr, admin_addr) = (secure.local_addr().expect("addr"), admin.local_addr().expect("addr"));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        shardmetrics_frontend::run(config, shardmetrics_frontend::Listeners { secure, admin: Some(admin) }, async {
+        shardmetrics_frontend::run(config, handles, shardmetrics_frontend::Listeners { secure, admin: Some(admin) }, async {
             let _ = stopped.await;
         })
         .await

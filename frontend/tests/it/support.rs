@@ -17,7 +17,7 @@ use rustls::pki_types::ServerName;
 use shardmetrics_frontend::auth::{AuthConfig, RequestHeaderSettings, TlsConfig};
 use shardmetrics_frontend::store::StoreConfig;
 use shardmetrics_frontend::upstream::UpstreamConfig;
-use shardmetrics_frontend::{Config, Listeners, ShardSource};
+use shardmetrics_frontend::{Config, Handles, Listeners, ShardSource};
 use shardmetrics_plumbing::lease::Member;
 use shardmetrics_plumbing::pki::{self, Ca, CertKey};
 use shardmetrics_proto::v1::sample_stream_server::{SampleStream, SampleStreamServer};
@@ -266,7 +266,6 @@ impl Frontend {
                 ..UpstreamConfig::default()
             },
             shards: ShardSource::Static(shards.iter().map(|s| s.member()).collect()),
-            kube: None,
             auth: AuthConfig {
                 requestheader_client_ca_file: Some(proxy_ca_file),
                 requestheader: RequestHeaderSettings {
@@ -278,13 +277,13 @@ impl Frontend {
             tls: TlsConfig { cert_file: Some(cert_file), key_file: Some(key_file), ..TlsConfig::default() },
             max_requests_inflight: options.max_inflight,
             limits: options.limits,
-            clock: options.clock,
             shutdown_grace: Duration::from_secs(5),
             sweep_interval: Duration::from_millis(200),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            shardmetrics_frontend::run(config, Listeners { secure, admin: Some(admin) }, async {
+            let handles = Handles { kube: None, clock: options.clock };
+            shardmetrics_frontend::run(config, handles, Listeners { secure, admin: Some(admin) }, async {
                 let _ = stopped.await;
             })
             .await
