@@ -133,7 +133,7 @@ pub enum RunError {
 pub async fn run(config: Config, handles: Handles, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
     let Handles { kube, clock } = handles;
     let registry = prometheus::Registry::new();
-    let metrics = Metrics::new(&registry)?;
+    let metrics = Metrics::register(&registry)?;
     let store = Arc::new(Store::new(config.store, clock.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Tasks::default();

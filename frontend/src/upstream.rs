@@ -363,7 +363,7 @@ mod tests {
 
         const T0: i64 = 1_767_225_600_000;
         let registry = prometheus::Registry::new();
-        let metrics = Metrics::new(&registry).expect("metrics");
+        let metrics = Metrics::register(&registry).expect("metrics");
         let clock = ManualClock::new(T0);
         let store = Store::new(StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 }, clock.clone());
         let scrape = |node: &str, scraped_at_ms: i64| NodeScrape { node: node.into(), scraped_at_ms, node_usage: None, pods: vec![] };
@@ -402,7 +402,7 @@ mod tests {
     #[test]
     fn readiness_needs_every_live_shard_synced_once() {
         let registry = prometheus::Registry::new();
-        let metrics = Metrics::new(&registry).expect("metrics");
+        let metrics = Metrics::register(&registry).expect("metrics");
         let s = UpstreamState::default();
         assert!(!s.is_ready(), "no shard: not ready");
         let member = |id: &str| Member {

@@ -213,7 +213,7 @@ impl Auth {
         client: Option<kube::Client>,
         registry: &prometheus::Registry,
     ) -> Result<Self, AuthSetupError> {
-        let metrics = AuthMetrics::new(registry)?;
+        let metrics = AuthMetrics::register(registry)?;
         let sources = Sources {
             requestheader_ca_file: config.requestheader_client_ca_file.clone(),
             requestheader_settings: config.requestheader.clone(),

@@ -32,7 +32,7 @@ fn start_with(shards: &[&FakeShard], tls: Option<upstream::GrpcClientTls>) -> Ha
     let clock = ManualClock::new(T0 + 40_000);
     let store = Arc::new(Store::new(StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 }, clock));
     let registry = prometheus::Registry::new();
-    let metrics = Metrics::new(&registry).expect("metrics");
+    let metrics = Metrics::register(&registry).expect("metrics");
     let state = Arc::new(UpstreamState::default());
     let (members, rx) = upstream::static_members(shards.iter().map(|s| s.member()).collect());
     let (shutdown, shutdown_rx) = watch::channel(false);
