@@ -113,11 +113,10 @@ async fn start_frontend(sim: &Sim, name: &str) -> Frontend {
         "--max-staleness=20s",
     ])
     .expect("frontend args");
-    let validated = match args.validate() {
-        Ok(v) => v,
+    let config = match args.config() {
+        Ok(c) => c,
         Err(problems) => panic!("invalid frontend flags: {problems:?}"),
     };
-    let config = validated.config;
     let handles = shardmetrics_frontend::Handles {
         kube: Some(frontend_cli::kube_client(Some(&path)).await.expect("client")),
         clock: shardmetrics_plumbing::clock::system(),
