@@ -474,6 +474,7 @@ async fn run_floor(f: FloorArgs) -> anyhow::Result<()> {
         token_file: f.token_file,
         resolution: f.metric_resolution.0,
         duration: f.duration.0,
+        clock: shardmetrics_plumbing::clock::system(),
     })
     .await?;
     println!("{}", serde_json::to_string(&result)?);

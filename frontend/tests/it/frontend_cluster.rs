@@ -345,7 +345,8 @@ async fn stopping_a_shard_never_blanks_a_node_and_its_nodes_keep_fresh_rates() {
     a.stop().await.expect("shard ran");
     // For the next three resolutions every node and pod stays served, and afterwards every
     // node's timestamp is newer than the stop (the remaining shard continues the rates).
-    let stopped_at = jiff::Timestamp::now();
+    // The shards and the frontend read the system clock.
+    let stopped_at_s = shardmetrics_plumbing::clock::system().now_ms() / 1000;
     let until = tokio::time::Instant::now() + RESOLUTION * 3;
     while tokio::time::Instant::now() < until {
         let (_, n) = get_json(&sim, "/apis/metrics.k8s.io/v1beta1/nodes").await;
@@ -358,7 +359,7 @@ async fn stopping_a_shard_never_blanks_a_node_and_its_nodes_keep_fresh_rates() {
         n["items"].as_array().is_some_and(|items| {
             items.len() == 6
                 && items.iter().all(|i| {
-                    i["timestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).is_some_and(|t| t.as_second() >= stopped_at.as_second())
+                    i["timestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).is_some_and(|t| t.as_second() >= stopped_at_s)
                 })
         })
     })

@@ -196,7 +196,7 @@ impl RealDemo {
                 status_interval: Duration::from_secs(60),
                 sample_period: Duration::ZERO,
                 kubelet_ca,
-                clock: shardmetrics_plumbing::clock::system(),
+                clock: config.clock.clone(),
             },
         )
         .await?;
