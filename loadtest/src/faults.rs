@@ -43,6 +43,7 @@ use tokio::task::JoinHandle;
 
 use shardmetrics_sim::apiserver::resources::LEASES;
 use crate::demo::{LEASE_NAMESPACE, RunningDemo};
+use crate::scenario::procstat::{parse_exposition, sum_of};
 use shardmetrics_sim::kubelet::{Fault, KubeletFleet};
 
 /// One fault of a scenario.
@@ -337,13 +338,10 @@ impl Probe {
     }
 }
 
-/// Sums every sample of metric `name` in Prometheus text.
+/// Sums every sample of metric `name` in Prometheus text (read by the scenario's one parser,
+/// [`parse_exposition`]).
 pub fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
+    sum_of(&parse_exposition(text), name)
 }
 
 /// Scrapes of one node closer than `half_ms` to the previous one, all kubelets together, counted

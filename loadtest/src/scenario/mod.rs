@@ -429,7 +429,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
             *scraper_results.entry(result.to_owned()).or_insert(0.0) += v;
         }
     }
-    let samples = procstat::samples_of(&scraper, "shardmetrics_scraper_samples_total").map(|(_, v)| v).sum::<f64>();
+    let samples = procstat::sum_of(&scraper, "shardmetrics_scraper_samples_total");
     let scrapes = Scrapes {
         planned_per_second: nodes as f64 / resolution.as_secs_f64(),
         kubelet_requests,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::support::{GRANULARITY, LEASE, RES, SLACK, demo};
 use shardmetrics_loadtest::demo::Demo;
 use shardmetrics_loadtest::faults::{self, FaultSpec, Probe};
+use shardmetrics_loadtest::scenario::procstat::{label_value, parse_exposition, samples_of};
 
 /// Sum of `shardmetrics_scraper_scrapes_total` by result over every shard.
 async fn scrape_results(probe: &Probe, demo: &shardmetrics_loadtest::demo::RunningDemo) -> BTreeMap<String, f64> {
@@ -17,9 +18,9 @@ async fn scrape_results(probe: &Probe, demo: &shardmetrics_loadtest::demo::Runni
     for name in demo.shard_names() {
         let addr = demo.admin_addr(&name).unwrap();
         let text = String::from_utf8(probe.admin(addr, "/metrics").await.unwrap().body.to_vec()).unwrap();
-        for line in text.lines().filter(|l| l.starts_with("shardmetrics_scraper_scrapes_total{")) {
-            let result = line.split("result=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
-            let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        let exposition = parse_exposition(&text);
+        for (key, v) in samples_of(&exposition, "shardmetrics_scraper_scrapes_total") {
+            let result = label_value(key, "result").unwrap_or_else(|| panic!("{key} without a result label")).to_owned();
             *out.entry(result).or_default() += v;
         }
     }
