@@ -139,7 +139,7 @@ pub async fn run_floor(config: FloorConfig) -> Result<FloorResult, FloorError> {
     }
     let ca = std::fs::read(&config.ca_file).map_err(io("reading the CA file"))?;
     let mut roots = rustls::RootCertStore::empty();
-    let certs: Vec<_> = rustls_pki_types::pem::PemObject::pem_slice_iter(&ca).filter_map(Result::ok).collect();
+    let certs: Vec<_> = rustls::pki_types::pem::PemObject::pem_slice_iter(&ca).filter_map(Result::ok).collect();
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
         return Err(FloorError::Input("no certificate in the CA file".into()));
