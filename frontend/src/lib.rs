@@ -3,18 +3,27 @@
 //! the HPA and the VPA) as an aggregated API server behind kube-apiserver.
 //!
 //! # Layout
-//! Samples land: shard gRPC streams → [`upstream`] (one subscription per live shard, found
-//! through shard Leases) → [`store`] (per-node/per-container point pairs, rates computed at read
-//! time with metrics-server's semantics, indexed by namespace).
+//! Samples land: shard gRPC streams → [`upstream`] → [`store`]. Requests enter: [`server`] →
+//! [`auth`] → [`api`], which reads [`store`] and [`metadata`].
 //!
-//! Requests enter: [`server`] (HTTPS on `--secure-port`, HTTP/1.1 + HTTP/2, in-flight limit)
-//! → [`auth`] (front-proxy certificates, TokenReview, SubjectAccessReview) → [`api`] (routing,
-//! selectors, JSON / protobuf / Table encoders, discovery, OpenAPI) reading [`store`] and
-//! [`metadata`] (metadata-only watches of running Pods and Nodes for labels and existence).
-//!
-//! Around them: [`health`] (`/livez`, `/readyz`, `/healthz`), [`metrics`] (self-metrics in an
-//! explicit registry, also on the plain admin port), [`cli`] (flags → validated [`Config`]) and
-//! [`run`], which wires everything together on the listeners it is given.
+//! - [`run`]: wires everything together from the [`Config`] (already checked: nothing to parse),
+//!   the clients ([`Handles`]: the Kubernetes client and the wall clock) and the [`Listeners`]
+//!   it is given, until the shutdown future completes or a task ends by itself.
+//! - [`cli`]: the flags, typed by their clap value parsers, checked against each other and the
+//!   file system (every problem at once) into a [`Config`]; `main_with` binds the ports and
+//!   calls [`run`].
+//! - [`upstream`]: one subscription per live shard (found through shard Leases), snapshot then
+//!   live batches, reconnection with back-off, the message-size limit.
+//! - [`store`]: per-node/per-container point pairs, rates computed at read time with
+//!   metrics-server's semantics, indexed by namespace; staleness sweeps.
+//! - [`metadata`]: metadata-only watches of running Pods and Nodes (labels and existence).
+//! - [`server`]: HTTPS on `--secure-port` (HTTP/1.1 + HTTP/2, in-flight limit, request-size and
+//!   time limits) and the plain admin port.
+//! - [`auth`]: front-proxy certificates, client certificates, TokenReview, SubjectAccessReview,
+//!   the serving certificate and its flags.
+//! - [`api`]: routing, selectors, JSON / protobuf / Table encoders, discovery, OpenAPI.
+//! - [`health`]: `/livez`, `/readyz`, `/healthz`.
+//! - [`metrics`]: self-metrics, registered into an explicit registry (also on the admin port).
 
 pub mod api;
 pub mod auth;
