@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use cluster::{NODES, PODS_PER_NODE, T0, cluster, pod, pod_labels, scrape};
 use kube::runtime::watcher::Event;
 use shardmetrics_frontend::api::json;
+use shardmetrics_frontend::api::version::ApiVersion;
 use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector};
 
 /// Scrapes ingested per second: 5000 nodes every 15 s.
@@ -93,7 +94,7 @@ fn main() {
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 let items = api.list_pods(None, &everything, &no_fields, T0 + 20_000);
-                let bytes = json::pod_list(items, T0 + 20_000).collect_bytes().len();
+                let bytes = json::pod_list(items, T0 + 20_000, ApiVersion::V1beta1).collect_bytes().len();
                 assert!(bytes > 1_000_000, "the full list answers every pod");
                 lists.lock().unwrap_or_else(|e| e.into_inner()).push(t.elapsed());
             }

@@ -13,6 +13,7 @@ use std::hint::black_box;
 use cluster::{NODES, PODS_PER_NODE, T0, cluster, scrape};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector};
+use shardmetrics_frontend::api::version::ApiVersion;
 use shardmetrics_frontend::api::{json, protobuf};
 use shardmetrics_frontend::store::Ingested;
 use shardmetrics_proto::{ShardIdentity, decode_batch, encode_batch};
@@ -103,21 +104,21 @@ fn benches(c: &mut Criterion) {
     group.bench_function("list_all_150k_pods_json", |b| {
         b.iter(|| {
             let items = api.list_pods(None, &everything, &no_fields, T0 + 20_000);
-            black_box(json::pod_list(items, T0 + 20_000).collect_bytes().len())
+            black_box(json::pod_list(items, T0 + 20_000, ApiVersion::V1beta1).collect_bytes().len())
         })
     });
     group.bench_function("list_all_150k_pods_protobuf", |b| {
         b.iter(|| {
             let items = api.list_pods(None, &everything, &no_fields, T0 + 20_000);
-            black_box(protobuf::pod_list(items, T0 + 20_000).collect_bytes().len())
+            black_box(protobuf::pod_list(items, T0 + 20_000, ApiVersion::V1beta1).collect_bytes().len())
         })
     });
     group.finish();
     let items = api.list_pods(None, &everything, &no_fields, T0 + 20_000);
     eprintln!(
         "full list sizes: JSON {} bytes, protobuf {} bytes",
-        json::pod_list(items.clone(), T0).collect_bytes().len(),
-        protobuf::pod_list(items, T0).collect_bytes().len()
+        json::pod_list(items.clone(), T0, ApiVersion::V1beta1).collect_bytes().len(),
+        protobuf::pod_list(items, T0, ApiVersion::V1beta1).collect_bytes().len()
     );
 }
 

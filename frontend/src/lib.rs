@@ -1,5 +1,5 @@
 //! A shardmetrics frontend replica: subscribes to every scraper shard, keeps the last two raw
-//! points of every node and container, and serves `metrics.k8s.io/v1beta1` (for `kubectl top`,
+//! points of every node and container, and serves `metrics.k8s.io` (v1beta1 and v1, for `kubectl top`,
 //! the HPA and the VPA) as an aggregated API server behind kube-apiserver.
 //!
 //! # Layout
@@ -21,7 +21,8 @@
 //!   time limits) and the plain admin port.
 //! - [`auth`]: front-proxy certificates, client certificates, TokenReview, SubjectAccessReview,
 //!   the serving certificate and its flags.
-//! - [`api`]: routing, selectors, JSON / protobuf / Table encoders, discovery, OpenAPI.
+//! - [`api`]: routing of `metrics.k8s.io` v1 and v1beta1, selectors, JSON / protobuf / Table
+//!   encoders, discovery, OpenAPI.
 //! - [`health`]: `/livez`, `/readyz`, `/healthz`.
 //! - [`metrics`]: self-metrics, registered into an explicit registry (also on the admin port).
 
@@ -181,7 +182,8 @@ pub async fn run(config: Config, handles: Handles, listeners: Listeners, shutdow
     let tls = server_tls_config(&config.tls)?;
     let health = Arc::new(Health::new(upstream_state, metadata.clone()));
     let state = Arc::new(ServerState {
-        api: Api::new(store.clone(), metadata.clone(), clock, Some(metrics.clone())),
+        api: Api::new(store.clone(), metadata.clone(), clock, Some(metrics.clone()))
+            .with_secure_port(listeners.secure.local_addr().ok().map(|a| a.port())),
         auth,
         health: health.clone(),
         metrics: metrics.clone(),

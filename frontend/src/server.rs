@@ -7,7 +7,7 @@
 //! 3. `--max-requests-inflight`: past it the answer is 429 with `Retry-After` (the permit is held
 //!    until the response body is fully sent, so slow readers of big lists count);
 //! 4. authentication and authorization ([`crate::auth::Auth`]) unless the path is always
-//!    allowed: 401 / 403 / 503 Status otherwise;
+//!    allowed: 401 / 403 Status, or a 500 when the authorizer could not decide, otherwise;
 //! 5. a request body without a declared length is read and thrown away (the API serves only
 //!    GETs) up to `--max-request-body-bytes` (413 past it) within `--request-header-timeout`
 //!    (408 past it);
@@ -54,7 +54,7 @@ use tokio::time::Instant;
 use crate::api::body::Body;
 use crate::api::router::{Api, Handled, Route, status_response};
 use crate::api::status::Status;
-use crate::auth::{Auth, RequestAttributes};
+use crate::auth::{Auth, AuthError, RequestAttributes};
 use crate::health::Health;
 use crate::metrics::{Metrics, render};
 
@@ -297,6 +297,31 @@ fn text(code: StatusCode, body: String) -> Response<Body> {
     r
 }
 
+/// The answer to a refused request, as k8s.io/apiserver's filters write it: a `Status` for 401
+/// and 403 (with `NewForbidden`'s details), and for 500 `responsewriters.InternalError`'s plain
+/// text, `Internal Server Error: "<request URI>": <error>`, with `&`, `<`, `>` escaped.
+fn auth_error_response(e: &AuthError, uri: &http::Uri) -> Response<Body> {
+    match e {
+        AuthError::Internal(why) => {
+            let target = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+            let line = format!("Internal Server Error: {}: {why}", shardmetrics_plumbing::selector::go_quote(&target));
+            let escaped = line.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+            text(StatusCode::INTERNAL_SERVER_ERROR, escaped + "\n")
+        }
+        AuthError::Forbidden(f) => {
+            let mut status = Status::from_auth(e.status_code(), e.reason(), e.client_message());
+            status.details = Some(Box::new(crate::api::status::Details {
+                name: f.name.clone(),
+                group: Some(f.group.clone()),
+                kind: Some(f.resource.clone()).filter(|r| !r.is_empty()),
+                retry_after_seconds: None,
+            }));
+            status_response(&status)
+        }
+        AuthError::Unauthorized(_) => status_response(&Status::from_auth(e.status_code(), e.reason(), e.client_message())),
+    }
+}
+
 fn metrics_response(registry: &Registry) -> Response<Body> {
     let mut r = Response::new(Body::full(render(registry)));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
@@ -321,7 +346,7 @@ impl ServerState {
     /// milliseconds of CPU at cluster scale) run on the blocking pool so they never stall the
     /// connections sharing a runtime worker.
     async fn api(self: &Arc<Self>, method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) -> Handled {
-        let heavy = matches!(Route::parse(uri.path()), Route::Pods(None) | Route::Nodes);
+        let heavy = Route::parse(uri.path()).is_cluster_list();
         if !heavy {
             return self.api.handle(method, uri, headers);
         }
@@ -370,9 +395,9 @@ impl ServerState {
             };
             if let Err(e) = authorized {
                 tracing::debug!(path = %path, error = %e, "request refused");
-                let status = Status::from_auth(e.status_code(), e.reason(), e.client_message());
-                self.observe("other", "auth", status.code, start);
-                return guarded(status_response(&status), Some(permit));
+                let response = auth_error_response(&e, req.uri());
+                self.observe("other", "auth", response.status(), start);
+                return guarded(response, Some(permit));
             }
         }
         if !http_body::Body::is_end_stream(req.body())
@@ -547,5 +572,36 @@ pub async fn serve_admin(listener: TcpListener, state: Arc<ServerState>, mut shu
 async fn drain(graceful: GracefulShutdown, grace: Duration) {
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(?grace, "connections still open after the shutdown grace period; closing them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::UserInfo;
+
+    #[test]
+    fn refusals_are_answered_as_k8s_apiserver_filters_answer_them() {
+        let uri: http::Uri = "/apis/metrics.k8s.io/v1beta1/pods?labelSelector=a%3Db&x=y".parse().expect("uri");
+        let r = auth_error_response(&AuthError::Internal("SubjectAccessReview failed: refused".into()), &uri);
+        assert_eq!(r.status(), 500);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(
+            String::from_utf8_lossy(&r.into_body().collect_bytes()),
+            "Internal Server Error: \"/apis/metrics.k8s.io/v1beta1/pods?labelSelector=a%3Db&amp;x=y\": SubjectAccessReview failed: refused\n"
+        );
+        let bob = UserInfo { name: "bob".into(), ..UserInfo::default() };
+        let attrs = RequestAttributes::metrics("get", "pods", Some("web"), Some("api-0"));
+        let r = auth_error_response(&attrs.forbidden(&bob, ""), &uri);
+        assert_eq!(r.status(), 403);
+        let v: serde_json::Value = serde_json::from_slice(&r.into_body().collect_bytes()).expect("json");
+        assert_eq!(v["details"], serde_json::json!({"name": "api-0", "group": "metrics.k8s.io", "kind": "pods"}));
+        assert_eq!(
+            v["message"],
+            r#"pods.metrics.k8s.io "api-0" is forbidden: User "bob" cannot get resource "pods" in API group "metrics.k8s.io" in the namespace "web""#
+        );
+        let r = auth_error_response(&AuthError::Unauthorized("token review failed".into()), &uri);
+        let v: serde_json::Value = serde_json::from_slice(&r.into_body().collect_bytes()).expect("json");
+        assert_eq!((v["code"].as_u64(), v["message"].as_str(), v.get("details")), (Some(401), Some("Unauthorized"), None));
     }
 }

@@ -537,10 +537,10 @@ async fn run_real_demo(d: DemoArgs) -> anyhow::Result<()> {
     let mut demo = crate::demo::real::RealDemo::start(config, crate::demo::real::HpaTimings::default()).await?;
     let kc = d.kubeconfig.display().to_string();
     println!(
-        "demo ready after {:.0?}: kube-apiserver {} with APIService {} Available; {} nodes x {} pods, {} shards, {} frontends (resolution {}); kubeconfig {}",
+        "demo ready after {:.0?}: kube-apiserver {} with APIServices {} Available; {} nodes x {} pods, {} shards, {} frontends (resolution {}); kubeconfig {}",
         demo.startup,
         demo.control_plane.url(),
-        crate::demo::real::API_SERVICE,
+        crate::demo::real::API_SERVICES.map(|(name, _, _)| name).join(" and "),
         d.nodes,
         d.pods_per_node,
         d.shards,

@@ -15,6 +15,8 @@
 //! - [`scenario`]: the `run` command: open-loop HPA/top query load, faults, a coverage and
 //!   freshness probe, the bare-fetch floor, CPU/RSS per process; a JSON report, a summary and an
 //!   SVG chart.
+//! - [`peer`]: metrics-server built from the pinned upstream module, run beside shardmetrics
+//!   against the same kubelets (the differential test, `run --compare metrics-server`).
 //! - [`service_proxy`]: the kube-proxy stand-in between the real aggregator and the frontends.
 //! - [`cli`]: the `shardmetrics-loadtest` command line (the binary's `main.rs` only calls it).
 
@@ -22,5 +24,6 @@ pub mod cli;
 pub mod control_plane;
 pub mod demo;
 pub mod faults;
+pub mod peer;
 pub mod scenario;
 pub mod service_proxy;

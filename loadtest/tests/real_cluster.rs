@@ -10,10 +10,14 @@
 //! `FailedGetResourceMetric` event; and the rendered `deploy/` manifests pass the real API
 //! server's server-side dry run.
 //!
+//! [`differential`] runs metrics-server beside shardmetrics on the same kubelets and compares
+//! every answer.
+//!
 //! Needs Go (builds the control plane on first use) and npm (kubectl); it fails, never skips,
 //! when they are missing.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -25,6 +29,9 @@ use serde_json::json;
 use shardmetrics_loadtest::demo::DemoConfig;
 use shardmetrics_loadtest::demo::real::{HpaTimings, RealDemo, deployment};
 use shardmetrics_xtask::kubectl::Kubectl;
+
+#[path = "real_cluster/differential.rs"]
+mod differential;
 
 const RESOLUTION: Duration = Duration::from_secs(5);
 const LEASE: Duration = Duration::from_secs(6);
@@ -103,9 +110,27 @@ async fn wait_pod_metrics(demo: &mut RealDemo, app: &str, count: usize) {
     .await;
 }
 
-async fn replicas(demo: &RealDemo, ns: &str, name: &str) -> i32 {
+/// `call` retried up to three times on transport errors (an idle keep-alive connection the
+/// API server closed just as it was reused, on a loaded machine); API errors fail at once.
+async fn retry<T, F: Future<Output = Result<T, kube::Error>>>(what: &str, mut call: impl FnMut() -> F) -> T {
+    for attempt in 1.. {
+        match call().await {
+            Ok(v) => return v,
+            Err(e @ kube::Error::Api(_)) => panic!("{what}: {e}"),
+            Err(e) if attempt >= 3 => panic!("{what}: {e}"),
+            Err(e) => eprintln!("{what}: {e}; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    unreachable!("the loop returns or panics")
+}
+
+/// Ready replicas of a Deployment; an API error (an idle connection the API server closed,
+/// on a loaded machine) is a failed poll that [`eventually`] retries, not a failed test.
+async fn replicas(demo: &RealDemo, ns: &str, name: &str) -> Result<i32, String> {
     let api: Api<Deployment> = Api::namespaced(demo.admin().clone(), ns);
-    api.get(name).await.unwrap().status.and_then(|s| s.ready_replicas).unwrap_or(0)
+    let d = api.get(name).await.map_err(|e| format!("reading deployment {ns}/{name}: {e}"))?;
+    Ok(d.status.and_then(|s| s.ready_replicas).unwrap_or(0))
 }
 
 async fn hpa_condition(demo: &RealDemo, ns: &str, name: &str, ty: &str) -> Option<(String, String)> {
@@ -118,7 +143,8 @@ async fn hpa_condition(demo: &RealDemo, ns: &str, name: &str, ty: &str) -> Optio
 /// Events of the HPA controller that say it could not read metrics.
 async fn metric_failures(demo: &RealDemo, ns: &str) -> Vec<String> {
     let api: Api<Event> = Api::namespaced(demo.admin().clone(), ns);
-    let events = api.list(&ListParams::default()).await.unwrap();
+    let all = ListParams::default();
+    let events = retry("listing events", || api.list(&all)).await;
     events
         .items
         .into_iter()
@@ -167,8 +193,15 @@ async fn kubectl_rbac_and_the_real_hpa_controller_work_against_a_real_kube_apise
     // /version is the pinned release, and the APIService is Available (start waited for it).
     let version = kubectl.ok(&["version", "-o", "json"]).await;
     assert!(version.contains("\"gitVersion\": \"v1.36.3\""), "{version}");
-    let apiservice = kubectl.ok(&["get", "apiservice", "v1beta1.metrics.k8s.io", "-o", "jsonpath={.status.conditions[?(@.type==\"Available\")].status}"]).await;
-    assert_eq!(apiservice.trim(), "True");
+    for name in ["v1beta1.metrics.k8s.io", "v1.metrics.k8s.io"] {
+        let apiservice = kubectl.ok(&["get", "apiservice", name, "-o", "jsonpath={.status.conditions[?(@.type==\"Available\")].status}"]).await;
+        assert_eq!(apiservice.trim(), "True", "{name}");
+    }
+    // A client that asks for v1 (the preferred version) through the real aggregator.
+    let v1: serde_json::Value = serde_json::from_str(&kubectl.ok(&["get", "--raw", "/apis/metrics.k8s.io/v1/nodes"]).await).unwrap();
+    assert_eq!((v1["apiVersion"].as_str(), v1["items"].as_array().map(Vec::len)), (Some("metrics.k8s.io/v1"), Some(4)), "{v1}");
+    let preferred = kubectl.ok(&["get", "nodemetrics", "-o", "jsonpath={.items[0].apiVersion}"]).await;
+    assert_eq!(preferred.trim(), "metrics.k8s.io/v1", "kubectl get uses the preferred version");
 
     // kubectl top through the real aggregator, against the simulated usage.
     let node_check = async |d: &mut RealDemo| -> Result<(), String> {
@@ -194,7 +227,8 @@ async fn kubectl_rbac_and_the_real_hpa_controller_work_against_a_real_kube_apise
     assert_eq!(rows(&all_pods, 2).len(), 12, "{all_pods}");
     let app = kubectl.ok(&["top", "pods", "-n", "team-a", "-l", "app=app-0", "--containers"]).await;
     let pods: Api<Pod> = Api::namespaced(demo.admin().clone(), "team-a");
-    let listed = pods.list(&ListParams::default().labels("app=app-0")).await.unwrap();
+    let app_0 = ListParams::default().labels("app=app-0");
+    let listed = retry("listing pods", || pods.list(&app_0)).await;
     let app_rows = rows(&app, 2);
     assert_eq!(app_rows.len(), listed.items.len(), "{app}");
     for p in &listed.items {
@@ -228,12 +262,16 @@ async fn kubectl_rbac_and_the_real_hpa_controller_work_against_a_real_kube_apise
     let admin = demo.admin().clone();
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "team-a");
     let apply = PatchParams::apply("real-cluster-test").force();
-    deployments.patch("web", &apply, &Patch::Apply(&deployment("team-a", "web", 2, 1, 300, 100, 64 << 20))).await.unwrap();
+    let web = deployment("team-a", "web", 2, 1, 300, 100, 64 << 20);
+    let web = Patch::Apply(&web);
+    retry("applying deployment web", || deployments.patch("web", &apply, &web)).await;
     wait_pod_metrics(&mut demo, "web", 2).await;
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), "team-a");
-    hpas.patch("web", &apply, &Patch::Apply(&hpa("web", "web", 2, 6, None))).await.unwrap();
+    let web_hpa = hpa("web", "web", 2, 6, None);
+    let web_hpa = Patch::Apply(&web_hpa);
+    retry("applying HPA web", || hpas.patch("web", &apply, &web_hpa)).await;
     eventually(&mut demo, "the HPA scales web up", Duration::from_secs(180), async |d| {
-        let r = replicas(d, "team-a", "web").await;
+        let r = replicas(d, "team-a", "web").await?;
         if r >= 4 { Ok(()) } else { Err(format!("{r} ready replicas; ScalingActive {:?}", hpa_condition(d, "team-a", "web", "ScalingActive").await)) }
     })
     .await;
@@ -254,23 +292,27 @@ async fn kubectl_rbac_and_the_real_hpa_controller_work_against_a_real_kube_apise
 
     // Down again, once it is at its maximum (no pod created later keeps the template's usage).
     eventually(&mut demo, "the HPA scales web to its maximum", Duration::from_secs(120), async |d| {
-        let r = replicas(d, "team-a", "web").await;
+        let r = replicas(d, "team-a", "web").await?;
         if r == 6 { Ok(()) } else { Err(format!("{r} ready replicas")) }
     })
     .await;
     set_pod_cpu(&kubectl, "team-a", "web", 10).await;
     eventually(&mut demo, "the HPA scales web down", Duration::from_secs(180), async |d| {
-        let r = replicas(d, "team-a", "web").await;
+        let r = replicas(d, "team-a", "web").await?;
         if r <= 2 { Ok(()) } else { Err(format!("{r} ready replicas")) }
     })
     .await;
 
     // A ContainerResource metric on the main container.
-    deployments.patch("api", &apply, &Patch::Apply(&deployment("team-a", "api", 1, 2, 200, 100, 64 << 20))).await.unwrap();
+    let api_deployment = deployment("team-a", "api", 1, 2, 200, 100, 64 << 20);
+    let api_deployment = Patch::Apply(&api_deployment);
+    retry("applying deployment api", || deployments.patch("api", &apply, &api_deployment)).await;
     wait_pod_metrics(&mut demo, "api", 1).await;
-    hpas.patch("api", &apply, &Patch::Apply(&hpa("api", "api", 1, 4, Some("main")))).await.unwrap();
+    let api_hpa = hpa("api", "api", 1, 4, Some("main"));
+    let api_hpa = Patch::Apply(&api_hpa);
+    retry("applying HPA api", || hpas.patch("api", &apply, &api_hpa)).await;
     eventually(&mut demo, "the ContainerResource HPA scales api up", Duration::from_secs(180), async |d| {
-        let r = replicas(d, "team-a", "api").await;
+        let r = replicas(d, "team-a", "api").await?;
         if r >= 2 { Ok(()) } else { Err(format!("{r} ready replicas; ScalingActive {:?}", hpa_condition(d, "team-a", "api", "ScalingActive").await)) }
     })
     .await;
@@ -301,7 +343,9 @@ async fn every_render_of_deploy_passes_the_real_api_servers_server_side_dry_run(
         let rendered = kubectl.ok(&["kustomize", &root.join(overlay).display().to_string()]).await;
         let file = kubectl.file("rendered.yaml", &rendered);
         let out = kubectl.ok(&["apply", "--server-side", "--dry-run=server", "-f", &file]).await;
-        assert!(out.contains("apiservice.apiregistration.k8s.io/v1beta1.metrics.k8s.io serverside-applied (server dry run)"), "{overlay}:\n{out}");
+        for name in ["v1beta1.metrics.k8s.io", "v1.metrics.k8s.io"] {
+            assert!(out.contains(&format!("apiservice.apiregistration.k8s.io/{name} serverside-applied (server dry run)")), "{overlay}:\n{out}");
+        }
     }
     let helm = tokio::task::spawn_blocking(shardmetrics_xtask::tools::helm).await.unwrap().unwrap();
     let chart = root.join("deploy/helm/shardmetrics");

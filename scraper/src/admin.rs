@@ -3,6 +3,10 @@
 //! On its own port (`--admin-bind-address`) so probes and Prometheus are answered even when
 //! the gRPC port is busy. Readiness has named checks: `nodes-synced` (the Node list has
 //! completed), `lease-held` (this shard is a live member of the ring), `not-shutting-down`.
+//! Liveness (`/livez`, also `/healthz`) has one, like metrics-server's:
+//! `metric-collection-timely` fails (HTTP 500, with the reason) when the scheduler loop has not
+//! ticked for [`STALL_RESOLUTIONS`] resolutions (it ticks at least every half resolution), so a
+//! stuck shard is restarted.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,10 +22,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
+use crate::schedule::{Heartbeat, STALL_RESOLUTIONS};
 
-/// Readiness inputs, set by `run`.
-#[derive(Debug, Default)]
+/// Liveness and readiness inputs, set by `run`.
+#[derive(Debug)]
 pub struct Health {
+    /// The scheduler's heartbeat (liveness).
+    pub scheduler: Arc<Heartbeat>,
     /// The initial Node list has completed.
     pub nodes_synced: AtomicBool,
     /// This shard's Lease is live in the member set (it owns its share of nodes).
@@ -31,6 +38,22 @@ pub struct Health {
 }
 
 impl Health {
+    /// Health of a starting shard: not ready, live while `scheduler` ticks.
+    pub fn new(scheduler: Arc<Heartbeat>) -> Health {
+        Health { scheduler, nodes_synced: AtomicBool::new(false), lease_held: AtomicBool::new(false), shutting_down: AtomicBool::new(false) }
+    }
+
+    /// Why the shard is not live, if it is not: the scheduler stopped ticking.
+    pub fn liveness_failure(&self) -> Option<String> {
+        self.scheduler.stalled().then(|| {
+            format!(
+                "no scheduler tick for {}ms (limit {}ms: {STALL_RESOLUTIONS}x --metric-resolution)",
+                self.scheduler.age().as_millis(),
+                self.scheduler.stall_after().as_millis()
+            )
+        })
+    }
+
     /// Every readiness check with its state, in a stable order.
     pub fn checks(&self) -> [(&'static str, bool); 3] {
         [
@@ -59,7 +82,15 @@ pub fn respond(path: &str, method: &Method, verbose: bool, health: &Health, metr
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "method not allowed\n".into());
     }
     match path {
-        "/livez" | "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+        "/livez" | "/healthz" => match health.liveness_failure() {
+            None if verbose => text(StatusCode::OK, "text/plain; charset=utf-8", "[+] metric-collection-timely\nlivez check passed\n".into()),
+            None => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+            Some(reason) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain; charset=utf-8",
+                format!("[-] metric-collection-timely failed: {reason}\nlivez check failed\n"),
+            ),
+        },
         "/readyz" => {
             let ready = health.ready();
             let mut body = String::new();
@@ -119,10 +150,16 @@ mod tests {
         String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
     }
 
+    const RES: std::time::Duration = std::time::Duration::from_secs(15);
+
+    fn health() -> Health {
+        Health::new(Arc::new(Heartbeat::new(RES)))
+    }
+
     #[tokio::test]
     async fn readyz_names_the_failing_checks_until_all_pass() {
-        let h = Health::default();
-        let m = Metrics::new();
+        let h = health();
+        let m = Metrics::register(&prometheus::Registry::new()).unwrap();
         let r = respond("/readyz", &Method::GET, false, &h, &m);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let b = body(r).await;
@@ -137,11 +174,32 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_are_served_in_prometheus_text_and_unknown_paths_are_404() {
-        let h = Health::default();
-        let m = Metrics::new();
+        let h = health();
+        let m = Metrics::register(&prometheus::Registry::new()).unwrap();
         let b = body(respond("/metrics", &Method::GET, false, &h, &m)).await;
         assert!(b.contains("# TYPE shardmetrics_scraper_scrapes_total counter"), "{b}");
         assert_eq!(respond("/nope", &Method::GET, false, &h, &m).status(), StatusCode::NOT_FOUND);
         assert_eq!(respond("/metrics", &Method::POST, false, &h, &m).status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn livez_fails_with_its_reason_once_the_scheduler_misses_three_resolutions_of_ticks() {
+        let h = health();
+        let m = Metrics::register(&prometheus::Registry::new()).unwrap();
+        tokio::time::advance(RES * 3).await;
+        assert_eq!(respond("/livez", &Method::GET, false, &h, &m).status(), StatusCode::OK, "exactly at the limit: still live");
+        let verbose = respond("/livez", &Method::GET, true, &h, &m);
+        assert_eq!(verbose.status(), StatusCode::OK);
+        assert_eq!(body(verbose).await, "[+] metric-collection-timely\nlivez check passed\n");
+        h.scheduler.tick();
+        tokio::time::advance(RES * 3 + std::time::Duration::from_millis(1)).await;
+        for path in ["/livez", "/healthz"] {
+            let r = respond(path, &Method::GET, false, &h, &m);
+            assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR, "{path}");
+            let b = body(r).await;
+            assert_eq!(b, "[-] metric-collection-timely failed: no scheduler tick for 45001ms (limit 45000ms: 3x --metric-resolution)\nlivez check failed\n");
+        }
+        h.scheduler.tick();
+        assert_eq!(respond("/livez", &Method::GET, false, &h, &m).status(), StatusCode::OK, "live again once it ticks");
     }
 }

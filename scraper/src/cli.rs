@@ -15,14 +15,14 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use shardmetrics_plumbing::duration::{GoDuration, format as format_duration};
-use shardmetrics_plumbing::selector::LabelSelector;
+use shardmetrics_plumbing::selector::{LabelSelector, is_dns_subdomain};
 
-use crate::config::{Config, valid_dns_subdomain};
+use crate::config::Config;
 use crate::kubelet::{KubeletAuth, KubeletClient, KubeletClientConfig, KubeletTls, TokenSource};
 use crate::nodes::{AddressType, TargetRules};
 use crate::schedule::ScheduleConfig;
 use crate::stream::GrpcTls;
-use crate::{Listeners, tls};
+use crate::{Handles, Listeners, tls};
 
 /// Exit code for invalid flags (EX_USAGE).
 pub use shardmetrics_plumbing::process::EXIT_USAGE;
@@ -33,94 +33,104 @@ pub const TOKEN_RECHECK: Duration = Duration::from_secs(60);
 
 pub use shardmetrics_plumbing::process::LogFormat;
 
-/// Flags of `shardmetrics-scraper`.
+/// Flags of `shardmetrics-scraper`, grouped in `--help` under the headings of
+/// [`HELP_HEADINGS`].
 #[derive(Debug, Clone, Parser)]
 #[command(name = "shardmetrics-scraper", version, about = "A shardmetrics scraper shard: scrapes its consistent-hash share of the kubelets and streams raw samples to frontends.")]
 pub struct Args {
-    /// This shard's id: its Lease name and holderIdentity [default: $POD_NAME, else the hostname].
-    #[arg(long, env = "SHARDMETRICS_SHARD_ID")]
-    pub shard_id: Option<String>,
     /// Kubeconfig file [default: in-cluster config, else $KUBECONFIG or ~/.kube/config].
-    #[arg(long, env = "SHARDMETRICS_KUBECONFIG")]
+    #[arg(long, help_heading = "Kubernetes API", env = "SHARDMETRICS_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// This shard's id: its Lease name and holderIdentity [default: $POD_NAME, else the hostname].
+    #[arg(long, help_heading = "Membership", env = "SHARDMETRICS_SHARD_ID")]
+    pub shard_id: Option<String>,
     /// Namespace of the shard Leases [default: $POD_NAMESPACE, else kube-system].
-    #[arg(long, env = "SHARDMETRICS_LEASE_NAMESPACE")]
+    #[arg(long, help_heading = "Membership", env = "SHARDMETRICS_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
     /// Peers presume this shard dead this long after its last Lease renewal.
-    #[arg(long, env = "SHARDMETRICS_LEASE_DURATION", default_value = "15s")]
+    #[arg(long, help_heading = "Membership", env = "SHARDMETRICS_LEASE_DURATION", default_value = "15s")]
     pub lease_duration: GoDuration,
     /// Interval between Lease renewals; must be below --lease-duration.
-    #[arg(long, env = "SHARDMETRICS_LEASE_RENEW_PERIOD", default_value = "5s")]
+    #[arg(long, help_heading = "Membership", env = "SHARDMETRICS_LEASE_RENEW_PERIOD", default_value = "5s")]
     pub lease_renew_period: GoDuration,
-    /// Address of the SampleStream gRPC server.
-    #[arg(long, env = "SHARDMETRICS_GRPC_BIND_ADDRESS", default_value = "0.0.0.0:10350")]
-    pub grpc_bind_address: String,
-    /// host:port frontends dial, written into the Lease [default: $POD_IP:<bound port>, else the bound address].
-    #[arg(long, env = "SHARDMETRICS_GRPC_ADVERTISE_ADDRESS")]
-    pub grpc_advertise_address: Option<String>,
-    /// Address of the plain-HTTP /livez /readyz /metrics server.
-    #[arg(long, env = "SHARDMETRICS_ADMIN_BIND_ADDRESS", default_value = "0.0.0.0:10351")]
-    pub admin_bind_address: String,
-    /// Serving certificate (PEM) of the gRPC server; plaintext h2 without it.
-    #[arg(long, env = "SHARDMETRICS_GRPC_TLS_CERT_FILE")]
-    pub grpc_tls_cert_file: Option<PathBuf>,
-    /// Private key (PEM) of --grpc-tls-cert-file.
-    #[arg(long, env = "SHARDMETRICS_GRPC_TLS_PRIVATE_KEY_FILE")]
-    pub grpc_tls_private_key_file: Option<PathBuf>,
-    /// Require frontend client certificates signed by this CA (PEM) on the gRPC server (mTLS).
-    #[arg(long, env = "SHARDMETRICS_GRPC_CLIENT_CA_FILE")]
-    pub grpc_client_ca_file: Option<PathBuf>,
+
     /// Only scrape nodes matching this label selector (e.g. node-role.kubernetes.io/worker).
-    #[arg(long, env = "SHARDMETRICS_NODE_SELECTOR")]
+    #[arg(long, help_heading = "Scheduling", env = "SHARDMETRICS_NODE_SELECTOR")]
     pub node_selector: Option<String>,
     /// Interval between two scrapes of a node (at least 5s).
-    #[arg(long, env = "SHARDMETRICS_METRIC_RESOLUTION", default_value = "15s")]
+    #[arg(long, help_heading = "Scheduling", env = "SHARDMETRICS_METRIC_RESOLUTION", default_value = "15s")]
     pub metric_resolution: GoDuration,
+    /// Scrapes queued or running at once.
+    #[arg(long, help_heading = "Scheduling", env = "SHARDMETRICS_MAX_CONCURRENT_SCRAPES", default_value_t = 256)]
+    pub max_concurrent_scrapes: usize,
+
     /// Use the kubelet port from the Node's status.daemonEndpoints when it is set.
-    #[arg(long, env = "SHARDMETRICS_KUBELET_USE_NODE_STATUS_PORT", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    #[arg(long, help_heading = "Kubelet client", env = "SHARDMETRICS_KUBELET_USE_NODE_STATUS_PORT", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub kubelet_use_node_status_port: bool,
     /// Kubelet port when the Node's status does not give one (or it is not used).
-    #[arg(long, env = "SHARDMETRICS_KUBELET_PORT", default_value_t = 10250)]
+    #[arg(long, help_heading = "Kubelet client", env = "SHARDMETRICS_KUBELET_PORT", default_value_t = 10250)]
     pub kubelet_port: u16,
     /// Node address types to try, in order.
-    #[arg(long, env = "SHARDMETRICS_KUBELET_PREFERRED_ADDRESS_TYPES", default_value = "InternalIP,ExternalIP,Hostname")]
+    #[arg(long, help_heading = "Kubelet client", env = "SHARDMETRICS_KUBELET_PREFERRED_ADDRESS_TYPES", default_value = "InternalIP,ExternalIP,Hostname")]
     pub kubelet_preferred_address_types: String,
     /// Do not verify kubelet serving certificates (test clusters only).
-    #[arg(long, env = "SHARDMETRICS_KUBELET_INSECURE_TLS", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    #[arg(long, help_heading = "Kubelet client", env = "SHARDMETRICS_KUBELET_INSECURE_TLS", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub kubelet_insecure_tls: bool,
     /// CA bundle (PEM) that signs kubelet serving certificates [default: the cluster CA of the kube config].
-    #[arg(long, env = "SHARDMETRICS_KUBELET_CERTIFICATE_AUTHORITY")]
+    #[arg(long, help_heading = "Kubelet client", env = "SHARDMETRICS_KUBELET_CERTIFICATE_AUTHORITY")]
     pub kubelet_certificate_authority: Option<PathBuf>,
     /// Client certificate (PEM) for kubelets, instead of the bearer token.
-    #[arg(long, env = "SHARDMETRICS_KUBELET_CLIENT_CERTIFICATE")]
+    #[arg(long, help_heading = "Kubelet client", env = "SHARDMETRICS_KUBELET_CLIENT_CERTIFICATE")]
     pub kubelet_client_certificate: Option<PathBuf>,
     /// Private key (PEM) of --kubelet-client-certificate.
-    #[arg(long, env = "SHARDMETRICS_KUBELET_CLIENT_KEY")]
+    #[arg(long, help_heading = "Kubelet client", env = "SHARDMETRICS_KUBELET_CLIENT_KEY")]
     pub kubelet_client_key: Option<PathBuf>,
     /// Deadline of one scrape (connect, request and body); must be below --metric-resolution.
-    #[arg(long, env = "SHARDMETRICS_KUBELET_REQUEST_TIMEOUT", default_value = "10s")]
+    #[arg(long, help_heading = "Kubelet client", env = "SHARDMETRICS_KUBELET_REQUEST_TIMEOUT", default_value = "10s")]
     pub kubelet_request_timeout: GoDuration,
     /// Largest accepted /metrics/resource body, in bytes.
-    #[arg(long, env = "SHARDMETRICS_KUBELET_MAX_RESPONSE_BYTES", default_value_t = 16 << 20)]
+    #[arg(long, help_heading = "Kubelet client", env = "SHARDMETRICS_KUBELET_MAX_RESPONSE_BYTES", default_value_t = 16 << 20)]
     pub kubelet_max_response_bytes: usize,
-    /// Scrapes queued or running at once.
-    #[arg(long, env = "SHARDMETRICS_MAX_CONCURRENT_SCRAPES", default_value_t = 256)]
-    pub max_concurrent_scrapes: usize,
+
+    /// Address of the SampleStream gRPC server.
+    #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_GRPC_BIND_ADDRESS", default_value = "0.0.0.0:10350")]
+    pub grpc_bind_address: String,
+    /// host:port frontends dial, written into the Lease [default: $POD_IP:<bound port>, else the bound address].
+    #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_GRPC_ADVERTISE_ADDRESS")]
+    pub grpc_advertise_address: Option<String>,
+    /// Serving certificate (PEM) of the gRPC server; plaintext h2 without it.
+    #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_GRPC_TLS_CERT_FILE")]
+    pub grpc_tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --grpc-tls-cert-file.
+    #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_GRPC_TLS_PRIVATE_KEY_FILE")]
+    pub grpc_tls_private_key_file: Option<PathBuf>,
+    /// Require frontend client certificates signed by this CA (PEM) on the gRPC server (mTLS).
+    #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_GRPC_CLIENT_CA_FILE")]
+    pub grpc_client_ca_file: Option<PathBuf>,
     /// Per-subscriber queue, in batches; a subscriber whose queue is full is disconnected.
-    #[arg(long, env = "SHARDMETRICS_SUBSCRIBER_QUEUE_BATCHES", default_value_t = 1024)]
+    #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_SUBSCRIBER_QUEUE_BATCHES", default_value_t = 1024)]
     pub subscriber_queue_batches: usize,
     /// Largest stream message sent to frontends, in bytes; a node's scrape whose batch is larger
     /// is not streamed (logged, counted in shardmetrics_scraper_batches_oversized_total). Keep it
     /// at most the frontends' --grpc-max-message-bytes.
-    #[arg(long, env = "SHARDMETRICS_GRPC_MAX_MESSAGE_BYTES", default_value_t = crate::stream::DEFAULT_MAX_MESSAGE_BYTES)]
+    #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_GRPC_MAX_MESSAGE_BYTES", default_value_t = crate::stream::DEFAULT_MAX_MESSAGE_BYTES)]
     pub grpc_max_message_bytes: usize,
+
+    /// Address of the plain-HTTP /livez /readyz /metrics server.
+    #[arg(long, help_heading = "Admin", env = "SHARDMETRICS_ADMIN_BIND_ADDRESS", default_value = "0.0.0.0:10351")]
+    pub admin_bind_address: String,
+
     /// Log format.
-    #[arg(long, env = "SHARDMETRICS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, help_heading = "Logging", env = "SHARDMETRICS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Log filter, in tracing EnvFilter syntax (e.g. info,shardmetrics_scraper=debug).
-    #[arg(long, env = "SHARDMETRICS_LOG_LEVEL", default_value = "info")]
+    #[arg(long, help_heading = "Logging", env = "SHARDMETRICS_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 }
+
+/// The `--help` headings, in the order they appear.
+pub const HELP_HEADINGS: [&str; 7] = ["Kubernetes API", "Membership", "Scheduling", "Kubelet client", "gRPC stream", "Admin", "Logging"];
 
 /// What the process environment contributes to defaults (injected for tests).
 #[derive(Debug, Clone, Default)]
@@ -146,46 +156,44 @@ impl Environment {
     }
 }
 
-/// Flags checked against each other, with their files loaded. Still needs the kube config
-/// (for the kubelet token and default CA) and bound listeners.
+/// Flags checked against each other, with their files loaded: the shard's [`Config`], and what
+/// [`prepare`] still needs to build its handles (the kube config supplies the kubelet token and
+/// default CA) and listeners.
 #[derive(Debug)]
 pub struct Validated {
-    /// Shard id.
-    pub shard_id: String,
-    /// Lease namespace.
-    pub lease_namespace: String,
-    /// Lease duration.
-    pub lease_duration: Duration,
-    /// Lease renew period.
-    pub lease_renew_period: Duration,
-    /// gRPC bind address.
-    pub grpc_bind: SocketAddr,
-    /// Explicit advertise address, if given.
-    pub grpc_advertise: Option<String>,
-    /// Admin bind address.
-    pub admin_bind: SocketAddr,
-    /// gRPC TLS material.
-    pub grpc_tls: Option<GrpcTls>,
-    /// Node selector.
-    pub node_selector: Option<String>,
-    /// Target rules.
-    pub targets: TargetRules,
-    /// Resolution and concurrency.
-    pub schedule: ScheduleConfig,
-    /// Kubelet TLS, unless it must come from the kube config's CA.
-    pub kubelet_tls: Option<KubeletTls>,
-    /// Kubelet client certificate, if given.
-    pub kubelet_client_cert: Option<KubeletAuth>,
-    /// Kubelet request timeout.
-    pub kubelet_timeout: Duration,
-    /// Kubelet body limit.
-    pub kubelet_max_response_bytes: usize,
-    /// Subscriber queue length.
-    pub subscriber_queue_batches: usize,
-    /// Largest stream message, in bytes.
-    pub grpc_max_message_bytes: usize,
-    /// Explicit kubeconfig.
+    /// The shard's configuration. Its `grpc_advertise_address` is derived from
+    /// `--grpc-bind-address` here, and again by [`prepare`] from the port actually bound (port 0).
+    pub config: Config,
+    /// Where to listen.
+    pub bind: BindAddresses,
+    /// The kubelet client, but for what the kube config supplies.
+    pub kubelet: KubeletFlags,
+    /// `--kubeconfig`, if given.
     pub kubeconfig: Option<PathBuf>,
+}
+
+/// The listeners' addresses (`--grpc-bind-address`, `--admin-bind-address`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindAddresses {
+    /// The `SampleStream` gRPC server.
+    pub grpc: SocketAddr,
+    /// `--grpc-advertise-address` as given; without it the address is derived from the bound port.
+    pub grpc_advertise: Option<String>,
+    /// The admin server (`/livez`, `/readyz`, `/metrics`).
+    pub admin: SocketAddr,
+}
+
+/// The `--kubelet-*` client flags; `None`s are filled from the kube config by [`prepare`].
+#[derive(Debug)]
+pub struct KubeletFlags {
+    /// Certificate verification, unless it must come from the kube config's CA.
+    pub tls: Option<KubeletTls>,
+    /// The client certificate, if given; else the kube config's credentials.
+    pub client_cert: Option<KubeletAuth>,
+    /// Deadline of one scrape.
+    pub timeout: Duration,
+    /// Largest accepted body, in bytes.
+    pub max_response_bytes: usize,
 }
 
 fn read_file(path: &PathBuf, flag: &str, errors: &mut Vec<String>) -> Option<Vec<u8>> {
@@ -196,48 +204,40 @@ fn read_file(path: &PathBuf, flag: &str, errors: &mut Vec<String>) -> Option<Vec
 pub fn validate(args: &Args, env: &Environment) -> Result<Validated, Vec<String>> {
     let mut errors = Vec::new();
     // Durations are parsed by clap (GoDuration); what is left is how they relate.
-    let lease_duration = Some(args.lease_duration.0);
-    let lease_renew_period = Some(args.lease_renew_period.0);
-    let resolution = Some(args.metric_resolution.0);
-    let timeout = Some(args.kubelet_request_timeout.0);
-
-    if let Some(d) = lease_duration
-        && d < Duration::from_secs(1)
-    {
-        errors.push(format!("--lease-duration={} is below 1s (Leases count whole seconds)", format_duration(d)));
+    let (lease_duration, lease_renew_period) = (args.lease_duration.0, args.lease_renew_period.0);
+    let (resolution, timeout) = (args.metric_resolution.0, args.kubelet_request_timeout.0);
+    if lease_duration < Duration::from_secs(1) {
+        errors.push(format!("--lease-duration={} is below 1s (Leases count whole seconds)", format_duration(lease_duration)));
     }
-    if let (Some(d), Some(r)) = (lease_duration, lease_renew_period) {
-        if r.is_zero() {
-            errors.push("--lease-renew-period must be above 0".into());
-        } else if r >= d {
-            errors.push(format!("--lease-renew-period={} must be below --lease-duration={}", format_duration(r), format_duration(d)));
-        }
+    if lease_renew_period.is_zero() {
+        errors.push("--lease-renew-period must be above 0".into());
+    } else if lease_renew_period >= lease_duration {
+        errors.push(format!(
+            "--lease-renew-period={} must be below --lease-duration={}",
+            format_duration(lease_renew_period),
+            format_duration(lease_duration)
+        ));
     }
-    if let Some(r) = resolution
-        && r < MIN_RESOLUTION
-    {
-        errors.push(format!("--metric-resolution={} is below the minimum of 5s", format_duration(r)));
+    if resolution < MIN_RESOLUTION {
+        errors.push(format!("--metric-resolution={} is below the minimum of 5s", format_duration(resolution)));
     }
-    if let Some(t) = timeout {
-        if t.is_zero() {
-            errors.push("--kubelet-request-timeout must be above 0".into());
-        } else if let Some(r) = resolution
-            && t >= r
-        {
-            errors.push(format!("--kubelet-request-timeout={} must be below --metric-resolution={}", format_duration(t), format_duration(r)));
-        }
+    if timeout.is_zero() {
+        errors.push("--kubelet-request-timeout must be above 0".into());
+    } else if timeout >= resolution {
+        errors.push(format!("--kubelet-request-timeout={} must be below --metric-resolution={}", format_duration(timeout), format_duration(resolution)));
     }
 
     let shard_id = args.shard_id.clone().or_else(|| env.pod_name.clone()).or_else(|| env.hostname.clone());
     match &shard_id {
         None => errors.push("--shard-id is required when neither $POD_NAME nor the hostname is available".into()),
-        Some(id) if !valid_dns_subdomain(id) => {
+        Some(id) if !is_dns_subdomain(id) => {
             errors.push(format!("--shard-id={id:?} must be a DNS subdomain (lowercase letters, digits, '-', '.'): it names the Lease"))
         }
         _ => {}
     }
     let lease_namespace = args.lease_namespace.clone().or_else(|| env.pod_namespace.clone()).unwrap_or_else(|| "kube-system".into());
-    if !valid_dns_subdomain(&lease_namespace) || lease_namespace.contains('.') {
+    // A namespace name is a DNS-1123 label: a subdomain of one part, at most 63 characters.
+    if !is_dns_subdomain(&lease_namespace) || lease_namespace.contains('.') || lease_namespace.len() > 63 {
         errors.push(format!("--lease-namespace={lease_namespace:?} is not a valid namespace name"));
     }
 
@@ -368,26 +368,16 @@ pub fn validate(args: &Args, env: &Environment) -> Result<Validated, Vec<String>
         return Err(errors);
     }
     // Every Option below is Some when no error was recorded.
-    let (
-        Some(shard_id),
-        Some(lease_duration),
-        Some(lease_renew_period),
-        Some(resolution),
-        Some(kubelet_timeout),
-        Some(grpc_bind),
-        Some(admin_bind),
-    ) = (shard_id, lease_duration, lease_renew_period, resolution, timeout, grpc_bind, admin_bind)
-    else {
+    let (Some(shard_id), Some(grpc), Some(admin)) = (shard_id, grpc_bind, admin_bind) else {
         return Err(vec!["internal: incomplete validation".into()]);
     };
-    Ok(Validated {
+    let grpc_advertise = args.grpc_advertise_address.clone();
+    let config = Config {
         shard_id,
         lease_namespace,
         lease_duration,
         lease_renew_period,
-        grpc_bind,
-        grpc_advertise: args.grpc_advertise_address.clone(),
-        admin_bind,
+        grpc_advertise_address: advertise_address(grpc_advertise.as_deref(), grpc, env),
         grpc_tls,
         node_selector,
         targets: TargetRules {
@@ -396,12 +386,13 @@ pub fn validate(args: &Args, env: &Environment) -> Result<Validated, Vec<String>
             default_port: args.kubelet_port,
         },
         schedule: ScheduleConfig { resolution, max_concurrent: args.max_concurrent_scrapes },
-        kubelet_tls,
-        kubelet_client_cert,
-        kubelet_timeout,
-        kubelet_max_response_bytes: args.kubelet_max_response_bytes,
         subscriber_queue_batches: args.subscriber_queue_batches,
         grpc_max_message_bytes: args.grpc_max_message_bytes,
+    };
+    Ok(Validated {
+        config,
+        bind: BindAddresses { grpc, grpc_advertise, admin },
+        kubelet: KubeletFlags { tls: kubelet_tls, client_cert: kubelet_client_cert, timeout, max_response_bytes: args.kubelet_max_response_bytes },
         kubeconfig: args.kubeconfig.clone(),
     })
 }
@@ -499,9 +490,10 @@ fn pem_source(data: Option<&str>, path: Option<&str>, what: &str) -> Result<Opti
 }
 
 /// Builds clients and listeners from validated flags.
-pub async fn prepare(v: Validated, env: &Environment) -> Result<(Config, kube::Client, KubeletClient, Listeners), StartupError> {
-    let kube_config = load_kube_config(v.kubeconfig.as_ref()).await?;
-    let tls = match v.kubelet_tls {
+pub async fn prepare(v: Validated, env: &Environment) -> Result<(Config, Handles<KubeletClient>, Listeners), StartupError> {
+    let Validated { mut config, bind, kubelet, kubeconfig } = v;
+    let kube_config = load_kube_config(kubeconfig.as_ref()).await?;
+    let tls = match kubelet.tls {
         Some(t) => t,
         None => {
             let roots = kube_config.root_cert.clone().unwrap_or_default();
@@ -511,38 +503,27 @@ pub async fn prepare(v: Validated, env: &Environment) -> Result<(Config, kube::C
             KubeletTls::Verify(roots.into_iter().map(rustls_pki_types::CertificateDer::from).collect())
         }
     };
-    let auth = match v.kubelet_client_cert {
+    let auth = match kubelet.client_cert {
         Some(cert) => cert,
         None => kubelet_auth_from(&kube_config)?,
     };
     let kubelets = KubeletClient::new(KubeletClientConfig {
         tls,
         auth,
-        timeout: v.kubelet_timeout,
-        max_response_bytes: v.kubelet_max_response_bytes,
-        pool_idle_timeout: (v.schedule.resolution * 3).max(Duration::from_secs(90)),
+        timeout: kubelet.timeout,
+        max_response_bytes: kubelet.max_response_bytes,
+        pool_idle_timeout: (config.schedule.resolution * 3).max(Duration::from_secs(90)),
     })?;
     let kube = kube::Client::try_from(kube_config)?;
-    let bind = |flag: &'static str, addr: SocketAddr| async move {
+    let listen = |flag: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { flag, addr, source })
     };
-    let grpc = bind("--grpc-bind-address", v.grpc_bind).await?;
-    let admin = bind("--admin-bind-address", v.admin_bind).await?;
-    let bound = grpc.local_addr().map_err(|source| StartupError::Bind { flag: "--grpc-bind-address", addr: v.grpc_bind, source })?;
-    let config = Config {
-        shard_id: v.shard_id,
-        lease_namespace: v.lease_namespace,
-        lease_duration: v.lease_duration,
-        lease_renew_period: v.lease_renew_period,
-        grpc_advertise_address: advertise_address(v.grpc_advertise.as_deref(), bound, env),
-        grpc_tls: v.grpc_tls,
-        node_selector: v.node_selector,
-        targets: v.targets,
-        schedule: v.schedule,
-        subscriber_queue_batches: v.subscriber_queue_batches,
-        grpc_max_message_bytes: v.grpc_max_message_bytes,
-    };
-    Ok((config, kube, kubelets, Listeners { grpc, admin }))
+    let grpc = listen("--grpc-bind-address", bind.grpc).await?;
+    let admin = listen("--admin-bind-address", bind.admin).await?;
+    let bound = grpc.local_addr().map_err(|source| StartupError::Bind { flag: "--grpc-bind-address", addr: bind.grpc, source })?;
+    config.grpc_advertise_address = advertise_address(bind.grpc_advertise.as_deref(), bound, env);
+    let handles = Handles { kube, clock: shardmetrics_plumbing::clock::system(), kubelets };
+    Ok((config, handles, Listeners { grpc, admin }))
 }
 
 /// The whole program: validate (exit 64 listing every problem), set up, run until SIGTERM.
@@ -559,7 +540,7 @@ pub async fn main_with(args: Args) -> ExitCode {
         }
     };
     shardmetrics_plumbing::process::init_tracing(args.log_format, &args.log_level);
-    let (config, kube, kubelets, listeners) = match prepare(validated, &env).await {
+    let (config, handles, listeners) = match prepare(validated, &env).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "startup failed");
@@ -567,7 +548,7 @@ pub async fn main_with(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match crate::run(config, kube, kubelets, listeners, shardmetrics_plumbing::clock::system(), shardmetrics_plumbing::process::termination_signal()).await {
+    match crate::run(config, handles, listeners, shardmetrics_plumbing::process::termination_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "shard failed");
@@ -593,17 +574,17 @@ mod tests {
     #[test]
     fn defaults_validate_and_follow_the_pod_environment() {
         let v = validate(&parse(&["--kubelet-insecure-tls"]), &env()).unwrap();
-        assert_eq!(v.shard_id, "shardmetrics-scraper-0");
-        assert_eq!(v.lease_namespace, "monitoring");
-        assert_eq!(v.schedule, ScheduleConfig { resolution: Duration::from_secs(15), max_concurrent: 256 });
-        assert_eq!(v.kubelet_timeout, Duration::from_secs(10));
-        assert_eq!(v.grpc_max_message_bytes, 64 << 20);
-        assert_eq!(v.targets, TargetRules::default());
-        assert_eq!(v.grpc_bind, "0.0.0.0:10350".parse().unwrap());
-        assert_eq!(v.admin_bind, "0.0.0.0:10351".parse().unwrap());
-        assert!(matches!(v.kubelet_tls, Some(KubeletTls::Insecure)));
+        assert_eq!(v.config.shard_id, "shardmetrics-scraper-0");
+        assert_eq!(v.config.lease_namespace, "monitoring");
+        assert_eq!(v.config.schedule, ScheduleConfig { resolution: Duration::from_secs(15), max_concurrent: 256 });
+        assert_eq!(v.kubelet.timeout, Duration::from_secs(10));
+        assert_eq!(v.config.grpc_max_message_bytes, 64 << 20);
+        assert_eq!(v.config.targets, TargetRules::default());
+        assert_eq!(v.bind.grpc, "0.0.0.0:10350".parse().unwrap());
+        assert_eq!(v.bind.admin, "0.0.0.0:10351".parse().unwrap());
+        assert!(matches!(v.kubelet.tls, Some(KubeletTls::Insecure)));
         let v = validate(&parse(&[]), &Environment { hostname: Some("node-x".into()), ..Environment::default() }).unwrap();
-        assert_eq!((v.shard_id.as_str(), v.lease_namespace.as_str()), ("node-x", "kube-system"));
+        assert_eq!((v.config.shard_id.as_str(), v.config.lease_namespace.as_str()), ("node-x", "kube-system"));
     }
 
     #[test]
@@ -717,6 +698,55 @@ mod tests {
             }
             let want = format!("SHARDMETRICS_{}", long.to_uppercase().replace('-', "_"));
             assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(want.as_str()), "--{long}");
+        }
+    }
+
+    #[test]
+    fn help_groups_every_flag_under_its_heading_in_order() {
+        use clap::CommandFactory;
+        let mut cmd = Args::command();
+        let mut seen: Vec<&str> = Vec::new();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            let heading = arg.get_help_heading().unwrap_or_else(|| panic!("--{long} has no help heading"));
+            assert!(HELP_HEADINGS.contains(&heading), "--{long}: unknown heading {heading:?}");
+            if seen.last() != Some(&heading) {
+                assert!(!seen.contains(&heading), "--{long}: heading {heading:?} split in two");
+                seen.push(heading);
+            }
+        }
+        assert_eq!(seen, HELP_HEADINGS, "every heading used, in order");
+        let help = cmd.render_long_help().to_string();
+        let at = |needle: &str| help.find(needle).unwrap_or_else(|| panic!("{needle:?} not in --help:\n{help}"));
+        for (heading, flag) in [
+            ("Kubernetes API:", "--kubeconfig"),
+            ("Membership:", "--lease-renew-period"),
+            ("Scheduling:", "--metric-resolution"),
+            ("Kubelet client:", "--kubelet-request-timeout"),
+            ("gRPC stream:", "--grpc-max-message-bytes"),
+            ("Admin:", "--admin-bind-address"),
+            ("Logging:", "--log-level"),
+        ] {
+            assert!(at(heading) < at(flag), "{flag} listed under {heading}");
+        }
+        assert!(at("Membership:") < at("Scheduling:") && at("Admin:") < at("Logging:"));
+    }
+
+    #[test]
+    fn the_shard_id_must_be_a_dns_subdomain_and_the_lease_namespace_a_dns_label() {
+        let problems = |extra: &[&str]| validate(&parse(extra), &env()).err().unwrap_or_default();
+        assert_eq!(problems(&["--shard-id=shard-0.eu", "--lease-namespace=kube-system"]), Vec::<String>::new());
+        for bad in ["Shard_0", "-shard", "shard..0"] {
+            let p = problems(&[&format!("--shard-id={bad}")]);
+            assert!(p.len() == 1 && p[0].starts_with(&format!("--shard-id={bad:?} must be a DNS subdomain")), "{bad}: {p:?}");
+        }
+        let ns63 = "n".repeat(63);
+        assert_eq!(problems(&["--lease-namespace", &ns63]), Vec::<String>::new());
+        for bad in ["n".repeat(64), "a.b".to_owned(), "Kube".to_owned()] {
+            assert_eq!(problems(&["--lease-namespace", &bad]), vec![format!("--lease-namespace={bad:?} is not a valid namespace name")]);
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The validated configuration `run` takes, and the Lease-name check the flags need (durations
-//! and selectors are parsed by `shardmetrics-plumbing`).
+//! The validated configuration `run` takes (built by [`crate::cli::validate`]; durations,
+//! selectors and name checks come from `shardmetrics-plumbing`).
 
 use std::time::Duration;
 
@@ -34,23 +34,8 @@ pub struct Config {
     pub grpc_max_message_bytes: usize,
 }
 
-/// Whether `s` is a valid DNS subdomain (what a Lease name must be).
-pub fn valid_dns_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn node_selectors_in_kubernetes_syntax_are_accepted_and_malformed_ones_refused() {
         use shardmetrics_plumbing::selector::LabelSelector;
@@ -67,12 +52,5 @@ mod tests {
         for bad in ["a=b,", "a b", "a in (b", "=b", "a=b c", "-a=b", "a=(b)"] {
             assert!(LabelSelector::parse(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn lease_names_must_be_dns_subdomains() {
-        assert!(valid_dns_subdomain("shardmetrics-scraper-0"));
-        assert!(!valid_dns_subdomain("Shard_0"));
-        assert!(!valid_dns_subdomain(""));
     }
 }

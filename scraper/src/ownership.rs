@@ -26,37 +26,47 @@ pub fn assign(me: &str, ring: &Ring, view: &NodeView) -> Assignment {
     Assignment { owned: Arc::new(owned), known: Arc::new(known), handovers: Arc::default() }
 }
 
-/// Handovers of the nodes `now` owns that `before` did not: for each whose previous owner under
-/// `previous_ring` was another shard, what is known about that shard (`seen`: the last record of
-/// every member ever seen; `live`: the current members; `noticed_at`: when the member change
-/// arrived). Nodes absent from `previous_known`
-/// are new to the cluster and get none (they are scraped at once).
-#[allow(clippy::too_many_arguments)]
-pub fn handovers(
-    me: &str,
-    now: &Assignment,
-    before: &Assignment,
-    previous_ring: &Ring,
-    previous_known: Option<&BTreeSet<String>>,
-    seen: &BTreeMap<String, Member>,
-    live: &Members,
-    noticed_at: tokio::time::Instant,
-) -> BTreeMap<String, Handover> {
+/// Who owned the nodes before a change: the ring and node set of the last published
+/// assignment of a synced view.
+#[derive(Debug, Clone, Copy)]
+pub struct PreviousOwners<'a> {
+    /// The ring the nodes were assigned by.
+    pub ring: &'a Ring,
+    /// The nodes that existed then; `None` before this shard's first assignment (then `ring` is
+    /// the ring of the others, what owned the nodes before this shard came).
+    pub known: Option<&'a BTreeSet<String>>,
+}
+
+/// What this shard knows about the other shards when a change arrives.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberRecords<'a> {
+    /// The last record of every member ever seen (a departed one's tells crash from stop).
+    pub seen: &'a BTreeMap<String, Member>,
+    /// The current live members.
+    pub live: &'a Members,
+    /// When the member change arrived (before the ring was rebuilt).
+    pub noticed_at: tokio::time::Instant,
+}
+
+/// Handovers of the nodes `now` owns that `before` did not: for each whose owner under
+/// `previous.ring` was another shard, what `members` says about that shard. Nodes absent from
+/// `previous.known` are new to the cluster and get none (they are scraped at once).
+pub fn handovers(me: &str, now: &Assignment, before: &Assignment, previous: PreviousOwners<'_>, members: MemberRecords<'_>) -> BTreeMap<String, Handover> {
     now.owned
         .keys()
         .filter(|n| !before.owned.contains_key(*n))
-        .filter(|n| previous_known.is_none_or(|k| k.contains(*n)))
+        .filter(|n| previous.known.is_none_or(|k| k.contains(*n)))
         .filter_map(|n| {
-            let owner = previous_ring.owner(n).filter(|o| *o != me)?;
-            let m = seen.get(owner)?;
+            let owner = previous.ring.owner(n).filter(|o| *o != me)?;
+            let m = members.seen.get(owner)?;
             let started_ms = if m.epoch == 0 { i64::MAX } else { i64::try_from(m.epoch / 1_000_000).unwrap_or(i64::MAX) };
             Some((
                 n.clone(),
                 Handover {
                     previous_owner_started_ms: started_ms,
-                    previous_owner_live: live.contains_key(owner),
+                    previous_owner_live: members.live.contains_key(owner),
                     previous_owner_expires_ms: m.renew_time_ms.saturating_add(m.lease_duration_ms),
-                    noticed_at,
+                    noticed_at: members.noticed_at,
                 },
             ))
         })
@@ -114,7 +124,9 @@ pub fn watch_assignment(
                 assignment.handovers = if restarted {
                     Arc::new(BTreeMap::new())
                 } else {
-                    Arc::new(handovers(&me, &assignment, &before, previous_ring, previous_known, &seen, &live, members_changed_at))
+                    let previous = PreviousOwners { ring: previous_ring, known: previous_known };
+                    let records = MemberRecords { seen: &seen, live: &live, noticed_at: members_changed_at };
+                    Arc::new(handovers(&me, &assignment, &before, previous, records))
                 };
                 previous = Some((last_members.clone(), assignment.known.clone()));
             }
@@ -189,7 +201,7 @@ mod tests {
             m.lease_duration_ms = 3_000;
         }
         let (mtx, mrx) = watch::channel(both.clone());
-        let (mut rx, _task) = watch_assignment("s0".into(), 1, nrx, mrx, Metrics::new());
+        let (mut rx, _task) = watch_assignment("s0".into(), 1, nrx, mrx, Metrics::register(&prometheus::Registry::new()).unwrap());
         let first = rx.wait_for(|a| !a.known.is_empty()).await.unwrap().clone();
         // The first assignment: s1 would own everything without s0, and s1 is live.
         assert!(!first.owned.is_empty());
@@ -216,7 +228,7 @@ mod tests {
         let (_ntx, nrx) = watch::channel(view(&["a", "b", "c", "d", "e", "f", "g", "h"]));
         // s0's previous incarnation (epoch 1) still holds its Lease: s1 never took its nodes.
         let (_mtx, mrx) = watch::channel(members(&["s0", "s1"]));
-        let (mut rx, _task) = watch_assignment("s0".into(), 2, nrx, mrx, Metrics::new());
+        let (mut rx, _task) = watch_assignment("s0".into(), 2, nrx, mrx, Metrics::register(&prometheus::Registry::new()).unwrap());
         let first = rx.wait_for(|a| !a.known.is_empty()).await.unwrap().clone();
         assert!(!first.owned.is_empty());
         assert!(first.handovers.is_empty(), "every owned node is scraped at once: {:?}", first.handovers.keys());
@@ -226,7 +238,7 @@ mod tests {
     async fn a_member_leaving_hands_its_nodes_to_the_rest() {
         let (ntx, nrx) = watch::channel(view(&["a", "b", "c", "d", "e", "f", "g", "h"]));
         let (mtx, mrx) = watch::channel(members(&["s0", "s1"]));
-        let (mut rx, _task) = watch_assignment("s0".into(), 1, nrx, mrx, Metrics::new());
+        let (mut rx, _task) = watch_assignment("s0".into(), 1, nrx, mrx, Metrics::register(&prometheus::Registry::new()).unwrap());
         rx.wait_for(|a| !a.known.is_empty()).await.unwrap();
         let before = rx.borrow().owned.len();
         mtx.send_replace(members(&["s0"]));

@@ -1,5 +1,5 @@
-//! When each owned node is scraped, and the scrape pipeline itself (fetch → parse → encode →
-//! publish).
+//! When each owned node is scraped ([`Scheduler`]), apart from what a scrape does
+//! ([`Pipeline`]: fetch → parse → encode → publish).
 //!
 //! Every owned node is scraped once per resolution at a stable phase offset derived from a
 //! hash of its name and anchored to wall-clock time, so load is spread evenly over the
@@ -18,10 +18,11 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use shardmetrics_plumbing::clock::SharedClock;
-use shardmetrics_proto::{NodeReleased, NodeScrape, ReleaseReason};
+use shardmetrics_proto::{NodeReleased, ReleaseReason};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
@@ -127,21 +128,160 @@ impl Slots {
     }
 }
 
+/// How many resolutions without a scheduler tick make it stuck for `/livez`: the loop ticks at
+/// least every half resolution, so three leave room for a busy runtime but not for a dead loop.
+pub const STALL_RESOLUTIONS: u32 = 3;
+
+/// The scheduler's proof of life, read by `/livez`: when its loop last went round (tokio time).
+/// The loop ticks at least every half resolution, even with nothing to scrape.
+#[derive(Debug)]
+pub struct Heartbeat {
+    /// The tokio instant `last_ms` counts from (creation: counts as a tick).
+    origin: Instant,
+    /// The last tick, in milliseconds since `origin`.
+    last_ms: AtomicU64,
+    /// Older than this the scheduler is stuck: [`STALL_RESOLUTIONS`] × the resolution.
+    stall_after: Duration,
+}
+
+impl Heartbeat {
+    /// A heartbeat for a scheduler of `resolution`, ticked now.
+    pub fn new(resolution: Duration) -> Heartbeat {
+        Heartbeat { origin: Instant::now(), last_ms: AtomicU64::new(0), stall_after: resolution * STALL_RESOLUTIONS }
+    }
+
+    /// Records a tick now.
+    pub fn tick(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last tick.
+    pub fn age(&self) -> Duration {
+        let last = self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Instant::now().saturating_duration_since(last)
+    }
+
+    /// How old the last tick may get before the scheduler counts as stuck.
+    pub fn stall_after(&self) -> Duration {
+        self.stall_after
+    }
+
+    /// Whether the last tick is older than [`Heartbeat::stall_after`].
+    pub fn stalled(&self) -> bool {
+        self.age() > self.stall_after
+    }
+}
+
 /// What a scrape task hands back.
 struct Outcome {
     /// When the fetch began (after waiting for a permit).
     started: Instant,
+    /// Fetch and parse together (encoding included).
     duration: Duration,
     result: Result<Scraped, ScrapeError>,
 }
 
+impl Outcome {
+    /// The `result` label of `shardmetrics_scraper_scrapes_total`.
+    fn label(&self) -> &'static str {
+        match &self.result {
+            Ok(_) => "success",
+            Err(e) => e.result_label(),
+        }
+    }
+}
+
+/// What a successful scrape leaves for the scheduler: the encoded batch and its counts (the
+/// decoded `NodeScrape` is dropped in the task once encoded).
 struct Scraped {
-    scrape: Arc<NodeScrape>,
+    /// The scrape's live `SampleBatch`, encoded once, for the hub.
     frame: bytes::Bytes,
+    /// Samples shipped: node points plus containers.
+    samples: usize,
+    /// Samples of kept families thrown away (NaN, negative, missing labels).
     rejected_samples: u32,
+    /// Containers (or node points) left out for lack of a CPU or memory sample.
     incomplete_containers: u32,
 }
 
+/// The "what" of a scrape, apart from the "when" ([`Scheduler`]): fetch one node within the
+/// concurrency bound → parse → encode (in a scrape task) → count and publish (back on the
+/// scheduler, for a node it still owns). Shared by every scrape task.
+pub struct Pipeline<S> {
+    /// Where scrape bodies come from: the kubelet client (a fake fleet in tests).
+    source: Arc<S>,
+    /// `--max-concurrent-scrapes` permits; a scrape holds one from fetch to encode.
+    permits: Arc<Semaphore>,
+    /// Where encoded scrapes and node releases go.
+    hub: Arc<Hub>,
+    /// Self-metrics: scrape results and durations, samples, owned and known nodes.
+    metrics: Metrics,
+    /// Wall clock: each scrape's `scraped_at_ms`, and the slots' anchor.
+    clock: SharedClock,
+}
+
+impl<S> std::fmt::Debug for Pipeline<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("hub", &self.hub).field("permits", &self.permits.available_permits()).finish_non_exhaustive()
+    }
+}
+
+impl<S: KubeletSource> Pipeline<S> {
+    /// A pipeline fetching from `source` with at most `max_concurrent` scrapes (at least 1)
+    /// queued or running at once, publishing to `hub`.
+    pub fn new(source: Arc<S>, max_concurrent: usize, hub: Arc<Hub>, metrics: Metrics, clock: SharedClock) -> Pipeline<S> {
+        Pipeline { source, permits: Arc::new(Semaphore::new(max_concurrent.max(1))), hub, metrics, clock }
+    }
+
+    /// One scrape of `target`: wait for a permit, fetch, parse, encode.
+    async fn scrape(self: Arc<Self>, target: NodeTarget) -> Outcome {
+        let _permit = self.permits.clone().acquire_owned().await;
+        let started = Instant::now();
+        let result = match self.source.fetch(&target).await {
+            Ok(body) => {
+                let scraped_at_ms = self.clock.now_ms();
+                match parse_resource_metrics(&target.name, &body, scraped_at_ms) {
+                    Ok(parsed) => Ok(Scraped {
+                        frame: self.hub.encode_scrape(&parsed.scrape),
+                        samples: parsed.scrape.sample_count(),
+                        rejected_samples: parsed.rejected_samples,
+                        incomplete_containers: parsed.incomplete_containers,
+                    }),
+                    Err(e) => Err(ScrapeError::Parse(e)),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        Outcome { started, duration: started.elapsed(), result }
+    }
+
+    /// Counts a finished scrape of `target` and publishes it if it succeeded; logs only when the
+    /// node's result changed since its previous scrape (`changed`).
+    fn publish(&self, target: &NodeTarget, outcome: Outcome, changed: bool) {
+        let metrics = &self.metrics;
+        metrics.scrape_duration_seconds.observe(outcome.duration.as_secs_f64());
+        metrics.scrapes_total.with_label_values(&[outcome.label()]).inc();
+        match outcome.result {
+            Ok(s) => {
+                if changed {
+                    tracing::info!(node = %target.name, "scrapes succeeding");
+                }
+                metrics.samples_total.inc_by(s.samples as u64);
+                metrics.rejected_samples_total.inc_by(u64::from(s.rejected_samples));
+                metrics.incomplete_containers_total.inc_by(u64::from(s.incomplete_containers));
+                self.hub.publish_scrape(&target.name, s.frame);
+            }
+            Err(err) => {
+                if changed {
+                    tracing::warn!(node = %target.name, host = %target.host, port = target.port, error = %err, "scrape failed");
+                }
+            }
+        }
+    }
+}
+
+/// One owned node, as the scheduler tracks it.
 struct NodeState {
     target: NodeTarget,
     phase: Duration,
@@ -154,90 +294,204 @@ struct NodeState {
     last_started: Option<Instant>,
 }
 
-/// Runs the scheduler until `shutdown` resolves; then aborts in-flight scrapes and publishes a
-/// `Shutdown` release of every owned node.
-pub async fn run<S: KubeletSource>(
+/// A node's next slot in the due queue: when, for which generation of its ownership, which node.
+type Due = Reverse<(Instant, u64, String)>;
+
+/// The "when" of scraping: each owned node's slots, what a hand-over means for its first
+/// scrape, the due queue and the scrape tasks in flight (one per node at most). What a scrape
+/// does is the [`Pipeline`]'s.
+pub struct Scheduler<S> {
     config: ScheduleConfig,
-    source: Arc<S>,
-    mut assignments: watch::Receiver<Assignment>,
-    hub: Arc<Hub>,
-    metrics: Metrics,
-    clock: SharedClock,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let slots = Slots::new(&clock, config.resolution);
-    let permits = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
-    let mut nodes: HashMap<String, NodeState> = HashMap::new();
-    let mut due: BinaryHeap<Reverse<(Instant, u64, String)>> = BinaryHeap::new();
-    let mut tasks: JoinSet<Outcome> = JoinSet::new();
-    let mut running: HashMap<tokio::task::Id, (String, u64)> = HashMap::new();
-    let mut next_generation: u64 = 1;
-    tokio::pin!(shutdown);
+    slots: Slots,
+    /// Owned nodes by name.
+    nodes: HashMap<String, NodeState>,
+    /// Every owned node's next slot, earliest first; entries of an older generation are stale.
+    due: BinaryHeap<Due>,
+    /// The generation the next newly owned node gets.
+    next_generation: u64,
+    /// Scrape tasks queued or running.
+    tasks: JoinSet<Outcome>,
+    /// Which node (and generation) each task in `tasks` scrapes.
+    running: HashMap<tokio::task::Id, (String, u64)>,
+    pipeline: Arc<Pipeline<S>>,
+    /// Ticked every time round the loop (at least every half resolution).
+    heartbeat: Arc<Heartbeat>,
+}
 
-    let initial = assignments.borrow_and_update().clone();
-    apply_assignment(&initial, &slots, &clock, &mut nodes, &mut due, &mut next_generation, &hub, &metrics);
+impl<S> std::fmt::Debug for Scheduler<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").field("config", &self.config).field("owned", &self.nodes.len()).finish_non_exhaustive()
+    }
+}
 
-    loop {
-        let next_due = due.peek().map(|Reverse((at, _, _))| *at);
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            changed = assignments.changed() => {
-                if changed.is_err() {
-                    break;
+impl<S: KubeletSource> Scheduler<S> {
+    /// A scheduler owning no node yet, its slots anchored to the pipeline's wall clock now.
+    pub fn new(config: ScheduleConfig, pipeline: Pipeline<S>) -> Scheduler<S> {
+        Scheduler {
+            config,
+            slots: Slots::new(&pipeline.clock, config.resolution),
+            nodes: HashMap::new(),
+            due: BinaryHeap::new(),
+            next_generation: 1,
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            pipeline: Arc::new(pipeline),
+            heartbeat: Arc::new(Heartbeat::new(config.resolution)),
+        }
+    }
+
+    /// The heartbeat this scheduler ticks, for `/livez`.
+    pub fn heartbeat(&self) -> Arc<Heartbeat> {
+        self.heartbeat.clone()
+    }
+
+    /// Scrapes what `assignments` says this shard owns until `shutdown` resolves (or the
+    /// assignments close); then aborts in-flight scrapes and publishes a `Shutdown` release of
+    /// every owned node.
+    pub async fn run(mut self, mut assignments: watch::Receiver<Assignment>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let initial = assignments.borrow_and_update().clone();
+        self.apply(&initial);
+        loop {
+            self.heartbeat.tick();
+            let next_due = self.due.peek().map(|Reverse((at, _, _))| *at);
+            let next_tick = Instant::now() + self.config.resolution / 2;
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                changed = assignments.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let a = assignments.borrow_and_update().clone();
+                    self.apply(&a);
                 }
-                let a = assignments.borrow_and_update().clone();
-                apply_assignment(&a, &slots, &clock, &mut nodes, &mut due, &mut next_generation, &hub, &metrics);
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finish(joined),
+                _ = sleep_until_opt(next_due) => self.start_due(Instant::now()),
+                // Nothing else happened for half a resolution: go round to tick.
+                _ = tokio::time::sleep_until(next_tick) => {}
             }
-            Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                let (id, outcome) = match joined {
-                    Ok((id, outcome)) => (id, Ok(outcome)),
-                    Err(err) => (err.id(), Err(err)),
-                };
-                let Some((node, generation)) = running.remove(&id) else { continue };
-                match outcome {
-                    Ok(outcome) => handle_outcome(&node, generation, outcome, &mut nodes, &hub, &metrics),
-                    Err(err) => {
-                        if let Some(state) = nodes.get_mut(&node).filter(|s| s.generation == generation) {
-                            state.busy = None;
-                        }
-                        if err.is_panic() {
-                            tracing::error!(node = %node, "scrape task panicked");
-                        }
+        }
+        self.tasks.abort_all();
+        let released: Vec<NodeReleased> = self.nodes.keys().map(|n| NodeReleased { node: n.clone(), reason: ReleaseReason::Shutdown }).collect();
+        self.pipeline.metrics.owned_nodes.set(0);
+        self.pipeline.hub.publish_released(released);
+    }
+
+    /// Takes on a new assignment: releases (and stops scraping) nodes no longer owned, follows
+    /// address changes, and queues each newly owned node's first scrape.
+    fn apply(&mut self, a: &Assignment) {
+        let now = Instant::now();
+        let now_ms = self.pipeline.clock.now_ms();
+        let resolution = self.slots.resolution;
+        let mut released = Vec::new();
+        self.nodes.retain(|name, state| {
+            if a.owned.contains_key(name) {
+                return true;
+            }
+            if let Some(h) = state.busy.take() {
+                h.abort();
+            }
+            let reason = if a.known.contains(name) { ReleaseReason::OwnershipMoved } else { ReleaseReason::NodeDeleted };
+            released.push(NodeReleased { node: name.clone(), reason });
+            false
+        });
+        for (name, target) in a.owned.iter() {
+            match self.nodes.get_mut(name) {
+                Some(state) => {
+                    if state.target != *target {
+                        tracing::info!(node = %name, host = %target.host, port = target.port, "kubelet address changed");
+                        state.target = target.clone();
                     }
                 }
+                None => {
+                    let generation = self.next_generation;
+                    self.next_generation += 1;
+                    let phase = phase_offset(name, resolution);
+                    self.nodes.insert(
+                        name.clone(),
+                        NodeState { target: target.clone(), phase, generation, busy: None, last_result: None, last_started: None },
+                    );
+                    // First scrape at once (later ones at the node's phase), unless the previous
+                    // owner scraped it within the last resolution: then at the phase right away.
+                    let handover = a.handovers.get(name).filter(|h| h.scraped_within(resolution, now_ms));
+                    let first = match handover {
+                        // A slot that fell while the move was computed here: a departed owner had
+                        // stopped, a live one released the node when it noticed the same change
+                        // (missed unless it was slower than this shard: then a duplicate, the
+                        // lesser evil for freshness).
+                        Some(h) if self.slots.next(phase, h.noticed_at) < now => now,
+                        Some(_) => self.slots.next(phase, now),
+                        None => now,
+                    };
+                    self.due.push(Reverse((first, generation, name.clone())));
+                }
             }
-            _ = sleep_until_opt(next_due) => {
-                let now = Instant::now();
-                while due.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
-                    let Some(Reverse((at, generation, name))) = due.pop() else { break };
-                    let Some(state) = nodes.get_mut(&name) else { continue };
-                    if state.generation != generation {
-                        continue;
-                    }
-                    let after = at.max(now) + config.resolution / 2;
-                    due.push(Reverse((slots.next(state.phase, after), generation, name.clone())));
-                    if state.busy.is_some() {
-                        metrics.scrapes_skipped_total.inc();
-                        tracing::debug!(node = %name, "previous scrape still queued or running; skipping this round");
-                        continue;
-                    }
-                    if state.last_started.is_some_and(|t| now.saturating_duration_since(t) < config.resolution / 2) {
-                        tracing::debug!(node = %name, "scraped less than half a resolution ago (first scrape after a move); skipping this slot");
-                        continue;
-                    }
-                    let handle = tasks.spawn(scrape_one(source.clone(), state.target.clone(), permits.clone(), hub.clone(), clock.clone()));
-                    running.insert(handle.id(), (name, generation));
-                    state.busy = Some(handle);
+        }
+        let metrics = &self.pipeline.metrics;
+        if !released.is_empty() {
+            tracing::info!(released = released.len(), "nodes released");
+            self.pipeline.hub.publish_released(released);
+        }
+        metrics.owned_nodes.set(self.nodes.len() as i64);
+        metrics.known_nodes.set(a.known.len() as i64);
+    }
+
+    /// Starts the scrape of every node whose slot has come by `now` and queues its next slot;
+    /// a node still busy, or scraped less than half a resolution ago, skips this slot.
+    fn start_due(&mut self, now: Instant) {
+        while self.due.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
+            let Some(Reverse((at, generation, name))) = self.due.pop() else { break };
+            let Some(state) = self.nodes.get_mut(&name) else { continue };
+            if state.generation != generation {
+                continue;
+            }
+            let after = at.max(now) + self.config.resolution / 2;
+            self.due.push(Reverse((self.slots.next(state.phase, after), generation, name.clone())));
+            if state.busy.is_some() {
+                self.pipeline.metrics.scrapes_skipped_total.inc();
+                tracing::debug!(node = %name, "previous scrape still queued or running; skipping this round");
+                continue;
+            }
+            if state.last_started.is_some_and(|t| now.saturating_duration_since(t) < self.config.resolution / 2) {
+                tracing::debug!(node = %name, "scraped less than half a resolution ago (first scrape after a move); skipping this slot");
+                continue;
+            }
+            let handle = self.tasks.spawn(self.pipeline.clone().scrape(state.target.clone()));
+            self.running.insert(handle.id(), (name, generation));
+            state.busy = Some(handle);
+        }
+    }
+
+    /// A scrape task ended: unless its node was released (or re-acquired) meanwhile, record it
+    /// and hand it to the pipeline to count and publish.
+    fn finish(&mut self, joined: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>) {
+        let (id, outcome) = match joined {
+            Ok((id, outcome)) => (id, Ok(outcome)),
+            Err(err) => (err.id(), Err(err)),
+        };
+        let Some((node, generation)) = self.running.remove(&id) else { return };
+        let state = self.nodes.get_mut(&node).filter(|s| s.generation == generation);
+        match outcome {
+            Ok(outcome) => {
+                let Some(state) = state else { return };
+                state.busy = None;
+                state.last_started = Some(outcome.started);
+                let label = outcome.label();
+                let changed = state.last_result != Some(label);
+                state.last_result = Some(label);
+                self.pipeline.publish(&state.target, outcome, changed);
+            }
+            Err(err) => {
+                if let Some(state) = state {
+                    state.busy = None;
+                }
+                if err.is_panic() {
+                    tracing::error!(node = %node, "scrape task panicked");
                 }
             }
         }
     }
-
-    tasks.abort_all();
-    let released: Vec<NodeReleased> = nodes.keys().map(|n| NodeReleased { node: n.clone(), reason: ReleaseReason::Shutdown }).collect();
-    metrics.owned_nodes.set(0);
-    hub.publish_released(released);
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -245,135 +499,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn apply_assignment(
-    a: &Assignment,
-    slots: &Slots,
-    clock: &SharedClock,
-    nodes: &mut HashMap<String, NodeState>,
-    due: &mut BinaryHeap<Reverse<(Instant, u64, String)>>,
-    next_generation: &mut u64,
-    hub: &Hub,
-    metrics: &Metrics,
-) {
-    let now = Instant::now();
-    let now_ms = clock.now_ms();
-    let resolution = slots.resolution;
-    let mut released = Vec::new();
-    nodes.retain(|name, state| {
-        if a.owned.contains_key(name) {
-            return true;
-        }
-        if let Some(h) = state.busy.take() {
-            h.abort();
-        }
-        let reason = if a.known.contains(name) { ReleaseReason::OwnershipMoved } else { ReleaseReason::NodeDeleted };
-        released.push(NodeReleased { node: name.clone(), reason });
-        false
-    });
-    for (name, target) in a.owned.iter() {
-        match nodes.get_mut(name) {
-            Some(state) => {
-                if state.target != *target {
-                    tracing::info!(node = %name, host = %target.host, port = target.port, "kubelet address changed");
-                    state.target = target.clone();
-                }
-            }
-            None => {
-                let generation = *next_generation;
-                *next_generation += 1;
-                let phase = phase_offset(name, resolution);
-                nodes.insert(
-                    name.clone(),
-                    NodeState { target: target.clone(), phase, generation, busy: None, last_result: None, last_started: None },
-                );
-                // First scrape at once (later ones at the node's phase), unless the previous
-                // owner scraped it within the last resolution: then at the phase right away.
-                let handover = a.handovers.get(name).filter(|h| h.scraped_within(resolution, now_ms));
-                let first = match handover {
-                    // A slot that fell while the move was computed here: a departed owner had
-                    // stopped, a live one released the node when it noticed the same change
-                    // (missed unless it was slower than this shard: then a duplicate, the
-                    // lesser evil for freshness).
-                    Some(h) if slots.next(phase, h.noticed_at) < now => now,
-                    Some(_) => slots.next(phase, now),
-                    None => now,
-                };
-                due.push(Reverse((first, generation, name.clone())));
-            }
-        }
-    }
-    if !released.is_empty() {
-        tracing::info!(released = released.len(), "nodes released");
-        hub.publish_released(released);
-    }
-    metrics.owned_nodes.set(nodes.len() as i64);
-    metrics.known_nodes.set(a.known.len() as i64);
-}
-
-fn handle_outcome(node: &str, generation: u64, outcome: Outcome, nodes: &mut HashMap<String, NodeState>, hub: &Hub, metrics: &Metrics) {
-    let Some(state) = nodes.get_mut(node) else { return };
-    if state.generation != generation {
-        return;
-    }
-    state.busy = None;
-    state.last_started = Some(outcome.started);
-    metrics.scrape_duration_seconds.observe(outcome.duration.as_secs_f64());
-    let label = match &outcome.result {
-        Ok(_) => "success",
-        Err(e) => e.result_label(),
-    };
-    metrics.scrapes_total.with_label_values(&[label]).inc();
-    let changed = state.last_result != Some(label);
-    state.last_result = Some(label);
-    match outcome.result {
-        Ok(s) => {
-            if changed {
-                tracing::info!(node = %node, "scrapes succeeding");
-            }
-            metrics.samples_total.inc_by(s.scrape.sample_count() as u64);
-            metrics.rejected_samples_total.inc_by(u64::from(s.rejected_samples));
-            metrics.incomplete_containers_total.inc_by(u64::from(s.incomplete_containers));
-            hub.publish_scrape(s.scrape, s.frame);
-        }
-        Err(err) => {
-            if changed {
-                tracing::warn!(node = %node, host = %state.target.host, port = state.target.port, error = %err, "scrape failed");
-            }
-        }
-    }
-}
-
-async fn scrape_one<S: KubeletSource>(
-    source: Arc<S>,
-    target: NodeTarget,
-    permits: Arc<Semaphore>,
-    hub: Arc<Hub>,
-    clock: SharedClock,
-) -> Outcome {
-    let _permit = permits.acquire_owned().await;
-    let started = Instant::now();
-    let result = match source.fetch(&target).await {
-        Ok(body) => {
-            let scraped_at_ms = clock.now_ms();
-            match parse_resource_metrics(&target.name, &body, scraped_at_ms) {
-                Ok(parsed) => {
-                    let frame = hub.encode_scrape(&parsed.scrape);
-                    Ok(Scraped {
-                        scrape: Arc::new(parsed.scrape),
-                        frame,
-                        rejected_samples: parsed.rejected_samples,
-                        incomplete_containers: parsed.incomplete_containers,
-                    })
-                }
-                Err(e) => Err(ScrapeError::Parse(e)),
-            }
-        }
-        Err(e) => Err(e),
-    };
-    Outcome { started, duration: started.elapsed(), result }
 }
 
 #[cfg(test)]
@@ -447,32 +572,33 @@ mod tests {
         stop: Option<oneshot::Sender<()>>,
         task: tokio::task::JoinHandle<()>,
         start: Instant,
+        heartbeat: Arc<Heartbeat>,
     }
 
     fn start(owned: &[&str], max_concurrent: usize) -> Harness {
         let fleet = Arc::new(FakeFleet::default());
         let (tx, rx) = watch::channel(assignment(owned, owned));
-        let metrics = Metrics::new();
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
         let hub = Hub::new(ShardIdentity { shard_id: "s0".into(), epoch: 1 }, 100_000, metrics.clone());
         let clock: SharedClock = ManualClock::new(WALL_START_MS);
         let (stop, stopped) = oneshot::channel::<()>();
         let start = Instant::now();
-        let task = tokio::spawn(run(
-            ScheduleConfig { resolution: RES, max_concurrent },
-            fleet.clone(),
-            rx,
-            hub.clone(),
-            metrics.clone(),
-            clock,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        Harness { fleet, tx, hub, metrics, stop: Some(stop), task, start }
+        let pipeline = Pipeline::new(fleet.clone(), max_concurrent, hub.clone(), metrics.clone(), clock);
+        let scheduler = Scheduler::new(ScheduleConfig { resolution: RES, max_concurrent }, pipeline);
+        let heartbeat = scheduler.heartbeat();
+        let task = tokio::spawn(scheduler.run(rx, async {
+            let _ = stopped.await;
+        }));
+        Harness { fleet, tx, hub, metrics, stop: Some(stop), task, start, heartbeat }
     }
 
     async fn next_batch(sub: &mut Subscription) -> Batch {
         decode_batch(SampleBatch::decode(sub.next().await.unwrap().unwrap()).unwrap()).unwrap()
+    }
+
+    /// Reads `sub`'s snapshot (one message per buffered scrape) up to its `snapshot_complete`.
+    async fn skip_snapshot(sub: &mut Subscription) {
+        while !next_batch(sub).await.snapshot_complete {}
     }
 
     fn names(n: usize) -> Vec<String> {
@@ -718,12 +844,26 @@ mod tests {
         let mut h = start(&["node-a", "node-b"], 8);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let mut sub = h.hub.subscribe("test".into()).unwrap();
-        let _snapshot = next_batch(&mut sub).await;
+        skip_snapshot(&mut sub).await;
         let _ = h.stop.take().unwrap().send(());
         (&mut h.task).await.unwrap();
         let b = next_batch(&mut sub).await;
         let mut released: Vec<_> = b.released.iter().map(|r| (r.node.as_str(), r.reason)).collect();
         released.sort_by_key(|(n, _)| *n);
         assert_eq!(released, vec![("node-a", ReleaseReason::Shutdown), ("node-b", ReleaseReason::Shutdown)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_ticks_every_half_resolution_with_nothing_to_scrape_and_a_stopped_one_stalls() {
+        let mut h = start(&[], 8);
+        for _ in 0..40 {
+            tokio::time::sleep(RES / 4 + Duration::from_millis(7)).await;
+            assert!(h.heartbeat.age() <= RES / 2, "ticked {:?} ago", h.heartbeat.age());
+            assert!(!h.heartbeat.stalled());
+        }
+        let _ = h.stop.take().unwrap().send(());
+        (&mut h.task).await.unwrap();
+        tokio::time::sleep(RES * STALL_RESOLUTIONS + Duration::from_millis(1)).await;
+        assert!(h.heartbeat.stalled(), "no tick for {:?}", h.heartbeat.age());
     }
 }

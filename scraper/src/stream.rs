@@ -3,8 +3,10 @@
 //! The [`Hub`] holds the last two scrapes of every owned node ([`ScrapeBuffer`]) and the
 //! subscribers. Each scrape is encoded into its wire `SampleBatch` **once**, and the same
 //! bytes are queued to every subscriber (a custom codec writes them to the gRPC stream as is,
-//! so N frontends cost one encoding, not N). The buffer keeps those same bytes (compact, shared);
-//! a new subscriber's snapshot decodes them and re-encodes them into a few larger batches.
+//! so N frontends cost one encoding, not N). The buffer keeps those same bytes (compact, shared),
+//! and a new subscriber's snapshot is those very frames, sent one per message as they are, then
+//! one empty batch with `snapshot_complete` (encoded once per hub). Frames are not merged: each
+//! `SampleBatch` has its own string table, so a snapshot costs no decoding or encoding at all.
 //!
 //! Backpressure: each subscriber has a bounded queue of `--subscriber-queue-batches` batches.
 //! Overflow policy: the subscriber whose queue is full is disconnected with
@@ -26,8 +28,8 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes};
 use futures::Stream;
 use prost::Message;
-use shardmetrics_proto::v1::{SampleBatch, SubscribeRequest};
-use shardmetrics_proto::{NodeReleased, NodeScrape, ShardIdentity, decode_batch, encode_batch};
+use shardmetrics_proto::v1::SubscribeRequest;
+use shardmetrics_proto::{NodeReleased, NodeScrape, ShardIdentity, encode_batch};
 use tokio::sync::{mpsc, oneshot};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, NamedService, ServerStreamingService};
@@ -41,11 +43,6 @@ pub const SERVICE_NAME: &str = "shardmetrics.v1.SampleStream";
 /// HTTP/2 path of `Subscribe`.
 pub const SUBSCRIBE_PATH: &str = "/shardmetrics.v1.SampleStream/Subscribe";
 
-/// Snapshot batches hold at most this many scrapes (two per node)…
-const SNAPSHOT_MAX_SCRAPES: usize = 64;
-/// …and at most about this many samples, to stay far below gRPC's default 4 MiB message limit
-/// (a sample is ~30 bytes on the wire).
-const SNAPSHOT_MAX_SAMPLES: usize = 20_000;
 /// Default `--grpc-max-message-bytes`, in bytes: the frontends' default decoding limit.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
@@ -69,8 +66,8 @@ pub struct Hub {
     /// `--grpc-max-message-bytes`: a live batch larger than this is not streamed (frontends would
     /// refuse it and resubscribe, over and over), in bytes.
     max_message_bytes: usize,
-    /// `shardmetrics_scraper_batches_oversized_total`: scrapes and releases not streamed for it.
-    oversized: prometheus::IntCounter,
+    /// The empty batch with `snapshot_complete` that ends every snapshot, encoded once.
+    snapshot_complete: Bytes,
     metrics: Metrics,
     next_id: AtomicU64,
     state: Mutex<HubState>,
@@ -93,18 +90,12 @@ impl Hub {
     /// (`--grpc-max-message-bytes`); such a scrape is logged, counted in
     /// `shardmetrics_scraper_batches_oversized_total` and neither buffered nor sent.
     pub fn with_max_message_bytes(shard: ShardIdentity, queue_batches: usize, max_message_bytes: usize, metrics: Metrics) -> Arc<Hub> {
-        let oversized = prometheus::IntCounter::new(
-            "shardmetrics_scraper_batches_oversized_total",
-            "Scrapes and releases not streamed because their batch exceeded --grpc-max-message-bytes.",
-        )
-        .unwrap_or_else(|_| unreachable!("static metric name and help are valid"));
-        // A second hub on the same registry (tests) keeps counting in its own counter.
-        let _ = metrics.registry.register(Box::new(oversized.clone()));
+        let snapshot_complete = Bytes::from(encode_batch(&shard, &[], &[], true).encode_to_vec());
         Arc::new(Hub {
             shard,
             queue_batches: queue_batches.max(1),
             max_message_bytes,
-            oversized,
+            snapshot_complete,
             metrics,
             next_id: AtomicU64::new(1),
             state: Mutex::new(HubState { buffer: ScrapeBuffer::default(), subscribers: Vec::new(), closed: false }),
@@ -132,21 +123,21 @@ impl Hub {
             return true;
         }
         tracing::error!(what, bytes = frame.len(), limit = self.max_message_bytes, "batch larger than --grpc-max-message-bytes; not streamed");
-        self.oversized.inc();
+        self.metrics.batches_oversized_total.inc();
         false
     }
 
-    /// Buffers a scrape and queues its encoded batch to every subscriber (unless the batch is
-    /// over `--grpc-max-message-bytes`: then neither).
-    pub fn publish_scrape(&self, scrape: Arc<NodeScrape>, frame: Bytes) {
-        if !self.fits(&frame, &scrape.node) {
+    /// Buffers a scrape of `node` (its batch from [`Hub::encode_scrape`]) and queues it to every
+    /// subscriber (unless the batch is over `--grpc-max-message-bytes`: then neither).
+    pub fn publish_scrape(&self, node: &str, frame: Bytes) {
+        if !self.fits(&frame, node) {
             return;
         }
         let mut state = self.lock();
         if state.closed {
             return;
         }
-        state.buffer.push(&scrape.node, frame.clone());
+        state.buffer.push(node, frame.clone());
         self.fan_out(&mut state, frame);
     }
 
@@ -217,17 +208,17 @@ impl Hub {
                 return Err(Status::unavailable("shard is shutting down"));
             }
             state.subscribers.push(Subscriber { id, name: name.clone(), queue: tx, kill: Some(kill_tx) });
-            state.buffer.snapshot()
+            let mut frames = state.buffer.snapshot();
+            frames.push(self.snapshot_complete.clone());
+            frames
         };
         self.metrics.subscribers.inc();
-        tracing::info!(subscriber = %name, snapshot_scrapes = snapshot.len(), "subscriber connected");
+        tracing::info!(subscriber = %name, snapshot_scrapes = snapshot.len() - 1, "subscriber connected");
         Ok(Subscription {
             hub: self.clone(),
             id,
             name,
-            snapshot,
-            snapshot_pos: 0,
-            snapshot_done: false,
+            snapshot: Some(snapshot.into_iter()),
             queue: rx,
             kill: Some(kill_rx),
             finished: false,
@@ -246,67 +237,13 @@ pub struct Subscription {
     hub: Arc<Hub>,
     id: u64,
     name: String,
-    /// The buffered scrapes' live batches, sent one per message, then an empty batch with
-    /// `snapshot_complete`.
-    snapshot: Vec<Bytes>,
-    snapshot_pos: usize,
-    snapshot_done: bool,
+    /// What is left of the snapshot: the buffered scrapes' live batches, one per message, then
+    /// the hub's `snapshot_complete` batch; `None` once sent (its list freed).
+    snapshot: Option<std::vec::IntoIter<Bytes>>,
     queue: mpsc::Receiver<Bytes>,
     /// Fires when the hub drops this subscriber for falling behind; `None` once resolved.
     kill: Option<oneshot::Receiver<()>>,
     finished: bool,
-}
-
-impl Subscription {
-    /// The next snapshot message: up to [`SNAPSHOT_MAX_SCRAPES`] buffered scrapes (about
-    /// [`SNAPSHOT_MAX_SAMPLES`] samples), decoded from their buffered frames and re-encoded as
-    /// one batch, a node's two scrapes kept together. Decoding costs a few ms per 1000 nodes,
-    /// once per subscription; in exchange the buffer holds compact bytes.
-    fn next_snapshot_batch(&mut self) -> Bytes {
-        let mut scrapes: Vec<NodeScrape> = Vec::new();
-        let mut samples = 0;
-        while let Some(frame) = self.snapshot.get(self.snapshot_pos) {
-            let decoded = match SampleBatch::decode(frame.clone()).map_err(|e| e.to_string()).and_then(|b| decode_batch(b).map_err(|e| e.to_string())) {
-                Ok(b) => b.scrapes,
-                Err(e) => {
-                    // Only this process encoded it; never expected. Skip it rather than stall.
-                    tracing::error!(error = %e, "a buffered batch does not decode; left out of the snapshot");
-                    self.snapshot_pos += 1;
-                    continue;
-                }
-            };
-            let n: usize = decoded.iter().map(NodeScrape::sample_count).sum();
-            if !scrapes.is_empty() && (scrapes.len() + decoded.len() > SNAPSHOT_MAX_SCRAPES || samples + n > SNAPSHOT_MAX_SAMPLES) {
-                break;
-            }
-            samples += n;
-            scrapes.extend(decoded);
-            self.snapshot_pos += 1;
-        }
-        // Keep a node's two scrapes in the same batch when they would straddle the boundary.
-        if self.snapshot_pos < self.snapshot.len()
-            && scrapes.len() > 1
-            && let Some(next) = self.snapshot.get(self.snapshot_pos)
-            && scrapes.last().is_some_and(|last| self.node_of(next).as_deref() == Some(last.node.as_str()))
-        {
-            scrapes.pop();
-            self.snapshot_pos -= 1;
-        }
-        let complete = self.snapshot_pos >= self.snapshot.len();
-        let refs: Vec<&NodeScrape> = scrapes.iter().collect();
-        let frame = Bytes::from(encode_batch(&self.hub.shard, &refs, &[], complete).encode_to_vec());
-        if complete {
-            self.snapshot_done = true;
-            self.snapshot = Vec::new();
-        }
-        frame
-    }
-
-    /// The node of a buffered one-scrape frame.
-    fn node_of(&self, frame: &Bytes) -> Option<String> {
-        let batch = SampleBatch::decode(frame.clone()).ok()?;
-        batch.scrapes.into_iter().next().map(|s| s.node)
-    }
 }
 
 impl Drop for Subscription {
@@ -338,8 +275,11 @@ impl Stream for Subscription {
                 Poll::Pending => {}
             }
         }
-        if !this.snapshot_done {
-            return Poll::Ready(Some(Ok(this.next_snapshot_batch())));
+        if let Some(snapshot) = this.snapshot.as_mut() {
+            match snapshot.next() {
+                Some(frame) => return Poll::Ready(Some(Ok(frame))),
+                None => this.snapshot = None,
+            }
         }
         match this.queue.poll_recv(cx) {
             Poll::Ready(Some(frame)) => Poll::Ready(Some(Ok(frame))),
@@ -516,33 +456,47 @@ mod tests {
         ShardIdentity { shard_id: "s0".into(), epoch: 7 }
     }
 
-    fn scrape(node: &str, t: i64) -> Arc<NodeScrape> {
-        Arc::new(NodeScrape { node: node.into(), scraped_at_ms: t, node_usage: None, pods: vec![] })
+    fn scrape(node: &str, t: i64) -> NodeScrape {
+        NodeScrape { node: node.into(), scraped_at_ms: t, node_usage: None, pods: vec![] }
     }
 
     fn publish(hub: &Hub, node: &str, t: i64) {
-        let s = scrape(node, t);
-        let f = hub.encode_scrape(&s);
-        hub.publish_scrape(s, f);
+        let f = hub.encode_scrape(&scrape(node, t));
+        hub.publish_scrape(node, f);
     }
 
     fn decode(b: Bytes) -> shardmetrics_proto::Batch {
         decode_batch(SampleBatch::decode(b).unwrap()).unwrap()
     }
 
+    /// Every message of `sub`'s snapshot, up to and including the `snapshot_complete` one.
+    async fn snapshot_frames(sub: &mut Subscription) -> Vec<Bytes> {
+        let mut frames = vec![];
+        loop {
+            let frame = sub.next().await.unwrap().unwrap();
+            let done = decode(frame.clone()).snapshot_complete;
+            frames.push(frame);
+            if done {
+                return frames;
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_subscriber_gets_the_snapshot_then_only_later_scrapes() {
-        let hub = Hub::new(shard(), 16, Metrics::new());
+        let hub = Hub::new(shard(), 16, Metrics::register(&prometheus::Registry::new()).unwrap());
         publish(&hub, "a", 1);
         publish(&hub, "a", 2);
         publish(&hub, "a", 3);
         publish(&hub, "b", 1);
         let mut sub = hub.subscribe("fe".into()).unwrap();
         publish(&hub, "b", 2);
-        let snap = decode(sub.next().await.unwrap().unwrap());
-        assert!(snap.snapshot_complete);
-        assert_eq!(snap.shard, shard());
-        let got: Vec<(String, i64)> = snap.scrapes.iter().map(|s| (s.node.clone(), s.scraped_at_ms)).collect();
+        let snap: Vec<_> = snapshot_frames(&mut sub).await.into_iter().map(decode).collect();
+        assert!(snap.iter().all(|b| b.shard == shard()));
+        let (complete, scrapes) = snap.split_last().unwrap();
+        assert!(complete.snapshot_complete && complete.scrapes.is_empty() && complete.released.is_empty());
+        assert!(scrapes.iter().all(|b| !b.snapshot_complete && b.scrapes.len() == 1), "one buffered scrape per message");
+        let got: Vec<(String, i64)> = scrapes.iter().map(|b| (b.scrapes[0].node.clone(), b.scrapes[0].scraped_at_ms)).collect();
         assert_eq!(got, vec![("a".into(), 2), ("a".into(), 3), ("b".into(), 1)]);
         let live = decode(sub.next().await.unwrap().unwrap());
         assert!(!live.snapshot_complete);
@@ -554,14 +508,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_scrape_over_the_message_limit_is_counted_and_neither_buffered_nor_sent() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
         let hub = Hub::with_max_message_bytes(shard(), 4, 64, metrics.clone());
         let mut sub = hub.subscribe("fe".into()).unwrap();
         assert!(decode(sub.next().await.unwrap().unwrap()).snapshot_complete);
-        let big = Arc::new(NodeScrape { node: "n".repeat(100), scraped_at_ms: 1, node_usage: None, pods: vec![] });
+        let big = NodeScrape { node: "n".repeat(100), scraped_at_ms: 1, node_usage: None, pods: vec![] };
         let frame = hub.encode_scrape(&big);
         assert!(frame.len() > 64);
-        hub.publish_scrape(big, frame);
+        hub.publish_scrape(&big.node, frame);
         assert_eq!(hub.buffered_nodes(), 0);
         publish(&hub, "small", 2);
         let live = decode(sub.next().await.unwrap().unwrap());
@@ -572,7 +526,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_shard_still_sends_a_complete_empty_snapshot() {
-        let hub = Hub::new(shard(), 4, Metrics::new());
+        let hub = Hub::new(shard(), 4, Metrics::register(&prometheus::Registry::new()).unwrap());
         let mut sub = hub.subscribe("fe".into()).unwrap();
         let snap = decode(sub.next().await.unwrap().unwrap());
         assert!(snap.snapshot_complete);
@@ -580,33 +534,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_large_snapshot_spans_several_batches_and_keeps_each_nodes_pair_together() {
-        let hub = Hub::new(shard(), 4, Metrics::new());
+    async fn a_snapshot_is_the_buffered_frames_as_they_are_then_one_shared_complete_marker() {
+        let hub = Hub::new(shard(), 4, Metrics::register(&prometheus::Registry::new()).unwrap());
         for i in 0..100 {
             publish(&hub, &format!("n{i:03}"), 1);
             publish(&hub, &format!("n{i:03}"), 2);
         }
-        let mut sub = hub.subscribe("fe".into()).unwrap();
-        let mut batches = vec![];
-        loop {
-            let b = decode(sub.next().await.unwrap().unwrap());
-            let done = b.snapshot_complete;
-            batches.push(b);
-            if done {
-                break;
+        let buffered = hub.lock().buffer.snapshot();
+        assert_eq!(buffered.len(), 200);
+        let mut first = hub.subscribe("fe-0".into()).unwrap();
+        let mut second = hub.subscribe("fe-1".into()).unwrap();
+        let a = snapshot_frames(&mut first).await;
+        let b = snapshot_frames(&mut second).await;
+        for frames in [&a, &b] {
+            assert_eq!(frames.len(), 201, "every buffered scrape, then the marker");
+            for (sent, held) in frames.iter().zip(&buffered) {
+                assert_eq!(sent.as_ptr(), held.as_ptr(), "sent as buffered: neither decoded nor re-encoded");
             }
         }
-        assert!(batches.len() >= 4, "{} batches", batches.len());
-        assert_eq!(batches.iter().map(|b| b.scrapes.len()).sum::<usize>(), 200);
-        for b in &batches {
-            assert_eq!(b.scrapes.len() % 2, 0);
-            assert!(b.scrapes.len() <= SNAPSHOT_MAX_SCRAPES);
-        }
+        assert_eq!(a[200].as_ptr(), b[200].as_ptr(), "the complete marker is encoded once for all subscribers");
+        let order: Vec<(String, i64)> = a[..200].iter().map(|f| decode(f.clone())).map(|b| (b.scrapes[0].node.clone(), b.scrapes[0].scraped_at_ms)).collect();
+        let want: Vec<(String, i64)> = (0..100).flat_map(|i| [(format!("n{i:03}"), 1), (format!("n{i:03}"), 2)]).collect();
+        assert_eq!(order, want, "nodes in name order, each node's older scrape first");
     }
 
     #[tokio::test]
     async fn the_buffer_holds_the_very_bytes_queued_to_subscribers() {
-        let hub = Hub::new(shard(), 4, Metrics::new());
+        let hub = Hub::new(shard(), 4, Metrics::register(&prometheus::Registry::new()).unwrap());
         let mut sub = hub.subscribe("fe".into()).unwrap();
         let _ = sub.next().await;
         publish(&hub, "a", 1);
@@ -618,7 +572,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_disconnects_only_that_subscriber_with_resource_exhausted() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
         let hub = Hub::new(shard(), 2, metrics.clone());
         let mut slow = hub.subscribe("slow".into()).unwrap();
         let mut fast = hub.subscribe("fast".into()).unwrap();
@@ -638,11 +592,11 @@ mod tests {
 
     #[tokio::test]
     async fn released_nodes_leave_the_buffer_and_are_announced_in_one_batch() {
-        let hub = Hub::new(shard(), 8, Metrics::new());
+        let hub = Hub::new(shard(), 8, Metrics::register(&prometheus::Registry::new()).unwrap());
         publish(&hub, "a", 1);
         publish(&hub, "b", 1);
         let mut sub = hub.subscribe("fe".into()).unwrap();
-        let _ = sub.next().await;
+        assert_eq!(snapshot_frames(&mut sub).await.len(), 3);
         hub.publish_released(vec![
             NodeReleased { node: "a".into(), reason: ReleaseReason::OwnershipMoved },
             NodeReleased { node: "b".into(), reason: ReleaseReason::NodeDeleted },
@@ -654,7 +608,7 @@ mod tests {
 
     #[tokio::test]
     async fn closing_the_hub_ends_streams_after_their_queue_and_refuses_new_subscribers() {
-        let hub = Hub::new(shard(), 8, Metrics::new());
+        let hub = Hub::new(shard(), 8, Metrics::register(&prometheus::Registry::new()).unwrap());
         let mut sub = hub.subscribe("fe".into()).unwrap();
         let _ = sub.next().await;
         publish(&hub, "a", 1);

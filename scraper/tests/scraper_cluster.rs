@@ -92,12 +92,12 @@ async fn start_shard(sim: &Sim, id: &str, lease_duration: &str) -> Shard {
     .unwrap();
     let env = Environment::default();
     let validated = validate(&args, &env).unwrap();
-    let (mut config, kube, kubelets, listeners) = prepare(validated, &env).await.unwrap();
+    let (mut config, handles, listeners) = prepare(validated, &env).await.unwrap();
     config.schedule.resolution = RESOLUTION;
     let grpc = config.grpc_advertise_address.clone();
     let admin = listeners.admin.local_addr().unwrap().to_string();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(shardmetrics_scraper::run(config, kube, kubelets, listeners, shardmetrics_plumbing::clock::system(), async {
+    let task = tokio::spawn(shardmetrics_scraper::run(config, handles, listeners, async {
         let _ = stopped.await;
     }));
     Shard { id: id.to_owned(), grpc, admin, stop: Some(stop), task }

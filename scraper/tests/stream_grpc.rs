@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestCa;
+use shardmetrics_plumbing::pki::Ca;
 use shardmetrics_proto::v1::SubscribeRequest;
 use shardmetrics_proto::v1::sample_stream_client::SampleStreamClient;
 use shardmetrics_proto::{NodeReleased, NodeScrape, ReleaseReason, ShardIdentity, decode_batch};
@@ -20,14 +20,14 @@ fn shard() -> ShardIdentity {
     ShardIdentity { shard_id: "shardmetrics-scraper-0".into(), epoch: 99 }
 }
 
-fn real_scrape(node: &str, t: i64) -> Arc<NodeScrape> {
+fn real_scrape(node: &str, t: i64) -> NodeScrape {
     let body = resource_metrics(&PayloadSpec { pods: 30, seed: t as u64, timestamp_ms: t });
-    Arc::new(parse_resource_metrics(node, &body, t).unwrap().scrape)
+    parse_resource_metrics(node, &body, t).unwrap().scrape
 }
 
-fn publish(hub: &Hub, s: Arc<NodeScrape>) {
-    let f = hub.encode_scrape(&s);
-    hub.publish_scrape(s, f);
+fn publish(hub: &Hub, s: &NodeScrape) {
+    let f = hub.encode_scrape(s);
+    hub.publish_scrape(&s.node, f);
 }
 
 async fn start(hub: Arc<Hub>, tls: Option<GrpcTls>) -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
@@ -51,26 +51,35 @@ async fn plain_client(addr: &str) -> SampleStreamClient<Channel> {
 
 #[tokio::test]
 async fn a_frontend_gets_the_last_two_scrapes_per_node_then_live_scrapes_and_releases() {
-    let hub = Hub::new(shard(), 64, Metrics::new());
+    let hub = Hub::new(shard(), 64, Metrics::register(&prometheus::Registry::new()).unwrap());
     for t in [1_000, 2_000, 3_000] {
-        publish(&hub, real_scrape("node-a", t));
+        publish(&hub, &real_scrape("node-a", t));
     }
-    publish(&hub, real_scrape("node-b", 1_500));
+    publish(&hub, &real_scrape("node-b", 1_500));
     let (addr, stop, server) = start(hub.clone(), None).await;
 
     let mut stream = plain_client(&addr).await.subscribe(SubscribeRequest { subscriber: "frontend-0".into() }).await.unwrap().into_inner();
-    let snap = decode_batch(stream.message().await.unwrap().unwrap()).unwrap();
-    assert!(snap.snapshot_complete);
-    assert_eq!(snap.shard, shard());
-    let got: Vec<(&str, i64)> = snap.scrapes.iter().map(|s| (s.node.as_str(), s.scraped_at_ms)).collect();
+    // The snapshot: one message per buffered scrape, then an empty `snapshot_complete` one.
+    let mut snap = Vec::new();
+    loop {
+        let b = decode_batch(stream.message().await.unwrap().unwrap()).unwrap();
+        assert_eq!(b.shard, shard());
+        if b.snapshot_complete {
+            assert!(b.scrapes.is_empty() && b.released.is_empty());
+            break;
+        }
+        assert_eq!(b.scrapes.len(), 1);
+        snap.extend(b.scrapes);
+    }
+    let got: Vec<(&str, i64)> = snap.iter().map(|s| (s.node.as_str(), s.scraped_at_ms)).collect();
     assert_eq!(got, vec![("node-a", 2_000), ("node-a", 3_000), ("node-b", 1_500)]);
-    assert_eq!(snap.scrapes[1], *real_scrape("node-a", 3_000), "samples survive the wire unchanged");
+    assert_eq!(snap[1], real_scrape("node-a", 3_000), "samples survive the wire unchanged");
 
     let live = real_scrape("node-b", 2_500);
-    publish(&hub, live.clone());
+    publish(&hub, &live);
     let b = decode_batch(stream.message().await.unwrap().unwrap()).unwrap();
     assert!(!b.snapshot_complete);
-    assert_eq!(b.scrapes, vec![(*live).clone()]);
+    assert_eq!(b.scrapes, vec![live]);
 
     hub.publish_released(vec![NodeReleased { node: "node-a".into(), reason: ReleaseReason::OwnershipMoved }]);
     let b = decode_batch(stream.message().await.unwrap().unwrap()).unwrap();
@@ -85,7 +94,7 @@ async fn a_frontend_gets_the_last_two_scrapes_per_node_then_live_scrapes_and_rel
 
 #[tokio::test]
 async fn a_slow_frontend_is_dropped_with_resource_exhausted_while_a_fast_one_gets_everything() {
-    let metrics = Metrics::new();
+    let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
     let hub = Hub::new(shard(), 8, metrics.clone());
     let (addr, _stop, _server) = start(hub.clone(), None).await;
 
@@ -108,7 +117,7 @@ async fn a_slow_frontend_is_dropped_with_resource_exhausted_while_a_fast_one_get
         (n, fast)
     });
     for _ in 0..total {
-        hub.publish_scrape(scrape.clone(), frame.clone());
+        hub.publish_scrape(&scrape.node, frame.clone());
         tokio::task::yield_now().await;
         if metrics.subscribers_dropped_total.get() == 0 {
             tokio::time::sleep(Duration::from_micros(200)).await;
@@ -132,19 +141,19 @@ async fn a_slow_frontend_is_dropped_with_resource_exhausted_while_a_fast_one_get
 
 #[tokio::test]
 async fn with_mtls_only_frontends_holding_a_client_certificate_from_the_ca_can_subscribe() {
-    let server_ca = TestCa::new("grpc-ca");
-    let client_ca = TestCa::new("frontend-ca");
-    let server = server_ca.server();
-    let hub = Hub::new(shard(), 8, Metrics::new());
+    let server_ca = Ca::new("grpc-ca").unwrap();
+    let client_ca = Ca::new("frontend-ca").unwrap();
+    let server = server_ca.server_cert("kubelet", &[]).unwrap();
+    let hub = Hub::new(shard(), 8, Metrics::register(&prometheus::Registry::new()).unwrap());
     let tls = GrpcTls {
         cert_pem: server.cert_pem.clone().into_bytes(),
         key_pem: server.key_pem.clone().into_bytes(),
-        client_ca_pem: Some(client_ca.cert_pem.clone().into_bytes()),
+        client_ca_pem: Some(client_ca.cert_pem().to_owned().into_bytes()),
     };
     let (addr, _stop, _server) = start(hub, Some(tls)).await;
     let port = addr.rsplit(':').next().unwrap().to_owned();
 
-    let base = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&server_ca.cert_pem)).domain_name("localhost");
+    let base = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(server_ca.cert_pem())).domain_name("localhost");
     let endpoint = |tls: ClientTlsConfig| Channel::from_shared(format!("https://localhost:{port}")).unwrap().tls_config(tls).unwrap();
 
     let anonymous = endpoint(base.clone()).connect().await;
@@ -154,7 +163,7 @@ async fn with_mtls_only_frontends_holding_a_client_certificate_from_the_ca_can_s
     };
     assert!(refused, "a client without certificate must be refused");
 
-    let leaf = client_ca.client("frontend-0");
+    let leaf = client_ca.client_cert("frontend-0", &[]).unwrap();
     let ch = endpoint(base.identity(Identity::from_pem(&leaf.cert_pem, &leaf.key_pem))).connect().await.unwrap();
     let mut stream = SampleStreamClient::new(ch).subscribe(SubscribeRequest { subscriber: "fe".into() }).await.unwrap().into_inner();
     assert!(decode_batch(stream.message().await.unwrap().unwrap()).unwrap().snapshot_complete);

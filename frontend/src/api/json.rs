@@ -11,8 +11,7 @@ use super::status::json_str;
 use super::timefmt::{GoDuration, Rfc3339};
 use crate::metadata::Labels;
 
-/// `apiVersion` of every object here.
-pub const API_VERSION: &str = "metrics.k8s.io/v1beta1";
+use super::version::ApiVersion;
 
 fn labels_json(out: &mut Vec<u8>, labels: Option<&Labels>) {
     let Some(labels) = labels.filter(|l| !l.is_empty()) else { return };
@@ -52,12 +51,13 @@ fn timestamp_window(out: &mut Vec<u8>, timestamp_ms: i64, window_ms: i64) {
     out.extend_from_slice(br#"","#);
 }
 
-/// Appends one NodeMetrics; `typed` adds `kind`/`apiVersion` (single objects, not list items).
-/// `now_ms` is the `creationTimestamp`, as metrics-server sets it to the time of the request.
-pub fn write_node(out: &mut Vec<u8>, item: &NodeItem, now_ms: i64, typed: bool) {
+/// Appends one NodeMetrics; `typed` adds `kind` and its version's `apiVersion` (single
+/// objects, not list items). `now_ms` is the `creationTimestamp`, as metrics-server sets it to
+/// the time of the request.
+pub fn write_node(out: &mut Vec<u8>, item: &NodeItem, now_ms: i64, typed: Option<ApiVersion>) {
     out.push(b'{');
-    if typed {
-        let _ = write!(out, r#""kind":"NodeMetrics","apiVersion":"{API_VERSION}","#);
+    if let Some(v) = typed {
+        let _ = write!(out, r#""kind":"NodeMetrics","apiVersion":"{}","#, v.group_version());
     }
     out.extend_from_slice(br#""metadata":{"name":"#);
     json_str(out, &item.usage.name);
@@ -71,10 +71,10 @@ pub fn write_node(out: &mut Vec<u8>, item: &NodeItem, now_ms: i64, typed: bool) 
 }
 
 /// Appends one PodMetrics (containers sorted by name); see [`write_node`].
-pub fn write_pod(out: &mut Vec<u8>, item: &PodItem, now_ms: i64, typed: bool) {
+pub fn write_pod(out: &mut Vec<u8>, item: &PodItem, now_ms: i64, typed: Option<ApiVersion>) {
     out.push(b'{');
-    if typed {
-        let _ = write!(out, r#""kind":"PodMetrics","apiVersion":"{API_VERSION}","#);
+    if let Some(v) = typed {
+        let _ = write!(out, r#""kind":"PodMetrics","apiVersion":"{}","#, v.group_version());
     }
     let p = &item.usage;
     out.extend_from_slice(br#""metadata":{"name":"#);
@@ -101,15 +101,16 @@ pub fn write_pod(out: &mut Vec<u8>, item: &PodItem, now_ms: i64, typed: bool) {
 /// A streamed list body: `{"kind":<kind>,...,"items":[` + items + `]}`.
 fn list<T: Send + 'static>(
     kind: &'static str,
+    version: ApiVersion,
     items: Vec<T>,
     now_ms: i64,
-    write: fn(&mut Vec<u8>, &T, i64, bool),
+    write: fn(&mut Vec<u8>, &T, i64, Option<ApiVersion>),
 ) -> Body {
     let mut next = 0usize;
     let mut header = true;
     Body::streaming(Box::new(move |out: &mut Vec<u8>| {
         if header {
-            let _ = write!(out, r#"{{"kind":"{kind}","apiVersion":"{API_VERSION}","metadata":{{}},"items":["#);
+            let _ = write!(out, r#"{{"kind":"{kind}","apiVersion":"{}","metadata":{{}},"items":["#, version.group_version());
             header = false;
         }
         // A batch of items per call keeps the per-call overhead small.
@@ -118,25 +119,26 @@ fn list<T: Send + 'static>(
             if next + i > 0 {
                 out.push(b',');
             }
-            write(out, item, now_ms, false);
+            write(out, item, now_ms, None);
         }
         next = end;
         if next == items.len() {
-            out.extend_from_slice(b"]}");
+            // A trailing newline, as Go's json.Encoder (and so kube-apiserver) writes.
+            out.extend_from_slice(b"]}\n");
             return false;
         }
         true
     }))
 }
 
-/// A streamed `NodeMetricsList`.
-pub fn node_list(items: Vec<NodeItem>, now_ms: i64) -> Body {
-    list("NodeMetricsList", items, now_ms, write_node)
+/// A streamed `NodeMetricsList` of `version`.
+pub fn node_list(items: Vec<NodeItem>, now_ms: i64, version: ApiVersion) -> Body {
+    list("NodeMetricsList", version, items, now_ms, write_node)
 }
 
-/// A streamed `PodMetricsList`.
-pub fn pod_list(items: Vec<PodItem>, now_ms: i64) -> Body {
-    list("PodMetricsList", items, now_ms, write_pod)
+/// A streamed `PodMetricsList` of `version`.
+pub fn pod_list(items: Vec<PodItem>, now_ms: i64, version: ApiVersion) -> Body {
+    list("PodMetricsList", version, items, now_ms, write_pod)
 }
 
 #[cfg(test)]
@@ -187,7 +189,7 @@ pub(crate) mod tests {
     #[test]
     fn node_metrics_json_has_metrics_server_shape() {
         let mut out = Vec::new();
-        write_node(&mut out, &node("node-1"), NOW, true);
+        write_node(&mut out, &node("node-1"), NOW, Some(ApiVersion::V1beta1));
         let text = String::from_utf8(out).expect("utf8");
         assert_eq!(
             text,
@@ -198,7 +200,7 @@ pub(crate) mod tests {
     #[test]
     fn pod_metrics_json_has_containers_and_no_labels_when_none() {
         let mut out = Vec::new();
-        write_pod(&mut out, &pod("default", "web"), NOW, true);
+        write_pod(&mut out, &pod("default", "web"), NOW, Some(ApiVersion::V1beta1));
         let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(
             v,
@@ -218,7 +220,7 @@ pub(crate) mod tests {
     fn lists_stream_valid_json_for_zero_one_and_many_items() {
         for n in [0usize, 1, 65, 3000] {
             let items: Vec<_> = (0..n).map(|i| pod("ns", &format!("p{i:05}"))).collect();
-            let bytes = pod_list(items, NOW).collect_bytes();
+            let bytes = pod_list(items, NOW, ApiVersion::V1beta1).collect_bytes();
             let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
             assert_eq!(v["kind"], "PodMetricsList");
             assert_eq!(v["metadata"], json!({}));
@@ -228,7 +230,7 @@ pub(crate) mod tests {
             }
         }
         let v: serde_json::Value =
-            serde_json::from_slice(&node_list(vec![node("a"), node("b")], NOW).collect_bytes()).expect("json");
+            serde_json::from_slice(&node_list(vec![node("a"), node("b")], NOW, ApiVersion::V1).collect_bytes()).expect("json");
         assert_eq!(v["kind"], "NodeMetricsList");
         assert_eq!(v["items"][1]["metadata"]["name"], "b");
     }

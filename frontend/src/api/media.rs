@@ -35,13 +35,6 @@ impl TableVersion {
         }
     }
 
-    /// The `Content-Type` of a Table answer.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Self::V1 => "application/json;as=Table;v=v1;g=meta.k8s.io",
-            Self::V1beta1 => "application/json;as=Table;v=v1beta1;g=meta.k8s.io",
-        }
-    }
 }
 
 impl Encoding {
@@ -50,7 +43,9 @@ impl Encoding {
         match self {
             Self::Json => JSON,
             Self::Protobuf => PROTOBUF,
-            Self::Table(v) => v.content_type(),
+            // kube-apiserver labels a Table with its serializer's media type only (the body's
+            // `kind` and `apiVersion` say it is a Table).
+            Self::Table(_) => JSON,
         }
     }
 }

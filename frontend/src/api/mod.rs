@@ -1,4 +1,5 @@
-//! The `metrics.k8s.io/v1beta1` API: routing, selectors, encodings and errors.
+//! The `metrics.k8s.io` API (`v1` and `v1beta1`, see [`version`]): routing, selectors,
+//! encodings and errors.
 //!
 //! A request enters [`router::Api::handle`]; it parses the path ([`router::Route`]) and query,
 //! negotiates the encoding ([`media`]), joins store usage with metadata labels ([`items`]) and
@@ -16,3 +17,4 @@ pub mod router;
 pub mod status;
 pub mod table;
 pub mod timefmt;
+pub mod version;

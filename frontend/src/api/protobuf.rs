@@ -12,7 +12,7 @@ use prost::Message;
 
 use super::body::Body;
 use super::items::{NodeItem, PodItem};
-use super::json::API_VERSION;
+use super::version::ApiVersion;
 use super::quantity::{Cpu, Memory};
 
 /// The four bytes that start every Kubernetes protobuf body.
@@ -364,14 +364,14 @@ mod hand {
     }
 }
 
-fn type_meta(kind: &str) -> TypeMeta {
-    TypeMeta { api_version: Some(API_VERSION.to_owned()), kind: Some(kind.to_owned()) }
+fn type_meta(kind: &str, version: ApiVersion) -> TypeMeta {
+    TypeMeta { api_version: Some(version.group_version().to_owned()), kind: Some(kind.to_owned()) }
 }
 
 /// A whole envelope around an already encoded object.
-fn envelope(kind: &str, raw: Vec<u8>) -> Vec<u8> {
+fn envelope(kind: &str, version: ApiVersion, raw: Vec<u8>) -> Vec<u8> {
     let unknown = Unknown {
-        type_meta: Some(type_meta(kind)),
+        type_meta: Some(type_meta(kind, version)),
         raw: Some(raw),
         content_encoding: Some(String::new()),
         content_type: Some(String::new()),
@@ -383,25 +383,26 @@ fn envelope(kind: &str, raw: Vec<u8>) -> Vec<u8> {
     out
 }
 
-/// One NodeMetrics in its envelope.
-pub fn node(item: &NodeItem, now_ms: i64) -> Vec<u8> {
+/// One NodeMetrics of `version` in its envelope.
+pub fn node(item: &NodeItem, now_ms: i64, version: ApiVersion) -> Vec<u8> {
     let now_s = now_ms.div_euclid(1000);
     let mut raw = Vec::with_capacity(hand::node_len(item, now_s));
     hand::put_node(item, now_s, &mut raw);
-    envelope("NodeMetrics", raw)
+    envelope("NodeMetrics", version, raw)
 }
 
-/// One PodMetrics in its envelope.
-pub fn pod(item: &PodItem, now_ms: i64) -> Vec<u8> {
+/// One PodMetrics of `version` in its envelope.
+pub fn pod(item: &PodItem, now_ms: i64, version: ApiVersion) -> Vec<u8> {
     let now_s = now_ms.div_euclid(1000);
     let mut raw = Vec::with_capacity(hand::pod_len(item, now_s));
     hand::put_pod(item, now_s, &mut raw);
-    envelope("PodMetrics", raw)
+    envelope("PodMetrics", version, raw)
 }
 
 /// A streamed list envelope: see the module docs.
 fn list<T: Send + 'static>(
     kind: &'static str,
+    version: ApiVersion,
     items: Vec<T>,
     now_ms: i64,
     len: fn(&T, i64) -> usize,
@@ -418,7 +419,7 @@ fn list<T: Send + 'static>(
     }
     let mut header = Vec::with_capacity(64);
     header.extend_from_slice(MAGIC);
-    let tm = type_meta(kind);
+    let tm = type_meta(kind, version);
     prost::encoding::message::encode(1, &tm, &mut header);
     header.push(FIELD2_LD);
     prost::encoding::encode_varint(raw_len as u64, &mut header);
@@ -446,14 +447,14 @@ fn list<T: Send + 'static>(
     }))
 }
 
-/// A streamed NodeMetricsList envelope.
-pub fn node_list(items: Vec<NodeItem>, now_ms: i64) -> Body {
-    list("NodeMetricsList", items, now_ms, hand::node_len, hand::put_node)
+/// A streamed NodeMetricsList envelope of `version`.
+pub fn node_list(items: Vec<NodeItem>, now_ms: i64, version: ApiVersion) -> Body {
+    list("NodeMetricsList", version, items, now_ms, hand::node_len, hand::put_node)
 }
 
-/// A streamed PodMetricsList envelope.
-pub fn pod_list(items: Vec<PodItem>, now_ms: i64) -> Body {
-    list("PodMetricsList", items, now_ms, hand::pod_len, hand::put_pod)
+/// A streamed PodMetricsList envelope of `version`.
+pub fn pod_list(items: Vec<PodItem>, now_ms: i64, version: ApiVersion) -> Body {
+    list("PodMetricsList", version, items, now_ms, hand::pod_len, hand::put_pod)
 }
 
 /// Decodes an envelope (for tests and clients): the type and the raw object.
@@ -472,7 +473,7 @@ mod tests {
 
     #[test]
     fn a_node_envelope_decodes_back_with_prost_to_the_same_values() {
-        let bytes = super::node(&node("node-1"), NOW);
+        let bytes = super::node(&node("node-1"), NOW, ApiVersion::V1beta1);
         assert_eq!(&bytes[..4], b"k8s\0");
         let (tm, raw) = decode_envelope(&bytes).expect("envelope");
         assert_eq!((tm.api_version.as_deref(), tm.kind.as_deref()), (Some("metrics.k8s.io/v1beta1"), Some("NodeMetrics")));
@@ -537,7 +538,7 @@ mod tests {
     fn a_streamed_pod_list_decodes_as_one_prost_message() {
         for n in [0usize, 1, 200] {
             let items: Vec<_> = (0..n).map(|i| pod("ns", &format!("p{i:04}"))).collect();
-            let bytes = pod_list(items.clone(), NOW).collect_bytes();
+            let bytes = pod_list(items.clone(), NOW, ApiVersion::V1beta1).collect_bytes();
             let (tm, raw) = decode_envelope(&bytes).expect("envelope");
             assert_eq!(tm.kind.as_deref(), Some("PodMetricsList"));
             let list = PodMetricsList::decode(raw.as_slice()).expect("list");
@@ -548,7 +549,7 @@ mod tests {
             let unknown = Unknown::decode(&bytes[4..]).expect("unknown");
             assert_eq!(unknown.content_type.as_deref(), Some(""));
         }
-        let bytes = node_list(vec![node("a")], NOW).collect_bytes();
+        let bytes = node_list(vec![node("a")], NOW, ApiVersion::V1beta1).collect_bytes();
         let (_, raw) = decode_envelope(&bytes).expect("envelope");
         assert_eq!(NodeMetricsList::decode(raw.as_slice()).expect("list").items.len(), 1);
     }

@@ -1,8 +1,9 @@
 //! Where API requests are routed and answered: path and query parsing, content negotiation,
 //! the store/metadata join, and the choice of encoder.
 //!
-//! Paths (metrics-server's): `/apis/metrics.k8s.io/v1beta1/nodes`, `.../nodes/{name}`,
-//! `.../pods`, `.../namespaces/{ns}/pods`, `.../namespaces/{ns}/pods/{name}`, plus discovery,
+//! Paths (metrics-server's, under `/apis/metrics.k8s.io/v1beta1` and `/apis/metrics.k8s.io/v1`):
+//! `.../nodes`, `.../nodes/{name}`, `.../pods`, `.../namespaces/{ns}/pods`,
+//! `.../namespaces/{ns}/pods/{name}`, plus discovery,
 //! OpenAPI and `/version`. Anything else is a 404 Status; methods other than GET a 405; `watch`
 //! a 405 (metrics-server's `MethodNotSupported`).
 
@@ -16,40 +17,38 @@ use super::body::Body;
 use super::discovery::{AggregatedVersion, Documents};
 use super::items::{NodeItem, PodItem};
 use super::media::{Encoding, negotiate};
-use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector, METADATA_FIELDS};
+use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector};
 use super::status::Status;
 use super::table::{IncludeObject, TableOptions};
+use super::version::ApiVersion;
 use super::{json, protobuf, table};
 use crate::metadata::{Labels, Metadata};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-/// Prefix of every resource path.
-const PREFIX: &str = "/apis/metrics.k8s.io/v1beta1";
-
-/// A request's route.
+/// A request's route. Resource routes carry the `metrics.k8s.io` version of their path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// `/apis` (also aggregated discovery).
     Apis,
     /// `/apis/metrics.k8s.io`.
     Group,
-    /// `/apis/metrics.k8s.io/v1beta1`.
-    Resources,
-    /// `/apis/metrics.k8s.io/v1beta1/nodes`.
-    Nodes,
-    /// `/apis/metrics.k8s.io/v1beta1/nodes/{name}`.
-    Node(String),
+    /// `/apis/metrics.k8s.io/<version>`.
+    Resources(ApiVersion),
+    /// `/apis/metrics.k8s.io/<version>/nodes`.
+    Nodes(ApiVersion),
+    /// `/apis/metrics.k8s.io/<version>/nodes/{name}`.
+    Node(ApiVersion, String),
     /// `.../pods` (namespace `None`) or `.../namespaces/{ns}/pods`.
-    Pods(Option<String>),
+    Pods(ApiVersion, Option<String>),
     /// `.../namespaces/{ns}/pods/{name}`.
-    Pod(String, String),
+    Pod(ApiVersion, String, String),
     /// `/openapi/v2`.
     OpenApiV2,
     /// `/openapi/v3`.
     OpenApiV3,
-    /// `/openapi/v3/apis/metrics.k8s.io/v1beta1`.
-    OpenApiV3Group,
+    /// `/openapi/v3/apis/metrics.k8s.io/<version>`.
+    OpenApiV3Group(ApiVersion),
     /// `/version`.
     Version,
     /// Nothing here.
@@ -63,35 +62,42 @@ impl Route {
         match path {
             "/apis" => return Route::Apis,
             "/apis/metrics.k8s.io" => return Route::Group,
-            PREFIX => return Route::Resources,
             "/openapi/v2" => return Route::OpenApiV2,
             "/openapi/v3" => return Route::OpenApiV3,
-            "/openapi/v3/apis/metrics.k8s.io/v1beta1" => return Route::OpenApiV3Group,
             "/version" => return Route::Version,
             _ => {}
         }
-        let Some(rest) = path.strip_prefix(PREFIX).and_then(|r| r.strip_prefix('/')) else { return Route::Unknown };
+        if let Some((v, "")) = path.strip_prefix("/openapi/v3").and_then(ApiVersion::strip) {
+            return Route::OpenApiV3Group(v);
+        }
+        let Some((v, rest)) = ApiVersion::strip(path) else { return Route::Unknown };
+        let Some(rest) = rest.strip_prefix('/') else { return Route::Resources(v) };
         let segments: Vec<String> = rest.split('/').map(percent_decode).collect();
         if segments.iter().any(String::is_empty) {
             return Route::Unknown;
         }
         match segments.as_slice() {
-            [n] if n == "nodes" => Route::Nodes,
-            [n, name] if n == "nodes" => Route::Node(name.clone()),
-            [p] if p == "pods" => Route::Pods(None),
-            [n, ns, p] if n == "namespaces" && p == "pods" => Route::Pods(Some(ns.clone())),
-            [n, ns, p, name] if n == "namespaces" && p == "pods" => Route::Pod(ns.clone(), name.clone()),
+            [n] if n == "nodes" => Route::Nodes(v),
+            [n, name] if n == "nodes" => Route::Node(v, name.clone()),
+            [p] if p == "pods" => Route::Pods(v, None),
+            [n, ns, p] if n == "namespaces" && p == "pods" => Route::Pods(v, Some(ns.clone())),
+            [n, ns, p, name] if n == "namespaces" && p == "pods" => Route::Pod(v, ns.clone(), name.clone()),
             _ => Route::Unknown,
         }
+    }
+
+    /// Whether this is a cluster-wide list (the expensive requests, run off the async workers).
+    pub fn is_cluster_list(&self) -> bool {
+        matches!(self, Route::Nodes(_) | Route::Pods(_, None))
     }
 
     /// The `resource` label of request metrics.
     pub fn resource(&self) -> &'static str {
         match self {
-            Route::Apis | Route::Group | Route::Resources => "discovery",
-            Route::Nodes | Route::Node(_) => "nodes",
-            Route::Pods(_) | Route::Pod(..) => "pods",
-            Route::OpenApiV2 | Route::OpenApiV3 | Route::OpenApiV3Group => "openapi",
+            Route::Apis | Route::Group | Route::Resources(_) => "discovery",
+            Route::Nodes(_) | Route::Node(..) => "nodes",
+            Route::Pods(..) | Route::Pod(..) => "pods",
+            Route::OpenApiV2 | Route::OpenApiV3 | Route::OpenApiV3Group(_) => "openapi",
             Route::Version => "version",
             Route::Unknown => "unknown",
         }
@@ -100,8 +106,8 @@ impl Route {
     /// The `verb` label of request metrics (Kubernetes verbs for resources).
     pub fn verb(&self, method: &Method, watch: bool) -> &'static str {
         match (self, method) {
-            (Route::Nodes | Route::Pods(_), &Method::GET) if watch => "watch",
-            (Route::Nodes | Route::Pods(_), &Method::GET) => "list",
+            (Route::Nodes(_) | Route::Pods(..), &Method::GET) if watch => "watch",
+            (Route::Nodes(_) | Route::Pods(..), &Method::GET) => "list",
             (_, &Method::GET) => "get",
             (_, &Method::HEAD) => "head",
             (_, &Method::POST) => "post",
@@ -143,35 +149,81 @@ fn percent_decode(s: &str) -> String {
     decode(s, false)
 }
 
-/// The query parameters this server reads.
+/// The query parameters this server reads (`ListOptions`' and `includeObject`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Query {
     /// `labelSelector`.
     pub label_selector: String,
     /// `fieldSelector`.
     pub field_selector: String,
-    /// `watch=true|1`.
+    /// `watch` (see [`Query::parse`] for what counts as true).
     pub watch: bool,
     /// `includeObject` (Table only).
     pub include_object: String,
+    /// `resourceVersion`, as given.
+    pub resource_version: Option<String>,
+    /// `timeoutSeconds`, as given (an integer when valid).
+    pub timeout_seconds: Option<String>,
+    /// `limit`, as given (an integer when valid).
+    pub limit: Option<String>,
+    /// `allowWatchBookmarks`.
+    pub allow_watch_bookmarks: bool,
+    /// `sendInitialEvents`, when given.
+    pub send_initial_events: Option<bool>,
+}
+
+/// Go's `Convert_Slice_string_To_bool` of a present parameter: anything but `0` and `false`
+/// (any case) is true, the empty value included.
+fn go_flag(v: &str) -> bool {
+    !(v == "0" || v.eq_ignore_ascii_case("false"))
 }
 
 impl Query {
-    /// Parses a query string (`application/x-www-form-urlencoded`); unknown keys are ignored.
+    /// Parses a query string (`application/x-www-form-urlencoded`); unknown keys are ignored
+    /// and, as in kube-apiserver's parameter decoding, the first of repeated keys wins. Flags
+    /// are true when present with any value but `0` or `false` (`?watch` and `?watch=` are
+    /// watches).
     pub fn parse(query: Option<&str>) -> Query {
+        const KEYS: [&str; 9] = [
+            "labelSelector",
+            "fieldSelector",
+            "watch",
+            "includeObject",
+            "resourceVersion",
+            "timeoutSeconds",
+            "limit",
+            "allowWatchBookmarks",
+            "sendInitialEvents",
+        ];
         let mut q = Query::default();
+        let mut seen = [false; KEYS.len()];
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = decode(k, true);
+            let Some(slot) = KEYS.iter().position(|k| *k == key) else { continue };
+            if std::mem::replace(&mut seen[slot], true) {
+                continue;
+            }
             let v = decode(v, true);
-            match decode(k, true).as_str() {
-                "labelSelector" => q.label_selector = v,
-                "fieldSelector" => q.field_selector = v,
-                "watch" => q.watch = matches!(v.as_str(), "true" | "1"),
-                "includeObject" => q.include_object = v,
-                _ => {}
+            match slot {
+                0 => q.label_selector = v,
+                1 => q.field_selector = v,
+                2 => q.watch = go_flag(&v),
+                3 => q.include_object = v,
+                4 => q.resource_version = Some(v),
+                5 => q.timeout_seconds = Some(v),
+                6 => q.limit = Some(v),
+                7 => q.allow_watch_bookmarks = go_flag(&v),
+                _ => q.send_initial_events = Some(go_flag(&v)),
             }
         }
         q
+    }
+
+    /// Whether the integer options decode (Go's `strconv.ParseInt`), as kube-apiserver's
+    /// parameter decoding requires before it trusts a list's options.
+    pub fn list_options_decode(&self) -> bool {
+        [&self.timeout_seconds, &self.limit].iter().all(|v| v.as_deref().is_none_or(|v| v.parse::<i64>().is_ok()))
     }
 }
 
@@ -221,7 +273,13 @@ static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 impl Api {
     /// An API over `store` and (optionally) `metadata`.
     pub fn new(store: Arc<Store>, metadata: Option<Arc<Metadata>>, clock: SharedClock, metrics: Option<Metrics>) -> Self {
-        Self { store, metadata, clock, docs: Documents::new(env!("CARGO_PKG_VERSION")), metrics }
+        Self { store, metadata, clock, docs: Documents::new(env!("CARGO_PKG_VERSION"), None), metrics }
+    }
+
+    /// The same API, with `/apis` naming `port` as the server's address (the secure port).
+    pub fn with_secure_port(mut self, port: Option<u16>) -> Self {
+        self.docs = Documents::new(env!("CARGO_PKG_VERSION"), port);
+        self
     }
 
     /// Answers one request.
@@ -255,29 +313,45 @@ impl Api {
                 None => doc(&self.docs.apis),
             },
             Route::Group => doc(&self.docs.group),
-            Route::Resources => doc(&self.docs.resources),
+            Route::Resources(v) => doc(self.docs.resources(*v)),
             Route::OpenApiV2 => doc(&self.docs.openapi_v2),
             Route::OpenApiV3 => doc(&self.docs.openapi_v3_index),
-            Route::OpenApiV3Group => doc(&self.docs.openapi_v3_group),
+            Route::OpenApiV3Group(v) => doc(self.docs.openapi_v3(*v)),
             Route::Version => doc(&self.docs.version),
-            Route::Nodes | Route::Node(_) | Route::Pods(_) | Route::Pod(..) => {
-                let resource = if matches!(route, Route::Nodes | Route::Node(_)) { "nodemetrics" } else { "podmetrics" };
-                if query.watch {
-                    return Err(Status::watch_not_supported(resource));
-                }
+            Route::Nodes(v) | Route::Pods(v, _) => {
+                // kube-apiserver's ListResource order: media type (406), selector syntax and
+                // field names (400), watch (405), the list, then the Table conversion (400).
                 let encoding = negotiate(accept).ok_or_else(|| Status::not_acceptable(accept.unwrap_or("")))?;
-                let include = IncludeObject::parse(&query.include_object).map_err(Status::bad_request)?;
                 let labels = LabelSelector::parse(&query.label_selector).map_err(|e| Status::bad_request(e.0))?;
-                let fields = FieldSelector::parse(&query.field_selector, METADATA_FIELDS).map_err(|e| Status::bad_request(e.0))?;
-                let now_ms = self.clock.now_ms();
-                let out = Output { encoding, include, now_ms };
-                match route {
-                    Route::Nodes => Ok(out.nodes(self.list_nodes(&labels, &fields, now_ms), false)),
-                    Route::Node(name) => Ok(out.nodes(vec![self.get_node(name, now_ms)?], true)),
-                    Route::Pods(ns) => Ok(out.pods(self.list_pods(ns.as_deref(), &labels, &fields, now_ms), false)),
-                    Route::Pod(ns, name) => Ok(out.pods(vec![self.get_pod(ns, name, now_ms)?], true)),
-                    _ => Err(Status::path_not_found()),
+                let fields = FieldSelector::parse_metadata(&query.field_selector).map_err(|e| Status::bad_request(e.0))?;
+                if query.watch {
+                    return Err(Status::watch_not_supported(route.resource()));
                 }
+                let now_ms = self.clock.now_ms();
+                let out = Output::new(encoding, query, now_ms, *v);
+                match route {
+                    Route::Pods(_, ns) => {
+                        let items = self.list_pods(ns.as_deref(), &labels, &fields, now_ms);
+                        Ok(out?.pods(items, false))
+                    }
+                    _ => {
+                        let items = self.list_nodes(&labels, &fields, now_ms);
+                        Ok(out?.nodes(items, false))
+                    }
+                }
+            }
+            // A single-object GET reads no selector and no `watch` (`GetOptions` has neither).
+            Route::Node(v, name) => {
+                let encoding = negotiate(accept).ok_or_else(|| Status::not_acceptable(accept.unwrap_or("")))?;
+                let now_ms = self.clock.now_ms();
+                let item = self.get_node(name, now_ms)?;
+                Ok(Output::new(encoding, query, now_ms, *v)?.nodes(vec![item], true))
+            }
+            Route::Pod(v, ns, name) => {
+                let encoding = negotiate(accept).ok_or_else(|| Status::not_acceptable(accept.unwrap_or("")))?;
+                let now_ms = self.clock.now_ms();
+                let item = self.get_pod(ns, name, now_ms)?;
+                Ok(Output::new(encoding, query, now_ms, *v)?.pods(vec![item], true))
             }
             Route::Unknown => Err(Status::path_not_found()),
         }
@@ -352,10 +426,13 @@ impl Api {
 
     fn get_pod(&self, namespace: &str, name: &str, now_ms: i64) -> Result<PodItem, Status> {
         let labels = match &self.metadata {
-            Some(m) => Some(m.read().pod(namespace, name).cloned().ok_or_else(|| Status::object_not_found("pod", name))?),
+            Some(m) => Some(m.read().pod(namespace, name).cloned().ok_or_else(|| Status::object_not_found("pods", name))?),
             None => None,
         };
-        let usage = self.store.pod(namespace, name).ok_or_else(|| Status::metrics_not_found("podmetrics", name))?;
+        let usage = self
+            .store
+            .pod(namespace, name)
+            .ok_or_else(|| Status::metrics_not_found("podmetrics", &format!("{namespace}/{name}")))?;
         self.observe(now_ms, usage.timestamp_ms);
         Ok(PodItem { usage, labels })
     }
@@ -366,11 +443,22 @@ struct Output {
     encoding: Encoding,
     include: IncludeObject,
     now_ms: i64,
+    version: ApiVersion,
 }
 
 impl Output {
+    /// `includeObject` is read only for a Table, once the objects are there (upstream converts
+    /// the list to a Table after listing it, and only then checks the parameter).
+    fn new(encoding: Encoding, query: &Query, now_ms: i64, version: ApiVersion) -> Result<Output, Status> {
+        let include = match encoding {
+            Encoding::Table(_) => IncludeObject::parse(&query.include_object).map_err(Status::bad_request)?,
+            _ => IncludeObject::default(),
+        };
+        Ok(Output { encoding, include, now_ms, version })
+    }
+
     fn table_options(&self, version: super::media::TableVersion) -> TableOptions {
-        TableOptions { version, include: self.include, now_ms: self.now_ms }
+        TableOptions { version, include: self.include, now_ms: self.now_ms, api: self.version }
     }
 
     /// `single`: a GET of one object (not a list).
@@ -379,12 +467,13 @@ impl Output {
         let body = match (self.encoding, single) {
             (Encoding::Json, true) => {
                 let mut out = Vec::with_capacity(512);
-                json::write_node(&mut out, &items[0], self.now_ms, true);
+                json::write_node(&mut out, &items[0], self.now_ms, Some(self.version));
+                out.push(b'\n');
                 Body::full(out)
             }
-            (Encoding::Json, false) => json::node_list(items, self.now_ms),
-            (Encoding::Protobuf, true) => Body::full(protobuf::node(&items[0], self.now_ms)),
-            (Encoding::Protobuf, false) => protobuf::node_list(items, self.now_ms),
+            (Encoding::Json, false) => json::node_list(items, self.now_ms, self.version),
+            (Encoding::Protobuf, true) => Body::full(protobuf::node(&items[0], self.now_ms, self.version)),
+            (Encoding::Protobuf, false) => protobuf::node_list(items, self.now_ms, self.version),
             (Encoding::Table(v), _) => table::nodes(items, self.table_options(v)),
         };
         respond(StatusCode::OK, ct, body)
@@ -395,12 +484,13 @@ impl Output {
         let body = match (self.encoding, single) {
             (Encoding::Json, true) => {
                 let mut out = Vec::with_capacity(1024);
-                json::write_pod(&mut out, &items[0], self.now_ms, true);
+                json::write_pod(&mut out, &items[0], self.now_ms, Some(self.version));
+                out.push(b'\n');
                 Body::full(out)
             }
-            (Encoding::Json, false) => json::pod_list(items, self.now_ms),
-            (Encoding::Protobuf, true) => Body::full(protobuf::pod(&items[0], self.now_ms)),
-            (Encoding::Protobuf, false) => protobuf::pod_list(items, self.now_ms),
+            (Encoding::Json, false) => json::pod_list(items, self.now_ms, self.version),
+            (Encoding::Protobuf, true) => Body::full(protobuf::pod(&items[0], self.now_ms, self.version)),
+            (Encoding::Protobuf, false) => protobuf::pod_list(items, self.now_ms, self.version),
             (Encoding::Table(v), _) => table::pods(items, self.table_options(v)),
         };
         respond(StatusCode::OK, ct, body)
@@ -419,13 +509,19 @@ mod tests {
 
     #[test]
     fn paths_route_like_metrics_server() {
-        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/nodes"), Route::Nodes);
-        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/nodes/"), Route::Nodes);
-        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/nodes/n%2D1"), Route::Node("n-1".into()));
-        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/pods"), Route::Pods(None));
-        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces/a/pods"), Route::Pods(Some("a".into())));
-        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces/a/pods/p"), Route::Pod("a".into(), "p".into()));
-        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1"), Route::Resources);
+        use ApiVersion::{V1, V1beta1};
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/nodes"), Route::Nodes(V1beta1));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/nodes/"), Route::Nodes(V1beta1));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/nodes/n%2D1"), Route::Node(V1beta1, "n-1".into()));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/pods"), Route::Pods(V1beta1, None));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces/a/pods"), Route::Pods(V1beta1, Some("a".into())));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces/a/pods/p"), Route::Pod(V1beta1, "a".into(), "p".into()));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1"), Route::Resources(V1beta1));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1"), Route::Resources(V1));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v1/namespaces/a/pods/p"), Route::Pod(V1, "a".into(), "p".into()));
+        assert_eq!(Route::parse("/openapi/v3/apis/metrics.k8s.io/v1"), Route::OpenApiV3Group(V1));
+        assert_eq!(Route::parse("/openapi/v3/apis/metrics.k8s.io/v1beta1"), Route::OpenApiV3Group(V1beta1));
+        assert_eq!(Route::parse("/apis/metrics.k8s.io/v2/nodes"), Route::Unknown);
         assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces/a"), Route::Unknown);
         assert_eq!(Route::parse("/apis/metrics.k8s.io/v1beta1/namespaces//pods"), Route::Unknown);
         assert_eq!(Route::parse("/api/v1/nodes"), Route::Unknown);
@@ -440,6 +536,10 @@ mod tests {
         assert!(q.watch);
         assert_eq!(Query::parse(Some("labelSelector=a+b")).label_selector, "a b");
         assert_eq!(decode("%zz%4", false), "%zz%4");
+        assert_eq!(Query::parse(Some("labelSelector=a&labelSelector=b")).label_selector, "a", "the first value wins");
+        for (q, watch) in [("watch", true), ("watch=", true), ("watch=yes", true), ("watch=0", false), ("watch=FALSE", false), ("", false)] {
+            assert_eq!(Query::parse(Some(q)).watch, watch, "{q:?}");
+        }
     }
 
     fn api() -> Api {
@@ -502,7 +602,10 @@ mod tests {
         assert_eq!(v["message"], "node \"n2\" not found");
         let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/namespaces/x/pods/web-1", None);
         assert_eq!(code, 404);
-        assert_eq!(v["details"]["kind"], "pod");
+        assert_eq!(v["message"], "pods \"web-1\" not found", "the metadata pod lister's resource");
+        assert_eq!(v["details"], serde_json::json!({"name": "web-1", "kind": "pods"}));
+        let (_, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/nodes/n1?watch=true&labelSelector=%3D%3D", None);
+        assert_eq!(v["kind"], "NodeMetrics", "a GET reads neither watch nor selectors");
         let (_, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/nodes/n1", None);
         assert_eq!(v["kind"], "NodeMetrics");
         assert_eq!(v["metadata"]["labels"]["zone"], "a");
@@ -513,10 +616,23 @@ mod tests {
         let api = api();
         let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?watch=true", None);
         assert_eq!((code.as_u16(), v["reason"].as_str()), (405, Some("MethodNotAllowed")));
+        assert_eq!(v["message"], "watch is not supported on resources of kind \"pods.metrics.k8s.io\"");
+        assert_eq!(v["details"], serde_json::json!({"group": "metrics.k8s.io", "kind": "pods"}));
         let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?labelSelector=a%20b", None);
         assert_eq!((code.as_u16(), v["reason"].as_str()), (400, Some("BadRequest")));
-        let (code, _, _) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=spec.nodeName%3Dn1", None);
+        assert_eq!(v["message"], "unable to parse requirement: found 'b', expected: in, notin, =, ==, !=, gt, lt");
+        let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=spec.nodeName%3Dn1&watch=true", None);
+        assert_eq!(code, 400, "selectors are checked before watch");
+        assert_eq!(v["message"], r#""spec.nodeName" is not a known field selector: only "metadata.name", "metadata.namespace""#);
+        let table = Some("application/json;as=Table;v=v1;g=meta.k8s.io");
+        let (code, _, _) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?includeObject=x", None);
+        assert_eq!(code, 200, "includeObject is read for Tables only");
+        let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods?includeObject=x", table);
         assert_eq!(code, 400);
+        assert_eq!(
+            v["message"],
+            "Unable to convert to Table as requested: includeObject: Invalid value: \"x\": must be 'Metadata', 'Object', 'None', or empty"
+        );
         let (code, _, _) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods", Some("text/html"));
         assert_eq!(code, 406);
         let h = api.handle(&Method::DELETE, &"/apis/metrics.k8s.io/v1beta1/pods".parse().expect("uri"), &HeaderMap::new());
@@ -527,10 +643,54 @@ mod tests {
     }
 
     #[test]
+    fn v1_serves_the_same_objects_as_v1beta1_with_its_own_api_version() {
+        let api = api();
+        for (path, kind) in [("nodes", "NodeMetricsList"), ("pods", "PodMetricsList"), ("namespaces/default/pods", "PodMetricsList")] {
+            let (code, _, v1) = get(&api, &format!("/apis/metrics.k8s.io/v1/{path}"), None);
+            let (_, _, beta) = get(&api, &format!("/apis/metrics.k8s.io/v1beta1/{path}"), None);
+            assert_eq!(code, 200);
+            assert_eq!((v1["kind"].as_str(), v1["apiVersion"].as_str()), (Some(kind), Some("metrics.k8s.io/v1")));
+            assert_eq!(v1["items"], beta["items"], "{path}");
+        }
+        let (_, _, pod) = get(&api, "/apis/metrics.k8s.io/v1/namespaces/default/pods/web-1", None);
+        assert_eq!(pod["apiVersion"], "metrics.k8s.io/v1");
+        let table = Some("application/json;as=Table;v=v1;g=meta.k8s.io");
+        let (_, _, t) = get(&api, "/apis/metrics.k8s.io/v1/nodes?includeObject=Object", table);
+        assert_eq!(t["rows"][0]["object"]["apiVersion"], "metrics.k8s.io/v1");
+        let (code, _, v) = get(&api, "/apis/metrics.k8s.io/v1", None);
+        assert_eq!((code.as_u16(), v["groupVersion"].as_str()), (200, Some("metrics.k8s.io/v1")));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/vnd.kubernetes.protobuf"));
+        let body = api.handle(&Method::GET, &"/apis/metrics.k8s.io/v1/pods".parse().expect("uri"), &headers).response.into_body().collect_bytes();
+        let (tm, _) = protobuf::decode_envelope(&body).expect("envelope");
+        assert_eq!(tm.api_version.as_deref(), Some("metrics.k8s.io/v1"));
+    }
+
+    #[test]
+    fn json_bodies_end_with_a_newline_like_go_encoders() {
+        let api = api();
+        for (uri, accept) in [
+            ("/apis/metrics.k8s.io/v1beta1/nodes", None),
+            ("/apis/metrics.k8s.io/v1beta1/nodes/n1", None),
+            ("/apis/metrics.k8s.io/v1beta1/pods", None),
+            ("/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/web-1", None),
+            ("/apis/metrics.k8s.io/v1beta1/pods", Some("application/json;as=Table;v=v1;g=meta.k8s.io")),
+            ("/apis/metrics.k8s.io/v1beta1/nodes/nope", None),
+        ] {
+            let mut headers = HeaderMap::new();
+            if let Some(a) = accept {
+                headers.insert(header::ACCEPT, HeaderValue::from_static(a));
+            }
+            let body = api.handle(&Method::GET, &uri.parse().expect("uri"), &headers).response.into_body().collect_bytes();
+            assert!(body.ends_with(b"}\n"), "{uri}: {}", String::from_utf8_lossy(&body));
+        }
+    }
+
+    #[test]
     fn tables_and_aggregated_discovery_are_negotiated() {
         let api = api();
         let (_, ct, v) = get(&api, "/apis/metrics.k8s.io/v1beta1/nodes", Some("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
-        assert_eq!(ct, "application/json;as=Table;v=v1;g=meta.k8s.io");
+        assert_eq!(ct, "application/json", "as kube-apiserver labels a Table");
         assert_eq!(v["rows"][0]["cells"][0], "n1");
         let (_, ct, v) = get(&api, "/apis", Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"));
         assert_eq!(ct, "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");

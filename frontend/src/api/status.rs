@@ -4,6 +4,7 @@ use std::io::Write as _;
 
 use bytes::Bytes;
 use http::StatusCode;
+use shardmetrics_plumbing::selector::go_quote;
 
 /// The group every resource here belongs to.
 pub const GROUP: &str = "metrics.k8s.io";
@@ -41,7 +42,7 @@ impl Status {
         Self {
             code: StatusCode::NOT_FOUND,
             reason: "NotFound",
-            message: format!("{resource}.{GROUP} {name:?} not found"),
+            message: format!("{resource}.{GROUP} {} not found", go_quote(name)),
             details: Some(Box::new(Details {
                 name: Some(name.to_owned()),
                 group: Some(GROUP.to_owned()),
@@ -52,12 +53,13 @@ impl Status {
     }
 
     /// A 404 for a Node or Pod that does not exist (metrics-server forwards its lister's
-    /// error): `pod "x" not found`, core group.
+    /// error, whose resource is `node` for the typed node lister and `pods` for the metadata
+    /// pod lister): `pods "x" not found`, core group.
     pub fn object_not_found(kind: &str, name: &str) -> Self {
         Self {
             code: StatusCode::NOT_FOUND,
             reason: "NotFound",
-            message: format!("{kind} {name:?} not found"),
+            message: format!("{kind} {} not found", go_quote(name)),
             details: Some(Box::new(Details {
                 name: Some(name.to_owned()),
                 group: Some(String::new()),
@@ -77,7 +79,8 @@ impl Status {
         }
     }
 
-    /// A 405 for `watch` on `resource` (metrics-server's `NewMethodNotSupported`).
+    /// A 405 for `watch` on the URL's `resource` (`nodes`, `pods`: metrics-server's
+    /// `NewMethodNotSupported` of its request scope's resource).
     pub fn watch_not_supported(resource: &str) -> Self {
         Self {
             code: StatusCode::METHOD_NOT_ALLOWED,
@@ -129,7 +132,7 @@ impl Status {
         }
     }
 
-    /// A status from an authentication/authorization failure (401, 403, 503).
+    /// A status from an authentication/authorization failure (401, 403).
     pub fn from_auth(code: StatusCode, reason: &'static str, message: String) -> Self {
         Self { code, reason, message, details: None }
     }
@@ -180,15 +183,55 @@ impl Status {
             }
             out.push(b'}');
         }
-        let _ = write!(out, r#","code":{}}}"#, self.code.as_u16());
+        // A trailing newline, as Go's json.Encoder (and so kube-apiserver) writes.
+        let _ = writeln!(out, r#","code":{}}}"#, self.code.as_u16());
         Bytes::from(out)
     }
 }
 
-/// Appends `s` as a JSON string.
+/// Appends `s` as a JSON string, escaped as Go's `encoding/json` escapes it (what every
+/// kube-apiserver and metrics-server body holds): `"` `\\` `\n` `\r` `\t` short, other
+/// control characters and the HTML-sensitive `<` `>` `&` as `\u00XX`, U+2028 and U+2029 as
+/// `\u2028` `\u2029`.
 pub fn json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let b = s.as_bytes();
+    out.reserve(b.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let escape: Option<&[u8]> = match c {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'\t' => Some(b"\\t"),
+            0..=0x1f | b'<' | b'>' | b'&' => Some(&[]),
+            // U+2028 / U+2029 are E2 80 A8 / E2 80 A9 in UTF-8.
+            0xE2 if b.get(i + 1) == Some(&0x80) && matches!(b.get(i + 2), Some(0xA8 | 0xA9)) => Some(&[]),
+            _ => None,
+        };
+        let Some(short) = escape else {
+            i += 1;
+            continue;
+        };
+        out.extend_from_slice(&b[start..i]);
+        if !short.is_empty() {
+            out.extend_from_slice(short);
+            i += 1;
+        } else if c == 0xE2 {
+            out.extend_from_slice(if b[i + 2] == 0xA8 { b"\\u2028" } else { b"\\u2029" });
+            i += 3;
+        } else {
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(c >> 4)], HEX[usize::from(c & 0xf)]]);
+            i += 1;
+        }
+        start = i;
+    }
+    out.extend_from_slice(&b[start..]);
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -216,15 +259,27 @@ mod tests {
 
     #[test]
     fn a_missing_pod_object_names_the_core_kind_without_a_group() {
-        let v = parse(&Status::object_not_found("pod", "web"));
-        assert_eq!(v["message"], "pod \"web\" not found");
-        assert_eq!(v["details"], serde_json::json!({"name": "web", "kind": "pod"}));
+        let v = parse(&Status::object_not_found("pods", "web"));
+        assert_eq!(v["message"], "pods \"web\" not found");
+        assert_eq!(v["details"], serde_json::json!({"name": "web", "kind": "pods"}));
+        assert!(Status::object_not_found("pods", "web").to_json().ends_with(b"}\n"), "a trailing newline, as Go's encoder");
+    }
+
+    #[test]
+    fn strings_are_escaped_as_go_encoding_json_escapes_them() {
+        let mut out = Vec::new();
+        json_str(&mut out, "<nil> & \"q\" \\ \n\r\t\u{1}\u{8}\u{c}\u{7f} \u{2028}\u{2029} é ✓");
+        let want = "\"\\u003cnil\\u003e \\u0026 \\\"q\\\" \\\\ \\n\\r\\t\\u0001\\u0008\\u000c\u{7f} \\u2028\\u2029 é ✓\"";
+        assert_eq!(String::from_utf8(out).expect("utf-8"), want);
+        let mut plain = Vec::new();
+        json_str(&mut plain, "app-0-6fb4666986-twcnl");
+        assert_eq!(plain, b"\"app-0-6fb4666986-twcnl\"");
     }
 
     #[test]
     fn every_constructor_writes_its_code_and_reason() {
         for (s, code, reason) in [
-            (Status::watch_not_supported("podmetrics"), 405, "MethodNotAllowed"),
+            (Status::watch_not_supported("pods"), 405, "MethodNotAllowed"),
             (Status::method_not_allowed(), 405, "MethodNotAllowed"),
             (Status::bad_request("x"), 400, "BadRequest"),
             (Status::not_acceptable("text/html"), 406, "NotAcceptable"),

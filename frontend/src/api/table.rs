@@ -10,6 +10,7 @@ use std::io::Write as _;
 use super::body::Body;
 use super::items::{NodeItem, PodItem};
 use super::json::{write_node, write_pod};
+use super::version::ApiVersion;
 use super::media::TableVersion;
 use super::quantity::{Cpu, Memory, sum_cpu, sum_memory};
 use super::status::json_str;
@@ -34,7 +35,10 @@ impl IncludeObject {
             "" | "Metadata" => Ok(Self::Metadata),
             "Object" => Ok(Self::Object),
             "None" => Ok(Self::None),
-            other => Err(format!("includeObject: unsupported value {other:?}: use None, Metadata or Object")),
+            other => Err(format!(
+                "Unable to convert to Table as requested: includeObject: Invalid value: {}: must be 'Metadata', 'Object', 'None', or empty",
+                shardmetrics_plumbing::selector::go_quote(other)
+            )),
         }
     }
 }
@@ -48,6 +52,8 @@ pub struct TableOptions {
     pub include: IncludeObject,
     /// creationTimestamp of the objects.
     pub now_ms: i64,
+    /// The `metrics.k8s.io` version of the objects (`includeObject=Object`).
+    pub api: ApiVersion,
 }
 
 const COLUMNS: &str = r#""columnDefinitions":[{"name":"Name","type":"string","format":"name","description":"Name of the resource","priority":0},{"name":"cpu","type":"string","format":"quantity","description":"","priority":0},{"name":"memory","type":"string","format":"quantity","description":"","priority":0},{"name":"Window","type":"string","format":"duration","description":"","priority":0}]"#;
@@ -98,7 +104,7 @@ fn node_row(out: &mut Vec<u8>, item: &NodeItem, opts: &TableOptions) {
         IncludeObject::Metadata => partial_metadata(out, opts, &item.usage.name, None, item.labels.as_ref()),
         IncludeObject::Object => {
             out.extend_from_slice(br#","object":"#);
-            write_node(out, item, opts.now_ms, true);
+            write_node(out, item, opts.now_ms, Some(opts.api));
         }
         IncludeObject::None => {}
     }
@@ -114,7 +120,7 @@ fn pod_row(out: &mut Vec<u8>, item: &PodItem, opts: &TableOptions) {
         IncludeObject::Metadata => partial_metadata(out, opts, &p.name, Some(&p.namespace), item.labels.as_ref()),
         IncludeObject::Object => {
             out.extend_from_slice(br#","object":"#);
-            write_pod(out, item, opts.now_ms, true);
+            write_pod(out, item, opts.now_ms, Some(opts.api));
         }
         IncludeObject::None => {}
     }
@@ -138,7 +144,8 @@ fn table<T: Send + 'static>(items: Vec<T>, opts: TableOptions, row: fn(&mut Vec<
         }
         next = end;
         if next == items.len() {
-            out.extend_from_slice(b"]}");
+            // A trailing newline, as Go's json.Encoder (and so kube-apiserver) writes.
+            out.extend_from_slice(b"]}\n");
             return false;
         }
         true
@@ -165,7 +172,7 @@ mod tests {
     const NOW: i64 = 1_767_225_600_000;
 
     fn opts(include: IncludeObject) -> TableOptions {
-        TableOptions { version: TableVersion::V1, include, now_ms: NOW }
+        TableOptions { version: TableVersion::V1, include, now_ms: NOW, api: ApiVersion::V1beta1 }
     }
 
     #[test]
@@ -201,7 +208,7 @@ mod tests {
         let full: serde_json::Value =
             serde_json::from_slice(&nodes(vec![node("a")], opts(IncludeObject::Object)).collect_bytes()).expect("json");
         assert_eq!(full["rows"][0]["object"]["kind"], "NodeMetrics");
-        assert_eq!(IncludeObject::parse("Bogus").unwrap_err(), "includeObject: unsupported value \"Bogus\": use None, Metadata or Object");
+        assert_eq!(IncludeObject::parse("Bogus").unwrap_err(), "Unable to convert to Table as requested: includeObject: Invalid value: \"Bogus\": must be 'Metadata', 'Object', 'None', or empty");
         let empty: serde_json::Value =
             serde_json::from_slice(&pods(Vec::new(), opts(IncludeObject::Metadata)).collect_bytes()).expect("json");
         assert_eq!(empty["rows"], json!([]));

@@ -1,12 +1,25 @@
 //! What a request wants, in the terms of a SubjectAccessReview, and the forbidden message that
 //! names it.
 
+use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector, Operator};
+
 use super::user::UserInfo;
 
 /// API group of the Resource Metrics API.
 pub const METRICS_GROUP: &str = "metrics.k8s.io";
 /// Version of the Resource Metrics API this frontend serves.
 pub const METRICS_VERSION: &str = "v1beta1";
+
+/// One selector requirement as a SubjectAccessReview carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct SelectorRequirement {
+    /// Field path or label key.
+    pub key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    pub operator: &'static str,
+    /// The values (none for `Exists`/`DoesNotExist`).
+    pub values: Vec<String>,
+}
 
 /// What a request wants: SubjectAccessReview's `resourceAttributes` for an API object, or
 /// `nonResourceAttributes` for anything else (discovery, `/openapi/v2`, `/version`, ...).
@@ -40,6 +53,12 @@ pub struct ResourceAttributes {
     pub namespace: Option<String>,
     /// Object name for a `get`; `None` for collections.
     pub name: Option<String>,
+    /// The field selector's requirements of a list or watch (`AuthorizeWithSelectors`, on by
+    /// default since Kubernetes 1.32): `=`/`==` as `In`, `!=` as `NotIn`.
+    pub field_selector: Vec<SelectorRequirement>,
+    /// The label selector's requirements of a list or watch: `=`, `==`, `in` as `In`; `!=`,
+    /// `notin` as `NotIn`; `Exists`, `DoesNotExist`; `>`/`<` left out (upstream's mapping).
+    pub label_selector: Vec<SelectorRequirement>,
 }
 
 impl RequestAttributes {
@@ -58,6 +77,8 @@ impl RequestAttributes {
             subresource: None,
             namespace: namespace.map(str::to_owned),
             name: name.map(str::to_owned),
+            field_selector: Vec::new(),
+            label_selector: Vec::new(),
         })
     }
 
@@ -131,12 +152,34 @@ impl RequestAttributes {
         } else {
             parts.get(2).map(|s| (*s).to_owned())
         };
+        // kube-apiserver's RequestInfoFactory: a collection GET decodes its list options; a
+        // `metadata.name=` field selector names the object when the whole query decoded; the
+        // selectors of a list or watch go to the authorizer (not of a `/watch/` path).
+        let mut name = name;
+        let mut field_selector = Vec::new();
+        let mut label_selector = Vec::new();
+        let query = crate::api::router::Query::parse(uri.query());
         let verb = match (verb, &name) {
-            ("get", None) if query_flag(uri, "watch") => "watch",
-            ("get", None) => "list",
+            ("get", None) => {
+                let fields = FieldSelector::parse_syntax(&query.field_selector).ok();
+                let labels = LabelSelector::parse(&query.label_selector).ok();
+                if let (Some(f), Some(_)) = (&fields, &labels)
+                    && query.list_options_decode()
+                    && let Some(n) = f.required("metadata.name").filter(|n| is_valid_path_segment(n))
+                {
+                    name = Some(n.to_owned());
+                }
+                field_selector = fields.map(|f| field_requirements(&f)).unwrap_or_default();
+                label_selector = labels.map(|l| label_requirements(&l)).unwrap_or_default();
+                if query.watch { "watch" } else { "list" }
+            }
             ("delete", None) => "deletecollection",
             (verb, _) => verb,
         };
+        if special_verb || !matches!(verb, "list" | "watch" | "deletecollection") {
+            field_selector.clear();
+            label_selector.clear();
+        }
         Self::Resource(ResourceAttributes {
             verb: verb.to_owned(),
             group: group.to_owned(),
@@ -145,6 +188,8 @@ impl RequestAttributes {
             subresource,
             namespace,
             name,
+            field_selector,
+            label_selector,
         })
     }
 
@@ -154,6 +199,16 @@ impl RequestAttributes {
             Self::Resource(r) => &r.verb,
             Self::NonResource { verb, .. } => verb,
         }
+    }
+
+    /// The 403 for `user`: the message (see [`Self::forbidden_message`]) and the Status
+    /// details kube-apiserver gives (group, resource, name).
+    pub fn forbidden(&self, user: &UserInfo, reason: &str) -> super::error::AuthError {
+        let (group, resource, name) = match self {
+            Self::Resource(r) => (r.group.clone(), r.resource.clone(), r.name.clone()),
+            Self::NonResource { .. } => (String::new(), String::new(), None),
+        };
+        super::error::AuthError::Forbidden(Box::new(super::error::Forbidden { message: self.forbidden_message(user, reason), group, resource, name }))
     }
 
     /// kube-apiserver's 403 message, e.g. `pods.metrics.k8s.io is forbidden: User "bob" cannot
@@ -199,15 +254,39 @@ impl RequestAttributes {
     }
 }
 
-/// Whether query parameter `key` is a Go-style true boolean (`1`, `t`, `true`, `TRUE`, `True`).
-fn query_flag(uri: &http::Uri, key: &str) -> bool {
-    uri.query()
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .any(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            k == key && matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
+/// `path.IsValidPathSegmentName`: not `.` or `..`, no `/` or `%`.
+fn is_valid_path_segment(name: &str) -> bool {
+    name != "." && name != ".." && !name.contains(['/', '%'])
+}
+
+/// `fieldSelectorToAuthorizationAPI`: equality terms as `In`, inequality as `NotIn`.
+fn field_requirements(fields: &FieldSelector) -> Vec<SelectorRequirement> {
+    fields
+        .terms()
+        .map(|(field, equals, value)| SelectorRequirement {
+            key: field.to_owned(),
+            operator: if equals { "In" } else { "NotIn" },
+            values: vec![value.to_owned()],
         })
+        .collect()
+}
+
+/// `labelSelectorToAuthorizationAPI`: `In`, `NotIn`, `Exists`, `DoesNotExist`; `>`/`<` dropped.
+fn label_requirements(labels: &LabelSelector) -> Vec<SelectorRequirement> {
+    labels
+        .requirements()
+        .iter()
+        .filter_map(|r| {
+            let (operator, values) = match r.operator() {
+                Operator::In => ("In", r.values().to_vec()),
+                Operator::NotIn => ("NotIn", r.values().to_vec()),
+                Operator::Exists => ("Exists", Vec::new()),
+                Operator::DoesNotExist => ("DoesNotExist", Vec::new()),
+                Operator::GreaterThan(_) | Operator::LessThan(_) => return None,
+            };
+            Some(SelectorRequirement { key: r.key().to_owned(), operator, values })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -234,9 +313,15 @@ mod tests {
         assert_eq!(
             classify(
                 http::Method::GET,
-                "/apis/metrics.k8s.io/v1beta1/namespaces/web/pods?labelSelector=app%3Dx"
+                "/apis/metrics.k8s.io/v1beta1/namespaces/web/pods?labelSelector=app"
             ),
-            RequestAttributes::metrics("list", "pods", Some("web"), None)
+            {
+                let mut want = RequestAttributes::metrics("list", "pods", Some("web"), None);
+                if let RequestAttributes::Resource(r) = &mut want {
+                    r.label_selector = vec![SelectorRequirement { key: "app".into(), operator: "Exists", values: vec![] }];
+                }
+                want
+            }
         );
         assert_eq!(
             classify(
@@ -249,6 +334,43 @@ mod tests {
             classify(http::Method::GET, "/apis/metrics.k8s.io/v1beta1/pods"),
             RequestAttributes::metrics("list", "pods", None, None)
         );
+    }
+
+    #[test]
+    fn a_metadata_name_field_selector_names_the_object_and_selectors_are_carried_like_kube_apiserver() {
+        let RequestAttributes::Resource(r) = classify(
+            http::Method::GET,
+            "/apis/metrics.k8s.io/v1beta1/namespaces/web/pods?fieldSelector=metadata.name%3Dapi-0&labelSelector=app%3Dx,!canary,n%3E1,tier%20in%20(b,a)",
+        ) else {
+            panic!("expected a resource request")
+        };
+        assert_eq!((r.verb.as_str(), r.name.as_deref()), ("list", Some("api-0")));
+        let req = |key: &str, operator: &'static str, values: &[&str]| SelectorRequirement {
+            key: key.into(),
+            operator,
+            values: values.iter().map(|v| (*v).to_owned()).collect(),
+        };
+        assert_eq!(r.field_selector, vec![req("metadata.name", "In", &["api-0"])]);
+        assert_eq!(
+            r.label_selector,
+            vec![req("app", "In", &["x"]), req("canary", "DoesNotExist", &[]), req("tier", "In", &["a", "b"])],
+            "sorted by key, values sorted, `>` left out"
+        );
+        for (uri, name) in [
+            ("/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=metadata.name!%3Dx", None),
+            ("/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=metadata.name%3Dx&limit=abc", None),
+            ("/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=metadata.name%3Dx&labelSelector=%3D", None),
+            ("/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=metadata.name%3D..", None),
+            ("/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=metadata.name%3D%3Dx", Some("x")),
+        ] {
+            let RequestAttributes::Resource(r) = classify(http::Method::GET, uri) else { panic!("{uri}") };
+            assert_eq!(r.name.as_deref(), name, "{uri}");
+        }
+        let RequestAttributes::Resource(r) = classify(http::Method::GET, "/apis/metrics.k8s.io/v1beta1/nodes/n1?labelSelector=a%3Db")
+        else {
+            panic!("expected a resource request")
+        };
+        assert!(r.label_selector.is_empty(), "a get carries no selector");
     }
 
     #[test]

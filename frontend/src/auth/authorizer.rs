@@ -1,13 +1,14 @@
 //! Authorization via SubjectAccessReview (`authorization.k8s.io/v1`), with separate caches for
 //! allowed and denied answers, `system:masters` let through without a review, and API errors
-//! answered 503 (never allowed, never cached).
+//! answered 500 as k8s.io/apiserver's authorization filter does (never allowed, never cached).
 
 use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::{
-    NonResourceAttributes, ResourceAttributes as K8sResourceAttributes, SubjectAccessReview,
-    SubjectAccessReviewSpec,
+    FieldSelectorAttributes, LabelSelectorAttributes, NonResourceAttributes, ResourceAttributes as K8sResourceAttributes,
+    SubjectAccessReview, SubjectAccessReviewSpec,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldSelectorRequirement, LabelSelectorRequirement};
 use kube::Api;
 use kube::api::PostParams;
 use shardmetrics_plumbing::clock::SharedClock;
@@ -62,7 +63,7 @@ impl Authorizer {
         }
     }
 
-    /// Ok when allowed; Forbidden when denied (cached or not); Unavailable when the API server
+    /// Ok when allowed; Forbidden when denied (cached or not); Internal when the API server
     /// could not answer.
     pub(crate) async fn authorize(
         &self,
@@ -82,15 +83,12 @@ impl Authorizer {
             }
             if let Some(reason) = self.denied.get(key) {
                 self.metrics.authorized("denied", true);
-                return Err(AuthError::Forbidden(attrs.forbidden_message(user, &reason)));
+                return Err(attrs.forbidden(user, &reason));
             }
         }
         let Some(api) = &self.api else {
             self.metrics.authorized("denied", false);
-            return Err(AuthError::Forbidden(attrs.forbidden_message(
-                user,
-                "no authorizer: the frontend has no API server to ask",
-            )));
+            return Err(attrs.forbidden(user, "no authorizer: the frontend has no API server to ask"));
         };
         let review = SubjectAccessReview {
             spec: spec_of(user, attrs),
@@ -105,20 +103,22 @@ impl Authorizer {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
                 self.metrics.authorized("error", false);
-                return Err(AuthError::Unavailable(format!(
-                    "SubjectAccessReview failed: {e}"
-                )));
+                return Err(AuthError::Internal(format!("SubjectAccessReview failed: {e}")));
             }
             Err(_) => {
                 self.metrics.authorized("error", false);
-                return Err(AuthError::Unavailable(format!(
+                return Err(AuthError::Internal(format!(
                     "SubjectAccessReview timed out after {:?}",
                     self.limits.timeout
                 )));
             }
         };
         let status = response.status.unwrap_or_default();
-        if status.allowed && status.denied != Some(true) {
+        if status.allowed && status.denied == Some(true) {
+            self.metrics.authorized("error", false);
+            return Err(AuthError::Internal("webhook subject access review returned both allow and deny response".into()));
+        }
+        if status.allowed {
             if let Some(key) = key {
                 self.denied.remove(&key);
                 if !self.allowed.insert(key, (), self.limits.authorized_ttl) {
@@ -142,7 +142,7 @@ impl Authorizer {
             }
         }
         self.metrics.authorized("denied", false);
-        Err(AuthError::Forbidden(attrs.forbidden_message(user, &reason)))
+        Err(attrs.forbidden(user, &reason))
     }
 }
 
@@ -158,7 +158,32 @@ pub(crate) fn spec_of(user: &UserInfo, attrs: &RequestAttributes) -> SubjectAcce
                 subresource: r.subresource.clone(),
                 namespace: r.namespace.clone(),
                 name: r.name.clone(),
-                ..K8sResourceAttributes::default()
+                field_selector: (!r.field_selector.is_empty()).then(|| FieldSelectorAttributes {
+                    raw_selector: None,
+                    requirements: Some(
+                        r.field_selector
+                            .iter()
+                            .map(|q| FieldSelectorRequirement {
+                                key: q.key.clone(),
+                                operator: q.operator.to_owned(),
+                                values: Some(q.values.clone()).filter(|v| !v.is_empty()),
+                            })
+                            .collect(),
+                    ),
+                }),
+                label_selector: (!r.label_selector.is_empty()).then(|| LabelSelectorAttributes {
+                    raw_selector: None,
+                    requirements: Some(
+                        r.label_selector
+                            .iter()
+                            .map(|q| LabelSelectorRequirement {
+                                key: q.key.clone(),
+                                operator: q.operator.to_owned(),
+                                values: Some(q.values.clone()).filter(|v| !v.is_empty()),
+                            })
+                            .collect(),
+                    ),
+                }),
             }),
             None,
         ),

@@ -3,54 +3,68 @@
 
 use std::path::PathBuf;
 
-/// Why a request was not let through; each variant maps to exactly one HTTP status.
+/// Why a request was not let through; each variant maps to exactly one HTTP status, as
+/// k8s.io/apiserver's filters answer it.
 ///
 /// The text is written for logs. Send [`AuthError::client_message`] to the client: it never
 /// reveals why a credential was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    /// No credential authenticated the request (HTTP 401).
+    /// No credential authenticated the request, or a bearer token could not be reviewed
+    /// (TokenReview failed or timed out: upstream's union authenticator fails the request on
+    /// the error, never falls back to anonymous) (HTTP 401).
     #[error("unauthorized: {0}")]
     Unauthorized(String),
-    /// Authenticated, but the authorizer did not allow it (HTTP 403). The text is the
-    /// Kubernetes-style "... is forbidden: User ... cannot ..." message, safe to show.
+    /// Authenticated, but the authorizer did not allow it (HTTP 403).
+    #[error("{}", .0.message)]
+    Forbidden(Box<Forbidden>),
+    /// The authorizer could not decide: the SubjectAccessReview failed, timed out, or answered
+    /// both allowed and denied (HTTP 500, a plain-text body as `responsewriters.InternalError`
+    /// writes it). Never treated as an allow, never cached.
     #[error("{0}")]
-    Forbidden(String),
-    /// The API server could not be asked (TokenReview or SubjectAccessReview failed or timed out,
-    /// HTTP 503). Never treated as an allow, never cached.
-    #[error("authentication or authorization unavailable: {0}")]
-    Unavailable(String),
+    Internal(String),
+}
+
+/// A 403: kube-apiserver's message and the Status details (`NewForbidden`'s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forbidden {
+    /// The "... is forbidden: User ... cannot ..." message, safe to show.
+    pub message: String,
+    /// The API group of the resource asked for (empty for non-resource requests).
+    pub group: String,
+    /// The resource asked for (empty for non-resource requests).
+    pub resource: String,
+    /// The object's name, when the request names one.
+    pub name: Option<String>,
 }
 
 impl AuthError {
-    /// The HTTP status to answer with: 401, 403 or 503.
+    /// The HTTP status to answer with: 401, 403 or 500.
     pub fn status_code(&self) -> http::StatusCode {
         match self {
             Self::Unauthorized(_) => http::StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => http::StatusCode::FORBIDDEN,
-            Self::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The Kubernetes `Status.reason` for this error (`Unauthorized`, `Forbidden`,
-    /// `ServiceUnavailable`).
+    /// `InternalError`).
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Unauthorized(_) => "Unauthorized",
             Self::Forbidden(_) => "Forbidden",
-            Self::Unavailable(_) => "ServiceUnavailable",
+            Self::Internal(_) => "InternalError",
         }
     }
 
-    /// The `Status.message` to send to the client. Like kube-apiserver, a 401 says only
-    /// "Unauthorized"; a 403 carries the forbidden message; a 503 stays generic.
+    /// The message to send to the client. Like kube-apiserver, a 401 says only
+    /// "Unauthorized"; a 403 carries the forbidden message; a 500 the authorizer's error.
     pub fn client_message(&self) -> String {
         match self {
             Self::Unauthorized(_) => "Unauthorized".to_owned(),
-            Self::Forbidden(message) => message.clone(),
-            Self::Unavailable(_) => {
-                "the server is currently unable to authenticate or authorize the request".to_owned()
-            }
+            Self::Forbidden(f) => f.message.clone(),
+            Self::Internal(e) => e.clone(),
         }
     }
 }
@@ -142,14 +156,15 @@ mod tests {
         assert_eq!(unauthorized.status_code(), 401);
         assert_eq!(unauthorized.reason(), "Unauthorized");
         assert_eq!(unauthorized.client_message(), "Unauthorized");
-        let forbidden = AuthError::Forbidden("nodes.metrics.k8s.io is forbidden".into());
+        let forbidden = AuthError::Forbidden(Box::new(Forbidden {
+            message: "nodes.metrics.k8s.io is forbidden".into(),
+            group: "metrics.k8s.io".into(),
+            resource: "nodes".into(),
+            name: None,
+        }));
         assert_eq!(forbidden.status_code(), 403);
-        assert_eq!(
-            forbidden.client_message(),
-            "nodes.metrics.k8s.io is forbidden"
-        );
-        let unavailable = AuthError::Unavailable("connection refused".into());
-        assert_eq!(unavailable.status_code(), 503);
-        assert!(!unavailable.client_message().contains("refused"));
+        assert_eq!(forbidden.client_message(), "nodes.metrics.k8s.io is forbidden");
+        let internal = AuthError::Internal("connection refused".into());
+        assert_eq!((internal.status_code().as_u16(), internal.reason()), (500, "InternalError"));
     }
 }

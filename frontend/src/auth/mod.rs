@@ -7,8 +7,8 @@
 //!    `/livez`): if true, serve without authenticating or authorizing;
 //! 2. [`Auth::authenticate`] with the connection's client certificate chain (from
 //!    `tokio_rustls::server::TlsStream::get_ref().1.peer_certificates()`) and the headers:
-//!    the [`UserInfo`], or 401 / 503;
-//! 3. [`Auth::authorize`] with that user and [`RequestAttributes::from_request`]: Ok, or 403 / 503.
+//!    the [`UserInfo`], or 401;
+//! 3. [`Auth::authorize`] with that user and [`RequestAttributes::from_request`]: Ok, or 403 / 500.
 //!
 //! Any [`AuthError`] becomes a Kubernetes `Status` with [`AuthError::status_code`],
 //! [`AuthError::reason`] and [`AuthError::client_message`].
@@ -56,7 +56,7 @@ use rustls_pki_types::CertificateDer;
 use shardmetrics_plumbing::clock::SharedClock;
 
 pub use attributes::{RequestAttributes, ResourceAttributes};
-pub use error::{AuthError, AuthSetupError, TlsError};
+pub use error::{AuthError, AuthSetupError, Forbidden, TlsError};
 pub use flags::AuthArgs;
 pub use requestheader::RequestHeaderSettings;
 pub use tls::{TlsConfig, TlsMinVersion, server_tls_config};
@@ -286,7 +286,7 @@ impl Auth {
 
     /// Who made the request. `peer_certs` is the TLS client's chain (leaf first), as rustls gives
     /// it. Unauthorized (401) when no credential authenticates, or when a presented credential is
-    /// bad; Unavailable (503) when a bearer token could not be reviewed. Authenticated users get
+    /// bad, or a bearer token could not be reviewed (as k8s.io/apiserver). Authenticated users get
     /// the `system:authenticated` group.
     pub async fn authenticate(
         &self,
@@ -330,9 +330,11 @@ impl Auth {
             unavailable,
         } = failures;
         if let Some(why) = unavailable {
+            // k8s.io/apiserver answers an authenticator error with a plain 401, even when
+            // anonymous requests are allowed.
             inner.metrics.authenticated("token", "error");
             tracing::warn!(error = %why, "authentication unavailable");
-            return Err(AuthError::Unavailable(why));
+            return Err(AuthError::Unauthorized(why));
         }
         if let Some((method, _)) = rejected.first() {
             inner.metrics.authenticated(method, "failure");
@@ -353,7 +355,7 @@ impl Auth {
     }
 
     /// Whether `user` may do `attrs`: Ok, Forbidden (403; denials are cached for the unauthorized
-    /// TTL and never served as an allow), or Unavailable (503; never an allow, never cached).
+    /// TTL and never served as an allow), or Internal (500; never an allow, never cached).
     pub async fn authorize(
         &self,
         user: &UserInfo,

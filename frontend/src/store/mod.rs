@@ -25,7 +25,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use shardmetrics_plumbing::clock::SharedClock;
 use shardmetrics_proto::{NodeReleased, NodeScrape, ReleaseReason};
 
-pub use rate::{Series, Usage};
+pub use rate::{RateError, Series, Usage};
 
 /// How the store ages and rates data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,11 +370,15 @@ fn node_usage(name: &Arc<str>, entry: &NodeEntry, oldest: i64) -> Option<NodeUsa
     if entry.scraped_at_ms < oldest {
         return None;
     }
-    let usage = entry.usage.as_ref()?.usage()?;
+    let usage = entry.usage.as_ref()?.usage().ok()?;
     Some(NodeUsage { name: name.clone(), usage, scraped_at_ms: entry.scraped_at_ms })
 }
 
-/// A pod's usage if all of its containers have a rate (metrics-server's rule) and it is fresh.
+/// A pod's usage if it is fresh and all of its containers have two points (metrics-server's
+/// rule). A container whose pair is invalid (CPU decreased, start time moved backwards) is left
+/// out and the rest of the pod served, as metrics-server does; a pod left with no container is
+/// not served (metrics-server serves it with no containers, a null timestamp and a 0 s window,
+/// which is no measurement: a deliberate difference, docs/metrics-server-differences.md).
 fn pod_usage(ns: &Arc<str>, name: &Arc<str>, entry: &PodEntry, oldest: i64) -> Option<PodUsage> {
     if entry.scraped_at_ms < oldest || entry.containers.is_empty() {
         return None;
@@ -382,7 +386,11 @@ fn pod_usage(ns: &Arc<str>, name: &Arc<str>, entry: &PodEntry, oldest: i64) -> O
     let mut containers = Vec::with_capacity(entry.containers.len());
     let mut earliest: Option<Usage> = None;
     for c in &entry.containers {
-        let u = c.series.usage()?;
+        let u = match c.series.usage() {
+            Ok(u) => u,
+            Err(RateError::Invalid) => continue,
+            Err(RateError::NoPrevious) => return None,
+        };
         if earliest.is_none_or(|e| u.timestamp_ms < e.timestamp_ms) {
             earliest = Some(u);
         }
@@ -658,6 +666,25 @@ mod tests {
         assert_eq!(s.counts(), Counts { nodes: 1, pods: 1, containers: 1 });
         assert!(s.pod("default", "api").is_none());
         assert_eq!(s.pod("default", "web-1").map(|p| p.containers.len()), Some(1));
+    }
+
+    #[test]
+    fn an_invalid_container_is_left_out_and_the_rest_of_its_pod_served_like_metrics_server() {
+        let clock = ManualClock::new(T0 + 31_000);
+        let s = store(&clock);
+        s.ingest_scrape(&scrape("n1", 15_000, &[("default", "web", &["app", "sidecar"]), ("default", "one", &["app"])], 1));
+        let mut second = scrape("n1", 30_000, &[("default", "web", &["app", "sidecar"]), ("default", "one", &["app"])], 1);
+        // The sidecar's and `one`'s counters go down without a restart.
+        second.pods[0].containers[1].usage.cpu_usage_ns = 1;
+        second.pods[1].containers[0].usage.cpu_usage_ns = 1;
+        s.ingest_scrape(&second);
+        let web = s.pod("default", "web").expect("served without the invalid container");
+        assert_eq!(web.containers.iter().map(|c| &*c.name).collect::<Vec<_>>(), ["app"]);
+        assert!(s.pod("default", "one").is_none(), "no container left: not served (a deliberate difference)");
+        clock.set_ms(T0 + 46_000);
+        s.ingest_scrape(&scrape("n1", 45_000, &[("default", "web", &["app", "sidecar"]), ("default", "one", &["app"])], 1));
+        assert_eq!(s.pod("default", "web").expect("rates resume").containers.len(), 2);
+        assert!(s.pod("default", "one").is_some());
     }
 
     #[test]

@@ -11,10 +11,13 @@
 //! - a container restart (its start time is not before the stored last timestamp) drops the
 //!   previous point, so no rate is served until the next scrape;
 //! - a fresh container (started between 10 s and one resolution before its sample) gets a
-//!   synthetic previous point `{start time, 0 CPU}` so it is served on its first scrape;
-//! - beyond metrics-server: a cumulative CPU decrease without a start-time change (a counter
-//!   reset the kubelet did not announce, or a node reboot) also drops the previous point, rather
-//!   than computing a nonsense rate.
+//!   synthetic previous point `{start time, 0 CPU}` so it is served on its first scrape.
+//!
+//! What a pair yields ([`Series::usage`], metrics-server's `resourceUsage`): a rate, no rate
+//! yet ([`RateError::NoPrevious`]), or an invalid pair ([`RateError::Invalid`]) when the
+//! cumulative CPU went down without an announced restart (a reset the kubelet did not report,
+//! a rebooted node) or the container's start time moved backwards. An invalid pair is kept, as
+//! upstream keeps it: the next sample replaces it and rates resume.
 
 use shardmetrics_proto::Point;
 
@@ -35,6 +38,17 @@ pub struct Usage {
     pub memory_bytes: u64,
 }
 
+/// Why a series has no usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateError {
+    /// Only one point (or none usable): after a start, a restart, or an out-of-order sample.
+    NoPrevious,
+    /// Two points that give no rate: the CPU counter decreased or the start time moved
+    /// backwards between them (metrics-server skips such a container and serves the rest of
+    /// its pod; such a node is not served).
+    Invalid,
+}
+
 /// The last two points of a node or container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Series {
@@ -42,20 +56,20 @@ pub struct Series {
     pub start_ms: i64,
     /// The newest point.
     pub last: Point,
-    /// An older point with the same start time, when one is known.
-    pub prev: Option<Point>,
+    /// An older point and its container's start time, when one is known.
+    pub prev: Option<(i64, Point)>,
 }
 
 impl Series {
     /// A series with one point and, for a fresh container, its synthetic start point.
     pub fn first(start_ms: i64, point: Point, resolution_ms: i64) -> Self {
-        Self { start_ms, last: point, prev: fresh_start(start_ms, &point, resolution_ms) }
+        Self { start_ms, last: point, prev: fresh_start(start_ms, &point, resolution_ms).map(|p| (start_ms, p)) }
     }
 
     /// Adds a container point (see the module docs).
     pub fn push_container(&mut self, start_ms: i64, point: Point, resolution_ms: i64) {
         let prev = if let Some(start) = fresh_start(start_ms, &point, resolution_ms) {
-            Some(start)
+            Some((start_ms, start))
         } else if start_ms < self.last.timestamp_ms {
             self.carried_prev(&point)
         } else {
@@ -72,28 +86,31 @@ impl Series {
         self.last = point;
     }
 
-    /// The previous point to keep when `point` replaces `last` without a restart.
-    fn carried_prev(&self, point: &Point) -> Option<Point> {
-        let candidate = if point.timestamp_ms > self.last.timestamp_ms {
-            Some(self.last)
+    /// The previous point to keep when `point` replaces `last` without a restart: the last
+    /// one if `point` is newer, else the previous one if it is still older than `point`.
+    fn carried_prev(&self, point: &Point) -> Option<(i64, Point)> {
+        if point.timestamp_ms > self.last.timestamp_ms {
+            Some((self.start_ms, self.last))
         } else {
-            self.prev.filter(|p| p.timestamp_ms < point.timestamp_ms)
-        };
-        candidate.filter(|p| p.cpu_usage_ns <= point.cpu_usage_ns)
+            self.prev.filter(|(_, p)| p.timestamp_ms < point.timestamp_ms)
+        }
     }
 
-    /// The usage over the last window, or `None` without a usable previous point.
-    pub fn usage(&self) -> Option<Usage> {
-        let prev = self.prev?;
-        let window_ms = self.last.timestamp_ms.checked_sub(prev.timestamp_ms).filter(|w| *w > 0)?;
-        let delta = self.last.cpu_usage_ns.checked_sub(prev.cpu_usage_ns)?;
+    /// The usage over the last window (see [`RateError`] for when there is none).
+    pub fn usage(&self) -> Result<Usage, RateError> {
+        let (prev_start_ms, prev) = self.prev.ok_or(RateError::NoPrevious)?;
+        if self.start_ms < prev_start_ms {
+            return Err(RateError::Invalid);
+        }
+        let window_ms = self.last.timestamp_ms.checked_sub(prev.timestamp_ms).filter(|w| *w > 0).ok_or(RateError::Invalid)?;
+        let delta = self.last.cpu_usage_ns.checked_sub(prev.cpu_usage_ns).ok_or(RateError::Invalid)?;
         // ns of CPU per ms of wall time x 1000 = ns of CPU per s = nanocores. u64 arithmetic
         // unless the product overflows (over ~5 core-hours in one window).
         let cpu = match delta.checked_mul(1000) {
             Some(product) => u128::from(product / window_ms as u64),
             None => u128::from(delta) * 1000 / window_ms as u128,
         };
-        Some(Usage {
+        Ok(Usage {
             timestamp_ms: self.last.timestamp_ms,
             window_ms,
             cpu_nanocores: u64::try_from(cpu).unwrap_or(u64::MAX),
@@ -125,7 +142,7 @@ mod tests {
     #[test]
     fn cpu_rate_is_delta_cumulative_over_delta_time_with_the_measured_window() {
         let mut s = Series::first(START, p(START + 100_000, 10_000_000_000, 1), RES);
-        assert_eq!(s.usage(), None, "one point is no rate");
+        assert_eq!(s.usage(), Err(RateError::NoPrevious), "one point is no rate");
         s.push_container(START, p(START + 115_012, 10_000_000_000 + 1_501_200_000, 2048), RES);
         let u = s.usage().expect("two points");
         assert_eq!(u.window_ms, 15_012);
@@ -142,29 +159,42 @@ mod tests {
         s.push_container(0, p(START + 10_000, 1_000, 0), RES);
         assert_eq!(s.usage(), before, "the same kubelet sample twice changes nothing");
         s.push_container(0, p(START - 5_000, 0, 0), RES);
-        assert_eq!(s.usage(), None, "a point older than the stored previous drops it");
+        assert_eq!(s.usage(), Err(RateError::NoPrevious), "a point older than the stored previous drops it");
     }
 
     #[test]
     fn a_restarted_container_has_no_rate_until_its_next_sample() {
         let mut s = Series::first(START, p(START + 60_000, 50_000_000_000, 0), RES);
         s.push_container(START, p(START + 75_000, 51_000_000_000, 0), RES);
-        assert!(s.usage().is_some());
+        assert!(s.usage().is_ok());
         let restart = START + 80_000;
         s.push_container(restart, p(START + 90_000 + RES, 200_000_000, 0), RES);
-        assert_eq!(s.usage(), None, "the counter began again: no rate across the restart");
+        assert_eq!(s.usage(), Err(RateError::NoPrevious), "the counter began again: no rate across the restart");
         s.push_container(restart, p(START + 90_000 + 2 * RES, 1_700_000_000, 0), RES);
-        assert_eq!(s.usage().map(|u| u.cpu_nanocores), Some(100_000_000));
+        assert_eq!(s.usage().map(|u| u.cpu_nanocores), Ok(100_000_000));
     }
 
     #[test]
-    fn a_cpu_counter_decrease_without_a_restart_drops_the_previous_point() {
+    fn a_cpu_counter_decrease_without_a_restart_is_invalid_for_one_window_like_metrics_server() {
         let mut s = Series::first(0, p(START, 9_000_000_000, 0), RES);
         s.push_container(0, p(START + RES, 1_000_000_000, 0), RES);
-        assert_eq!(s.usage(), None);
+        assert_eq!(s.usage(), Err(RateError::Invalid), "no nonsense rate across the decrease");
+        s.push_container(0, p(START + 2 * RES, 2_500_000_000, 0), RES);
+        assert_eq!(s.usage().map(|u| u.cpu_nanocores), Ok(100_000_000), "the decreased point is the next previous");
         let mut n = Series::first(0, p(START, 9_000_000_000, 0), RES);
         n.push_node(p(START + RES, 1_000, 0));
-        assert_eq!(n.usage(), None, "a rebooted node has no rate across the reboot");
+        assert_eq!(n.usage(), Err(RateError::Invalid), "a rebooted node has no rate across the reboot");
+    }
+
+    #[test]
+    fn a_start_time_that_moves_backwards_is_invalid_for_one_window_like_metrics_server() {
+        let mut s = Series::first(START, p(START + 60_000, 6_000_000_000, 0), RES);
+        s.push_container(START, p(START + 75_000, 7_500_000_000, 0), RES);
+        assert!(s.usage().is_ok());
+        s.push_container(START - 1_000, p(START + 90_000, 9_000_000_000, 0), RES);
+        assert_eq!(s.usage(), Err(RateError::Invalid), "last.start < prev.start");
+        s.push_container(START - 1_000, p(START + 105_000, 10_500_000_000, 0), RES);
+        assert_eq!(s.usage().map(|u| u.cpu_nanocores), Ok(100_000_000));
     }
 
     #[test]
@@ -173,19 +203,19 @@ mod tests {
         let s = Series::first(started, p(started + 12_000, 1_200_000_000, 7), RES);
         let u = s.usage().expect("fast path");
         assert_eq!((u.window_ms, u.cpu_nanocores), (12_000, 100_000_000));
-        assert_eq!(Series::first(started, p(started + 9_999, 1, 0), RES).usage(), None, "under 10 s: too short");
-        assert_eq!(Series::first(started, p(started + RES, 1, 0), RES).usage(), None, "a full resolution old: not fresh");
-        assert_eq!(Series::first(0, p(12_000, 1, 0), RES).usage(), None, "unknown start time");
+        assert_eq!(Series::first(started, p(started + 9_999, 1, 0), RES).usage(), Err(RateError::NoPrevious), "under 10 s: too short");
+        assert_eq!(Series::first(started, p(started + RES, 1, 0), RES).usage(), Err(RateError::NoPrevious), "a full resolution old: not fresh");
+        assert_eq!(Series::first(0, p(12_000, 1, 0), RES).usage(), Err(RateError::NoPrevious), "unknown start time");
     }
 
     #[test]
     fn huge_cpu_deltas_do_not_overflow() {
         let mut s = Series::first(0, p(START, 0, 0), RES);
         s.push_container(0, p(START + 1, u64::MAX, 0), RES);
-        assert_eq!(s.usage().map(|u| u.cpu_nanocores), Some(u64::MAX), "saturates");
+        assert_eq!(s.usage().map(|u| u.cpu_nanocores), Ok(u64::MAX), "saturates");
         let mut s = Series::first(0, p(START, 0, 0), RES);
         s.push_container(0, p(START + 1_000, u64::MAX / 999, 0), RES);
-        assert_eq!(s.usage().map(|u| u.cpu_nanocores), Some(u64::MAX / 999));
+        assert_eq!(s.usage().map(|u| u.cpu_nanocores), Ok(u64::MAX / 999));
     }
 
     #[test]
@@ -195,6 +225,6 @@ mod tests {
         let u = n.usage().expect("rate");
         assert_eq!((u.cpu_nanocores, u.window_ms, u.memory_bytes), (2_000_000_000, 10_000, 5));
         n.push_node(p(START + 10_000, 20_000_000_000, 6));
-        assert_eq!(n.usage().map(|u| u.memory_bytes), Some(6), "same timestamp: previous kept");
+        assert_eq!(n.usage().map(|u| u.memory_bytes), Ok(6), "same timestamp: previous kept");
     }
 }

@@ -80,10 +80,10 @@ async fn start_shard(sim: &Sim, id: &str) -> Running<Result<(), shardmetrics_scr
     .expect("scraper args");
     let env = Environment::default();
     let validated = validate(&args, &env).expect("valid scraper flags");
-    let (mut config, kube, kubelets, listeners) = prepare(validated, &env).await.expect("prepare");
+    let (mut config, handles, listeners) = prepare(validated, &env).await.expect("prepare");
     config.schedule.resolution = RESOLUTION;
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(shardmetrics_scraper::run(config, kube, kubelets, listeners, shardmetrics_plumbing::clock::system(), async {
+    let task = tokio::spawn(shardmetrics_scraper::run(config, handles, listeners, async {
         let _ = stopped.await;
     }));
     Running { stop: Some(stop), task }

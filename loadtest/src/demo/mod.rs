@@ -125,6 +125,10 @@ pub struct DemoConfig {
     /// the children (sample ages, fault times). The children are processes reading their own
     /// system clocks, so outside unit tests this is [`shardmetrics_plumbing::clock::system`].
     pub clock: SharedClock,
+    /// The kubelets' sample timestamps are rounded down to a multiple of this (cAdvisor's
+    /// housekeeping interval), so that two scrapers reading a kubelet within one period see the
+    /// same sample; zero samples at each request.
+    pub kubelet_sample_period: Duration,
 }
 
 impl DemoConfig {
@@ -150,6 +154,7 @@ impl DemoConfig {
             frontend_max_staleness: None,
             frontend_max_requests_inflight: None,
             clock: shardmetrics_plumbing::clock::system(),
+            kubelet_sample_period: Duration::ZERO,
         }
     }
 }
@@ -338,6 +343,7 @@ impl Demo {
             memory_amplitude_percent: config.memory_amplitude_percent,
             apps_per_namespace,
             clock: config.clock.clone(),
+            sample_period: config.kubelet_sample_period,
             ..defaults
         };
         let cluster = Cluster::start(&api, cluster_config).await?;

@@ -11,8 +11,9 @@
 //! - the frontends' serving certificate for `shardmetrics-frontend.kube-system.svc` (the name
 //!   the aggregator verifies), an ExternalName Service `shardmetrics-frontend` pointing at
 //!   127.0.0.1 (Endpoints refuse loopback addresses) in front of a kube-proxy stand-in
-//!   ([`crate::service_proxy`]), and the APIService `v1beta1.metrics.k8s.io` with the CA
-//!   bundle; the demo waits until the aggregator reports it `Available=True`;
+//!   ([`crate::service_proxy`]), and the APIServices `v1beta1.metrics.k8s.io` and
+//!   `v1.metrics.k8s.io` (preferred) with the CA bundle; the demo waits until the aggregator
+//!   reports both `Available=True`;
 //! - workloads: Deployments in five namespaces whose pods the scheduler binds to the simulated
 //!   nodes; their usage comes from the pod annotations `sim.shardmetrics.io/cpu-millicores` and
 //!   `sim.shardmetrics.io/memory-bytes` (change them with `kubectl annotate` and the kubelets
@@ -49,8 +50,8 @@ pub const NAMESPACES: &[&str] = &["default", "team-a", "team-b", "team-c", "batc
 pub const INSTALL_NAMESPACE: &str = "kube-system";
 /// The frontend Service the APIService names.
 pub const FRONTEND_SERVICE: &str = "shardmetrics-frontend";
-/// The APIService shardmetrics registers.
-pub const API_SERVICE: &str = "v1beta1.metrics.k8s.io";
+/// The APIServices shardmetrics registers: v1beta1 (kubectl's), and v1, preferred.
+pub const API_SERVICES: [(&str, &str, i32); 2] = [("v1beta1.metrics.k8s.io", "v1beta1", 100), ("v1.metrics.k8s.io", "v1", 200)];
 /// The user of [`NOACCESS_CONTEXT`]: authenticated by certificate, bound to nothing.
 pub const NOACCESS_USER: &str = "demo-noaccess";
 /// The manifests of `deploy/` the demo applies: identities and RBAC (the workloads run as
@@ -101,6 +102,9 @@ pub enum RealDemoError {
         /// Where the logs are.
         logs: String,
     },
+    /// The peer (metrics-server) did not start.
+    #[error(transparent)]
+    Peer(#[from] crate::peer::PeerError),
     /// A file operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -139,6 +143,8 @@ impl Default for HpaTimings {
 
 /// A running real-control-plane demo. Dropping it kills everything.
 pub struct RealDemo {
+    /// The CA the kubelets' serving certificates chain to (the peer verifies with it too).
+    kubelet_ca: PathBuf,
     /// The upstream control plane.
     pub control_plane: ControlPlane,
     /// The simulated nodes and their kubelets.
@@ -183,6 +189,7 @@ impl RealDemo {
 
         let kubelet_ca = Arc::new(Ca::new("shardmetrics-demo-kubelet-ca")?);
         let kubelet_ca_file = kubelet_ca.write_pem(&dir, "kubelet-ca")?;
+        let kubelet_ca_path = kubelet_ca_file.clone();
         let width = config.nodes.saturating_sub(1).to_string().len().max(4);
         let nodes: Vec<String> = (0..config.nodes).map(|i| format!("sim-node-{i:0width$}")).collect();
         let agent = NodeAgent::start(
@@ -194,7 +201,7 @@ impl RealDemo {
                 memory_amplitude_percent: config.memory_amplitude_percent,
                 lease_renew_interval: Duration::from_secs(10),
                 status_interval: Duration::from_secs(60),
-                sample_period: Duration::ZERO,
+                sample_period: config.kubelet_sample_period,
                 kubelet_ca,
                 clock: config.clock.clone(),
             },
@@ -235,6 +242,7 @@ impl RealDemo {
         };
         let proxy = ServiceProxy::start(0).await.map_err(io_err("starting the frontend Service proxy"))?;
         let mut demo = RealDemo {
+            kubelet_ca: kubelet_ca_path,
             control_plane,
             agent,
             proxy,
@@ -283,6 +291,11 @@ impl RealDemo {
     /// The shards' Lease duration.
     pub fn lease_duration(&self) -> Duration {
         self.children.spawner.lease_duration.unwrap_or(DEFAULT_LEASE_DURATION)
+    }
+
+    /// The frontends' secure ports (each serves the whole API).
+    pub fn frontend_addrs(&self) -> Vec<SocketAddr> {
+        self.children.frontends()
     }
 
     /// The shards and frontends still running: (name, pid), scrapers first.
@@ -338,6 +351,40 @@ impl RealDemo {
         let RealDemo { control_plane, agent, .. } = self;
         drop(agent);
         control_plane.shutdown().await;
+    }
+
+    /// Starts `replicas` metrics-server replicas beside shardmetrics (the peer, see
+    /// [`crate::peer`]), scraping the same kubelets with upstream's RBAC and its own
+    /// ServiceAccount, and waits until each is ready. `resolution` must be at least 10 s
+    /// (upstream's minimum).
+    pub async fn start_metrics_server(&mut self, replicas: usize, resolution: Duration) -> Result<Vec<crate::peer::MetricsServer>, RealDemoError> {
+        use crate::peer::{MetricsServer, PeerConfig};
+        let dir = self.work_dir().to_owned();
+        let admin_kubeconfig = dir.join("admin.kubeconfig");
+        crate::peer::apply_rbac(&admin_kubeconfig).await?;
+        let token = service_account_token_in(&self.admin, crate::peer::NAMESPACE, crate::peer::SERVICE_ACCOUNT).await?;
+        let kubeconfig = dir.join("metrics-server.kubeconfig");
+        self.control_plane.write_kubeconfig(&kubeconfig, &[self.control_plane.token_context("metrics-server", &token)])?;
+        let ca = Ca::new("metrics-server-serving-ca")?;
+        let serving = ca.server_cert("localhost", &[])?;
+        let serving_cert = serving.write_pem(&dir, "metrics-server-serving")?;
+        let mut servers = Vec::with_capacity(replicas);
+        for i in 0..replicas {
+            let config = PeerConfig {
+                name: format!("metrics-server-{i}"),
+                dir: dir.clone(),
+                kubeconfig: kubeconfig.clone(),
+                serving_cert: serving_cert.clone(),
+                kubelet_ca: Some(self.kubelet_ca.clone()),
+                metric_resolution: resolution,
+                kubelet_request_timeout: (resolution / 2).min(Duration::from_secs(10)),
+            };
+            servers.push(MetricsServer::start(&config).await?);
+        }
+        for s in &mut servers {
+            s.wait_ready(Duration::from_secs(60)).await?;
+        }
+        Ok(servers)
     }
 
     fn sync_frontends(&mut self) {
@@ -521,7 +568,12 @@ async fn create_workloads(admin: &kube::Client, config: &DemoConfig, pods: usize
 
 /// A bound token of `account` in the install namespace (TokenRequest, 24 h).
 async fn service_account_token(admin: &kube::Client, account: &str) -> Result<String, RealDemoError> {
-    let api: Api<ServiceAccount> = Api::namespaced(admin.clone(), INSTALL_NAMESPACE);
+    service_account_token_in(admin, INSTALL_NAMESPACE, account).await
+}
+
+/// A bound token of `namespace/account` (TokenRequest, 24 h).
+async fn service_account_token_in(admin: &kube::Client, namespace: &str, account: &str) -> Result<String, RealDemoError> {
+    let api: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
     let request = TokenRequest {
         spec: TokenRequestSpec { expiration_seconds: Some(24 * 3600), ..TokenRequestSpec::default() },
         ..TokenRequest::default()
@@ -529,7 +581,7 @@ async fn service_account_token(admin: &kube::Client, account: &str) -> Result<St
     let issued = api
         .create_token_request(account, &PostParams::default(), &request)
         .await
-        .map_err(api_err(format!("requesting a token for {INSTALL_NAMESPACE}/{account}")))?;
+        .map_err(api_err(format!("requesting a token for {namespace}/{account}")))?;
     Ok(issued.status.map(|s| s.token).unwrap_or_default())
 }
 
@@ -572,23 +624,25 @@ async fn register_api_service(admin: &kube::Client, proxy: SocketAddr, ca_pem: &
         .await
         .map_err(api_err("creating the frontend Service"))?;
     let api_services: Api<APIService> = Api::all(admin.clone());
-    let api_service = json!({
-        "apiVersion": "apiregistration.k8s.io/v1",
-        "kind": "APIService",
-        "metadata": {"name": API_SERVICE, "labels": {"app.kubernetes.io/name": "shardmetrics", "app.kubernetes.io/component": "apiservice"}},
-        "spec": {
-            "group": "metrics.k8s.io",
-            "version": "v1beta1",
-            "groupPriorityMinimum": 100,
-            "versionPriority": 100,
-            "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
-            "service": {"name": FRONTEND_SERVICE, "namespace": INSTALL_NAMESPACE, "port": proxy.port()},
-        },
-    });
-    api_services
-        .patch(API_SERVICE, &PatchParams::apply("shardmetrics-demo").force(), &Patch::Apply(&api_service))
-        .await
-        .map_err(api_err("registering the APIService"))?;
+    for (name, version, priority) in API_SERVICES {
+        let api_service = json!({
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "shardmetrics", "app.kubernetes.io/component": "apiservice"}},
+            "spec": {
+                "group": "metrics.k8s.io",
+                "version": version,
+                "groupPriorityMinimum": 100,
+                "versionPriority": priority,
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+                "service": {"name": FRONTEND_SERVICE, "namespace": INSTALL_NAMESPACE, "port": proxy.port()},
+            },
+        });
+        api_services
+            .patch(name, &PatchParams::apply("shardmetrics-demo").force(), &Patch::Apply(&api_service))
+            .await
+            .map_err(api_err(format!("registering the APIService {name}")))?;
+    }
     Ok(())
 }
 
@@ -611,25 +665,28 @@ async fn wait_pods_running(agent: &NodeAgent, pods: usize, timeout: Duration, lo
     }
 }
 
-/// Waits until the aggregator reports the APIService `Available=True`.
+/// Waits until the aggregator reports every APIService of [`API_SERVICES`] `Available=True`.
 pub async fn wait_available(admin: &kube::Client, timeout: Duration, logs: &str) -> Result<(), RealDemoError> {
     let api: Api<APIService> = Api::all(admin.clone());
     let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let last = match api.get(API_SERVICE).await {
-            Ok(s) => {
-                let conditions = s.status.and_then(|s| s.conditions).unwrap_or_default();
-                match conditions.iter().find(|c| c.type_ == "Available") {
-                    Some(c) if c.status == "True" => return Ok(()),
-                    Some(c) => format!("Available={} ({}: {})", c.status, c.reason.as_deref().unwrap_or(""), c.message.as_deref().unwrap_or("")),
-                    None => "no Available condition yet".into(),
+    'services: for (name, _, _) in API_SERVICES {
+        loop {
+            let last = match api.get(name).await {
+                Ok(s) => {
+                    let conditions = s.status.and_then(|s| s.conditions).unwrap_or_default();
+                    match conditions.iter().find(|c| c.type_ == "Available") {
+                        Some(c) if c.status == "True" => continue 'services,
+                        Some(c) => format!("Available={} ({}: {})", c.status, c.reason.as_deref().unwrap_or(""), c.message.as_deref().unwrap_or("")),
+                        None => "no Available condition yet".into(),
+                    }
                 }
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RealDemoError::Timeout { what: format!("APIService {name} was not Available"), timeout, last, logs: logs.to_owned() });
             }
-            Err(e) => e.to_string(),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            return Err(RealDemoError::Timeout { what: format!("APIService {API_SERVICE} was not Available"), timeout, last, logs: logs.to_owned() });
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    Ok(())
 }

@@ -100,6 +100,16 @@ pub fn metrics_server() -> Result<PathBuf, ToolError> {
     Ok(build(&METRICS_SERVER)?.join("metrics-server"))
 }
 
+/// The pinned metrics-server's source module in Go's module cache (building the program first,
+/// which downloads it): its `manifests/` hold the RBAC the comparison installs as upstream
+/// ships it.
+pub fn metrics_server_source() -> Result<PathBuf, ToolError> {
+    build(&METRICS_SERVER)?;
+    let src = upstream_dir().join(METRICS_SERVER.dir);
+    let out = run(go_command(&src).args(["list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/metrics-server"]), GO_HINT)?;
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
 /// Where the pinned Go modules live: `<workspace>/loadtest/upstream`.
 pub fn upstream_dir() -> PathBuf {
     workspace_root().join("loadtest").join("upstream")

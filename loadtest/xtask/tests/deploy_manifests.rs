@@ -810,17 +810,21 @@ fn rolling_updates_and_drains_never_take_the_metrics_api_down() -> Result<()> {
 fn the_api_service_points_at_the_frontend_service_on_443() -> Result<()> {
     for r in renders().all() {
         let at = &r.label;
-        let api = find(r, "APIService", "v1beta1.metrics.k8s.io")?;
-        // The README installs everything but the APIService first, by this label.
-        let labelled: Vec<_> = r
+        let beta = find(r, "APIService", "v1beta1.metrics.k8s.io")?;
+        let ga = find(r, "APIService", "v1.metrics.k8s.io")?;
+        // The README installs everything but the APIServices first, by this label.
+        let labelled: BTreeSet<_> = r
             .objects
             .iter()
             .filter(|o| str_at(o, "/metadata/labels/app.kubernetes.io~1component") == "apiservice")
             .map(key)
             .collect();
-        assert_eq!(labelled, [key(api)], "{at}: only the APIService has component=apiservice");
+        assert_eq!(labelled, BTreeSet::from([key(beta), key(ga)]), "{at}: only the APIServices have component=apiservice");
+        assert_eq!((str_at(beta, "/spec/version"), str_at(ga, "/spec/version")), ("v1beta1", "v1"), "{at}");
+        let priority = |a: &Value| a.pointer("/spec/versionPriority").and_then(Value::as_i64).unwrap_or(0);
+        assert!(priority(ga) > priority(beta), "{at}: v1 is the preferred version");
+        for api in [beta, ga] {
         assert_eq!(str_at(api, "/spec/group"), "metrics.k8s.io", "{at}");
-        assert_eq!(str_at(api, "/spec/version"), "v1beta1", "{at}");
         assert_eq!(api.pointer("/spec/service/port"), Some(&Value::from(443)), "{at}");
         let svc = find(r, "Service", str_at(api, "/spec/service/name"))?;
         assert_eq!(str_at(svc, "/metadata/namespace"), str_at(api, "/spec/service/namespace"), "{at}");
@@ -839,6 +843,7 @@ fn the_api_service_points_at_the_frontend_service_on_443() -> Result<()> {
             let deploy = find(r, "Deployment", "shardmetrics-frontend")?;
             let c = deploy.pointer("/spec/template/spec/containers/0").ok_or_else(|| anyhow!("no container"))?;
             assert!(flag_value(&args(c), "tls-cert-file").is_some(), "{at}: caBundle without --tls-cert-file");
+        }
         }
     }
     Ok(())
@@ -1126,10 +1131,10 @@ fn the_scraper_parses_and_validates_its_arguments_in_every_render() -> Result<()
             hostname: Some(pod.clone()),
         };
         let valid = cli::validate(&parsed, &env).map_err(|errors| anyhow!("{}: {}", r.label, errors.join("; ")))?;
-        assert_eq!(valid.shard_id, pod, "{}", r.label);
-        assert_eq!(valid.lease_namespace, namespace, "{}", r.label);
-        assert_eq!(valid.grpc_bind.port(), GRPC_PORT as u16, "{}", r.label);
-        assert_eq!(valid.admin_bind.port(), ADMIN_PORT as u16, "{}", r.label);
+        assert_eq!(valid.config.shard_id, pod, "{}", r.label);
+        assert_eq!(valid.config.lease_namespace, namespace, "{}", r.label);
+        assert_eq!(valid.bind.grpc.port(), GRPC_PORT as u16, "{}", r.label);
+        assert_eq!(valid.bind.admin.port(), ADMIN_PORT as u16, "{}", r.label);
     }
     Ok(())
 }

@@ -1,9 +1,14 @@
 //! Label and field selectors with Kubernetes' syntax, validation and error texts.
 //!
-//! Labels (`labels.Parse`): comma-separated requirements `key`, `!key`, `key=v`, `key==v`,
-//! `key!=v`, `key in (a,b)`, `key notin (a,b)`, `key>1`, `key<1`. Keys must be qualified names
-//! and values label values. Fields (`fields.ParseSelector`): `key=v`, `key==v`, `key!=v`
-//! with `\` escapes, each field checked against the fields the resource supports.
+//! Labels: a port of apimachinery's `labels.Parse` (v0.33, what metrics-server v0.8 and
+//! kube-apiserver 1.33+ run): comma-separated requirements `key`, `!key`, `key=v`, `key==v`,
+//! `key!=v`, `key in (a,b)`, `key notin (a,b)`, `key>1`, `key<1`, each key a qualified name and
+//! each value a label value, with the same error texts word for word (the 400 Status message).
+//! Requirements are kept sorted by key and set values sorted and deduplicated, as upstream.
+//!
+//! Fields: a port of `fields.ParseSelector`: `key=v`, `key==v`, `key!=v` terms with `\`
+//! escapes. The raw terms are sorted before they are parsed, so that with several bad terms the
+//! one reported is upstream's; field names are checked only once the whole selector parsed.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,17 +18,35 @@ use std::fmt;
 #[error("{0}")]
 pub struct SelectorError(pub String);
 
-impl SelectorError {
-    /// A field selector named a field the resource does not support; the text is
-    /// kube-apiserver's for its own resources (`field label not supported: spec.foo`).
-    pub fn unsupported_field(field: &str, _supported: &[&str]) -> SelectorError {
-        SelectorError(format!("field label not supported: {field}"))
+/// Go's `%q` of a string (`strconv.Quote`): what upstream error texts quote values with.
+pub fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c if c == ' ' || (!c.is_control() && !c.is_whitespace()) => out.push(c),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) <= 0xffff => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push_str(&format!("\\U{:08x}", c as u32)),
+        }
     }
+    out.push('"');
+    out
 }
 
-/// A label requirement's operator.
+/// A label requirement's operator. `=`, `==` and `in` are one operator (a set of accepted
+/// values), as are `!=` and `notin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
+pub enum Operator {
     /// `key`.
     Exists,
     /// `!key`.
@@ -33,17 +56,47 @@ enum Op {
     /// `key!=v`, `key notin (..)`.
     NotIn,
     /// `key>n`.
-    Gt(i64),
+    GreaterThan(i64),
     /// `key<n`.
-    Lt(i64),
+    LessThan(i64),
 }
 
 /// One requirement of a label selector.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Requirement {
+pub struct Requirement {
     key: String,
-    op: Op,
+    op: Operator,
+    /// Sorted and deduplicated (`In`/`NotIn`), the one value (`>`/`<`), none (`Exists`).
     values: Vec<String>,
+}
+
+impl Requirement {
+    /// The label key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The operator.
+    pub fn operator(&self) -> Operator {
+        self.op
+    }
+
+    /// The values, sorted and deduplicated (the integer's text for `>`/`<`).
+    pub fn values(&self) -> &[String] {
+        &self.values
+    }
+
+    /// Whether `value` (the object's value of the key, `None` when absent) satisfies it.
+    pub fn matches_value(&self, value: Option<&str>) -> bool {
+        match self.op {
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
+            Operator::In => value.is_some_and(|v| self.values.iter().any(|x| x == v)),
+            Operator::NotIn => value.is_none_or(|v| self.values.iter().all(|x| x != v)),
+            Operator::GreaterThan(n) => value.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > n),
+            Operator::LessThan(n) => value.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v < n),
+        }
+    }
 }
 
 /// A parsed label selector; the empty selector matches everything.
@@ -52,7 +105,7 @@ pub struct LabelSelector {
     requirements: Vec<Requirement>,
 }
 
-/// Tokens of the label selector lexer (apimachinery's).
+/// Tokens of the label selector lexer (apimachinery's), with their literal text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
     End,
@@ -90,50 +143,67 @@ impl fmt::Display for Token {
     }
 }
 
-fn is_special(c: char) -> bool {
-    matches!(c, '=' | '!' | '(' | ')' | ',' | '>' | '<')
+/// apimachinery's whitespace: space, tab, CR and LF only.
+fn is_whitespace(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
+fn is_special(b: u8) -> bool {
+    matches!(b, b'=' | b'!' | b'(' | b')' | b',' | b'>' | b'<')
+}
+
+/// The single- and two-byte operator tokens.
+fn symbol(s: &[u8]) -> Option<Token> {
+    Some(match s {
+        b")" => Token::Close,
+        b"," => Token::Comma,
+        b"!" => Token::Not,
+        b"==" => Token::DoubleEq,
+        b"=" => Token::Eq,
+        b">" => Token::Gt,
+        b"<" => Token::Lt,
+        b"!=" => Token::NotEq,
+        b"(" => Token::Open,
+        _ => return None,
+    })
+}
+
+/// The lexer: bytes, as upstream's (identifiers run to the next special byte or whitespace;
+/// symbols are the longest run of special bytes that is a token).
 fn lex(input: &str) -> Vec<Token> {
+    let b = input.as_bytes();
     let mut tokens = Vec::new();
-    let mut chars = input.char_indices().peekable();
-    while let Some(&(i, c)) = chars.peek() {
-        if c.is_whitespace() {
-            chars.next();
-            continue;
+    let mut i = 0;
+    loop {
+        while i < b.len() && is_whitespace(b[i]) {
+            i += 1;
         }
-        if is_special(c) {
-            chars.next();
-            let next = chars.peek().map(|&(_, n)| n);
-            let tok = match (c, next) {
-                ('!', Some('=')) => {
-                    chars.next();
-                    Token::NotEq
-                }
-                ('=', Some('=')) => {
-                    chars.next();
-                    Token::DoubleEq
-                }
-                ('!', _) => Token::Not,
-                ('=', _) => Token::Eq,
-                ('(', _) => Token::Open,
-                (')', _) => Token::Close,
-                (',', _) => Token::Comma,
-                ('>', _) => Token::Gt,
-                _ => Token::Lt,
-            };
-            tokens.push(tok);
-            continue;
+        if i >= b.len() {
+            break;
         }
-        let mut end = input.len();
-        while let Some(&(j, d)) = chars.peek() {
-            if d.is_whitespace() || is_special(d) {
-                end = j;
-                break;
+        if is_special(b[i]) {
+            // Every special byte is a token on its own, so the longest match is at least one.
+            let mut len = 1;
+            let mut tok = symbol(&b[i..i + 1]).unwrap_or(Token::End);
+            while i + len < b.len() && is_special(b[i + len]) {
+                match symbol(&b[i..i + len + 1]) {
+                    Some(t) => {
+                        tok = t;
+                        len += 1;
+                    }
+                    None => break,
+                }
             }
-            chars.next();
+            tokens.push(tok);
+            i += len;
+            continue;
         }
-        let word = &input[i..end];
+        let start = i;
+        while i < b.len() && !is_special(b[i]) && !is_whitespace(b[i]) {
+            i += 1;
+        }
+        // Split at ASCII bytes, so both ends are character boundaries.
+        let word = &input[start..i];
         tokens.push(match word {
             "in" => Token::In,
             "notin" => Token::NotIn,
@@ -144,7 +214,7 @@ fn lex(input: &str) -> Vec<Token> {
     tokens
 }
 
-/// A recursive-descent parser over the tokens.
+/// A recursive-descent parser over the tokens (upstream's `Parser`).
 struct Parser {
     tokens: Vec<Token>,
     pos: usize,
@@ -171,8 +241,9 @@ impl Parser {
     }
 }
 
-fn err(found: &Token, expected: &str) -> SelectorError {
-    SelectorError(format!("unable to parse requirement: found '{found}', expected: {expected}"))
+/// An error inside one requirement (upstream wraps these in "unable to parse requirement: ").
+fn found(tok: &Token, expected: &str) -> String {
+    format!("found '{tok}', expected: {expected}")
 }
 
 impl LabelSelector {
@@ -184,18 +255,20 @@ impl LabelSelector {
             match p.peek(true) {
                 Token::End => break,
                 Token::Ident(_) | Token::Not => {}
-                other => return Err(err(&other, "!, identifier, or 'end of string'")),
+                other => return Err(SelectorError(found(&other, "!, identifier, or 'end of string'"))),
             }
-            requirements.push(parse_requirement(&mut p)?);
+            let r = parse_requirement(&mut p).map_err(|e| SelectorError(format!("unable to parse requirement: {e}")))?;
+            requirements.push(r);
             match p.next(true) {
                 Token::End => break,
                 Token::Comma => match p.peek(true) {
                     Token::Ident(_) | Token::Not => {}
-                    other => return Err(err(&other, "identifier after ','")),
+                    other => return Err(SelectorError(found(&other, "identifier after ','"))),
                 },
-                other => return Err(err(&other, "',' or 'end of string'")),
+                other => return Err(SelectorError(found(&other, "',' or 'end of string'"))),
             }
         }
+        requirements.sort_by(|a: &Requirement, b: &Requirement| a.key.cmp(&b.key));
         Ok(Self { requirements })
     }
 
@@ -204,19 +277,14 @@ impl LabelSelector {
         self.requirements.is_empty()
     }
 
+    /// The requirements, sorted by key (for authorization attributes and indexes).
+    pub fn requirements(&self) -> &[Requirement] {
+        &self.requirements
+    }
+
     /// Whether `labels` satisfy every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.requirements.iter().all(|r| {
-            let value = labels.get(&r.key);
-            match r.op {
-                Op::Exists => value.is_some(),
-                Op::DoesNotExist => value.is_none(),
-                Op::In => value.is_some_and(|v| r.values.iter().any(|x| x == v)),
-                Op::NotIn => value.is_none_or(|v| r.values.iter().all(|x| x != v)),
-                Op::Gt(n) => value.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > n),
-                Op::Lt(n) => value.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v < n),
-            }
-        })
+        self.requirements.iter().all(|r| r.matches_value(labels.get(&r.key).map(String::as_str)))
     }
 }
 
@@ -231,187 +299,221 @@ impl fmt::Display for LabelSelector {
             }
             let first = r.values.first().map_or("", String::as_str);
             match (r.op, r.values.len()) {
-                (Op::Exists, _) => write!(f, "{}", r.key)?,
-                (Op::DoesNotExist, _) => write!(f, "!{}", r.key)?,
-                (Op::In, 1) => write!(f, "{}={first}", r.key)?,
-                (Op::NotIn, 1) => write!(f, "{}!={first}", r.key)?,
-                (Op::In, _) => write!(f, "{} in ({})", r.key, r.values.join(","))?,
-                (Op::NotIn, _) => write!(f, "{} notin ({})", r.key, r.values.join(","))?,
-                (Op::Gt(_), _) => write!(f, "{}>{first}", r.key)?,
-                (Op::Lt(_), _) => write!(f, "{}<{first}", r.key)?,
+                (Operator::Exists, _) => write!(f, "{}", r.key)?,
+                (Operator::DoesNotExist, _) => write!(f, "!{}", r.key)?,
+                (Operator::In, 1) => write!(f, "{}={first}", r.key)?,
+                (Operator::NotIn, 1) => write!(f, "{}!={first}", r.key)?,
+                (Operator::In, _) => write!(f, "{} in ({})", r.key, r.values.join(","))?,
+                (Operator::NotIn, _) => write!(f, "{} notin ({})", r.key, r.values.join(","))?,
+                (Operator::GreaterThan(_), _) => write!(f, "{}>{first}", r.key)?,
+                (Operator::LessThan(_), _) => write!(f, "{}<{first}", r.key)?,
             }
         }
         Ok(())
     }
 }
 
-fn parse_requirement(p: &mut Parser) -> Result<Requirement, SelectorError> {
+/// `parseRequirement` + `NewRequirement`: the error is the text after "unable to parse
+/// requirement: ".
+fn parse_requirement(p: &mut Parser) -> Result<Requirement, String> {
     let mut tok = p.next(true);
     let negated = tok == Token::Not;
     if negated {
         tok = p.next(true);
     }
-    let Token::Ident(key) = tok else { return Err(err(&tok, "identifier")) };
-    validate_key(&key)?;
-    if matches!(p.peek(true), Token::End | Token::Comma) {
-        let op = if negated { Op::DoesNotExist } else { Op::Exists };
-        return Ok(Requirement { key, op, values: Vec::new() });
+    let Token::Ident(key) = tok else { return Err(found(&tok, "identifier")) };
+    let key_errors = qualified_name_errors(&key);
+    if !key_errors.is_empty() {
+        return Err(format!("<nil>: Invalid value: {}: {}", go_quote(&key), key_errors.join("; ")));
     }
+    // `!key` is complete whatever follows (the caller then expects ',' or the end).
     if negated {
-        // `!key` must stand alone.
-        let t = p.peek(true);
-        return Err(err(&t, "',' or 'end of string'"));
+        return Ok(Requirement { key, op: Operator::DoesNotExist, values: Vec::new() });
+    }
+    if matches!(p.peek(true), Token::End | Token::Comma) {
+        return Ok(Requirement { key, op: Operator::Exists, values: Vec::new() });
     }
     let op_tok = p.next(false);
-    let (values, op) = match op_tok {
-        Token::In | Token::NotIn => {
-            let values = parse_values(p)?;
-            if values.is_empty() {
-                return Err(SelectorError(format!(
-                    "unable to parse requirement: values: Invalid value: []: for 'in', 'notin' operators, values set can't be empty (key {key:?})"
-                )));
-            }
-            (values, if op_tok == Token::In { Op::In } else { Op::NotIn })
-        }
-        Token::Eq | Token::DoubleEq | Token::NotEq | Token::Gt | Token::Lt => {
-            let value = match p.peek(true) {
-                Token::End | Token::Comma => String::new(),
-                _ => match p.next(true) {
-                    Token::Ident(v) => v,
-                    other => return Err(err(&other, "identifier")),
-                },
-            };
-            let op = match op_tok {
-                Token::Eq | Token::DoubleEq => Op::In,
-                Token::NotEq => Op::NotIn,
-                gt_or_lt => {
-                    let n = value.parse::<i64>().map_err(|_| {
-                        SelectorError(format!(
-                            "unable to parse requirement: values[0]: Invalid value: {value:?}: for 'Gt', 'Lt' operators, the value must be an integer"
-                        ))
-                    })?;
-                    if gt_or_lt == Token::Gt { Op::Gt(n) } else { Op::Lt(n) }
-                }
-            };
-            (vec![value], op)
-        }
-        other => return Err(err(&other, "=, !=, ==, in, notin, >, <")),
+    let values: Vec<String> = match op_tok {
+        Token::In | Token::NotIn => parse_values(p)?,
+        Token::Eq | Token::DoubleEq | Token::NotEq | Token::Gt | Token::Lt => match p.peek(true) {
+            Token::End | Token::Comma => vec![String::new()],
+            _ => match p.next(true) {
+                Token::Ident(v) => vec![v],
+                other => return Err(found(&other, "identifier")),
+            },
+        },
+        other => return Err(found(&other, "in, notin, =, ==, !=, gt, lt")),
     };
-    if !matches!(op, Op::Gt(_) | Op::Lt(_)) {
-        for (i, v) in values.iter().enumerate() {
-            validate_value(i, v)?;
+    // NewRequirement: every error, deduplicated, bracketed when more than one.
+    let mut errors: Vec<String> = Vec::new();
+    let mut integer = None;
+    if matches!(op_tok, Token::Gt | Token::Lt) {
+        match values[0].parse::<i64>() {
+            Ok(n) => integer = Some(n),
+            _ => errors.push(format!(
+                "values[0]: Invalid value: {}: for 'Gt', 'Lt' operators, the value must be an integer",
+                go_quote(&values[0])
+            )),
         }
     }
+    for (i, v) in values.iter().enumerate() {
+        let msgs = label_value_errors(v);
+        if !msgs.is_empty() {
+            errors.push(format!("values[{i}][{key}]: Invalid value: {}: {}", go_quote(v), msgs.join("; ")));
+        }
+    }
+    errors.dedup();
+    match errors.len() {
+        0 => {}
+        1 => return Err(errors.remove(0)),
+        _ => return Err(format!("[{}]", errors.join(", "))),
+    }
+    let op = match (op_tok, integer) {
+        (Token::In | Token::Eq | Token::DoubleEq, _) => Operator::In,
+        (Token::Gt, Some(n)) => Operator::GreaterThan(n),
+        (Token::Lt, Some(n)) => Operator::LessThan(n),
+        _ => Operator::NotIn,
+    };
     Ok(Requirement { key, op, values })
 }
 
-/// `(a, b, )`: identifiers separated by commas; an empty slot is the empty value.
-fn parse_values(p: &mut Parser) -> Result<Vec<String>, SelectorError> {
+/// `parseValues` + `parseIdentifiersList`: `(a, b, )`, sorted and deduplicated; an empty slot
+/// is the empty value.
+fn parse_values(p: &mut Parser) -> Result<Vec<String>, String> {
     let open = p.next(true);
     if open != Token::Open {
-        return Err(err(&open, "'('"));
+        return Err(format!("found '{open}' expected: '('"));
     }
-    let mut values = Vec::new();
+    let mut set = std::collections::BTreeSet::new();
     match p.peek(true) {
         Token::Close => {
             p.next(true);
-            values.push(String::new());
-            return Ok(values);
+            set.insert(String::new());
         }
-        Token::Ident(_) | Token::Comma => {}
-        other => return Err(err(&other, "',', ')' or identifier")),
-    }
-    let mut expect_value = true;
-    loop {
-        match p.next(true) {
-            Token::Ident(v) if expect_value => {
-                values.push(v);
-                expect_value = false;
-            }
-            Token::Comma => {
-                if expect_value {
-                    values.push(String::new());
+        first @ (Token::Ident(_) | Token::Comma) => {
+            loop {
+                match p.next(true) {
+                    Token::Ident(v) => {
+                        set.insert(v);
+                        match p.peek(true) {
+                            Token::Comma => continue,
+                            Token::Close => break,
+                            other => return Err(found(&other, "',' or ')'")),
+                        }
+                    }
+                    Token::Comma => {
+                        if set.is_empty() {
+                            set.insert(String::new());
+                        }
+                        match p.peek(true) {
+                            Token::Close => {
+                                set.insert(String::new());
+                                break;
+                            }
+                            Token::Comma => {
+                                p.next(true);
+                                set.insert(String::new());
+                            }
+                            _ => {}
+                        }
+                    }
+                    other => return Err(found(&other, "',', or identifier")),
                 }
-                expect_value = true;
             }
-            Token::Close => {
-                if expect_value {
-                    values.push(String::new());
-                }
-                return Ok(values);
+            if p.next(true) != Token::Close {
+                return Err(found(&first, "')'"));
             }
-            other => return Err(err(&other, "',' or ')'")),
         }
+        other => return Err(found(&other, "',', ')' or identifier")),
     }
+    Ok(set.into_iter().collect())
 }
 
-const NAME_MSG: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+const QUALIFIED_NAME_REGEX: &str = "'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]'";
+const QUALIFIED_NAME_MSG: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
 
-/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, possibly empty.
-fn is_label_token(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.is_empty()
-        || (b[0].is_ascii_alphanumeric()
-            && b[b.len() - 1].is_ascii_alphanumeric()
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')))
-}
-
-/// A DNS-1123 subdomain: lowercase alphanumerics, '-' and '.', alphanumeric at both ends.
-fn is_dns_subdomain(s: &str) -> bool {
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`: a non-empty qualified-name token.
+fn is_qualified_token(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.len() <= 253
-        && s.split('.').all(|part| {
-            let p = part.as_bytes();
-            !p.is_empty()
-                && p[0].is_ascii_alphanumeric()
-                && p[p.len() - 1].is_ascii_alphanumeric()
-                && p.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        })
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
-/// `IsQualifiedName`: `[prefix/]name`.
-fn validate_key(key: &str) -> Result<(), SelectorError> {
-    let invalid = |why: &str| Err(SelectorError(format!("unable to parse requirement: key: Invalid value: {key:?}: {why}")));
-    let (prefix, name) = match key.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
+/// A DNS-1123 subdomain (`IsDNS1123Subdomain`): at most 253 bytes of dot-separated labels of
+/// lowercase alphanumerics and '-', each starting and ending alphanumeric. Node names are these.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && is_dns_subdomain_syntax(s)
+}
+
+/// The subdomain regex alone, `[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*`
+/// (upstream checks the length apart).
+fn is_dns_subdomain_syntax(s: &str) -> bool {
+    s.split('.').all(|part| {
+        let p = part.as_bytes();
+        !p.is_empty()
+            && p[0].is_ascii_alphanumeric()
+            && p[p.len() - 1].is_ascii_alphanumeric()
+            && p.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    })
+}
+
+/// `validation.IsQualifiedName`'s messages for `key` (empty when valid).
+fn qualified_name_errors(key: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    let parts: Vec<&str> = key.split('/').collect();
+    let name = match parts.as_slice() {
+        [name] => *name,
+        [prefix, name] => {
+            if prefix.is_empty() {
+                errs.push("prefix part must be non-empty".to_owned());
+            } else {
+                if prefix.len() > 253 {
+                    errs.push("prefix part must be no more than 253 characters".to_owned());
+                }
+                if !is_dns_subdomain_syntax(prefix) {
+                    errs.push("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_owned());
+                }
+            }
+            *name
+        }
+        _ => {
+            errs.push(format!(
+                "a qualified name {QUALIFIED_NAME_MSG} (e.g. {QUALIFIED_NAME_REGEX}) with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
+            ));
+            return errs;
+        }
     };
-    if name.contains('/') {
-        return invalid("a qualified name must consist of alphanumeric characters, '-', '_' or '.', with an optional DNS subdomain prefix and '/'");
-    }
-    if let Some(p) = prefix
-        && !is_dns_subdomain(p)
-    {
-        return invalid("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character");
-    }
     if name.is_empty() {
-        return invalid("name part must be non-empty");
+        errs.push("name part must be non-empty".to_owned());
+    } else if name.len() > 63 {
+        errs.push("name part must be no more than 63 characters".to_owned());
     }
-    if name.len() > 63 {
-        return invalid("name part must be no more than 63 characters");
+    if !is_qualified_token(name) {
+        errs.push(format!("name part {QUALIFIED_NAME_MSG} (e.g. {QUALIFIED_NAME_REGEX})"));
     }
-    if !is_label_token(name) {
-        return invalid(NAME_MSG);
-    }
-    Ok(())
+    errs
 }
 
-/// `IsValidLabelValue`.
-fn validate_value(index: usize, value: &str) -> Result<(), SelectorError> {
-    if value.len() > 63 || !is_label_token(value) {
-        return Err(SelectorError(format!(
-            "unable to parse requirement: values[{index}]: Invalid value: {value:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?') and be no more than 63 characters"
-        )));
+/// `validation.IsValidLabelValue`'s messages for `value` (empty when valid).
+fn label_value_errors(value: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if value.len() > 63 {
+        errs.push("must be no more than 63 characters".to_owned());
     }
-    Ok(())
+    if !value.is_empty() && !is_qualified_token(value) {
+        errs.push("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')".to_owned());
+    }
+    errs
 }
 
 /// The fields of object metadata every resource supports in a field selector.
 pub const METADATA_FIELDS: &[&str] = &["metadata.name", "metadata.namespace"];
 
 /// One `field=value` / `field!=value` term.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct FieldTerm {
     field: String,
     equals: bool,
@@ -423,38 +525,66 @@ struct FieldTerm {
 /// everything.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FieldSelector {
+    /// In a canonical order (by field, operator, value): the order of the input is not kept.
     terms: Vec<FieldTerm>,
 }
 
 impl FieldSelector {
-    /// Parses `input` and checks every field against `supported` (the fields the resource
-    /// indexes, e.g. [`METADATA_FIELDS`] plus `spec.nodeName` for Pods); another field is
-    /// [`SelectorError::UnsupportedField`].
+    /// Parses `input` and checks every field against `supported`, with kube-apiserver's text
+    /// for its own resources' field labels (`field label not supported: spec.foo`).
     pub fn parse(input: &str, supported: &[&str]) -> Result<Self, SelectorError> {
-        let mut terms = Vec::new();
-        for term in split_unescaped(input, ',') {
-            if term.is_empty() {
-                continue;
-            }
-            let (key, op_len, equals, at) = ["!=", "==", "="]
-                .iter()
-                .filter_map(|op| find_unescaped(&term, op).map(|i| (i, *op)))
-                .min_by_key(|(i, op)| (*i, usize::MAX - op.len()))
-                .map(|(i, op)| (&term[..i], op.len(), op != "!=", i))
+        Self::parse_checked(input, |field| {
+            (!supported.contains(&field)).then(|| format!("field label not supported: {field}"))
+        })
+    }
+
+    /// Parses the syntax of `input` only, any field name accepted (what kube-apiserver's
+    /// request info decodes before the resource's field labels are checked).
+    pub fn parse_syntax(input: &str) -> Result<Self, SelectorError> {
+        Self::parse_checked(input, |_| None)
+    }
+
+    /// Parses `input` for a resource that supports [`METADATA_FIELDS`] only, with upstream's
+    /// text for any other field (`DefaultMetaV1FieldSelectorConversion`, what metrics-server
+    /// answers): `"spec.nodeName" is not a known field selector: only "metadata.name",
+    /// "metadata.namespace"`.
+    pub fn parse_metadata(input: &str) -> Result<Self, SelectorError> {
+        Self::parse_checked(input, |field| {
+            (!METADATA_FIELDS.contains(&field)).then(|| {
+                format!("{} is not a known field selector: only \"metadata.name\", \"metadata.namespace\"", go_quote(field))
+            })
+        })
+    }
+
+    /// Parses the syntax of every term (raw terms sorted first, as upstream), then checks the
+    /// field names in that order; `refuse` gives the error for a field, if any.
+    fn parse_checked(input: &str, refuse: impl Fn(&str) -> Option<String>) -> Result<Self, SelectorError> {
+        let mut raw = split_terms(input);
+        raw.sort_unstable();
+        let mut terms = Vec::with_capacity(raw.len());
+        for term in raw.iter().filter(|t| !t.is_empty()) {
+            let (field, op, value) = split_term(term)
                 .ok_or_else(|| SelectorError(format!("invalid selector: '{input}'; can't understand '{term}'")))?;
-            let field = key.trim();
-            if !supported.contains(&field) {
-                return Err(SelectorError::unsupported_field(field, supported));
-            }
-            let value = unescape(&term[at + op_len..]).map_err(|e| SelectorError(format!("invalid field selector: {e}")))?;
-            terms.push(FieldTerm { field: field.to_owned(), equals, value });
+            let value = unescape(value).map_err(SelectorError)?;
+            terms.push(FieldTerm { field: field.to_owned(), equals: op != "!=", value });
         }
+        if let Some(e) = terms.iter().find_map(|t| refuse(&t.field)) {
+            return Err(SelectorError(e));
+        }
+        terms.sort();
+        terms.dedup();
         Ok(Self { terms })
     }
 
     /// Whether it selects everything.
     pub fn is_empty(&self) -> bool {
         self.terms.is_empty()
+    }
+
+    /// The terms as (field, `true` for `=`/`==` or `false` for `!=`, unescaped value), for
+    /// authorization attributes.
+    pub fn terms(&self) -> impl Iterator<Item = (&str, bool, &str)> {
+        self.terms.iter().map(|t| (t.field.as_str(), t.equals, t.value.as_str()))
     }
 
     /// Whether an object whose fields read through `value_of` satisfies every term. A field the
@@ -501,59 +631,63 @@ impl fmt::Display for FieldSelector {
     }
 }
 
-/// Splits on `sep` not preceded by a backslash escape; escapes are kept.
-fn split_unescaped(s: &str, sep: char) -> Vec<String> {
-    let mut out = vec![String::new()];
-    let mut escaped = false;
-    for c in s.chars() {
-        if escaped {
-            escaped = false;
-        } else if c == '\\' {
-            escaped = true;
-        } else if c == sep {
-            out.push(String::new());
-            continue;
-        }
-        if let Some(last) = out.last_mut() {
-            last.push(c);
-        }
+/// `splitTerms`: splits on commas not escaped by a backslash; escapes are kept.
+fn split_terms(s: &str) -> Vec<&str> {
+    if s.is_empty() {
+        return Vec::new();
     }
-    out
-}
-
-/// Byte index of the first `op` not inside an escape.
-fn find_unescaped(s: &str, op: &str) -> Option<usize> {
+    let mut out = Vec::new();
+    let mut start = 0;
     let mut escaped = false;
     for (i, c) in s.char_indices() {
         if escaped {
             escaped = false;
-            continue;
-        }
-        if c == '\\' {
+        } else if c == '\\' {
             escaped = true;
-            continue;
+        } else if c == ',' {
+            out.push(&s[start..i]);
+            start = i + 1;
         }
-        if s[i..].starts_with(op) {
-            return Some(i);
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// `splitTerm`: the first `!=`, `==` or `=` from the left (escapes are not special in the
+/// field name): (field, operator, raw value).
+fn split_term(term: &str) -> Option<(&str, &'static str, &str)> {
+    for (i, _) in term.char_indices() {
+        for op in ["!=", "==", "="] {
+            if term[i..].starts_with(op) {
+                return Some((&term[..i], op, &term[i + op.len()..]));
+            }
         }
     }
     None
 }
 
-/// Resolves `\\`, `\,` and `\=`; any other escape is an error.
+/// `UnescapeValue`: resolves `\\`, `\,` and `\=`; another escape, a trailing `\`, or a bare
+/// `,` or `=` is an error (upstream's text, the rune as a number).
 fn unescape(s: &str) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            match chars.next() {
-                Some(e @ ('\\' | ',' | '=')) => out.push(e),
-                Some(e) => return Err(format!("invalid escape sequence: \\{e}")),
-                None => return Err("invalid escape sequence: trailing \\".to_owned()),
+    let mut escaped = false;
+    for c in s.chars() {
+        if escaped {
+            match c {
+                '\\' | ',' | '=' => out.push(c),
+                _ => return Err(format!("invalid field selector: invalid escape sequence: \\{c}")),
             }
-        } else {
-            out.push(c);
+            escaped = false;
+            continue;
         }
+        match c {
+            '\\' => escaped = true,
+            ',' | '=' => return Err(format!("invalid field selector: unescaped character in value: {}", c as u32)),
+            _ => out.push(c),
+        }
+    }
+    if escaped {
+        return Err("invalid field selector: invalid escape sequence: \\".to_owned());
     }
     Ok(out)
 }
@@ -605,29 +739,68 @@ mod tests {
         assert!(sel("app in (a,)").matches(&labels(&[("app", "")])));
     }
 
+    const NAME_RULE: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+    const VALUE_RULE: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
+
+    /// Upstream's texts word for word (apimachinery v0.33 `labels.Parse`, as kube-apiserver and
+    /// metrics-server answer them).
     #[test]
-    fn bad_label_selectors_are_refused_with_a_reason() {
-        for (s, needle) in [
-            ("app=web tier", "expected: ',' or 'end of string'"),
-            ("app in web", "expected: '('"),
-            ("app in (a b)", "expected: ',' or ')'"),
-            ("=web", "expected: !, identifier, or 'end of string'"),
-            ("app=web,", "identifier after ','"),
-            ("app foo", "expected: =, !=, ==, in, notin"),
-            ("app=a b", "expected: ',' or 'end of string'"),
-            ("bad key=1", "expected: =, !=, ==, in, notin"),
-            ("-app=1", "name part must consist of alphanumeric"),
-            ("Example.com/app=1", "prefix part"),
-            ("a/b/c=1", "qualified name"),
-            ("app=-x", "a valid label must be"),
-            ("n>x", "must be an integer"),
-            ("!app=1", "',' or 'end of string'"),
-            (&format!("{}=1", "k".repeat(64)), "no more than 63"),
-            (&format!("app={}", "v".repeat(64)), "no more than 63"),
+    fn bad_label_selectors_are_refused_with_upstreams_exact_text() {
+        let long_value = "v".repeat(64);
+        for (s, want) in [
+            ("app in", "unable to parse requirement: found '' expected: '('".to_owned()),
+            ("app in web", "unable to parse requirement: found 'web' expected: '('".to_owned()),
+            ("!!", "unable to parse requirement: found '!', expected: identifier".to_owned()),
+            ("a b", "unable to parse requirement: found 'b', expected: in, notin, =, ==, !=, gt, lt".to_owned()),
+            ("a!", "unable to parse requirement: found '!', expected: in, notin, =, ==, !=, gt, lt".to_owned()),
+            ("app=web tier", "found 'tier', expected: ',' or 'end of string'".to_owned()),
+            ("app=web,", "found '', expected: identifier after ','".to_owned()),
+            ("=web", "found '=', expected: !, identifier, or 'end of string'".to_owned()),
+            ("!app=1", "found '=', expected: ',' or 'end of string'".to_owned()),
+            ("app in (a b)", "unable to parse requirement: found 'b', expected: ',' or ')'".to_owned()),
+            ("app in (b,", "unable to parse requirement: found '', expected: ',', or identifier".to_owned()),
+            ("app in (b,=)", "unable to parse requirement: found '=', expected: ',', or identifier".to_owned()),
+            ("app in =", "unable to parse requirement: found '=' expected: '('".to_owned()),
+            ("app in (=", "unable to parse requirement: found '=', expected: ',', ')' or identifier".to_owned()),
+            ("app==(", "unable to parse requirement: found '(', expected: identifier".to_owned()),
+            ("-a=1", format!("unable to parse requirement: <nil>: Invalid value: \"-a\": name part {NAME_RULE}")),
+            (
+                "a/b/c=1",
+                "unable to parse requirement: <nil>: Invalid value: \"a/b/c\": a qualified name must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')".to_owned(),
+            ),
+            (
+                "Ex.com/a=1",
+                "unable to parse requirement: <nil>: Invalid value: \"Ex.com/a\": prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_owned(),
+            ),
+            ("/a=1", "unable to parse requirement: <nil>: Invalid value: \"/a\": prefix part must be non-empty".to_owned()),
+            ("p/=1", format!("unable to parse requirement: <nil>: Invalid value: \"p/\": name part must be non-empty; name part {NAME_RULE}")),
+            (&format!("{}=1", "k".repeat(64)), format!("unable to parse requirement: <nil>: Invalid value: \"{}\": name part must be no more than 63 characters", "k".repeat(64))),
+            ("a=-x", format!("unable to parse requirement: values[0][a]: Invalid value: \"-x\": {VALUE_RULE}")),
+            ("a in (z,-x)", format!("unable to parse requirement: values[0][a]: Invalid value: \"-x\": {VALUE_RULE}")),
+            (&format!("a={long_value}"), format!("unable to parse requirement: values[0][a]: Invalid value: \"{long_value}\": must be no more than 63 characters")),
+            ("n>x", "unable to parse requirement: values[0]: Invalid value: \"x\": for 'Gt', 'Lt' operators, the value must be an integer".to_owned()),
+            ("n<-1", format!("unable to parse requirement: values[0][n]: Invalid value: \"-1\": {VALUE_RULE}")),
+            (
+                "n>-x",
+                format!("unable to parse requirement: [values[0]: Invalid value: \"-x\": for 'Gt', 'Lt' operators, the value must be an integer, values[0][n]: Invalid value: \"-x\": {VALUE_RULE}]"),
+            ),
+            ("a\u{b}=1", format!("unable to parse requirement: <nil>: Invalid value: \"a\\v\": name part {NAME_RULE}")),
         ] {
-            let e = LabelSelector::parse(s).expect_err(s);
-            assert!(e.0.contains(needle), "{s:?}: {e}");
+            assert_eq!(LabelSelector::parse(s).expect_err(s).0, want, "{s:?}");
         }
+    }
+
+    #[test]
+    fn label_requirements_are_sorted_by_key_with_sorted_unique_values() {
+        let s = sel("z in (b,a,b,), a, !m");
+        let got: Vec<(&str, Operator, Vec<&str>)> =
+            s.requirements().iter().map(|r| (r.key(), r.operator(), r.values().iter().map(String::as_str).collect())).collect();
+        assert_eq!(
+            got,
+            vec![("a", Operator::Exists, vec![]), ("m", Operator::DoesNotExist, vec![]), ("z", Operator::In, vec!["", "a", "b"])]
+        );
+        assert_eq!(sel("a==").requirements()[0].values(), [String::new()], "`a==` selects the empty value");
+        assert!(LabelSelector::parse("a\u{a0}=1").is_err(), "only space, tab, CR and LF are whitespace");
     }
 
     #[test]
@@ -644,13 +817,17 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_or_malformed_field_selectors_are_refused() {
-        assert_eq!(
-            FieldSelector::parse("spec.nodeName=n1", METADATA_FIELDS).unwrap_err().0,
-            "field label not supported: spec.nodeName"
-        );
-        assert!(FieldSelector::parse("metadata.name", METADATA_FIELDS).unwrap_err().0.contains("can't understand"));
-        assert!(FieldSelector::parse(r"metadata.name=a\x", METADATA_FIELDS).unwrap_err().0.contains("escape"));
+    fn unsupported_or_malformed_field_selectors_are_refused_with_upstreams_text() {
+        let meta = |s: &str| FieldSelector::parse_metadata(s).unwrap_err().0;
+        assert_eq!(meta("spec.nodeName=n1"), r#""spec.nodeName" is not a known field selector: only "metadata.name", "metadata.namespace""#);
+        assert_eq!(meta(" metadata.name=x"), r#"" metadata.name" is not a known field selector: only "metadata.name", "metadata.namespace""#);
+        assert_eq!(meta("z=1,b=2"), r#""b" is not a known field selector: only "metadata.name", "metadata.namespace""#, "sorted terms");
+        assert_eq!(meta("x=1,metadata.name"), "invalid selector: 'x=1,metadata.name'; can't understand 'metadata.name'", "syntax first");
+        assert_eq!(meta(r"metadata.name=a\x"), r"invalid field selector: invalid escape sequence: \x");
+        assert_eq!(meta(r"metadata.name=a\"), r"invalid field selector: invalid escape sequence: \");
+        assert_eq!(meta("metadata.name=a=b"), "invalid field selector: unescaped character in value: 61");
+        assert_eq!(FieldSelector::parse("spec.nodeName=n1", METADATA_FIELDS).unwrap_err().0, "field label not supported: spec.nodeName");
+        assert_eq!(FieldSelector::parse("spec.nodeName=n1", &["spec.nodeName"]).unwrap().required("spec.nodeName"), Some("n1"));
     }
 
     #[test]
@@ -660,9 +837,10 @@ mod tests {
             ("app", "app"),
             ("!app", "!app"),
             ("app==web, tier != db", "app=web,tier!=db"),
-            ("app in (a, b,), x notin (in)", "app in (a,b,),x!=in"),
+            ("app in (a, b,), x notin (in)", "app in (,a,b),x!=in"),
             ("app in ()", "app="),
-            ("example.com/n>007,n<-1", "example.com/n>007,n<-1"),
+            ("n<5, example.com/n>007", "example.com/n>007,n<5"),
+            ("b in (y,x), a", "a,b in (x,y)"),
             ("in=notin", "in=notin"),
         ] {
             let s = sel(input);
@@ -671,12 +849,22 @@ mod tests {
         }
         for (input, printed) in [
             ("", ""),
-            (r" metadata.name ==a\,b\=c\\", r"metadata.name=a\,b\=c\\"),
-            ("metadata.namespace!=!x,metadata.name=", "metadata.namespace!=!x,metadata.name="),
+            (r"metadata.name==a\,b\=c\\", r"metadata.name=a\,b\=c\\"),
+            ("metadata.namespace!=!x,metadata.name=", "metadata.name=,metadata.namespace!=!x"),
         ] {
             let f = FieldSelector::parse(input, METADATA_FIELDS).expect(input);
             assert_eq!(f.to_string(), printed, "{input:?}");
             assert_eq!(FieldSelector::parse(&f.to_string(), METADATA_FIELDS).expect("re-parses"), f, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn dns_subdomains_are_lowercase_dot_separated_parts_with_alphanumeric_ends() {
+        for ok in ["shardmetrics-scraper-0", "a", "0", "kube-system", "a.b-c.d", &"a".repeat(253)] {
+            assert!(is_dns_subdomain(ok), "{ok:?}");
+        }
+        for bad in ["", "Shard_0", "UPPER", "-a", "a-", "a..b", ".a", "a.", "a_b", "a b", &"a".repeat(254)] {
+            assert!(!is_dns_subdomain(bad), "{bad:?}");
         }
     }
 }

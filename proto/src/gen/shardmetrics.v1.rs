@@ -18,14 +18,16 @@ pub struct SampleBatch {
     /// so each distinct string is sent once per batch. Index 0 is always the empty string.
     #[prost(string, repeated, tag = "2")]
     pub strings: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
-    /// Node scrapes, in the order they happened. In a snapshot a node appears twice (older scrape
-    /// first) when the shard holds two scrapes of it.
+    /// Node scrapes, in the order they happened. A shard sends one per batch, live and in the
+    /// snapshot (each batch has its own string table, so batches are never merged); a receiver
+    /// accepts any number.
     #[prost(message, repeated, tag = "3")]
     pub scrapes: ::prost::alloc::vec::Vec<NodeScrape>,
     /// Nodes this shard no longer owns or that no longer exist.
     #[prost(message, repeated, tag = "4")]
     pub released: ::prost::alloc::vec::Vec<NodeReleased>,
-    /// True on the last batch of the initial snapshot; false on every live batch.
+    /// True on the empty batch that ends the initial snapshot; false on every other batch (the
+    /// snapshot's scrape batches included).
     #[prost(bool, tag = "5")]
     pub snapshot_complete: bool,
 }
@@ -239,9 +241,11 @@ pub mod sample_stream_client {
         }
         /// Streams a snapshot, then live data, until the client goes away or falls behind.
         ///
-        /// 1. Snapshot: the last two scrapes of every node the shard owns (older first), so a
-        ///    frontend that just started can serve rates at once. It may span several batches; the
-        ///    last one has `snapshot_complete = true` (also sent when the shard owns no node yet).
+        /// 1. Snapshot: the last two scrapes of every node the shard owns, so a frontend that just
+        ///    started can serve rates at once. Each held scrape is sent as the very batch it was
+        ///    streamed live in (one scrape per batch, `snapshot_complete = false`), nodes in name
+        ///    order, a node's older scrape first; then one empty batch with `snapshot_complete =
+        ///    true` (the only message when the shard owns no node yet). Apply each batch as it comes.
         /// 2. Live: each new node scrape as it lands, and a `NodeReleased` for every node the shard
         ///    stops owning.
         ///
@@ -295,9 +299,11 @@ pub mod sample_stream_server {
             + 'static;
         /// Streams a snapshot, then live data, until the client goes away or falls behind.
         ///
-        /// 1. Snapshot: the last two scrapes of every node the shard owns (older first), so a
-        ///    frontend that just started can serve rates at once. It may span several batches; the
-        ///    last one has `snapshot_complete = true` (also sent when the shard owns no node yet).
+        /// 1. Snapshot: the last two scrapes of every node the shard owns, so a frontend that just
+        ///    started can serve rates at once. Each held scrape is sent as the very batch it was
+        ///    streamed live in (one scrape per batch, `snapshot_complete = false`), nodes in name
+        ///    order, a node's older scrape first; then one empty batch with `snapshot_complete =
+        ///    true` (the only message when the shard owns no node yet). Apply each batch as it comes.
         /// 2. Live: each new node scrape as it lands, and a `NodeReleased` for every node the shard
         ///    stops owning.
         ///

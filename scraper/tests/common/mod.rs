@@ -1,9 +1,9 @@
-//! Real servers for the scraper's integration tests: a test PKI and TLS kubelets on port 0.
+//! Real servers for the scraper's integration tests: TLS kubelets on port 0, with certificates
+//! from the project's test PKI (`shardmetrics_plumbing::pki`).
 #![allow(dead_code, missing_docs)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,82 +15,11 @@ use hyper::body::Frame;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use shardmetrics_plumbing::pki::{Ca, CertKey, provider};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A CA that signs serving and client certificates.
-pub struct TestCa {
-    pub cert_der: CertificateDer<'static>,
-    pub cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-/// A leaf certificate and its key.
-#[derive(Clone)]
-pub struct Leaf {
-    pub cert_der: CertificateDer<'static>,
-    pub cert_pem: String,
-    pub key_pem: String,
-    key_der: Vec<u8>,
-}
-
-impl Leaf {
-    pub fn key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
-    }
-
-    pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let c = dir.join(format!("{name}.crt"));
-        let k = dir.join(format!("{name}.key"));
-        std::fs::write(&c, &self.cert_pem).unwrap();
-        std::fs::write(&k, &self.key_pem).unwrap();
-        (c, k)
-    }
-}
-
-impl TestCa {
-    pub fn new(cn: &str) -> TestCa {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let cert = params.self_signed(&key).unwrap();
-        TestCa { cert_der: cert.der().clone(), cert_pem: cert.pem(), issuer: Issuer::new(params, key) }
-    }
-
-    pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
-        let p = dir.join(format!("{name}.crt"));
-        std::fs::write(&p, &self.cert_pem).unwrap();
-        p
-    }
-
-    fn leaf(&self, sans: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(sans).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf { cert_der: cert.der().clone(), cert_pem: cert.pem(), key_pem: key.serialize_pem(), key_der: key.serialize_der() }
-    }
-
-    /// A serving certificate for 127.0.0.1 and localhost.
-    pub fn server(&self) -> Leaf {
-        self.leaf(vec!["127.0.0.1".into(), "localhost".into()], "kubelet", ExtendedKeyUsagePurpose::ServerAuth)
-    }
-
-    pub fn client(&self, cn: &str) -> Leaf {
-        self.leaf(vec![], cn, ExtendedKeyUsagePurpose::ClientAuth)
-    }
-}
 
 /// What the kubelet answers.
 #[derive(Clone)]
@@ -105,7 +34,8 @@ pub enum Reply {
 
 pub struct KubeletOptions {
     pub token: Option<String>,
-    pub client_ca: Option<Arc<TestCa>>,
+    /// Require client certificates signed by this CA.
+    pub client_ca: Option<Arc<Ca>>,
     pub reply: Reply,
 }
 
@@ -119,17 +49,14 @@ pub struct TestKubelet {
 }
 
 impl TestKubelet {
-    pub async fn start(server: &Leaf, opts: KubeletOptions) -> TestKubelet {
+    /// Serves with `server` (e.g. `ca.server_cert("kubelet", &[])`, valid for 127.0.0.1).
+    pub async fn start(server: &CertKey, opts: KubeletOptions) -> TestKubelet {
         let builder = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().unwrap();
         let builder = match &opts.client_ca {
-            Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add(ca.cert_der.clone()).unwrap();
-                builder.with_client_cert_verifier(WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build().unwrap())
-            }
+            Some(ca) => builder.with_client_cert_verifier(WebPkiClientVerifier::builder_with_provider(Arc::new(ca.root_store()), provider()).build().unwrap()),
             None => builder.with_no_client_auth(),
         };
-        let mut cfg = builder.with_single_cert(vec![server.cert_der.clone()], server.key()).unwrap();
+        let mut cfg = builder.with_single_cert(server.chain(), server.key_der()).unwrap();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
