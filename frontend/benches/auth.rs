@@ -6,34 +6,13 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
 use rustls_pki_types::CertificateDer;
 use shardmetrics_frontend::auth::{Auth, AuthConfig, RequestAttributes, RequestHeaderSettings};
+use shardmetrics_plumbing::pki::Ca;
 
-fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let key = KeyPair::generate().expect("key");
-    let pem = params.self_signed(&key).expect("ca").pem();
-    (pem, Issuer::new(params, key))
-}
-
-fn client(issuer: &Issuer<'static, KeyPair>, cn: &str, org: &str) -> Vec<CertificateDer<'static>> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, org);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let key = KeyPair::generate().expect("key");
-    vec![params.signed_by(&key, issuer).expect("sign").der().clone()]
+/// A one-certificate client chain from `ca` with CN `cn` and O `groups`.
+fn client(ca: &Ca, cn: &str, groups: &[&str]) -> Vec<CertificateDer<'static>> {
+    ca.client_cert(cn, groups).expect("client certificate").chain()
 }
 
 fn bench(c: &mut Criterion) {
@@ -42,12 +21,10 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (front_proxy_pem, front_proxy) = ca("front-proxy-ca");
-    let (client_pem, client_ca) = ca("client-ca");
-    let front_proxy_file = dir.path().join("front-proxy-ca.crt");
-    let client_file = dir.path().join("client-ca.crt");
-    std::fs::write(&front_proxy_file, front_proxy_pem).expect("write");
-    std::fs::write(&client_file, client_pem).expect("write");
+    let front_proxy = Ca::new("front-proxy-ca").expect("CA");
+    let client_ca = Ca::new("client-ca").expect("CA");
+    let front_proxy_file = front_proxy.write_pem(dir.path(), "front-proxy-ca").expect("write");
+    let client_file = client_ca.write_pem(dir.path(), "client-ca").expect("write");
     let config = AuthConfig {
         requestheader_client_ca_file: Some(front_proxy_file),
         requestheader: RequestHeaderSettings {
@@ -60,8 +37,8 @@ fn bench(c: &mut Criterion) {
     let auth = runtime
         .block_on(Auth::new(config, None, &prometheus::Registry::new()))
         .expect("auth");
-    let proxy_chain = client(&front_proxy, "front-proxy-client", "");
-    let user_chain = client(&client_ca, "alice", "dev");
+    let proxy_chain = client(&front_proxy, "front-proxy-client", &[]);
+    let user_chain = client(&client_ca, "alice", &["dev"]);
     let mut headers = HeaderMap::new();
     headers.insert(
         "x-remote-user",

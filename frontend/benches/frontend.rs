@@ -1,5 +1,6 @@
 //! Frontend hot paths at the design scale (5000 nodes x 30 pods = 150k pods, ~1.5 containers
-//! per pod): store ingest of one node scrape, an HPA-style namespace + label query (as a store
+//! per pod): store ingest of one node scrape (alone, and decoded from its wire batch as
+//! upstream receives it), an HPA-style namespace + label query (as a store
 //! query and as the HPA's exact request through the router, encoded), and the full pod list
 //! encoded as JSON and as protobuf.
 //!
@@ -15,6 +16,7 @@ use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector};
 use shardmetrics_frontend::api::version::ApiVersion;
 use shardmetrics_frontend::api::{json, protobuf};
 use shardmetrics_frontend::store::Ingested;
+use shardmetrics_proto::{ShardIdentity, decode_batch, encode_batch};
 
 /// Resident set size of this process in bytes (Linux), 0 elsewhere.
 fn rss_bytes() -> u64 {
@@ -47,6 +49,24 @@ fn benches(c: &mut Criterion) {
                 let outcome = store.ingest_scrape(&s);
                 assert_eq!(outcome, Ingested::Applied);
                 s
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // What upstream does per received batch of one scrape: decode the wire message (string
+    // table lookups, domain types), ingest it and drop it. The wire batch is built outside the
+    // timing.
+    let shard = ShardIdentity { shard_id: "shard-0".into(), epoch: 1 };
+    group.bench_function("decode_and_ingest_30_pod_node_batch", |b| {
+        b.iter_batched(
+            || {
+                t += 15_000;
+                encode_batch(&shard, &[&scrape(43, t)], &[], false)
+            },
+            |wire| {
+                let batch = decode_batch(wire).expect("decodes");
+                let outcomes = store.ingest(&batch.scrapes, &batch.released);
+                assert_eq!(outcomes, [Ingested::Applied]);
             },
             BatchSize::SmallInput,
         )

@@ -54,8 +54,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric in `registry`.
-    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+    /// Creates every metric and registers it in `registry`; fails if any is already there
+    /// (the error is the caller's: `run` reports it as [`crate::RunError::Metrics`]).
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let m = Self {
             request_duration: HistogramVec::new(
                 HistogramOpts::new("shardmetrics_frontend_request_duration_seconds", "API request latency in seconds.")
@@ -175,7 +176,7 @@ mod tests {
     #[test]
     fn every_metric_is_prefixed_and_upstream_state_is_one_hot() {
         let registry = Registry::new();
-        let m = Metrics::new(&registry).expect("register");
+        let m = Metrics::register(&registry).expect("register");
         m.set_upstream_state("shard-0", "snapshot");
         m.set_upstream_state("shard-0", "live");
         m.requests_rejected.inc();
@@ -187,5 +188,12 @@ mod tests {
         }
         m.remove_shard("shard-0");
         assert!(!String::from_utf8(render(&registry)).expect("utf8").contains("shard-0"));
+    }
+
+    #[test]
+    fn registering_twice_in_one_registry_is_an_error_not_a_silent_duplicate() {
+        let registry = Registry::new();
+        Metrics::register(&registry).expect("first registration");
+        assert!(matches!(Metrics::register(&registry), Err(prometheus::Error::AlreadyReg)));
     }
 }

@@ -27,8 +27,12 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use crate::metrics::Metrics;
 use crate::store::{Ingested, Store};
 
-/// Default largest gRPC message accepted from a shard (`--grpc-max-message-bytes`), in bytes:
-/// far above a snapshot batch of a big shard (~1 MiB), far below what would hurt a replica.
+/// Default largest gRPC message accepted from a shard (`--grpc-max-message-bytes`), in bytes;
+/// the scraper's own `--grpc-max-message-bytes` has the same default, and a shard does not send
+/// a batch above it. A healthy shard's messages are far smaller (one node's scrape is ~2 KiB
+/// for 30 pods, docs/benchmarks.md): the limit bounds what one message can make a replica
+/// allocate. A larger message ends that subscription (it is retried, and counted in
+/// `shardmetrics_frontend_upstream_decode_errors_total`).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// TLS towards the shards (`--grpc-tls-*`).
@@ -363,7 +367,7 @@ mod tests {
 
         const T0: i64 = 1_767_225_600_000;
         let registry = prometheus::Registry::new();
-        let metrics = Metrics::new(&registry).expect("metrics");
+        let metrics = Metrics::register(&registry).expect("metrics");
         let clock = ManualClock::new(T0);
         let store = Store::new(StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 }, clock.clone());
         let scrape = |node: &str, scraped_at_ms: i64| NodeScrape { node: node.into(), scraped_at_ms, node_usage: None, pods: vec![] };
@@ -402,7 +406,7 @@ mod tests {
     #[test]
     fn readiness_needs_every_live_shard_synced_once() {
         let registry = prometheus::Registry::new();
-        let metrics = Metrics::new(&registry).expect("metrics");
+        let metrics = Metrics::register(&registry).expect("metrics");
         let s = UpstreamState::default();
         assert!(!s.is_ready(), "no shard: not ready");
         let member = |id: &str| Member {

@@ -24,6 +24,27 @@ use shardmetrics_plumbing::pki::Ca;
 
 pub use shardmetrics_plumbing::process::{EXIT_USAGE, LogFormat, init_tracing, termination_signal as shutdown_signal};
 
+use crate::faults::{FaultKind, FaultSpec};
+
+/// `--help` heading of the simulated cluster's shape.
+const HEADING_CLUSTER: &str = "Cluster";
+/// `--help` heading of the shards and frontends under test and how they run.
+const HEADING_PIPELINE: &str = "Pipeline";
+/// `--help` heading of the API-server simulator's own settings.
+const HEADING_APISERVER: &str = "API server";
+/// `--help` heading of how long and at what rate a scenario measures.
+const HEADING_MEASUREMENT: &str = "Measurement";
+/// `--help` heading of the query load.
+const HEADING_QUERIES: &str = "Queries";
+/// `--help` heading of fault injection.
+const HEADING_FAULTS: &str = "Faults";
+/// `--help` heading of what is written (kubeconfigs, CAs, reports).
+const HEADING_OUTPUT: &str = "Output";
+/// `--help` heading of credentials.
+const HEADING_CREDENTIALS: &str = "Credentials";
+/// `--help` heading of logging.
+const HEADING_LOGGING: &str = "Logging";
+
 /// `shardmetrics-loadtest`: a simulated Kubernetes cluster on one machine.
 #[derive(Debug, Parser)]
 #[command(name = "shardmetrics-loadtest", version, about, propagate_version = true)]
@@ -32,10 +53,10 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Command,
     /// Log format.
-    #[arg(long, global = true, env = "SHARDMETRICS_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(long, global = true, env = "SHARDMETRICS_LOG_FORMAT", value_enum, default_value = "text", help_heading = HEADING_LOGGING)]
     pub log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax, e.g. `info,shardmetrics_loadtest=debug`).
-    #[arg(long, global = true, env = "SHARDMETRICS_LOG_LEVEL", default_value = "info")]
+    #[arg(long, global = true, env = "SHARDMETRICS_LOG_LEVEL", default_value = "info", help_heading = HEADING_LOGGING)]
     pub log_level: String,
 }
 
@@ -73,58 +94,50 @@ pub struct RunArgs {
     #[command(flatten)]
     pub demo: DemoArgs,
     /// Containers per pod.
-    #[arg(long, env = "SHARDMETRICS_CONTAINERS_PER_POD", default_value_t = 1)]
+    #[arg(long, env = "SHARDMETRICS_CONTAINERS_PER_POD", default_value_t = 1, help_heading = HEADING_CLUSTER)]
     pub containers_per_pod: usize,
     /// How long to measure once every node is served (after the warm-up).
-    #[arg(long, env = "SHARDMETRICS_DURATION", default_value = "60s")]
+    #[arg(long, env = "SHARDMETRICS_DURATION", default_value = "60s", help_heading = HEADING_MEASUREMENT)]
     pub duration: GoDuration,
     /// Query load on but not measured before the measurement.
-    #[arg(long, env = "SHARDMETRICS_WARMUP", default_value = "0s")]
+    #[arg(long, env = "SHARDMETRICS_WARMUP", default_value = "0s", help_heading = HEADING_MEASUREMENT)]
     pub warmup: GoDuration,
     /// HPA-style queries per second (one namespace's pods with an `app=` label selector).
-    #[arg(long, env = "SHARDMETRICS_HPA_QUERIES_PER_SEC", default_value_t = 20.0)]
+    #[arg(long, env = "SHARDMETRICS_HPA_QUERIES_PER_SEC", default_value_t = 20.0, help_heading = HEADING_QUERIES)]
     pub hpa_queries_per_sec: f64,
     /// `kubectl top pods -A`-style queries per second (every pod in the cluster).
-    #[arg(long, env = "SHARDMETRICS_TOP_QUERIES_PER_SEC", default_value_t = 0.1)]
+    #[arg(long, env = "SHARDMETRICS_TOP_QUERIES_PER_SEC", default_value_t = 0.1, help_heading = HEADING_QUERIES)]
     pub top_queries_per_sec: f64,
     /// Node queries per second (alternately one node and every node).
-    #[arg(long, env = "SHARDMETRICS_NODE_QUERIES_PER_SEC", default_value_t = 1.0)]
+    #[arg(long, env = "SHARDMETRICS_NODE_QUERIES_PER_SEC", default_value_t = 1.0, help_heading = HEADING_QUERIES)]
     pub node_queries_per_sec: f64,
     /// Response encoding the queries ask for.
-    #[arg(long, env = "SHARDMETRICS_QUERY_ENCODING", value_enum, default_value = "json")]
+    #[arg(long, env = "SHARDMETRICS_QUERY_ENCODING", value_enum, default_value = "json", help_heading = HEADING_QUERIES)]
     pub query_encoding: QueryEncoding,
     /// Send queries through the simulated aggregation proxy instead of straight to the
     /// frontends.
-    #[arg(long, env = "SHARDMETRICS_VIA_PROXY")]
+    #[arg(long, env = "SHARDMETRICS_VIA_PROXY", help_heading = HEADING_QUERIES)]
     pub via_proxy: bool,
     /// A fault to inject, `KIND[=VALUE][@AT]` (e.g. `kill-shard@30s`); repeatable.
-    #[arg(long = "fault", env = "SHARDMETRICS_FAULT", value_delimiter = ',')]
-    pub faults: Vec<String>,
-    /// Old spelling of `--fault kill-shard@AT`.
-    #[arg(long, env = "SHARDMETRICS_KILL_SHARD_AT", hide = true)]
-    pub kill_shard_at: Option<String>,
+    #[arg(long = "fault", env = "SHARDMETRICS_FAULT", value_delimiter = ',', value_name = "KIND[=VALUE][@AT]", help_heading = HEADING_FAULTS)]
+    pub faults: Vec<FaultSpec>,
+    /// Old spelling of `--fault kill-shard@AT` (a Go duration into the measurement).
+    #[arg(long, env = "SHARDMETRICS_KILL_SHARD_AT", hide = true, value_name = "AT", help_heading = HEADING_FAULTS)]
+    pub kill_shard_at: Option<GoDuration>,
     /// How long the floor client runs after the measurement (default min(duration, 30s); 0s:
     /// no floor).
-    #[arg(long, env = "SHARDMETRICS_FLOOR_DURATION")]
+    #[arg(long, env = "SHARDMETRICS_FLOOR_DURATION", help_heading = HEADING_MEASUREMENT)]
     pub floor_duration: Option<GoDuration>,
     /// Where to write the JSON report (the chart goes next to it, same name, `.svg`).
-    #[arg(long, env = "SHARDMETRICS_REPORT", default_value = "loadtest-report.json")]
+    #[arg(long, env = "SHARDMETRICS_REPORT", default_value = "loadtest-report.json", help_heading = HEADING_OUTPUT)]
     pub report: PathBuf,
 }
 
 impl RunArgs {
-    /// The `--fault` specs (plus `--kill-shard-at`), parsed; every problem as text.
-    pub fn fault_specs(&self) -> Result<Vec<crate::faults::FaultSpec>, Vec<String>> {
-        let mut specs = Vec::new();
-        let mut problems = Vec::new();
-        let old = self.kill_shard_at.as_ref().map(|at| format!("kill-shard@{at}"));
-        for f in self.faults.iter().chain(old.iter()) {
-            match f.parse::<crate::faults::FaultSpec>() {
-                Ok(s) => specs.push(s),
-                Err(e) => problems.push(e.to_string()),
-            }
-        }
-        if problems.is_empty() { Ok(specs) } else { Err(problems) }
+    /// The `--fault` specs, plus `--kill-shard-at` as a `kill-shard` spec.
+    pub fn fault_specs(&self) -> Vec<FaultSpec> {
+        let old = self.kill_shard_at.map(|at| FaultSpec { kind: FaultKind::KillShard, at: at.0 });
+        self.faults.iter().cloned().chain(old).collect()
     }
 }
 
@@ -132,19 +145,19 @@ impl RunArgs {
 #[derive(Debug, Clone, ClapArgs)]
 pub struct FloorArgs {
     /// File of `NODE HOST:PORT` lines.
-    #[arg(long, env = "SHARDMETRICS_TARGETS_FILE")]
+    #[arg(long, env = "SHARDMETRICS_TARGETS_FILE", help_heading = HEADING_CREDENTIALS)]
     pub targets_file: PathBuf,
     /// PEM file of the kubelets' CA.
-    #[arg(long, env = "SHARDMETRICS_CA_FILE")]
+    #[arg(long, env = "SHARDMETRICS_CA_FILE", help_heading = HEADING_CREDENTIALS)]
     pub ca_file: PathBuf,
     /// File with the bearer token.
-    #[arg(long, env = "SHARDMETRICS_TOKEN_FILE")]
+    #[arg(long, env = "SHARDMETRICS_TOKEN_FILE", help_heading = HEADING_CREDENTIALS)]
     pub token_file: PathBuf,
     /// Fetch interval per node.
-    #[arg(long, env = "SHARDMETRICS_METRIC_RESOLUTION", default_value = "15s")]
+    #[arg(long, env = "SHARDMETRICS_METRIC_RESOLUTION", default_value = "15s", help_heading = HEADING_MEASUREMENT)]
     pub metric_resolution: GoDuration,
     /// How long to fetch (after one connection round).
-    #[arg(long, env = "SHARDMETRICS_DURATION", default_value = "30s")]
+    #[arg(long, env = "SHARDMETRICS_DURATION", default_value = "30s", help_heading = HEADING_MEASUREMENT)]
     pub duration: GoDuration,
 }
 
@@ -161,31 +174,31 @@ pub enum ControlPlaneMode {
 #[derive(Debug, Clone, ClapArgs)]
 pub struct DemoArgs {
     /// Simulated nodes (each with its own kubelet).
-    #[arg(long, env = "SHARDMETRICS_NODES", default_value_t = 20)]
+    #[arg(long, env = "SHARDMETRICS_NODES", default_value_t = 20, help_heading = HEADING_CLUSTER)]
     pub nodes: usize,
     /// Pods per node.
-    #[arg(long, env = "SHARDMETRICS_PODS_PER_NODE", default_value_t = 10)]
+    #[arg(long, env = "SHARDMETRICS_PODS_PER_NODE", default_value_t = 10, help_heading = HEADING_CLUSTER)]
     pub pods_per_node: usize,
     /// Scraper shards.
-    #[arg(long, env = "SHARDMETRICS_SHARDS", default_value_t = 2)]
+    #[arg(long, env = "SHARDMETRICS_SHARDS", default_value_t = 2, help_heading = HEADING_PIPELINE)]
     pub shards: usize,
     /// Frontend replicas.
-    #[arg(long, env = "SHARDMETRICS_FRONTENDS", default_value_t = 2)]
+    #[arg(long, env = "SHARDMETRICS_FRONTENDS", default_value_t = 2, help_heading = HEADING_PIPELINE)]
     pub frontends: usize,
     /// Scrape interval (and rate window), at least 5s.
-    #[arg(long, env = "SHARDMETRICS_METRIC_RESOLUTION", default_value = "15s")]
+    #[arg(long, env = "SHARDMETRICS_METRIC_RESOLUTION", default_value = "15s", help_heading = HEADING_PIPELINE)]
     pub metric_resolution: GoDuration,
     /// Where to write the kubeconfig (contexts demo-admin and demo-noaccess).
-    #[arg(long, env = "SHARDMETRICS_KUBECONFIG", default_value = "demo.kubeconfig")]
+    #[arg(long, env = "SHARDMETRICS_KUBECONFIG", default_value = "demo.kubeconfig", help_heading = HEADING_OUTPUT)]
     pub kubeconfig: PathBuf,
     /// Scrapers skip kubelet certificate verification (so kubelets added by hand with their own
     /// certificates can be scraped).
-    #[arg(long, env = "SHARDMETRICS_KUBELET_INSECURE_TLS")]
+    #[arg(long, env = "SHARDMETRICS_KUBELET_INSECURE_TLS", help_heading = HEADING_PIPELINE)]
     pub kubelet_insecure_tls: bool,
     /// Which control plane: `sim` (the embedded API-server simulator, needs only Rust) or `real`
     /// (etcd, kube-apiserver, kube-controller-manager and kube-scheduler built from the pinned
     /// upstream sources on first use; needs Go).
-    #[arg(long, env = "SHARDMETRICS_CONTROL_PLANE", value_enum, default_value_t = ControlPlaneMode::Sim)]
+    #[arg(long, env = "SHARDMETRICS_CONTROL_PLANE", value_enum, default_value_t = ControlPlaneMode::Sim, help_heading = HEADING_PIPELINE)]
     pub control_plane: ControlPlaneMode,
 }
 
@@ -193,26 +206,26 @@ pub struct DemoArgs {
 #[derive(Debug, Clone, ClapArgs)]
 pub struct ApiserverArgs {
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "SHARDMETRICS_BIND_ADDRESS", default_value = "127.0.0.1:0")]
+    #[arg(long, env = "SHARDMETRICS_BIND_ADDRESS", default_value = "127.0.0.1:0", help_heading = HEADING_APISERVER)]
     pub bind_address: SocketAddr,
     /// Nodes to create, each with its own kubelet.
-    #[arg(long, env = "SHARDMETRICS_NODES", default_value_t = 3)]
+    #[arg(long, env = "SHARDMETRICS_NODES", default_value_t = 3, help_heading = HEADING_CLUSTER)]
     pub nodes: usize,
     /// Pods per node.
-    #[arg(long, env = "SHARDMETRICS_PODS_PER_NODE", default_value_t = 5)]
+    #[arg(long, env = "SHARDMETRICS_PODS_PER_NODE", default_value_t = 5, help_heading = HEADING_CLUSTER)]
     pub pods_per_node: usize,
     /// Containers per pod.
-    #[arg(long, env = "SHARDMETRICS_CONTAINERS_PER_POD", default_value_t = 1)]
+    #[arg(long, env = "SHARDMETRICS_CONTAINERS_PER_POD", default_value_t = 1, help_heading = HEADING_CLUSTER)]
     pub containers_per_pod: usize,
     /// Where to write the kubeconfig (contexts sim-admin, sim-noaccess, sim-scraper,
     /// sim-frontend).
-    #[arg(long, env = "SHARDMETRICS_KUBECONFIG", default_value = "sim.kubeconfig")]
+    #[arg(long, env = "SHARDMETRICS_KUBECONFIG", default_value = "sim.kubeconfig", help_heading = HEADING_OUTPUT)]
     pub kubeconfig: PathBuf,
     /// Directory to write the CAs into (`ca.crt`, `front-proxy-ca.crt`); none if unset.
-    #[arg(long, env = "SHARDMETRICS_PKI_DIR")]
+    #[arg(long, env = "SHARDMETRICS_PKI_DIR", help_heading = HEADING_OUTPUT)]
     pub pki_dir: Option<PathBuf>,
     /// A frontend replica (`host:port`) to proxy `metrics.k8s.io` to; repeatable.
-    #[arg(long = "aggregation-backend", env = "SHARDMETRICS_AGGREGATION_BACKEND", value_delimiter = ',')]
+    #[arg(long = "aggregation-backend", env = "SHARDMETRICS_AGGREGATION_BACKEND", value_delimiter = ',', help_heading = HEADING_APISERVER)]
     pub aggregation_backends: Vec<SocketAddr>,
 }
 
@@ -220,30 +233,31 @@ pub struct ApiserverArgs {
 #[derive(Debug, Clone, ClapArgs)]
 pub struct KubeletsArgs {
     /// How many kubelets.
-    #[arg(long, env = "SHARDMETRICS_COUNT", default_value_t = 10)]
+    #[arg(long, env = "SHARDMETRICS_COUNT", default_value_t = 10, help_heading = HEADING_CLUSTER)]
     pub count: usize,
     /// Synthetic pods per kubelet.
-    #[arg(long, env = "SHARDMETRICS_PODS_PER_NODE", default_value_t = 10)]
+    #[arg(long, env = "SHARDMETRICS_PODS_PER_NODE", default_value_t = 10, help_heading = HEADING_CLUSTER)]
     pub pods_per_node: usize,
     /// Containers per pod.
-    #[arg(long, env = "SHARDMETRICS_CONTAINERS_PER_POD", default_value_t = 1)]
+    #[arg(long, env = "SHARDMETRICS_CONTAINERS_PER_POD", default_value_t = 1, help_heading = HEADING_CLUSTER)]
     pub containers_per_pod: usize,
     /// Node name prefix (names are the prefix plus a zero-padded index).
-    #[arg(long, env = "SHARDMETRICS_NODE_PREFIX", default_value = "standalone-node-")]
+    #[arg(long, env = "SHARDMETRICS_NODE_PREFIX", default_value = "standalone-node-", help_heading = HEADING_CLUSTER)]
     pub node_prefix: String,
     /// A bearer token the kubelets accept; repeatable.
-    #[arg(long = "token", env = "SHARDMETRICS_TOKEN", value_delimiter = ',', required = true)]
+    #[arg(long = "token", env = "SHARDMETRICS_TOKEN", value_delimiter = ',', required = true, help_heading = HEADING_CREDENTIALS)]
     pub tokens: Vec<String>,
     /// Directory to write the kubelets' CA into (`kubelet-ca.crt`).
-    #[arg(long, env = "SHARDMETRICS_PKI_DIR")]
+    #[arg(long, env = "SHARDMETRICS_PKI_DIR", help_heading = HEADING_OUTPUT)]
     pub pki_dir: Option<PathBuf>,
 }
 
-/// Checks flags against each other; returns every problem.
+/// Checks flags against each other (values of the wrong type were refused by clap while
+/// parsing); returns every problem.
 pub fn validate(args: &Args) -> Vec<String> {
     let mut problems = Vec::new();
-    if tracing_subscriber::EnvFilter::try_new(&args.log_level).is_err() {
-        problems.push(format!("--log-level {:?} is not a valid filter", args.log_level));
+    if let Err(e) = shardmetrics_plumbing::process::check_log_level(&args.log_level) {
+        problems.push(format!("--log-level {:?}: {e}", args.log_level));
     }
     match &args.command {
         Command::Apiserver(a) => {
@@ -257,29 +271,9 @@ pub fn validate(args: &Args) -> Vec<String> {
                 problems.push(format!("--containers-per-pod {} must be between 1 and 50", a.containers_per_pod));
             }
         }
-        Command::Demo(d) => {
-            if d.nodes == 0 || d.nodes > 20_000 {
-                problems.push(format!("--nodes {} must be between 1 and 20000", d.nodes));
-            }
-            if d.pods_per_node > 1_000 {
-                problems.push(format!("--pods-per-node {} is more than 1000", d.pods_per_node));
-            }
-            if d.shards == 0 || d.shards > 64 {
-                problems.push(format!("--shards {} must be between 1 and 64", d.shards));
-            }
-            if d.frontends == 0 || d.frontends > 32 {
-                problems.push(format!("--frontends {} must be between 1 and 32", d.frontends));
-            }
-            if *d.metric_resolution < Duration::from_secs(5) {
-                problems.push(format!("--metric-resolution {} is below the minimum of 5s", d.metric_resolution));
-            }
-        }
+        Command::Demo(d) => validate_demo(d, &mut problems),
         Command::Run(r) => {
-            problems.extend(validate(&Args {
-                command: Command::Demo(r.demo.clone()),
-                log_format: args.log_format,
-                log_level: args.log_level.clone(),
-            }));
+            validate_demo(&r.demo, &mut problems);
             if r.demo.control_plane == ControlPlaneMode::Real {
                 problems.push("--control-plane real: `run` measures on the simulated control plane (it carries the 5000-node scenarios); use `demo --control-plane real`".into());
             }
@@ -299,14 +293,9 @@ pub fn validate(args: &Args) -> Vec<String> {
                     problems.push(format!("{flag} {v} must be between 0 and 10000"));
                 }
             }
-            let old = r.kill_shard_at.as_ref().map(|at| format!("kill-shard@{at}"));
-            for f in r.faults.iter().chain(old.iter()) {
-                match f.parse::<crate::faults::FaultSpec>() {
-                    Ok(s) if s.at >= duration => {
-                        problems.push(format!("--fault {f}: not within --duration {}", r.duration));
-                    }
-                    Ok(_) => {}
-                    Err(e) => problems.push(e.to_string()),
+            for f in r.fault_specs() {
+                if f.at >= duration {
+                    problems.push(format!("--fault {f}: not within --duration {}", r.duration));
                 }
             }
         }
@@ -328,6 +317,25 @@ pub fn validate(args: &Args) -> Vec<String> {
         }
     }
     problems
+}
+
+/// The checks of the demo's flags (shared by `demo` and `run`), appended to `problems`.
+fn validate_demo(d: &DemoArgs, problems: &mut Vec<String>) {
+    if d.nodes == 0 || d.nodes > 20_000 {
+        problems.push(format!("--nodes {} must be between 1 and 20000", d.nodes));
+    }
+    if d.pods_per_node > 1_000 {
+        problems.push(format!("--pods-per-node {} is more than 1000", d.pods_per_node));
+    }
+    if d.shards == 0 || d.shards > 64 {
+        problems.push(format!("--shards {} must be between 1 and 64", d.shards));
+    }
+    if d.frontends == 0 || d.frontends > 32 {
+        problems.push(format!("--frontends {} must be between 1 and 32", d.frontends));
+    }
+    if *d.metric_resolution < Duration::from_secs(5) {
+        problems.push(format!("--metric-resolution {} is below the minimum of 5s", d.metric_resolution));
+    }
 }
 
 /// What `main` calls: the hidden `scraper` / `frontend` children first, else [`main_with`].
@@ -446,7 +454,7 @@ async fn run_scenario(r: RunArgs) -> anyhow::Result<()> {
         },
         via_proxy: r.via_proxy,
     };
-    config.faults = r.fault_specs().map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    config.faults = r.fault_specs();
     config.progress = true;
     eprintln!(
         "starting: {} nodes x {} pods x {} containers, {} scraper shards, {} frontends, resolution {} ...",
@@ -466,6 +474,7 @@ async fn run_floor(f: FloorArgs) -> anyhow::Result<()> {
         token_file: f.token_file,
         resolution: f.metric_resolution.0,
         duration: f.duration.0,
+        clock: shardmetrics_plumbing::clock::system(),
     })
     .await?;
     println!("{}", serde_json::to_string(&result)?);
@@ -649,13 +658,37 @@ mod tests {
         };
         assert!(parse(&["--fault", "kill-shard@30s", "--fault", "kubelets-failing=5%"]).is_empty());
         assert!(parse(&["--kill-shard-at", "10s"]).is_empty());
-        let problems = parse(&["--fault", "explode@1s", "--fault", "kill-shard@90s", "--hpa-queries-per-sec=-1"]);
+        let problems = parse(&["--fault", "kill-shard@90s", "--kill-shard-at", "60s", "--hpa-queries-per-sec=-1"]);
         assert_eq!(problems.len(), 3, "{problems:?}");
-        let err = Args::try_parse_from(["shardmetrics-loadtest", "run", "--warmup", "x"]).unwrap_err().to_string();
-        assert!(err.contains("--warmup") && err.contains("invalid duration"), "{err}");
+        // A spec or a time that does not parse is refused by clap itself, naming the flag.
+        for (flag, value, why) in [("--fault", "explode@1s", "unknown kind"), ("--kill-shard-at", "soon", "invalid duration"), ("--warmup", "x", "invalid duration")] {
+            let err = Args::try_parse_from(["shardmetrics-loadtest", "run", flag, value]).unwrap_err().to_string();
+            assert!(err.contains(flag) && err.contains(value) && err.contains(why), "{err}");
+        }
         let args = Args::try_parse_from(["shardmetrics-loadtest", "run", "--kill-shard-at", "5s", "--fault", "restart-shard@1s"]).unwrap();
         let Command::Run(r) = args.command else { panic!("not run") };
-        assert_eq!(r.fault_specs().unwrap().len(), 2);
+        assert_eq!(
+            r.fault_specs(),
+            [
+                FaultSpec { kind: FaultKind::RestartShard, at: Duration::from_secs(1) },
+                FaultSpec { kind: FaultKind::KillShard, at: Duration::from_secs(5) }
+            ]
+        );
+    }
+
+    #[test]
+    fn every_flag_of_every_subcommand_sits_under_a_help_heading() {
+        use clap::CommandFactory;
+        let cmd = Args::command();
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                assert!(arg.get_help_heading().is_some(), "{} --{id} has no heading in --help", sub.get_name());
+            }
+        }
     }
 
     #[test]

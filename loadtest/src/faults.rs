@@ -37,11 +37,13 @@ use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use shardmetrics_plumbing::clock::SharedClock;
 use shardmetrics_scraper::ring::Ring;
 use tokio::task::JoinHandle;
 
 use shardmetrics_sim::apiserver::resources::LEASES;
 use crate::demo::{LEASE_NAMESPACE, RunningDemo};
+use crate::scenario::procstat::{parse_exposition, sum_of};
 use shardmetrics_sim::kubelet::{Fault, KubeletFleet};
 
 /// One fault of a scenario.
@@ -232,6 +234,7 @@ pub struct Probe {
     http: HttpClient,
     token: String,
     api_url: String,
+    clock: SharedClock,
 }
 
 impl std::fmt::Debug for Probe {
@@ -248,7 +251,12 @@ impl Probe {
         let https = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         let token = demo.api.policy().token_of(shardmetrics_sim::apiserver::DEFAULT_ADMIN).unwrap_or_default().to_owned();
-        Ok(Probe { https, http, token, api_url: demo.api.url() })
+        Ok(Probe { https, http, token, api_url: demo.api.url(), clock: demo.clock().clone() })
+    }
+
+    /// The demo's wall clock, in Unix ms (what served sample timestamps are compared with).
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// `metrics.k8s.io/v1beta1` through the aggregation proxy.
@@ -330,17 +338,10 @@ impl Probe {
     }
 }
 
-/// Sums every sample of metric `name` in Prometheus text.
+/// Sums every sample of metric `name` in Prometheus text (read by the scenario's one parser,
+/// [`parse_exposition`]).
 pub fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
-}
-
-fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
+    sum_of(&parse_exposition(text), name)
 }
 
 /// Scrapes of one node closer than `half_ms` to the previous one, all kubelets together, counted
@@ -362,7 +363,7 @@ async fn observe_recovery(probe: Probe, nodes: usize, fault_ms: i64, window: Dur
     while start.elapsed() < window {
         match probe.nodes(&base).await {
             Ok(seen) => {
-                let now = now_ms();
+                let now = probe.now_ms();
                 max_age = max_age.max(seen.max_age_ms(now));
                 min_served = min_served.min(seen.timestamps.len());
                 if rescraped.is_none() && seen.timestamps.len() >= nodes && seen.timestamps.values().all(|t| *t > fault_ms) {
@@ -435,7 +436,7 @@ pub async fn inject(spec: &FaultSpec, demo: &mut RunningDemo, at_s: f64) -> Resu
     match &spec.kind {
         FaultKind::KillShard => {
             let name = demo.shard_names().into_iter().next().ok_or_else(|| inapplicable("no scraper shard is running"))?;
-            let fault_ms = now_ms();
+            let fault_ms = probe.now_ms();
             demo.kill_child(&name).await;
             outcome.targets.push(name);
             let window = recovery_window(demo);
@@ -459,7 +460,7 @@ pub async fn inject(spec: &FaultSpec, demo: &mut RunningDemo, at_s: f64) -> Resu
                     .map(|l| l.value()["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
             };
             let old_uid = uid_of(&store);
-            let fault_ms = now_ms();
+            let fault_ms = probe.now_ms();
             let started = tokio::time::Instant::now();
             let status = demo.stop_child_gracefully(&name).await;
             let stop_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -541,7 +542,7 @@ pub async fn inject(spec: &FaultSpec, demo: &mut RunningDemo, at_s: f64) -> Resu
                 stats.watches_dropped.load(Ordering::Relaxed),
                 stats.watches_started.load(Ordering::Relaxed),
             );
-            let fault_ms = now_ms();
+            let fault_ms = probe.now_ms();
             let open = demo.api.drop_watches_and_compact();
             outcome.targets.push(format!("{open} open watches"));
             outcome.measured.insert("watches_open_before_count".into(), open as f64);
@@ -598,7 +599,7 @@ pub async fn inject(spec: &FaultSpec, demo: &mut RunningDemo, at_s: f64) -> Resu
         FaultKind::ScaleShards(target) => {
             let before_owned = owned_nodes(&probe, demo).await;
             let before: Vec<String> = demo.shard_names();
-            let fault_ms = now_ms();
+            let fault_ms = probe.now_ms();
             let mut added = Vec::new();
             let mut removed = Vec::new();
             while demo.shard_names().len() < *target {

@@ -1,9 +1,11 @@
 //! The one place where domain types become wire messages and back.
 //!
 //! Encoding builds the per-batch string table (namespaces and container names are sent once
-//! per batch); decoding validates every index and reports the first bad one.
+//! per batch); decoding turns that table into shared strings once, hands out references to them,
+//! validates every index and reports the first bad one.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::sample::{
     Batch, ContainerSample, NodeReleased, NodeScrape, PodSamples, Point, ReleaseReason, ShardIdentity,
@@ -151,12 +153,15 @@ pub fn encode_batch(
 
 /// Decodes one wire batch, checking every string index.
 ///
+/// Each entry of the batch's string table is allocated once; every namespace and container
+/// name that refers to it shares that allocation.
+///
 /// An unknown release reason (from a newer shard) decodes as [`ReleaseReason::OwnershipMoved`],
 /// the reason that keeps data.
 pub fn decode_batch(batch: v1::SampleBatch) -> Result<Batch, DecodeError> {
     let shard = batch.shard.ok_or(DecodeError::MissingShard)?;
-    let strings = batch.strings;
-    let lookup = |index: u32, node: &str| -> Result<String, DecodeError> {
+    let strings: Vec<Arc<str>> = batch.strings.into_iter().map(Arc::from).collect();
+    let lookup = |index: u32, node: &str| -> Result<Arc<str>, DecodeError> {
         strings.get(index as usize).cloned().ok_or_else(|| DecodeError::BadStringIndex {
             index,
             len: strings.len(),
@@ -177,7 +182,7 @@ pub fn decode_batch(batch: v1::SampleBatch) -> Result<Batch, DecodeError> {
                 let usage = c.usage.as_ref().map(point_from_wire).ok_or_else(|| DecodeError::MissingUsage {
                     node: s.node.clone(),
                     pod: p.name.clone(),
-                    container: name.clone(),
+                    container: name.to_string(),
                 })?;
                 containers.push(ContainerSample { name, start_time_ms: c.start_time_ms, usage });
             }
@@ -272,6 +277,20 @@ mod tests {
         let b = scrape("node-b", 2_000);
         let wire = encode_batch(&shard(), &[&a, &b], &[], false);
         assert_eq!(wire.strings, vec!["", "kube-system", "coredns", "kube-proxy"]);
+    }
+
+    #[test]
+    fn decoded_names_share_one_allocation_per_string_table_entry() {
+        let a = scrape("node-a", 1_000);
+        let b = scrape("node-b", 2_000);
+        let back = decode_batch(encode_batch(&shard(), &[&a, &b], &[], false)).unwrap();
+        let namespaces: Vec<&Arc<str>> = back.scrapes.iter().flat_map(|s| s.pods.iter().map(|p| &p.namespace)).collect();
+        assert_eq!(namespaces.len(), 4);
+        assert!(namespaces.iter().all(|ns| Arc::ptr_eq(ns, namespaces[0])), "one kube-system");
+        let coredns: Vec<&Arc<str>> =
+            back.scrapes.iter().flat_map(|s| s.pods.iter().flat_map(|p| &p.containers)).map(|c| &c.name).filter(|n| &***n == "coredns").collect();
+        assert_eq!(coredns.len(), 4);
+        assert!(coredns.iter().all(|n| Arc::ptr_eq(n, coredns[0])), "one coredns");
     }
 
     #[test]

@@ -3,6 +3,12 @@
 //! The scraper's parser builds these; `convert` turns them into `v1` messages and back; the
 //! frontend's store ingests them. Everything is raw and cumulative: rates are computed by the
 //! frontend from two consecutive [`Point`]s.
+//!
+//! Namespaces and container names repeat across the pods of a scrape (and of a batch), so they
+//! are shared `Arc<str>`s: decoding a batch allocates each once, from the batch's string table,
+//! and the frontend's store keeps those very allocations when it meets a string first.
+
+use std::sync::Arc;
 
 /// Raw cumulative usage at one kubelet sample time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -21,8 +27,8 @@ pub struct Point {
 /// One container of a pod, as seen in one scrape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSample {
-    /// The container's name within its pod.
-    pub name: String,
+    /// The container's name within its pod (shared: see the module docs).
+    pub name: Arc<str>,
     /// When the container started, Unix time in milliseconds; 0 when the kubelet did not say.
     pub start_time_ms: i64,
     /// Its usage at the kubelet's sample time.
@@ -32,8 +38,8 @@ pub struct ContainerSample {
 /// The containers of one pod on the scraped node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodSamples {
-    /// The pod's namespace.
-    pub namespace: String,
+    /// The pod's namespace (shared: see the module docs).
+    pub namespace: Arc<str>,
     /// The pod's name.
     pub name: String,
     /// Its containers that had both a CPU and a memory sample, in the kubelet's order.

@@ -42,7 +42,7 @@ pub fn scrape(node: usize, t_ms: i64) -> NodeScrape {
             .map(|p| {
                 let (namespace, name, _, containers) = pod(node * PODS_PER_NODE + p);
                 PodSamples {
-                    namespace,
+                    namespace: namespace.into(),
                     name,
                     containers: containers
                         .iter()

@@ -1,7 +1,8 @@
 //! The command-line flags of authentication, authorization and the secure port's TLS, named as
-//! in metrics-server / kube-apiserver, each also read from `SHARDMETRICS_<FLAG>`. The frontend's
-//! CLI flattens [`AuthArgs`] and calls [`AuthArgs::to_configs`], which reports every problem at
-//! once.
+//! in metrics-server / kube-apiserver, each also read from `SHARDMETRICS_<FLAG>` and shown under
+//! its own `--help` heading. The frontend's CLI flattens [`AuthArgs`] and calls
+//! [`AuthArgs::to_configs`], which checks them against each other and the file system and reports
+//! every problem at once (a value of the wrong type is refused by clap while parsing).
 
 use std::path::{Path, PathBuf};
 use shardmetrics_plumbing::duration::GoDuration;
@@ -12,25 +13,33 @@ use super::AuthConfig;
 use super::requestheader::RequestHeaderSettings;
 use super::tls::{TlsConfig, TlsMinVersion, cipher_suites};
 
+/// `--help` heading of the secure port's TLS flags.
+pub const HEADING_TLS: &str = "Secure port TLS";
+/// `--help` heading of the authentication flags.
+pub const HEADING_AUTHENTICATION: &str = "Authentication";
+/// `--help` heading of the authorization flags.
+pub const HEADING_AUTHORIZATION: &str = "Authorization";
+
 /// Authentication, authorization and TLS flags of the frontend's secure port.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthArgs {
     /// PEM serving certificate (chain) of the secure port; self-signed if absent. Re-read when it changes.
-    #[arg(long, env = "SHARDMETRICS_TLS_CERT_FILE", value_name = "PATH")]
+    #[arg(long, env = "SHARDMETRICS_TLS_CERT_FILE", value_name = "PATH", help_heading = HEADING_TLS)]
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of --tls-cert-file.
-    #[arg(long, env = "SHARDMETRICS_TLS_PRIVATE_KEY_FILE", value_name = "PATH")]
+    #[arg(long, env = "SHARDMETRICS_TLS_PRIVATE_KEY_FILE", value_name = "PATH", help_heading = HEADING_TLS)]
     pub tls_private_key_file: Option<PathBuf>,
     /// Minimum TLS version: VersionTLS12 or VersionTLS13.
     #[arg(
         long,
         env = "SHARDMETRICS_TLS_MIN_VERSION",
-        default_value = "VersionTLS12"
+        default_value = "VersionTLS12",
+        help_heading = HEADING_TLS
     )]
-    pub tls_min_version: String,
+    pub tls_min_version: TlsMinVersion,
     /// Comma-separated IANA cipher suite names (e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256); default: all
     /// AEAD suites.
-    #[arg(long, env = "SHARDMETRICS_TLS_CIPHER_SUITES", value_delimiter = ',')]
+    #[arg(long, env = "SHARDMETRICS_TLS_CIPHER_SUITES", value_delimiter = ',', help_heading = HEADING_TLS)]
     pub tls_cipher_suites: Vec<String>,
     /// CA bundle verifying front-proxy client certificates; default: the
     /// kube-system/extension-apiserver-authentication ConfigMap (which then also gives the other
@@ -38,14 +47,16 @@ pub struct AuthArgs {
     #[arg(
         long,
         env = "SHARDMETRICS_REQUESTHEADER_CLIENT_CA_FILE",
-        value_name = "PATH"
+        value_name = "PATH",
+        help_heading = HEADING_AUTHENTICATION
     )]
     pub requestheader_client_ca_file: Option<PathBuf>,
     /// Common names allowed for front-proxy certificates; empty: any certificate from the CA.
     #[arg(
         long,
         env = "SHARDMETRICS_REQUESTHEADER_ALLOWED_NAMES",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = HEADING_AUTHENTICATION
     )]
     pub requestheader_allowed_names: Vec<String>,
     /// Headers naming the user of a front-proxied request (first present wins).
@@ -53,14 +64,16 @@ pub struct AuthArgs {
         long,
         env = "SHARDMETRICS_REQUESTHEADER_USERNAME_HEADERS",
         value_delimiter = ',',
-        default_value = "X-Remote-User"
+        default_value = "X-Remote-User",
+        help_heading = HEADING_AUTHENTICATION
     )]
     pub requestheader_username_headers: Vec<String>,
     /// Headers naming the user's uid (first present wins).
     #[arg(
         long,
         env = "SHARDMETRICS_REQUESTHEADER_UID_HEADERS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = HEADING_AUTHENTICATION
     )]
     pub requestheader_uid_headers: Vec<String>,
     /// Headers naming the user's groups.
@@ -68,7 +81,8 @@ pub struct AuthArgs {
         long,
         env = "SHARDMETRICS_REQUESTHEADER_GROUP_HEADERS",
         value_delimiter = ',',
-        default_value = "X-Remote-Group"
+        default_value = "X-Remote-Group",
+        help_heading = HEADING_AUTHENTICATION
     )]
     pub requestheader_group_headers: Vec<String>,
     /// Header prefixes of the user's extra attributes.
@@ -76,41 +90,47 @@ pub struct AuthArgs {
         long,
         env = "SHARDMETRICS_REQUESTHEADER_EXTRA_HEADERS_PREFIX",
         value_delimiter = ',',
-        default_value = "X-Remote-Extra-"
+        default_value = "X-Remote-Extra-",
+        help_heading = HEADING_AUTHENTICATION
     )]
     pub requestheader_extra_headers_prefix: Vec<String>,
     /// CA bundle verifying x509 client-certificate users (CN = user, O = groups); default: the
     /// ConfigMap's client-ca-file, if any.
-    #[arg(long, env = "SHARDMETRICS_CLIENT_CA_FILE", value_name = "PATH")]
+    #[arg(long, env = "SHARDMETRICS_CLIENT_CA_FILE", value_name = "PATH", help_heading = HEADING_AUTHENTICATION)]
     pub client_ca_file: Option<PathBuf>,
     /// Serve requests without credentials as system:anonymous (still subject to authorization).
     #[arg(long, env = "SHARDMETRICS_ANONYMOUS_AUTH", default_value_t = false, num_args = 0..=1,
-          default_missing_value = "true", action = ArgAction::Set)]
+          default_missing_value = "true", action = ArgAction::Set,
+          help_heading = HEADING_AUTHENTICATION)]
     pub anonymous_auth: bool,
     /// Start even if the authentication ConfigMap cannot be read (it is retried).
     #[arg(long, env = "SHARDMETRICS_AUTHENTICATION_TOLERATE_LOOKUP_FAILURE", default_value_t = false,
-          num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+          num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set,
+          help_heading = HEADING_AUTHENTICATION)]
     pub authentication_tolerate_lookup_failure: bool,
     /// Paths served without authentication or authorization; a trailing * matches a prefix.
     #[arg(
         long,
         env = "SHARDMETRICS_AUTHORIZATION_ALWAYS_ALLOW_PATHS",
         value_delimiter = ',',
-        default_value = "/healthz,/readyz,/livez"
+        default_value = "/healthz,/readyz,/livez",
+        help_heading = HEADING_AUTHORIZATION
     )]
     pub authorization_always_allow_paths: Vec<String>,
     /// How long an allowed SubjectAccessReview answer is reused (Go duration, e.g. 10s).
     #[arg(
         long,
         env = "SHARDMETRICS_AUTHORIZATION_WEBHOOK_CACHE_AUTHORIZED_TTL",
-        default_value = "10s"
+        default_value = "10s",
+        help_heading = HEADING_AUTHORIZATION
     )]
     pub authorization_webhook_cache_authorized_ttl: GoDuration,
     /// How long a denied SubjectAccessReview answer is reused (Go duration, e.g. 10s).
     #[arg(
         long,
         env = "SHARDMETRICS_AUTHORIZATION_WEBHOOK_CACHE_UNAUTHORIZED_TTL",
-        default_value = "10s"
+        default_value = "10s",
+        help_heading = HEADING_AUTHORIZATION
     )]
     pub authorization_webhook_cache_unauthorized_ttl: GoDuration,
 }
@@ -120,13 +140,7 @@ impl AuthArgs {
     /// on failure returns every problem, one line each.
     pub fn to_configs(&self) -> Result<(AuthConfig, TlsConfig), Vec<String>> {
         let mut problems = Vec::new();
-        let tls_min_version = self
-            .tls_min_version
-            .parse::<TlsMinVersion>()
-            .unwrap_or_else(|e| {
-                problems.push(format!("--tls-min-version: {e}"));
-                TlsMinVersion::Tls12
-            });
+        let tls_min_version = self.tls_min_version;
         let suites: Vec<String> = non_empty(&self.tls_cipher_suites);
         if let Err(e) = cipher_suites(&suites, tls_min_version) {
             problems.push(format!("--tls-cipher-suites: {e}"));
@@ -275,7 +289,6 @@ mod tests {
     fn every_problem_is_reported_at_once() {
         let problems = parse(&[
             "--tls-cert-file=/nonexistent/tls.crt",
-            "--tls-min-version=VersionTLS11",
             "--tls-cipher-suites=TLS_RSA_WITH_RC4_128_SHA",
             "--requestheader-client-ca-file=/nonexistent/ca.crt",
             "--authorization-always-allow-paths=healthz",
@@ -285,7 +298,6 @@ mod tests {
         .unwrap_err();
         let text = problems.join("\n");
         for needle in [
-            "--tls-min-version",
             "--tls-cipher-suites",
             "--tls-cert-file and --tls-private-key-file",
             "/nonexistent/tls.crt",
@@ -295,9 +307,12 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
-        // A TTL that is not a duration is refused by clap itself, naming the flag.
+        // A TTL that is not a duration, or a TLS version that is not one, is refused by clap
+        // itself, naming the flag.
         let err = Cli::try_parse_from(["frontend", "--authorization-webhook-cache-authorized-ttl=ten"]).unwrap_err().to_string();
         assert!(err.contains("--authorization-webhook-cache-authorized-ttl") && err.contains("ten"), "{err}");
+        let err = Cli::try_parse_from(["frontend", "--tls-min-version=VersionTLS11"]).unwrap_err().to_string();
+        assert!(err.contains("--tls-min-version") && err.contains("VersionTLS11"), "{err}");
     }
 
     #[test]

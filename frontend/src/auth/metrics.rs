@@ -17,8 +17,9 @@ pub(crate) struct AuthMetrics {
 }
 
 impl AuthMetrics {
-    /// Creates the counters and registers them in `registry`.
-    pub(crate) fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+    /// Creates the counters and registers them in `registry`; fails if any is already there
+    /// (`Auth::new` reports it as a setup error).
+    pub(crate) fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let authentication = IntCounterVec::new(
             Opts::new(
                 "shardmetrics_frontend_authentication_total",

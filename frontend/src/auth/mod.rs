@@ -213,7 +213,7 @@ impl Auth {
         client: Option<kube::Client>,
         registry: &prometheus::Registry,
     ) -> Result<Self, AuthSetupError> {
-        let metrics = AuthMetrics::new(registry)?;
+        let metrics = AuthMetrics::register(registry)?;
         let sources = Sources {
             requestheader_ca_file: config.requestheader_client_ca_file.clone(),
             requestheader_settings: config.requestheader.clone(),
@@ -509,6 +509,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    use super::x509::testing::{client_cert, new_ca};
     use super::*;
 
     #[test]
@@ -538,10 +539,10 @@ mod tests {
 
     #[test]
     fn an_x509_user_is_the_common_name_with_organizations_as_groups() {
-        let ca = x509::testing::TestCa::new("client-ca");
-        let bundle = CaBundle::from_pem(ca.pem.as_bytes(), "test").expect("bundle");
+        let ca = new_ca("client-ca");
+        let bundle = CaBundle::from_pem(ca.cert_pem().as_bytes(), "test").expect("bundle");
         let now = shardmetrics_plumbing::clock::system().now_ms();
-        let chain = [ca.client_cert("admin", "system:masters")];
+        let chain = [client_cert(&ca, "admin", "system:masters")];
         let Attempt::Authenticated(user) = x509_user(&bundle, Some(&chain), now) else {
             panic!("expected a user")
         };
@@ -549,7 +550,7 @@ mod tests {
             (user.name.as_str(), user.groups.as_slice()),
             ("admin", ["system:masters".to_owned()].as_slice())
         );
-        let nameless = [ca.client_cert("", "g")];
+        let nameless = [client_cert(&ca, "", "g")];
         assert!(matches!(
             x509_user(&bundle, Some(&nameless), now),
             Attempt::Rejected(_)

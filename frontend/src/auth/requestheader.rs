@@ -188,21 +188,21 @@ fn unescape_extra_key(raw: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::x509::testing::TestCa;
+    use super::super::x509::testing::{Ca, client_cert, new_ca};
     use super::*;
 
     fn now_ms() -> i64 {
         shardmetrics_plumbing::clock::system().now_ms()
     }
 
-    fn authenticator(ca: &TestCa, allowed: &[&str]) -> RequestHeaderAuthenticator {
+    fn authenticator(ca: &Ca, allowed: &[&str]) -> RequestHeaderAuthenticator {
         let settings = RequestHeaderSettings {
             allowed_names: allowed.iter().map(|s| (*s).to_owned()).collect(),
             uid_headers: vec!["X-Remote-Uid".into()],
             ..RequestHeaderSettings::default()
         };
         RequestHeaderAuthenticator::new(
-            CaBundle::from_pem(ca.pem.as_bytes(), "test").expect("ca"),
+            CaBundle::from_pem(ca.cert_pem().as_bytes(), "test").expect("ca"),
             settings,
         )
     }
@@ -220,9 +220,9 @@ mod tests {
 
     #[test]
     fn a_verified_front_proxy_certificate_yields_the_user_groups_uid_and_extras() {
-        let ca = TestCa::new("front-proxy-ca");
+        let ca = new_ca("front-proxy-ca");
         let auth = authenticator(&ca, &["front-proxy-client"]);
-        let chain = [ca.client_cert("front-proxy-client", "")];
+        let chain = [client_cert(&ca, "front-proxy-client", "")];
         let h = headers(&[
             ("X-Remote-User", "alice"),
             ("X-Remote-Uid", "u-1"),
@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn headers_without_a_certificate_are_ignored() {
-        let ca = TestCa::new("front-proxy-ca");
+        let ca = new_ca("front-proxy-ca");
         let auth = authenticator(&ca, &[]);
         assert_eq!(
             auth.authenticate(None, &headers(&[("X-Remote-User", "admin")]), now_ms()),
@@ -254,10 +254,10 @@ mod tests {
 
     #[test]
     fn a_certificate_from_another_ca_is_rejected_even_with_headers() {
-        let ca = TestCa::new("front-proxy-ca");
-        let other = TestCa::new("evil-ca");
+        let ca = new_ca("front-proxy-ca");
+        let other = new_ca("evil-ca");
         let auth = authenticator(&ca, &[]);
-        let chain = [other.client_cert("front-proxy-client", "")];
+        let chain = [client_cert(&other, "front-proxy-client", "")];
         let attempt = auth.authenticate(
             Some(&chain),
             &headers(&[("X-Remote-User", "admin")]),
@@ -268,9 +268,9 @@ mod tests {
 
     #[test]
     fn a_common_name_outside_the_allowed_names_is_rejected() {
-        let ca = TestCa::new("front-proxy-ca");
+        let ca = new_ca("front-proxy-ca");
         let auth = authenticator(&ca, &["front-proxy-client"]);
-        let chain = [ca.client_cert("someone-else", "")];
+        let chain = [client_cert(&ca, "someone-else", "")];
         let attempt = auth.authenticate(
             Some(&chain),
             &headers(&[("X-Remote-User", "admin")]),
@@ -284,9 +284,9 @@ mod tests {
 
     #[test]
     fn a_verified_certificate_without_a_username_header_is_not_this_paths_request() {
-        let ca = TestCa::new("front-proxy-ca");
+        let ca = new_ca("front-proxy-ca");
         let auth = authenticator(&ca, &[]);
-        let chain = [ca.client_cert("front-proxy-client", "")];
+        let chain = [client_cert(&ca, "front-proxy-client", "")];
         assert_eq!(
             auth.authenticate(Some(&chain), &headers(&[("X-Remote-User", "")]), now_ms()),
             Attempt::Skipped

@@ -158,60 +158,28 @@ pub(crate) fn subject(cert: &CertificateDer<'_>) -> Result<Subject, String> {
 
 #[cfg(test)]
 pub(crate) mod testing {
-    //! rcgen helpers shared by the unit tests of this module tree.
+    //! The project's test PKI (`shardmetrics_plumbing::pki`) in the shape the unit tests of this
+    //! module tree use.
 
-    use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-        IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
     use rustls_pki_types::CertificateDer;
+    pub(crate) use shardmetrics_plumbing::pki::Ca;
 
-    /// A test CA: its PEM and an issuer that signs leaves.
-    pub(crate) struct TestCa {
-        pub(crate) pem: String,
-        pub(crate) issuer: Issuer<'static, KeyPair>,
+    /// A new CA named `name`.
+    pub(crate) fn new_ca(name: &str) -> Ca {
+        Ca::new(name).expect("test CA")
     }
 
-    impl TestCa {
-        pub(crate) fn new(name: &str) -> Self {
-            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            let key = KeyPair::generate().expect("key");
-            let cert = params.self_signed(&key).expect("self-signed CA");
-            Self {
-                pem: cert.pem(),
-                issuer: Issuer::new(params, key),
-            }
-        }
-
-        /// A client certificate with CN `cn` (none if empty) and O `org` (none if empty).
-        pub(crate) fn client_cert(&self, cn: &str, org: &str) -> CertificateDer<'static> {
-            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-            params.distinguished_name = DistinguishedName::new();
-            if !cn.is_empty() {
-                params.distinguished_name.push(DnType::CommonName, cn);
-            }
-            if !org.is_empty() {
-                params
-                    .distinguished_name
-                    .push(DnType::OrganizationName, org);
-            }
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            let key = KeyPair::generate().expect("key");
-            params
-                .signed_by(&key, &self.issuer)
-                .expect("sign")
-                .der()
-                .clone()
-        }
+    /// The leaf of a client certificate from `ca` with CN `cn` (none if empty) and O `org`
+    /// (none if empty).
+    pub(crate) fn client_cert(ca: &Ca, cn: &str, org: &str) -> CertificateDer<'static> {
+        let groups: &[&str] = if org.is_empty() { &[] } else { &[org] };
+        ca.client_cert(cn, groups).expect("test client certificate").cert_der
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::testing::TestCa;
+    use super::testing::{client_cert, new_ca};
     use super::*;
 
     fn now_ms() -> i64 {
@@ -220,17 +188,17 @@ mod tests {
 
     #[test]
     fn a_chain_from_the_bundle_verifies_and_one_from_another_ca_does_not() {
-        let ca = TestCa::new("front-proxy-ca");
-        let other = TestCa::new("other-ca");
-        let bundle = CaBundle::from_pem(ca.pem.as_bytes(), "test").expect("bundle");
+        let ca = new_ca("front-proxy-ca");
+        let other = new_ca("other-ca");
+        let bundle = CaBundle::from_pem(ca.cert_pem().as_bytes(), "test").expect("bundle");
         assert!(
             bundle
-                .verify(&[ca.client_cert("front-proxy-client", "")], now_ms())
+                .verify(&[client_cert(&ca, "front-proxy-client", "")], now_ms())
                 .is_ok()
         );
         assert!(
             bundle
-                .verify(&[other.client_cert("front-proxy-client", "")], now_ms())
+                .verify(&[client_cert(&other, "front-proxy-client", "")], now_ms())
                 .is_err()
         );
         assert!(bundle.verify(&[], now_ms()).is_err());
@@ -238,20 +206,20 @@ mod tests {
 
     #[test]
     fn a_verified_chain_is_remembered() {
-        let ca = TestCa::new("ca");
-        let bundle = CaBundle::from_pem(ca.pem.as_bytes(), "test").expect("bundle");
-        let chain = [ca.client_cert("u", "")];
+        let ca = new_ca("ca");
+        let bundle = CaBundle::from_pem(ca.cert_pem().as_bytes(), "test").expect("bundle");
+        let chain = [client_cert(&ca, "u", "")];
         assert!(bundle.verify(&chain, now_ms()).is_ok());
         assert_eq!(bundle.verified.lock().expect("lock").len(), 1);
-        assert!(bundle.verify(&[ca.client_cert("v", "")], now_ms()).is_ok());
+        assert!(bundle.verify(&[client_cert(&ca, "v", "")], now_ms()).is_ok());
         assert_eq!(bundle.verified.lock().expect("lock").len(), 2);
     }
 
     #[test]
     fn a_remembered_chain_is_not_accepted_past_its_certificates_expiry() {
-        let ca = TestCa::new("ca");
-        let bundle = CaBundle::from_pem(ca.pem.as_bytes(), "test").expect("bundle");
-        let chain = [ca.client_cert("u", "")];
+        let ca = new_ca("ca");
+        let bundle = CaBundle::from_pem(ca.cert_pem().as_bytes(), "test").expect("bundle");
+        let chain = [client_cert(&ca, "u", "")];
         let not_after_ms = match x509_parser::parse_x509_certificate(chain[0].as_ref()) {
             Ok((_, c)) => c.validity().not_after.timestamp() * 1000,
             Err(e) => panic!("{e}"),
@@ -265,10 +233,10 @@ mod tests {
 
     #[test]
     fn a_certificate_is_rejected_outside_its_validity_period() {
-        let ca = TestCa::new("ca");
-        let bundle = CaBundle::from_pem(ca.pem.as_bytes(), "test").expect("bundle");
+        let ca = new_ca("ca");
+        let bundle = CaBundle::from_pem(ca.cert_pem().as_bytes(), "test").expect("bundle");
         // rcgen's default validity starts in 1975; 1970 is before it.
-        assert!(bundle.verify(&[ca.client_cert("u", "")], 0).is_err());
+        assert!(bundle.verify(&[client_cert(&ca, "u", "")], 0).is_err());
     }
 
     #[test]
@@ -283,11 +251,11 @@ mod tests {
 
     #[test]
     fn subject_gives_common_name_and_organizations() {
-        let ca = TestCa::new("ca");
-        let s = subject(&ca.client_cert("alice", "dev")).expect("subject");
+        let ca = new_ca("ca");
+        let s = subject(&client_cert(&ca, "alice", "dev")).expect("subject");
         assert_eq!(s.common_name.as_deref(), Some("alice"));
         assert_eq!(s.organizations, ["dev"]);
-        let s = subject(&ca.client_cert("", "")).expect("subject");
+        let s = subject(&client_cert(&ca, "", "")).expect("subject");
         assert_eq!((s.common_name, s.organizations), (None, vec![]));
         assert!(subject(&CertificateDer::from(vec![1, 2, 3])).is_err());
     }

@@ -7,7 +7,8 @@
 //! - Pods live in a namespace → name → pod map, so a namespace query costs O(pods in the
 //!   namespace) and every list comes out sorted (pods by namespace, then name) for free.
 //! - Namespaces and container names are interned (`Arc<str>` shared by every pod that uses
-//!   them). Re-ingesting a node whose pod set is unchanged allocates nothing: points are updated
+//!   them). A string seen for the first time is kept as the decoded batch's own `Arc<str>` (no
+//!   copy). Re-ingesting a node whose pod set is unchanged allocates nothing: points are updated
 //!   in place and lookups borrow the incoming strings.
 //! - Hand-off: while two shards report the same node, a scrape older (by kubelet timestamp) than
 //!   the stored one is ignored, so the newest data wins whichever shard sent it.
@@ -162,14 +163,13 @@ struct Interner {
 }
 
 impl Interner {
-    /// The shared copy of `s` (allocates only the first time).
-    fn intern(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.set.get(s) {
+    /// The shared copy of `s`: the one already interned, else `s` itself, kept (never copied).
+    fn intern(&mut self, s: &Arc<str>) -> Arc<str> {
+        if let Some(a) = self.set.get(&**s) {
             return a.clone();
         }
-        let a: Arc<str> = Arc::from(s);
-        self.set.insert(a.clone());
-        a
+        self.set.insert(s.clone());
+        s.clone()
     }
 
     /// Forgets strings nothing else refers to.
@@ -439,13 +439,13 @@ impl Inner {
         // Pods: update in place; count what is new so the node's pod list is rebuilt only then.
         let mut pod_set_changed = false;
         for pod in &scrape.pods {
-            let ns_known = self.namespaces.contains_key(pod.namespace.as_str());
+            let ns_known = self.namespaces.contains_key(&*pod.namespace);
             if !ns_known {
                 let ns = self.strings.intern(&pod.namespace);
                 self.namespaces.insert(ns, BTreeMap::new());
             }
             let Inner { namespaces, strings, .. } = self;
-            let Some(pods) = namespaces.get_mut(pod.namespace.as_str()) else { continue };
+            let Some(pods) = namespaces.get_mut(&*pod.namespace) else { continue };
             let entry = match pods.get_mut(pod.name.as_str()) {
                 Some(e) if e.seen == generation => continue, // a pod listed twice in one scrape: first wins
                 Some(e) => {
@@ -471,7 +471,7 @@ impl Inner {
             entry.scraped_at_ms = scrape.scraped_at_ms;
             let mut containers_changed = false;
             for c in &pod.containers {
-                match entry.containers.binary_search_by(|e| (*e.name).cmp(c.name.as_str())) {
+                match entry.containers.binary_search_by(|e| (*e.name).cmp(&*c.name)) {
                     Ok(i) => {
                         let e = &mut entry.containers[i];
                         if e.seen == generation {
@@ -520,7 +520,7 @@ impl Inner {
             let old = std::mem::take(&mut node.pods);
             let mut new = Vec::with_capacity(scrape.pods.len());
             for pod in &scrape.pods {
-                if let Some((ns, pods)) = self.namespaces.get_key_value(pod.namespace.as_str())
+                if let Some((ns, pods)) = self.namespaces.get_key_value(&*pod.namespace)
                     && let Some((name, e)) = pods.get_key_value(pod.name.as_str())
                     && e.seen == generation
                     && !new.iter().any(|(n, p): &(Arc<str>, Arc<str>)| n == ns && p == name)
@@ -775,6 +775,22 @@ mod tests {
             .flat_map(|p| p.containers.iter().filter(|c| &*c.name == "app"))
             .collect();
         assert!(app.windows(2).all(|w| Arc::ptr_eq(&w[0].name, &w[1].name)));
+    }
+
+    #[test]
+    fn a_string_met_first_is_kept_as_the_batchs_own_allocation_and_later_ones_share_it() {
+        let clock = ManualClock::new(T0 + 40_000);
+        let s = store(&clock);
+        let first = scrape("n1", 0, PODS, 1);
+        s.ingest_scrape(&first);
+        let second = scrape("n2", 0, PODS, 1);
+        s.ingest_scrape(&second);
+        let inner = s.read();
+        let (ns, pods) = inner.namespaces.get_key_value("default").expect("namespace");
+        assert!(Arc::ptr_eq(ns, &first.pods[0].namespace), "a new namespace is kept, not copied");
+        assert!(!Arc::ptr_eq(ns, &second.pods[0].namespace));
+        let name = &pods[&*first.pods[0].name].containers[0].name;
+        assert!(Arc::ptr_eq(name, &first.pods[0].containers[0].name), "a new container name is kept, not copied");
     }
 
     /// Pods `ns/name` with one container each, as `scrape` takes them.

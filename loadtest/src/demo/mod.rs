@@ -22,6 +22,7 @@ use children::{Children, DEFAULT_LEASE_DURATION, Spawner, flag_duration, stop_gr
 pub use children::SupervisorEvent;
 
 use shardmetrics_sim::apiserver::{ApiServer, ApiServerConfig, Context, DEFAULT_ADMIN, RunningApiServer, StartError};
+use shardmetrics_plumbing::clock::SharedClock;
 use shardmetrics_sim::cluster::{self, Cluster, ClusterConfig, ClusterError, FRONTEND_USER, NOACCESS_USER, SCRAPER_USER};
 
 /// Context of the kubeconfig with full rights.
@@ -120,6 +121,10 @@ pub struct DemoConfig {
     /// The frontends' `--max-requests-inflight` (beyond it: 429 with Retry-After); `None` keeps
     /// their default.
     pub frontend_max_requests_inflight: Option<usize>,
+    /// Wall clock of the simulated kubelets and objects and of every measurement taken against
+    /// the children (sample ages, fault times). The children are processes reading their own
+    /// system clocks, so outside unit tests this is [`shardmetrics_plumbing::clock::system`].
+    pub clock: SharedClock,
     /// The kubelets' sample timestamps are rounded down to a multiple of this (cAdvisor's
     /// housekeeping interval), so that two scrapers reading a kubelet within one period see the
     /// same sample; zero samples at each request.
@@ -148,6 +153,7 @@ impl DemoConfig {
             lease_renew_period: None,
             frontend_max_staleness: None,
             frontend_max_requests_inflight: None,
+            clock: shardmetrics_plumbing::clock::system(),
             kubelet_sample_period: Duration::ZERO,
         }
     }
@@ -165,6 +171,7 @@ pub struct RunningDemo {
     children: Children,
     work_dir: tempfile::TempDir,
     kubeconfig: PathBuf,
+    clock: SharedClock,
 }
 
 impl std::fmt::Debug for RunningDemo {
@@ -174,6 +181,11 @@ impl std::fmt::Debug for RunningDemo {
 }
 
 impl RunningDemo {
+    /// The wall clock measurements against this demo read ([`DemoConfig::clock`]).
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
     /// The user's kubeconfig (contexts [`ADMIN_CONTEXT`] and [`NOACCESS_CONTEXT`]).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
@@ -330,6 +342,7 @@ impl Demo {
             containers_per_pod: config.containers_per_pod.max(1),
             memory_amplitude_percent: config.memory_amplitude_percent,
             apps_per_namespace,
+            clock: config.clock.clone(),
             sample_period: config.kubelet_sample_period,
             ..defaults
         };
@@ -369,7 +382,7 @@ impl Demo {
             [api.token_context(ADMIN_CONTEXT, DEFAULT_ADMIN)?, api.token_context(NOACCESS_CONTEXT, NOACCESS_USER)?];
         api.write_kubeconfig(&config.kubeconfig, &contexts)?;
         let kubeconfig = std::path::absolute(&config.kubeconfig).unwrap_or_else(|_| config.kubeconfig.clone());
-        let mut demo = RunningDemo { api, cluster, frontends: Vec::new(), children, work_dir, kubeconfig };
+        let mut demo = RunningDemo { api, cluster, frontends: Vec::new(), children, work_dir, kubeconfig, clock: config.clock.clone() };
         demo.sync_frontends();
         if let Err(e) = started {
             demo.shutdown().await;

@@ -203,7 +203,7 @@ impl RealDemo {
                 status_interval: Duration::from_secs(60),
                 sample_period: config.kubelet_sample_period,
                 kubelet_ca,
-                clock: shardmetrics_plumbing::clock::system(),
+                clock: config.clock.clone(),
             },
         )
         .await?;

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use serde::{Deserialize, Serialize};
+use shardmetrics_plumbing::clock::SharedClock;
 
 use super::procstat::{TICKS_PER_SECOND, proc_sample};
 use super::report::FloorReport;
@@ -71,6 +72,8 @@ pub struct FloorConfig {
     pub resolution: Duration,
     /// How long the timed part runs.
     pub duration: Duration,
+    /// Wall clock the scrapers' phases are aligned to (the system's: they are other processes).
+    pub clock: SharedClock,
 }
 
 /// What the floor child prints (one JSON line on stdout).
@@ -136,7 +139,7 @@ pub async fn run_floor(config: FloorConfig) -> Result<FloorResult, FloorError> {
     }
     let ca = std::fs::read(&config.ca_file).map_err(io("reading the CA file"))?;
     let mut roots = rustls::RootCertStore::empty();
-    let certs: Vec<_> = rustls_pki_types::pem::PemObject::pem_slice_iter(&ca).filter_map(Result::ok).collect();
+    let certs: Vec<_> = rustls::pki_types::pem::PemObject::pem_slice_iter(&ca).filter_map(Result::ok).collect();
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
         return Err(FloorError::Input("no certificate in the CA file".into()));
@@ -177,7 +180,7 @@ pub async fn run_floor(config: FloorConfig) -> Result<FloorResult, FloorError> {
     let end = start + config.duration;
     let res_us = config.resolution.as_micros().max(1) as u64;
     let (fetches, errors, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let now_us = jiff::Timestamp::now().as_microsecond().max(0) as u64;
+    let now_us = config.clock.now_ms().max(0) as u64 * 1000;
     let mut tasks = tokio::task::JoinSet::new();
     for (node, uri) in uris {
         let phase = shardmetrics_scraper::schedule::phase_offset(&node, config.resolution).as_micros() as u64;

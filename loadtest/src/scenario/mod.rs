@@ -305,6 +305,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
                 until: end,
                 fresh_bound_ms,
                 expected: Arc::new(move || fleet.len()),
+                clock: demo.clock().clone(),
             },
             direct.clone(),
             node_log.clone(),
@@ -317,6 +318,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
                 until: end,
                 fresh_bound_ms,
                 expected: Arc::new(move || store.count(shardmetrics_sim::apiserver::resources::PODS)),
+                clock: demo.clock().clone(),
             },
             direct.clone(),
             pod_log.clone(),
@@ -342,7 +344,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
     }
 
     // The window.
-    let t0_unix_ms = jiff::Timestamp::now().as_millisecond();
+    let t0_unix_ms = demo.clock().now_ms();
     let self_proc = || (SELF_NAME.to_owned(), std::process::id());
     let mut procs = ProcTracker::default();
     let mut all = demo.children();
@@ -427,7 +429,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
             *scraper_results.entry(result.to_owned()).or_insert(0.0) += v;
         }
     }
-    let samples = procstat::samples_of(&scraper, "shardmetrics_scraper_samples_total").map(|(_, v)| v).sum::<f64>();
+    let samples = procstat::sum_of(&scraper, "shardmetrics_scraper_samples_total");
     let scrapes = Scrapes {
         planned_per_second: nodes as f64 / resolution.as_secs_f64(),
         kubelet_requests,

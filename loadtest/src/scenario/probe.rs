@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use shardmetrics_plumbing::clock::SharedClock;
 
 use super::queries::{Encoding, Target};
 use super::stats::AgeHistogram;
@@ -108,6 +109,8 @@ pub struct ProbeConfig {
     pub fresh_bound_ms: f64,
     /// How many items there should be, asked at each probe.
     pub expected: Arc<dyn Fn() -> usize + Send + Sync>,
+    /// Wall clock the served samples' ages are measured against (the demo's).
+    pub clock: SharedClock,
 }
 
 /// Probes until `config.until`, one probe at a time (a slow probe delays the next one; ticks
@@ -126,7 +129,7 @@ pub async fn run(config: ProbeConfig, target: Target, log: Arc<Mutex<ProbeLog>>)
             return;
         }
         let Some(since) = sent.checked_duration_since(config.measure_from) else { continue };
-        let unix_ms = jiff::Timestamp::now().as_millisecond();
+        let unix_ms = config.clock.now_ms();
         let expected = (config.expected)();
         let result = target.get_as(path, Encoding::Json).await;
         let mut log = log.lock().unwrap_or_else(|p| p.into_inner());

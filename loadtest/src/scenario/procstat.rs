@@ -131,6 +131,11 @@ pub fn samples_of<'a>(e: &'a Exposition, name: &'a str) -> impl Iterator<Item = 
     e.iter().filter(move |(k, _)| k.as_str() == name || k.strip_prefix(name).is_some_and(|r| r.starts_with('{'))).map(|(k, v)| (k, *v))
 }
 
+/// The sum of every sample of metric `name` (with or without labels); 0 if there is none.
+pub fn sum_of(e: &Exposition, name: &str) -> f64 {
+    samples_of(e, name).map(|(_, v)| v).sum()
+}
+
 /// Cumulative buckets `(le, count)` of histogram `name` (ascending `le`, `+Inf` last).
 pub fn histogram_buckets(e: &Exposition, name: &str) -> Vec<(f64, f64)> {
     let bucket = format!("{name}_bucket");

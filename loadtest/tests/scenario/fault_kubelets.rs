@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::support::{GRANULARITY, LEASE, RES, SLACK, demo};
 use shardmetrics_loadtest::demo::Demo;
 use shardmetrics_loadtest::faults::{self, FaultSpec, Probe};
+use shardmetrics_loadtest::scenario::procstat::{label_value, parse_exposition, samples_of};
 
 /// Sum of `shardmetrics_scraper_scrapes_total` by result over every shard.
 async fn scrape_results(probe: &Probe, demo: &shardmetrics_loadtest::demo::RunningDemo) -> BTreeMap<String, f64> {
@@ -17,9 +18,9 @@ async fn scrape_results(probe: &Probe, demo: &shardmetrics_loadtest::demo::Runni
     for name in demo.shard_names() {
         let addr = demo.admin_addr(&name).unwrap();
         let text = String::from_utf8(probe.admin(addr, "/metrics").await.unwrap().body.to_vec()).unwrap();
-        for line in text.lines().filter(|l| l.starts_with("shardmetrics_scraper_scrapes_total{")) {
-            let result = line.split("result=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
-            let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        let exposition = parse_exposition(&text);
+        for (key, v) in samples_of(&exposition, "shardmetrics_scraper_scrapes_total") {
+            let result = label_value(key, "result").unwrap_or_else(|| panic!("{key} without a result label")).to_owned();
             *out.entry(result).or_default() += v;
         }
     }
@@ -64,7 +65,7 @@ async fn only_failing_kubelets_lose_freshness_and_failures_are_counted_by_reason
     let mut worst_healthy = 0i64;
     while injected_at.elapsed() < staleness - RES - Duration::from_secs(1) {
         let seen = probe.nodes(&base).await.expect("nodes");
-        let now = jiff::Timestamp::now().as_millisecond();
+        let now = probe.now_ms();
         assert_eq!(seen.timestamps.len(), 12, "every node served within the staleness bound: {:?}", seen.timestamps.keys());
         for n in &healthy {
             worst_healthy = worst_healthy.max(now - seen.timestamps[*n]);
@@ -79,7 +80,7 @@ async fn only_failing_kubelets_lose_freshness_and_failures_are_counted_by_reason
     // everything else still fresh.
     tokio::time::sleep((staleness + RES).saturating_sub(injected_at.elapsed())).await;
     let seen = probe.nodes(&base).await.expect("nodes");
-    let now = jiff::Timestamp::now().as_millisecond();
+    let now = probe.now_ms();
     for n in &failing {
         assert!(!seen.timestamps.contains_key(*n), "{n} ({}) served beyond the staleness bound", targets[*n]);
     }

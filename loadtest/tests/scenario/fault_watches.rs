@@ -17,7 +17,7 @@ async fn watchers_relist_after_410_gone_and_nothing_is_lost_or_duplicated() {
     let probe = Probe::new(&demo).unwrap();
     let base = probe.proxy_base();
     tokio::time::sleep(crate::support::WARMUP).await;
-    let fault_ms = jiff::Timestamp::now().as_millisecond();
+    let fault_ms = probe.now_ms();
 
     let spec: FaultSpec = "apiserver-drop-watches".parse().unwrap();
     let injected = faults::inject(&spec, &mut demo, 0.0).await.expect("injected");

@@ -1152,21 +1152,25 @@ fn the_frontend_parses_and_validates_its_arguments_in_every_render() -> Result<(
         let argv = with_local_files(expanded_args(c, &pod, namespace, "192.0.2.20")?, files.path())?;
         let parsed = cli::Args::try_parse_from(std::iter::once("shardmetrics-frontend".to_owned()).chain(argv.clone()))
             .map_err(|e| anyhow!("{}: clap refused {argv:?}:\n{e}", r.label))?;
-        let valid = parsed.validate().map_err(|problems| anyhow!("{}: {}", r.label, problems.join("; ")))?;
-        assert_eq!(valid.config.upstream.replica_name, pod, "{}", r.label);
-        assert_eq!(valid.lease_namespace, namespace, "{}", r.label);
-        assert_eq!(valid.secure_addr.port(), SECURE_PORT as u16, "{}", r.label);
-        assert_eq!(valid.admin_addr.map(|a| a.port()), Some(ADMIN_PORT as u16), "{}", r.label);
-        assert_eq!(valid.log_format, shardmetrics_plumbing::process::LogFormat::Json, "{}: the manifests log JSON", r.label);
+        let config = parsed.config().map_err(|problems| anyhow!("{}: {}", r.label, problems.join("; ")))?;
+        assert_eq!(config.upstream.replica_name, pod, "{}", r.label);
+        let lease_namespace = match &config.shards {
+            shardmetrics_frontend::ShardSource::Leases { namespace } => namespace.as_str(),
+            other => panic!("{}: shards from {other:?}, not Leases", r.label),
+        };
+        assert_eq!(lease_namespace, namespace, "{}", r.label);
+        assert_eq!(parsed.secure_address().port(), SECURE_PORT as u16, "{}", r.label);
+        assert_eq!(parsed.admin_bind_address.0.map(|a| a.port()), Some(ADMIN_PORT as u16), "{}", r.label);
+        assert_eq!(parsed.log_format, shardmetrics_plumbing::process::LogFormat::Json, "{}: the manifests log JSON", r.label);
         // The frontend must finish its own graceful stop within the pod's grace period.
         let grace = deploy.pointer("/spec/template/spec/terminationGracePeriodSeconds").and_then(Value::as_i64);
         let pause = c.pointer("/lifecycle/preStop/sleep/seconds").and_then(Value::as_i64).unwrap_or(0);
         let budget = std::time::Duration::from_secs(grace.unwrap_or(30).saturating_sub(pause).max(0) as u64);
         assert!(
-            valid.config.shutdown_grace < budget,
+            config.shutdown_grace < budget,
             "{}: shutdown grace {:?} vs {budget:?}",
             r.label,
-            valid.config.shutdown_grace
+            config.shutdown_grace
         );
     }
     Ok(())

@@ -16,6 +16,14 @@ pub trait Clock: Send + Sync + 'static {
 /// Shared handle to a clock.
 pub type SharedClock = Arc<dyn Clock>;
 
+/// So that configurations holding a [`SharedClock`] can derive `Debug` (the reading is left
+/// out: formatting does not read the clock).
+impl std::fmt::Debug for dyn Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
 /// The system's real-time clock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;

@@ -155,7 +155,8 @@ impl Ca {
         self.sign(params)
     }
 
-    /// A client certificate: Kubernetes reads CN as the user name and O as a group.
+    /// A client certificate: Kubernetes reads CN as the user name and O as a group. An empty
+    /// `user` leaves the CN out (a certificate that names no user, for tests of refusing one).
     pub fn client_cert(&self, user: &str, groups: &[&str]) -> Result<CertKey, PkiError> {
         if groups.len() > 1 {
             return Err(PkiError::TooManyGroups(groups.len()));
@@ -192,7 +193,9 @@ fn dn(common_name: &str, organization: Option<&str>) -> DistinguishedName {
     if let Some(o) = organization {
         dn.push(DnType::OrganizationName, o);
     }
-    dn.push(DnType::CommonName, common_name);
+    if !common_name.is_empty() {
+        dn.push(DnType::CommonName, common_name);
+    }
     dn
 }
 
@@ -261,6 +264,8 @@ mod tests {
         let subject = cert_subject(&cert.cert_der).unwrap();
         assert_eq!(subject, CertSubject { common_name: "alice".into(), organizations: vec!["devs".into()] });
         assert!(matches!(ca.client_cert("bob", &["a", "b"]), Err(PkiError::TooManyGroups(2))));
+        let nameless = ca.client_cert("", &[]).unwrap();
+        assert_eq!(cert_subject(&nameless.cert_der), None, "no CN at all");
     }
 
     #[test]

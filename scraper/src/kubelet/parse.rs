@@ -231,7 +231,7 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
         for c in pod.containers {
             match (c.cpu_ns, c.memory_bytes) {
                 (Some((cpu, ts)), Some((mem, _))) => containers.push(ContainerSample {
-                    name: c.name.into_owned(),
+                    name: c.name.into(),
                     start_time_ms: c.start_time_ms.unwrap_or(0),
                     usage: Point {
                         timestamp_ms: ts,
@@ -244,7 +244,7 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
             }
         }
         if !containers.is_empty() {
-            out.push(PodSamples { namespace: pod.namespace.into_owned(), name: pod.name.into_owned(), containers });
+            out.push(PodSamples { namespace: pod.namespace.into(), name: pod.name.into_owned(), containers });
         }
     }
     Ok(Parsed {
@@ -706,9 +706,9 @@ scrape_error 0
             "container_memory_working_set_bytes{namespace=\"ns\",container=\"c\",image=\"nginx\",pod=\"p\"} 3 10\n",
         ));
         assert_eq!(p.scrape.pods.len(), 1);
-        assert_eq!(p.scrape.pods[0].namespace, "ns");
+        assert_eq!(&*p.scrape.pods[0].namespace, "ns");
         assert_eq!(p.scrape.pods[0].name, "p");
-        assert_eq!(p.scrape.pods[0].containers[0].name, "c");
+        assert_eq!(&*p.scrape.pods[0].containers[0].name, "c");
         assert_eq!(p.scrape.pods[0].containers[0].usage, Point { timestamp_ms: 10, cpu_usage_ns: 2_000_000_000, memory_working_set_bytes: 3, swap_usage_bytes: None });
         assert_eq!(p.scrape.pods[0].containers[0].start_time_ms, 0, "start time is optional");
     }
@@ -719,7 +719,7 @@ scrape_error 0
             "container_cpu_usage_seconds_total{container=\"a\\\"b\\\\c\\nd\",namespace=\"ns\",pod=\"p\"} 1 1\n",
             "container_memory_working_set_bytes{container=\"a\\\"b\\\\c\\nd\",namespace=\"ns\",pod=\"p\"} 1 1\n",
         ));
-        assert_eq!(p.scrape.pods[0].containers[0].name, "a\"b\\c\nd");
+        assert_eq!(&*p.scrape.pods[0].containers[0].name, "a\"b\\c\nd");
         assert_eq!(p.incomplete_containers, 0);
     }
 
@@ -750,7 +750,7 @@ scrape_error 0
         ));
         assert_eq!(p.rejected_samples, 3);
         assert_eq!(p.incomplete_containers, 3);
-        assert_eq!(p.scrape.pods[0].containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["ok"]);
+        assert_eq!(p.scrape.pods[0].containers.iter().map(|c| &*c.name).collect::<Vec<_>>(), vec!["ok"]);
     }
 
     #[test]
@@ -875,7 +875,7 @@ scrape_error 0
             .scrape
             .pods
             .iter()
-            .flat_map(|pod| pod.containers.iter().map(move |c| (pod.name.clone(), c.name.clone(), c.usage.cpu_usage_ns, c.usage.memory_working_set_bytes)))
+            .flat_map(|pod| pod.containers.iter().map(move |c| (pod.name.clone(), c.name.to_string(), c.usage.cpu_usage_ns, c.usage.memory_working_set_bytes)))
             .collect();
         assert_eq!(
             got,
@@ -930,10 +930,10 @@ scrape_error 0
         assert_eq!(p.scrape.pods.len(), 110);
         assert_eq!(p.rejected_samples + p.incomplete_containers, 0);
         for want in &expected {
-            let got = p.scrape.pods.iter().find(|g| g.namespace == want.namespace && g.name == want.name).expect("pod present");
+            let got = p.scrape.pods.iter().find(|g| *g.namespace == *want.namespace && g.name == want.name).expect("pod present");
             assert_eq!(got.containers.len(), want.containers.len());
             for wc in &want.containers {
-                let gc = got.containers.iter().find(|c| c.name == wc.name).expect("container present");
+                let gc = got.containers.iter().find(|c| *c.name == *wc.name).expect("container present");
                 assert_eq!(gc.usage.memory_working_set_bytes, wc.memory_bytes);
                 assert!(gc.usage.cpu_usage_ns.abs_diff(wc.cpu_ns) <= 1, "{} vs {}", gc.usage.cpu_usage_ns, wc.cpu_ns);
                 assert_eq!(gc.start_time_ms, wc.start_time_ms);

@@ -2,8 +2,9 @@
 //! authorization, then discovery, the REST verbs on stored resources, reviews, or the
 //! aggregation proxy.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -55,6 +56,26 @@ pub struct ApiStats {
     pub watches_dropped: AtomicU64,
     /// Watch requests answered with a 410 Gone ERROR event (resume from compacted history).
     pub watches_gone: AtomicU64,
+    /// Authenticated requests per (verb, resource), e.g. `("create", "tokenreviews")` or
+    /// `("get", "configmaps")`; bounded by the served verbs x resources (unknown paths are not
+    /// counted). Read with [`ApiStats::resource_requests`].
+    by_resource: Mutex<HashMap<(String, String), u64>>,
+}
+
+impl ApiStats {
+    /// Authenticated requests so far with `verb` (`get`, `list`, `watch`, `create`, ...) on
+    /// `resource` (plural, any API group), whatever their outcome.
+    pub fn resource_requests(&self, verb: &str, resource: &str) -> u64 {
+        let counts = self.by_resource.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(&(verb.to_owned(), resource.to_owned())).copied().unwrap_or(0)
+    }
+
+    fn count(&self, attrs: &Attributes) {
+        if let Attributes::Resource { verb, resource, .. } = attrs {
+            let mut counts = self.by_resource.lock().unwrap_or_else(|p| p.into_inner());
+            *counts.entry((verb.clone(), resource.clone())).or_default() += 1;
+        }
+    }
 }
 
 /// State shared by every request.
@@ -68,11 +89,23 @@ pub(crate) struct Shared {
     pub authorize_aggregated: bool,
     pub server_address: String,
     pub stats: Arc<ApiStats>,
+    /// The last review of each kind posted (its body as received), for tests that check what
+    /// a client asked. One per kind: bounded.
+    pub last_reviews: Mutex<HashMap<&'static str, Value>>,
+    /// Resources (plural) answered 500 InternalError, as while etcd is unreachable; see
+    /// [`super::RunningApiServer::set_unavailable`].
+    pub unavailable: RwLock<HashSet<String>>,
 }
 
 impl Shared {
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether requests on `attrs`' resource are failed on purpose.
+    fn unavailable(&self, attrs: &Attributes) -> bool {
+        let Attributes::Resource { resource, .. } = attrs else { return false };
+        self.unavailable.read().unwrap_or_else(|p| p.into_inner()).contains(resource)
     }
 }
 
@@ -181,11 +214,15 @@ pub(crate) async fn handle(shared: Arc<Shared>, peer: PeerInfo, req: Request<Inc
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
+    shared.stats.count(&attrs);
     let is_health = matches!(&route, Route::Local(p) if matches!(p.as_str(), "/healthz" | "/livez" | "/readyz"));
     let skip_authz = matches!(route, Route::Aggregated) && !shared.authorize_aggregated;
     if !is_health && !skip_authz && !policy.authorize(&user, &attrs).allowed {
         shared.stats.forbidden.fetch_add(1, Ordering::Relaxed);
         return error_response(&ApiError::Forbidden(attrs.forbidden_message(&user)));
+    }
+    if shared.unavailable(&attrs) {
+        return error_response(&ApiError::Internal("the simulator was told this resource is unavailable (etcd down)".into()));
     }
     let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let (method, uri) = (req.method().clone(), req.uri().clone());
@@ -203,8 +240,11 @@ pub(crate) async fn handle(shared: Arc<Shared>, peer: PeerInfo, req: Request<Inc
                 Err(ApiError::MethodNotAllowed)
             } else {
                 match review_body(req).await {
-                    Ok(body) => reviews::answer(review, &policy, &user, &body)
-                        .map(|v| json_response(StatusCode::CREATED, v.to_string())),
+                    Ok(body) => {
+                        let answer = reviews::answer(review, &policy, &user, &body);
+                        shared.last_reviews.lock().unwrap_or_else(|p| p.into_inner()).insert(review.kind, body);
+                        answer.map(|v| json_response(StatusCode::CREATED, v.to_string()))
+                    }
                     Err(e) => Err(e),
                 }
             }

@@ -207,6 +207,8 @@ impl ApiServer {
             authorize_aggregated: config.authorize_aggregated,
             server_address: addr.to_string(),
             stats: Arc::new(ApiStats::default()),
+            last_reviews: Default::default(),
+            unavailable: Default::default(),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let handler_shared = shared.clone();
@@ -325,6 +327,20 @@ impl RunningApiServer {
     /// resourceVersion).
     pub fn drop_all_watches(&self) {
         self.shared.drop_watches.send_modify(|g| *g += 1);
+    }
+
+    /// Fails every request on `resources` (plural names, any API group: `tokenreviews`,
+    /// `subjectaccessreviews`, `configmaps`, ...) with 500 InternalError, as kube-apiserver
+    /// answers while etcd is unreachable; authentication and authorization still run first. An
+    /// empty slice makes everything available again.
+    pub fn set_unavailable(&self, resources: &[&str]) {
+        *self.shared.unavailable.write().unwrap_or_else(|p| p.into_inner()) = resources.iter().map(|r| (*r).to_owned()).collect();
+    }
+
+    /// The body of the last review of `kind` (`TokenReview`, `SubjectAccessReview`, ...)
+    /// posted to this server, as received: what a client asked, for tests to check.
+    pub fn last_review(&self, kind: &str) -> Option<serde_json::Value> {
+        self.shared.last_reviews.lock().unwrap_or_else(|p| p.into_inner()).get(kind).cloned()
     }
 
     /// Compacts the watch history so that the next resume of any watch gets 410 Gone.

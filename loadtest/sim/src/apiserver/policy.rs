@@ -229,6 +229,9 @@ pub struct Decision {
 pub struct Policy {
     tokens: HashMap<String, UserInfo>,
     rules: Vec<Rule>,
+    /// The `reason` of a denial (SubjectAccessReview `status.reason`); empty, as RBAC gives
+    /// none, unless set with [`Policy::with_denial_reason`].
+    denial_reason: String,
 }
 
 impl Policy {
@@ -246,7 +249,15 @@ impl Policy {
                     .api_groups(&["authorization.k8s.io", "authentication.k8s.io"])
                     .resources(&["selfsubjectaccessreviews", "selfsubjectrulesreviews", "selfsubjectreviews"]),
             ],
+            denial_reason: String::new(),
         }
+    }
+
+    /// Gives every denial `reason` (as an authorization webhook may explain itself), so tests
+    /// can check that a SubjectAccessReview's reason reaches the client.
+    pub fn with_denial_reason(mut self, reason: &str) -> Policy {
+        self.denial_reason = reason.to_owned();
+        self
     }
 
     /// Adds a bearer token for `user`.
@@ -278,7 +289,7 @@ impl Policy {
         }
         match self.rules.iter().position(|r| r.applies_to(user) && r.allows(attrs)) {
             Some(i) => Decision { allowed: true, reason: format!("allowed by simulator rule {i}") },
-            None => Decision { allowed: false, reason: String::new() },
+            None => Decision { allowed: false, reason: self.denial_reason.clone() },
         }
     }
 

@@ -185,6 +185,40 @@ async fn token_and_subject_access_reviews_follow_the_policy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_requests_per_resource_the_last_review_and_a_denial_reason_are_there_for_tests() {
+    let api = start(policy().with_denial_reason("no rule for this user")).await;
+    let fe = client(&api, "system:serviceaccount:kube-system:frontend").await;
+    let sars: Api<SubjectAccessReview> = Api::all(fe.clone());
+    let sar = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some("reader".into()),
+            resource_attributes: Some(ResourceAttributes { verb: Some("list".into()), resource: Some("nodes".into()), ..Default::default() }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let denied = sars.create(&PostParams::default(), &sar).await.unwrap().status.unwrap();
+    assert_eq!((denied.allowed, denied.reason.as_deref()), (false, Some("no rule for this user")));
+    let asked = api.last_review("SubjectAccessReview").expect("recorded");
+    assert_eq!(asked["spec"]["user"], "reader");
+    assert_eq!(asked["spec"]["resourceAttributes"]["resource"], "nodes");
+    assert_eq!(api.last_review("TokenReview"), None);
+
+    api.set_unavailable(&["subjectaccessreviews"]);
+    let err = sars.create(&PostParams::default(), &sar).await.unwrap_err();
+    assert!(matches!(&err, kube::Error::Api(s) if s.code == 500 && s.reason == "InternalError"), "{err:?}");
+    let tokens: Api<TokenReview> = Api::all(fe);
+    let review = TokenReview { spec: TokenReviewSpec { token: Some("reader-token".into()), ..Default::default() }, ..Default::default() };
+    assert!(tokens.create(&PostParams::default(), &review).await.is_ok(), "other resources stay available");
+    api.set_unavailable(&[]);
+    assert!(sars.create(&PostParams::default(), &sar).await.is_ok());
+
+    assert_eq!(api.stats().resource_requests("create", "subjectaccessreviews"), 3);
+    assert_eq!(api.stats().resource_requests("create", "tokenreviews"), 1);
+    assert_eq!(api.stats().resource_requests("get", "configmaps"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulator_authorizes_its_own_api_and_refuses_unknown_tokens() {
     let api = start(policy()).await;
     api.store().ensure_namespace("team-a").unwrap();

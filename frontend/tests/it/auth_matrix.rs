@@ -1,7 +1,7 @@
 //! Who may read what, against a whole frontend replica over TLS (HTTP/1.1, real sockets on
 //! 127.0.0.1:0): front-proxy certificates, bearer tokens (TokenReview) and authorization
-//! (SubjectAccessReview) answered by the fake API server of `auth_support`, samples from a fake
-//! shard, pod existence from the fake API server's metadata lists.
+//! (SubjectAccessReview) answered by the API-server simulator, samples from a fake shard, pod
+//! existence from the simulator's Pods and Nodes.
 //!
 //! One table: each row is a client (TLS identity + headers), a path, the expected status and,
 //! for 200 lists, exactly the pods the caller may see.
@@ -11,20 +11,18 @@
 //! `a_denial_is_cached_for_the_unauthorized_ttl_and_never_served_as_an_allow`); TLS versions,
 //! cipher suites and certificate reload (`auth_tls.rs`).
 
-mod auth_support;
-mod support;
-
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use auth_support::{ApiState, Ca, FakeApiServer, client_config, get};
+use crate::auth_support::{admin_client, allow_everything, api_server, base_policy, client_cert, client_config, get, new_ca, token_user};
 use shardmetrics_frontend::auth::{AuthConfig, RequestHeaderSettings, TlsConfig};
 use shardmetrics_frontend::store::StoreConfig;
 use shardmetrics_frontend::upstream::UpstreamConfig;
-use shardmetrics_frontend::{Config, Listeners, ShardSource};
+use shardmetrics_frontend::{Config, Handles, Listeners, ShardSource};
 use shardmetrics_proto::ShardIdentity;
-use support::{FakeShard, PodSpec, T0, Version, scrape, snapshot};
+use shardmetrics_sim::apiserver::{Rule, resources};
+use crate::support::{FakeShard, PodSpec, T0, Version, scrape, snapshot};
 use tokio::sync::oneshot;
 
 const PODS: &[PodSpec<'static>] =
@@ -127,30 +125,34 @@ const MATRIX: &[Row] = &[
 async fn every_caller_gets_exactly_what_authentication_and_authorization_allow() -> anyhow::Result<()> {
     let id = ShardIdentity { shard_id: "shard-0".into(), epoch: 1 };
     let shard = FakeShard::start("shard-0", snapshot(&id, &[scrape("n1", 0, 2.0, 0.5, PODS), scrape("n1", 15_000, 2.0, 0.5, PODS)])).await;
-    let user = |name: &str| (name.to_owned(), Vec::<String>::new());
-    let api = FakeApiServer::start(ApiState {
-        tokens: HashMap::from([
-            ("t-nobody".to_owned(), user("nobody")),
-            ("t-alice".to_owned(), user("alice")),
-            ("t-viewer".to_owned(), user("viewer")),
-        ]),
-        allowed_users: HashSet::from(["viewer".to_owned()]),
-        namespace_grants: HashMap::from([("alice".to_owned(), "team-a".to_owned())]),
-        running_pods: Some(PODS.iter().map(|(ns, name, _)| ((*ns).to_owned(), (*name).to_owned())).collect()),
-        nodes: Some(vec!["n1".to_owned()]),
-        ..ApiState::default()
-    })
-    .await;
+    let api = api_server(
+        base_policy()
+            .with_token("t-nobody", token_user("nobody", &[]))
+            .with_token("t-alice", token_user("alice", &[]))
+            .with_token("t-viewer", token_user("viewer", &[]))
+            .with_rule(allow_everything("viewer"))
+            .with_rule(Rule::user("alice").verbs(&["*"]).resources(&["*"]).namespaces(&["team-a"])),
+    )
+    .await?;
+    // Running pods and the node, for the replica's metadata watches.
+    let store = api.store();
+    store.create(resources::NODES, "", serde_json::json!({"metadata": {"name": "n1"}}))?;
+    for (ns, name, containers) in PODS {
+        store.ensure_namespace(ns)?;
+        let containers: Vec<_> = containers.iter().map(|c| serde_json::json!({"name": c, "image": "app"})).collect();
+        let pod = serde_json::json!({"metadata": {"name": name}, "spec": {"nodeName": "n1", "containers": containers},
+                                     "status": {"phase": "Running"}});
+        store.create(resources::PODS, ns, pod)?;
+    }
 
     let dir = tempfile::tempdir()?;
-    let serving_ca = Ca::new("serving-ca");
-    let (cert_file, key_file) = serving_ca.server("frontend").write(dir.path(), "serving");
-    let proxy_ca = Ca::new("front-proxy-ca");
-    let proxy_ca_file = dir.path().join("front-proxy-ca.crt");
-    std::fs::write(&proxy_ca_file, &proxy_ca.pem)?;
-    let front_proxy = proxy_ca.client("front-proxy-client", "");
-    let wrong_cn = proxy_ca.client("mallory", "");
-    let other_ca = Ca::new("other-ca").client("front-proxy-client", "");
+    let serving_ca = new_ca("serving-ca");
+    let (cert_file, key_file) = serving_ca.server_cert("frontend", &[])?.write_pem(dir.path(), "serving")?;
+    let proxy_ca = new_ca("front-proxy-ca");
+    let proxy_ca_file = proxy_ca.write_pem(dir.path(), "front-proxy-ca")?;
+    let front_proxy = client_cert(&proxy_ca, "front-proxy-client", "");
+    let wrong_cn = client_cert(&proxy_ca, "mallory", "");
+    let other_ca = client_cert(&new_ca("other-ca"), "front-proxy-client", "");
 
     let secure = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = secure.local_addr()?;
@@ -158,7 +160,6 @@ async fn every_caller_gets_exactly_what_authentication_and_authorization_allow()
         store: StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 },
         upstream: UpstreamConfig { replica_name: "auth-matrix".into(), ..UpstreamConfig::default() },
         shards: ShardSource::Static(vec![shard.member()]),
-        kube: Some(api.client()),
         auth: AuthConfig {
             requestheader_client_ca_file: Some(proxy_ca_file),
             requestheader: RequestHeaderSettings { allowed_names: vec!["front-proxy-client".into()], ..RequestHeaderSettings::default() },
@@ -167,12 +168,12 @@ async fn every_caller_gets_exactly_what_authentication_and_authorization_allow()
         tls: TlsConfig { cert_file: Some(cert_file), key_file: Some(key_file), ..TlsConfig::default() },
         max_requests_inflight: 100,
         limits: shardmetrics_frontend::server::ServerLimits::default(),
-        clock: shardmetrics_plumbing::clock::ManualClock::new(T0 + 40_000),
         shutdown_grace: Duration::from_secs(5),
         sweep_interval: Duration::from_millis(200),
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let frontend = tokio::spawn(shardmetrics_frontend::run(config, Listeners { secure, admin: None }, async {
+    let handles = Handles { kube: Some(admin_client(&api).await?), clock: shardmetrics_plumbing::clock::ManualClock::new(T0 + 40_000) };
+    let frontend = tokio::spawn(shardmetrics_frontend::run(config, handles, Listeners { secure, admin: None }, async {
         let _ = stopped.await;
     }));
 
@@ -197,7 +198,7 @@ async fn every_caller_gets_exactly_what_authentication_and_authorization_allow()
     // Ready: shard snapshot in and the pod/node metadata lists synced.
     let mut readyz = String::new();
     for _ in 0..500 {
-        if let Ok(r) = support::get(addr, &client_for(Cert::None), Version::Http1, "/readyz?verbose", &[]).await {
+        if let Ok(r) = crate::support::get(addr, &client_for(Cert::None), Version::Http1, "/readyz?verbose", &[]).await {
             readyz = String::from_utf8_lossy(&r.body).into_owned();
             if r.status == 200 {
                 break;
@@ -238,8 +239,9 @@ async fn every_caller_gets_exactly_what_authentication_and_authorization_allow()
     let (_, body) = get(addr, client_for(Cert::None), TEAM_B, &[("Authorization", "Bearer t-alice")]).await?;
     let message = body["message"].as_str().unwrap_or_default();
     assert!(message.contains("alice") && message.contains("team-b"), "{message}");
-    // Every review went to the fake API server: the namespace grant was asked for, never assumed.
-    assert!(api.with(|s| s.access_reviews) > 0 && api.with(|s| s.token_reviews) > 0);
+    // Every review went to the API server: the namespace grant was asked for, never assumed.
+    let stats = api.stats();
+    assert!(stats.resource_requests("create", "subjectaccessreviews") > 0 && stats.resource_requests("create", "tokenreviews") > 0);
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(10), frontend).await??.map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -2,8 +2,6 @@
 //! in the store, reconnects after a dropped stream, hand-off between two shards, releases, and
 //! shards joining and leaving the member set.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +10,10 @@ use shardmetrics_frontend::store::{Store, StoreConfig};
 use shardmetrics_frontend::upstream::{self, UpstreamConfig, UpstreamState};
 use shardmetrics_plumbing::clock::ManualClock;
 use shardmetrics_proto::{NodeReleased, ReleaseReason};
-use support::{FakeShard, T0, scrape, snapshot};
+use crate::support::{FakeShard, T0, new_ca, scrape, snapshot};
 use tokio::sync::watch;
 
-const PODS: &[support::PodSpec<'static>] = &[("default", "web-1", &["app"]), ("kube-system", "dns", &["coredns", "sidecar"])];
+const PODS: &[crate::support::PodSpec<'static>] = &[("default", "web-1", &["app"]), ("kube-system", "dns", &["coredns", "sidecar"])];
 
 struct Harness {
     store: Arc<Store>,
@@ -34,7 +32,7 @@ fn start_with(shards: &[&FakeShard], tls: Option<upstream::GrpcClientTls>) -> Ha
     let clock = ManualClock::new(T0 + 40_000);
     let store = Arc::new(Store::new(StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 }, clock));
     let registry = prometheus::Registry::new();
-    let metrics = Metrics::new(&registry).expect("metrics");
+    let metrics = Metrics::register(&registry).expect("metrics");
     let state = Arc::new(UpstreamState::default());
     let (members, rx) = upstream::static_members(shards.iter().map(|s| s.member()).collect());
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -152,16 +150,16 @@ async fn shards_joining_and_leaving_the_member_set_open_and_close_subscriptions(
 
 #[tokio::test]
 async fn shards_are_reached_over_mutual_tls_when_a_ca_and_client_certificate_are_configured() {
-    let serving_ca = support::Ca::new("shard-ca");
-    let serving = serving_ca.server();
-    let client_ca = support::Ca::new("frontend-client-ca");
-    let client = client_ca.client("shardmetrics-frontend");
+    let serving_ca = new_ca("shard-ca");
+    let serving = serving_ca.server_cert("shard-0", &[]).expect("serving certificate");
+    let client_ca = new_ca("frontend-client-ca");
+    let client = client_ca.client_cert("shardmetrics-frontend", &[]).expect("client certificate");
     let id = shardmetrics_proto::ShardIdentity { shard_id: "shard-0".into(), epoch: 1 };
     let snap = snapshot(&id, &[scrape("n1", 0, 1.0, 1.0, PODS), scrape("n1", 15_000, 1.0, 1.0, PODS)]);
-    let shard = FakeShard::start_with_tls("shard-0", snap, Some((serving.cert_pem.clone(), serving.key_pem.clone(), Some(client_ca.pem.clone())))).await;
+    let shard = FakeShard::start_with_tls("shard-0", snap, Some((serving.cert_pem.clone(), serving.key_pem.clone(), Some(client_ca.cert_pem().to_owned())))).await;
 
     // Without a client certificate the shard refuses the handshake: never ready.
-    let plain = start_with(&[&shard], Some(upstream::GrpcClientTls { ca_pem: serving_ca.pem.clone().into_bytes(), identity: None }));
+    let plain = start_with(&[&shard], Some(upstream::GrpcClientTls { ca_pem: serving_ca.cert_pem().as_bytes().to_vec(), identity: None }));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!plain.state.is_ready());
     assert!(plain.store.node("n1").is_none());
@@ -170,7 +168,7 @@ async fn shards_are_reached_over_mutual_tls_when_a_ca_and_client_certificate_are
     let mtls = start_with(
         &[&shard],
         Some(upstream::GrpcClientTls {
-            ca_pem: serving_ca.pem.clone().into_bytes(),
+            ca_pem: serving_ca.cert_pem().as_bytes().to_vec(),
             identity: Some((client.cert_pem.clone().into_bytes(), client.key_pem.clone().into_bytes())),
         }),
     );

@@ -3,13 +3,11 @@
 //! client certificate) checks JSON, protobuf and Table answers, Status errors, authentication,
 //! the in-flight limit, health and self-metrics.
 
-mod support;
-
 use prost::Message;
 use serde_json::json;
 use shardmetrics_frontend::api::protobuf::{NodeMetrics, PodMetricsList, decode_envelope};
 use shardmetrics_proto::ShardIdentity;
-use support::{ADMIN, FakeShard, Frontend, FrontendOptions, PodSpec, Version, admin_get, get, scrape, send, snapshot};
+use crate::support::{ADMIN, FakeShard, Frontend, FrontendOptions, PodSpec, Version, admin_get, get, scrape, send, snapshot};
 
 const N1_PODS: &[PodSpec<'static>] = &[
     ("default", "web-b", &["app", "istio-proxy"]),

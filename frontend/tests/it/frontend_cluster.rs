@@ -113,18 +113,20 @@ async fn start_frontend(sim: &Sim, name: &str) -> Frontend {
         "--max-staleness=20s",
     ])
     .expect("frontend args");
-    let validated = match args.validate() {
-        Ok(v) => v,
+    let config = match args.config() {
+        Ok(c) => c,
         Err(problems) => panic!("invalid frontend flags: {problems:?}"),
     };
-    let mut config = validated.config;
-    config.kube = Some(frontend_cli::kube_client(Some(&path)).await.expect("client"));
+    let handles = shardmetrics_frontend::Handles {
+        kube: Some(frontend_cli::kube_client(Some(&path)).await.expect("client")),
+        clock: shardmetrics_plumbing::clock::system(),
+    };
     let secure = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let (secure_addr, admin_addr) = (secure.local_addr().expect("addr"), admin.local_addr().expect("addr"));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        shardmetrics_frontend::run(config, shardmetrics_frontend::Listeners { secure, admin: Some(admin) }, async {
+        shardmetrics_frontend::run(config, handles, shardmetrics_frontend::Listeners { secure, admin: Some(admin) }, async {
             let _ = stopped.await;
         })
         .await
@@ -343,7 +345,8 @@ async fn stopping_a_shard_never_blanks_a_node_and_its_nodes_keep_fresh_rates() {
     a.stop().await.expect("shard ran");
     // For the next three resolutions every node and pod stays served, and afterwards every
     // node's timestamp is newer than the stop (the remaining shard continues the rates).
-    let stopped_at = jiff::Timestamp::now();
+    // The shards and the frontend read the system clock.
+    let stopped_at_s = shardmetrics_plumbing::clock::system().now_ms() / 1000;
     let until = tokio::time::Instant::now() + RESOLUTION * 3;
     while tokio::time::Instant::now() < until {
         let (_, n) = get_json(&sim, "/apis/metrics.k8s.io/v1beta1/nodes").await;
@@ -356,7 +359,7 @@ async fn stopping_a_shard_never_blanks_a_node_and_its_nodes_keep_fresh_rates() {
         n["items"].as_array().is_some_and(|items| {
             items.len() == 6
                 && items.iter().all(|i| {
-                    i["timestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).is_some_and(|t| t.as_second() >= stopped_at.as_second())
+                    i["timestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).is_some_and(|t| t.as_second() >= stopped_at_s)
                 })
         })
     })

@@ -4,24 +4,17 @@
 //! only from `shardmetrics_frontend::auth`, so these tests do not depend on the rest of the
 //! frontend.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::StatusCode;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use shardmetrics_frontend::auth::{
-    Auth, AuthConfig, AuthError, RequestAttributes, TlsConfig, server_tls_config,
-};
+use shardmetrics_frontend::auth::{Auth, AuthConfig, TlsConfig};
+use shardmetrics_plumbing::pki::{self, CertKey};
 use shardmetrics_sim::apiserver::{
     ApiServer, ApiServerConfig, DEFAULT_ADMIN, DEFAULT_ADMIN_TOKEN, MASTERS, Policy, Rule,
     RunningApiServer, UserInfo,
 };
-use shardmetrics_sim::httputil::{Body, PeerInfo, json_response, serve_tls};
-use shardmetrics_plumbing::pki::{self, CertKey};
-use tokio::sync::watch;
+
+use crate::auth_support::{AuthServer, get};
 
 const FRONTEND_SA: &str = "system:serviceaccount:kube-system:shardmetrics-frontend";
 
@@ -64,14 +57,7 @@ fn policy() -> Policy {
 
 struct Cluster {
     api: RunningApiServer,
-    backend: SocketAddr,
-    _stop: watch::Sender<bool>,
-}
-
-fn status(code: StatusCode, e: &AuthError) -> hyper::Response<Body> {
-    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                      "message": e.client_message(), "reason": e.reason(), "code": code.as_u16()});
-    json_response(code, body.to_string())
+    backend: AuthServer,
 }
 
 /// The simulator (authorizing nothing for metrics.k8s.io itself, so the backend decides) with
@@ -86,44 +72,9 @@ async fn cluster() -> anyhow::Result<Cluster> {
     let client = kube::Client::try_from(api.kubeconfig_for(FRONTEND_SA).await?)?;
     // Defaults: requestheader CA, allowed names and headers from the ConfigMap.
     let auth = Auth::new(AuthConfig::default(), Some(client), &Default::default()).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let backend = listener.local_addr()?;
-    let tls = server_tls_config(&TlsConfig::default())?;
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(serve_tls(
-        listener,
-        tls,
-        stopped,
-        move |peer: PeerInfo, req: http::Request<hyper::body::Incoming>| {
-            let auth = auth.clone();
-            async move {
-                if auth.is_always_allowed(req.uri().path()) {
-                    return json_response(StatusCode::OK, "{}");
-                }
-                let certs = (!peer.client_certs.is_empty()).then_some(peer.client_certs.as_slice());
-                let user = match auth.authenticate(certs, req.headers()).await {
-                    Ok(user) => user,
-                    Err(e) => return status(e.status_code(), &e),
-                };
-                match auth
-                    .authorize(
-                        &user,
-                        &RequestAttributes::from_request(req.method(), req.uri()),
-                    )
-                    .await
-                {
-                    Ok(()) => json_response(StatusCode::OK, json!({"user": user}).to_string()),
-                    Err(e) => status(e.status_code(), &e),
-                }
-            }
-        },
-    ));
-    api.set_aggregation_backends(vec![backend]);
-    Ok(Cluster {
-        api,
-        backend,
-        _stop: stop,
-    })
+    let backend = AuthServer::start(&TlsConfig::default(), auth).await?;
+    api.set_aggregation_backends(vec![backend.addr]);
+    Ok(Cluster { api, backend })
 }
 
 /// GET `path` from the simulator as `user` (by its policy token): status and JSON body.
@@ -137,7 +88,8 @@ async fn via_apiserver(c: &Cluster, user: &str, path: &str) -> anyhow::Result<(u
     }
 }
 
-/// GET `path` straight from the backend, presenting `cert` and `headers`.
+/// GET `path` straight from the backend (whose self-signed certificate is trusted as is),
+/// presenting `cert` and `headers`.
 async fn direct(
     c: &Cluster,
     cert: Option<&CertKey>,
@@ -145,22 +97,8 @@ async fn direct(
     headers: &[(&str, &str)],
 ) -> anyhow::Result<(u16, Value)> {
     let config = Arc::new(pki::client_config(None, cert)?);
-    let tcp = tokio::net::TcpStream::connect(c.backend).await?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
-        .await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-    tokio::spawn(conn);
-    let mut req = http::Request::get(path).header("host", "localhost");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let response = sender
-        .send_request(req.body(Full::new(Bytes::new()))?)
-        .await?;
-    let code = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((code, serde_json::from_slice(&body)?))
+    let (code, body) = get(c.backend.addr, config, path, headers).await?;
+    Ok((code.as_u16(), body))
 }
 
 #[tokio::test]

@@ -1,45 +1,34 @@
 //! The secure port's TLS over real sockets: protocol versions, cipher suites, ALPN, optional
 //! client certificates, and serving certificate reload.
 
-mod auth_support;
-
 use std::time::Duration;
 
-use auth_support::{ApiState, AuthServer, Ca, FakeApiServer, client_config, handshake};
+use crate::auth_support::{AuthServer, client_cert, client_config, handshake, new_ca};
 use shardmetrics_frontend::auth::{Auth, AuthConfig, TlsConfig, TlsMinVersion};
+use shardmetrics_plumbing::pki::{self, Ca};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Server {
     server: AuthServer,
     ca: Ca,
     dir: tempfile::TempDir,
-    _api: FakeApiServer,
 }
 
+/// A secure port with a serving certificate from its own CA. TLS is all these tests look at,
+/// so `Auth` has no API server.
 async fn start(configure: impl FnOnce(&mut TlsConfig)) -> anyhow::Result<Server> {
-    let ca = Ca::new("serving-ca");
+    let ca = new_ca("serving-ca");
     let dir = tempfile::tempdir()?;
-    let (cert, key) = ca.server("frontend-1").write(dir.path(), "serving");
+    let (cert, key) = ca.server_cert("frontend-1", &[])?.write_pem(dir.path(), "serving")?;
     let mut tls = TlsConfig {
         cert_file: Some(cert),
         key_file: Some(key),
         ..TlsConfig::default()
     };
     configure(&mut tls);
-    let api = FakeApiServer::start(ApiState::default()).await;
-    let auth = Auth::new(
-        AuthConfig::default(),
-        Some(api.client()),
-        &prometheus::Registry::new(),
-    )
-    .await?;
+    let auth = Auth::new(AuthConfig::default(), None, &prometheus::Registry::new()).await?;
     let server = AuthServer::start(&tls, auth).await?;
-    Ok(Server {
-        server,
-        ca,
-        dir,
-        _api: api,
-    })
+    Ok(Server { server, ca, dir })
 }
 
 /// A ClientHello without the supported_versions extension (as TLS 1.1 and older clients send
@@ -134,13 +123,11 @@ async fn configured_cipher_suites_restrict_tls_1_2() -> anyhow::Result<()> {
     let client = |suite: rustls::SupportedCipherSuite| {
         let mut provider = rustls::crypto::ring::default_provider();
         provider.cipher_suites = vec![suite];
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(s.ca.der()).expect("root");
         std::sync::Arc::new(
             rustls::ClientConfig::builder_with_provider(provider.into())
                 .with_protocol_versions(&[&rustls::version::TLS12])
                 .expect("versions")
-                .with_root_certificates(roots)
+                .with_root_certificates(s.ca.root_store())
                 .with_no_client_auth(),
         )
     };
@@ -190,7 +177,7 @@ async fn client_certificates_are_optional_and_accepted_from_any_ca_at_the_tls_la
         &[&rustls::version::TLS12][..],
         &[&rustls::version::TLS13][..],
     ] {
-        let stranger = Ca::new("stranger-ca").client("someone", "");
+        let stranger = client_cert(&new_ca("stranger-ca"), "someone", "");
         assert!(
             handshake(
                 s.server.addr,
@@ -234,26 +221,26 @@ async fn wait_for_leaf(s: &Server, want: &[u8]) -> anyhow::Result<()> {
 async fn changed_serving_certificate_files_are_served_without_a_restart() -> anyhow::Result<()> {
     let s = start(|c| c.reload_interval = Duration::from_millis(20)).await?;
     let first = served_leaf(&s).await?;
-    let second = s.ca.server("frontend-2");
-    second.write(s.dir.path(), "serving");
-    wait_for_leaf(&s, second.chain[0].as_ref()).await?;
-    assert_ne!(first, second.chain[0].to_vec());
+    let second = s.ca.server_cert("frontend-2", &[])?;
+    second.write_pem(s.dir.path(), "serving")?;
+    wait_for_leaf(&s, second.cert_der.as_ref()).await?;
+    assert_ne!(first, second.cert_der.to_vec());
 
     // A key that does not match is refused; the current certificate stays until a good pair lands.
-    let third = s.ca.server("frontend-3");
-    let fourth = s.ca.server("frontend-4");
+    let third = s.ca.server_cert("frontend-3", &[])?;
+    let fourth = s.ca.server_cert("frontend-4", &[])?;
     std::fs::write(s.dir.path().join("serving.crt"), &third.cert_pem)?;
     std::fs::write(s.dir.path().join("serving.key"), &fourth.key_pem)?;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(
             served_leaf(&s).await?,
-            second.chain[0].to_vec(),
+            second.cert_der.to_vec(),
             "a mismatched pair must never be served"
         );
     }
     std::fs::write(s.dir.path().join("serving.key"), &third.key_pem)?;
-    wait_for_leaf(&s, third.chain[0].as_ref()).await?;
+    wait_for_leaf(&s, third.cert_der.as_ref()).await?;
     Ok(())
 }
 
@@ -270,46 +257,7 @@ async fn without_certificate_files_the_port_serves_a_self_signed_certificate_for
         }
     });
     // Trust the certificate the server presents, then check it names localhost.
-    #[derive(Debug)]
-    struct TrustAny(rustls::crypto::WebPkiSupportedAlgorithms);
-    impl rustls::client::danger::ServerCertVerifier for TrustAny {
-        fn verify_server_cert(
-            &self,
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &[rustls::pki_types::CertificateDer<'_>],
-            _: &rustls::pki_types::ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &rustls::pki_types::CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(m, c, d, &self.0)
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &rustls::pki_types::CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(m, c, d, &self.0)
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.supported_schemes()
-        }
-    }
-    let provider = rustls::crypto::ring::default_provider();
-    let algorithms = provider.signature_verification_algorithms;
-    let client = rustls::ClientConfig::builder_with_provider(provider.into())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(TrustAny(algorithms)))
-        .with_no_client_auth();
+    let client = pki::client_config(None, None)?;
     let (_, session) = handshake(addr, std::sync::Arc::new(client)).await?;
     let leaf = session.server_leaf.expect("a certificate");
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())?;

@@ -8,8 +8,6 @@
 //! (`past_max_requests_inflight_the_answer_is_429_until_a_slot_frees`); the kubelet response
 //! limit in the scraper's `tests/kubelet_client.rs`.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +21,7 @@ use rustls_pki_types::ServerName;
 use shardmetrics_frontend::server::ServerLimits;
 use shardmetrics_proto::ShardIdentity;
 use shardmetrics_proto::v1::{SampleBatch, ShardIdentity as WireShard};
-use support::{ADMIN, FakeShard, Frontend, FrontendOptions, PodSpec, Version, admin_get, get, scrape, snapshot};
+use crate::support::{ADMIN, FakeShard, Frontend, FrontendOptions, PodSpec, Version, admin_get, get, scrape, snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 

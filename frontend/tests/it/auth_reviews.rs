@@ -1,38 +1,43 @@
-//! TokenReview and SubjectAccessReview against a fake API server over real HTTPS: answers,
-//! caching by TTL (injected clock), denials never served as allows, API errors as k8s.io/apiserver
-//! answers them (a failed TokenReview 401, a failed SubjectAccessReview 500).
+//! TokenReview and SubjectAccessReview against the API-server simulator over real HTTPS:
+//! answers, caching by TTL (injected clock), denials never served as allows, API errors as
+//! k8s.io/apiserver answers them (a failed TokenReview 401, a failed SubjectAccessReview 500).
 
-mod auth_support;
-
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use auth_support::{ApiState, FakeApiServer, counter};
+use crate::auth_support::{admin_client, allow_everything, api_server, base_policy, counter, token_user};
 use http::HeaderMap;
 use shardmetrics_frontend::auth::{Auth, AuthConfig, AuthError, RequestAttributes, UserInfo};
 use shardmetrics_plumbing::clock::{Clock, ManualClock, SystemClock};
+use shardmetrics_sim::apiserver::{Policy, RunningApiServer};
 
 struct Setup {
-    api: FakeApiServer,
+    api: RunningApiServer,
     auth: Auth,
     clock: Arc<ManualClock>,
     registry: prometheus::Registry,
 }
 
+/// Tokens of alice (group `dev`) and bob; everything allowed to `allowed`.
+fn policy(allowed: &[&str]) -> Policy {
+    let policy = base_policy()
+        .with_token("alice-token", token_user("alice", &["dev"]))
+        .with_token("bob-token", token_user("bob", &[]));
+    allowed.iter().fold(policy, |p, user| p.with_rule(allow_everything(user)))
+}
+
+/// TokenReviews posted to `api` so far.
+fn token_reviews(api: &RunningApiServer) -> u64 {
+    api.stats().resource_requests("create", "tokenreviews")
+}
+
+/// SubjectAccessReviews posted to `api` so far.
+fn access_reviews(api: &RunningApiServer) -> u64 {
+    api.stats().resource_requests("create", "subjectaccessreviews")
+}
+
 async fn setup(configure: impl FnOnce(&mut AuthConfig)) -> anyhow::Result<Setup> {
-    let api = FakeApiServer::start(ApiState {
-        tokens: HashMap::from([
-            (
-                "alice-token".to_owned(),
-                ("alice".to_owned(), vec!["dev".to_owned()]),
-            ),
-            ("bob-token".to_owned(), ("bob".to_owned(), vec![])),
-        ]),
-        allowed_users: HashSet::from(["alice".to_owned()]),
-        ..ApiState::default()
-    })
-    .await;
+    let api = api_server(policy(&["alice"])).await?;
     let clock = ManualClock::new(SystemClock.now_ms());
     let mut config = AuthConfig {
         clock: clock.clone(),
@@ -42,7 +47,7 @@ async fn setup(configure: impl FnOnce(&mut AuthConfig)) -> anyhow::Result<Setup>
     };
     configure(&mut config);
     let registry = prometheus::Registry::new();
-    let auth = Auth::new(config, Some(api.client()), &registry).await?;
+    let auth = Auth::new(config, Some(admin_client(&api).await?), &registry).await?;
     Ok(Setup {
         api,
         auth,
@@ -82,14 +87,14 @@ async fn a_valid_bearer_token_is_authenticated_by_token_review_and_cached_for_it
     assert_eq!(alice.groups, ["dev", "system:authenticated"]);
     s.auth.authenticate(None, &bearer("alice-token")).await?;
     assert_eq!(
-        s.api.with(|st| st.token_reviews),
+        token_reviews(&s.api),
         1,
         "second request answered from the cache"
     );
     s.clock.advance_ms(10_000);
     s.auth.authenticate(None, &bearer("alice-token")).await?;
     assert_eq!(
-        s.api.with(|st| st.token_reviews),
+        token_reviews(&s.api),
         2,
         "reviewed again after the TTL"
     );
@@ -128,7 +133,7 @@ async fn an_invalid_token_is_401_even_with_anonymous_access_on() -> anyhow::Resu
 #[tokio::test]
 async fn an_unreachable_token_review_is_401_and_never_cached() -> anyhow::Result<()> {
     let s = setup(|_| {}).await?;
-    s.api.with(|st| st.failing = true);
+    s.api.set_unavailable(&["tokenreviews", "subjectaccessreviews"]);
     let err = s
         .auth
         .authenticate(None, &bearer("alice-token"))
@@ -136,7 +141,7 @@ async fn an_unreachable_token_review_is_401_and_never_cached() -> anyhow::Result
         .unwrap_err();
     assert!(matches!(err, AuthError::Unauthorized(_)), "{err:?}");
     assert_eq!(err.status_code(), 401);
-    s.api.with(|st| st.failing = false);
+    s.api.set_unavailable(&[]);
     assert_eq!(
         s.auth
             .authenticate(None, &bearer("alice-token"))
@@ -144,7 +149,7 @@ async fn an_unreachable_token_review_is_401_and_never_cached() -> anyhow::Result
             .name,
         "alice"
     );
-    assert_eq!(s.api.with(|st| st.token_reviews), 2);
+    assert_eq!(token_reviews(&s.api), 2);
     assert_eq!(
         counter(
             &s.registry,
@@ -162,7 +167,7 @@ async fn an_allow_is_cached_for_the_authorized_ttl_then_asked_again() -> anyhow:
     s.auth.authorize(&user("alice"), &list_nodes()).await?;
     s.clock.advance_ms(9_999);
     s.auth.authorize(&user("alice"), &list_nodes()).await?;
-    assert_eq!(s.api.with(|st| st.access_reviews), 1);
+    assert_eq!(access_reviews(&s.api), 1);
     // A different question is not answered by that allow.
     s.auth
         .authorize(
@@ -170,10 +175,10 @@ async fn an_allow_is_cached_for_the_authorized_ttl_then_asked_again() -> anyhow:
             &RequestAttributes::metrics("list", "pods", Some("web"), None),
         )
         .await?;
-    assert_eq!(s.api.with(|st| st.access_reviews), 2);
+    assert_eq!(access_reviews(&s.api), 2);
     s.clock.advance_ms(1);
     s.auth.authorize(&user("alice"), &list_nodes()).await?;
-    assert_eq!(s.api.with(|st| st.access_reviews), 3);
+    assert_eq!(access_reviews(&s.api), 3);
     assert_eq!(
         counter(
             &s.registry,
@@ -210,7 +215,7 @@ async fn a_denial_is_cached_for_the_unauthorized_ttl_and_never_served_as_an_allo
         "{denied}"
     );
     // Bob is granted access, but the denial is still within its TTL: still 403, from the cache.
-    s.api.with(|st| st.allowed_users.insert("bob".to_owned()));
+    s.api.set_policy(policy(&["alice", "bob"]));
     s.clock.advance_ms(4_999);
     assert_eq!(
         s.auth
@@ -220,13 +225,13 @@ async fn a_denial_is_cached_for_the_unauthorized_ttl_and_never_served_as_an_allo
             .status_code(),
         403
     );
-    assert_eq!(s.api.with(|st| st.access_reviews), 1);
+    assert_eq!(access_reviews(&s.api), 1);
     // The denial TTL (5 s) is shorter than the allow TTL (10 s): it expires on its own clock.
     s.clock.advance_ms(1);
     s.auth.authorize(&user("bob"), &list_nodes()).await?;
-    assert_eq!(s.api.with(|st| st.access_reviews), 2);
+    assert_eq!(access_reviews(&s.api), 2);
     // Revoked again: the allow is cached, so bob keeps access until the allow TTL, then is denied.
-    s.api.with(|st| st.allowed_users.remove("bob"));
+    s.api.set_policy(policy(&["alice"]));
     s.clock.advance_ms(9_999);
     s.auth.authorize(&user("bob"), &list_nodes()).await?;
     s.clock.advance_ms(1);
@@ -252,7 +257,7 @@ async fn a_denial_is_cached_for_the_unauthorized_ttl_and_never_served_as_an_allo
 #[tokio::test]
 async fn an_api_server_error_is_500_never_an_allow_and_never_cached() -> anyhow::Result<()> {
     let s = setup(|_| {}).await?;
-    s.api.with(|st| st.failing = true);
+    s.api.set_unavailable(&["tokenreviews", "subjectaccessreviews"]);
     let err = s
         .auth
         .authorize(&user("alice"), &list_nodes())
@@ -260,10 +265,10 @@ async fn an_api_server_error_is_500_never_an_allow_and_never_cached() -> anyhow:
         .unwrap_err();
     assert!(matches!(err, AuthError::Internal(_)), "{err:?}");
     assert_eq!(err.status_code(), 500);
-    s.api.with(|st| st.failing = false);
+    s.api.set_unavailable(&[]);
     s.auth.authorize(&user("alice"), &list_nodes()).await?;
     assert_eq!(
-        s.api.with(|st| st.access_reviews),
+        access_reviews(&s.api),
         2,
         "the error was not cached"
     );

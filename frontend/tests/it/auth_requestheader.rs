@@ -1,22 +1,21 @@
 //! The authentication/authorization matrix over real TLS: a secure-port server built from
-//! `server_tls_config` + `Auth`, a fake API server over HTTPS answering SubjectAccessReviews and
-//! the authentication ConfigMap, and rustls clients presenting rcgen client certificates.
+//! `server_tls_config` + `Auth`, the API-server simulator answering SubjectAccessReviews and
+//! serving the authentication ConfigMap, and rustls clients presenting client certificates.
 
-mod auth_support;
-
-use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
-use auth_support::{
-    ApiState, AuthServer, Ca, FakeApiServer, Identity, client_config, counter, get,
+use crate::auth_support::{
+    AuthServer, admin_client, allow_everything, api_server, base_policy, client_cert, client_config, counter, get, new_ca,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 use shardmetrics_frontend::auth::{Auth, AuthConfig, RequestHeaderSettings, TlsConfig};
+use shardmetrics_plumbing::pki::{Ca, CertKey};
+use shardmetrics_sim::apiserver::{EXTENSION_APISERVER_AUTHENTICATION, Part, RunningApiServer, resources};
 
 const NODES: &str = "/apis/metrics.k8s.io/v1beta1/nodes";
 
 struct Setup {
-    api: FakeApiServer,
+    api: RunningApiServer,
     server: AuthServer,
     auth: Auth,
     registry: prometheus::Registry,
@@ -31,29 +30,23 @@ impl Setup {
     /// Front-proxy CA and client CA from files (allowed name `front-proxy-client`); the API
     /// server allows `alice` only.
     async fn new(configure: impl FnOnce(&mut AuthConfig, &Setup0)) -> anyhow::Result<Self> {
-        Self::with_api(ApiState::default(), configure).await
+        let api = api_server(base_policy().with_rule(allow_everything("alice"))).await?;
+        Self::with_api(api, configure).await
     }
 
     async fn with_api(
-        mut api_state: ApiState,
+        api: RunningApiServer,
         configure: impl FnOnce(&mut AuthConfig, &Setup0),
     ) -> anyhow::Result<Self> {
-        api_state.allowed_users = HashSet::from(["alice".to_owned()]);
-        let api = FakeApiServer::start(api_state).await;
         let dir = tempfile::tempdir()?;
         let s0 = Setup0 {
-            serving_ca: Ca::new("serving-ca"),
-            front_proxy_ca: Ca::new("front-proxy-ca"),
-            client_ca: Ca::new("client-ca"),
+            serving_ca: new_ca("serving-ca"),
+            front_proxy_ca: new_ca("front-proxy-ca"),
+            client_ca: new_ca("client-ca"),
         };
-        let (serving_cert, serving_key) = s0
-            .serving_ca
-            .server("frontend")
-            .write(dir.path(), "serving");
-        let front_proxy_ca_file = dir.path().join("front-proxy-ca.crt");
-        std::fs::write(&front_proxy_ca_file, &s0.front_proxy_ca.pem)?;
-        let client_ca_file = dir.path().join("client-ca.crt");
-        std::fs::write(&client_ca_file, &s0.client_ca.pem)?;
+        let (serving_cert, serving_key) = s0.serving_ca.server_cert("frontend", &[])?.write_pem(dir.path(), "serving")?;
+        let front_proxy_ca_file = s0.front_proxy_ca.write_pem(dir.path(), "front-proxy-ca")?;
+        let client_ca_file = s0.client_ca.write_pem(dir.path(), "client-ca")?;
         let mut config = AuthConfig {
             requestheader_client_ca_file: Some(front_proxy_ca_file.clone()),
             requestheader: RequestHeaderSettings {
@@ -65,7 +58,7 @@ impl Setup {
         };
         configure(&mut config, &s0);
         let registry = prometheus::Registry::new();
-        let auth = Auth::new(config, Some(api.client()), &registry).await?;
+        let auth = Auth::new(config, Some(admin_client(&api).await?), &registry).await?;
         let tls = TlsConfig {
             cert_file: Some(serving_cert),
             key_file: Some(serving_key),
@@ -92,7 +85,7 @@ impl Setup {
 
     async fn get(
         &self,
-        identity: Option<&Identity>,
+        identity: Option<&CertKey>,
         path: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<(u16, Value)> {
@@ -141,7 +134,7 @@ async fn a_request_without_credentials_is_401_with_an_unauthorized_status() -> a
 #[tokio::test]
 async fn a_client_certificate_from_another_ca_completes_tls_and_gets_401() -> anyhow::Result<()> {
     let s = Setup::new(|_, _| {}).await?;
-    let intruder = Ca::new("intruder-ca").client("front-proxy-client", "");
+    let intruder = client_cert(&new_ca("intruder-ca"), "front-proxy-client", "");
     let (code, body) = s
         .get(Some(&intruder), NODES, &[("X-Remote-User", "alice")])
         .await?;
@@ -162,7 +155,7 @@ async fn a_client_certificate_from_another_ca_completes_tls_and_gets_401() -> an
 #[tokio::test]
 async fn a_front_proxy_certificate_whose_cn_is_not_allowed_gets_401() -> anyhow::Result<()> {
     let s = Setup::new(|_, _| {}).await?;
-    let proxy = s.front_proxy_ca.client("not-the-aggregator", "");
+    let proxy = client_cert(&s.front_proxy_ca, "not-the-aggregator", "");
     let (code, _) = s
         .get(Some(&proxy), NODES, &[("X-Remote-User", "alice")])
         .await?;
@@ -193,7 +186,7 @@ async fn x_remote_user_without_a_front_proxy_certificate_is_ignored() -> anyhow:
         .await?;
     assert_eq!(code, 401);
     assert_eq!(
-        s.api.with(|st| st.access_reviews),
+        s.api.stats().resource_requests("create", "subjectaccessreviews"),
         0,
         "never reached authorization"
     );
@@ -211,10 +204,7 @@ async fn x_remote_user_without_a_front_proxy_certificate_is_ignored() -> anyhow:
         )
         .await?;
     assert_eq!(code, 403, "{body}");
-    let review = s
-        .api
-        .with(|st| st.last_access_review.clone())
-        .expect("a review");
+    let review = s.api.last_review("SubjectAccessReview").expect("a review")["spec"].clone();
     assert_eq!(review["user"], "system:anonymous");
     assert_eq!(
         review["groups"],
@@ -227,7 +217,7 @@ async fn x_remote_user_without_a_front_proxy_certificate_is_ignored() -> anyhow:
 async fn a_front_proxy_certificate_with_remote_headers_authenticates_that_user()
 -> anyhow::Result<()> {
     let s = Setup::new(|_, _| {}).await?;
-    let proxy = s.front_proxy_ca.client("front-proxy-client", "");
+    let proxy = client_cert(&s.front_proxy_ca, "front-proxy-client", "");
     let (code, body) = s
         .get(
             Some(&proxy),
@@ -254,10 +244,7 @@ async fn a_front_proxy_certificate_with_remote_headers_authenticates_that_user()
         serde_json::json!(["blue"])
     );
     // The authorizer was asked about exactly this request.
-    let review = s
-        .api
-        .with(|st| st.last_access_review.clone())
-        .expect("a review");
+    let review = s.api.last_review("SubjectAccessReview").expect("a review")["spec"].clone();
     assert_eq!(review["user"], "alice");
     assert_eq!(review["resourceAttributes"]["group"], "metrics.k8s.io");
     assert_eq!(review["resourceAttributes"]["version"], "v1beta1");
@@ -283,7 +270,7 @@ async fn a_front_proxy_certificate_with_remote_headers_authenticates_that_user()
 async fn an_authenticated_user_the_authorizer_denies_gets_403_naming_the_request()
 -> anyhow::Result<()> {
     let s = Setup::new(|_, _| {}).await?;
-    let proxy = s.front_proxy_ca.client("front-proxy-client", "");
+    let proxy = client_cert(&s.front_proxy_ca, "front-proxy-client", "");
     let (code, body) = s
         .get(Some(&proxy), NODES, &[("X-Remote-User", "bob")])
         .await?;
@@ -299,7 +286,7 @@ async fn an_authenticated_user_the_authorizer_denies_gets_403_naming_the_request
 #[tokio::test]
 async fn an_x509_client_certificate_user_is_its_cn_with_its_o_as_group() -> anyhow::Result<()> {
     let s = Setup::new(|_, _| {}).await?;
-    let alice = s.client_ca.client("alice", "dev");
+    let alice = client_cert(&s.client_ca, "alice", "dev");
     let (code, body) = s
         .get(Some(&alice), NODES, &[("X-Remote-User", "mallory")])
         .await?;
@@ -315,12 +302,12 @@ async fn an_x509_client_certificate_user_is_its_cn_with_its_o_as_group() -> anyh
 #[tokio::test]
 async fn system_masters_are_allowed_without_a_subject_access_review() -> anyhow::Result<()> {
     let s = Setup::new(|_, _| {}).await?;
-    let root = s.client_ca.client("root", "system:masters");
+    let root = client_cert(&s.client_ca, "root", "system:masters");
     let (code, _) = s
         .get(Some(&root), "/apis/metrics.k8s.io/v1beta1/pods", &[])
         .await?;
     assert_eq!(code, 200);
-    assert_eq!(s.api.with(|st| st.access_reviews), 0);
+    assert_eq!(s.api.stats().resource_requests("create", "subjectaccessreviews"), 0);
     Ok(())
 }
 
@@ -342,9 +329,9 @@ async fn always_allowed_paths_need_no_credentials_and_other_paths_do() -> anyhow
 #[tokio::test]
 async fn a_changed_requestheader_ca_file_is_used_after_a_refresh() -> anyhow::Result<()> {
     let s = Setup::new(|_, _| {}).await?;
-    let new_ca = Ca::new("rotated-front-proxy-ca");
-    let old_proxy = s.front_proxy_ca.client("front-proxy-client", "");
-    let new_proxy = new_ca.client("front-proxy-client", "");
+    let rotated_ca = new_ca("rotated-front-proxy-ca");
+    let old_proxy = client_cert(&s.front_proxy_ca, "front-proxy-client", "");
+    let new_proxy = client_cert(&rotated_ca, "front-proxy-client", "");
     assert_eq!(
         s.get(Some(&new_proxy), NODES, &[("X-Remote-User", "alice")])
             .await?
@@ -352,7 +339,7 @@ async fn a_changed_requestheader_ca_file_is_used_after_a_refresh() -> anyhow::Re
         401
     );
     assert!(!s.auth.refresh().await?, "nothing changed yet");
-    std::fs::write(&s.front_proxy_ca_file, &new_ca.pem)?;
+    std::fs::write(&s.front_proxy_ca_file, rotated_ca.cert_pem())?;
     assert!(s.auth.refresh().await?, "the CA changed");
     assert_eq!(
         s.get(Some(&new_proxy), NODES, &[("X-Remote-User", "alice")])
@@ -379,34 +366,25 @@ async fn a_changed_requestheader_ca_file_is_used_after_a_refresh() -> anyhow::Re
     Ok(())
 }
 
-fn configmap(ca: &Ca, allowed: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("requestheader-client-ca-file".to_owned(), ca.pem.clone()),
-        ("requestheader-allowed-names".to_owned(), allowed.to_owned()),
-        (
-            "requestheader-username-headers".to_owned(),
-            r#"["X-Remote-User"]"#.to_owned(),
-        ),
-        (
-            "requestheader-group-headers".to_owned(),
-            r#"["X-Remote-Group"]"#.to_owned(),
-        ),
-        (
-            "requestheader-extra-headers-prefix".to_owned(),
-            r#"["X-Remote-Extra-"]"#.to_owned(),
-        ),
-    ])
+/// Sets `requestheader-allowed-names` (a JSON array) in the simulator's authentication
+/// ConfigMap.
+fn set_allowed_names(api: &RunningApiServer, names: &str) -> anyhow::Result<()> {
+    let (namespace, name) = EXTENSION_APISERVER_AUTHENTICATION;
+    api.store().modify(resources::CONFIGMAPS, namespace, name, Part::Main, |cm| {
+        cm["data"]["requestheader-allowed-names"] = json!(names);
+        Ok(())
+    })?;
+    Ok(())
 }
 
 #[tokio::test]
 async fn without_flags_the_front_proxy_trust_comes_from_the_configmap_and_follows_it()
 -> anyhow::Result<()> {
-    let front_proxy_ca = Ca::new("cluster-front-proxy-ca");
-    let api_state = ApiState {
-        configmap: Some(configmap(&front_proxy_ca, r#"["front-proxy-client"]"#)),
-        ..ApiState::default()
-    };
-    let s = Setup::with_api(api_state, |c, _| {
+    // The simulator publishes its front-proxy CA, allowed name `front-proxy-client` and the
+    // X-Remote-* headers in the ConfigMap, as kube-apiserver does.
+    let api = api_server(base_policy().with_rule(allow_everything("alice"))).await?;
+    let proxy = api.front_proxy_client_cert().clone();
+    let s = Setup::with_api(api, |c, _| {
         c.requestheader_client_ca_file = None;
         c.requestheader = RequestHeaderSettings {
             username_headers: vec!["X-Ignored".into()],
@@ -414,7 +392,6 @@ async fn without_flags_the_front_proxy_trust_comes_from_the_configmap_and_follow
         };
     })
     .await?;
-    let proxy = front_proxy_ca.client("front-proxy-client", "");
     let (code, body) = s
         .get(Some(&proxy), NODES, &[("X-Remote-User", "alice")])
         .await?;
@@ -424,8 +401,7 @@ async fn without_flags_the_front_proxy_trust_comes_from_the_configmap_and_follow
     );
     assert_eq!(body["user"]["name"], "alice");
 
-    s.api
-        .with(|st| st.configmap = Some(configmap(&front_proxy_ca, r#"["aggregator"]"#)));
+    set_allowed_names(&s.api, r#"["aggregator"]"#)?;
     assert!(s.auth.refresh().await?);
     assert_eq!(
         s.get(Some(&proxy), NODES, &[("X-Remote-User", "alice")])
@@ -435,10 +411,8 @@ async fn without_flags_the_front_proxy_trust_comes_from_the_configmap_and_follow
     );
 
     // An unreadable ConfigMap keeps what was last read.
-    s.api.with(|st| {
-        st.configmap = Some(configmap(&front_proxy_ca, r#"["front-proxy-client"]"#));
-        st.failing = true;
-    });
+    set_allowed_names(&s.api, r#"["front-proxy-client"]"#)?;
+    s.api.set_unavailable(&["configmaps"]);
     assert!(s.auth.refresh().await.is_err());
     assert_eq!(
         s.get(Some(&proxy), NODES, &[("X-Remote-User", "alice")])
@@ -452,24 +426,26 @@ async fn without_flags_the_front_proxy_trust_comes_from_the_configmap_and_follow
 #[tokio::test]
 async fn a_missing_configmap_means_no_front_proxy_and_an_unreadable_one_fails_startup()
 -> anyhow::Result<()> {
-    let api = FakeApiServer::start(ApiState::default()).await;
+    let api = api_server(base_policy()).await?;
+    let (namespace, name) = EXTENSION_APISERVER_AUTHENTICATION;
+    api.store().delete(resources::CONFIGMAPS, namespace, name, None, None)?;
     let registry = prometheus::Registry::new();
-    let auth = Auth::new(AuthConfig::default(), Some(api.client()), &registry).await?;
+    let auth = Auth::new(AuthConfig::default(), Some(admin_client(&api).await?), &registry).await?;
     let headers = http::HeaderMap::new();
-    let proxy = Ca::new("any").client("front-proxy-client", "");
+    let proxy = client_cert(&new_ca("any"), "front-proxy-client", "");
     assert_eq!(
-        auth.authenticate(Some(&proxy.chain), &headers)
+        auth.authenticate(Some(&proxy.chain()), &headers)
             .await
             .unwrap_err()
             .status_code(),
         401
     );
-    assert_eq!(api.with(|st| st.configmap_reads), 1);
+    assert_eq!(api.stats().resource_requests("get", "configmaps"), 1);
 
-    api.with(|st| st.failing = true);
+    api.set_unavailable(&["configmaps"]);
     let err = Auth::new(
         AuthConfig::default(),
-        Some(api.client()),
+        Some(admin_client(&api).await?),
         &prometheus::Registry::new(),
     )
     .await
@@ -484,7 +460,7 @@ async fn a_missing_configmap_means_no_front_proxy_and_an_unreadable_one_fails_st
         ..AuthConfig::default()
     };
     assert!(
-        Auth::new(tolerant, Some(api.client()), &prometheus::Registry::new())
+        Auth::new(tolerant, Some(admin_client(&api).await?), &prometheus::Registry::new())
             .await
             .is_ok()
     );

@@ -1,14 +1,25 @@
 //! Shared by the frontend's server tests: a real tonic `SampleStream` server that feeds known
-//! batches, and builders of realistic node scrapes.
-#![allow(dead_code)]
+//! batches, builders of realistic node scrapes, a replica running in this process, and an HTTPS
+//! client (certificates from the project's one PKI, `shardmetrics_plumbing::pki`).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use bytes::Bytes;
 use futures::Stream;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use shardmetrics_frontend::auth::{AuthConfig, RequestHeaderSettings, TlsConfig};
+use shardmetrics_frontend::store::StoreConfig;
+use shardmetrics_frontend::upstream::UpstreamConfig;
+use shardmetrics_frontend::{Config, Handles, Listeners, ShardSource};
 use shardmetrics_plumbing::lease::Member;
+use shardmetrics_plumbing::pki::{self, Ca, CertKey};
 use shardmetrics_proto::v1::sample_stream_server::{SampleStream, SampleStreamServer};
 use shardmetrics_proto::v1::{SampleBatch, SubscribeRequest};
 use shardmetrics_proto::{ContainerSample, NodeReleased, NodeScrape, PodSamples, Point, ShardIdentity, encode_batch};
@@ -57,7 +68,8 @@ pub struct FakeShard {
     pub identity: ShardIdentity,
     /// Shared state.
     pub state: Arc<ShardState>,
-    stop: Option<oneshot::Sender<()>>,
+    /// Dropping it (with the shard) stops the server.
+    _stop: oneshot::Sender<()>,
 }
 
 impl FakeShard {
@@ -91,7 +103,7 @@ impl FakeShard {
                 })
                 .await;
         });
-        FakeShard { addr, identity: ShardIdentity { shard_id: shard_id.into(), epoch: 1 }, state, stop: Some(stop) }
+        FakeShard { addr, identity: ShardIdentity { shard_id: shard_id.into(), epoch: 1 }, state, _stop: stop }
     }
 
     /// The Lease member describing this shard.
@@ -134,13 +146,6 @@ impl FakeShard {
     pub fn subscribes(&self) -> usize {
         self.state.subscribes.load(Ordering::SeqCst)
     }
-
-    /// Stops the server.
-    pub fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
 }
 
 /// The snapshot of one shard: every scrape in one batch with `snapshot_complete`.
@@ -182,84 +187,9 @@ pub fn scrape(node: &str, t_ms: i64, node_cores: f64, container_cores: f64, pods
 // PKI, a running frontend, and an HTTPS client
 // ---------------------------------------------------------------------------------------------
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use shardmetrics_frontend::auth::{AuthConfig, RequestHeaderSettings, TlsConfig};
-use shardmetrics_frontend::store::StoreConfig;
-use shardmetrics_frontend::upstream::UpstreamConfig;
-use shardmetrics_frontend::{Config, Listeners, ShardSource};
-
-/// A test certificate authority.
-pub struct Ca {
-    /// Its certificate, PEM.
-    pub pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-/// A certificate and key.
-pub struct Identity {
-    /// Certificate, PEM.
-    pub cert_pem: String,
-    /// Key, PEM.
-    pub key_pem: String,
-    /// Certificate, DER.
-    pub der: CertificateDer<'static>,
-    /// Key, PKCS#8 DER.
-    pub key_der: Vec<u8>,
-}
-
-impl Ca {
-    /// A new self-signed CA.
-    pub fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let key = KeyPair::generate().expect("key");
-        let cert = params.self_signed(&key).expect("ca");
-        Ca { pem: cert.pem(), issuer: Issuer::new(params, key) }
-    }
-
-    fn issue(&self, params: CertificateParams) -> Identity {
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        Identity { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone(), key_der: key.serialize_der() }
-    }
-
-    /// A client certificate with common name `cn`.
-    pub fn client(&self, cn: &str) -> Identity {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue(params)
-    }
-
-    /// A serving certificate for localhost / 127.0.0.1.
-    pub fn server(&self) -> Identity {
-        let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("params");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue(params)
-    }
-
-    /// The CA certificate, DER.
-    pub fn der(&self) -> CertificateDer<'static> {
-        CertificateDer::from_pem_slice(self.pem.as_bytes()).expect("der")
-    }
-}
-
-fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, contents).expect("write");
-    p
+/// A new test CA named `name` (the project's one PKI, `shardmetrics_plumbing::pki`).
+pub fn new_ca(name: &str) -> Ca {
+    Ca::new(name).expect("test CA")
 }
 
 /// A frontend replica running in this process on 127.0.0.1:0.
@@ -305,19 +235,8 @@ impl Default for FrontendOptions {
     }
 }
 
-fn client_config(server_ca: &Ca, identity: Option<&Identity>) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(server_ca.der()).expect("root");
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots);
-    let mut c = match identity {
-        Some(id) => b
-            .with_client_auth_cert(vec![id.der.clone()], PrivateKeyDer::Pkcs8(id.key_der.clone().into()))
-            .expect("client cert"),
-        None => b.with_no_client_auth(),
-    };
+fn client_config(server_ca: &Ca, identity: Option<&CertKey>) -> Arc<rustls::ClientConfig> {
+    let mut c = pki::client_config(Some(&server_ca.root_store()), identity).expect("client config");
     c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(c)
 }
@@ -327,14 +246,13 @@ impl Frontend {
     /// `front-proxy-client`) from its own CA, without an API server.
     pub async fn start(shards: &[&FakeShard], options: FrontendOptions) -> Frontend {
         let dir = tempfile::tempdir().expect("tempdir");
-        let serving_ca = Ca::new("serving-ca");
-        let serving = serving_ca.server();
-        let proxy_ca = Ca::new("front-proxy-ca");
-        let proxy = proxy_ca.client("front-proxy-client");
-        let stranger = Ca::new("stranger-ca").client("front-proxy-client");
-        let cert_file = write(dir.path(), "tls.crt", &serving.cert_pem);
-        let key_file = write(dir.path(), "tls.key", &serving.key_pem);
-        let proxy_ca_file = write(dir.path(), "front-proxy-ca.crt", &proxy_ca.pem);
+        let serving_ca = new_ca("serving-ca");
+        let serving = serving_ca.server_cert("localhost", &[]).expect("serving certificate");
+        let proxy_ca = new_ca("front-proxy-ca");
+        let proxy = proxy_ca.client_cert("front-proxy-client", &[]).expect("client certificate");
+        let stranger = new_ca("stranger-ca").client_cert("front-proxy-client", &[]).expect("client certificate");
+        let (cert_file, key_file) = serving.write_pem(dir.path(), "tls").expect("write");
+        let proxy_ca_file = proxy_ca.write_pem(dir.path(), "front-proxy-ca").expect("write");
         let secure = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (secure_addr, admin_addr) = (secure.local_addr().expect("addr"), admin.local_addr().expect("addr"));
@@ -348,7 +266,6 @@ impl Frontend {
                 ..UpstreamConfig::default()
             },
             shards: ShardSource::Static(shards.iter().map(|s| s.member()).collect()),
-            kube: None,
             auth: AuthConfig {
                 requestheader_client_ca_file: Some(proxy_ca_file),
                 requestheader: RequestHeaderSettings {
@@ -360,13 +277,13 @@ impl Frontend {
             tls: TlsConfig { cert_file: Some(cert_file), key_file: Some(key_file), ..TlsConfig::default() },
             max_requests_inflight: options.max_inflight,
             limits: options.limits,
-            clock: options.clock,
             shutdown_grace: Duration::from_secs(5),
             sweep_interval: Duration::from_millis(200),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            shardmetrics_frontend::run(config, Listeners { secure, admin: Some(admin) }, async {
+            let handles = Handles { kube: None, clock: options.clock };
+            shardmetrics_frontend::run(config, handles, Listeners { secure, admin: Some(admin) }, async {
                 let _ = stopped.await;
             })
             .await
