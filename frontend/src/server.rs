@@ -337,8 +337,14 @@ impl ServerState {
     }
 
     /// Wraps an API response so its duration is observed when its body is done.
+    /// A watch gives its `--max-requests-inflight` permit back at once (it is long-running, as
+    /// kube-apiserver exempts it; watches have their own limit) and is timed to its start only.
     fn timed(&self, response: Response<Body>, permit: OwnedSemaphorePermit, verb: &str, resource: &str, start: Instant) -> Response<GuardedBody> {
         let histogram = self.metrics.request_duration.with_label_values(&[verb, resource, response.status().as_str()]);
+        if verb == "watch" {
+            histogram.observe(start.elapsed().as_secs_f64());
+            return response.map(|body| GuardedBody { body, _permit: None, timer: None, _active: None });
+        }
         response.map(|body| GuardedBody { body, _permit: Some(permit), timer: Some((histogram, start)), _active: None })
     }
 

@@ -205,6 +205,29 @@ async fn kubectl_top_and_the_metrics_api_report_the_true_usage_through_the_whole
     let at = served["timestamp"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap().as_millisecond();
     assert!(now_ms() - at < RESOLUTION.as_millis() as i64 * 3, "{node} is served fresh from the annotated path: {served}");
 
+    // Watch: kubectl get -w lists (a Table carrying the replica's resourceVersion), then
+    // follows events as scrapes land; the raw stream carries ADDED then MODIFIED per pod.
+    let (out, err) = k
+        .run_for(&["get", "podmetrics", "-n", "team-a", "-w", "--output-watch-events"], RESOLUTION * 3 + Duration::from_secs(2))
+        .await;
+    let team_a = all_pods.iter().filter(|p| p.key.namespace == "team-a").count();
+    let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with("EVENT")).collect();
+    let modified = lines.iter().filter(|l| l.starts_with("MODIFIED")).count();
+    assert!(lines.iter().filter(|l| l.starts_with("ADDED")).count() >= team_a, "every pod listed:\n{out}\n{err}");
+    assert!(modified >= team_a, "each pod's new sample arrives as an event within 3 resolutions:\n{out}\n{err}");
+    let (raw, err) = k
+        .run_for(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/team-a/pods?watch=true&allowWatchBookmarks=true"], RESOLUTION * 2 + Duration::from_secs(2))
+        .await;
+    let events: Vec<Value> = raw.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{err}"))).collect();
+    let kinds = |t: &str| events.iter().filter(|e| e["type"] == t).count();
+    assert_eq!(kinds("ADDED"), team_a, "{raw}");
+    assert!(kinds("MODIFIED") >= team_a && kinds("BOOKMARK") >= 1, "{raw}");
+    for e in events.iter().filter(|e| e["type"] != "BOOKMARK") {
+        let rv: i64 = e["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+        let at = e["object"]["timestamp"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap().as_millisecond();
+        assert_eq!(rv / 1000, at / 1000, "an object's version is its sample time: {e}");
+    }
+
     // The authenticated user without rights is refused.
     let (ok, _, stderr) = k.run(&["--context", "demo-noaccess", "top", "nodes"]).await;
     assert!(!ok && stderr.contains("Forbidden"), "{stderr}");

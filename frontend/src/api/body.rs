@@ -14,7 +14,8 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// Appends more of a response to the buffer; returns `false` once everything is written.
 pub type Producer = Box<dyn FnMut(&mut Vec<u8>) -> bool + Send>;
 
-/// A response body: one buffer, or a [`Producer`] drained in chunks of about [`CHUNK_BYTES`].
+/// A response body: one buffer, a [`Producer`] drained in chunks of about [`CHUNK_BYTES`], or
+/// the frames a task sends (a watch) until it drops its sender.
 pub struct Body {
     /// What is left to send.
     state: State,
@@ -26,6 +27,8 @@ enum State {
     Full(Option<Bytes>),
     /// A producer that has not yet reported completion.
     Streaming(Producer),
+    /// Frames from a task, each sent as it comes.
+    Channel(tokio::sync::mpsc::Receiver<Bytes>),
     /// Nothing left.
     Done,
 }
@@ -47,7 +50,13 @@ impl Body {
         Self { state: State::Streaming(producer) }
     }
 
-    /// Reads the whole body (for tests and small internal uses).
+    /// A body of the frames sent on `frames`, ending when every sender is dropped (dropping the
+    /// body closes the channel, which tells the sending task the client is gone).
+    pub fn channel(frames: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+        Self { state: State::Channel(frames) }
+    }
+
+    /// Reads the whole body (for tests and small internal uses; not for channel bodies).
     pub fn collect_bytes(mut self) -> Vec<u8> {
         let mut out = Vec::new();
         while let Some(chunk) = self.next_chunk() {
@@ -75,7 +84,7 @@ impl Body {
                 }
                 if buf.is_empty() { None } else { Some(Bytes::from(buf)) }
             }
-            State::Done => None,
+            State::Channel(_) | State::Done => None,
         }
     }
 }
@@ -84,7 +93,17 @@ impl http_body::Body for Body {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let State::Channel(frames) = &mut self.state {
+            return match frames.poll_recv(cx) {
+                Poll::Ready(Some(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                Poll::Ready(None) => {
+                    self.state = State::Done;
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
         Poll::Ready(self.next_chunk().map(|b| Ok(Frame::data(b))))
     }
 
@@ -96,7 +115,7 @@ impl http_body::Body for Body {
         match &self.state {
             State::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             State::Full(None) | State::Done => SizeHint::with_exact(0),
-            State::Streaming(_) => SizeHint::default(),
+            State::Streaming(_) | State::Channel(_) => SizeHint::default(),
         }
     }
 }

@@ -150,8 +150,8 @@ fn aggregated(api_version: &str) -> Value {
     })
 }
 
-/// The verbs of both resources.
-const VERBS: [&str; 2] = ["get", "list"];
+/// The verbs of both resources (`watch` beyond metrics-server, see [`super::watch`]).
+const VERBS: [&str; 3] = ["get", "list", "watch"];
 
 /// The definition name of `kind` in `v`.
 fn def(v: ApiVersion, kind: &str) -> String {

@@ -10,6 +10,9 @@ pub struct NodeItem {
     pub usage: NodeUsage,
     /// The Node's labels (`None` without a metadata view).
     pub labels: Option<Labels>,
+    /// `metadata.resourceVersion`: set in watch events only (its sample time, Unix ms; see
+    /// [`crate::api::watch`]); lists and gets carry none, as metrics-server's.
+    pub resource_version: Option<i64>,
 }
 
 /// One PodMetrics to write.
@@ -19,4 +22,6 @@ pub struct PodItem {
     pub usage: PodUsage,
     /// The Pod's labels (`None` without a metadata view).
     pub labels: Option<Labels>,
+    /// `metadata.resourceVersion`: set in watch events only (see [`NodeItem::resource_version`]).
+    pub resource_version: Option<i64>,
 }

@@ -41,6 +41,13 @@ fn usage_json(out: &mut Vec<u8>, cpu: u64, memory: u64, swap: Option<u64>) {
     out.extend_from_slice(br#""}"#);
 }
 
+/// `,"resourceVersion":"<rv>"` when there is one (watch events).
+pub(crate) fn resource_version(out: &mut Vec<u8>, rv: Option<i64>) {
+    if let Some(rv) = rv {
+        let _ = write!(out, r#","resourceVersion":"{rv}""#);
+    }
+}
+
 /// `,"creationTimestamp":"<now>"`.
 fn created(out: &mut Vec<u8>, now_ms: i64) {
     out.extend_from_slice(br#","creationTimestamp":""#);
@@ -67,6 +74,7 @@ pub fn write_node(out: &mut Vec<u8>, item: &NodeItem, now_ms: i64, typed: Option
     }
     out.extend_from_slice(br#""metadata":{"name":"#);
     json_str(out, &item.usage.name);
+    resource_version(out, item.resource_version);
     created(out, now_ms);
     labels_json(out, item.labels.as_ref());
     let u = &item.usage.usage;
@@ -87,6 +95,7 @@ pub fn write_pod(out: &mut Vec<u8>, item: &PodItem, now_ms: i64, typed: Option<A
     json_str(out, &p.name);
     out.extend_from_slice(br#","namespace":"#);
     json_str(out, &p.namespace);
+    resource_version(out, item.resource_version);
     created(out, now_ms);
     labels_json(out, item.labels.as_ref());
     timestamp_window(out, p.timestamp_ms, p.window_ms);
@@ -116,7 +125,12 @@ fn list<T: Send + 'static>(
     let mut header = true;
     Body::streaming(Box::new(move |out: &mut Vec<u8>| {
         if header {
-            let _ = write!(out, r#"{{"kind":"{kind}","apiVersion":"{}","metadata":{{}},"items":["#, version.group_version());
+            // metadata.resourceVersion: the serving replica's clock, what a watch resumes from.
+            let _ = write!(
+                out,
+                r#"{{"kind":"{kind}","apiVersion":"{}","metadata":{{"resourceVersion":"{now_ms}"}},"items":["#,
+                version.group_version()
+            );
             header = false;
         }
         // A batch of items per call keeps the per-call overhead small.
@@ -173,6 +187,7 @@ pub(crate) mod tests {
                 scraped_at_ms: NOW - 3_000,
             },
             labels: Some(Arc::new(BTreeMap::from([("kubernetes.io/hostname".into(), name.into())]))),
+            resource_version: None,
         }
     }
 
@@ -190,6 +205,7 @@ pub(crate) mod tests {
                 scraped_at_ms: NOW - 1_000,
             },
             labels: None,
+            resource_version: None,
         }
     }
 
@@ -247,7 +263,7 @@ pub(crate) mod tests {
             let bytes = pod_list(items, NOW, ApiVersion::V1beta1).collect_bytes();
             let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
             assert_eq!(v["kind"], "PodMetricsList");
-            assert_eq!(v["metadata"], json!({}));
+            assert_eq!(v["metadata"], json!({"resourceVersion": NOW.to_string()}), "what a watch resumes from");
             assert_eq!(v["items"].as_array().map(Vec::len), Some(n));
             if n > 0 {
                 assert!(v["items"][0].get("kind").is_none(), "list items carry no kind");

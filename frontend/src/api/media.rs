@@ -53,6 +53,16 @@ impl Encoding {
 /// The first media range of `accept` (in order of preference, by `q` then position) this server
 /// can write; `None` when there is none. A missing or empty header means JSON.
 pub fn negotiate(accept: Option<&str>) -> Option<Encoding> {
+    negotiate_among(accept, true)
+}
+
+/// [`negotiate`] among the JSON encodings only (watch streams, which are not served in
+/// protobuf): a client that also accepts JSON gets it, one that accepts only protobuf `None`.
+pub fn negotiate_json(accept: Option<&str>) -> Option<Encoding> {
+    negotiate_among(accept, false)
+}
+
+fn negotiate_among(accept: Option<&str>, protobuf: bool) -> Option<Encoding> {
     let accept = accept.map(str::trim).filter(|a| !a.is_empty());
     let Some(accept) = accept else { return Some(Encoding::Json) };
     let mut candidates: Vec<(f32, usize, Encoding)> = Vec::new();
@@ -76,7 +86,7 @@ pub fn negotiate(accept: Option<&str>) -> Option<Encoding> {
         }
         let encoding = match (media.as_str(), r#as.as_deref()) {
             ("application/json", None) | ("*/*", None) | ("application/*", None) => Some(Encoding::Json),
-            (PROTOBUF, None) => Some(Encoding::Protobuf),
+            (PROTOBUF, None) if protobuf => Some(Encoding::Protobuf),
             ("application/json", Some("Table")) if g.as_deref() == Some("meta.k8s.io") => match v.as_deref() {
                 Some("v1") => Some(Encoding::Table(TableVersion::V1)),
                 Some("v1beta1") => Some(Encoding::Table(TableVersion::V1beta1)),
@@ -109,6 +119,12 @@ mod tests {
         assert_eq!(negotiate(None), Some(Encoding::Json));
         assert_eq!(negotiate(Some("")), Some(Encoding::Json));
         assert_eq!(negotiate(Some("*/*")), Some(Encoding::Json));
+    }
+
+    #[test]
+    fn watches_negotiate_among_the_json_encodings() {
+        assert_eq!(negotiate_json(Some("application/vnd.kubernetes.protobuf, application/json")), Some(Encoding::Json));
+        assert_eq!(negotiate_json(Some("application/vnd.kubernetes.protobuf")), None);
     }
 
     #[test]

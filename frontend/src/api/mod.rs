@@ -18,3 +18,4 @@ pub mod status;
 pub mod table;
 pub mod timefmt;
 pub mod version;
+pub mod watch;

@@ -79,21 +79,6 @@ impl Status {
         }
     }
 
-    /// A 405 for `watch` on the URL's `resource` (`nodes`, `pods`: metrics-server's
-    /// `NewMethodNotSupported` of its request scope's resource).
-    pub fn watch_not_supported(resource: &str) -> Self {
-        Self {
-            code: StatusCode::METHOD_NOT_ALLOWED,
-            reason: "MethodNotAllowed",
-            message: format!("watch is not supported on resources of kind \"{resource}.{GROUP}\""),
-            details: Some(Box::new(Details {
-                group: Some(GROUP.to_owned()),
-                kind: Some(resource.to_owned()),
-                ..Details::default()
-            })),
-        }
-    }
-
     /// A 405 for a method other than GET/HEAD.
     pub fn method_not_allowed() -> Self {
         Self {
@@ -279,7 +264,6 @@ mod tests {
     #[test]
     fn every_constructor_writes_its_code_and_reason() {
         for (s, code, reason) in [
-            (Status::watch_not_supported("pods"), 405, "MethodNotAllowed"),
             (Status::method_not_allowed(), 405, "MethodNotAllowed"),
             (Status::bad_request("x"), 400, "BadRequest"),
             (Status::not_acceptable("text/html"), 406, "NotAcceptable"),

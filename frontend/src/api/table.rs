@@ -56,6 +56,9 @@ pub struct TableOptions {
     pub now_ms: i64,
     /// The `metrics.k8s.io` version of the objects (`includeObject=Object`).
     pub api: ApiVersion,
+    /// The Table's `metadata.resourceVersion` (the serving replica's clock, Unix ms; see
+    /// [`crate::api::watch`]), which `kubectl get -w` watches from.
+    pub resource_version: Option<i64>,
 }
 
 const COLUMNS: &str = r#""columnDefinitions":[{"name":"Name","type":"string","format":"name","description":"Name of the resource","priority":0},{"name":"cpu","type":"string","format":"quantity","description":"","priority":0},{"name":"memory","type":"string","format":"quantity","description":"","priority":0},{"name":"Window","type":"string","format":"duration","description":"","priority":0}]"#;
@@ -91,7 +94,14 @@ fn row_cells(out: &mut Vec<u8>, layout: &Layout, name: &str, cpu: Cpu, memory: M
     out.extend_from_slice(b"\"]");
 }
 
-fn partial_metadata(out: &mut Vec<u8>, opts: &TableOptions, name: &str, namespace: Option<&str>, labels: Option<&crate::metadata::Labels>) {
+fn partial_metadata(
+    out: &mut Vec<u8>,
+    opts: &TableOptions,
+    name: &str,
+    namespace: Option<&str>,
+    labels: Option<&crate::metadata::Labels>,
+    rv: Option<i64>,
+) {
     let _ = write!(
         out,
         r#","object":{{"kind":"PartialObjectMetadata","apiVersion":"{}","metadata":{{"name":"#,
@@ -102,6 +112,7 @@ fn partial_metadata(out: &mut Vec<u8>, opts: &TableOptions, name: &str, namespac
         out.extend_from_slice(br#","namespace":"#);
         json_str(out, ns);
     }
+    super::json::resource_version(out, rv);
     let _ = write!(out, r#","creationTimestamp":"{}""#, Rfc3339(opts.now_ms));
     if let Some(labels) = labels.filter(|l| !l.is_empty()) {
         out.extend_from_slice(br#","labels":{"#);
@@ -123,7 +134,7 @@ fn node_row(out: &mut Vec<u8>, item: &NodeItem, layout: &Layout) {
     let u = &item.usage.usage;
     row_cells(out, layout, &item.usage.name, Cpu(u.cpu_nanocores), Memory(u.memory_bytes), u.swap_bytes.map(Memory), u.window_ms);
     match opts.include {
-        IncludeObject::Metadata => partial_metadata(out, opts, &item.usage.name, None, item.labels.as_ref()),
+        IncludeObject::Metadata => partial_metadata(out, opts, &item.usage.name, None, item.labels.as_ref(), item.resource_version),
         IncludeObject::Object => {
             out.extend_from_slice(br#","object":"#);
             write_node(out, item, opts.now_ms, Some(opts.api));
@@ -141,7 +152,9 @@ fn pod_row(out: &mut Vec<u8>, item: &PodItem, layout: &Layout) {
     let swap = pod_has_swap(item).then(|| sum_memory(p.containers.iter().filter_map(|c| c.swap_bytes.map(Memory))));
     row_cells(out, layout, &p.name, cpu, memory, swap, p.window_ms);
     match opts.include {
-        IncludeObject::Metadata => partial_metadata(out, opts, &p.name, Some(&p.namespace), item.labels.as_ref()),
+        IncludeObject::Metadata => {
+            partial_metadata(out, opts, &p.name, Some(&p.namespace), item.labels.as_ref(), item.resource_version)
+        }
         IncludeObject::Object => {
             out.extend_from_slice(br#","object":"#);
             write_pod(out, item, opts.now_ms, Some(opts.api));
@@ -149,6 +162,36 @@ fn pod_row(out: &mut Vec<u8>, item: &PodItem, layout: &Layout) {
         IncludeObject::None => {}
     }
     out.push(b'}');
+}
+
+/// The Table up to its rows' opening bracket.
+fn header_to(out: &mut Vec<u8>, layout: &Layout) {
+    let columns = if layout.swap_column { COLUMNS_WITH_SWAP } else { COLUMNS };
+    let _ = write!(out, r#"{{"kind":"Table","apiVersion":"{}","metadata":{{"#, layout.opts.version.api_version());
+    if let Some(rv) = layout.opts.resource_version {
+        let _ = write!(out, r#""resourceVersion":"{rv}""#);
+    }
+    let _ = write!(out, r#"}},{columns},"rows":["#);
+}
+
+/// A whole Table of one row (a watch event's object), without a trailing newline.
+fn single<T>(item: &T, opts: TableOptions, has_swap: fn(&T) -> bool, row: fn(&mut Vec<u8>, &T, &Layout)) -> Vec<u8> {
+    let layout = Layout { opts, swap_column: has_swap(item) };
+    let mut out = Vec::with_capacity(1024);
+    header_to(&mut out, &layout);
+    row(&mut out, item, &layout);
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// A Table of one node (a watch event's object).
+pub fn node_event(item: &NodeItem, opts: TableOptions) -> Vec<u8> {
+    single(item, opts, node_has_swap, node_row)
+}
+
+/// A Table of one pod (a watch event's object).
+pub fn pod_event(item: &PodItem, opts: TableOptions) -> Vec<u8> {
+    single(item, opts, pod_has_swap, pod_row)
 }
 
 fn node_has_swap(item: &NodeItem) -> bool {
@@ -170,8 +213,7 @@ fn table<T: Send + 'static>(
     let mut header = true;
     Body::streaming(Box::new(move |out: &mut Vec<u8>| {
         if header {
-            let columns = if layout.swap_column { COLUMNS_WITH_SWAP } else { COLUMNS };
-            let _ = write!(out, r#"{{"kind":"Table","apiVersion":"{}","metadata":{{}},{columns},"rows":["#, layout.opts.version.api_version());
+            header_to(out, &layout);
             header = false;
         }
         let end = (next + 64).min(items.len());
@@ -211,7 +253,7 @@ mod tests {
     const NOW: i64 = 1_767_225_600_000;
 
     fn opts(include: IncludeObject) -> TableOptions {
-        TableOptions { version: TableVersion::V1, include, now_ms: NOW, api: ApiVersion::V1beta1 }
+        TableOptions { version: TableVersion::V1, include, now_ms: NOW, api: ApiVersion::V1beta1, resource_version: None }
     }
 
     #[test]

@@ -15,10 +15,14 @@
 //! - Staleness: a node and its pods keep being served for `max_staleness` after their last
 //!   scrape (by the shard's `scraped_at` clock), so one failed scrape never blanks them;
 //!   [`Store::sweep`] then drops them.
+//! - Changes (for watches): every applied scrape, release and sweep announces the node it
+//!   touched on a broadcast channel ([`Store::subscribe`]); every pod or node removed leaves a
+//!   [`Tombstone`] for [`TOMBSTONE_RETENTION_MS`] (at most [`MAX_TOMBSTONES`]), so a watch
+//!   resumed from an earlier time can report deletions it missed.
 
 pub mod rate;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -35,6 +39,35 @@ pub struct StoreConfig {
     /// `--max-staleness` in milliseconds: how long after its last scrape a node (and its pods)
     /// is still served.
     pub max_staleness_ms: i64,
+}
+
+/// Node names announced on the change channel it can hold before a slow subscriber lags (and
+/// must re-read everything; see [`Store::subscribe`]).
+pub const CHANGE_CHANNEL_CAPACITY: usize = 8192;
+/// How long a removal is remembered for resumed watches, in milliseconds.
+pub const TOMBSTONE_RETENTION_MS: i64 = 5 * 60 * 1000;
+/// Most removals remembered; past it the oldest are forgotten (and watches resumed from before
+/// them are told their version is too old).
+pub const MAX_TOMBSTONES: usize = 100_000;
+
+/// A pod or node removed from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    /// When it was removed, store clock, Unix ms.
+    pub at_ms: i64,
+    /// The pod's namespace; `None` for a node.
+    pub namespace: Option<Arc<str>>,
+    /// The pod's or node's name.
+    pub name: Arc<str>,
+}
+
+/// The removals since a time, or why they are not all known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tombstones {
+    /// Every removal after the time asked, oldest first.
+    Since(Vec<Tombstone>),
+    /// Removals after the time asked were forgotten; the oldest time still complete, Unix ms.
+    Forgotten(i64),
 }
 
 /// What [`Store::ingest_scrape`] did with a scrape.
@@ -106,6 +139,8 @@ pub struct Store {
     clock: SharedClock,
     /// The data. Writers hold it for one batch; readers for one query.
     inner: RwLock<Inner>,
+    /// Names of nodes whose data changed (scrape, release, sweep), for watches.
+    changes: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 /// The data behind the lock.
@@ -119,6 +154,12 @@ struct Inner {
     strings: Interner,
     /// Bumped per ingested scrape; marks what a scrape saw.
     generation: u64,
+    /// Store clock at the current write, Unix ms (the time of tombstones).
+    now_ms: i64,
+    /// Removals, oldest first.
+    tombstones: VecDeque<Tombstone>,
+    /// Removals at or before this time (Unix ms) may have been forgotten.
+    forgotten_ms: i64,
 }
 
 /// One node's latest accepted scrape.
@@ -195,7 +236,46 @@ fn kubelet_time(scrape: &NodeScrape) -> i64 {
 impl Store {
     /// An empty store.
     pub fn new(config: StoreConfig, clock: SharedClock) -> Self {
-        Self { config, clock, inner: RwLock::new(Inner::default()) }
+        let forgotten_ms = clock.now_ms();
+        let inner = Inner { forgotten_ms, ..Inner::default() };
+        Self { config, clock, inner: RwLock::new(inner), changes: tokio::sync::broadcast::channel(CHANGE_CHANNEL_CAPACITY).0 }
+    }
+
+    /// Names of nodes whose data changes from now on (a scrape applied, the node released or
+    /// swept). Overflow policy: a subscriber more than [`CHANGE_CHANNEL_CAPACITY`] names behind
+    /// gets `Lagged` and must re-read the whole store; ingest never waits for subscribers.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.changes.subscribe()
+    }
+
+    fn announce(&self, nodes: impl IntoIterator<Item = Arc<str>>) {
+        if self.changes.receiver_count() > 0 {
+            for node in nodes {
+                let _ = self.changes.send(node);
+            }
+        }
+    }
+
+    /// The removals after `after_ms` (store clock, Unix ms), unless some of them were forgotten.
+    pub fn tombstones_since(&self, after_ms: i64) -> Tombstones {
+        let inner = self.read();
+        if after_ms < inner.forgotten_ms {
+            return Tombstones::Forgotten(inner.forgotten_ms);
+        }
+        Tombstones::Since(inner.tombstones.iter().filter(|t| t.at_ms > after_ms).cloned().collect())
+    }
+
+    /// Names of every stored node, sorted (servable or not).
+    pub fn node_names(&self) -> Vec<Arc<str>> {
+        self.read().nodes.keys().cloned().collect()
+    }
+
+    /// The pods node `node` reported last (namespace, name), sorted.
+    pub fn node_pods(&self, node: &str) -> Vec<(Arc<str>, Arc<str>)> {
+        let inner = self.read();
+        let mut pods = inner.nodes.get(node).map(|n| n.pods.clone()).unwrap_or_default();
+        pods.sort();
+        pods
     }
 
     /// The settings it was built with.
@@ -219,16 +299,29 @@ impl Store {
     /// Stores the scrapes (in order) and applies the releases of one batch under one lock.
     pub fn ingest(&self, scrapes: &[NodeScrape], released: &[NodeReleased]) -> Vec<Ingested> {
         let mut inner = self.write();
-        let outcomes = scrapes.iter().map(|s| inner.ingest_scrape(s, self.config.resolution_ms)).collect();
-        for r in released {
-            inner.release(r);
+        inner.now_ms = self.clock.now_ms();
+        let outcomes: Vec<Ingested> = scrapes.iter().map(|s| inner.ingest_scrape(s, self.config.resolution_ms)).collect();
+        let mut changed: Vec<Arc<str>> = Vec::new();
+        for (s, o) in scrapes.iter().zip(&outcomes) {
+            if *o == Ingested::Applied
+                && let Some((k, _)) = inner.nodes.get_key_value(s.node.as_str())
+            {
+                changed.push(k.clone());
+            }
         }
+        for r in released {
+            if inner.release(r) {
+                changed.push(Arc::from(r.node.as_str()));
+            }
+        }
+        drop(inner);
+        self.announce(changed);
         outcomes
     }
 
     /// Stores one scrape (see [`Ingested`]).
     pub fn ingest_scrape(&self, scrape: &NodeScrape) -> Ingested {
-        self.write().ingest_scrape(scrape, self.config.resolution_ms)
+        self.ingest(std::slice::from_ref(scrape), &[])[0]
     }
 
     /// Drops nodes (and their pods) whose last scrape is older than `max_staleness`, and
@@ -236,13 +329,18 @@ impl Store {
     pub fn sweep(&self) -> usize {
         let oldest = self.clock.now_ms().saturating_sub(self.config.max_staleness_ms);
         let mut inner = self.write();
+        inner.now_ms = self.clock.now_ms();
         let stale: Vec<Arc<str>> =
             inner.nodes.iter().filter(|(_, n)| n.scraped_at_ms < oldest).map(|(k, _)| k.clone()).collect();
         for node in &stale {
             inner.remove_node(node);
         }
+        inner.expire_tombstones();
         inner.strings.purge();
-        stale.len()
+        drop(inner);
+        let dropped = stale.len();
+        self.announce(stale);
+        dropped
     }
 
     /// Stored object counts.
@@ -538,33 +636,64 @@ impl Inner {
         Ingested::Applied
     }
 
-    /// Removes pod `ns/name` if `pred` holds for it; drops the namespace when it empties.
-    fn remove_pod_if(&mut self, ns: &str, name: &str, pred: impl FnOnce(&PodEntry) -> bool) {
-        if let Some(pods) = self.namespaces.get_mut(ns) {
-            if pods.get(name).is_some_and(pred) {
-                pods.remove(name);
+    /// Removes pod `ns/name` if `pred` holds for it, leaving a tombstone; drops the namespace
+    /// when it empties.
+    fn remove_pod_if(&mut self, ns: &Arc<str>, name: &Arc<str>, pred: impl FnOnce(&PodEntry) -> bool) {
+        let mut removed = false;
+        if let Some(pods) = self.namespaces.get_mut(&**ns) {
+            if pods.get(&**name).is_some_and(pred) {
+                pods.remove(&**name);
+                removed = true;
             }
             if pods.is_empty() {
-                self.namespaces.remove(ns);
+                self.namespaces.remove(&**ns);
             }
+        }
+        if removed {
+            self.bury(Some(ns.clone()), name.clone());
         }
     }
 
-    /// Removes a node and the pods it last reported.
+    /// Removes a node and the pods it last reported, leaving tombstones.
     fn remove_node(&mut self, node: &str) {
-        if let Some(entry) = self.nodes.remove(node) {
+        if let Some((key, entry)) = self.nodes.remove_entry(node) {
             for (ns, name) in entry.pods {
                 self.remove_pod_if(&ns, &name, |e| *e.node == *node);
             }
+            self.bury(None, key);
         }
+    }
+
+    /// Remembers a removal (see [`MAX_TOMBSTONES`] for the overflow policy).
+    fn bury(&mut self, namespace: Option<Arc<str>>, name: Arc<str>) {
+        if self.tombstones.len() >= MAX_TOMBSTONES
+            && let Some(oldest) = self.tombstones.pop_front()
+        {
+            self.forgotten_ms = self.forgotten_ms.max(oldest.at_ms);
+        }
+        self.tombstones.push_back(Tombstone { at_ms: self.now_ms, namespace, name });
+    }
+
+    /// Forgets removals older than [`TOMBSTONE_RETENTION_MS`].
+    fn expire_tombstones(&mut self) {
+        let horizon = self.now_ms - TOMBSTONE_RETENTION_MS;
+        while self.tombstones.front().is_some_and(|t| t.at_ms <= horizon) {
+            self.tombstones.pop_front();
+        }
+        self.forgotten_ms = self.forgotten_ms.max(horizon);
     }
 
     /// Applies a release: a deleted node goes at once; a node that moved to another shard (or
     /// whose shard is shutting down) keeps its data for the next owner to continue.
-    fn release(&mut self, released: &NodeReleased) {
+    /// Applies a release; true when it removed the node.
+    fn release(&mut self, released: &NodeReleased) -> bool {
         match released.reason {
-            ReleaseReason::NodeDeleted => self.remove_node(&released.node),
-            ReleaseReason::OwnershipMoved | ReleaseReason::Shutdown => {}
+            ReleaseReason::NodeDeleted => {
+                let known = self.nodes.contains_key(released.node.as_str());
+                self.remove_node(&released.node);
+                known
+            }
+            ReleaseReason::OwnershipMoved | ReleaseReason::Shutdown => false,
         }
     }
 }

@@ -335,12 +335,13 @@ async fn shardmetrics_answers_as_metrics_server_does_for_the_same_kubelet_sample
         let (mut x, mut y) = (a.json(), b.json());
         own_address(&mut x, pair.ours);
         own_address(&mut y, pair.theirs);
-        // The one deliberate difference: shardmetrics also serves v1, preferred.
+        // The deliberate differences: shardmetrics also serves v1, preferred, and watch.
         if accept.is_some() {
             aggregated_with_v1(&mut y);
         } else {
             with_v1(&mut y);
         }
+        with_watch(&mut y);
         if let Some(d) = diff(path, &x, &y) {
             problems.push(format!("discovery: {d}\n  shardmetrics:   {}\n  metrics-server: {}", a.text(), b.text()));
         }
@@ -414,8 +415,10 @@ async fn shardmetrics_answers_as_metrics_server_does_for_the_same_kubelet_sample
                 }
                 (a.json(), b.json())
             };
-            // A deliberate difference: shardmetrics serves the swap the kubelets report.
+            // Deliberate differences: shardmetrics serves the swap the kubelets report, and lists
+            // carry the resourceVersion a watch resumes from.
             without_swap(&mut x);
+            without_list_version(&mut x);
             sort_containers(&mut x);
             sort_containers(&mut y);
             if let Some(d) = diff(what, &x, &y) {
@@ -447,9 +450,7 @@ async fn shardmetrics_answers_as_metrics_server_does_for_the_same_kubelet_sample
         "/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=metadata.name",
         "/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=metadata.name%3Da%3Db",
         "/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=metadata.name%3Da%5Cx",
-        "/apis/metrics.k8s.io/v1beta1/pods?watch=true",
-        "/apis/metrics.k8s.io/v1beta1/nodes?watch=1",
-        "/apis/metrics.k8s.io/v1beta1/namespaces/team-a/pods?watch",
+        "/apis/metrics.k8s.io/v1beta1/pods?fieldSelector=spec.nodeName%3Dn1&watch=true",
     ];
     for path in errors {
         let (a, b) = pair.get(path, None).await;
@@ -534,6 +535,30 @@ fn with_v1(v: &mut Value) {
     }
     for g in v["groups"].as_array_mut().into_iter().flatten() {
         add(g);
+    }
+}
+
+/// metrics-server's discovery as shardmetrics, which also serves `watch`, writes it.
+fn with_watch(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::Array(verbs)) = map.get_mut("verbs")
+                && !verbs.iter().any(|x| x == "watch")
+            {
+                verbs.push(json!("watch"));
+            }
+            map.values_mut().for_each(with_watch);
+        }
+        Value::Array(items) => items.iter_mut().for_each(with_watch),
+        _ => {}
+    }
+}
+
+/// shardmetrics' list (or Table) without the `metadata.resourceVersion` metrics-server does not
+/// write (the serving replica's clock, what a watch resumes from).
+fn without_list_version(v: &mut Value) {
+    if let Some(Value::Object(meta)) = v.get_mut("metadata") {
+        meta.remove("resourceVersion");
     }
 }
 

@@ -26,20 +26,38 @@ impl Kubectl {
         Kubectl { bin, dir, kubeconfig: copy }
     }
 
-    /// Runs kubectl; returns (success, stdout, stderr).
-    pub async fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = tokio::process::Command::new(&self.bin)
-            .arg("--kubeconfig")
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.bin);
+        c.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
             .arg(self.dir.path().join("cache"))
             .args(args)
             .env("HOME", self.dir.path())
             .env_remove("KUBECONFIG")
-            .output()
-            .await
-            .unwrap();
+            .kill_on_drop(true);
+        c
+    }
+
+    /// Runs kubectl; returns (success, stdout, stderr).
+    pub async fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.command(args).output().await.unwrap();
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Runs a kubectl that does not end by itself (`get -w`) for `duration`, then kills it;
+    /// returns (stdout, stderr) up to then.
+    pub async fn run_for(&self, args: &[&str], duration: std::time::Duration) -> (String, String) {
+        let mut child = self
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(duration).await;
+        let _ = child.start_kill();
+        let out = child.wait_with_output().await.unwrap();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
     /// Runs kubectl and returns stdout, failing the test if kubectl fails.
