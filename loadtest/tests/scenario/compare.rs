@@ -1,4 +1,4 @@
-//! `run --compare metrics-server` at a small size (10 nodes x 3 pods, 10 s resolution, 20 s
+//! `run --compare metrics-server` at a small size (10 nodes x 3 pods, 10 s resolution, 30 s
 //! windows, metrics-server in its two-replica HA shape): both systems run on identical
 //! simulated clusters and the comparison's figures are present and plausible. Needs Go (the
 //! peer, metrics-server v0.8.0, is built from the pinned module on first use).
@@ -16,7 +16,7 @@ async fn a_small_comparison_reports_both_systems_side_by_side() {
     let mut demo = crate::support::demo(dir.path(), 10, 2, 2);
     demo.metric_resolution = res;
     let report_path = dir.path().join("compare.json");
-    let mut config = ScenarioConfig::new(demo, Duration::from_secs(20), report_path.clone());
+    let mut config = ScenarioConfig::new(demo, Duration::from_secs(30), report_path.clone());
     config.floor_duration = Duration::ZERO;
     config.warmup = Duration::from_secs(5);
     config.load.hpa_per_second = 5.0;
@@ -47,9 +47,10 @@ async fn a_small_comparison_reports_both_systems_side_by_side() {
         assert!(!f.reasons.contains_key("kill_gap_s"), "{name} {f:?}");
     }
     // Kubelet requests counted at the simulated kubelets: once per node per resolution for
-    // shardmetrics, once per replica for metrics-server's HA shape.
+    // shardmetrics, once per replica for metrics-server's HA shape (3 rounds per replica in the
+    // window, give or take one at its edges).
     let per_res = |f: &compare::SystemFigures| f.kubelet_requests_per_node_per_resolution;
-    assert!((0.7..=1.3).contains(&per_res(sm)), "{sm:?}");
+    assert!((0.6..=1.4).contains(&per_res(sm)), "{sm:?}");
     assert!((1.6..=2.4).contains(&per_res(ms)), "{ms:?}");
     let kills: Vec<_> = ["shardmetrics", "metrics-server"]
         .iter()
@@ -58,7 +59,7 @@ async fn a_small_comparison_reports_both_systems_side_by_side() {
     assert_eq!(kills, ["scraper-0", "metrics-server-0"]);
     let peer = c.runs["metrics-server"].extras.as_ref().and_then(|x| x.peer_scrapes.clone()).expect("metrics-server's /metrics read");
     assert!(peer.error.is_none() && peer.rounds >= 2.0, "{peer:?}");
-    assert!(c.ratios["kubelet_requests_per_s"].is_some_and(|r| (1.4..=2.8).contains(&r)), "{:?}", c.ratios);
+    assert!(c.ratios["kubelet_requests_per_s"].is_some_and(|r| (1.2..=4.0).contains(&r)), "{:?}", c.ratios);
 
     // The JSON report carries the fields under comparison.<system>.
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();

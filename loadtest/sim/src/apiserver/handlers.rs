@@ -423,13 +423,19 @@ fn event_line(kind: &str, object: &[u8]) -> Bytes {
     b.freeze()
 }
 
-fn bookmark_line(resource: ResourceId, rv: u64, initial_events_end: bool) -> Bytes {
+/// A BOOKMARK event; its object has the kind the watch streams (`PartialObjectMetadata` for a
+/// metadata watch: client-go's metadata informer cannot decode anything else).
+fn bookmark_line(resource: ResourceId, rv: u64, initial_events_end: bool, shape: Shape) -> Bytes {
     let r = &STORED[resource];
+    let (kind, api_version) = match shape {
+        Shape::Metadata => ("PartialObjectMetadata".to_owned(), "meta.k8s.io/v1".to_owned()),
+        Shape::Full | Shape::Table => (r.kind.to_owned(), r.api_version()),
+    };
     let mut meta = json!({"resourceVersion": rv.to_string(), "creationTimestamp": null});
     if initial_events_end {
         meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    let obj = json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": meta});
+    let obj = json!({"kind": kind, "apiVersion": api_version, "metadata": meta});
     event_line("BOOKMARK", obj.to_string().as_bytes())
 }
 
@@ -511,7 +517,7 @@ async fn run_watch(
             return;
         }
     }
-    if send_initial && tx.send(bookmark_line(filter.resource, start.start_rv, true)).await.is_err() {
+    if send_initial && tx.send(bookmark_line(filter.resource, start.start_rv, true, shape)).await.is_err() {
         return;
     }
     let mut tick = tokio::time::interval(shared.bookmark_interval);
@@ -529,7 +535,7 @@ async fn run_watch(
             _ = tx.closed() => return,
             _ = &mut deadline => return,
             _ = tick.tick(), if bookmarks => match shared.store.bookmark_rv(&live) {
-                Some(rv) => bookmark_line(filter.resource, rv, false),
+                Some(rv) => bookmark_line(filter.resource, rv, false, shape),
                 None => continue,
             },
             ev = live.recv() => match ev {
