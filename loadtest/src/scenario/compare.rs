@@ -395,6 +395,9 @@ pub struct Comparison {
     pub ratios: BTreeMap<String, Option<f64>>,
     /// The full report of each run.
     pub runs: BTreeMap<String, Report>,
+    /// Systems whose run failed (e.g. never served every node), with the error and the tail of
+    /// their log; they have no figures.
+    pub failures: BTreeMap<String, String>,
 }
 
 /// The fields compared, with their accessor.
@@ -417,8 +420,8 @@ const FIELDS: [Field; 13] = [
     ("kill_gap_s", |f| f.kill_gap_s),
 ];
 
-/// Builds the comparison of `runs` (by system name).
-pub fn compare(runs: BTreeMap<String, Report>) -> Comparison {
+/// Builds the comparison of `runs` (by system name) and of the systems that `failures` lists.
+pub fn compare(runs: BTreeMap<String, Report>, failures: BTreeMap<String, String>) -> Comparison {
     let comparison: BTreeMap<String, SystemFigures> = runs.iter().map(|(k, r)| (k.clone(), figures(r))).collect();
     let mut ratios = BTreeMap::new();
     if let (Some(s), Some(m)) = (comparison.get("shardmetrics"), comparison.get("metrics-server")) {
@@ -430,28 +433,45 @@ pub fn compare(runs: BTreeMap<String, Report>) -> Comparison {
             ratios.insert(name.to_owned(), ratio);
         }
     }
-    Comparison { comparison, ratios, runs }
+    Comparison { comparison, ratios, runs, failures }
 }
 
 /// Runs `base` once per system in `systems`, each on its own identical simulated cluster with
 /// the comparison's measurements; each run's report goes to `<report>.<system>.json` (chart
 /// beside it) and `on_report` sees it; the comparison is written to `base.report` and returned.
+/// A system whose run fails is listed in [`Comparison::failures`] and the next one still runs;
+/// the error is returned only when no system ran.
 pub async fn run(
     base: ScenarioConfig,
     systems: &[System],
     mut on_report: impl FnMut(&System, &Report, &std::path::Path),
 ) -> Result<Comparison, ScenarioError> {
     let mut runs = BTreeMap::new();
+    let mut failures = BTreeMap::new();
+    let mut last_error = None;
     for system in systems {
         let mut config = base.clone();
         config.demo.system = *system;
         config.comparison_extras = true;
         config.report = base.report.with_extension(format!("{}.json", system.name()));
-        let report = super::run(config.clone()).await?;
-        on_report(system, &report, &config.report);
-        runs.insert(system.name().to_owned(), report);
+        match super::run(config.clone()).await {
+            Ok(report) => {
+                on_report(system, &report, &config.report);
+                runs.insert(system.name().to_owned(), report);
+            }
+            Err(e) => {
+                tracing::warn!(system = system.name(), error = %e, "the run failed");
+                failures.insert(system.name().to_owned(), e.to_string());
+                last_error = Some(e);
+            }
+        }
     }
-    let comparison = compare(runs);
+    if runs.is_empty()
+        && let Some(e) = last_error
+    {
+        return Err(e);
+    }
+    let comparison = compare(runs, failures);
     let write_err = |why: String| ScenarioError::Write { path: base.report.clone(), why };
     let json = serde_json::to_string_pretty(&comparison).map_err(|e| write_err(e.to_string()))?;
     std::fs::write(&base.report, json).map_err(|e| write_err(e.to_string()))?;
@@ -500,6 +520,9 @@ pub fn summary(c: &Comparison) -> String {
             let _ = write!(out, " {:>12}", r.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}x")));
         }
         let _ = writeln!(out);
+    }
+    for (n, why) in &c.failures {
+        let _ = writeln!(out, "  {n}: the run failed: {why}");
     }
     for (n, f) in &c.comparison {
         for (field, why) in &f.reasons {

@@ -28,6 +28,7 @@ async fn a_small_comparison_reports_both_systems_side_by_side() {
         .expect("both systems run");
     eprintln!("{}", compare::summary(&c));
 
+    assert!(c.failures.is_empty(), "{:?}", c.failures);
     let sm = &c.comparison["shardmetrics"];
     let ms = &c.comparison["metrics-server"];
     // Processes: 2 shards + 2 frontends; 2 metrics-server replicas.
