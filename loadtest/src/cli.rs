@@ -40,6 +40,8 @@ const HEADING_QUERIES: &str = "Queries";
 const HEADING_FAULTS: &str = "Faults";
 /// `--help` heading of what is written (kubeconfigs, CAs, reports).
 const HEADING_OUTPUT: &str = "Output";
+/// `--help` heading of the comparison with metrics-server.
+const HEADING_COMPARISON: &str = "Comparison with metrics-server";
 /// `--help` heading of credentials.
 const HEADING_CREDENTIALS: &str = "Credentials";
 /// `--help` heading of logging.
@@ -87,6 +89,22 @@ pub enum QueryEncoding {
     Protobuf,
 }
 
+/// What `run` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SystemArg {
+    /// shardmetrics' scraper shards and frontends.
+    Shardmetrics,
+    /// metrics-server v0.8.0 (built from the pinned upstream module; needs Go).
+    MetricsServer,
+}
+
+/// What `run --compare` runs beside shardmetrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompareWith {
+    /// metrics-server v0.8.0.
+    MetricsServer,
+}
+
 /// Flags of `run`.
 #[derive(Debug, Clone, ClapArgs)]
 pub struct RunArgs {
@@ -131,6 +149,34 @@ pub struct RunArgs {
     /// Where to write the JSON report (the chart goes next to it, same name, `.svg`).
     #[arg(long, env = "SHARDMETRICS_REPORT", default_value = "loadtest-report.json", help_heading = HEADING_OUTPUT)]
     pub report: PathBuf,
+    /// Run shardmetrics, then this system on an identical simulated cluster with the same query
+    /// mix, and report both side by side (`comparison.<system>` in the JSON report; each run's
+    /// own report goes next to it as `<report>.<system>.json`). The comparison's measurements
+    /// follow each window: full pod lists in JSON and protobuf, then one replica SIGKILLed.
+    #[arg(long, env = "SHARDMETRICS_COMPARE", value_enum, conflicts_with = "system", help_heading = HEADING_COMPARISON)]
+    pub compare: Option<CompareWith>,
+    /// Measure this system alone, with the comparison's measurements (default without
+    /// `--system`/`--compare`: shardmetrics, the plain report).
+    #[arg(long, env = "SHARDMETRICS_SYSTEM", value_enum, help_heading = HEADING_COMPARISON)]
+    pub system: Option<SystemArg>,
+    /// metrics-server replicas (2 is upstream's high-availability shape: each replica scrapes
+    /// every node; queries are spread over them round-robin).
+    #[arg(long, env = "SHARDMETRICS_METRICS_SERVER_REPLICAS", default_value_t = 1, help_heading = HEADING_COMPARISON)]
+    pub metrics_server_replicas: usize,
+}
+
+impl RunArgs {
+    /// The systems the run measures, in order; empty for a plain shardmetrics run.
+    pub fn systems(&self) -> Vec<crate::demo::System> {
+        use crate::demo::System;
+        let ms = System::MetricsServer { replicas: self.metrics_server_replicas };
+        match (self.compare, self.system) {
+            (Some(CompareWith::MetricsServer), _) => vec![System::Shardmetrics, ms],
+            (None, Some(SystemArg::Shardmetrics)) => vec![System::Shardmetrics],
+            (None, Some(SystemArg::MetricsServer)) => vec![ms],
+            (None, None) => Vec::new(),
+        }
+    }
 }
 
 impl RunArgs {
@@ -292,6 +338,16 @@ pub fn validate(args: &Args) -> Vec<String> {
                 if !v.is_finite() || !(0.0..=10_000.0).contains(&v) {
                     problems.push(format!("{flag} {v} must be between 0 and 10000"));
                 }
+            }
+            let systems = r.systems();
+            if !(1..=4).contains(&r.metrics_server_replicas) {
+                problems.push(format!("--metrics-server-replicas {} must be between 1 and 4", r.metrics_server_replicas));
+            }
+            if systems.iter().any(|s| matches!(s, crate::demo::System::MetricsServer { .. })) && *r.demo.metric_resolution < Duration::from_secs(10) {
+                problems.push(format!("--metric-resolution {}: metrics-server requires at least 10s", r.demo.metric_resolution));
+            }
+            if !systems.is_empty() && (!r.faults.is_empty() || r.kill_shard_at.is_some()) {
+                problems.push("--fault does not combine with --compare/--system (the comparison kills one replica after each window itself)".into());
             }
             for f in r.fault_specs() {
                 if f.at >= duration {
@@ -456,6 +512,10 @@ async fn run_scenario(r: RunArgs) -> anyhow::Result<()> {
     };
     config.faults = r.fault_specs();
     config.progress = true;
+    let systems = r.systems();
+    if !systems.is_empty() {
+        return run_comparison(&r, config, &systems).await;
+    }
     eprintln!(
         "starting: {} nodes x {} pods x {} containers, {} scraper shards, {} frontends, resolution {} ...",
         r.demo.nodes, r.demo.pods_per_node, r.containers_per_pod, r.demo.shards, r.demo.frontends, r.demo.metric_resolution
@@ -464,6 +524,34 @@ async fn run_scenario(r: RunArgs) -> anyhow::Result<()> {
     let report = crate::scenario::run(config).await?;
     print!("{}", crate::scenario::summary(&report));
     println!("report: {}; chart: {}", r.report.display(), chart.display());
+    Ok(())
+}
+
+/// `run --compare`/`--system`: [`crate::scenario::compare::run`], printing each run's table
+/// as it finishes, then the side-by-side one.
+async fn run_comparison(r: &RunArgs, mut base: crate::scenario::ScenarioConfig, systems: &[crate::demo::System]) -> anyhow::Result<()> {
+    if r.floor_duration.is_none() {
+        base.floor_duration = Duration::ZERO;
+    }
+    let shape = |system: &crate::demo::System| match system {
+        crate::demo::System::Shardmetrics => format!("{} scraper shards, {} frontends", r.demo.shards, r.demo.frontends),
+        crate::demo::System::MetricsServer { replicas } => format!("{replicas} metrics-server replica(s)"),
+    };
+    eprintln!(
+        "{} nodes x {} pods x {} containers, resolution {}; systems: {}",
+        r.demo.nodes,
+        r.demo.pods_per_node,
+        r.containers_per_pod,
+        r.demo.metric_resolution,
+        systems.iter().map(|s| format!("{} ({})", s.name(), shape(s))).collect::<Vec<_>>().join(", ")
+    );
+    let comparison = crate::scenario::compare::run(base, systems, |system, report, path| {
+        println!("== {} ==\n{}", system.name(), crate::scenario::summary(report));
+        println!("report: {}", path.display());
+    })
+    .await?;
+    print!("{}", crate::scenario::compare::summary(&comparison));
+    println!("comparison report: {}", r.report.display());
     Ok(())
 }
 

@@ -40,12 +40,14 @@ pub enum PeerError {
     #[error("applying metrics-server's RBAC: {0}")]
     Rbac(String),
     /// It exited or never became ready.
-    #[error("metrics-server {what}; log {log}")]
+    #[error("metrics-server {what}; log {log}, ending:\n{tail}")]
     NotReady {
         /// What happened.
         what: String,
         /// Its log.
         log: PathBuf,
+        /// The last lines of its log.
+        tail: String,
     },
 }
 
@@ -77,6 +79,7 @@ pub struct PeerConfig {
 /// One running metrics-server. Dropping it kills the process.
 #[derive(Debug)]
 pub struct MetricsServer {
+    name: String,
     child: Child,
     addr: SocketAddr,
     log: PathBuf,
@@ -113,7 +116,17 @@ impl MetricsServer {
             None => cmd.arg("--kubelet-insecure-tls"),
         };
         let child = cmd.spawn().map_err(io_err("starting metrics-server"))?;
-        Ok(MetricsServer { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), log })
+        Ok(MetricsServer { name: config.name.clone(), child, addr: SocketAddr::from(([127, 0, 0, 1], port)), log })
+    }
+
+    /// Its name (`metrics-server-0`, ...).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How it exited, if it did.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Its secure port.
@@ -138,7 +151,7 @@ impl MetricsServer {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(PeerError::NotReady { what: format!("exited ({status})"), log: self.log.clone() });
+                return Err(PeerError::NotReady { what: format!("exited ({status})"), log: self.log.clone(), tail: log_tail(&self.log, LOG_TAIL_LINES) });
             }
             let last = match get(&client, self.addr, "/readyz").await {
                 Ok(200) => return Ok(()),
@@ -146,7 +159,11 @@ impl MetricsServer {
                 Err(e) => e,
             };
             if tokio::time::Instant::now() >= deadline {
-                return Err(PeerError::NotReady { what: format!("not ready within {timeout:?} ({last})"), log: self.log.clone() });
+                return Err(PeerError::NotReady {
+                    what: format!("not ready within {timeout:?} ({last})"),
+                    log: self.log.clone(),
+                    tail: log_tail(&self.log, LOG_TAIL_LINES),
+                });
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -156,6 +173,21 @@ impl MetricsServer {
     pub async fn kill(&mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+    }
+}
+
+/// Lines of a replica's log quoted in errors.
+pub const LOG_TAIL_LINES: usize = 20;
+
+/// The last `lines` lines of the file at `path` (a note instead when it cannot be read).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(log unreadable: {e})"),
     }
 }
 

@@ -56,12 +56,21 @@ pub const SCRAPER_TOKEN: &str = "shardmetrics-sim-scraper-token";
 pub const FRONTEND_USER: &str = "system:serviceaccount:kube-system:shardmetrics-frontend";
 /// Bearer token of [`FRONTEND_USER`].
 pub const FRONTEND_TOKEN: &str = "shardmetrics-sim-frontend-token";
+/// User of [`METRICS_SERVER_TOKEN`]: metrics-server's service account (the peer that `run
+/// --compare metrics-server` measures against shardmetrics).
+pub const METRICS_SERVER_USER: &str = "system:serviceaccount:kube-system:metrics-server";
+/// Bearer token of [`METRICS_SERVER_USER`] (also what metrics-server presents to kubelets).
+pub const METRICS_SERVER_TOKEN: &str = "shardmetrics-sim-metrics-server-token";
 
 /// The policy of a simulated cluster running shardmetrics, mirroring the RBAC of `deploy/`:
 /// - `admin` ([`crate::apiserver::DEFAULT_ADMIN_TOKEN`]): `system:masters`;
 /// - [`SCRAPER_USER`]: read nodes, `get nodes/metrics`, manage Leases;
 /// - [`FRONTEND_USER`]: read nodes, pods and Leases, the `extension-apiserver-authentication`
 ///   ConfigMap, create TokenReviews and SubjectAccessReviews;
+/// - [`METRICS_SERVER_USER`]: what upstream metrics-server's `manifests/base/rbac.yaml` grants
+///   (`system:metrics-server`: read nodes and pods, `get nodes/metrics`; `system:auth-delegator`:
+///   TokenReviews and SubjectAccessReviews; `extension-apiserver-authentication-reader`: the
+///   ConfigMaps of kube-system);
 /// - [`NOACCESS_USER`]: nothing beyond discovery.
 pub fn standard_policy() -> crate::apiserver::Policy {
     use crate::apiserver::{DEFAULT_ADMIN, DEFAULT_ADMIN_TOKEN, MASTERS, Policy, Rule, UserInfo};
@@ -86,6 +95,16 @@ pub fn standard_policy() -> crate::apiserver::Policy {
         )
         .with_rule(Rule::user(FRONTEND_USER).verbs(&["create"]).api_groups(&["authentication.k8s.io"]).resources(&["tokenreviews"]))
         .with_rule(Rule::user(FRONTEND_USER).verbs(&["create"]).api_groups(&["authorization.k8s.io"]).resources(&["subjectaccessreviews"]))
+        .with_token(METRICS_SERVER_TOKEN, UserInfo::new(METRICS_SERVER_USER, &sa_groups))
+        .with_rule(Rule::user(METRICS_SERVER_USER).verbs(&["get", "list", "watch"]).api_groups(&[""]).resources(&["nodes", "pods"]))
+        .with_rule(Rule::user(METRICS_SERVER_USER).verbs(&["get"]).api_groups(&[""]).resources(&["nodes/metrics"]))
+        .with_rule(
+            Rule::user(METRICS_SERVER_USER).verbs(&["get", "list", "watch"]).api_groups(&[""]).resources(&["configmaps"]).namespaces(&["kube-system"]),
+        )
+        .with_rule(Rule::user(METRICS_SERVER_USER).verbs(&["create"]).api_groups(&["authentication.k8s.io"]).resources(&["tokenreviews"]))
+        .with_rule(
+            Rule::user(METRICS_SERVER_USER).verbs(&["create"]).api_groups(&["authorization.k8s.io"]).resources(&["subjectaccessreviews"]),
+        )
 }
 
 /// Errors building or changing the cluster.

@@ -23,7 +23,9 @@ pub use children::SupervisorEvent;
 
 use shardmetrics_sim::apiserver::{ApiServer, ApiServerConfig, Context, DEFAULT_ADMIN, RunningApiServer, StartError};
 use shardmetrics_plumbing::clock::SharedClock;
-use shardmetrics_sim::cluster::{self, Cluster, ClusterConfig, ClusterError, FRONTEND_USER, NOACCESS_USER, SCRAPER_USER};
+use shardmetrics_sim::cluster::{self, Cluster, ClusterConfig, ClusterError, FRONTEND_USER, METRICS_SERVER_USER, NOACCESS_USER, SCRAPER_USER};
+
+use crate::peer::{MetricsServer, PeerConfig, PeerError};
 
 /// Context of the kubeconfig with full rights.
 pub const ADMIN_CONTEXT: &str = "demo-admin";
@@ -59,6 +61,9 @@ pub enum DemoError {
         /// Its log file.
         log: String,
     },
+    /// metrics-server (the peer) did not start or become ready.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
     /// Metrics were not served in time.
     #[error("metrics.k8s.io did not serve all {expected} nodes within {timeout:?} (last: {last}); logs in {logs}")]
     NotReady {
@@ -78,9 +83,35 @@ pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Demo
     move |source| DemoError::Io { what, source }
 }
 
+/// Which implementation of the Metrics API serves the simulated cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum System {
+    /// shardmetrics: scraper shards and frontends (children of this executable).
+    Shardmetrics,
+    /// metrics-server v0.8.0 (the peer, [`crate::peer`]): this many replicas, each scraping every
+    /// node (upstream's HA shape is 2), queries spread over them.
+    MetricsServer {
+        /// Replicas.
+        replicas: usize,
+    },
+}
+
+impl System {
+    /// The name used in reports: `shardmetrics` or `metrics-server`.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Shardmetrics => "shardmetrics",
+            System::MetricsServer { .. } => "metrics-server",
+        }
+    }
+}
+
 /// How to run the demo.
 #[derive(Debug, Clone)]
 pub struct DemoConfig {
+    /// What serves the Metrics API ([`System::Shardmetrics`] by default; shards and frontends
+    /// are then not started for [`System::MetricsServer`]).
+    pub system: System,
     /// Simulated nodes.
     pub nodes: usize,
     /// Pods per node.
@@ -136,6 +167,7 @@ impl DemoConfig {
     /// `./demo.kubeconfig`, this executable.
     pub fn new(exe: PathBuf) -> DemoConfig {
         DemoConfig {
+            system: System::Shardmetrics,
             nodes: 20,
             pods_per_node: 10,
             containers_per_pod: 1,
@@ -166,9 +198,17 @@ pub struct RunningDemo {
     pub api: RunningApiServer,
     /// The simulated nodes and their kubelets.
     pub cluster: Cluster,
-    /// Secure addresses of the frontend replicas.
+    /// Secure addresses of the frontend replicas (of the metrics-server replicas when the
+    /// system is metrics-server).
     pub frontends: Vec<SocketAddr>,
+    /// What serves the Metrics API.
+    pub system: System,
+    /// Seconds from starting the system's processes until every replica served every node
+    /// (shardmetrics: shards and frontends; metrics-server: its replicas, which need two scrapes
+    /// for a rate).
+    pub cold_start_to_served_s: f64,
     children: Children,
+    peers: Vec<MetricsServer>,
     work_dir: tempfile::TempDir,
     kubeconfig: PathBuf,
     clock: SharedClock,
@@ -196,14 +236,27 @@ impl RunningDemo {
         self.work_dir.path()
     }
 
-    /// The children still running: (name, pid), scrapers first.
+    /// The children still running: (name, pid), scrapers first, then metrics-server replicas.
     pub fn children(&self) -> Vec<(String, u32)> {
-        self.children.pids()
+        let mut all = self.children.pids();
+        all.extend(self.peers.iter().filter_map(|p| p.pid().map(|pid| (p.name().to_owned(), pid))));
+        all
+    }
+
+    /// Names of the running metrics-server replicas, in start order.
+    pub fn peer_names(&self) -> Vec<String> {
+        self.peers.iter().map(|p| p.name().to_owned()).collect()
     }
 
     /// Kills a child at once (SIGKILL: a crash, no Lease release) and forgets it (it is not
-    /// restarted); returns whether it existed.
+    /// restarted); returns whether it existed. Also kills metrics-server replicas by name.
     pub async fn kill_child(&mut self, name: &str) -> bool {
+        if let Some(i) = self.peers.iter().position(|p| p.name() == name) {
+            let mut p = self.peers.remove(i);
+            p.kill().await;
+            self.sync_frontends();
+            return true;
+        }
         let Some(mut c) = self.children.take(name) else { return false };
         let _ = c.child.start_kill();
         let _ = c.child.wait().await;
@@ -264,6 +317,7 @@ impl RunningDemo {
     /// Puts the running frontends behind the aggregation proxy.
     fn sync_frontends(&mut self) {
         self.frontends = self.children.frontends();
+        self.frontends.extend(self.peers.iter().map(MetricsServer::addr));
         self.api.set_aggregation_backends(self.frontends.clone());
     }
 
@@ -303,6 +357,11 @@ impl RunningDemo {
 
     /// A child that exited, if any: (name, status, log).
     pub fn exited_child(&mut self) -> Option<(String, std::process::ExitStatus, PathBuf)> {
+        for p in &mut self.peers {
+            if let Some(status) = p.exited() {
+                return Some((p.name().to_owned(), status, p.log().to_owned()));
+            }
+        }
         self.children.exited()
     }
 
@@ -318,6 +377,9 @@ impl RunningDemo {
 
     /// Stops the children gracefully (SIGTERM, then SIGKILL after 10 s), then the simulators.
     pub async fn shutdown(mut self) {
+        for p in &mut self.peers {
+            p.kill().await;
+        }
         self.children.shutdown().await;
         self.api.set_aggregation_backends(Vec::new());
     }
@@ -363,7 +425,7 @@ impl Demo {
             dir: dir.to_owned(),
             scraper_kubeconfig: scraper_kc,
             frontend_kubeconfig: frontend_kc,
-            kubelet_ca: ca_file,
+            kubelet_ca: ca_file.clone(),
             kubelet_insecure_tls: config.kubelet_insecure_tls,
             resolution: flag_duration(config.metric_resolution),
             request_timeout: flag_duration(request_timeout),
@@ -377,12 +439,23 @@ impl Demo {
             lease_renew_period: config.lease_renew_period,
         };
         let mut children = Children::new(spawner);
-        let started = children.start_all(config.shards, config.frontends);
         let contexts: [Context; 2] =
             [api.token_context(ADMIN_CONTEXT, DEFAULT_ADMIN)?, api.token_context(NOACCESS_CONTEXT, NOACCESS_USER)?];
         api.write_kubeconfig(&config.kubeconfig, &contexts)?;
         let kubeconfig = std::path::absolute(&config.kubeconfig).unwrap_or_else(|_| config.kubeconfig.clone());
-        let mut demo = RunningDemo { api, cluster, frontends: Vec::new(), children, work_dir, kubeconfig, clock: config.clock.clone() };
+        // The peer's binary is built (or found) before the clock starts.
+        let peer_setup = match config.system {
+            System::Shardmetrics => None,
+            System::MetricsServer { .. } => Some(peer_setup(&api, dir, &ca_file, config.metric_resolution).await?),
+        };
+        let cold_start = tokio::time::Instant::now();
+        let mut peers = Vec::new();
+        let started = match (config.system, &peer_setup) {
+            (System::MetricsServer { replicas }, Some(base)) => start_peers(base, replicas, &mut peers).await,
+            _ => children.start_all(config.shards, config.frontends),
+        };
+        let mut demo =
+            RunningDemo { api, cluster, frontends: Vec::new(), system: config.system, cold_start_to_served_s: 0.0, children, peers, work_dir, kubeconfig, clock: config.clock.clone() };
         demo.sync_frontends();
         if let Err(e) = started {
             demo.shutdown().await;
@@ -392,8 +465,47 @@ impl Demo {
             demo.shutdown().await;
             return Err(e);
         }
+        demo.cold_start_to_served_s = cold_start.elapsed().as_secs_f64();
         Ok(demo)
     }
+}
+
+/// What every metrics-server replica is started with: its kubeconfig (the simulator's
+/// [`METRICS_SERVER_USER`], also its kubelet credential), a serving certificate of its own, the
+/// kubelets' CA, `--metric-resolution` and `--kubelet-request-timeout` as the shards get them.
+async fn peer_setup(api: &RunningApiServer, dir: &Path, kubelet_ca: &Path, resolution: Duration) -> Result<PeerConfig, DemoError> {
+    tokio::task::spawn_blocking(shardmetrics_xtask::upstream::metrics_server)
+        .await
+        .map_err(|e| DemoError::Io { what: "building metrics-server".into(), source: std::io::Error::other(e.to_string()) })?
+        .map_err(PeerError::from)?;
+    let kubeconfig = dir.join("metrics-server.kubeconfig");
+    api.write_kubeconfig(&kubeconfig, &[api.token_context("metrics-server", METRICS_SERVER_USER)?])?;
+    let pki = |e: shardmetrics_plumbing::pki::PkiError| DemoError::Io { what: "metrics-server's serving certificate".into(), source: std::io::Error::other(e.to_string()) };
+    let ca = shardmetrics_plumbing::pki::Ca::new("metrics-server-serving-ca").map_err(pki)?;
+    let serving_cert = ca.server_cert("localhost", &[]).map_err(pki)?.write_pem(dir, "metrics-server-serving").map_err(pki)?;
+    Ok(PeerConfig {
+        name: String::new(),
+        dir: dir.to_owned(),
+        kubeconfig,
+        serving_cert,
+        kubelet_ca: Some(kubelet_ca.to_owned()),
+        metric_resolution: resolution,
+        kubelet_request_timeout: (resolution / 2).min(Duration::from_secs(10)),
+    })
+}
+
+/// Starts `metrics-server-0..replicas` and waits for each one's `/readyz` (it turns ready once
+/// its informers synced and it scraped; serving every node is checked afterwards).
+async fn start_peers(base: &PeerConfig, replicas: usize, peers: &mut Vec<MetricsServer>) -> Result<(), DemoError> {
+    for i in 0..replicas {
+        let config = PeerConfig { name: format!("metrics-server-{i}"), ..base.clone() };
+        peers.push(MetricsServer::start(&config).await?);
+    }
+    let timeout = base.metric_resolution * 4 + Duration::from_secs(60);
+    for p in peers.iter_mut() {
+        p.wait_ready(timeout).await?;
+    }
+    Ok(())
 }
 
 /// Polls every frontend directly (as the admin, by bearer token, which the frontends check with
@@ -412,7 +524,8 @@ async fn wait_ready(demo: &mut RunningDemo, nodes: usize, timeout: Duration) -> 
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some((name, status, log)) = demo.exited_child() {
-            return Err(DemoError::ChildExited { name, status, log: log.display().to_string() });
+            let tail = crate::peer::log_tail(&log, crate::peer::LOG_TAIL_LINES);
+            return Err(DemoError::ChildExited { name, status, log: format!("{}, ending:\n{tail}", log.display()) });
         }
         let mut last = String::new();
         let mut all_ready = true;
@@ -454,6 +567,9 @@ async fn wait_ready(demo: &mut RunningDemo, nodes: usize, timeout: Duration) -> 
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
+            for p in &demo.peers {
+                last += &format!("\n{} log ending:\n{}", p.name(), crate::peer::log_tail(p.log(), crate::peer::LOG_TAIL_LINES));
+            }
             return Err(DemoError::NotReady { expected: nodes, timeout, last, logs: demo.work_dir().display().to_string() });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

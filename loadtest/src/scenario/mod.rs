@@ -12,6 +12,7 @@
 //! it, and [`summary`] renders it as a table.
 
 pub mod chart;
+pub mod compare;
 pub mod floor;
 pub mod probe;
 pub mod procstat;
@@ -81,6 +82,9 @@ pub struct ScenarioConfig {
     pub report: PathBuf,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// After the window, take the comparison's measurements ([`compare::Extras`]: full pod
+    /// lists in both encodings, then one replica SIGKILLed).
+    pub comparison_extras: bool,
 }
 
 impl ScenarioConfig {
@@ -97,6 +101,7 @@ impl ScenarioConfig {
             pod_probe_every: Duration::from_secs(5),
             report,
             progress: false,
+            comparison_extras: false,
         }
     }
 
@@ -508,7 +513,12 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
         }
     };
 
+    let extras = if config.comparison_extras { Some(extras(config, demo, &direct, fresh_bound_ms).await) } else { None };
+
     Ok(Report {
+        system: demo.system.name().to_owned(),
+        cold_start_to_served_s: demo.cold_start_to_served_s,
+        extras,
         setup: Setup {
             nodes,
             pods,
@@ -537,6 +547,23 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
         timeline: Timeline { node_probes: node_log.points, pod_probes: pod_log.points, query_latency },
         chart: None,
     })
+}
+
+/// Full pod lists sent one at a time per encoding in [`extras`].
+pub const FULL_LIST_REQUESTS: u64 = 10;
+/// Time limit of the full pod lists of one encoding.
+pub const FULL_LIST_LIMIT: Duration = Duration::from_secs(60);
+
+/// The comparison's measurements after the window: metrics-server's own scrape figures, full
+/// pod lists in JSON then protobuf, then one replica killed and the node list watched for a
+/// shard Lease duration plus two resolutions and 5 s (at most 2 minutes).
+async fn extras(config: &ScenarioConfig, demo: &mut RunningDemo, direct: &Target, fresh_bound_ms: f64) -> compare::Extras {
+    let peer_scrapes = compare::peer_scrapes_or_none(demo).await;
+    let full_list_json = compare::full_list_bench(direct, Encoding::Json, FULL_LIST_REQUESTS, FULL_LIST_LIMIT).await;
+    let full_list_protobuf = compare::full_list_bench(direct, Encoding::Protobuf, FULL_LIST_REQUESTS, FULL_LIST_LIMIT).await;
+    let window = (demo.lease_duration() + config.demo.metric_resolution * 2 + Duration::from_secs(5)).min(Duration::from_secs(120));
+    let kill = compare::kill_phase(demo, direct, fresh_bound_ms, window).await;
+    compare::Extras { full_list_json, full_list_protobuf, kill, peer_scrapes }
 }
 
 fn coverage(fresh_bound_ms: f64, nodes: &ProbeLog, pods: &ProbeLog) -> Coverage {

@@ -140,6 +140,12 @@ impl Target {
         self.request(path_and_query, self.encoding, false).await.map(|(n, _)| n)
     }
 
+    /// GETs `path_and_query` asking for `encoding`, reading and discarding the body; its
+    /// length in bytes, else what went wrong.
+    pub async fn get_len_as(&self, path_and_query: &str, encoding: Encoding) -> Result<usize, String> {
+        self.request(path_and_query, encoding, false).await.map(|(n, _)| n)
+    }
+
     /// GETs `path_and_query` asking for `encoding`; the body of a 200, else what went wrong.
     /// Straight to the frontends, a frontend that refuses the connection is skipped for the
     /// next one, as the aggregation proxy does.

@@ -14,6 +14,12 @@ use crate::faults::FaultOutcome;
 /// The report of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// What served the Metrics API: `shardmetrics` or `metrics-server`.
+    pub system: String,
+    /// Seconds from starting the system's processes until every replica served every node.
+    pub cold_start_to_served_s: f64,
+    /// The comparison's measurements after the window (`run --compare`/`--system`).
+    pub extras: Option<super::compare::Extras>,
     /// What ran.
     pub setup: Setup,
     /// From start to every frontend serving every node, seconds.

@@ -8,10 +8,16 @@ use super::report::Report;
 pub fn summary(r: &Report) -> String {
     let s = &r.setup;
     let mut out = String::new();
+    let shape = if r.system == "metrics-server" {
+        let replicas = r.processes.iter().filter(|p| p.name.starts_with("metrics-server-")).count();
+        format!("{replicas} metrics-server replica(s)")
+    } else {
+        format!("{} shards, {} frontends", s.shards, s.frontends)
+    };
     let _ = writeln!(
         out,
-        "{} nodes, {} pods ({} containers each), {} shards, {} frontends, resolution {}s; ready after {:.1}s; measured {:.0}s after {:.0}s warm-up; queries {:?} as {:?}",
-        s.nodes, s.pods, s.containers_per_pod, s.shards, s.frontends, s.resolution_s, r.startup_s, r.measured_s, s.warmup_s, s.query_path, s.query_encoding
+        "{} nodes, {} pods ({} containers each), {shape}, resolution {}s; ready after {:.1}s; measured {:.0}s after {:.0}s warm-up; queries {:?} as {:?}",
+        s.nodes, s.pods, s.containers_per_pod, s.resolution_s, r.startup_s, r.measured_s, s.warmup_s, s.query_path, s.query_encoding
     );
     let _ = writeln!(out, "\nquery          planned/s     ok/s   p50 ms   p99 ms   max ms  errors skipped  mean bytes");
     for (k, q) in &r.queries {

@@ -26,6 +26,7 @@ use super::resources::{self, ResourceId, Review, STORED};
 use super::reviews;
 use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector};
 use super::store::{Change, EventType, Filter, Page, Part, Store};
+use super::metadata;
 use super::table;
 use crate::httputil::{Body, BoxError, PeerInfo, json_response, query_pairs, read_body, response};
 use shardmetrics_plumbing::pki;
@@ -329,7 +330,13 @@ async fn rest(
     if param("dryRun").is_some_and(|d| !d.is_empty()) {
         return Err(ApiError::BadRequest("dryRun is not supported by the simulator".into()));
     }
-    let as_table = table::wants_table(accept);
+    let shape = if table::wants_table(accept) {
+        Shape::Table
+    } else if metadata::wants_metadata(accept) {
+        Shape::Metadata
+    } else {
+        Shape::Full
+    };
     match *req.method() {
         Method::GET if watch => {
             let mut filter = filter_from(resource, namespace, query)?;
@@ -337,7 +344,7 @@ async fn rest(
                 filter.fields = FieldSelector::parse(&format!("metadata.name={name}"), &["metadata.name"])
                     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
             }
-            start_watch(shared, filter, query, as_table)
+            start_watch(shared, filter, query, shape)
         }
         Method::GET if name.is_empty() => {
             shared.stats.lists.fetch_add(1, Ordering::Relaxed);
@@ -348,20 +355,27 @@ async fn rest(
             };
             let page = Page { limit, continue_token: param("continue").map(str::to_owned) };
             let listed = store.list(&filter, &page)?;
-            if as_table {
+            if shape != Shape::Full {
                 let objects: Vec<Value> = listed.items.iter().map(|o| o.value()).collect();
-                let t = table::table(resource, &objects, listed.rv, listed.continue_token.as_deref(), shared.clock.now_ms());
-                return Ok(json_response(StatusCode::OK, t.to_string()));
+                let v = if shape == Shape::Table {
+                    table::table(resource, &objects, listed.rv, listed.continue_token.as_deref(), shared.clock.now_ms())
+                } else {
+                    metadata::list(&objects, listed.rv, listed.continue_token.as_deref())
+                };
+                return Ok(json_response(StatusCode::OK, v.to_string()));
             }
             Ok(list_response(resource, listed.rv, listed.continue_token.as_deref(), listed.items))
         }
         Method::GET => {
             let obj = store.get(resource, namespace, name)?;
-            if as_table {
-                let t = table::table(resource, &[obj.value()], obj.rv, None, shared.clock.now_ms());
-                return Ok(json_response(StatusCode::OK, t.to_string()));
+            match shape {
+                Shape::Table => {
+                    let t = table::table(resource, &[obj.value()], obj.rv, None, shared.clock.now_ms());
+                    Ok(json_response(StatusCode::OK, t.to_string()))
+                }
+                Shape::Metadata => Ok(json_response(StatusCode::OK, metadata::partial(&obj.value()).to_string())),
+                Shape::Full => Ok(json_response(StatusCode::OK, obj.json.clone())),
             }
-            Ok(json_response(StatusCode::OK, obj.json.clone()))
         }
         Method::POST if name.is_empty() => {
             let body = json_body(req).await?;
@@ -449,17 +463,31 @@ fn event_line(kind: &str, object: &[u8]) -> Bytes {
     b.freeze()
 }
 
-fn bookmark_line(resource: ResourceId, rv: u64, initial_events_end: bool) -> Bytes {
+/// A BOOKMARK event; its object has the kind the watch streams (`PartialObjectMetadata` for a
+/// metadata watch: client-go's metadata informer cannot decode anything else).
+fn bookmark_line(resource: ResourceId, rv: u64, initial_events_end: bool, shape: Shape) -> Bytes {
     let r = &STORED[resource];
+    let (kind, api_version) = match shape {
+        Shape::Metadata => ("PartialObjectMetadata".to_owned(), "meta.k8s.io/v1".to_owned()),
+        Shape::Full | Shape::Table => (r.kind.to_owned(), r.api_version()),
+    };
     let mut meta = json!({"resourceVersion": rv.to_string(), "creationTimestamp": null});
     if initial_events_end {
         meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    let obj = json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": meta});
+    let obj = json!({"kind": kind, "apiVersion": api_version, "metadata": meta});
     event_line("BOOKMARK", obj.to_string().as_bytes())
 }
 
-fn start_watch(shared: &Arc<Shared>, filter: Filter, query: &[(String, String)], as_table: bool) -> Result<Response<Body>, ApiError> {
+/// What a GET answers with: the objects, a Table, or their metadata only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Full,
+    Table,
+    Metadata,
+}
+
+fn start_watch(shared: &Arc<Shared>, filter: Filter, query: &[(String, String)], shape: Shape) -> Result<Response<Body>, ApiError> {
     let param = |k: &str| query.iter().find(|(qk, _)| qk == k).map(|(_, v)| v.as_str()).unwrap_or("");
     let from = match param("resourceVersion") {
         "" => None,
@@ -490,18 +518,21 @@ fn start_watch(shared: &Arc<Shared>, filter: Filter, query: &[(String, String)],
     let shared = shared.clone();
     tokio::spawn(async move {
         shared.stats.watches_open.fetch_add(1, Ordering::Relaxed);
-        run_watch(&shared, filter, start, tx, bookmarks, send_initial, timeout, as_table).await;
+        run_watch(&shared, filter, start, tx, bookmarks, send_initial, timeout, shape).await;
         shared.stats.watches_open.fetch_sub(1, Ordering::Relaxed);
     });
     Ok(resp)
 }
 
-fn render(shared: &Shared, filter: &Filter, change: &Change, kind: EventType, as_table: bool) -> Bytes {
-    if as_table {
-        let t = table::table(filter.resource, &[change.object.value()], change.rv, None, shared.clock.now_ms());
-        return event_line(kind.as_str(), t.to_string().as_bytes());
+fn render(shared: &Shared, filter: &Filter, change: &Change, kind: EventType, shape: Shape) -> Bytes {
+    match shape {
+        Shape::Table => {
+            let t = table::table(filter.resource, &[change.object.value()], change.rv, None, shared.clock.now_ms());
+            event_line(kind.as_str(), t.to_string().as_bytes())
+        }
+        Shape::Metadata => event_line(kind.as_str(), metadata::partial(&change.object.value()).to_string().as_bytes()),
+        Shape::Full => event_line(kind.as_str(), &change.object.json),
     }
-    event_line(kind.as_str(), &change.object.json)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -513,7 +544,7 @@ async fn run_watch(
     bookmarks: bool,
     send_initial: bool,
     timeout: Duration,
-    as_table: bool,
+    shape: Shape,
 ) {
     let mut drop_rx = shared.drop_watches.subscribe();
     let deadline = tokio::time::sleep(timeout);
@@ -521,12 +552,12 @@ async fn run_watch(
     let mut live = start.live;
     for change in &start.initial {
         if let Some(kind) = filter.translate(change)
-            && tx.send(render(shared, &filter, change, kind, as_table)).await.is_err()
+            && tx.send(render(shared, &filter, change, kind, shape)).await.is_err()
         {
             return;
         }
     }
-    if send_initial && tx.send(bookmark_line(filter.resource, start.start_rv, true)).await.is_err() {
+    if send_initial && tx.send(bookmark_line(filter.resource, start.start_rv, true, shape)).await.is_err() {
         return;
     }
     let mut tick = tokio::time::interval(shared.bookmark_interval);
@@ -544,7 +575,7 @@ async fn run_watch(
             _ = tx.closed() => return,
             _ = &mut deadline => return,
             _ = tick.tick(), if bookmarks => match shared.store.bookmark_rv(&live) {
-                Some(rv) => bookmark_line(filter.resource, rv, false),
+                Some(rv) => bookmark_line(filter.resource, rv, false, shape),
                 None => continue,
             },
             ev = live.recv() => match ev {
@@ -553,7 +584,7 @@ async fn run_watch(
                         continue;
                     }
                     match filter.translate(&change) {
-                        Some(kind) => render(shared, &filter, &change, kind, as_table),
+                        Some(kind) => render(shared, &filter, &change, kind, shape),
                         None => continue,
                     }
                 }

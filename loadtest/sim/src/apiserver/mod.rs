@@ -17,6 +17,7 @@
 //! - [`handlers`]: where requests enter (authn, request parsing, authz, dispatch, watch streams);
 //! - [`store`]: objects, resourceVersions, history, watch fan-out;
 //! - [`resources`]: the served resource table; [`discovery`], [`table`]: what kubectl reads;
+//!   [`metadata`]: `PartialObjectMetadata` for metadata informers;
 //! - [`patch`]: patch types (selectors are `shardmetrics_plumbing::selector`); [`protobuf`]: the protobuf bodies kubectl posts;
 //! - [`policy`], [`reviews`]: users, rules, TokenReview and SubjectAccessReview;
 //! - [`proxy`]: the `metrics.k8s.io` aggregation proxy; [`kubeconfig`]: kubeconfig files.
@@ -25,6 +26,7 @@ pub mod discovery;
 pub mod error;
 pub mod handlers;
 pub mod kubeconfig;
+pub mod metadata;
 pub mod patch;
 pub mod policy;
 pub mod protobuf;

@@ -304,16 +304,21 @@ async fn a_client_certificate_authenticates_as_its_cn_and_o() {
 
 /// Reads a watch over raw HTTPS, line by line, until the stream ends or `max` lines arrived.
 async fn raw_watch(api: &RunningApiServer, path_and_query: &str, max: usize) -> Vec<serde_json::Value> {
+    raw_watch_as(api, path_and_query, None, max).await
+}
+
+/// [`raw_watch`] with an `Accept` header.
+async fn raw_watch_as(api: &RunningApiServer, path_and_query: &str, accept: Option<&str>, max: usize) -> Vec<serde_json::Value> {
     use http_body_util::BodyExt;
     let tls = shardmetrics_plumbing::pki::client_config(Some(&api.ca().root_store()), None).unwrap();
     let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
-    let req = http::Request::get(format!("{}{path_and_query}", api.url()))
-        .header("authorization", format!("Bearer {DEFAULT_ADMIN_TOKEN}"))
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    let resp = client.request(req).await.unwrap();
+    let mut req = http::Request::get(format!("{}{path_and_query}", api.url())).header("authorization", format!("Bearer {DEFAULT_ADMIN_TOKEN}"));
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    let resp = client.request(req.body(http_body_util::Empty::new()).unwrap()).await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let mut buf = Vec::new();
@@ -327,6 +332,10 @@ async fn raw_watch(api: &RunningApiServer, path_and_query: &str, max: usize) -> 
             let line: Vec<u8> = buf.drain(..=nl).collect();
             events.push(serde_json::from_slice(&line).unwrap());
         }
+    }
+    // A plain GET (a list) ends without a newline.
+    if events.len() < max && !buf.iter().all(u8::is_ascii_whitespace) {
+        events.push(serde_json::from_slice(&buf).unwrap());
     }
     events
 }
@@ -369,6 +378,38 @@ async fn raw_watches_carry_bookmarks_end_at_their_timeout_and_report_gone_as_an_
     assert_eq!(events[0]["type"], "ADDED");
     assert_eq!(events[1]["type"], "BOOKMARK");
     assert_eq!(events[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+}
+
+/// What client-go's metadata client (metrics-server's pod informer) sends.
+const METADATA_LIST_ACCEPT: &str = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+const METADATA_ACCEPT: &str = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_informers_get_partial_object_metadata_in_lists_watch_events_and_bookmarks() {
+    let api = ApiServer::start(ApiServerConfig { policy: policy(), bookmark_interval: Duration::from_millis(100), ..Default::default() })
+        .await
+        .unwrap();
+    api.store().create(0, "", node_json("a")).unwrap();
+    let rv = api.store().current_rv();
+
+    let list = raw_watch_as(&api, "/api/v1/nodes", Some(METADATA_LIST_ACCEPT), 1).await;
+    assert_eq!((list[0]["kind"].as_str(), list[0]["apiVersion"].as_str()), (Some("PartialObjectMetadataList"), Some("meta.k8s.io/v1")));
+    assert_eq!(list[0]["items"][0]["kind"], "PartialObjectMetadata");
+    assert_eq!(list[0]["items"][0]["metadata"]["name"], "a");
+    assert!(list[0]["items"][0].get("status").is_none(), "{list:?}");
+
+    // Watch events and bookmarks alike carry PartialObjectMetadata (client-go cannot decode a Node there).
+    let events = raw_watch_as(&api, "/api/v1/nodes?watch=true&allowWatchBookmarks=true", Some(METADATA_ACCEPT), 2).await;
+    assert_eq!(events[0]["type"], "ADDED");
+    assert_eq!(events[1]["type"], "BOOKMARK");
+    for e in &events {
+        assert_eq!((e["object"]["kind"].as_str(), e["object"]["apiVersion"].as_str()), (Some("PartialObjectMetadata"), Some("meta.k8s.io/v1")), "{e}");
+    }
+    assert!(events[1]["object"]["metadata"]["resourceVersion"].as_str().is_some_and(|r| r.parse::<u64>().unwrap() >= rv));
+
+    // Plain JSON still gets the objects.
+    let events = raw_watch_as(&api, "/api/v1/nodes?watch=true&timeoutSeconds=1", Some("application/json"), 1).await;
+    assert_eq!(events[0]["object"]["kind"], "Node");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
