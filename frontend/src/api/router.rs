@@ -644,20 +644,7 @@ mod tests {
         let store = Arc::new(Store::new(StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 }, clock.clone()));
         clock.set_ms(T0 + 20_000);
         for t in [0i64, 15_000] {
-            let point = |cpu: u64| Point { timestamp_ms: T0 + t, cpu_usage_ns: cpu * t as u64, memory_working_set_bytes: 1024, swap_usage_bytes: None };
-            store.ingest_scrape(&NodeScrape {
-                node: "n1".into(),
-                scraped_at_ms: T0 + t,
-                node_usage: Some(point(4_000_000)),
-                pods: ["web-1", "web-2"]
-                    .iter()
-                    .map(|name| PodSamples {
-                        namespace: "default".into(),
-                        name: (*name).into(),
-                        containers: vec![ContainerSample { name: "app".into(), start_time_ms: 1, usage: point(1_000_000) }],
-                    })
-                    .collect(),
-            });
+            store.ingest_scrape(&scrape(t, &["web-1", "web-2"]));
         }
         let metadata = Metadata::new();
         use kube::runtime::watcher::Event;
