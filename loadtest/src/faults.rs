@@ -347,7 +347,7 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 /// Scrapes of one node closer than `half_ms` to the previous one, all kubelets together, counted
 /// over requests at or after `since_ms`.
 pub fn duplicate_scrapes(fleet: &KubeletFleet, since_ms: i64, half_ms: i64) -> u64 {
-    fleet.scrape_counts(since_ms, i64::MAX, half_ms).0
+    fleet.scrape_counts(since_ms, i64::MAX, half_ms).duplicates
 }
 
 /// Watches the nodes served through the proxy from the fault on (`fault_ms`) for `window`:

@@ -414,7 +414,13 @@ impl<S: KubeletSource> Scheduler<S> {
                     );
                     // First scrape at once (later ones at the node's phase), unless the previous
                     // owner scraped it within the last resolution: then at the phase right away.
-                    let handover = a.handovers.get(name).filter(|h| h.scraped_within(resolution, now_ms));
+                    // Judged as of when the member change was noticed: a busy shard may apply it
+                    // later, after a departed owner's Lease would have expired anyway, and must
+                    // not take a graceful stop for a crash then.
+                    let handover = a.handovers.get(name).filter(|h| {
+                        let waited_ms = i64::try_from(now.saturating_duration_since(h.noticed_at).as_millis()).unwrap_or(i64::MAX);
+                        h.scraped_within(resolution, now_ms.saturating_sub(waited_ms))
+                    });
                     let first = match handover {
                         // A slot that fell while the move was computed here: a departed owner had
                         // stopped, a live one released the node when it noticed the same change
@@ -740,6 +746,26 @@ mod tests {
         let into = Duration::from_nanos((g[0].duration_since(anchor).as_nanos() % RES.as_nanos()) as u64);
         let phase = phase_offset("node-g", RES);
         assert!(into >= phase && into - phase < Duration::from_millis(1), "at its phase: {into:?} vs {phase:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_graceful_stop_is_judged_when_it_was_noticed_not_when_a_busy_shard_applies_it() {
+        let h = start(&["node-a"], 8);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        // node-g's slot fell 1.1 s ago; its owner's Lease vanished 1 s ago, 500 ms before
+        // expiring, and was noticed then; the assignment arrives now, after that expiry.
+        let slot = Slots { anchor: h.start - Duration::from_secs(5), resolution: RES }.next(phase_offset("node-g", RES), Instant::now());
+        tokio::time::sleep_until(slot + Duration::from_millis(1100)).await;
+        let mut a = assignment(&["node-a", "node-g"], &["node-a", "node-g"]);
+        let mut g = handover(WALL_START_MS - 60_000, false, WALL_START_MS - 500);
+        g.noticed_at = Instant::now() - Duration::from_secs(1);
+        a.handovers = Arc::new(BTreeMap::from([("node-g".to_owned(), g)]));
+        h.tx.send_replace(a);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(h.fleet.times_of("node-g"), vec![], "graceful handover: no prompt scrape");
+        tokio::time::sleep(RES).await;
+        let g = h.fleet.times_of("node-g");
+        assert!(g.len() == 1 && g[0].duration_since(slot + RES) < Duration::from_millis(2), "scraped at its next slot: {g:?} vs {:?}", slot + RES);
     }
 
     #[tokio::test(start_paused = true)]

@@ -32,11 +32,13 @@ use tokio::time::Instant;
 use crate::demo::{Demo, DemoConfig, DemoError, RunningDemo};
 use crate::faults::{self, FaultOutcome, FaultSpec};
 use probe::{ProbeConfig, ProbeKind, ProbeLog};
-use procstat::{AdminReader, Exposition, ProcSample, TICKS_PER_SECOND};
+use procstat::{AdminReader, Exposition, MachineSample, ProcSample, TICKS_PER_SECOND};
 use queries::{Encoding, QueryKind, Recorder, Target, Universe};
 use report::{
-    ComponentStats, Coverage, FaultReport, FaultWindow, Freshness, HistogramSummary, ProcessStats, Report, Scrapes, Setup, Timeline,
+    ComponentStats, Coverage, DuplicatePair, FaultReport, FaultWindow, Freshness, HistogramSummary, Machine, ProcessStats, Report,
+    SATURATED_PERCENT, Scrapes, Setup, Timeline,
 };
+use shardmetrics_sim::kubelet::ScrapeCounts;
 
 pub use summary::summary;
 
@@ -211,6 +213,26 @@ fn components(processes: &[ProcessStats], nodes: usize) -> BTreeMap<String, Comp
     out
 }
 
+/// The machine over the window, from `/proc/stat` at its start and end (all zero but the
+/// process rows where it cannot be read).
+fn machine(window: Option<(MachineSample, MachineSample)>, processes: &[ProcessStats], measured_s: f64, cluster_resyncs: u64) -> Machine {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let busy_cores = window.map_or(0.0, |(a, b)| b.busy_ticks.saturating_sub(a.busy_ticks) as f64 / TICKS_PER_SECOND / measured_s.max(1e-9));
+    let harness_cores: f64 = processes.iter().filter(|p| p.name == SELF_NAME).map(|p| p.cpu_cores).sum();
+    let measured_cores: f64 = processes.iter().map(|p| p.cpu_cores).sum();
+    let busy_percent = 100.0 * busy_cores / cores as f64;
+    Machine {
+        cores,
+        busy_cores,
+        busy_percent,
+        harness_cores,
+        harness_share_percent: if busy_cores > 0.0 { 100.0 * harness_cores / busy_cores } else { 0.0 },
+        other_cores: (busy_cores - measured_cores).max(0.0),
+        saturated: busy_percent >= SATURATED_PERCENT,
+        cluster_resyncs,
+    }
+}
+
 /// `/metrics` of every child: (name, pid) -> (reading at the start of the window, if it was
 /// running then; last reading).
 #[derive(Default)]
@@ -247,7 +269,7 @@ impl MetricsTracker {
 
 /// Pairs of requests to one kubelet within `[from_ms, to_ms)` closer than half a resolution,
 /// and the number of requests in the window.
-fn scrape_counts(demo: &RunningDemo, from_ms: i64, to_ms: i64, resolution: Duration) -> (u64, u64) {
+fn scrape_counts(demo: &RunningDemo, from_ms: i64, to_ms: i64, resolution: Duration) -> ScrapeCounts {
     demo.cluster.fleet().scrape_counts(from_ms, to_ms, (resolution.as_millis() / 2) as i64)
 }
 
@@ -355,6 +377,8 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
     let mut all = demo.children();
     all.push(self_proc());
     procs.sample(&all, true);
+    let machine_start = procstat::machine_sample();
+    let resyncs_start = demo.cluster.resyncs();
     let mut metrics = MetricsTracker::default();
     metrics.read(&demo.children(), true).await;
     let mut todo: Vec<FaultSpec> = config.faults.clone();
@@ -407,8 +431,10 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
     let mut alive = demo.children();
     alive.push(self_proc());
     procs.sample(&alive, false);
+    let machine_end = procstat::machine_sample();
+    let resyncs = demo.cluster.resyncs().saturating_sub(resyncs_start);
     metrics.read(&demo.children(), false).await;
-    let (duplicate_scrapes, kubelet_requests) = scrape_counts(demo, t0_unix_ms, t_end_unix_ms, resolution);
+    let counted = scrape_counts(demo, t0_unix_ms, t_end_unix_ms, resolution);
     if let Some(bar) = &progress {
         bar.set_message("draining queries");
     }
@@ -424,6 +450,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
 
     let processes = procs.stats(&alive, measured_s);
     let components = components(&processes, nodes);
+    let machine = machine(machine_start.zip(machine_end), &processes, measured_s, resyncs);
     let (query_stats, query_latency) = recorder.finish(&planned, measured_s);
 
     // Scrapes and samples from the shards' /metrics.
@@ -437,9 +464,14 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
     let samples = procstat::sum_of(&scraper, "shardmetrics_scraper_samples_total");
     let scrapes = Scrapes {
         planned_per_second: nodes as f64 / resolution.as_secs_f64(),
-        kubelet_requests,
-        achieved_per_second: kubelet_requests as f64 / measured_s,
-        duplicate_scrapes,
+        kubelet_requests: counted.requests,
+        achieved_per_second: counted.requests as f64 / measured_s,
+        duplicate_scrapes: counted.duplicates,
+        duplicate_pairs: counted
+            .duplicate_pairs
+            .iter()
+            .map(|(node, a, b)| DuplicatePair { node: node.clone(), first_s: (a - t0_unix_ms) as f64 / 1000.0, second_s: (b - t0_unix_ms) as f64 / 1000.0 })
+            .collect(),
         scrape_failures: scraper_results.iter().filter(|(r, _)| r.as_str() != "success").map(|(_, v)| v).sum(),
         scraper_results,
         samples,
@@ -482,8 +514,8 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
         let from_s = outcome.at_s;
         let to_s = ats.get(i + 1).copied().unwrap_or(measured_s).max(from_s);
         let in_window = |pt: &&probe::ProbePoint| pt.t_s >= from_s && pt.t_s < to_s;
-        let (dups, _) =
-            scrape_counts(demo, t0_unix_ms + (from_s * 1000.0) as i64, t0_unix_ms + (to_s * 1000.0) as i64, resolution);
+        let dups =
+            scrape_counts(demo, t0_unix_ms + (from_s * 1000.0) as i64, t0_unix_ms + (to_s * 1000.0) as i64, resolution).duplicates;
         let after = FaultWindow {
             from_s,
             to_s,
@@ -541,6 +573,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
         queries: query_stats,
         processes,
         components,
+        machine,
         floor,
         floor_error,
         faults: faults_out,

@@ -47,6 +47,31 @@ pub fn parse_proc(stat: &str, status: &str) -> Option<ProcSample> {
     Some(ProcSample { cpu_ticks, rss_kib: kib("VmRSS:"), peak_rss_kib: kib("VmHWM:") })
 }
 
+/// Whole-machine CPU time from the first line of `/proc/stat`, clock ticks
+/// ([`TICKS_PER_SECOND`]), summed over every core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MachineSample {
+    /// Ticks spent running anything (user, nice, system, irq, softirq, steal).
+    pub busy_ticks: u64,
+    /// Every tick, idle and iowait included.
+    pub total_ticks: u64,
+}
+
+/// Reads `/proc/stat`; `None` where it cannot be read or parsed.
+pub fn machine_sample() -> Option<MachineSample> {
+    parse_machine(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// Parses the aggregate `cpu` line of `/proc/stat` (separate so it can be tested on fixed text).
+/// guest and guest_nice are already inside user and nice, so they are not added again.
+pub fn parse_machine(stat: &str) -> Option<MachineSample> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = v[..] else { return None };
+    let busy_ticks = user + nice + system + irq + softirq + steal;
+    Some(MachineSample { busy_ticks, total_ticks: busy_ticks + idle + iowait })
+}
+
 /// The TCP ports `pid` listens on (IPv4 and IPv6), ascending.
 pub fn listening_ports(pid: u32) -> Vec<u16> {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
@@ -196,6 +221,15 @@ impl AdminReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_machine_line_sums_busy_ticks_without_counting_guests_twice() {
+        let stat = "cpu  100 5 50 800 20 3 2 1 40 0\ncpu0 50 2 25 400 10 1 1 0 20 0\nintr 1 2\n";
+        assert_eq!(parse_machine(stat), Some(MachineSample { busy_ticks: 161, total_ticks: 981 }));
+        assert_eq!(parse_machine("cpu  1 2 3\n"), None, "too few fields");
+        assert_eq!(parse_machine("intr 1\n"), None, "no cpu line");
+        assert!(machine_sample().is_some_and(|m| m.total_ticks >= m.busy_ticks));
+    }
 
     #[test]
     fn this_process_can_be_sampled_from_proc() {

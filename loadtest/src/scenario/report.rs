@@ -38,6 +38,8 @@ pub struct Report {
     pub processes: Vec<ProcessStats>,
     /// CPU and memory summed per component (`scraper`, `frontend`, `simulator+clients`).
     pub components: BTreeMap<String, ComponentStats>,
+    /// How busy the whole machine was, and how much of it the harness took.
+    pub machine: Machine,
     /// The bare-client floor of the scrapers' work; `None` when not run (`--floor-duration 0`).
     pub floor: Option<FloorReport>,
     /// Why the floor did not run, if it failed (the rest of the report stands).
@@ -79,6 +81,45 @@ pub struct Setup {
     pub faults: Vec<String>,
 }
 
+/// Busy share of the machine at or above which a run counts as saturated.
+pub const SATURATED_PERCENT: f64 = 90.0;
+
+/// The machine during the window: figures from a saturated machine measure the competition for
+/// CPU as much as the system, and the report says so.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct Machine {
+    /// Online CPUs.
+    pub cores: usize,
+    /// Cores busy on average over the window, every process on the machine (`/proc/stat`).
+    pub busy_cores: f64,
+    /// `busy_cores` as a share of `cores`, percent.
+    pub busy_percent: f64,
+    /// Cores this process used: the simulated API server and kubelets, the query clients and
+    /// the probes (the `simulator+clients` row).
+    pub harness_cores: f64,
+    /// `harness_cores` as a share of `busy_cores`, percent.
+    pub harness_share_percent: f64,
+    /// Busy cores outside every measured process (other programs on the machine).
+    pub other_cores: f64,
+    /// `busy_percent` reached [`SATURATED_PERCENT`]: latencies and CPU shares are those of a
+    /// machine without headroom.
+    pub saturated: bool,
+    /// Times the simulator's kubelet sync fell behind the API server's change feed and re-read
+    /// every node and pod, during the window (0 in steady state).
+    pub cluster_resyncs: u64,
+}
+
+/// Two requests to one kubelet less than half a resolution apart.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct DuplicatePair {
+    /// The node scraped twice.
+    pub node: String,
+    /// Arrival of the first request, seconds from the window's start.
+    pub first_s: f64,
+    /// Arrival of the second request, seconds from the window's start.
+    pub second_s: f64,
+}
+
 /// Scrapes in the measurement window.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Scrapes {
@@ -91,6 +132,8 @@ pub struct Scrapes {
     /// Pairs of requests to one kubelet closer than half a resolution (0 when every node has
     /// exactly one scraper).
     pub duplicate_scrapes: u64,
+    /// The first few of those pairs, by time, to tell which event caused them.
+    pub duplicate_pairs: Vec<DuplicatePair>,
     /// `shardmetrics_scraper_scrapes_total` increase in the window by `result`, summed over the
     /// shards (a shard killed mid-run counts up to its last reading, at most 5 s before).
     pub scraper_results: BTreeMap<String, f64>,

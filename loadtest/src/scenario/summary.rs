@@ -50,6 +50,10 @@ pub fn summary(r: &Report) -> String {
         "\nscrapes: {:.1}/s achieved of {:.1}/s planned; {} duplicates; failures {:.0} {:?}; samples {:.0}/s",
         sc.achieved_per_second, sc.planned_per_second, sc.duplicate_scrapes, sc.scrape_failures, sc.scraper_results, sc.samples_per_second
     );
+    if !sc.duplicate_pairs.is_empty() {
+        let pairs: Vec<String> = sc.duplicate_pairs.iter().map(|d| format!("{} at {:.1}+{:.1}s", d.node, d.first_s, d.second_s - d.first_s)).collect();
+        let _ = writeln!(out, "duplicate scrapes (first {}): {}", pairs.len(), pairs.join(", "));
+    }
     if let Some(fl) = &r.floor {
         let _ = writeln!(
             out,
@@ -85,6 +89,19 @@ pub fn summary(r: &Report) -> String {
             c.cpu_cores, c.cpu_cores_per_1000_nodes, c.max_peak_rss_mib, c.peak_rss_mib_per_1000_nodes
         );
     }
+    let m = &r.machine;
+    let _ = writeln!(
+        out,
+        "\nmachine: {:.2} of {} cores busy ({:.0}%){}; harness {:.3} cores ({:.0}% of busy), other programs {:.3} cores; cluster resyncs {}",
+        m.busy_cores,
+        m.cores,
+        m.busy_percent,
+        if m.saturated { " SATURATED: the figures above include waiting for CPU" } else { "" },
+        m.harness_cores,
+        m.harness_share_percent,
+        m.other_cores,
+        m.cluster_resyncs
+    );
     for fr in &r.faults {
         let a = &fr.after;
         let _ = write!(

@@ -40,5 +40,5 @@ async fn scaling_shards_up_then_down_moves_about_one_in_s_nodes_without_a_gap() 
     // Run-wide (kubelet-side, any pair < resolution/2 apart) the same allowance: one early
     // scrape per five moved nodes over both steps.
     let allowance = (moved_total / 5.0).ceil().max(duplicates_total as f64);
-    assert!(report.scrapes.duplicate_scrapes as f64 <= allowance, "{} duplicate scrapes in the run, {moved_total} nodes moved", report.scrapes.duplicate_scrapes);
+    assert!(report.scrapes.duplicate_scrapes as f64 <= allowance, "{} duplicate scrapes in the run, {moved_total} nodes moved: {:?}", report.scrapes.duplicate_scrapes, report.scrapes.duplicate_pairs);
 }

@@ -70,10 +70,15 @@ async fn a_small_scenario_covers_every_node_and_pod_and_reports_every_measuremen
         assert!(p.cpu_s > 0.0 && p.peak_rss_mib > 1.0 && p.alive_at_end, "{p:?}");
     }
     assert_eq!(report.components["scraper"].processes, 2);
+    // The harness keeps up: its kubelet sync never fell behind the API server's change feed.
+    let m = &report.machine;
+    assert_eq!(m.cluster_resyncs, 0, "{m:?}");
+    assert!(m.cores >= 1 && m.busy_cores >= m.harness_cores * 0.5 && m.harness_cores > 0.0, "{m:?}");
+    assert!(scenario::summary(&report).contains("cluster resyncs 0"));
     let floor = report.floor.as_ref().expect("floor ran");
     assert!(floor.fetches >= 150 && floor.errors == 0 && floor.scraper_cpu_vs_floor.is_some_and(|r| r > 0.0), "{floor:?}");
     let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
-    for field in ["setup", "scrapes", "coverage", "freshness", "queries", "processes", "components", "floor", "faults", "timeline"] {
+    for field in ["setup", "scrapes", "coverage", "freshness", "queries", "processes", "components", "machine", "floor", "faults", "timeline"] {
         assert!(!written[field].is_null(), "{field} missing");
     }
     assert_eq!(written["setup"]["query_path"], "direct_to_frontends");

@@ -453,17 +453,22 @@ impl KubeletFleet {
         self.all().iter().map(|k| k.scrapes()).sum()
     }
 
-    /// `/metrics/resource` requests received in `[from_ms, to_ms)` (Unix ms), and how many
-    /// pairs of them hit one kubelet closer than `min_gap_ms` apart (duplicate scrapes).
-    pub fn scrape_counts(&self, from_ms: i64, to_ms: i64, min_gap_ms: i64) -> (u64, u64) {
-        let mut duplicates = 0;
-        let mut requests = 0;
+    /// `/metrics/resource` requests received in `[from_ms, to_ms)` (Unix ms), and the pairs of
+    /// them that hit one kubelet closer than `min_gap_ms` apart (duplicate scrapes).
+    pub fn scrape_counts(&self, from_ms: i64, to_ms: i64, min_gap_ms: i64) -> ScrapeCounts {
+        let mut counts = ScrapeCounts::default();
         for k in self.all() {
             let times: Vec<i64> = k.request_times().into_iter().filter(|t| *t >= from_ms && *t < to_ms).collect();
-            requests += times.len() as u64;
-            duplicates += times.windows(2).filter(|w| w[1] - w[0] < min_gap_ms).count() as u64;
+            counts.requests += times.len() as u64;
+            for w in times.windows(2).filter(|w| w[1] - w[0] < min_gap_ms) {
+                counts.duplicates += 1;
+                if counts.duplicate_pairs.len() < MAX_DUPLICATE_PAIRS {
+                    counts.duplicate_pairs.push((k.node().to_owned(), w[0], w[1]));
+                }
+            }
         }
-        (duplicates, requests)
+        counts.duplicate_pairs.sort_by_key(|(_, first, _)| *first);
+        counts
     }
 
     /// The fleet's configuration.
@@ -478,6 +483,21 @@ impl KubeletFleet {
             k.stop();
         }
     }
+}
+
+/// Duplicate pairs kept by [`KubeletFleet::scrape_counts`] (the count goes on past it).
+pub const MAX_DUPLICATE_PAIRS: usize = 20;
+
+/// Kubelet-side scrape accounting over a time range.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrapeCounts {
+    /// `/metrics/resource` requests received.
+    pub requests: u64,
+    /// Pairs of requests to one kubelet closer than the gap asked for.
+    pub duplicates: u64,
+    /// The first [`MAX_DUPLICATE_PAIRS`] of them, by time: node, and both arrivals (Unix ms),
+    /// to tell which event caused them.
+    pub duplicate_pairs: Vec<(String, i64, i64)>,
 }
 
 impl Drop for KubeletFleet {
