@@ -14,6 +14,7 @@
 pub mod chart;
 pub mod compare;
 pub mod floor;
+pub mod frontend_floor;
 pub mod probe;
 pub mod procstat;
 pub mod queries;
@@ -545,6 +546,17 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
         }
     };
 
+    // The frontends' floor after the scrapers': decode the shards' streams only, encode the
+    // window's answers only.
+    let frontend_floor = match (&demo.system, config.floor_duration.is_zero()) {
+        (crate::demo::System::Shardmetrics, false) => {
+            let (frontend_cores, replicas) = components.get("frontend").map_or((0.0, 0), |c| (c.cpu_cores, c.processes));
+            let window = frontend_floor::Window { measured_s, frontend_cores, replicas };
+            Some(frontend_floor::run(demo, config.floor_duration, direct.clone(), universe.clone(), config.load.encoding, &query_stats, window).await)
+        }
+        _ => None,
+    };
+
     let extras = if config.comparison_extras { Some(extras(config, demo, &direct, fresh_bound_ms).await) } else { None };
 
     Ok(Report {
@@ -576,6 +588,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
         machine,
         floor,
         floor_error,
+        frontend_floor,
         faults: faults_out,
         timeline: Timeline { node_probes: node_log.points, pod_probes: pod_log.points, query_latency },
         chart: None,

@@ -44,6 +44,9 @@ pub enum QueryKind {
 }
 
 impl QueryKind {
+    /// Every kind, in report order.
+    pub const ALL: [QueryKind; 4] = [QueryKind::HpaSelector, QueryKind::TopAllPods, QueryKind::OneNode, QueryKind::AllNodes];
+
     /// The name used in the report.
     pub fn name(self) -> &'static str {
         match self {

@@ -44,6 +44,9 @@ pub struct Report {
     pub floor: Option<FloorReport>,
     /// Why the floor did not run, if it failed (the rest of the report stands).
     pub floor_error: Option<String>,
+    /// The frontends' floor (decode only, encode only); `None` when the floor did not run or
+    /// nothing but metrics-server served.
+    pub frontend_floor: Option<FrontendFloorReport>,
     /// Each `--fault`, in order of injection.
     pub faults: Vec<FaultReport>,
     /// Over time, for the chart.
@@ -261,6 +264,67 @@ pub struct FloorReport {
     pub scraper_cpu_vs_floor: Option<f64>,
     /// Peak RSS of the floor process, MiB.
     pub peak_rss_mib: f64,
+}
+
+/// The frontends' floor beside their measured cost (see `scenario::frontend_floor`).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct FrontendFloorReport {
+    /// The frontends' cores in the window, summed over the replicas.
+    pub frontend_cores: f64,
+    /// Frontend replicas: each decodes every shard's stream.
+    pub replicas: usize,
+    /// Decoding the shards' live streams and nothing else.
+    pub decode: Option<DecodeFloor>,
+    /// Encoding each query kind's answer as often as the window answered it.
+    pub encode: Vec<EncodeFloor>,
+    /// The encode floor's CPU over the window's length, cores.
+    pub encode_cores: Option<f64>,
+    /// The decode floor of every replica: `replicas x decode.cores`.
+    pub decode_cores: Option<f64>,
+    /// `frontend_cores / decode_cores`.
+    pub frontend_vs_decode: Option<f64>,
+    /// `frontend_cores / encode_cores`.
+    pub frontend_vs_encode: Option<f64>,
+    /// `frontend_cores / (decode_cores + encode_cores)`: 1 = the frontends cost no more than
+    /// decoding their streams and encoding their answers once.
+    pub frontend_vs_floor: Option<f64>,
+    /// What could not be measured, and why.
+    pub errors: Vec<String>,
+}
+
+/// The decode floor of one replica: one subscriber per shard, decoding live batches into wire
+/// messages.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct DecodeFloor {
+    /// How long it decoded, seconds.
+    pub duration_s: f64,
+    /// Shards subscribed to.
+    pub shards: usize,
+    /// Live batches decoded.
+    pub batches: u64,
+    /// Node scrapes in them.
+    pub scrapes: u64,
+    /// CPU of the decoding thread, seconds.
+    pub cpu_s: f64,
+    /// `cpu_s / duration_s`.
+    pub cores: f64,
+}
+
+/// The encode floor of one query kind.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct EncodeFloor {
+    /// The query kind (`hpa_selector`, ...).
+    pub kind: String,
+    /// The media type encoded.
+    pub encoding: String,
+    /// Times encoded: the window's answered queries of this kind.
+    pub encodes: u64,
+    /// Bytes of the answer the frontend served.
+    pub served_bytes: usize,
+    /// Bytes the floor's encoder wrote for it.
+    pub floor_bytes: usize,
+    /// CPU of the encoding thread, seconds.
+    pub cpu_s: f64,
 }
 
 /// One fault: what the injection did and what the probe saw after it.

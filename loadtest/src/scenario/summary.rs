@@ -68,6 +68,29 @@ pub fn summary(r: &Report) -> String {
     if let Some(e) = &r.floor_error {
         let _ = writeln!(out, "floor: did not run: {e}");
     }
+    if let Some(ff) = &r.frontend_floor {
+        let x = |v: Option<f64>| v.map_or("-".to_owned(), |r| format!("{r:.1}x"));
+        if let Some(d) = &ff.decode {
+            let _ = writeln!(out, "frontend floor, decode: {} live batches ({} scrapes) from {} shards in {:.0}s, {:.4} cores", d.batches, d.scrapes, d.shards, d.duration_s, d.cores);
+        }
+        for e in &ff.encode {
+            let _ = writeln!(out, "frontend floor, encode {} as {}: {} x {} bytes (served {}), {:.3} s CPU", e.kind, e.encoding, e.encodes, e.floor_bytes, e.served_bytes, e.cpu_s);
+        }
+        let _ = writeln!(
+            out,
+            "frontends {:.4} cores = {} the decode floor of {} replicas ({:.4} cores), {} the encode floor ({:.4} cores), {} both",
+            ff.frontend_cores,
+            x(ff.frontend_vs_decode),
+            ff.replicas,
+            ff.decode_cores.unwrap_or(0.0),
+            x(ff.frontend_vs_encode),
+            ff.encode_cores.unwrap_or(0.0),
+            x(ff.frontend_vs_floor)
+        );
+        for e in &ff.errors {
+            let _ = writeln!(out, "frontend floor: {e}");
+        }
+    }
     let _ = writeln!(out, "\nprocess               cpu s   cores   rss MiB  peak MiB");
     for p in &r.processes {
         let _ = writeln!(

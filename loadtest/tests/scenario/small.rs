@@ -77,8 +77,16 @@ async fn a_small_scenario_covers_every_node_and_pod_and_reports_every_measuremen
     assert!(scenario::summary(&report).contains("cluster resyncs 0"));
     let floor = report.floor.as_ref().expect("floor ran");
     assert!(floor.fetches >= 150 && floor.errors == 0 && floor.scraper_cpu_vs_floor.is_some_and(|r| r > 0.0), "{floor:?}");
+    let ff = report.frontend_floor.as_ref().expect("the frontend floor ran");
+    assert!(ff.errors.is_empty(), "{ff:?}");
+    assert!(ff.decode.as_ref().is_some_and(|d| d.shards == 2 && d.batches > 0 && d.scrapes > 0 && d.cpu_s > 0.0), "{ff:?}");
+    let encoded: Vec<&str> = ff.encode.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(encoded, ["hpa_selector", "top_all_pods", "one_node", "all_nodes"], "{ff:?}");
+    assert!(ff.encode.iter().all(|e| e.encodes > 0 && e.floor_bytes > 0 && e.served_bytes > 0), "{ff:?}");
+    assert!(ff.encode_cores.is_some_and(|c| c > 0.0), "{ff:?}");
+    assert!(ff.frontend_vs_floor.is_some_and(|r| r > 0.0), "{ff:?}");
     let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
-    for field in ["setup", "scrapes", "coverage", "freshness", "queries", "processes", "components", "machine", "floor", "faults", "timeline"] {
+    for field in ["setup", "scrapes", "coverage", "freshness", "queries", "processes", "components", "machine", "floor", "frontend_floor", "faults", "timeline"] {
         assert!(!written[field].is_null(), "{field} missing");
     }
     assert_eq!(written["setup"]["query_path"], "direct_to_frontends");
