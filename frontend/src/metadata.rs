@@ -361,6 +361,7 @@ impl MetadataRead<'_> {
                 Some((after_ns, name)) if after_ns == &**ns => Bound::Excluded(name),
                 _ => Bound::Unbounded,
             };
+            out.pods.reserve(candidates.len().min(limit - visited));
             for name in candidates.range::<str, _>((start, Bound::Unbounded)) {
                 if visited == limit {
                     out.resume = last.map(|(ns, name)| (ns.clone(), name.clone()));

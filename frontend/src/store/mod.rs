@@ -477,6 +477,7 @@ impl Store {
         let oldest = self.oldest_served();
         let mut out = Vec::new();
         while let Some(chunk) = next() {
+            out.reserve(chunk.len());
             let inner = self.read();
             // The namespace of the previous pod and its pods: chunks come grouped by namespace.
             let mut current: Option<(&Arc<str>, &NamespaceEntry)> = None;
