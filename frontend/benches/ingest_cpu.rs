@@ -15,6 +15,10 @@
 //!   encoding.
 //! - `ingest_cpu hpa-request N`: the same queries as the HPA's exact request through
 //!   `Api::handle` (path, query and selector parsing, JSON body collected).
+//! - `ingest_cpu pod-events N`: the same cluster's metadata, and `N` pod watch events measured
+//!   as `Metadata::apply_pod`, in rounds of three on different pods: relabel one (a new
+//!   `pod-template-hash`), delete another, add that one back. What keeping the label index up
+//!   to date costs per event.
 //!
 //! ```text
 //! cargo bench -p shardmetrics-frontend --bench ingest_cpu --no-run
@@ -32,10 +36,13 @@
 
 mod cluster;
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
-use cluster::{DEPLOYMENTS, T0, cluster, scrape};
+use cluster::{DEPLOYMENTS, NODES, PODS_PER_NODE, T0, cluster, pod_labels, scrape};
+use kube::runtime::watcher::Event;
 use shardmetrics_frontend::api::router::Api;
+use shardmetrics_frontend::metadata::Metadata;
 use shardmetrics_frontend::store::{Ingested, Store};
 use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector};
 use shardmetrics_proto::v1::SampleBatch;
@@ -70,6 +77,19 @@ fn measured_hpa_requests(api: &Api, uris: &[http::Uri]) -> usize {
     let headers = http::HeaderMap::new();
     uris.iter().map(|u| api.handle(&http::Method::GET, u, &headers).response.into_body().collect_bytes().len()).sum()
 }
+
+/// Applies every pod event, in order; returns how many were applied.
+#[inline(never)]
+fn measured_pod_events(metadata: &Metadata, events: Vec<PodEvent>) -> usize {
+    let n = events.len();
+    for e in events {
+        metadata.apply_pod(e);
+    }
+    n
+}
+
+/// A pod watch event as `Metadata::apply_pod` takes it.
+type PodEvent = Event<((String, String), BTreeMap<String, String>)>;
 
 /// The `i`th HPA query: namespace and Deployment vary, so no two in a row are alike.
 fn hpa_query(i: usize) -> (String, String) {
@@ -120,12 +140,38 @@ fn hpa(n: usize, through_router: bool) {
     println!("{n} HPA {}, {out} in all, {:.2} µs each (wall time, indicative)", if through_router { "requests (JSON bytes)" } else { "queries (pods)" }, elapsed.as_secs_f64() * 1e6 / n as f64);
 }
 
+fn pod_events(n: usize) {
+    let (_store, metadata, _api) = DEPLOYMENTS.cluster();
+    // Whole rounds, so every deleted pod is back at the end.
+    let n = n.div_ceil(3) * 3;
+    let mut events: Vec<PodEvent> = Vec::with_capacity(n);
+    for i in 0..n {
+        let round = i / 3;
+        let (ns, name, app, _) = DEPLOYMENTS.pod((round * 7919 + (i % 3).min(1) * 75_001) % (NODES * PODS_PER_NODE));
+        let mut labels = pod_labels(app);
+        events.push(match i % 3 {
+            0 => {
+                labels.insert("pod-template-hash".into(), format!("rollout{round:05}"));
+                Event::Apply(((ns, name), labels))
+            }
+            1 => Event::Delete(((ns, name), BTreeMap::new())),
+            _ => Event::Apply(((ns, name), labels)),
+        });
+    }
+    let start = Instant::now();
+    let applied = measured_pod_events(&metadata, events);
+    let elapsed = start.elapsed();
+    assert_eq!(metadata.counts().0, NODES * PODS_PER_NODE, "every deleted pod came back");
+    println!("{applied} pod events applied, {:.2} µs each (wall time, indicative)", elapsed.as_secs_f64() * 1e6 / applied as f64);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let count = |a: Option<&String>, default: usize| a.and_then(|a| a.parse().ok()).unwrap_or(default);
     match args.first().map(String::as_str) {
         Some("hpa") => hpa(count(args.get(1), 100), false),
         Some("hpa-request") => hpa(count(args.get(1), 100), true),
+        Some("pod-events") => pod_events(count(args.get(1), 1000)),
         // Criterion's `cargo bench` runs every bench target with `--bench`: ingest by default.
         _ => ingest(count(args.first(), 1000)),
     }
