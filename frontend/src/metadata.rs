@@ -334,13 +334,15 @@ impl MetadataRead<'_> {
     /// semantics of [`LabelSelector::matches`]. So the cost is the smallest list's length per
     /// namespace, not the namespace's pod count.
     ///
-    /// Chunked like the store's walk: visits at most `limit` candidates after `after`
+    /// Chunked like the store's walk: visits at most `limit` (at least 1) candidates after `after`
     /// (namespace, name, exclusive); [`Selection::resume`] says where the next chunk starts.
     pub fn select_pods(&self, namespace: Option<&str>, selector: &LabelSelector, after: Option<(&str, &str)>, limit: usize) -> Option<Selection> {
         let terms: Vec<(&str, &str)> = equality_terms(selector).collect();
         if terms.is_empty() {
             return None;
         }
+        // A chunk visits at least one pod, so a selection always ends.
+        let limit = limit.max(1);
         let from = match (namespace, after) {
             (Some(ns), _) | (None, Some((ns, _))) => Bound::Included(ns),
             (None, None) => Bound::Unbounded,
@@ -679,7 +681,7 @@ mod tests {
         ] {
             for ns in [None, Some("a"), Some("b"), Some("zz")] {
                 let want = brute_force(&m, ns, selector);
-                for limit in [1, 7, 1000] {
+                for limit in [0, 1, 7, 1000] {
                     assert_eq!(select(&m, ns, selector, limit).as_ref(), Some(&want), "{selector:?} in {ns:?}, chunks of {limit}");
                 }
             }
