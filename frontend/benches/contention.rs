@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cluster::{NODES, PODS_PER_NODE, T0, cluster, pod, pod_labels, scrape};
+use cluster::{DESIGN, NODES, PODS_PER_NODE, T0, cluster, pod_labels, scrape};
 use kube::runtime::watcher::Event;
 use shardmetrics_frontend::api::json;
 use shardmetrics_frontend::api::version::ApiVersion;
@@ -111,7 +111,7 @@ fn main() {
         });
         s.spawn(|| {
             paced(METADATA_EVENTS_PER_SEC, &stop, |n| {
-                let (ns, name, app, _) = pod((n as usize * 7919) % (NODES * PODS_PER_NODE));
+                let (ns, name, app, _) = DESIGN.pod((n as usize * 7919) % (NODES * PODS_PER_NODE));
                 metadata.apply_pod(Event::Apply(((ns, name), pod_labels(app))));
                 metadata_events.fetch_add(1, Ordering::Relaxed);
             })

@@ -1,8 +1,9 @@
 //! Frontend hot paths at the design scale (5000 nodes x 30 pods = 150k pods, ~1.5 containers
 //! per pod): store ingest of one node scrape (alone, and decoded from its wire batch as
 //! upstream receives it), an HPA-style namespace + label query (as a store
-//! query and as the HPA's exact request through the router, encoded), and the full pod list
-//! encoded as JSON and as protobuf.
+//! query and as the HPA's exact request through the router, encoded), the full pod list
+//! encoded as JSON and as protobuf, and the HPA query for one 20-pod Deployment among 30 000
+//! pods of its namespace (a second cluster of the same size in 5 namespaces).
 //!
 //! Run: `cargo bench -p shardmetrics-frontend --bench frontend`.
 
@@ -10,7 +11,7 @@ mod cluster;
 
 use std::hint::black_box;
 
-use cluster::{NODES, PODS_PER_NODE, T0, cluster, scrape};
+use cluster::{DEPLOYMENTS, NODES, PODS_PER_NODE, T0, cluster, scrape};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector};
 use shardmetrics_frontend::api::version::ApiVersion;
@@ -120,6 +121,26 @@ fn benches(c: &mut Criterion) {
         json::pod_list(items.clone(), T0, ApiVersion::V1beta1).collect_bytes().len(),
         protobuf::pod_list(items, T0, ApiVersion::V1beta1).collect_bytes().len()
     );
+    drop((store, api));
+
+    // The HPA query where a namespace is large: 150k pods in 5 namespaces of 1500 20-pod
+    // Deployments; one Deployment's pods of the 30 000 in its namespace.
+    let before = rss_bytes();
+    let (store, _metadata, api) = DEPLOYMENTS.cluster();
+    eprintln!("RSS growth for store + metadata, 5-namespace cluster: {} MiB", (rss_bytes().saturating_sub(before)) >> 20);
+    assert_eq!(store.counts().pods, NODES * PODS_PER_NODE);
+    let app = LabelSelector::parse("app=app-1042").expect("selector");
+    assert_eq!(api.list_pods(Some("team-002"), &app, &no_fields, T0 + 20_000).len(), 20);
+    let mut group = c.benchmark_group("query");
+    group.bench_function("hpa_20_pod_deployment_of_30k_pods_in_namespace", |b| {
+        b.iter(|| black_box(api.list_pods(Some("team-002"), &app, &no_fields, T0 + 20_000)))
+    });
+    let hpa_uri: http::Uri = "/apis/metrics.k8s.io/v1beta1/namespaces/team-002/pods?labelSelector=app%3Dapp-1042".parse().expect("uri");
+    let headers = http::HeaderMap::new();
+    group.bench_function("hpa_20_pod_deployment_of_30k_pods_in_namespace_through_router_json", |b| {
+        b.iter(|| black_box(api.handle(&http::Method::GET, &hpa_uri, &headers).response.into_body().collect_bytes().len()))
+    });
+    group.finish();
 }
 
 criterion_group!(frontend, benches);

@@ -23,9 +23,9 @@ use super::table::{IncludeObject, TableOptions};
 use super::version::ApiVersion;
 use super::watch::{self, Format, Scope, Source, Start, WatchRequest};
 use super::{json, protobuf, table};
-use crate::metadata::{Labels, Metadata};
+use crate::metadata::{self, Labels, Metadata};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{POD_CHUNK, PodUsage, Store};
 
 /// A request's route. Resource routes carry the `metrics.k8s.io` version of their path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,24 +436,20 @@ impl Api {
     /// Running pods in `namespace` (all when `None`) matching both selectors, sorted by
     /// namespace then name. A `metadata.namespace=` field selector narrows an all-namespace list
     /// to that namespace's index.
+    ///
+    /// A label selector with an equality term (`app=foo`, the HPA's) is answered from the
+    /// metadata view's label index: only the pods it selects are looked up in the store, so the
+    /// query costs O(pods returned), not O(pods in the namespace). Other selectors walk the
+    /// store's namespace index. Both give the same answer.
     pub fn list_pods(&self, namespace: Option<&str>, labels: &LabelSelector, fields: &FieldSelector, now_ms: i64) -> Vec<PodItem> {
         let namespace = namespace.or(fields.required("metadata.namespace"));
-        // The metadata read guard is taken per chunk of the store's walk, never across it.
-        let items: Vec<PodItem> = self
-            .store
-            .pods_with(namespace, || self.metadata.as_ref().map(|m| m.read()), |meta, ns, name| {
-                if !fields.matches_metadata(ns, name) {
-                    return None;
-                }
-                let found: Option<Labels> = match meta {
-                    Some(m) => Some(m.pod(ns, name)?.clone()),
-                    None => None,
-                };
-                labels.matches(found.as_deref().unwrap_or(&NO_LABELS)).then_some(found)
-            })
-            .into_iter()
-            .map(|(usage, labels)| PodItem { usage, labels, resource_version: None })
-            .collect();
+        let items: Vec<PodItem> = match self.metadata.as_deref() {
+            Some(m) if metadata::indexable(labels) => select_indexed_pods(&self.store, m, namespace, labels, fields),
+            _ => select_walked_pods(&self.store, self.metadata.as_deref(), namespace, labels, fields),
+        }
+        .into_iter()
+        .map(|(usage, labels)| PodItem { usage, labels, resource_version: None })
+        .collect();
         for i in &items {
             self.observe(now_ms, i.usage.timestamp_ms);
         }
@@ -472,6 +468,62 @@ impl Api {
         self.observe(now_ms, usage.timestamp_ms);
         Ok(PodItem { usage, labels, resource_version: None })
     }
+}
+
+/// Servable pods in `namespace` (all when `None`) matching both selectors, sorted by namespace
+/// then name, with their labels: walks every pod of the scope in the store.
+fn select_walked_pods(
+    store: &Store,
+    metadata: Option<&Metadata>,
+    namespace: Option<&str>,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> Vec<(PodUsage, Option<Labels>)> {
+    // The metadata read guard is taken per chunk of the store's walk, never across it.
+    store.pods_with(namespace, || metadata.map(|m| m.read()), |meta, ns, name| {
+        if !fields.matches_metadata(ns, name) {
+            return None;
+        }
+        let found: Option<Labels> = match meta {
+            Some(m) => Some(m.pod(ns, name)?.clone()),
+            None => None,
+        };
+        labels.matches(found.as_deref().unwrap_or(&NO_LABELS)).then_some(found)
+    })
+}
+
+/// [`select_walked_pods`] for a selector the label index can narrow ([`metadata::indexable`]):
+/// the metadata view hands out the matching pods in chunks of [`POD_CHUNK`] candidates (its
+/// read guard held per chunk), and the store looks up each by (namespace, name).
+fn select_indexed_pods(
+    store: &Store,
+    metadata: &Metadata,
+    namespace: Option<&str>,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> Vec<(PodUsage, Option<Labels>)> {
+    let mut resume: Option<(Arc<str>, Arc<str>)> = None;
+    let mut done = false;
+    store.pods_among(|| {
+        if done {
+            return None;
+        }
+        let after = resume.as_ref().map(|(ns, name)| (&**ns, &**name));
+        let Some(selection) = metadata.read().select_pods(namespace, labels, after, POD_CHUNK) else {
+            done = true;
+            return None;
+        };
+        done = selection.resume.is_none();
+        resume = selection.resume;
+        Some(
+            selection
+                .pods
+                .into_iter()
+                .filter(|(ns, name, _)| fields.matches_metadata(ns, name))
+                .map(|(ns, name, l)| (ns, name, Some(l)))
+                .collect(),
+        )
+    })
 }
 
 /// Servable nodes matching both selectors, sorted by name, with their labels.
@@ -773,6 +825,119 @@ mod tests {
         let code = h.response.status();
         let bytes = h.response.into_body().collect_bytes();
         (code, ct, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// A scrape of `node` at `T0 + t` (shard clock the same) holding `pods` (namespace, name).
+    fn node_scrape(node: &str, t: i64, pods: &[(String, String)]) -> NodeScrape {
+        let point = |cpu: u64| Point { timestamp_ms: T0 + t, cpu_usage_ns: cpu * (t + 100_000) as u64, memory_working_set_bytes: 1024, swap_usage_bytes: None };
+        NodeScrape {
+            node: node.into(),
+            scraped_at_ms: T0 + t,
+            node_usage: Some(point(4_000_000)),
+            pods: pods
+                .iter()
+                .map(|(ns, name)| PodSamples {
+                    namespace: ns.as_str().into(),
+                    name: name.clone(),
+                    containers: vec![ContainerSample { name: "app".into(), start_time_ms: 1, usage: point(1_000_000) }],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_label_index_path_returns_exactly_what_the_walk_returns() {
+        use kube::runtime::watcher::Event;
+        let clock = ManualClock::new(T0 + 20_000);
+        let store = Arc::new(Store::new(StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 }, clock.clone()));
+        let metadata = Metadata::new();
+        let (mut fresh, mut stale, mut single) = (Vec::new(), Vec::new(), Vec::new());
+        let apps = ["web", "api", "db"];
+        for i in 0..240usize {
+            let key = (["a", "b", "c"][i % 3].to_owned(), format!("p{i:03}"));
+            match i {
+                _ if i % 5 == 0 => stale.push(key.clone()),
+                _ if i % 7 == 0 => single.push(key.clone()),
+                _ => fresh.push(key.clone()),
+            }
+            if i % 11 == 0 {
+                continue; // no metadata yet
+            }
+            let mut l: BTreeMap<String, String> = [("app", apps[i / 3 % 3]), ("hash", if i % 2 == 0 { "h1" } else { "h2" })]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into();
+            if i % 4 == 0 {
+                l.insert("canary".into(), String::new());
+            }
+            if i % 6 != 0 {
+                l.insert("tier".into(), if i % 10 < 5 { "front" } else { "back" }.into());
+            }
+            metadata.apply_pod(Event::Apply((key, l)));
+        }
+        // More than a chunk of one app in one namespace, and pods with metadata but no data.
+        for i in 0..1100usize {
+            fresh.push(("big".into(), format!("bulk-{i:04}")));
+            metadata.apply_pod(Event::Apply((("big".into(), format!("bulk-{i:04}")), BTreeMap::from([("app".into(), "web".into())]))));
+        }
+        for ns in ["a", "zz"] {
+            metadata.apply_pod(Event::Apply(((ns.into(), "ghost".into()), BTreeMap::from([("app".into(), "web".into())]))));
+        }
+        // Stale: last scraped 50 s before now (max staleness 45 s); single: one scrape, no rate.
+        for t in [-45_000, -30_000] {
+            store.ingest_scrape(&node_scrape("stale", t, &stale));
+        }
+        for t in [0, 15_000] {
+            store.ingest_scrape(&node_scrape("fresh", t, &fresh));
+        }
+        store.ingest_scrape(&node_scrape("single", 15_000, &single));
+        let api = Api::new(store.clone(), Some(metadata.clone()), clock.clone(), None);
+
+        let mut compared = 0;
+        for selector in [
+            "app=web",
+            "app==api,hash=h1",
+            "app in (db)",
+            "app=web,tier!=back",
+            "app=web,tier in (front,back)",
+            "app=web,tier notin (front)",
+            "hash=h2,canary",
+            "hash=h2,!canary",
+            "hash=h1,!tier",
+            "canary=",
+            "app=web,app=api",
+            "app=nope",
+            "app in (web,api)",
+            "tier!=back",
+            "",
+        ] {
+            let labels = LabelSelector::parse(selector).expect("selector");
+            for fields in ["", "metadata.name!=p010", "metadata.namespace=b", "metadata.name=bulk-1099"] {
+                let fields = FieldSelector::parse_metadata(fields).expect("fields");
+                for ns in [None, Some("a"), Some("b"), Some("big"), Some("zz")] {
+                    let walked = select_walked_pods(&store, Some(&metadata), ns, &labels, &fields);
+                    let indexed = select_indexed_pods(&store, &metadata, ns, &labels, &fields);
+                    let through_api: Vec<_> =
+                        api.list_pods(ns, &labels, &fields, T0 + 20_000).into_iter().map(|i| (i.usage, i.labels)).collect();
+                    let key = |v: &[(PodUsage, Option<Labels>)]| v.iter().map(|(u, _)| format!("{}/{}", u.namespace, u.name)).collect::<Vec<_>>();
+                    assert!(key(&walked).windows(2).all(|w| w[0] < w[1]), "sorted: {selector:?}");
+                    if indexable(&labels) {
+                        assert_eq!(indexed, walked, "{selector:?} {fields} in {ns:?}");
+                        compared += usize::from(!walked.is_empty());
+                    }
+                    assert_eq!(through_api, walked, "{selector:?} {fields} in {ns:?}");
+                    for name in ["a/p000", "a/p015", "a/p033", "a/p021", "a/ghost", "zz/ghost"] {
+                        assert!(!key(&walked).contains(&name.to_owned()), "{name}: stale, no metadata, no rate or no data");
+                    }
+                }
+            }
+        }
+        assert!(compared > 50, "the selections compared are not all empty ({compared})");
+        let web = LabelSelector::parse("app=web").expect("selector");
+        assert_eq!(select_indexed_pods(&store, &metadata, Some("big"), &web, &FieldSelector::default()).len(), 1100, "across chunks");
+    }
+
+    fn indexable(labels: &LabelSelector) -> bool {
+        crate::metadata::indexable(labels)
     }
 
     #[test]

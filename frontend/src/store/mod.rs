@@ -4,8 +4,10 @@
 //! reads rates computed at read time (see [`rate`]).
 //!
 //! - Nodes are keyed by name; each remembers the pods of its latest accepted scrape.
-//! - Pods live in a namespace → name → pod map, so a namespace query costs O(pods in the
-//!   namespace) and every list comes out sorted (pods by namespace, then name) for free.
+//! - Pods live in a namespace → name → pod map, so a namespace walk costs O(pods in the
+//!   namespace) and every list comes out sorted (pods by namespace, then name) for free. A query
+//!   that knows its pods (the metadata view's label index) looks them up one by one instead
+//!   ([`Store::pods_among`]): O(pods returned).
 //! - Namespaces and container names are interned (`Arc<str>` shared by every pod that uses
 //!   them). A string seen for the first time is kept as the decoded batch's own `Arc<str>` (no
 //!   copy). Re-ingesting a node whose pod set is unchanged allocates nothing: points are updated
@@ -149,7 +151,7 @@ struct Inner {
     /// Nodes by name.
     nodes: BTreeMap<Arc<str>, NodeEntry>,
     /// Pods by namespace, then name.
-    namespaces: BTreeMap<Arc<str>, BTreeMap<Arc<str>, PodEntry>>,
+    namespaces: BTreeMap<Arc<str>, NamespaceEntry>,
     /// Interned namespaces and container names.
     strings: Interner,
     /// Bumped per ingested scrape; marks what a scrape saw.
@@ -161,6 +163,9 @@ struct Inner {
     /// Removals at or before this time (Unix ms) may have been forgotten.
     forgotten_ms: i64,
 }
+
+/// The pods of one namespace, by name.
+type NamespaceEntry = BTreeMap<Arc<str>, PodEntry>;
 
 /// One node's latest accepted scrape.
 struct NodeEntry {
@@ -458,6 +463,37 @@ impl Store {
             }
             cursor = last.map(|(ns, name)| (ns.clone(), name.clone()));
         }
+    }
+
+    /// The usage of the servable pods among those `next` hands out, in the order handed out,
+    /// each with its `M`: the point-lookup counterpart of [`Store::pods_with`] for callers that
+    /// already know which pods they want (a label-index selection), so the cost is O(pods
+    /// handed out) whatever the store holds. Same staleness rules as [`Store::pods_with`].
+    ///
+    /// `next` is called before each hold of the store's read lock (so it may take another
+    /// view's lock and release it) and returns the next chunk of (namespace, name, `M`), at most
+    /// [`POD_CHUNK`] long to bound the hold, or `None` when there are no more.
+    pub fn pods_among<M>(&self, mut next: impl FnMut() -> Option<Vec<(Arc<str>, Arc<str>, M)>>) -> Vec<(PodUsage, M)> {
+        let oldest = self.oldest_served();
+        let mut out = Vec::new();
+        while let Some(chunk) = next() {
+            out.reserve(chunk.len());
+            let inner = self.read();
+            // The namespace of the previous pod and its pods: chunks come grouped by namespace.
+            let mut current: Option<(&Arc<str>, &NamespaceEntry)> = None;
+            for (ns, name, m) in chunk {
+                if current.is_none_or(|(cns, _)| **cns != *ns) {
+                    current = inner.namespaces.get_key_value(&*ns);
+                }
+                let Some((ns_key, pods)) = current else { continue };
+                if let Some((key, entry)) = pods.get_key_value(&*name)
+                    && let Some(u) = pod_usage(ns_key, key, entry, oldest)
+                {
+                    out.push((u, m));
+                }
+            }
+        }
+        out
     }
 }
 
