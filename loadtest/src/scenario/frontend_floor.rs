@@ -148,13 +148,8 @@ struct JsonList {
 struct JsonOne {
     kind: String,
     api_version: String,
-    metadata: JsonMeta,
-    timestamp: String,
-    window: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    usage: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    containers: Option<Vec<JsonContainer>>,
+    #[serde(flatten)]
+    item: JsonItem,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -213,17 +208,19 @@ fn decode_answer(body: &[u8], encoding: Encoding) -> Result<Decoded, String> {
     }
 }
 
-/// Encodes `d` once, as the library does it; returns the bytes written.
-fn encode_answer(d: &Decoded) -> usize {
+/// Encodes `d` once, as the library does it.
+fn encode_answer(d: &Decoded) -> Vec<u8> {
     let envelope = |tm: &pb::TypeMeta, raw: Vec<u8>| {
         let unknown = pb::Unknown { type_meta: Some(tm.clone()), raw: Some(raw), content_encoding: Some(String::new()), content_type: Some(String::new()) };
         let mut out = Vec::with_capacity(4 + unknown.encoded_len());
         out.extend_from_slice(MAGIC);
-        unknown.encode(&mut out).map_or(0, |()| out.len())
+        // Encoding into a Vec with enough capacity cannot fail.
+        let _ = unknown.encode(&mut out);
+        out
     };
     match d {
-        Decoded::Json(l) => serde_json::to_vec(l).map_or(0, |v| v.len()),
-        Decoded::JsonOne(o) => serde_json::to_vec(o).map_or(0, |v| v.len()),
+        Decoded::Json(l) => serde_json::to_vec(l).unwrap_or_default(),
+        Decoded::JsonOne(o) => serde_json::to_vec(o).unwrap_or_default(),
         Decoded::Node(tm, n) => envelope(tm, n.encode_to_vec()),
         Decoded::Pods(tm, l) => envelope(tm, l.encode_to_vec()),
         Decoded::Nodes(tm, l) => envelope(tm, l.encode_to_vec()),
@@ -240,7 +237,7 @@ async fn encode_floor(target: Target, universe: Arc<Universe>, encoding: Encodin
         let cpu0 = thread_cpu_ns().ok_or("no /proc/thread-self/schedstat")?;
         let mut bytes = 0usize;
         for _ in 0..count {
-            bytes = encode_answer(&decoded);
+            bytes = encode_answer(&decoded).len();
         }
         let cpu_s = thread_cpu_ns().unwrap_or(cpu0).saturating_sub(cpu0) as f64 / 1e9;
         out.push(EncodeFloor { kind: kind.name().to_owned(), encoding: encoding.accept().to_owned(), encodes: count, served_bytes: body.len(), floor_bytes: bytes, cpu_s });
@@ -300,3 +297,38 @@ pub async fn run(
     report
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(body: &[u8], encoding: Encoding) -> Vec<u8> {
+        encode_answer(&decode_answer(body, encoding).unwrap())
+    }
+
+    #[test]
+    fn the_json_floor_writes_every_field_the_frontend_served() {
+        let list = r#"{"kind":"PodMetricsList","apiVersion":"metrics.k8s.io/v1beta1","metadata":{"resourceVersion":"17"},"items":[
+            {"metadata":{"name":"web-1","namespace":"shop","creationTimestamp":"2026-12-04T05:00:00Z","labels":{"app":"web"}},
+             "timestamp":"2026-12-04T04:59:50Z","window":"15.012s","containers":[{"name":"app","usage":{"cpu":"123456n","memory":"12340Ki"}}]}]}"#;
+        let one = r#"{"kind":"NodeMetrics","apiVersion":"metrics.k8s.io/v1beta1","metadata":{"name":"node-1","creationTimestamp":"2026-12-04T05:00:00Z"},
+            "timestamp":"2026-12-04T04:59:50Z","window":"15.012s","usage":{"cpu":"2000000n","memory":"4096Ki","swap":"0"}}"#;
+        for body in [list, one] {
+            let again: serde_json::Value = serde_json::from_slice(&round_trip(body.as_bytes(), Encoding::Json)).unwrap();
+            assert_eq!(again, serde_json::from_str::<serde_json::Value>(body).unwrap());
+        }
+        assert!(decode_answer(b"[1]", Encoding::Json).is_err(), "not a Metrics API object");
+    }
+
+    #[test]
+    fn the_protobuf_floor_writes_the_same_envelope_and_list() {
+        let pods = pb::PodMetricsList { items: vec![pb::PodMetrics::default(); 3], ..Default::default() };
+        let tm = pb::TypeMeta { api_version: Some("metrics.k8s.io/v1beta1".into()), kind: Some("PodMetricsList".into()) };
+        let body = encode_answer(&Decoded::Pods(tm.clone(), pods.clone()));
+        let (tm2, raw) = pb::decode_envelope(&body).unwrap();
+        assert_eq!((tm2, pb::PodMetricsList::decode(raw.as_slice()).unwrap()), (tm, pods));
+        assert_eq!(round_trip(&body, Encoding::Protobuf), body);
+        assert!(decode_answer(b"k8s\0garbage", Encoding::Protobuf).is_err());
+        assert!(decode_answer(b"{}", Encoding::Protobuf).is_err(), "no magic");
+    }
+}
