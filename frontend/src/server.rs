@@ -352,12 +352,12 @@ impl ServerState {
     /// milliseconds of CPU at cluster scale) run on the blocking pool so they never stall the
     /// connections sharing a runtime worker.
     async fn api(self: &Arc<Self>, method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) -> Handled {
-        let heavy = Route::parse(uri.path()).is_cluster_list();
-        if !heavy {
-            return self.api.handle(method, uri, headers);
+        let route = Route::parse(uri.path());
+        if !route.is_cluster_list() {
+            return self.api.handle_route(method, route, uri, headers);
         }
         let (state, method, uri, headers) = (self.clone(), method.clone(), uri.clone(), headers.clone());
-        match tokio::task::spawn_blocking(move || state.api.handle(&method, &uri, &headers)).await {
+        match tokio::task::spawn_blocking(move || state.api.handle_route(&method, route, &uri, &headers)).await {
             Ok(handled) => handled,
             Err(e) => Handled {
                 response: status_response(&Status::internal(format!("list failed: {e}"))),

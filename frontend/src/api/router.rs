@@ -294,7 +294,12 @@ impl Api {
 
     /// Answers one request.
     pub fn handle(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Handled {
-        let route = Route::parse(uri.path());
+        self.handle_route(method, Route::parse(uri.path()), uri, headers)
+    }
+
+    /// Answers one request whose path the caller already parsed into `route` (the server does,
+    /// to choose where a request runs).
+    pub fn handle_route(&self, method: &Method, route: Route, uri: &Uri, headers: &HeaderMap) -> Handled {
         let query = Query::parse(uri.query());
         let verb = route.verb(method, query.watch);
         let resource = route.resource();
