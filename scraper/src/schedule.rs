@@ -452,8 +452,15 @@ impl<S: KubeletSource> Scheduler<S> {
             if state.generation != generation {
                 continue;
             }
-            let after = at.max(now) + self.config.resolution / 2;
-            self.due.push(Reverse((self.slots.next(state.phase, after), generation, name.clone())));
+            // A node's second scrape comes one resolution after its first, so that its rates are
+            // served one resolution after it was taken on, as metrics-server's are; the ones
+            // after that at its phase (at the phase already when the first was).
+            let next = if state.last_started.is_none() && state.busy.is_none() {
+                at.max(now) + self.config.resolution
+            } else {
+                self.slots.next(state.phase, at.max(now) + self.config.resolution / 2)
+            };
+            self.due.push(Reverse((next, generation, name.clone())));
             if state.busy.is_some() {
                 self.pipeline.metrics.scrapes_skipped_total.inc();
                 tracing::debug!(node = %name, "previous scrape still queued or running; skipping this round");
@@ -634,13 +641,15 @@ mod tests {
         for n in owned {
             let times = h.fleet.times_of(n);
             assert_eq!(times[0], h.start, "{n}: first scrape at once");
+            assert_eq!(times[1] - times[0], RES, "{n}: the second one resolution later (rates after one resolution)");
+            assert!((RES / 2..=RES + RES / 2).contains(&(times[2] - times[1])), "{n}: then the next phase slot at least half a resolution on");
             let phase = phase_offset(n, RES);
-            for t in &times[1..] {
+            for t in &times[2..] {
                 let into = Duration::from_nanos((t.duration_since(anchor).as_nanos() % RES.as_nanos()) as u64);
                 // tokio timers have millisecond granularity.
                 assert!(into >= phase && into - phase < Duration::from_millis(1), "{n}: later scrapes at its phase ({into:?} vs {phase:?})");
             }
-            for w in times[1..].windows(2) {
+            for w in times[2..].windows(2) {
                 assert_eq!(w[1] - w[0], RES, "{n}: once per resolution");
             }
             assert!((4..=5).contains(&times.len()), "{n}: {} scrapes in 61 s", times.len());
