@@ -349,8 +349,8 @@ impl ServerState {
     }
 
     /// Answers an API request; all-namespace and all-node lists (up to hundreds of
-    /// milliseconds of CPU at cluster scale) run on the blocking pool so they never stall the
-    /// connections sharing a runtime worker.
+    /// milliseconds of CPU at cluster scale) are selected and encoded on the blocking pool so
+    /// they never stall the connections sharing a runtime worker.
     async fn api(self: &Arc<Self>, method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) -> Handled {
         let route = Route::parse(uri.path());
         if !route.is_cluster_list() {
@@ -358,7 +358,7 @@ impl ServerState {
         }
         let (state, method, uri, headers) = (self.clone(), method.clone(), uri.clone(), headers.clone());
         match tokio::task::spawn_blocking(move || state.api.handle_route(&method, route, &uri, &headers)).await {
-            Ok(handled) => handled,
+            Ok(handled) => Handled { response: handled.response.map(Body::produced_off_runtime), ..handled },
             Err(e) => Handled {
                 response: status_response(&Status::internal(format!("list failed: {e}"))),
                 verb: "list",

@@ -11,6 +11,11 @@ use http_body::{Frame, SizeHint};
 /// Target size of one streamed chunk, in bytes.
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
+/// Chunks a producer moved off the runtime ([`Body::produced_off_runtime`]) may have encoded
+/// ahead of the client: it then waits for the client (back-pressure, nothing dropped), so a
+/// body holds at most this many chunks (~256 KiB) besides the one being written.
+pub const OFF_RUNTIME_CHUNKS: usize = 4;
+
 /// Appends more of a response to the buffer; returns `false` once everything is written.
 pub type Producer = Box<dyn FnMut(&mut Vec<u8>) -> bool + Send>;
 
@@ -54,6 +59,25 @@ impl Body {
     /// body closes the channel, which tells the sending task the client is gone).
     pub fn channel(frames: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
         Self { state: State::Channel(frames) }
+    }
+
+    /// The same body, with a [`Producer`]'s encoding moved to a thread of the blocking pool
+    /// that hands chunks over a channel of [`OFF_RUNTIME_CHUNKS`]: a 45 MB list then costs the
+    /// runtime worker only the TLS writes, and small queries on that worker do not wait behind
+    /// its encoding. The thread stops when the body is dropped (the client went away). Other
+    /// bodies are returned as they are. Call it inside a tokio runtime.
+    pub fn produced_off_runtime(self) -> Self {
+        let State::Streaming(producer) = self.state else { return self };
+        let (tx, rx) = tokio::sync::mpsc::channel(OFF_RUNTIME_CHUNKS);
+        tokio::task::spawn_blocking(move || {
+            let mut body = Body::streaming(producer);
+            while let Some(chunk) = body.next_chunk() {
+                if tx.blocking_send(chunk).is_err() {
+                    return;
+                }
+            }
+        });
+        Body::channel(rx)
     }
 
     /// Reads the whole body (for tests and small internal uses; not for channel bodies).
@@ -142,6 +166,41 @@ mod tests {
         assert_eq!(total, 200_000);
         assert!(chunks >= 3, "{chunks} chunks");
         assert!(http_body::Body::is_end_stream(&body));
+    }
+
+    #[tokio::test]
+    async fn a_body_produced_off_the_runtime_arrives_whole_and_stops_when_dropped() {
+        use http_body_util::BodyExt;
+        let producer = |n: usize| -> Producer {
+            let mut i = 0;
+            Box::new(move |out: &mut Vec<u8>| {
+                out.extend_from_slice(format!("{i:08}").as_bytes());
+                i += 1;
+                i < n
+            })
+        };
+        let got = Body::streaming(producer(100_000)).produced_off_runtime().collect().await.unwrap().to_bytes();
+        let want: Vec<u8> = (0..100_000).flat_map(|i| format!("{i:08}").into_bytes()).collect();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "same bytes in the same order");
+        // A client that goes away: the producing thread ends instead of encoding the rest.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let endless: Producer = Box::new(move |out: &mut Vec<u8>| {
+            out.extend_from_slice(&[0; 1024]);
+            let _ = done_tx.send(());
+            true
+        });
+        let mut body = Body::streaming(endless).produced_off_runtime();
+        let first = body.frame().await;
+        assert!(first.is_some());
+        drop(body);
+        let mut produced = 0;
+        while done_rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok() {
+            produced += 1;
+            assert!(produced < 10_000, "the producer keeps going after the body was dropped");
+        }
+        let full = Body::full(&b"abc"[..]).produced_off_runtime();
+        assert_eq!(http_body::Body::size_hint(&full).exact(), Some(3), "other bodies unchanged");
     }
 
     #[test]
