@@ -132,8 +132,10 @@ mod tests {
         for r in RESULT_LABELS {
             assert!(text.contains(&format!("shardmetrics_scraper_scrapes_total{{result=\"{r}\"}} 0")), "{r} missing:\n{text}");
         }
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("shardmetrics_scraper_"), "{line}");
+        let samples = shardmetrics_plumbing::metrics_text::parse_exposition(&text);
+        assert!(samples.len() > RESULT_LABELS.len());
+        for key in samples.keys() {
+            assert!(key.starts_with("shardmetrics_scraper_"), "{key}");
         }
     }
 

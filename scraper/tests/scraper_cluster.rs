@@ -37,7 +37,7 @@ struct Shard {
 impl Shard {
     async fn metric(&self, name: &str) -> Option<f64> {
         let text = http_get(&self.admin, "/metrics").await?.1;
-        text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        shardmetrics_plumbing::metrics_text::parse_exposition(&text).get(name).copied()
     }
 
     async fn stop_gracefully(mut self) {

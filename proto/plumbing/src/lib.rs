@@ -14,6 +14,7 @@
 //! - [`process`]: tracing set-up, the termination signal, the Kubernetes client from a
 //!   kubeconfig.
 //! - [`exposition`]: kubelet `/metrics/resource` text, as kubelet v1.35 writes it.
+//! - [`metrics_text`]: reading a process's own Prometheus `/metrics` back into samples.
 //! - [`tls`]: the rustls provider and the accept-any-server-certificate verifier.
 //! - [`pki`]: certificate authorities and certificates for simulated clusters and tests.
 
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod duration;
 pub mod exposition;
 pub mod lease;
+pub mod metrics_text;
 pub mod pki;
 pub mod process;
 pub mod selector;
