@@ -119,6 +119,35 @@ pub enum ClusterError {
     /// The named object does not exist in the simulation.
     #[error("{0}")]
     Missing(String),
+    /// This process cannot hold the cluster asked for (too few file descriptors).
+    #[error("{0}")]
+    Limit(String),
+}
+
+/// Open files one simulated kubelet needs in this process at the least: its listener and one
+/// scraper's keep-alive connection (a metrics-server in its HA shape adds one more).
+pub const FILES_PER_KUBELET: u64 = 2;
+
+/// Open files kept for the rest of the process (API server, clients, logs, watches).
+const FILES_HEADROOM: u64 = 512;
+
+/// Refuses a cluster of `nodes` kubelets that cannot fit under this process's open-files limit,
+/// with what it needs, instead of starting it and failing `accept` in a loop.
+pub fn check_open_files(nodes: usize) -> Result<(), ClusterError> {
+    let Some(limit) = std::fs::read_to_string("/proc/self/limits").ok().as_deref().and_then(open_files_limit) else { return Ok(()) };
+    let needed = nodes as u64 * FILES_PER_KUBELET + FILES_HEADROOM;
+    if needed > limit {
+        return Err(ClusterError::Limit(format!(
+            "{nodes} simulated kubelets need at least {needed} open files in this process (a listener and a scraper connection each, plus {FILES_HEADROOM}), but its limit is {limit} (ulimit -n): raise the hard limit or simulate fewer nodes"
+        )));
+    }
+    Ok(())
+}
+
+/// The soft `Max open files` of a `/proc/<pid>/limits` text (`None` when unlimited or absent).
+pub fn open_files_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
 }
 
 /// The shape of the cluster to build.
@@ -456,6 +485,7 @@ impl Cluster {
     /// Builds the cluster in `api` and starts following it. Kubelets trust tokens by `api`'s
     /// policy and client certificates signed by `api`'s CA, and serve a certificate from it.
     pub async fn start(api: &RunningApiServer, config: ClusterConfig) -> Result<Cluster, ClusterError> {
+        check_open_files(config.nodes)?;
         let mut fleet_config = FleetConfig::new(api.ca(), api.kubelet_token_check())?;
         fleet_config.client_ca = Some(api.ca().clone());
         fleet_config.clock = config.clock.clone();
@@ -813,6 +843,17 @@ impl Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_larger_than_the_open_files_limit_is_refused_with_what_it_needs() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax cpu time              unlimited            unlimited            seconds\nMax open files            20000                20000                files\n";
+        assert_eq!(open_files_limit(limits), Some(20_000));
+        assert_eq!(open_files_limit("Max open files            unlimited            unlimited            files\n"), None);
+        assert_eq!(open_files_limit("garbage"), None);
+        assert!(check_open_files(10).is_ok());
+        let e = check_open_files(usize::MAX / 4).unwrap_err().to_string();
+        assert!(e.contains("simulated kubelets need at least") && e.contains("ulimit -n"), "{e}");
+    }
 
     #[test]
     fn generated_pod_names_never_collide() {
