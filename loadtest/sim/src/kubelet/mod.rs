@@ -462,12 +462,11 @@ impl KubeletFleet {
             counts.requests += times.len() as u64;
             for w in times.windows(2).filter(|w| w[1] - w[0] < min_gap_ms) {
                 counts.duplicates += 1;
-                if counts.duplicate_pairs.len() < MAX_DUPLICATE_PAIRS {
-                    counts.duplicate_pairs.push((k.node().to_owned(), w[0], w[1]));
-                }
+                counts.duplicate_pairs.push((k.node().to_owned(), w[0], w[1]));
             }
         }
         counts.duplicate_pairs.sort_by_key(|(_, first, _)| *first);
+        counts.duplicate_pairs.truncate(MAX_DUPLICATE_PAIRS);
         counts
     }
 
