@@ -179,8 +179,9 @@ pub async fn kill_phase(demo: &mut RunningDemo, target: &Target, fresh_bound_ms:
             Err(_) => Err("timed out".to_owned()),
         };
         out.probes += 1;
-        match result.and_then(|body| probe::judge(&body, now_ms, fresh_bound_ms, &mut ages)) {
-            Ok((served, fresh, _)) => {
+        match result.and_then(|body| probe::judge(&body, now_ms, fresh_bound_ms)) {
+            Ok((served, fresh, list_ages)) => {
+                ages.merge(&list_ages);
                 out.fewest_nodes_served = Some(out.fewest_nodes_served.map_or(served, |f| f.min(served)));
                 out.fewest_nodes_fresh = Some(out.fewest_nodes_fresh.map_or(fresh, |f| f.min(fresh)));
                 probes.push(KillProbe { t_s, complete: served >= expected, fresh: fresh >= expected });

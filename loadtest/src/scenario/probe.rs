@@ -76,9 +76,9 @@ struct Item {
     timestamp: Option<String>,
 }
 
-/// Counts served and fresh items of a list body at `now_ms`, adding ages to `ages`; returns
-/// (served, fresh, ages of this list).
-pub fn judge(body: &[u8], now_ms: i64, fresh_bound_ms: f64, ages: &mut AgeHistogram) -> Result<(usize, usize, AgeHistogram), String> {
+/// Counts served and fresh items of a list body at `now_ms`; returns (served, fresh, ages of
+/// this list).
+pub fn judge(body: &[u8], now_ms: i64, fresh_bound_ms: f64) -> Result<(usize, usize, AgeHistogram), String> {
     let list: List = serde_json::from_slice(body).map_err(|e| format!("undecodable list: {e}"))?;
     let mut mine = AgeHistogram::default();
     let mut fresh = 0;
@@ -90,7 +90,6 @@ pub fn judge(body: &[u8], now_ms: i64, fresh_bound_ms: f64, ages: &mut AgeHistog
             fresh += 1;
         }
     }
-    ages.merge(&mine);
     Ok((list.items.len(), fresh, mine))
 }
 
@@ -136,12 +135,9 @@ pub async fn run(config: ProbeConfig, target: Target, log: Arc<Mutex<ProbeLog>>)
         // query clients sharing this process's runtime workers are not measured waiting for it.
         let fresh_bound_ms = config.fresh_bound_ms;
         let judged = match result {
-            Ok(body) => tokio::task::spawn_blocking(move || {
-                let mut ages = AgeHistogram::default();
-                judge(&body, unix_ms, fresh_bound_ms, &mut ages)
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("judging the list failed: {e}"))),
+            Ok(body) => tokio::task::spawn_blocking(move || judge(&body, unix_ms, fresh_bound_ms))
+                .await
+                .unwrap_or_else(|e| Err(format!("judging the list failed: {e}"))),
             Err(e) => Err(e),
         };
         let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
@@ -178,12 +174,11 @@ mod tests {
             {"metadata":{"name":"b"},"timestamp":"2026-01-01T00:00:10Z","window":"15s","usage":{}},
             {"metadata":{"name":"c"}}]}"#;
         let now: i64 = "2026-01-01T00:01:00Z".parse::<jiff::Timestamp>().unwrap().as_millisecond();
-        let mut all = AgeHistogram::default();
-        let (served, fresh, ages) = judge(body, now, 31_000.0, &mut all).unwrap();
+        let (served, fresh, ages) = judge(body, now, 31_000.0).unwrap();
         assert_eq!((served, fresh), (3, 1));
         assert_eq!(ages.percentiles().max, 50_000.0);
-        assert_eq!(all.percentiles().count, 2);
-        assert!(judge(b"<html>", now, 1.0, &mut all).unwrap_err().contains("undecodable"));
+        assert_eq!(ages.percentiles().count, 2);
+        assert!(judge(b"<html>", now, 1.0).unwrap_err().contains("undecodable"));
     }
 
     #[test]
