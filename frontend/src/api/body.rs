@@ -61,22 +61,33 @@ impl Body {
         Self { state: State::Channel(frames) }
     }
 
-    /// The same body, with a [`Producer`]'s encoding moved to a thread of the blocking pool
-    /// that hands chunks over a channel of [`OFF_RUNTIME_CHUNKS`]: a 45 MB list then costs the
-    /// runtime worker only the TLS writes, and small queries on that worker do not wait behind
-    /// its encoding. The thread stops when the body is dropped (the client went away). Other
-    /// bodies are returned as they are. Call it inside a tokio runtime.
+    /// The same body, with a [`Producer`]'s work (selecting and encoding a list) moved to a
+    /// thread of its own at a lower priority ([`shardmetrics_plumbing::bulk`]) that hands
+    /// chunks over a channel of [`OFF_RUNTIME_CHUNKS`]: a 45 MB list then costs the runtime
+    /// worker only the TLS writes, small queries on that worker do not wait behind its
+    /// encoding, and on busy cores the scheduler runs them first. The thread stops when the body
+    /// is dropped (the client went away). If no thread can be started, tokio's blocking pool
+    /// does the work at the normal priority. Other bodies are returned as they are. Call it
+    /// inside a tokio runtime.
     pub fn produced_off_runtime(self) -> Self {
         let State::Streaming(producer) = self.state else { return self };
         let (tx, rx) = tokio::sync::mpsc::channel(OFF_RUNTIME_CHUNKS);
-        tokio::task::spawn_blocking(move || {
+        let work = move || {
             let mut body = Body::streaming(producer);
             while let Some(chunk) = body.next_chunk() {
                 if tx.blocking_send(chunk).is_err() {
                     return;
                 }
             }
-        });
+        };
+        // The thread is started first and then handed the work, so a failed start keeps it.
+        let (hand_over, handed) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(1);
+        match shardmetrics_plumbing::bulk::spawn("bulk-list", move || handed.recv().map(|work| work())) {
+            Ok(_) => {
+                let _ = hand_over.send(Box::new(work));
+            }
+            Err(_) => drop(tokio::task::spawn_blocking(work)),
+        }
         Body::channel(rx)
     }
 

@@ -25,3 +25,14 @@ pub struct PodItem {
     /// `metadata.resourceVersion`: set in watch events only (see [`NodeItem::resource_version`]).
     pub resource_version: Option<i64>,
 }
+
+/// Where a streamed list takes its items from, a chunk at a time: the next chunk, or `None` at
+/// the end. A list of the whole cluster is selected while it is written ([`crate::api::router::PodSelection`]),
+/// so it holds one chunk of items at a time, not 150 000.
+pub type Chunks<T> = Box<dyn FnMut() -> Option<Vec<T>> + Send>;
+
+/// The chunks of a list already collected: all of `items` in one.
+pub fn all_at_once<T: Send + 'static>(items: Vec<T>) -> Chunks<T> {
+    let mut items = Some(items);
+    Box::new(move || items.take())
+}

@@ -1,11 +1,11 @@
 //! JSON of NodeMetrics / PodMetrics and their lists, byte-for-byte in metrics-server's shape,
 //! written straight into the output buffer (no intermediate JSON value). Lists are streamed:
-//! [`node_list`] and [`pod_list`] return bodies that serialize items as the client reads.
+//! [`node_list`] and [`pod_list_chunks`] return bodies that serialize items as the client reads.
 
 use std::io::Write as _;
 
 use super::body::Body;
-use super::items::{NodeItem, PodItem};
+use super::items::{Chunks, NodeItem, PodItem, all_at_once};
 use super::quantity::{Cpu, Memory};
 use super::status::json_str;
 use super::timefmt::{GoDuration, Rfc3339};
@@ -117,12 +117,15 @@ pub fn write_pod(out: &mut Vec<u8>, item: &PodItem, now_ms: i64, typed: Option<A
 fn list<T: Send + 'static>(
     kind: &'static str,
     version: ApiVersion,
-    items: Vec<T>,
+    mut chunks: Chunks<T>,
     now_ms: i64,
     write: fn(&mut Vec<u8>, &T, i64, Option<ApiVersion>),
 ) -> Body {
-    let mut next = 0usize;
     let mut header = true;
+    let mut first = true;
+    // The chunk being written and how far.
+    let mut items: Vec<T> = Vec::new();
+    let mut next = 0usize;
     Body::streaming(Box::new(move |out: &mut Vec<u8>| {
         if header {
             // metadata.resourceVersion: the serving replica's clock, what a watch resumes from.
@@ -133,32 +136,44 @@ fn list<T: Send + 'static>(
             );
             header = false;
         }
+        if next == items.len() {
+            match chunks() {
+                Some(chunk) => (items, next) = (chunk, 0),
+                None => {
+                    // A trailing newline, as Go's json.Encoder (and so kube-apiserver) writes.
+                    out.extend_from_slice(b"]}\n");
+                    return false;
+                }
+            }
+        }
         // A batch of items per call keeps the per-call overhead small.
         let end = (next + 64).min(items.len());
-        for (i, item) in items[next..end].iter().enumerate() {
-            if next + i > 0 {
+        for item in &items[next..end] {
+            if !first {
                 out.push(b',');
             }
+            first = false;
             write(out, item, now_ms, None);
         }
         next = end;
-        if next == items.len() {
-            // A trailing newline, as Go's json.Encoder (and so kube-apiserver) writes.
-            out.extend_from_slice(b"]}\n");
-            return false;
-        }
         true
     }))
 }
 
 /// A streamed `NodeMetricsList` of `version`.
 pub fn node_list(items: Vec<NodeItem>, now_ms: i64, version: ApiVersion) -> Body {
-    list("NodeMetricsList", version, items, now_ms, write_node)
+    list("NodeMetricsList", version, all_at_once(items), now_ms, write_node)
 }
 
 /// A streamed `PodMetricsList` of `version`.
 pub fn pod_list(items: Vec<PodItem>, now_ms: i64, version: ApiVersion) -> Body {
-    list("PodMetricsList", version, items, now_ms, write_pod)
+    pod_list_chunks(all_at_once(items), now_ms, version)
+}
+
+/// A streamed `PodMetricsList` of `version` whose items are taken from `chunks` as the client
+/// reads: one chunk is held at a time.
+pub fn pod_list_chunks(chunks: Chunks<PodItem>, now_ms: i64, version: ApiVersion) -> Body {
+    list("PodMetricsList", version, chunks, now_ms, write_pod)
 }
 
 #[cfg(test)]
@@ -254,6 +269,27 @@ pub(crate) mod tests {
         let text = String::from_utf8(out).expect("utf8");
         assert!(text.contains(r#"{"name":"app","usage":{"cpu":"1500m","memory":"1Mi","swap":"3Mi"}}"#), "{text}");
         assert!(text.contains(r#"{"name":"sidecar","usage":{"cpu":"7n","memory":"1k"}}"#), "no swap line, no swap: {text}");
+    }
+
+    #[test]
+    fn a_list_taken_in_chunks_is_the_bytes_of_the_same_list_taken_at_once() {
+        let items: Vec<_> = (0..300).map(|i| pod("ns", &format!("p{i:05}"))).collect();
+        let whole = pod_list(items.clone(), NOW, ApiVersion::V1beta1).collect_bytes();
+        let mut rest = items;
+        let mut sizes = [0usize, 1, 130, 64].into_iter().cycle();
+        let chunked = pod_list_chunks(
+            Box::new(move || {
+                if rest.is_empty() {
+                    return None;
+                }
+                let n = sizes.next().unwrap_or(1).min(rest.len());
+                Some(rest.drain(..n).collect())
+            }),
+            NOW,
+            ApiVersion::V1beta1,
+        )
+        .collect_bytes();
+        assert_eq!(String::from_utf8(chunked).expect("utf8"), String::from_utf8(whole).expect("utf8"));
     }
 
     #[test]

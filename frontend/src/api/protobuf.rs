@@ -3,15 +3,17 @@
 //! `k8s.io/metrics/pkg/apis/metrics/v1beta1/generated.proto` and apimachinery's
 //! `generated.proto` files. Messages are written by hand as prost structs (no protoc).
 //!
-//! Lists are streamed: a first pass computes each item's encoded length (the envelope needs the
-//! total up front), a second pass encodes items chunk by chunk as the client reads.
+//! Lists: the envelope's length prefix needs the total size before the first byte, so a list's
+//! items are encoded (each item's length, then its bytes) as they are selected, into pieces of
+//! about 64 KiB, and the pieces are then sent in order. The list holds its encoding (~170 bytes
+//! a pod), never its selected items.
 
 use std::collections::BTreeMap;
 
 use prost::Message;
 
 use super::body::Body;
-use super::items::{NodeItem, PodItem};
+use super::items::{Chunks, NodeItem, PodItem, all_at_once};
 use super::version::ApiVersion;
 use super::quantity::{Cpu, Memory};
 
@@ -422,62 +424,100 @@ pub fn pod(item: &PodItem, now_ms: i64, version: ApiVersion) -> Vec<u8> {
     envelope("PodMetrics", version, raw)
 }
 
-/// A streamed list envelope: see the module docs.
+/// A list envelope: see the module docs. The items are encoded as they are taken from
+/// `chunks`, on the body's first read (the envelope's length prefix needs every item's size
+/// before the first byte), and the encoded bytes are then sent in order: the list holds its
+/// encoding (~170 bytes a pod), never the items themselves.
 fn list<T: Send + 'static>(
     kind: &'static str,
     version: ApiVersion,
-    items: Vec<T>,
+    mut chunks: Chunks<T>,
     now_ms: i64,
     len: fn(&T, i64) -> usize,
     put: fn(&T, i64, &mut Vec<u8>),
 ) -> Body {
-    const FIELD2_LD: u8 = (2 << 3) | 2; // Unknown.raw and List.items: field 2, length-delimited
     let now_s = now_ms.div_euclid(1000);
-    let lengths: Vec<usize> = items.iter().map(|i| len(i, now_s)).collect();
+    // The encoded items, in pieces of about CHUNK_BYTES, sent from the back (reversed once).
+    let mut pieces: Option<Vec<Vec<u8>>> = None;
+    Body::streaming(Box::new(move |out: &mut Vec<u8>| {
+        let pieces = match &mut pieces {
+            Some(p) => p,
+            None => {
+                let (encoded, items_len) = encode_items(&mut chunks, now_s, len, put);
+                write_list_header(out, kind, version, items_len);
+                pieces.insert(encoded.into_iter().rev().collect())
+            }
+        };
+        if let Some(piece) = pieces.pop() {
+            out.extend_from_slice(&piece);
+            return true;
+        }
+        // Unknown.contentEncoding = "", Unknown.contentType = "".
+        prost::encoding::string::encode(3, &String::new(), out);
+        prost::encoding::string::encode(4, &String::new(), out);
+        false
+    }))
+}
+
+/// Unknown.raw and List.items: field 2, length-delimited.
+const FIELD2_LD: u8 = (2 << 3) | 2;
+
+/// Every item of `chunks` encoded as a `List.items` field, in pieces of about
+/// [`super::body::CHUNK_BYTES`], with the pieces' total length in bytes.
+fn encode_items<T>(chunks: &mut Chunks<T>, now_s: i64, len: fn(&T, i64) -> usize, put: fn(&T, i64, &mut Vec<u8>)) -> (Vec<Vec<u8>>, usize) {
+    let piece_bytes = super::body::CHUNK_BYTES;
+    let mut pieces = Vec::new();
+    let mut piece: Vec<u8> = Vec::new();
+    let mut total = 0;
+    while let Some(chunk) = chunks() {
+        for item in &chunk {
+            if piece.len() >= piece_bytes {
+                total += piece.len();
+                pieces.push(std::mem::take(&mut piece));
+            }
+            if piece.capacity() == 0 {
+                piece.reserve_exact(piece_bytes + piece_bytes / 4);
+            }
+            let l = len(item, now_s);
+            piece.push(FIELD2_LD);
+            prost::encoding::encode_varint(l as u64, &mut piece);
+            put(item, now_s, &mut piece);
+        }
+    }
+    if !piece.is_empty() {
+        total += piece.len();
+        pieces.push(piece);
+    }
+    (pieces, total)
+}
+
+/// The envelope up to a list's items: magic, TypeMeta, the `raw` field's tag and length (for
+/// `items_len` bytes of encoded items), and the empty ListMeta.
+fn write_list_header(out: &mut Vec<u8>, kind: &str, version: ApiVersion, items_len: usize) {
     let list_meta = ListMeta::default();
     let list_meta_len = list_meta.encoded_len();
-    let mut raw_len = 1 + prost::encoding::encoded_len_varint(list_meta_len as u64) + list_meta_len;
-    for l in &lengths {
-        raw_len += 1 + prost::encoding::encoded_len_varint(*l as u64) + l;
-    }
-    let mut header = Vec::with_capacity(64);
-    header.extend_from_slice(MAGIC);
+    let raw_len = 1 + prost::encoding::encoded_len_varint(list_meta_len as u64) + list_meta_len + items_len;
+    out.extend_from_slice(MAGIC);
     let tm = type_meta(kind, version);
-    prost::encoding::message::encode(1, &tm, &mut header);
-    header.push(FIELD2_LD);
-    prost::encoding::encode_varint(raw_len as u64, &mut header);
-    prost::encoding::message::encode(1, &list_meta, &mut header);
-    let mut header = Some(header);
-    let mut next = 0usize;
-    Body::streaming(Box::new(move |out: &mut Vec<u8>| {
-        if let Some(h) = header.take() {
-            out.extend_from_slice(&h);
-        }
-        let end = (next + 64).min(items.len());
-        for (item, len) in items[next..end].iter().zip(&lengths[next..end]) {
-            out.push(FIELD2_LD);
-            prost::encoding::encode_varint(*len as u64, out);
-            put(item, now_s, out);
-        }
-        next = end;
-        if next == items.len() {
-            // Unknown.contentEncoding = "", Unknown.contentType = "".
-            prost::encoding::string::encode(3, &String::new(), out);
-            prost::encoding::string::encode(4, &String::new(), out);
-            return false;
-        }
-        true
-    }))
+    prost::encoding::message::encode(1, &tm, out);
+    out.push(FIELD2_LD);
+    prost::encoding::encode_varint(raw_len as u64, out);
+    prost::encoding::message::encode(1, &list_meta, out);
 }
 
 /// A streamed NodeMetricsList envelope of `version`.
 pub fn node_list(items: Vec<NodeItem>, now_ms: i64, version: ApiVersion) -> Body {
-    list("NodeMetricsList", version, items, now_ms, hand::node_len, hand::put_node)
+    list("NodeMetricsList", version, all_at_once(items), now_ms, hand::node_len, hand::put_node)
 }
 
 /// A streamed PodMetricsList envelope of `version`.
 pub fn pod_list(items: Vec<PodItem>, now_ms: i64, version: ApiVersion) -> Body {
-    list("PodMetricsList", version, items, now_ms, hand::pod_len, hand::put_pod)
+    pod_list_chunks(all_at_once(items), now_ms, version)
+}
+
+/// A PodMetricsList envelope of `version` of the items `chunks` hands out (see [`list`]).
+pub fn pod_list_chunks(chunks: Chunks<PodItem>, now_ms: i64, version: ApiVersion) -> Body {
+    list("PodMetricsList", version, chunks, now_ms, hand::pod_len, hand::put_pod)
 }
 
 /// Decodes an envelope (for tests and clients): the type and the raw object.
@@ -590,5 +630,32 @@ mod tests {
         let bytes = node_list(vec![node("a")], NOW, ApiVersion::V1beta1).collect_bytes();
         let (_, raw) = decode_envelope(&bytes).expect("envelope");
         assert_eq!(NodeMetricsList::decode(raw.as_slice()).expect("list").items.len(), 1);
+    }
+
+    #[test]
+    fn a_list_taken_in_chunks_is_the_bytes_of_the_same_list_taken_at_once() {
+        // More than one 64 KiB piece of encoded items, from uneven chunks.
+        let items: Vec<_> = (0..1500).map(|i| pod(&format!("ns{}", i / 700), &format!("p{i:04}"))).collect();
+        let whole = pod_list(items.clone(), NOW, ApiVersion::V1).collect_bytes();
+        assert!(whole.len() > 2 * crate::api::body::CHUNK_BYTES, "{} bytes", whole.len());
+        let mut rest = items.clone();
+        let mut sizes = [1usize, 0, 999, 7].into_iter().cycle();
+        let chunked = pod_list_chunks(
+            Box::new(move || {
+                if rest.is_empty() {
+                    return None;
+                }
+                let n = sizes.next().unwrap_or(1).min(rest.len());
+                Some(rest.drain(..n).collect())
+            }),
+            NOW,
+            ApiVersion::V1,
+        )
+        .collect_bytes();
+        assert!(chunked == whole, "same bytes");
+        let (_, raw) = decode_envelope(&chunked).expect("envelope");
+        let list = PodMetricsList::decode(raw.as_slice()).expect("list");
+        assert_eq!(list.items.len(), 1500);
+        assert_eq!(list.items[1499], pod_message(&items[1499], NOW));
     }
 }

@@ -25,7 +25,7 @@ use super::watch::{self, Format, Scope, Source, Start, WatchRequest};
 use super::{json, protobuf, table};
 use crate::metadata::{self, Labels, Metadata};
 use crate::metrics::Metrics;
-use crate::store::{POD_CHUNK, PodUsage, Store};
+use crate::store::{POD_CHUNK, PodCursor, PodUsage, Store};
 
 /// A request's route. Resource routes carry the `metrics.k8s.io` version of their path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,8 +346,22 @@ impl Api {
                 let out = Output::new(encoding, query, now_ms, *v);
                 match route {
                     Route::Pods(_, ns) => {
-                        let items = self.list_pods(ns.as_deref(), &labels, &fields, now_ms);
-                        Ok(out?.pods(items, false))
+                        let out = out?;
+                        let mut selection = self.select_pods(ns.as_deref(), labels, fields, now_ms);
+                        Ok(match out.encoding {
+                            Encoding::Json => out.pod_list(json::pod_list_chunks(Box::new(move || selection.next_chunk()), now_ms, out.version)),
+                            Encoding::Protobuf => {
+                                out.pod_list(protobuf::pod_list_chunks(Box::new(move || selection.next_chunk()), now_ms, out.version))
+                            }
+                            // A Table is built from the whole list (kubectl get asks for it, not the HPA or top).
+                            Encoding::Table(_) => {
+                                let mut items = Vec::new();
+                                while let Some(chunk) = selection.next_chunk() {
+                                    items.extend(chunk);
+                                }
+                                out.pods(items, false)
+                            }
+                        })
                     }
                     _ => {
                         let items = self.list_nodes(&labels, &fields, now_ms);
@@ -439,26 +453,48 @@ impl Api {
     }
 
     /// Running pods in `namespace` (all when `None`) matching both selectors, sorted by
-    /// namespace then name. A `metadata.namespace=` field selector narrows an all-namespace list
+    /// namespace then name, collected (see [`Api::select_pods`] for the chunked walk a list
+    /// answer streams from).
+    pub fn list_pods(&self, namespace: Option<&str>, labels: &LabelSelector, fields: &FieldSelector, now_ms: i64) -> Vec<PodItem> {
+        let mut selection = self.select_pods(namespace, labels.clone(), fields.clone(), now_ms);
+        let mut items = Vec::new();
+        while let Some(chunk) = selection.next_chunk() {
+            items.extend(chunk);
+        }
+        items
+    }
+
+    /// The pods a list of `namespace` (all when `None`) selects, handed out a chunk at a time
+    /// ([`PodSelection`]). A `metadata.namespace=` field selector narrows an all-namespace list
     /// to that namespace's index.
     ///
     /// A label selector with an equality term (`app=foo`, the HPA's) is answered from the
     /// metadata view's label index: only the pods it selects are looked up in the store, so the
     /// query costs O(pods returned), not O(pods in the namespace). Other selectors walk the
     /// store's namespace index. Both give the same answer.
-    pub fn list_pods(&self, namespace: Option<&str>, labels: &LabelSelector, fields: &FieldSelector, now_ms: i64) -> Vec<PodItem> {
-        let namespace = namespace.or(fields.required("metadata.namespace"));
-        let items: Vec<PodItem> = match self.metadata.as_deref() {
-            Some(m) if metadata::indexable(labels) => select_indexed_pods(&self.store, m, namespace, labels, fields),
-            _ => select_walked_pods(&self.store, self.metadata.as_deref(), namespace, labels, fields),
+    pub fn select_pods(&self, namespace: Option<&str>, labels: LabelSelector, fields: FieldSelector, now_ms: i64) -> PodSelection {
+        let use_index = self.metadata.is_some() && metadata::indexable(&labels);
+        self.selection(namespace, labels, fields, now_ms, use_index)
+    }
+
+    /// [`Api::select_pods`] with the way of finding candidates chosen by the caller
+    /// (`use_index` needs a metadata view and an indexable selector).
+    fn selection(&self, namespace: Option<&str>, labels: LabelSelector, fields: FieldSelector, now_ms: i64, use_index: bool) -> PodSelection {
+        let namespace = namespace.or(fields.required("metadata.namespace")).map(str::to_owned);
+        let walk = match use_index {
+            true => Walk::Index { resume: None, done: false },
+            false => Walk::Store(PodCursor::new(namespace.as_deref())),
+        };
+        PodSelection {
+            store: self.store.clone(),
+            metadata: self.metadata.clone(),
+            namespace,
+            labels,
+            fields,
+            walk,
+            freshness: self.metrics.as_ref().map(|m| m.freshness.clone()),
+            now_ms,
         }
-        .into_iter()
-        .map(|(usage, labels)| PodItem { usage, labels, resource_version: None })
-        .collect();
-        for i in &items {
-            self.observe(now_ms, i.usage.timestamp_ms);
-        }
-        items
     }
 
     fn get_pod(&self, namespace: &str, name: &str, now_ms: i64) -> Result<PodItem, Status> {
@@ -475,17 +511,92 @@ impl Api {
     }
 }
 
-/// Servable pods in `namespace` (all when `None`) matching both selectors, sorted by namespace
-/// then name, with their labels: walks every pod of the scope in the store.
-fn select_walked_pods(
+/// The pods a list selects, handed out [`POD_CHUNK`] candidates at a time while the answer is
+/// written ([`Api::select_pods`]), so a 150k-pod list holds one chunk of items, never the whole
+/// selection. Sorted by namespace then name. Like [`Store::pods_with`], not a snapshot: each
+/// pod is read whole, none twice, and one present for the whole walk is in it. Every item
+/// handed out is observed in the freshness histogram.
+pub struct PodSelection {
+    /// Samples and rates.
+    store: Arc<Store>,
+    /// Existence and labels (`None`: every stored pod exists, without labels).
+    metadata: Option<Arc<Metadata>>,
+    /// The namespace listed; `None` lists all.
+    namespace: Option<String>,
+    /// `labelSelector`.
+    labels: LabelSelector,
+    /// `fieldSelector`.
+    fields: FieldSelector,
+    /// How the candidates are found, and how far it got.
+    walk: Walk,
+    /// Age of the data served, seconds (`None` without self-metrics).
+    freshness: Option<prometheus::Histogram>,
+    /// The request's time, Unix ms.
+    now_ms: i64,
+}
+
+/// How a [`PodSelection`] finds its candidates.
+enum Walk {
+    /// Every pod of the scope, in the store's order.
+    Store(PodCursor),
+    /// The metadata view's label index (the selector has an equality term): resumes after the
+    /// last pod handed out.
+    Index { resume: Option<(Arc<str>, Arc<str>)>, done: bool },
+}
+
+impl PodSelection {
+    /// The next non-empty chunk of selected pods, or `None` once all were handed out.
+    pub fn next_chunk(&mut self) -> Option<Vec<PodItem>> {
+        loop {
+            let chunk = match &mut self.walk {
+                Walk::Store(cursor) => walk_chunk(&self.store, self.metadata.as_deref(), cursor, &self.labels, &self.fields)?,
+                Walk::Index { resume, done } => {
+                    let metadata = self.metadata.as_deref()?;
+                    if *done {
+                        return None;
+                    }
+                    let after = resume.as_ref().map(|(ns, name)| (&**ns, &**name));
+                    let Some(selection) = metadata.read().select_pods(self.namespace.as_deref(), &self.labels, after, POD_CHUNK)
+                    else {
+                        *done = true;
+                        return None;
+                    };
+                    *done = selection.resume.is_none();
+                    *resume = selection.resume;
+                    let fields = &self.fields;
+                    let wanted: Vec<_> = selection
+                        .pods
+                        .into_iter()
+                        .filter(|(ns, name, _)| fields.matches_metadata(ns, name))
+                        .map(|(ns, name, l)| (ns, name, Some(l)))
+                        .collect();
+                    self.store.pods_of(wanted)
+                }
+            };
+            if chunk.is_empty() {
+                continue;
+            }
+            if let Some(h) = &self.freshness {
+                for (usage, _) in &chunk {
+                    h.observe((self.now_ms - usage.timestamp_ms).max(0) as f64 / 1000.0);
+                }
+            }
+            return Some(chunk.into_iter().map(|(usage, labels)| PodItem { usage, labels, resource_version: None }).collect());
+        }
+    }
+}
+
+/// One chunk of a store walk: the pods among the next [`POD_CHUNK`] that exist in the
+/// metadata view (when there is one) and match both selectors, with their labels.
+fn walk_chunk(
     store: &Store,
     metadata: Option<&Metadata>,
-    namespace: Option<&str>,
+    cursor: &mut PodCursor,
     labels: &LabelSelector,
     fields: &FieldSelector,
-) -> Vec<(PodUsage, Option<Labels>)> {
+) -> Option<Vec<(PodUsage, Option<Labels>)>> {
     // The metadata read guard is taken per chunk of the store's walk, never across it.
-    store.pods_with(namespace, || metadata.map(|m| m.read()), |meta, ns, name| {
+    store.next_pods(cursor, || metadata.map(|m| m.read()), |meta, ns, name| {
         if !fields.matches_metadata(ns, name) {
             return None;
         }
@@ -494,40 +605,6 @@ fn select_walked_pods(
             None => None,
         };
         labels.matches(found.as_deref().unwrap_or(&NO_LABELS)).then_some(found)
-    })
-}
-
-/// [`select_walked_pods`] for a selector the label index can narrow ([`metadata::indexable`]):
-/// the metadata view hands out the matching pods in chunks of [`POD_CHUNK`] candidates (its
-/// read guard held per chunk), and the store looks up each by (namespace, name).
-fn select_indexed_pods(
-    store: &Store,
-    metadata: &Metadata,
-    namespace: Option<&str>,
-    labels: &LabelSelector,
-    fields: &FieldSelector,
-) -> Vec<(PodUsage, Option<Labels>)> {
-    let mut resume: Option<(Arc<str>, Arc<str>)> = None;
-    let mut done = false;
-    store.pods_among(|| {
-        if done {
-            return None;
-        }
-        let after = resume.as_ref().map(|(ns, name)| (&**ns, &**name));
-        let Some(selection) = metadata.read().select_pods(namespace, labels, after, POD_CHUNK) else {
-            done = true;
-            return None;
-        };
-        done = selection.resume.is_none();
-        resume = selection.resume;
-        Some(
-            selection
-                .pods
-                .into_iter()
-                .filter(|(ns, name, _)| fields.matches_metadata(ns, name))
-                .map(|(ns, name, l)| (ns, name, Some(l)))
-                .collect(),
-        )
     })
 }
 
@@ -626,6 +703,11 @@ impl Output {
             (Encoding::Table(v), _) => table::nodes(items, self.table_options(v)),
         };
         respond(StatusCode::OK, ct, body)
+    }
+
+    /// A pod list's body, already encoded in this output's encoding.
+    fn pod_list(&self, body: Body) -> Response<Body> {
+        respond(StatusCode::OK, self.encoding.content_type(), body)
     }
 
     fn pods(&self, items: Vec<PodItem>, single: bool) -> Response<Body> {
@@ -919,8 +1001,8 @@ mod tests {
             for fields in ["", "metadata.name!=p010", "metadata.namespace=b", "metadata.name=bulk-1099"] {
                 let fields = FieldSelector::parse_metadata(fields).expect("fields");
                 for ns in [None, Some("a"), Some("b"), Some("big"), Some("zz")] {
-                    let walked = select_walked_pods(&store, Some(&metadata), ns, &labels, &fields);
-                    let indexed = select_indexed_pods(&store, &metadata, ns, &labels, &fields);
+                    let walked = selected(api.selection(ns, labels.clone(), fields.clone(), T0, false));
+                    let indexed = if indexable(&labels) { selected(api.selection(ns, labels.clone(), fields.clone(), T0, true)) } else { Vec::new() };
                     let through_api: Vec<_> =
                         api.list_pods(ns, &labels, &fields, T0 + 20_000).into_iter().map(|i| (i.usage, i.labels)).collect();
                     let key = |v: &[(PodUsage, Option<Labels>)]| v.iter().map(|(u, _)| format!("{}/{}", u.namespace, u.name)).collect::<Vec<_>>();
@@ -938,7 +1020,50 @@ mod tests {
         }
         assert!(compared > 50, "the selections compared are not all empty ({compared})");
         let web = LabelSelector::parse("app=web").expect("selector");
-        assert_eq!(select_indexed_pods(&store, &metadata, Some("big"), &web, &FieldSelector::default()).len(), 1100, "across chunks");
+        assert_eq!(selected(api.selection(Some("big"), web, FieldSelector::default(), T0, true)).len(), 1100, "across chunks");
+
+        // A cluster-wide list answered through the router is written while it is selected,
+        // chunk by chunk: the same pods, in order, in JSON and protobuf.
+        let all: Vec<String> = api
+            .list_pods(None, &LabelSelector::default(), &FieldSelector::default(), T0 + 20_000)
+            .iter()
+            .map(|i| format!("{}/{}", i.usage.namespace, i.usage.name))
+            .collect();
+        assert!(all.len() > POD_CHUNK, "{} pods", all.len());
+        let (code, _, json) = get(&api, "/apis/metrics.k8s.io/v1beta1/pods", None);
+        assert_eq!(code, StatusCode::OK);
+        let names: Vec<String> = json["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| format!("{}/{}", i["metadata"]["namespace"].as_str().unwrap_or(""), i["metadata"]["name"].as_str().unwrap_or("")))
+            .collect();
+        assert_eq!(names, all, "JSON");
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/vnd.kubernetes.protobuf"));
+        let h = api.handle(&Method::GET, &"/apis/metrics.k8s.io/v1/pods".parse().expect("uri"), &headers);
+        let (_, raw) = protobuf::decode_envelope(&h.response.into_body().collect_bytes()).expect("envelope");
+        let list = <protobuf::PodMetricsList as prost::Message>::decode(raw.as_slice()).expect("list");
+        let names: Vec<String> = list
+            .items
+            .iter()
+            .map(|i| {
+                let meta = i.metadata.as_ref().expect("metadata");
+                format!("{}/{}", meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or(""))
+            })
+            .collect();
+        assert_eq!(names, all, "protobuf");
+    }
+
+    /// Everything a selection hands out, with the chunks' bounds checked.
+    fn selected(mut selection: PodSelection) -> Vec<(PodUsage, Option<Labels>)> {
+        let mut out = Vec::new();
+        while let Some(chunk) = selection.next_chunk() {
+            assert!(!chunk.is_empty() && chunk.len() <= POD_CHUNK, "{} items in a chunk", chunk.len());
+            out.extend(chunk.into_iter().map(|i| (i.usage, i.labels)));
+        }
+        assert!(selection.next_chunk().is_none(), "stays finished");
+        out
     }
 
     fn indexable(labels: &LabelSelector) -> bool {

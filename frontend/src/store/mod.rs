@@ -420,49 +420,66 @@ impl Store {
         mut open: impl FnMut() -> G,
         mut keep: impl FnMut(&G, &str, &str) -> Option<M>,
     ) -> Vec<(PodUsage, M)> {
+        let mut cursor = PodCursor::new(namespace);
+        let mut out = Vec::new();
+        while let Some(chunk) = self.next_pods(&mut cursor, &mut open, &mut keep) {
+            out.extend(chunk);
+        }
+        out
+    }
+
+    /// One chunk of the walk [`Store::pods_with`] makes: the servable pods kept among the next
+    /// (at most) [`POD_CHUNK`] pods after `cursor`, which it then moves past them; `None` once
+    /// the walk is over. A chunk may be empty (nothing kept) while the walk goes on. For lists
+    /// written while they are read: the caller holds one chunk, never the whole selection.
+    pub fn next_pods<G, M>(
+        &self,
+        cursor: &mut PodCursor,
+        mut open: impl FnMut() -> G,
+        mut keep: impl FnMut(&G, &str, &str) -> Option<M>,
+    ) -> Option<Vec<(PodUsage, M)>> {
+        if cursor.done {
+            return None;
+        }
         let oldest = self.oldest_served();
         let mut out = Vec::new();
-        // The last (namespace, name) visited; the next chunk starts after it.
-        let mut cursor: Option<(Arc<str>, Arc<str>)> = None;
-        loop {
-            let guard = open();
-            let inner = self.read();
-            let from = match (namespace, &cursor) {
-                (Some(ns), _) => Bound::Included(ns),
-                (None, Some((ns, _))) => Bound::Included(&**ns),
-                (None, None) => Bound::Unbounded,
+        let guard = open();
+        let inner = self.read();
+        let namespace = cursor.namespace.as_deref();
+        let from = match (namespace, &cursor.after) {
+            (Some(ns), _) => Bound::Included(ns),
+            (None, Some((ns, _))) => Bound::Included(&**ns),
+            (None, None) => Bound::Unbounded,
+        };
+        let to = namespace.map_or(Bound::Unbounded, Bound::Included);
+        let mut visited = 0usize;
+        let mut finished = true;
+        let mut last: Option<(&Arc<str>, &Arc<str>)> = None;
+        'chunk: for (ns, pods) in inner.namespaces.range::<str, _>((from, to)) {
+            let after = match &cursor.after {
+                Some((cns, name)) if **cns == **ns => Bound::Excluded(&**name),
+                _ => Bound::Unbounded,
             };
-            let to = namespace.map_or(Bound::Unbounded, Bound::Included);
-            let mut visited = 0usize;
-            let mut finished = true;
-            let mut last: Option<(&Arc<str>, &Arc<str>)> = None;
-            'chunk: for (ns, pods) in inner.namespaces.range::<str, _>((from, to)) {
-                let after = match &cursor {
-                    Some((cns, name)) if **cns == **ns => Bound::Excluded(&**name),
-                    _ => Bound::Unbounded,
-                };
-                for (name, entry) in pods.range::<str, _>((after, Bound::Unbounded)) {
-                    if visited == POD_CHUNK {
-                        finished = false;
-                        break 'chunk;
-                    }
-                    visited += 1;
-                    last = Some((ns, name));
-                    if entry.scraped_at_ms < oldest {
-                        continue;
-                    }
-                    if let Some(m) = keep(&guard, ns, name)
-                        && let Some(u) = pod_usage(ns, name, entry, oldest)
-                    {
-                        out.push((u, m));
-                    }
+            for (name, entry) in pods.range::<str, _>((after, Bound::Unbounded)) {
+                if visited == POD_CHUNK {
+                    finished = false;
+                    break 'chunk;
+                }
+                visited += 1;
+                last = Some((ns, name));
+                if entry.scraped_at_ms < oldest {
+                    continue;
+                }
+                if let Some(m) = keep(&guard, ns, name)
+                    && let Some(u) = pod_usage(ns, name, entry, oldest)
+                {
+                    out.push((u, m));
                 }
             }
-            if finished {
-                return out;
-            }
-            cursor = last.map(|(ns, name)| (ns.clone(), name.clone()));
         }
+        cursor.done = finished;
+        cursor.after = last.map(|(ns, name)| (ns.clone(), name.clone()));
+        Some(out)
     }
 
     /// The usage of the servable pods among those `next` hands out, in the order handed out,
@@ -474,23 +491,30 @@ impl Store {
     /// view's lock and release it) and returns the next chunk of (namespace, name, `M`), at most
     /// [`POD_CHUNK`] long to bound the hold, or `None` when there are no more.
     pub fn pods_among<M>(&self, mut next: impl FnMut() -> Option<Vec<(Arc<str>, Arc<str>, M)>>) -> Vec<(PodUsage, M)> {
-        let oldest = self.oldest_served();
         let mut out = Vec::new();
         while let Some(chunk) = next() {
-            out.reserve(chunk.len());
-            let inner = self.read();
-            // The namespace of the previous pod and its pods: chunks come grouped by namespace.
-            let mut current: Option<(&Arc<str>, &NamespaceEntry)> = None;
-            for (ns, name, m) in chunk {
-                if current.is_none_or(|(cns, _)| **cns != *ns) {
-                    current = inner.namespaces.get_key_value(&*ns);
-                }
-                let Some((ns_key, pods)) = current else { continue };
-                if let Some((key, entry)) = pods.get_key_value(&*name)
-                    && let Some(u) = pod_usage(ns_key, key, entry, oldest)
-                {
-                    out.push((u, m));
-                }
+            out.extend(self.pods_of(chunk));
+        }
+        out
+    }
+
+    /// One chunk of [`Store::pods_among`]: the servable pods among `chunk` (grouped by
+    /// namespace, at most [`POD_CHUNK`] long), looked up under one hold of the read lock.
+    pub fn pods_of<M>(&self, chunk: Vec<(Arc<str>, Arc<str>, M)>) -> Vec<(PodUsage, M)> {
+        let oldest = self.oldest_served();
+        let mut out = Vec::with_capacity(chunk.len());
+        let inner = self.read();
+        // The namespace of the previous pod and its pods: chunks come grouped by namespace.
+        let mut current: Option<(&Arc<str>, &NamespaceEntry)> = None;
+        for (ns, name, m) in chunk {
+            if current.is_none_or(|(cns, _)| **cns != *ns) {
+                current = inner.namespaces.get_key_value(&*ns);
+            }
+            let Some((ns_key, pods)) = current else { continue };
+            if let Some((key, entry)) = pods.get_key_value(&*name)
+                && let Some(u) = pod_usage(ns_key, key, entry, oldest)
+            {
+                out.push((u, m));
             }
         }
         out
@@ -500,6 +524,25 @@ impl Store {
 /// Most pods a list visits per hold of the store's read lock (~0.5 ms of work in a release
 /// build): bounds how long a list keeps ingest, and the readers queued behind it, waiting.
 pub const POD_CHUNK: usize = 1024;
+
+/// Where a walk of the store's pods ([`Store::next_pods`]) stands: its scope and the last
+/// (namespace, name) visited; the next chunk starts after it.
+#[derive(Debug, Clone, Default)]
+pub struct PodCursor {
+    /// The namespace walked; `None` walks all of them.
+    namespace: Option<Arc<str>>,
+    /// The last pod visited.
+    after: Option<(Arc<str>, Arc<str>)>,
+    /// Set once the last chunk was handed out.
+    done: bool,
+}
+
+impl PodCursor {
+    /// A walk of `namespace`'s pods (every namespace's when `None`) from the start.
+    pub fn new(namespace: Option<&str>) -> Self {
+        Self { namespace: namespace.map(Arc::from), after: None, done: false }
+    }
+}
 
 /// A node's usage if it is servable.
 fn node_usage(name: &Arc<str>, entry: &NodeEntry, oldest: i64) -> Option<NodeUsage> {

@@ -7,6 +7,7 @@
 //! `shardmetrics-proto`.
 //!
 //! # Layout
+//! - [`bulk`]: whole-cluster list work on its own lower-priority thread.
 //! - [`duration`]: Go `time.ParseDuration` syntax, its formatting, and the clap value type.
 //! - [`selector`]: label and field selectors with apimachinery's syntax and error texts.
 //! - [`clock`]: the injected wall clock (the only place that reads the system time).
@@ -18,6 +19,7 @@
 //! - [`tls`]: the rustls provider and the accept-any-server-certificate verifier.
 //! - [`pki`]: certificate authorities and certificates for simulated clusters and tests.
 
+pub mod bulk;
 pub mod clock;
 pub mod duration;
 pub mod exposition;
