@@ -15,6 +15,10 @@
 //!   encoding.
 //! - `ingest_cpu hpa-request N`: the same queries as the HPA's exact request through
 //!   `Api::handle` (path, query and selector parsing, JSON body collected).
+//! - `ingest_cpu list json|protobuf N`: the same cluster (150k pods with metadata) and `N`
+//!   cluster-wide pod lists (`GET .../v1beta1/pods`, what `kubectl top pods -A` asks) through
+//!   `Api::handle` with the whole body read: selection, store/metadata join, encoding. Ir /
+//!   (N x 150 000) is the CPU per listed pod.
 //! - `ingest_cpu pod-events N`: the same cluster's metadata, and `N` pod watch events measured
 //!   as `Metadata::apply_pod`, in rounds of three on different pods: relabel one (a new
 //!   `pod-template-hash`), delete another, add that one back. What keeping the label index up
@@ -76,6 +80,14 @@ fn measured_hpa_queries(api: &Api, queries: &[(String, LabelSelector)]) -> usize
 fn measured_hpa_requests(api: &Api, uris: &[http::Uri]) -> usize {
     let headers = http::HeaderMap::new();
     uris.iter().map(|u| api.handle(&http::Method::GET, u, &headers).response.into_body().collect_bytes().len()).sum()
+}
+
+/// Runs `n` cluster-wide pod lists through the router, reading each whole body; returns the
+/// bytes served.
+#[inline(never)]
+fn measured_lists(api: &Api, n: usize, headers: &http::HeaderMap) -> usize {
+    let uri: http::Uri = "/apis/metrics.k8s.io/v1beta1/pods".parse().expect("uri");
+    (0..n).map(|_| api.handle(&http::Method::GET, &uri, headers).response.into_body().collect_bytes().len()).sum()
 }
 
 /// Applies every pod event, in order; returns how many were applied.
@@ -140,6 +152,29 @@ fn hpa(n: usize, through_router: bool) {
     println!("{n} HPA {}, {out} in all, {:.2} µs each (wall time, indicative)", if through_router { "requests (JSON bytes)" } else { "queries (pods)" }, elapsed.as_secs_f64() * 1e6 / n as f64);
 }
 
+fn lists(encoding: &str, n: usize) {
+    let (store, _metadata, api) = DEPLOYMENTS.cluster();
+    let pods = store.counts().pods;
+    let mut headers = http::HeaderMap::new();
+    if encoding == "protobuf" {
+        headers.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/vnd.kubernetes.protobuf"));
+    }
+    // One list first, not collected (not in a `measured` function), so the measured ones find
+    // the allocator warm.
+    let uri: http::Uri = "/apis/metrics.k8s.io/v1beta1/pods".parse().expect("uri");
+    let one = api.handle(&http::Method::GET, &uri, &headers).response.into_body().collect_bytes().len();
+    let start = Instant::now();
+    let bytes = measured_lists(&api, n, &headers);
+    let elapsed = start.elapsed();
+    assert_eq!(bytes, one * n, "every list is the whole cluster");
+    println!(
+        "{n} {encoding} lists of {pods} pods, {} bytes each, {:.1} ms each, {:.0} ns per pod (wall time, indicative)",
+        one,
+        elapsed.as_secs_f64() * 1e3 / n as f64,
+        elapsed.as_secs_f64() * 1e9 / (n * pods) as f64
+    );
+}
+
 fn pod_events(n: usize) {
     let (_store, metadata, _api) = DEPLOYMENTS.cluster();
     // Whole rounds, so every deleted pod is back at the end.
@@ -171,6 +206,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("hpa") => hpa(count(args.get(1), 100), false),
         Some("hpa-request") => hpa(count(args.get(1), 100), true),
+        Some("list") => lists(args.get(1).map_or("json", String::as_str), count(args.get(2), 3)),
         Some("pod-events") => pod_events(count(args.get(1), 1000)),
         // Criterion's `cargo bench` runs every bench target with `--bench`: ingest by default.
         _ => ingest(count(args.first(), 1000)),

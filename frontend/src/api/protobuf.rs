@@ -239,14 +239,32 @@ pub fn pod_message(item: &PodItem, now_ms: i64) -> PodMetrics {
 
 /// Hand-written encoding of the served messages straight from borrowed data: the same bytes
 /// prost would write for [`node_message`] / [`pod_message`] (tests check they decode equal),
-/// without building owned messages, so big lists cost one pass for lengths and one to write.
+/// without building owned messages. A list item is written once (its length is then known); a
+/// single object computes its length first to size its buffer.
 mod hand {
-    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    use prost::encoding::{WireType, encode_varint, encoded_len_varint, key_len};
 
     use crate::api::quantity::Text as QuantityText;
     use crate::api::items::{NodeItem, PodItem};
     use crate::api::quantity::{Cpu, Memory};
     use crate::metadata::Labels;
+
+    /// prost's `encode_varint` with the one-byte case first: nearly every tag and length
+    /// written here is below 128, and prost's general loop costs ~10x more per byte.
+    #[inline]
+    pub(super) fn put_varint(v: u64, out: &mut Vec<u8>) {
+        if v < 0x80 {
+            out.push(v as u8);
+        } else {
+            encode_varint(v, out);
+        }
+    }
+
+    /// A field key (prost's `encode_key`) through [`put_varint`].
+    #[inline]
+    fn put_key(tag: u32, wire_type: WireType, out: &mut Vec<u8>) {
+        put_varint((u64::from(tag) << 3) | wire_type as u64, out);
+    }
 
     /// Length of a length-delimited field with tag `tag` and a payload of `len` bytes.
     fn ld_len(tag: u32, len: usize) -> usize {
@@ -254,8 +272,8 @@ mod hand {
     }
 
     fn put_ld(tag: u32, len: usize, out: &mut Vec<u8>) {
-        encode_key(tag, WireType::LengthDelimited, out);
-        encode_varint(len as u64, out);
+        put_key(tag, WireType::LengthDelimited, out);
+        put_varint(len as u64, out);
     }
 
     fn put_bytes(tag: u32, b: &[u8], out: &mut Vec<u8>) {
@@ -270,8 +288,8 @@ mod hand {
 
     fn put_int_msg(tag: u32, v: i64, out: &mut Vec<u8>) {
         put_ld(tag, int_msg_len(v), out);
-        encode_key(1, WireType::Varint, out);
-        encode_varint(v as u64, out);
+        put_key(1, WireType::Varint, out);
+        put_varint(v as u64, out);
     }
 
     fn entry_len(key: &[u8], value_len: usize) -> usize {
@@ -433,7 +451,6 @@ fn list<T: Send + 'static>(
     version: ApiVersion,
     mut chunks: Chunks<T>,
     now_ms: i64,
-    len: fn(&T, i64) -> usize,
     put: fn(&T, i64, &mut Vec<u8>),
 ) -> Body {
     let now_s = now_ms.div_euclid(1000);
@@ -443,7 +460,7 @@ fn list<T: Send + 'static>(
         let pieces = match &mut pieces {
             Some(p) => p,
             None => {
-                let (encoded, items_len) = encode_items(&mut chunks, now_s, len, put);
+                let (encoded, items_len) = encode_items(&mut chunks, now_s, put);
                 write_list_header(out, kind, version, items_len);
                 pieces.insert(encoded.into_iter().rev().collect())
             }
@@ -464,11 +481,12 @@ const FIELD2_LD: u8 = (2 << 3) | 2;
 
 /// Every item of `chunks` encoded as a `List.items` field, in pieces of about
 /// [`super::body::CHUNK_BYTES`], with the pieces' total length in bytes.
-fn encode_items<T>(chunks: &mut Chunks<T>, now_s: i64, len: fn(&T, i64) -> usize, put: fn(&T, i64, &mut Vec<u8>)) -> (Vec<Vec<u8>>, usize) {
+fn encode_items<T>(chunks: &mut Chunks<T>, now_s: i64, put: fn(&T, i64, &mut Vec<u8>)) -> (Vec<Vec<u8>>, usize) {
     let piece_bytes = super::body::CHUNK_BYTES;
     let mut pieces = Vec::new();
     let mut piece: Vec<u8> = Vec::new();
     let mut total = 0;
+    let mut scratch = Vec::with_capacity(1024);
     while let Some(chunk) = chunks() {
         for item in &chunk {
             if piece.len() >= piece_bytes {
@@ -478,10 +496,13 @@ fn encode_items<T>(chunks: &mut Chunks<T>, now_s: i64, len: fn(&T, i64) -> usize
             if piece.capacity() == 0 {
                 piece.reserve_exact(piece_bytes + piece_bytes / 4);
             }
-            let l = len(item, now_s);
+            // Written once into a scratch buffer whose length is the prefix: computing the
+            // length first would format every quantity twice.
+            scratch.clear();
+            put(item, now_s, &mut scratch);
             piece.push(FIELD2_LD);
-            prost::encoding::encode_varint(l as u64, &mut piece);
-            put(item, now_s, &mut piece);
+            hand::put_varint(scratch.len() as u64, &mut piece);
+            piece.extend_from_slice(&scratch);
         }
     }
     if !piece.is_empty() {
@@ -507,7 +528,7 @@ fn write_list_header(out: &mut Vec<u8>, kind: &str, version: ApiVersion, items_l
 
 /// A streamed NodeMetricsList envelope of `version`.
 pub fn node_list(items: Vec<NodeItem>, now_ms: i64, version: ApiVersion) -> Body {
-    list("NodeMetricsList", version, all_at_once(items), now_ms, hand::node_len, hand::put_node)
+    list("NodeMetricsList", version, all_at_once(items), now_ms, hand::put_node)
 }
 
 /// A streamed PodMetricsList envelope of `version`.
@@ -517,7 +538,7 @@ pub fn pod_list(items: Vec<PodItem>, now_ms: i64, version: ApiVersion) -> Body {
 
 /// A PodMetricsList envelope of `version` of the items `chunks` hands out (see [`list`]).
 pub fn pod_list_chunks(chunks: Chunks<PodItem>, now_ms: i64, version: ApiVersion) -> Body {
-    list("PodMetricsList", version, chunks, now_ms, hand::pod_len, hand::put_pod)
+    list("PodMetricsList", version, chunks, now_ms, hand::put_pod)
 }
 
 /// Decodes an envelope (for tests and clients): the type and the raw object.

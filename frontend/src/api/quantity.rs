@@ -118,12 +118,15 @@ fn decimal(value: u64, exponent: i32) -> Text {
     if value == 0 {
         return Text::new(0, "");
     }
-    let mut mantissa = u128::from(value);
+    // Trailing zeros in 64 bits (a division by a constant is a multiplication; u128's is a
+    // library call); u128 only for the scaling below, which can pass u64.
+    let mut trimmed = value;
     let mut exponent = exponent;
-    while mantissa.is_multiple_of(10) {
-        mantissa /= 10;
+    while trimmed.is_multiple_of(10) {
+        trimmed /= 10;
         exponent += 1;
     }
+    let mut mantissa = u128::from(trimmed);
     // Back to a multiple of three, as apimachinery does (rem_euclid keeps negatives right).
     match exponent.rem_euclid(3) {
         1 => {
