@@ -36,3 +36,34 @@ pub fn all_at_once<T: Send + 'static>(items: Vec<T>) -> Chunks<T> {
     let mut items = Some(items);
     Box::new(move || items.take())
 }
+
+/// Chunks a [`prefetched`] source may have selected ahead of the encoder before it waits.
+pub const PREFETCHED_CHUNKS: usize = 4;
+
+/// The same chunks, selected on a bulk thread of their own ([`shardmetrics_plumbing::bulk`])
+/// while the caller encodes the previous ones: a cluster-wide list then takes about the longer
+/// of selecting and encoding, not their sum. Overflow policy: the selecting thread waits when
+/// [`PREFETCHED_CHUNKS`] are ready and not yet taken (back-pressure, nothing dropped); it stops
+/// when the returned source is dropped. If no thread can be started the source is returned
+/// unchanged (selected on the caller's thread, as before).
+pub fn prefetched<T: Send + 'static>(mut chunks: Chunks<T>) -> Chunks<T> {
+    let (ready, taken) = std::sync::mpsc::sync_channel::<Vec<T>>(PREFETCHED_CHUNKS);
+    // The thread is started first and then handed the source, so a failed start keeps it.
+    let (hand_over, handed) = std::sync::mpsc::sync_channel::<Chunks<T>>(1);
+    let started = shardmetrics_plumbing::bulk::spawn("bulk-select", move || {
+        let Ok(mut chunks) = handed.recv() else { return };
+        while let Some(chunk) = chunks() {
+            if ready.send(chunk).is_err() {
+                return;
+            }
+        }
+    });
+    if started.is_err() {
+        return chunks;
+    }
+    if let Err(std::sync::mpsc::SendError(back)) = hand_over.send(chunks) {
+        chunks = back;
+        return chunks;
+    }
+    Box::new(move || taken.recv().ok())
+}

@@ -15,7 +15,7 @@ use shardmetrics_plumbing::clock::SharedClock;
 
 use super::body::Body;
 use super::discovery::{AggregatedVersion, Documents};
-use super::items::{NodeItem, PodItem};
+use super::items::{self, Chunks, NodeItem, PodItem};
 use super::media::{Encoding, negotiate};
 use shardmetrics_plumbing::selector::{FieldSelector, LabelSelector};
 use super::status::Status;
@@ -348,15 +348,18 @@ impl Api {
                     Route::Pods(_, ns) => {
                         let out = out?;
                         let mut selection = self.select_pods(ns.as_deref(), labels, fields, now_ms);
+                        let mut chunks: Chunks<PodItem> = Box::new(move || selection.next_chunk());
+                        if ns.is_none() {
+                            // The whole cluster: selected on one thread while encoded on another.
+                            chunks = items::prefetched(chunks);
+                        }
                         Ok(match out.encoding {
-                            Encoding::Json => out.pod_list(json::pod_list_chunks(Box::new(move || selection.next_chunk()), now_ms, out.version)),
-                            Encoding::Protobuf => {
-                                out.pod_list(protobuf::pod_list_chunks(Box::new(move || selection.next_chunk()), now_ms, out.version))
-                            }
+                            Encoding::Json => out.pod_list(json::pod_list_chunks(chunks, now_ms, out.version)),
+                            Encoding::Protobuf => out.pod_list(protobuf::pod_list_chunks(chunks, now_ms, out.version)),
                             // A Table is built from the whole list (kubectl get asks for it, not the HPA or top).
                             Encoding::Table(_) => {
                                 let mut items = Vec::new();
-                                while let Some(chunk) = selection.next_chunk() {
+                                while let Some(chunk) = chunks() {
                                     items.extend(chunk);
                                 }
                                 out.pods(items, false)
