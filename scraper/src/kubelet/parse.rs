@@ -86,7 +86,7 @@ impl Family {
 }
 
 /// The three labels that identify a container; everything else is ignored.
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq)]
 struct ContainerLabels<'a> {
     namespace: Option<Cow<'a, str>>,
     pod: Option<Cow<'a, str>>,
@@ -143,35 +143,19 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
         let line_text = text.and_then(|t| t.get(line_start..line_start + line.len()));
         line_start = line_end + 1;
         number += 1;
-        let mut cur = Cursor { line, text: line_text, pos: 0, number };
-        cur.skip_blanks();
-        if cur.at_end() || cur.peek() == Some(b'#') {
+        if line.is_empty() || line[0] == b'#' {
             continue;
         }
-        let name = cur.metric_name()?;
-        let family = Family::of(name);
-        let mut labels = ContainerLabels::default();
-        let mut blank_before_value = cur.skip_blanks();
-        if cur.peek() == Some(b'{') {
-            cur.labels(family.is_container().then_some(&mut labels))?;
-            blank_before_value = cur.skip_blanks();
-        }
-        if !blank_before_value {
-            return Err(cur.error("whitespace before the sample value"));
-        }
-        let value = cur.value()?;
-        let had_blank = cur.skip_blanks();
-        let timestamp_ms = if cur.at_end() {
-            None
-        } else if had_blank {
-            Some(cur.timestamp()?)
-        } else {
-            return Err(cur.error("whitespace after the sample value"));
+        // The usual line shape is read directly; anything else (or a malformed line) by the
+        // cursor, which gives the error.
+        let sample = match line_text.and_then(|t| fast_sample(line, t)) {
+            Some(sample) => sample,
+            None => match slow_sample(line, line_text, number)? {
+                Some(sample) => sample,
+                None => continue,
+            },
         };
-        cur.skip_blanks();
-        if !cur.at_end() {
-            return Err(cur.error("end of line after the timestamp"));
-        }
+        let SampleLine { family, labels, value, timestamp_ms } = sample;
         if family == Family::Other {
             continue;
         }
@@ -252,6 +236,140 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
         rejected_samples,
         incomplete_containers,
     })
+}
+
+/// One sample line of the exposition, as read by either path.
+#[derive(Debug, PartialEq)]
+struct SampleLine<'a> {
+    family: Family,
+    /// `namespace`, `pod` and `container`, for the kept container families only.
+    labels: ContainerLabels<'a>,
+    value: f64,
+    timestamp_ms: Option<i64>,
+}
+
+/// Reads one line with the cursor: every syntax the exposition allows, and the error (line,
+/// column, what was expected) for anything else. `None` for a blank or comment line.
+fn slow_sample<'a>(line: &'a [u8], line_text: Option<&'a str>, number: usize) -> Result<Option<SampleLine<'a>>, ParseError> {
+    let mut cur = Cursor { line, text: line_text, pos: 0, number };
+    cur.skip_blanks();
+    if cur.at_end() || cur.peek() == Some(b'#') {
+        return Ok(None);
+    }
+    let name = cur.metric_name()?;
+    let family = Family::of(name);
+    let mut labels = ContainerLabels::default();
+    let mut blank_before_value = cur.skip_blanks();
+    if cur.peek() == Some(b'{') {
+        cur.labels(family.is_container().then_some(&mut labels))?;
+        blank_before_value = cur.skip_blanks();
+    }
+    if !blank_before_value {
+        return Err(cur.error("whitespace before the sample value"));
+    }
+    let value = cur.value()?;
+    let had_blank = cur.skip_blanks();
+    let timestamp_ms = if cur.at_end() {
+        None
+    } else if had_blank {
+        Some(cur.timestamp()?)
+    } else {
+        return Err(cur.error("whitespace after the sample value"));
+    };
+    cur.skip_blanks();
+    if !cur.at_end() {
+        return Err(cur.error("end of line after the timestamp"));
+    }
+    Ok(Some(SampleLine { family, labels, value, timestamp_ms }))
+}
+
+/// Reads the shape of line the kubelet writes, `name{label="value",...} value timestamp`
+/// (single blanks, no blanks inside the braces, no escapes), without the cursor: one search
+/// per label value and per blank, names checked by table only when not a known family. `None`
+/// for any other line, valid or not, which [`slow_sample`] then reads: so this accepts a subset
+/// of what the cursor accepts, and reads it the same. `text` is `line` as UTF-8.
+fn fast_sample<'a>(line: &'a [u8], text: &'a str) -> Option<SampleLine<'a>> {
+    let name_end = find_either(line, b'{', b' ')?;
+    let name = &line[..name_end];
+    let family = Family::of(name);
+    if family == Family::Other && !is_metric_name(name) {
+        return None;
+    }
+    let mut labels = ContainerLabels::default();
+    let mut pos = name_end;
+    if line[pos] == b'{' {
+        pos += 1;
+        let want = family.is_container();
+        loop {
+            let first = *line.get(pos)?;
+            if first == b'}' {
+                pos += 1;
+                break;
+            }
+            if NAME_CHARS[first as usize] & LABEL_NAME == 0 || first.is_ascii_digit() {
+                return None;
+            }
+            let name_start = pos;
+            pos += 1;
+            while NAME_CHARS[*line.get(pos)? as usize] & LABEL_NAME != 0 {
+                pos += 1;
+            }
+            let label = &line[name_start..pos];
+            if line.get(pos..pos + 2)? != b"=\"" {
+                return None;
+            }
+            pos += 2;
+            let value_start = pos;
+            pos += find_either(&line[pos..], b'"', b'\\')?;
+            if line[pos] != b'"' {
+                return None;
+            }
+            if want {
+                let slot = match label {
+                    b"namespace" => &mut labels.namespace,
+                    b"pod" => &mut labels.pod,
+                    b"container" => &mut labels.container,
+                    _ => &mut None,
+                };
+                // Quotes are ASCII, so these are character boundaries of the UTF-8 line.
+                *slot = Some(Cow::Borrowed(text.get(value_start..pos)?));
+            }
+            pos += 1;
+            match *line.get(pos)? {
+                b',' => pos += 1,
+                b'}' => {
+                    pos += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        if *line.get(pos)? != b' ' {
+            return None;
+        }
+    }
+    // `line[pos]` is the blank before the value.
+    let rest = &line[pos + 1..];
+    let (value, timestamp) = match find_either(rest, b' ', b'\t') {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let value = parse_value(value)?;
+    let timestamp_ms = match timestamp {
+        Some(t) => Some(parse_i64(t)?),
+        None => None,
+    };
+    Some(SampleLine { family, labels, value, timestamp_ms })
+}
+
+/// Whether `name` is a whole metric name, `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+fn is_metric_name(name: &[u8]) -> bool {
+    match name.split_first() {
+        Some((&first, rest)) => {
+            NAME_CHARS[first as usize] & METRIC_NAME != 0 && !first.is_ascii_digit() && rest.iter().all(|&b| NAME_CHARS[b as usize] & METRIC_NAME != 0)
+        }
+        None => false,
+    }
 }
 
 /// The accumulator of one container, created on its first sample. `order` lists containers
@@ -519,8 +637,7 @@ impl<'a> Cursor<'a> {
     fn value(&mut self) -> Result<f64, ParseError> {
         let start = self.pos;
         let token = self.token();
-        let parsed = if is_float_syntax(token) { self.str_of(start, self.pos).and_then(|t| t.parse::<f64>().ok()) } else { None };
-        parsed.ok_or_else(|| {
+        parse_value(token).ok_or_else(|| {
             self.pos = start;
             self.error("a sample value (a float, NaN, +Inf or -Inf)")
         })
@@ -535,6 +652,90 @@ impl<'a> Cursor<'a> {
             self.error("a timestamp in integer milliseconds")
         })
     }
+}
+
+/// A sample value: decimal, exponent, `NaN`, `+Inf`, `-Inf` (what Prometheus writes), rounded
+/// exactly as `str::parse::<f64>` does. Plain decimals of up to 16 digits with small exponents,
+/// the kubelet's every value, take [`fast_decimal`]; the rest `str::parse`.
+fn parse_value(token: &[u8]) -> Option<f64> {
+    if let Some(v) = fast_decimal(token) {
+        return Some(v);
+    }
+    if !is_float_syntax(token) {
+        return None;
+    }
+    std::str::from_utf8(token).ok()?.parse::<f64>().ok()
+}
+
+/// 10^0 ..= 10^22: the powers of ten an f64 holds exactly (5^22 < 2^53).
+const EXACT_POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// `[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?` whose digits, decimal point dropped, make an
+/// integer m ≤ 2^53 and whose value is m·10^e with |e| ≤ 22: then m and 10^|e| are exact f64s
+/// and one IEEE multiplication or division rounds correctly (Clinger's fast path), so the result
+/// is bit-identical to `str::parse`. `None` for any other token (not necessarily invalid).
+fn fast_decimal(token: &[u8]) -> Option<f64> {
+    let (negative, digits) = match token.split_first()? {
+        (b'-', rest) => (true, rest),
+        (b'+', rest) => (false, rest),
+        _ => (false, token),
+    };
+    let mut mantissa: u64 = 0;
+    let mut i = 0;
+    while let Some(&b) = digits.get(i).filter(|b| b.is_ascii_digit()) {
+        mantissa = mantissa.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        i += 1;
+    }
+    if i == 0 {
+        return None;
+    }
+    let mut exponent: i64 = 0;
+    if digits.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while let Some(&b) = digits.get(i).filter(|b| b.is_ascii_digit()) {
+            mantissa = mantissa.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        exponent -= (i - start) as i64;
+    }
+    if matches!(digits.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        let negative_exponent = match digits.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        let start = i;
+        let mut e: i64 = 0;
+        while let Some(&b) = digits.get(i).filter(|b| b.is_ascii_digit()) {
+            // Past 10^4 the fast path is out of reach anyway; saturate instead of overflowing.
+            e = (e * 10 + i64::from(b - b'0')).min(10_000);
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        exponent += if negative_exponent { -e } else { e };
+    }
+    if i != digits.len() || mantissa > 1 << 53 {
+        return None;
+    }
+    let m = mantissa as f64;
+    let power = *EXACT_POWERS_OF_TEN.get(exponent.unsigned_abs() as usize)?;
+    let v = if exponent >= 0 { m * power } else { m / power };
+    Some(if negative { -v } else { v })
 }
 
 /// `-?[0-9]+` as an i64; `None` for anything else or on overflow.
@@ -937,6 +1138,184 @@ scrape_error 0
                 assert_eq!(gc.usage.memory_working_set_bytes, wc.memory_bytes);
                 assert!(gc.usage.cpu_usage_ns.abs_diff(wc.cpu_ns) <= 1, "{} vs {}", gc.usage.cpu_usage_ns, wc.cpu_ns);
                 assert_eq!(gc.start_time_ms, wc.start_time_ms);
+            }
+        }
+    }
+
+    /// Tokens around the fast path's edges, and the shapes Go writes.
+    fn float_tokens() -> Vec<String> {
+        let mut tokens: Vec<String> = [
+            "0", "-0", "+0", "0.0", "00", "1", "-1", "+1", "1.5", "0.1", "0.3", "123456789", "9007199254740992", "9007199254740993",
+            "9007199254740991", "18446744073709551615", "18446744073709551616", "99999999999999999999", "1e22", "1e23", "1e-22",
+            "1e-23", "9007199254740992e22", "9007199254740992e-22", "4.2e9", "+1.5E+02", "1.6273408e+07", "3.1e-05", "1.", ".5",
+            "1.e5", "1e", "1e+", "e5", "-", "+", "", "1..2", "1e5e5", "1e-0", "1e00000000000000000005", "0.0000000016",
+            "0.00000000000000000000000001", "1e-10000000", "1e10000000", "NaN", "nan", "+Inf", "-Inf", "inf", "infinity", "1_0",
+            "0x10", " 1", "1 ", "--1", "+-1", "1e--1", "357.35491", "12.345678",
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        let mut state = 5u64;
+        for _ in 0..20_000 {
+            state = fixture::splitmix(state);
+            let bits = state;
+            // Go's shortest formatting of kubelet-like values, and of arbitrary finite doubles.
+            let ns = (bits >> 20) % 100_000_000_000_000;
+            tokens.push(shardmetrics_plumbing::exposition::go_float(ns as f64 / 1e9));
+            tokens.push(shardmetrics_plumbing::exposition::go_float(((bits >> 40) * 4096) as f64));
+            let any = f64::from_bits(bits);
+            if any.is_finite() {
+                tokens.push(format!("{any:e}"));
+                tokens.push(format!("{any}"));
+            }
+            // Digit strings with a decimal point and an exponent anywhere.
+            let digits = format!("{}", bits % 10u64.pow((bits % 19) as u32 + 1));
+            let dot = (bits >> 8) as usize % (digits.len() + 1);
+            let e = (bits >> 16) as i64 % 60 - 30;
+            let (a, b) = digits.split_at(dot);
+            tokens.push(if b.is_empty() { format!("{a}e{e}") } else if a.is_empty() { format!("0.{b}E{e:+}") } else { format!("{a}.{b}e{e}") });
+        }
+        tokens
+    }
+
+    #[test]
+    fn fast_decimals_are_bit_identical_to_str_parse() {
+        let mut fast = 0;
+        for t in float_tokens() {
+            let std = t.parse::<f64>().ok();
+            if let Some(v) = fast_decimal(t.as_bytes()) {
+                fast += 1;
+                assert_eq!(Some(v.to_bits()), std.map(f64::to_bits), "{t:?}");
+            }
+            let want = if is_float_syntax(t.as_bytes()) { std } else { None };
+            assert_eq!(parse_value(t.as_bytes()).map(f64::to_bits), want.map(f64::to_bits), "{t:?}");
+        }
+        assert!(fast > 50_000, "the fast path was taken {fast} times");
+    }
+
+    /// A fixture's lines, and variants of them in every shape the fast reader must hand over.
+    fn sample_line_variants() -> Vec<Vec<u8>> {
+        let base = fixture::resource_metrics(&fixture::PayloadSpec { pods: 4, seed: 9, timestamp_ms: 1_700_000_000_000 });
+        let mut lines: Vec<Vec<u8>> = base.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+        let edits: &[(&str, &str)] = &[
+            ("} ", "}  "),
+            ("} ", "}\t"),
+            ("} ", "} \t"),
+            ("}", ",}"),
+            ("{", "{ "),
+            ("=", " ="),
+            (",", " ,"),
+            ("\",", "\"  ,"),
+            ("\"}", "\" }"),
+            ("container=\"", "container=\"a\\\\b"),
+            ("pod=\"", "pod=\"\\\""),
+            ("namespace=\"", "namespace=\"\\n"),
+            ("namespace=\"", "namespace=\"\\t"),
+            ("pod=", "pod=pod=\"x\","),
+            ("pod=", "9pod="),
+            ("pod=", "p-od="),
+            ("pod=", "pod:x="),
+            ("container", "pod"),
+            ("{", "{}"),
+            ("{", "{{"),
+            ("_total", "_total:x"),
+            ("_total", ""),
+            ("_bytes{", "_bytes {"),
+            (" 17", " 17 "),
+            (" 17", "\t17"),
+            (" 17", " -17"),
+            (" 17", " +17"),
+            (" 17", "  17"),
+            (" 17", " 1.7"),
+            (" 17", " x17"),
+            ("e+", "E"),
+            ("e+", "e-"),
+            (".", ""),
+            (".", ".."),
+            ("7", "7 7"),
+            ("0", "NaN"),
+            ("0", "+Inf"),
+            ("0", "inf"),
+            ("\"", "\u{e9}\""),
+        ];
+        let data: Vec<Vec<u8>> = lines.iter().filter(|l| !l.is_empty() && l[0] != b'#').cloned().collect();
+        for line in &data {
+            let text = String::from_utf8(line.clone()).unwrap();
+            for &(from, to) in edits {
+                for (i, _) in text.match_indices(from) {
+                    let mut edited = text.clone();
+                    edited.replace_range(i..i + from.len(), to);
+                    lines.push(edited.into_bytes());
+                }
+            }
+            for cut in 0..line.len() {
+                lines.push(line[..cut].to_vec());
+            }
+        }
+        lines.extend(["x 1", "x{} 1", "x{a=\"\"} 1 2", "x{a=\"b\",} 1", "x{,} 1", "x{a=\"b\"} 1 2 3", "x  1", " x 1", "x 1 ", "x{a=\"b\"}"].map(|l| l.as_bytes().to_vec()));
+        lines
+    }
+
+    #[test]
+    fn the_fast_reader_reads_what_the_cursor_reads_and_leaves_the_rest_to_it() {
+        let (mut fast, mut slow) = (0, 0);
+        for line in sample_line_variants() {
+            let Ok(text) = std::str::from_utf8(&line) else { continue };
+            if line.is_empty() || line[0] == b'#' {
+                continue;
+            }
+            match fast_sample(&line, text) {
+                Some(got) => {
+                    fast += 1;
+                    let want = slow_sample(&line, Some(text), 1);
+                    let want = want.unwrap_or_else(|e| panic!("fast reader accepted {text:?}, the cursor says {e}")).expect("a sample");
+                    assert_eq!((&got.family, &got.labels, got.value.to_bits(), got.timestamp_ms), (&want.family, &want.labels, want.value.to_bits(), want.timestamp_ms), "{text:?}");
+                }
+                None => slow += 1,
+            }
+        }
+        assert!(fast > 100 && slow > 1000, "fast {fast}, slow {slow}");
+    }
+
+    #[test]
+    fn every_data_line_of_a_kubelet_payload_takes_the_fast_reader() {
+        let body = fixture::resource_metrics(&fixture::PayloadSpec { pods: 30, seed: 1, timestamp_ms: 1_700_000_000_000 });
+        for line in std::str::from_utf8(&body).unwrap().lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            assert!(fast_sample(line.as_bytes(), line).is_some(), "{line:?}");
+        }
+        for line in KUBELET_SAMPLE.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            assert!(fast_sample(line.as_bytes(), line).is_some(), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn unusual_but_valid_lines_parse_like_the_usual_shape() {
+        let usual = parse(concat!(
+            "container_cpu_usage_seconds_total{container=\"c\",namespace=\"ns\",pod=\"p\"} 2 10\n",
+            "container_memory_working_set_bytes{container=\"c\",namespace=\"ns\",pod=\"p\"} 3 10\n",
+            "pod_cpu_usage_seconds_total{namespace=\"ns\",pod=\"p\"} 2 10\n",
+        ));
+        let unusual = parse(concat!(
+            "container_cpu_usage_seconds_total { container = \"c\" , namespace=\"ns\",pod=\"p\", }\t2\t 10 \n",
+            "container_memory_working_set_bytes{container=\"c\",namespace=\"ns\",pod=\"p\"}  3e0  10\t\n",
+            "pod_cpu_usage_seconds_total{namespace=\"\\\\ns\",pod=\"p\"} +2 10\n",
+        ));
+        assert_eq!(unusual, usual);
+    }
+
+    #[test]
+    fn malformed_lines_of_skipped_families_fail_like_kept_ones() {
+        for (text, column, expected) in [
+            ("pod_cpu_usage_seconds_total{namespace=\"a\",pod=\"b\"} 1 1 1\n", 56, "end of line after the timestamp"),
+            ("pod_cpu_usage_seconds_total{namespace=\"a\",pod=\"b\"} x 1\n", 52, "a sample value (a float, NaN, +Inf or -Inf)"),
+            ("pod_cpu_usage_seconds_total{namespace=\"a\",pod=\"b\"} 1 x\n", 54, "a timestamp in integer milliseconds"),
+            ("pod_cpu_usage_seconds_total{namespace=\"a\" pod=\"b\"} 1 1\n", 43, "',' or '}' after a label value"),
+            ("pod_cpu_usage_seconds_total{namespace=\"a\\x\",pod=\"b\"} 1 1\n", 41, "an escape sequence \\\\, \\\" or \\n"),
+            ("pod_cpu_usage_seconds_total{namespace=\"a\",pod=\"b\"}1 1\n", 51, "whitespace before the sample value"),
+            ("pod-cpu 1 1\n", 4, "whitespace before the sample value"),
+        ] {
+            match parse_err(text) {
+                ParseError::Syntax { line, column: c, expected: e, .. } => assert_eq!((line, c, e), (1, column, expected), "{text:?}"),
             }
         }
     }
