@@ -21,8 +21,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
-use shardmetrics_proto::{ContainerSample, NodeScrape, PodSamples, Point};
+use shardmetrics_proto::{ContainerRef, NodeScrape, NodeScrapeRef, PodRef, Point};
 
 /// A response body that is not valid `/metrics/resource` text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +53,25 @@ pub struct Parsed {
     /// Containers (and the node itself) left out because their CPU or memory sample was
     /// missing or rejected.
     pub incomplete_containers: u32,
+}
+
+/// What one scrape's text produced, its strings borrowed from the text: what the scrape task
+/// encodes (`Hub::encode_scrape_ref`) without owning a string per pod and container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedRef<'a> {
+    /// The node's scrape.
+    pub scrape: NodeScrapeRef<'a>,
+    /// As [`Parsed::rejected_samples`].
+    pub rejected_samples: u32,
+    /// As [`Parsed::incomplete_containers`].
+    pub incomplete_containers: u32,
+}
+
+impl ParsedRef<'_> {
+    /// The same result with owned strings.
+    pub fn to_owned_parsed(&self) -> Parsed {
+        Parsed { scrape: self.scrape.to_owned_scrape(), rejected_samples: self.rejected_samples, incomplete_containers: self.incomplete_containers }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,10 +116,17 @@ struct ContainerLabels<'a> {
 /// A value paired with the kubelet's sample time (ms).
 type Timed<T> = Option<(T, i64)>;
 
+/// "No container": the end of a pod's list of containers.
+const NONE: usize = usize::MAX;
+
+/// One container's samples so far. Containers are kept in one vector in order of first
+/// appearance; each pod links its own (`first`, `next`), so no vector per pod.
 struct ContainerAcc<'a> {
     name: Cow<'a, str>,
-    /// Its position in the order of first appearance.
-    seq: usize,
+    /// Index of its pod in the pods vector.
+    pod: usize,
+    /// The pod's next container (by first appearance), or [`NONE`].
+    next: usize,
     cpu_ns: Timed<u64>,
     memory_bytes: Timed<u64>,
     swap_bytes: Option<u64>,
@@ -109,6 +136,42 @@ struct ContainerAcc<'a> {
 struct PodAcc<'a> {
     namespace: Cow<'a, str>,
     name: Cow<'a, str>,
+    /// Its first and last container, or [`NONE`].
+    first: usize,
+    last: usize,
+    /// The next pod whose (namespace, name) has the same hash, or [`NONE`].
+    same_hash: usize,
+}
+
+/// Pods by the keyed (SipHash, random per process) hash of their namespace and name, so that a
+/// pod is hashed once per lookup: the map itself only passes that hash through.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed with this; anything else still gets a sound hash.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Finds or adds the pods and containers of container samples.
+struct Containers<'a> {
+    pods: Vec<PodAcc<'a>>,
+    /// Pod hash → first pod with that hash (others chained by [`PodAcc::same_hash`]).
+    pod_index: HashMap<u64, usize, BuildHasherDefault<Prehashed>>,
+    hasher: RandomState,
+    /// In order of first appearance.
     containers: Vec<ContainerAcc<'a>>,
 }
 
@@ -118,12 +181,21 @@ struct PodAcc<'a> {
 /// A container's [`Point::timestamp_ms`] is its CPU sample's timestamp: that is the one rates
 /// divide by (the kubelet gives CPU and memory of a container the same stats time anyway).
 pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Result<Parsed, ParseError> {
-    let mut pods: Vec<PodAcc<'_>> = Vec::with_capacity(body.len() / 1024 + 4);
-    let mut pod_index: HashMap<(Cow<'_, str>, Cow<'_, str>), usize> = HashMap::with_capacity(body.len() / 1024 + 4);
-    // Containers in order of first appearance, and per container family where the next line is
-    // expected in that order: the kubelet writes every family in the same row order, so most
-    // lines are found by one comparison instead of hashing their namespace and pod.
-    let mut order: Vec<(usize, usize)> = Vec::with_capacity(body.len() / 512 + 4);
+    parse_resource_metrics_ref(node, body, scraped_at_ms).map(|p| p.to_owned_parsed())
+}
+
+/// [`parse_resource_metrics`] with the scrape's strings borrowed from `body` (and `node`):
+/// what the scrape task encodes, without an allocation per pod and container.
+pub fn parse_resource_metrics_ref<'a>(node: &'a str, body: &'a [u8], scraped_at_ms: i64) -> Result<ParsedRef<'a>, ParseError> {
+    let mut acc = Containers {
+        pods: Vec::with_capacity(body.len() / 1024 + 4),
+        pod_index: HashMap::with_capacity_and_hasher(body.len() / 1024 + 4, BuildHasherDefault::default()),
+        hasher: RandomState::new(),
+        containers: Vec::with_capacity(body.len() / 768 + 4),
+    };
+    // Per container family, where in the order of first appearance its next line probably is:
+    // the kubelet writes every family in the same row order, so most lines are found by one
+    // comparison instead of hashing their namespace and pod.
     let mut next_in_order = [0usize; 4];
     let mut node_cpu: Timed<u64> = None;
     let mut node_memory: Timed<u64> = None;
@@ -187,7 +259,7 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
                     Family::ContainerSwap => &mut next_in_order[3],
                     _ => &mut next_in_order[2],
                 };
-                let acc = container_acc(&mut pods, &mut pod_index, &mut order, hint, namespace, pod, container);
+                let acc = acc.find_or_add(hint, namespace, pod, container);
                 match family {
                     Family::ContainerCpu => acc.cpu_ns = Some((converted as u64, ts)),
                     Family::ContainerMemory => acc.memory_bytes = Some((converted as u64, ts)),
@@ -209,30 +281,30 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
             None
         }
     };
-    let mut out = Vec::with_capacity(pods.len());
-    for pod in pods {
-        let mut containers = Vec::with_capacity(pod.containers.len());
-        for c in pod.containers {
+    let Containers { mut pods, mut containers, .. } = acc;
+    let mut out_pods = Vec::with_capacity(pods.len());
+    let mut out = Vec::with_capacity(containers.len());
+    for pod in &mut pods {
+        let start = out.len();
+        let mut j = pod.first;
+        while j != NONE {
+            let c = &mut containers[j];
+            j = c.next;
             match (c.cpu_ns, c.memory_bytes) {
-                (Some((cpu, ts)), Some((mem, _))) => containers.push(ContainerSample {
-                    name: c.name.into(),
+                (Some((cpu, ts)), Some((mem, _))) => out.push(ContainerRef {
+                    name: std::mem::take(&mut c.name),
                     start_time_ms: c.start_time_ms.unwrap_or(0),
-                    usage: Point {
-                        timestamp_ms: ts,
-                        cpu_usage_ns: cpu,
-                        memory_working_set_bytes: mem,
-                        swap_usage_bytes: c.swap_bytes,
-                    },
+                    usage: Point { timestamp_ms: ts, cpu_usage_ns: cpu, memory_working_set_bytes: mem, swap_usage_bytes: c.swap_bytes },
                 }),
                 _ => incomplete_containers += 1,
             }
         }
-        if !containers.is_empty() {
-            out.push(PodSamples { namespace: pod.namespace.into(), name: pod.name.into_owned(), containers });
+        if out.len() > start {
+            out_pods.push(PodRef { namespace: std::mem::take(&mut pod.namespace), name: std::mem::take(&mut pod.name), containers: start..out.len() });
         }
     }
-    Ok(Parsed {
-        scrape: NodeScrape { node: node.to_owned(), scraped_at_ms, node_usage, pods: out },
+    Ok(ParsedRef {
+        scrape: NodeScrapeRef { node, scraped_at_ms, node_usage, pods: out_pods, containers: out },
         rejected_samples,
         incomplete_containers,
     })
@@ -372,46 +444,45 @@ fn is_metric_name(name: &[u8]) -> bool {
     }
 }
 
-/// The accumulator of one container, created on its first sample. `order` lists containers
-/// (pod index, container index) by first appearance; `hint` is where in it this family's next
-/// line probably is, moved past the container found.
-fn container_acc<'a, 'p>(
-    pods: &'p mut Vec<PodAcc<'a>>,
-    pod_index: &mut HashMap<(Cow<'a, str>, Cow<'a, str>), usize>,
-    order: &mut Vec<(usize, usize)>,
-    hint: &mut usize,
-    namespace: Cow<'a, str>,
-    pod: Cow<'a, str>,
-    container: Cow<'a, str>,
-) -> &'p mut ContainerAcc<'a> {
-    if let Some(&(i, j)) = order.get(*hint) {
-        let p = &pods[i];
-        if p.containers[j].name == container && p.name == pod && p.namespace == namespace {
-            *hint += 1;
-            return &mut pods[i].containers[j];
+impl<'a> Containers<'a> {
+    /// The accumulator of one container, created on its first sample. `hint` is where in the
+    /// order of first appearance this family's next line probably is, moved past the container
+    /// found.
+    fn find_or_add(&mut self, hint: &mut usize, namespace: Cow<'a, str>, pod: Cow<'a, str>, container: Cow<'a, str>) -> &mut ContainerAcc<'a> {
+        if let Some(c) = self.containers.get(*hint) {
+            let p = &self.pods[c.pod];
+            if c.name == container && p.name == pod && p.namespace == namespace {
+                *hint += 1;
+                return &mut self.containers[*hint - 1];
+            }
         }
+        let hash = self.hasher.hash_one((&*namespace, &*pod));
+        let mut i = self.pod_index.get(&hash).copied().unwrap_or(NONE);
+        while i != NONE && (self.pods[i].name != pod || self.pods[i].namespace != namespace) {
+            i = self.pods[i].same_hash;
+        }
+        if i == NONE {
+            i = self.pods.len();
+            let same_hash = self.pod_index.insert(hash, i).unwrap_or(NONE);
+            self.pods.push(PodAcc { namespace, name: pod, first: NONE, last: NONE, same_hash });
+        }
+        let mut j = self.pods[i].first;
+        while j != NONE && self.containers[j].name != container {
+            j = self.containers[j].next;
+        }
+        if j == NONE {
+            j = self.containers.len();
+            self.containers.push(ContainerAcc { name: container, pod: i, next: NONE, cpu_ns: None, memory_bytes: None, swap_bytes: None, start_time_ms: None });
+            let p = &mut self.pods[i];
+            match p.last {
+                NONE => p.first = j,
+                last => self.containers[last].next = j,
+            }
+            p.last = j;
+        }
+        *hint = j + 1;
+        &mut self.containers[j]
     }
-    let key = (namespace, pod);
-    let i = match pod_index.get(&key) {
-        Some(&i) => i,
-        None => {
-            let i = pods.len();
-            pods.push(PodAcc { namespace: key.0.clone(), name: key.1.clone(), containers: Vec::with_capacity(2) });
-            pod_index.insert(key, i);
-            i
-        }
-    };
-    let containers = &mut pods[i].containers;
-    let j = match containers.iter().position(|c| c.name == container) {
-        Some(j) => j,
-        None => {
-            containers.push(ContainerAcc { name: container, seq: order.len(), cpu_ns: None, memory_bytes: None, swap_bytes: None, start_time_ms: None });
-            order.push((i, containers.len() - 1));
-            containers.len() - 1
-        }
-    };
-    *hint = containers[j].seq + 1;
-    &mut containers[j]
 }
 
 /// 2^64 as f64: the first value that does not fit a u64.
@@ -796,6 +867,8 @@ fn is_float_syntax(t: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use shardmetrics_proto::{ContainerSample, PodSamples};
+
     use super::*;
     use crate::kubelet::fixture;
 
