@@ -378,31 +378,33 @@ fn fast_sample<'a>(line: &'a [u8], text: &'a str) -> Option<SampleLine<'a>> {
                 pos += 1;
                 break;
             }
-            if NAME_CHARS[first as usize] & LABEL_NAME == 0 || first.is_ascii_digit() {
-                return None;
-            }
-            let name_start = pos;
-            pos += 1;
-            while NAME_CHARS[*line.get(pos)? as usize] & LABEL_NAME != 0 {
+            // The three labels kept are recognised with their `="` by one comparison each;
+            // other names are scanned.
+            let rest = &line[pos..];
+            let (slot, value_start) = if rest.starts_with(b"container=\"") {
+                (Some(&mut labels.container), pos + 11)
+            } else if rest.starts_with(b"namespace=\"") {
+                (Some(&mut labels.namespace), pos + 11)
+            } else if rest.starts_with(b"pod=\"") {
+                (Some(&mut labels.pod), pos + 5)
+            } else {
+                if NAME_CHARS[first as usize] & LABEL_NAME == 0 || first.is_ascii_digit() {
+                    return None;
+                }
                 pos += 1;
-            }
-            let label = &line[name_start..pos];
-            if line.get(pos..pos + 2)? != b"=\"" {
-                return None;
-            }
-            pos += 2;
-            let value_start = pos;
-            pos += find_either(&line[pos..], b'"', b'\\')?;
+                while NAME_CHARS[*line.get(pos)? as usize] & LABEL_NAME != 0 {
+                    pos += 1;
+                }
+                if line.get(pos..pos + 2)? != b"=\"" {
+                    return None;
+                }
+                (None, pos + 2)
+            };
+            pos = value_start + find_either(&line[value_start..], b'"', b'\\')?;
             if line[pos] != b'"' {
                 return None;
             }
-            if want {
-                let slot = match label {
-                    b"namespace" => &mut labels.namespace,
-                    b"pod" => &mut labels.pod,
-                    b"container" => &mut labels.container,
-                    _ => &mut None,
-                };
+            if let (true, Some(slot)) = (want, slot) {
                 // Quotes are ASCII, so these are character boundaries of the UTF-8 line.
                 *slot = Some(Cow::Borrowed(text.get(value_start..pos)?));
             }
@@ -753,27 +755,33 @@ fn fast_decimal(token: &[u8]) -> Option<f64> {
         (b'+', rest) => (false, rest),
         _ => (false, token),
     };
+    // Up to 19 digits always fit a u64 (10^19 - 1 < 2^64); more wrap harmlessly and are
+    // refused below.
     let mut mantissa: u64 = 0;
     let mut i = 0;
-    while let Some(&b) = digits.get(i).filter(|b| b.is_ascii_digit()) {
-        mantissa = mantissa.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    while let Some(d) = digits.get(i).map(|b| b.wrapping_sub(b'0')).filter(|&d| d <= 9) {
+        mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
         i += 1;
     }
-    if i == 0 {
+    let integer_digits = i;
+    if integer_digits == 0 {
         return None;
     }
     let mut exponent: i64 = 0;
     if digits.get(i) == Some(&b'.') {
         i += 1;
         let start = i;
-        while let Some(&b) = digits.get(i).filter(|b| b.is_ascii_digit()) {
-            mantissa = mantissa.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        while let Some(d) = digits.get(i).map(|b| b.wrapping_sub(b'0')).filter(|&d| d <= 9) {
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
             i += 1;
         }
         if i == start {
             return None;
         }
         exponent -= (i - start) as i64;
+    }
+    if integer_digits + exponent.unsigned_abs() as usize > 19 {
+        return None;
     }
     if matches!(digits.get(i), Some(b'e' | b'E')) {
         i += 1;
