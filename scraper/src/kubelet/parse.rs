@@ -209,7 +209,7 @@ pub fn parse_resource_metrics_ref<'a>(node: &'a str, body: &'a [u8], scraped_at_
     let mut line_start = 0;
     let mut number = 0;
     while line_start <= body.len() {
-        let line_end = find_either(&body[line_start..], b'\n', b'\n').map_or(body.len(), |i| line_start + i);
+        let line_end = memchr::memchr(b'\n', &body[line_start..]).map_or(body.len(), |i| line_start + i);
         let raw = &body[line_start..line_end];
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         let line_text = text.and_then(|t| t.get(line_start..line_start + line.len()));
