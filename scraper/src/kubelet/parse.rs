@@ -2,8 +2,13 @@
 //!
 //! Restricted to what the Metrics API needs: the seven families below. Every line is checked
 //! for syntax (a malformed line fails the scrape with its line number), but only lines of the
-//! kept families are interpreted. Allocation happens per pod and per container (the domain
-//! types own their strings), never per line.
+//! kept families are interpreted. Lines of the shape the kubelet writes are read by a direct
+//! reader (`fast_sample`); any other line, valid or not, by a cursor that knows the whole
+//! syntax and names the line, column and expectation of an error (`slow_sample`).
+//!
+//! [`parse_resource_metrics_ref`], what the scrape task calls, borrows every string from the
+//! body (owned only for escaped label values) and allocates a few vectors per scrape, never per
+//! line; [`parse_resource_metrics`] is the same with owned strings.
 //!
 //! Kept families:
 //! - `node_cpu_usage_seconds_total`, `node_memory_working_set_bytes`, `node_swap_usage_bytes`
