@@ -7,8 +7,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+
 use crate::sample::{
-    Batch, ContainerSample, NodeReleased, NodeScrape, PodSamples, Point, ReleaseReason, ShardIdentity,
+    Batch, ContainerSample, NodeReleased, NodeScrape, NodeScrapeRef, PodSamples, Point, ReleaseReason, ShardIdentity,
 };
 use crate::v1;
 
@@ -149,6 +151,162 @@ pub fn encode_batch(
             .collect(),
         snapshot_complete,
     }
+}
+
+/// Strings a table holds before [`RefTable`] indexes them by hash: below this a scan of the
+/// lengths is cheaper than hashing (a node's namespaces and container names are a few dozen).
+const LINEAR_TABLE: usize = 32;
+
+/// The string table of one [`encode_scrape_ref`] batch: entries in order of first use, entry
+/// 0 the empty string, as [`StringTable`] builds it.
+struct RefTable<'a> {
+    strings: Vec<&'a str>,
+    index: Option<HashMap<&'a str, u32>>,
+}
+
+impl<'a> RefTable<'a> {
+    fn intern(&mut self, s: &'a str) -> u32 {
+        let found = match &self.index {
+            Some(index) => index.get(s).copied(),
+            None => self.strings.iter().position(|t| t.len() == s.len() && *t == s).map(|i| i as u32),
+        };
+        if let Some(i) = found {
+            return i;
+        }
+        let i = u32::try_from(self.strings.len()).expect("string table fits u32");
+        self.strings.push(s);
+        match &mut self.index {
+            Some(index) => {
+                index.insert(s, i);
+            }
+            None if self.strings.len() > LINEAR_TABLE => {
+                self.index = Some(self.strings.iter().enumerate().map(|(i, s)| (*s, i as u32)).collect());
+            }
+            None => {}
+        }
+        i
+    }
+}
+
+/// Length of a `v1::Point` message body.
+fn point_len(p: &Point) -> usize {
+    let varint = |v: u64| if v == 0 { 0 } else { 1 + encoded_len_varint(v) };
+    varint(p.timestamp_ms as u64)
+        + varint(p.cpu_usage_ns)
+        + varint(p.memory_working_set_bytes)
+        + p.swap_usage_bytes.map_or(0, |s| 1 + encoded_len_varint(s))
+}
+
+fn encode_point(p: &Point, out: &mut Vec<u8>) {
+    for (tag, v) in [(1, p.timestamp_ms as u64), (2, p.cpu_usage_ns), (3, p.memory_working_set_bytes)] {
+        if v != 0 {
+            encode_key(tag, WireType::Varint, out);
+            encode_varint(v, out);
+        }
+    }
+    if let Some(swap) = p.swap_usage_bytes {
+        encode_key(4, WireType::Varint, out);
+        encode_varint(swap, out);
+    }
+}
+
+/// Length of a length-delimited field of tag < 16 whose body is `len` bytes.
+fn delimited_len(len: usize) -> usize {
+    1 + encoded_len_varint(len as u64) + len
+}
+
+fn encode_delimited_head(tag: u32, len: usize, out: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+}
+
+fn encode_str(tag: u32, s: &str, out: &mut Vec<u8>) {
+    encode_delimited_head(tag, s.len(), out);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A scalar field of tag < 16, left out when 0 (proto3).
+fn varint_field_len(v: u64) -> usize {
+    if v == 0 { 0 } else { 1 + encoded_len_varint(v) }
+}
+
+fn encode_varint_field(tag: u32, v: u64, out: &mut Vec<u8>) {
+    if v != 0 {
+        encode_key(tag, WireType::Varint, out);
+        encode_varint(v, out);
+    }
+}
+
+/// Encodes one live scrape as a whole `SampleBatch` message: the bytes of
+/// `encode_batch(shard, &[&scrape.to_owned_scrape()], &[], false).encode_to_vec()`, written
+/// straight from the borrowed scrape (no owned strings, no intermediate messages; one
+/// allocation of the exact size plus the string table's).
+pub fn encode_scrape_ref(shard: &ShardIdentity, scrape: &NodeScrapeRef<'_>) -> Vec<u8> {
+    let mut table = RefTable { strings: vec![""], index: None };
+    // String indexes of each pod's namespace, then of each container's name.
+    let mut pod_strings = Vec::with_capacity(scrape.pods.len());
+    let mut container_strings = vec![0u32; scrape.containers.len()];
+    for p in &scrape.pods {
+        pod_strings.push(table.intern(&p.namespace));
+        for i in p.containers.clone() {
+            container_strings[i] = table.intern(&scrape.containers[i].name);
+        }
+    }
+    let container_len = |i: usize| {
+        let c = &scrape.containers[i];
+        varint_field_len(u64::from(container_strings[i])) + varint_field_len(c.start_time_ms as u64) + delimited_len(point_len(&c.usage))
+    };
+    let pod_lens: Vec<usize> = scrape
+        .pods
+        .iter()
+        .zip(&pod_strings)
+        .map(|(p, &ns)| {
+            let name = if p.name.is_empty() { 0 } else { delimited_len(p.name.len()) };
+            varint_field_len(u64::from(ns)) + name + p.containers.clone().map(|i| delimited_len(container_len(i))).sum::<usize>()
+        })
+        .collect();
+    let scrape_len = if scrape.node.is_empty() { 0 } else { delimited_len(scrape.node.len()) }
+        + varint_field_len(scrape.scraped_at_ms as u64)
+        + scrape.node_usage.as_ref().map_or(0, |p| delimited_len(point_len(p)))
+        + pod_lens.iter().map(|&l| delimited_len(l)).sum::<usize>();
+    let shard_len = if shard.shard_id.is_empty() { 0 } else { delimited_len(shard.shard_id.len()) } + varint_field_len(shard.epoch);
+    let total = delimited_len(shard_len) + table.strings.iter().map(|s| delimited_len(s.len())).sum::<usize>() + delimited_len(scrape_len);
+
+    let mut out = Vec::with_capacity(total);
+    encode_delimited_head(1, shard_len, &mut out);
+    if !shard.shard_id.is_empty() {
+        encode_str(1, &shard.shard_id, &mut out);
+    }
+    encode_varint_field(2, shard.epoch, &mut out);
+    for s in &table.strings {
+        encode_str(2, s, &mut out);
+    }
+    encode_delimited_head(3, scrape_len, &mut out);
+    if !scrape.node.is_empty() {
+        encode_str(1, scrape.node, &mut out);
+    }
+    encode_varint_field(2, scrape.scraped_at_ms as u64, &mut out);
+    if let Some(p) = &scrape.node_usage {
+        encode_delimited_head(3, point_len(p), &mut out);
+        encode_point(p, &mut out);
+    }
+    for ((p, &ns), &len) in scrape.pods.iter().zip(&pod_strings).zip(&pod_lens) {
+        encode_delimited_head(4, len, &mut out);
+        encode_varint_field(1, u64::from(ns), &mut out);
+        if !p.name.is_empty() {
+            encode_str(2, &p.name, &mut out);
+        }
+        for i in p.containers.clone() {
+            let c = &scrape.containers[i];
+            encode_delimited_head(3, container_len(i), &mut out);
+            encode_varint_field(1, u64::from(container_strings[i]), &mut out);
+            encode_varint_field(2, c.start_time_ms as u64, &mut out);
+            encode_delimited_head(3, point_len(&c.usage), &mut out);
+            encode_point(&c.usage, &mut out);
+        }
+    }
+    debug_assert_eq!(out.len(), total);
+    out
 }
 
 /// Decodes one wire batch, checking every string index.
@@ -336,5 +494,66 @@ mod tests {
         );
         wire.released[0].reason = 77;
         assert_eq!(decode_batch(wire).unwrap().released[0].reason, ReleaseReason::OwnershipMoved);
+    }
+
+    /// Scrapes in every shape the direct encoder must get right: empty and repeated strings,
+    /// negative and zero numbers, missing points and swap, escaped (owned) names, empty pods,
+    /// more strings than the linear table holds.
+    fn ref_scrapes() -> Vec<NodeScrapeRef<'static>> {
+        use std::borrow::Cow;
+
+        use crate::sample::{ContainerRef, PodRef};
+        let mut out = Vec::new();
+        struct Rng(u64);
+        impl Rng {
+            fn next(&mut self) -> u64 {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                self.0
+            }
+        }
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let names = ["", "kube-system", "default", "coredns", "istio-proxy", "app", "x"];
+        for round in 0..300 {
+            let mut pick = |n: u64| rng.next() % n;
+            let mut containers = Vec::new();
+            let mut pods = Vec::new();
+            for p in 0..pick(if round % 10 == 0 { 60 } else { 6 }) {
+                let start = containers.len();
+                for _ in 0..pick(4) {
+                    let name: Cow<'static, str> = if round % 10 == 0 { Cow::Owned(format!("c{}", pick(80))) } else { Cow::Borrowed(names[pick(7) as usize]) };
+                    let number = |v: u64, kind: u64| match kind {
+                        0 => 0,
+                        1 => v,
+                        2 => u64::MAX,
+                        _ => v % 300,
+                    };
+                    let usage = Point {
+                        timestamp_ms: [0, -1, 1_700_000_000_000, i64::MIN][pick(4) as usize],
+                        cpu_usage_ns: number(pick(u64::MAX), pick(4)),
+                        memory_working_set_bytes: number(pick(u64::MAX), pick(4)),
+                        swap_usage_bytes: [None, Some(0), Some(4096)][pick(3) as usize],
+                    };
+                    containers.push(ContainerRef { name, start_time_ms: [0, 7, -5, 1_699_000_000_000][pick(4) as usize], usage });
+                }
+                let namespace: Cow<'static, str> = if p % 3 == 0 { Cow::Owned(format!("ns{}", pick(3))) } else { Cow::Borrowed(names[pick(3) as usize]) };
+                pods.push(PodRef { namespace, name: Cow::Owned(if pick(5) == 0 { String::new() } else { format!("pod-{p}") }), containers: start..containers.len() });
+            }
+            let node_usage = [None, Some(Point::default()), Some(Point { timestamp_ms: 5, cpu_usage_ns: 300, memory_working_set_bytes: 1 << 40, swap_usage_bytes: None })]
+                [pick(3) as usize];
+            out.push(NodeScrapeRef { node: ["node-1", "", "n"][pick(3) as usize], scraped_at_ms: [0, 1_700_000_000_123, -3][pick(3) as usize], node_usage, pods, containers });
+        }
+        out
+    }
+
+    #[test]
+    fn a_borrowed_scrape_encodes_to_the_bytes_of_its_owned_batch() {
+        let shards = [shard(), ShardIdentity { shard_id: String::new(), epoch: 0 }];
+        for (i, s) in ref_scrapes().iter().enumerate() {
+            let shard = &shards[i % 2];
+            let want = encode_batch(shard, &[&s.to_owned_scrape()], &[], false).encode_to_vec();
+            assert_eq!(encode_scrape_ref(shard, s), want, "scrape {i}: {s:?}");
+        }
     }
 }

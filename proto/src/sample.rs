@@ -8,6 +8,8 @@
 //! are shared `Arc<str>`s: decoding a batch allocates each once, from the batch's string table,
 //! and the frontend's store keeps those very allocations when it meets a string first.
 
+use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Raw cumulative usage at one kubelet sample time.
@@ -64,6 +66,74 @@ impl NodeScrape {
     /// Number of samples carried (node point plus one per container), for throughput counters.
     pub fn sample_count(&self) -> usize {
         usize::from(self.node_usage.is_some()) + self.pods.iter().map(|p| p.containers.len()).sum::<usize>()
+    }
+}
+
+/// A [`NodeScrape`] whose strings borrow from the text it was read from: what the scraper's
+/// parser makes of a kubelet's response, encoded straight to the wire
+/// ([`crate::encode_scrape_ref`]) without an owned string per pod and container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeScrapeRef<'a> {
+    /// Name of the Node object.
+    pub node: &'a str,
+    /// As [`NodeScrape::scraped_at_ms`] (scraper's clock, Unix ms).
+    pub scraped_at_ms: i64,
+    /// The node's own usage; `None` when the kubelet reported no node-level sample.
+    pub node_usage: Option<Point>,
+    /// Every pod with at least one complete container, in order; each names its run of
+    /// [`NodeScrapeRef::containers`].
+    pub pods: Vec<PodRef<'a>>,
+    /// The containers of all pods, pod after pod.
+    pub containers: Vec<ContainerRef<'a>>,
+}
+
+/// One pod of a [`NodeScrapeRef`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRef<'a> {
+    /// The pod's namespace (owned only when the text escaped it).
+    pub namespace: Cow<'a, str>,
+    /// The pod's name (owned only when the text escaped it).
+    pub name: Cow<'a, str>,
+    /// Its containers: indexes into [`NodeScrapeRef::containers`].
+    pub containers: Range<usize>,
+}
+
+/// One container of a [`NodeScrapeRef`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRef<'a> {
+    /// The container's name within its pod (owned only when the text escaped it).
+    pub name: Cow<'a, str>,
+    /// When the container started, Unix time in milliseconds; 0 when the kubelet did not say.
+    pub start_time_ms: i64,
+    /// Its usage at the kubelet's sample time.
+    pub usage: Point,
+}
+
+impl NodeScrapeRef<'_> {
+    /// Number of samples carried (node point plus one per container), for throughput counters.
+    pub fn sample_count(&self) -> usize {
+        usize::from(self.node_usage.is_some()) + self.containers.len()
+    }
+
+    /// The owned [`NodeScrape`] with the same contents (each string allocated once per use).
+    pub fn to_owned_scrape(&self) -> NodeScrape {
+        NodeScrape {
+            node: self.node.to_owned(),
+            scraped_at_ms: self.scraped_at_ms,
+            node_usage: self.node_usage,
+            pods: self
+                .pods
+                .iter()
+                .map(|p| PodSamples {
+                    namespace: Arc::from(&*p.namespace),
+                    name: p.name.clone().into_owned(),
+                    containers: self.containers[p.containers.clone()]
+                        .iter()
+                        .map(|c| ContainerSample { name: Arc::from(&*c.name), start_time_ms: c.start_time_ms, usage: c.usage })
+                        .collect(),
+                })
+                .collect(),
+        }
     }
 }
 

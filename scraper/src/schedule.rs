@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::kubelet::{KubeletSource, ScrapeError, parse_resource_metrics};
+use crate::kubelet::{KubeletSource, ScrapeError, parse_resource_metrics_ref};
 use crate::metrics::Metrics;
 use crate::nodes::{NodeMap, NodeTarget};
 use crate::stream::Hub;
@@ -193,7 +193,7 @@ impl Outcome {
 }
 
 /// What a successful scrape leaves for the scheduler: the encoded batch and its counts (the
-/// decoded `NodeScrape` is dropped in the task once encoded).
+/// parsed scrape, borrowing from the body, is dropped in the task once encoded).
 struct Scraped {
     /// The scrape's live `SampleBatch`, encoded once, for the hub.
     frame: bytes::Bytes,
@@ -241,9 +241,9 @@ impl<S: KubeletSource> Pipeline<S> {
         let result = match self.source.fetch(&target).await {
             Ok(body) => {
                 let scraped_at_ms = self.clock.now_ms();
-                match parse_resource_metrics(&target.name, &body, scraped_at_ms) {
+                match parse_resource_metrics_ref(&target.name, &body, scraped_at_ms) {
                     Ok(parsed) => Ok(Scraped {
-                        frame: self.hub.encode_scrape(&parsed.scrape),
+                        frame: self.hub.encode_scrape_ref(&parsed.scrape),
                         samples: parsed.scrape.sample_count(),
                         rejected_samples: parsed.rejected_samples,
                         incomplete_containers: parsed.incomplete_containers,

@@ -29,7 +29,7 @@ use bytes::{BufMut, Bytes};
 use futures::Stream;
 use prost::Message;
 use shardmetrics_proto::v1::SubscribeRequest;
-use shardmetrics_proto::{NodeReleased, NodeScrape, ShardIdentity, encode_batch};
+use shardmetrics_proto::{NodeReleased, NodeScrape, NodeScrapeRef, ShardIdentity, encode_batch, encode_scrape_ref};
 use tokio::sync::{mpsc, oneshot};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, NamedService, ServerStreamingService};
@@ -115,6 +115,12 @@ impl Hub {
     /// task does), then hand the bytes to [`Hub::publish_scrape`].
     pub fn encode_scrape(&self, scrape: &NodeScrape) -> Bytes {
         Bytes::from(encode_batch(&self.shard, &[scrape], &[], false).encode_to_vec())
+    }
+
+    /// [`Hub::encode_scrape`] of a scrape borrowing its strings (the parser's output): the same
+    /// bytes, written straight from it.
+    pub fn encode_scrape_ref(&self, scrape: &NodeScrapeRef<'_>) -> Bytes {
+        Bytes::from(encode_scrape_ref(&self.shard, scrape))
     }
 
     /// Whether `frame` fits `--grpc-max-message-bytes`; if not, logs and counts it.
@@ -616,5 +622,17 @@ mod tests {
         assert!(sub.next().await.unwrap().is_ok(), "queued batch still delivered");
         assert!(sub.next().await.is_none());
         assert_eq!(hub.subscribe("late".into()).err().map(|s| s.code()), Some(tonic::Code::Unavailable));
+    }
+
+    #[test]
+    fn a_parsed_kubelet_body_encodes_the_same_borrowed_or_owned() {
+        use crate::kubelet::fixture::{PayloadSpec, resource_metrics};
+        use crate::kubelet::parse_resource_metrics_ref;
+        let hub = Hub::new(shard(), 4, Metrics::register(&prometheus::Registry::new()).unwrap());
+        for (pods, seed) in [(0, 1), (1, 2), (30, 3), (110, 4)] {
+            let body = resource_metrics(&PayloadSpec { pods, seed, timestamp_ms: 1_700_000_000_000 });
+            let parsed = parse_resource_metrics_ref("node-1", &body, 5).unwrap();
+            assert_eq!(hub.encode_scrape_ref(&parsed.scrape), hub.encode_scrape(&parsed.scrape.to_owned_scrape()), "{pods} pods");
+        }
     }
 }

@@ -2,8 +2,13 @@
 //!
 //! Restricted to what the Metrics API needs: the seven families below. Every line is checked
 //! for syntax (a malformed line fails the scrape with its line number), but only lines of the
-//! kept families are interpreted. Allocation happens per pod and per container (the domain
-//! types own their strings), never per line.
+//! kept families are interpreted. Lines of the shape the kubelet writes are read by a direct
+//! reader (`fast_sample`); any other line, valid or not, by a cursor that knows the whole
+//! syntax and names the line, column and expectation of an error (`slow_sample`).
+//!
+//! [`parse_resource_metrics_ref`], what the scrape task calls, borrows every string from the
+//! body (owned only for escaped label values) and allocates a few vectors per scrape, never per
+//! line; [`parse_resource_metrics`] is the same with owned strings.
 //!
 //! Kept families:
 //! - `node_cpu_usage_seconds_total`, `node_memory_working_set_bytes`, `node_swap_usage_bytes`
@@ -21,8 +26,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
-use shardmetrics_proto::{ContainerSample, NodeScrape, PodSamples, Point};
+use shardmetrics_proto::{ContainerRef, NodeScrape, NodeScrapeRef, PodRef, Point};
 
 /// A response body that is not valid `/metrics/resource` text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +58,25 @@ pub struct Parsed {
     /// Containers (and the node itself) left out because their CPU or memory sample was
     /// missing or rejected.
     pub incomplete_containers: u32,
+}
+
+/// What one scrape's text produced, its strings borrowed from the text: what the scrape task
+/// encodes (`Hub::encode_scrape_ref`) without owning a string per pod and container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedRef<'a> {
+    /// The node's scrape.
+    pub scrape: NodeScrapeRef<'a>,
+    /// As [`Parsed::rejected_samples`].
+    pub rejected_samples: u32,
+    /// As [`Parsed::incomplete_containers`].
+    pub incomplete_containers: u32,
+}
+
+impl ParsedRef<'_> {
+    /// The same result with owned strings.
+    pub fn to_owned_parsed(&self) -> Parsed {
+        Parsed { scrape: self.scrape.to_owned_scrape(), rejected_samples: self.rejected_samples, incomplete_containers: self.incomplete_containers }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +111,7 @@ impl Family {
 }
 
 /// The three labels that identify a container; everything else is ignored.
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq)]
 struct ContainerLabels<'a> {
     namespace: Option<Cow<'a, str>>,
     pod: Option<Cow<'a, str>>,
@@ -96,10 +121,17 @@ struct ContainerLabels<'a> {
 /// A value paired with the kubelet's sample time (ms).
 type Timed<T> = Option<(T, i64)>;
 
+/// "No container": the end of a pod's list of containers.
+const NONE: usize = usize::MAX;
+
+/// One container's samples so far. Containers are kept in one vector in order of first
+/// appearance; each pod links its own (`first`, `next`), so no vector per pod.
 struct ContainerAcc<'a> {
     name: Cow<'a, str>,
-    /// Its position in the order of first appearance.
-    seq: usize,
+    /// Index of its pod in the pods vector.
+    pod: usize,
+    /// The pod's next container (by first appearance), or [`NONE`].
+    next: usize,
     cpu_ns: Timed<u64>,
     memory_bytes: Timed<u64>,
     swap_bytes: Option<u64>,
@@ -109,6 +141,42 @@ struct ContainerAcc<'a> {
 struct PodAcc<'a> {
     namespace: Cow<'a, str>,
     name: Cow<'a, str>,
+    /// Its first and last container, or [`NONE`].
+    first: usize,
+    last: usize,
+    /// The next pod whose (namespace, name) has the same hash, or [`NONE`].
+    same_hash: usize,
+}
+
+/// Pods by the keyed (SipHash, random per process) hash of their namespace and name, so that a
+/// pod is hashed once per lookup: the map itself only passes that hash through.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed with this; anything else still gets a sound hash.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Finds or adds the pods and containers of container samples.
+struct Containers<'a> {
+    pods: Vec<PodAcc<'a>>,
+    /// Pod hash → first pod with that hash (others chained by [`PodAcc::same_hash`]).
+    pod_index: HashMap<u64, usize, BuildHasherDefault<Prehashed>>,
+    hasher: RandomState,
+    /// In order of first appearance.
     containers: Vec<ContainerAcc<'a>>,
 }
 
@@ -118,12 +186,21 @@ struct PodAcc<'a> {
 /// A container's [`Point::timestamp_ms`] is its CPU sample's timestamp: that is the one rates
 /// divide by (the kubelet gives CPU and memory of a container the same stats time anyway).
 pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Result<Parsed, ParseError> {
-    let mut pods: Vec<PodAcc<'_>> = Vec::with_capacity(body.len() / 1024 + 4);
-    let mut pod_index: HashMap<(Cow<'_, str>, Cow<'_, str>), usize> = HashMap::with_capacity(body.len() / 1024 + 4);
-    // Containers in order of first appearance, and per container family where the next line is
-    // expected in that order: the kubelet writes every family in the same row order, so most
-    // lines are found by one comparison instead of hashing their namespace and pod.
-    let mut order: Vec<(usize, usize)> = Vec::with_capacity(body.len() / 512 + 4);
+    parse_resource_metrics_ref(node, body, scraped_at_ms).map(|p| p.to_owned_parsed())
+}
+
+/// [`parse_resource_metrics`] with the scrape's strings borrowed from `body` (and `node`):
+/// what the scrape task encodes, without an allocation per pod and container.
+pub fn parse_resource_metrics_ref<'a>(node: &'a str, body: &'a [u8], scraped_at_ms: i64) -> Result<ParsedRef<'a>, ParseError> {
+    let mut acc = Containers {
+        pods: Vec::with_capacity(body.len() / 1024 + 4),
+        pod_index: HashMap::with_capacity_and_hasher(body.len() / 1024 + 4, BuildHasherDefault::default()),
+        hasher: RandomState::new(),
+        containers: Vec::with_capacity(body.len() / 768 + 4),
+    };
+    // Per container family, where in the order of first appearance its next line probably is:
+    // the kubelet writes every family in the same row order, so most lines are found by one
+    // comparison instead of hashing their namespace and pod.
     let mut next_in_order = [0usize; 4];
     let mut node_cpu: Timed<u64> = None;
     let mut node_memory: Timed<u64> = None;
@@ -137,41 +214,25 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
     let mut line_start = 0;
     let mut number = 0;
     while line_start <= body.len() {
-        let line_end = find_either(&body[line_start..], b'\n', b'\n').map_or(body.len(), |i| line_start + i);
+        let line_end = memchr::memchr(b'\n', &body[line_start..]).map_or(body.len(), |i| line_start + i);
         let raw = &body[line_start..line_end];
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         let line_text = text.and_then(|t| t.get(line_start..line_start + line.len()));
         line_start = line_end + 1;
         number += 1;
-        let mut cur = Cursor { line, text: line_text, pos: 0, number };
-        cur.skip_blanks();
-        if cur.at_end() || cur.peek() == Some(b'#') {
+        if line.is_empty() || line[0] == b'#' {
             continue;
         }
-        let name = cur.metric_name()?;
-        let family = Family::of(name);
-        let mut labels = ContainerLabels::default();
-        let mut blank_before_value = cur.skip_blanks();
-        if cur.peek() == Some(b'{') {
-            cur.labels(family.is_container().then_some(&mut labels))?;
-            blank_before_value = cur.skip_blanks();
-        }
-        if !blank_before_value {
-            return Err(cur.error("whitespace before the sample value"));
-        }
-        let value = cur.value()?;
-        let had_blank = cur.skip_blanks();
-        let timestamp_ms = if cur.at_end() {
-            None
-        } else if had_blank {
-            Some(cur.timestamp()?)
-        } else {
-            return Err(cur.error("whitespace after the sample value"));
+        // The usual line shape is read directly; anything else (or a malformed line) by the
+        // cursor, which gives the error.
+        let sample = match line_text.and_then(|t| fast_sample(line, t)) {
+            Some(sample) => sample,
+            None => match slow_sample(line, line_text, number)? {
+                Some(sample) => sample,
+                None => continue,
+            },
         };
-        cur.skip_blanks();
-        if !cur.at_end() {
-            return Err(cur.error("end of line after the timestamp"));
-        }
+        let SampleLine { family, labels, value, timestamp_ms } = sample;
         if family == Family::Other {
             continue;
         }
@@ -203,7 +264,7 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
                     Family::ContainerSwap => &mut next_in_order[3],
                     _ => &mut next_in_order[2],
                 };
-                let acc = container_acc(&mut pods, &mut pod_index, &mut order, hint, namespace, pod, container);
+                let acc = acc.find_or_add(hint, namespace, pod, container);
                 match family {
                     Family::ContainerCpu => acc.cpu_ns = Some((converted as u64, ts)),
                     Family::ContainerMemory => acc.memory_bytes = Some((converted as u64, ts)),
@@ -225,75 +286,210 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
             None
         }
     };
-    let mut out = Vec::with_capacity(pods.len());
-    for pod in pods {
-        let mut containers = Vec::with_capacity(pod.containers.len());
-        for c in pod.containers {
+    let Containers { mut pods, mut containers, .. } = acc;
+    let mut out_pods = Vec::with_capacity(pods.len());
+    let mut out = Vec::with_capacity(containers.len());
+    for pod in &mut pods {
+        let start = out.len();
+        let mut j = pod.first;
+        while j != NONE {
+            let c = &mut containers[j];
+            j = c.next;
             match (c.cpu_ns, c.memory_bytes) {
-                (Some((cpu, ts)), Some((mem, _))) => containers.push(ContainerSample {
-                    name: c.name.into(),
+                (Some((cpu, ts)), Some((mem, _))) => out.push(ContainerRef {
+                    name: std::mem::take(&mut c.name),
                     start_time_ms: c.start_time_ms.unwrap_or(0),
-                    usage: Point {
-                        timestamp_ms: ts,
-                        cpu_usage_ns: cpu,
-                        memory_working_set_bytes: mem,
-                        swap_usage_bytes: c.swap_bytes,
-                    },
+                    usage: Point { timestamp_ms: ts, cpu_usage_ns: cpu, memory_working_set_bytes: mem, swap_usage_bytes: c.swap_bytes },
                 }),
                 _ => incomplete_containers += 1,
             }
         }
-        if !containers.is_empty() {
-            out.push(PodSamples { namespace: pod.namespace.into(), name: pod.name.into_owned(), containers });
+        if out.len() > start {
+            out_pods.push(PodRef { namespace: std::mem::take(&mut pod.namespace), name: std::mem::take(&mut pod.name), containers: start..out.len() });
         }
     }
-    Ok(Parsed {
-        scrape: NodeScrape { node: node.to_owned(), scraped_at_ms, node_usage, pods: out },
+    Ok(ParsedRef {
+        scrape: NodeScrapeRef { node, scraped_at_ms, node_usage, pods: out_pods, containers: out },
         rejected_samples,
         incomplete_containers,
     })
 }
 
-/// The accumulator of one container, created on its first sample. `order` lists containers
-/// (pod index, container index) by first appearance; `hint` is where in it this family's next
-/// line probably is, moved past the container found.
-fn container_acc<'a, 'p>(
-    pods: &'p mut Vec<PodAcc<'a>>,
-    pod_index: &mut HashMap<(Cow<'a, str>, Cow<'a, str>), usize>,
-    order: &mut Vec<(usize, usize)>,
-    hint: &mut usize,
-    namespace: Cow<'a, str>,
-    pod: Cow<'a, str>,
-    container: Cow<'a, str>,
-) -> &'p mut ContainerAcc<'a> {
-    if let Some(&(i, j)) = order.get(*hint) {
-        let p = &pods[i];
-        if p.containers[j].name == container && p.name == pod && p.namespace == namespace {
-            *hint += 1;
-            return &mut pods[i].containers[j];
+/// One sample line of the exposition, as read by either path.
+#[derive(Debug, PartialEq)]
+struct SampleLine<'a> {
+    family: Family,
+    /// `namespace`, `pod` and `container`, for the kept container families only.
+    labels: ContainerLabels<'a>,
+    value: f64,
+    timestamp_ms: Option<i64>,
+}
+
+/// Reads one line with the cursor: every syntax the exposition allows, and the error (line,
+/// column, what was expected) for anything else. `None` for a blank or comment line.
+fn slow_sample<'a>(line: &'a [u8], line_text: Option<&'a str>, number: usize) -> Result<Option<SampleLine<'a>>, ParseError> {
+    let mut cur = Cursor { line, text: line_text, pos: 0, number };
+    cur.skip_blanks();
+    if cur.at_end() || cur.peek() == Some(b'#') {
+        return Ok(None);
+    }
+    let name = cur.metric_name()?;
+    let family = Family::of(name);
+    let mut labels = ContainerLabels::default();
+    let mut blank_before_value = cur.skip_blanks();
+    if cur.peek() == Some(b'{') {
+        cur.labels(family.is_container().then_some(&mut labels))?;
+        blank_before_value = cur.skip_blanks();
+    }
+    if !blank_before_value {
+        return Err(cur.error("whitespace before the sample value"));
+    }
+    let value = cur.value()?;
+    let had_blank = cur.skip_blanks();
+    let timestamp_ms = if cur.at_end() {
+        None
+    } else if had_blank {
+        Some(cur.timestamp()?)
+    } else {
+        return Err(cur.error("whitespace after the sample value"));
+    };
+    cur.skip_blanks();
+    if !cur.at_end() {
+        return Err(cur.error("end of line after the timestamp"));
+    }
+    Ok(Some(SampleLine { family, labels, value, timestamp_ms }))
+}
+
+/// Reads the shape of line the kubelet writes, `name{label="value",...} value timestamp`
+/// (single blanks, no blanks inside the braces, no escapes), without the cursor: one search
+/// per label value and per blank, names checked by table only when not a known family. `None`
+/// for any other line, valid or not, which [`slow_sample`] then reads: so this accepts a subset
+/// of what the cursor accepts, and reads it the same. `text` is `line` as UTF-8.
+fn fast_sample<'a>(line: &'a [u8], text: &'a str) -> Option<SampleLine<'a>> {
+    let name_end = find_either(line, b'{', b' ')?;
+    let name = &line[..name_end];
+    let family = Family::of(name);
+    if family == Family::Other && !is_metric_name(name) {
+        return None;
+    }
+    let mut labels = ContainerLabels::default();
+    let mut pos = name_end;
+    if line[pos] == b'{' {
+        pos += 1;
+        let want = family.is_container();
+        loop {
+            let first = *line.get(pos)?;
+            if first == b'}' {
+                pos += 1;
+                break;
+            }
+            // The three labels kept are recognised with their `="` by one comparison each;
+            // other names are scanned.
+            let rest = &line[pos..];
+            let (slot, value_start) = if rest.starts_with(b"container=\"") {
+                (Some(&mut labels.container), pos + 11)
+            } else if rest.starts_with(b"namespace=\"") {
+                (Some(&mut labels.namespace), pos + 11)
+            } else if rest.starts_with(b"pod=\"") {
+                (Some(&mut labels.pod), pos + 5)
+            } else {
+                if NAME_CHARS[first as usize] & LABEL_NAME == 0 || first.is_ascii_digit() {
+                    return None;
+                }
+                pos += 1;
+                while NAME_CHARS[*line.get(pos)? as usize] & LABEL_NAME != 0 {
+                    pos += 1;
+                }
+                if line.get(pos..pos + 2)? != b"=\"" {
+                    return None;
+                }
+                (None, pos + 2)
+            };
+            pos = value_start + find_either(&line[value_start..], b'"', b'\\')?;
+            if line[pos] != b'"' {
+                return None;
+            }
+            if let (true, Some(slot)) = (want, slot) {
+                // Quotes are ASCII, so these are character boundaries of the UTF-8 line.
+                *slot = Some(Cow::Borrowed(text.get(value_start..pos)?));
+            }
+            pos += 1;
+            match *line.get(pos)? {
+                b',' => pos += 1,
+                b'}' => {
+                    pos += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        if *line.get(pos)? != b' ' {
+            return None;
         }
     }
-    let key = (namespace, pod);
-    let i = match pod_index.get(&key) {
-        Some(&i) => i,
-        None => {
-            let i = pods.len();
-            pods.push(PodAcc { namespace: key.0.clone(), name: key.1.clone(), containers: Vec::with_capacity(2) });
-            pod_index.insert(key, i);
-            i
-        }
+    // `line[pos]` is the blank before the value.
+    let rest = &line[pos + 1..];
+    let (value, timestamp) = match find_either(rest, b' ', b'\t') {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
     };
-    let containers = &mut pods[i].containers;
-    let j = match containers.iter().position(|c| c.name == container) {
-        Some(j) => j,
-        None => {
-            containers.push(ContainerAcc { name: container, seq: order.len(), cpu_ns: None, memory_bytes: None, swap_bytes: None, start_time_ms: None });
-            order.push((i, containers.len() - 1));
-            containers.len() - 1
-        }
+    let value = parse_value(value)?;
+    let timestamp_ms = match timestamp {
+        Some(t) => Some(parse_i64(t)?),
+        None => None,
     };
-    *hint = containers[j].seq + 1;
-    &mut containers[j]
+    Some(SampleLine { family, labels, value, timestamp_ms })
+}
+
+/// Whether `name` is a whole metric name, `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+fn is_metric_name(name: &[u8]) -> bool {
+    match name.split_first() {
+        Some((&first, rest)) => {
+            NAME_CHARS[first as usize] & METRIC_NAME != 0 && !first.is_ascii_digit() && rest.iter().all(|&b| NAME_CHARS[b as usize] & METRIC_NAME != 0)
+        }
+        None => false,
+    }
+}
+
+impl<'a> Containers<'a> {
+    /// The accumulator of one container, created on its first sample. `hint` is where in the
+    /// order of first appearance this family's next line probably is, moved past the container
+    /// found.
+    fn find_or_add(&mut self, hint: &mut usize, namespace: Cow<'a, str>, pod: Cow<'a, str>, container: Cow<'a, str>) -> &mut ContainerAcc<'a> {
+        if let Some(c) = self.containers.get(*hint) {
+            let p = &self.pods[c.pod];
+            if c.name == container && p.name == pod && p.namespace == namespace {
+                *hint += 1;
+                return &mut self.containers[*hint - 1];
+            }
+        }
+        let hash = self.hasher.hash_one((&*namespace, &*pod));
+        let mut i = self.pod_index.get(&hash).copied().unwrap_or(NONE);
+        while i != NONE && (self.pods[i].name != pod || self.pods[i].namespace != namespace) {
+            i = self.pods[i].same_hash;
+        }
+        if i == NONE {
+            i = self.pods.len();
+            let same_hash = self.pod_index.insert(hash, i).unwrap_or(NONE);
+            self.pods.push(PodAcc { namespace, name: pod, first: NONE, last: NONE, same_hash });
+        }
+        let mut j = self.pods[i].first;
+        while j != NONE && self.containers[j].name != container {
+            j = self.containers[j].next;
+        }
+        if j == NONE {
+            j = self.containers.len();
+            self.containers.push(ContainerAcc { name: container, pod: i, next: NONE, cpu_ns: None, memory_bytes: None, swap_bytes: None, start_time_ms: None });
+            let p = &mut self.pods[i];
+            match p.last {
+                NONE => p.first = j,
+                last => self.containers[last].next = j,
+            }
+            p.last = j;
+        }
+        *hint = j + 1;
+        &mut self.containers[j]
+    }
 }
 
 /// 2^64 as f64: the first value that does not fit a u64.
@@ -519,8 +715,7 @@ impl<'a> Cursor<'a> {
     fn value(&mut self) -> Result<f64, ParseError> {
         let start = self.pos;
         let token = self.token();
-        let parsed = if is_float_syntax(token) { self.str_of(start, self.pos).and_then(|t| t.parse::<f64>().ok()) } else { None };
-        parsed.ok_or_else(|| {
+        parse_value(token).ok_or_else(|| {
             self.pos = start;
             self.error("a sample value (a float, NaN, +Inf or -Inf)")
         })
@@ -535,6 +730,96 @@ impl<'a> Cursor<'a> {
             self.error("a timestamp in integer milliseconds")
         })
     }
+}
+
+/// A sample value: decimal, exponent, `NaN`, `+Inf`, `-Inf` (what Prometheus writes), rounded
+/// exactly as `str::parse::<f64>` does. Plain decimals of up to 16 digits with small exponents,
+/// the kubelet's every value, take [`fast_decimal`]; the rest `str::parse`.
+fn parse_value(token: &[u8]) -> Option<f64> {
+    if let Some(v) = fast_decimal(token) {
+        return Some(v);
+    }
+    if !is_float_syntax(token) {
+        return None;
+    }
+    std::str::from_utf8(token).ok()?.parse::<f64>().ok()
+}
+
+/// 10^0 ..= 10^22: the powers of ten an f64 holds exactly (5^22 < 2^53).
+const EXACT_POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// `[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?` whose digits, decimal point dropped, make an
+/// integer m ≤ 2^53 and whose value is m·10^e with |e| ≤ 22: then m and 10^|e| are exact f64s
+/// and one IEEE multiplication or division rounds correctly (Clinger's fast path), so the result
+/// is bit-identical to `str::parse`. `None` for any other token (not necessarily invalid).
+fn fast_decimal(token: &[u8]) -> Option<f64> {
+    let (negative, digits) = match token.split_first()? {
+        (b'-', rest) => (true, rest),
+        (b'+', rest) => (false, rest),
+        _ => (false, token),
+    };
+    // Up to 19 digits always fit a u64 (10^19 - 1 < 2^64); more wrap harmlessly and are
+    // refused below.
+    let mut mantissa: u64 = 0;
+    let mut i = 0;
+    while let Some(d) = digits.get(i).map(|b| b.wrapping_sub(b'0')).filter(|&d| d <= 9) {
+        mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
+        i += 1;
+    }
+    let integer_digits = i;
+    if integer_digits == 0 {
+        return None;
+    }
+    let mut exponent: i64 = 0;
+    if digits.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while let Some(d) = digits.get(i).map(|b| b.wrapping_sub(b'0')).filter(|&d| d <= 9) {
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        exponent -= (i - start) as i64;
+    }
+    if integer_digits + exponent.unsigned_abs() as usize > 19 {
+        return None;
+    }
+    if matches!(digits.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        let negative_exponent = match digits.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        let start = i;
+        let mut e: i64 = 0;
+        while let Some(&b) = digits.get(i).filter(|b| b.is_ascii_digit()) {
+            // Past 10^4 the fast path is out of reach anyway; saturate instead of overflowing.
+            e = (e * 10 + i64::from(b - b'0')).min(10_000);
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        exponent += if negative_exponent { -e } else { e };
+    }
+    if i != digits.len() || mantissa > 1 << 53 {
+        return None;
+    }
+    let m = mantissa as f64;
+    let power = *EXACT_POWERS_OF_TEN.get(exponent.unsigned_abs() as usize)?;
+    let v = if exponent >= 0 { m * power } else { m / power };
+    Some(if negative { -v } else { v })
 }
 
 /// `-?[0-9]+` as an i64; `None` for anything else or on overflow.
@@ -595,6 +880,8 @@ fn is_float_syntax(t: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use shardmetrics_proto::{ContainerSample, PodSamples};
+
     use super::*;
     use crate::kubelet::fixture;
 
@@ -937,6 +1224,184 @@ scrape_error 0
                 assert_eq!(gc.usage.memory_working_set_bytes, wc.memory_bytes);
                 assert!(gc.usage.cpu_usage_ns.abs_diff(wc.cpu_ns) <= 1, "{} vs {}", gc.usage.cpu_usage_ns, wc.cpu_ns);
                 assert_eq!(gc.start_time_ms, wc.start_time_ms);
+            }
+        }
+    }
+
+    /// Tokens around the fast path's edges, and the shapes Go writes.
+    fn float_tokens() -> Vec<String> {
+        let mut tokens: Vec<String> = [
+            "0", "-0", "+0", "0.0", "00", "1", "-1", "+1", "1.5", "0.1", "0.3", "123456789", "9007199254740992", "9007199254740993",
+            "9007199254740991", "18446744073709551615", "18446744073709551616", "99999999999999999999", "1e22", "1e23", "1e-22",
+            "1e-23", "9007199254740992e22", "9007199254740992e-22", "4.2e9", "+1.5E+02", "1.6273408e+07", "3.1e-05", "1.", ".5",
+            "1.e5", "1e", "1e+", "e5", "-", "+", "", "1..2", "1e5e5", "1e-0", "1e00000000000000000005", "0.0000000016",
+            "0.00000000000000000000000001", "1e-10000000", "1e10000000", "NaN", "nan", "+Inf", "-Inf", "inf", "infinity", "1_0",
+            "0x10", " 1", "1 ", "--1", "+-1", "1e--1", "357.35491", "12.345678",
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        let mut state = 5u64;
+        for _ in 0..20_000 {
+            state = fixture::splitmix(state);
+            let bits = state;
+            // Go's shortest formatting of kubelet-like values, and of arbitrary finite doubles.
+            let ns = (bits >> 20) % 100_000_000_000_000;
+            tokens.push(shardmetrics_plumbing::exposition::go_float(ns as f64 / 1e9));
+            tokens.push(shardmetrics_plumbing::exposition::go_float(((bits >> 40) * 4096) as f64));
+            let any = f64::from_bits(bits);
+            if any.is_finite() {
+                tokens.push(format!("{any:e}"));
+                tokens.push(format!("{any}"));
+            }
+            // Digit strings with a decimal point and an exponent anywhere.
+            let digits = format!("{}", bits % 10u64.pow((bits % 19) as u32 + 1));
+            let dot = (bits >> 8) as usize % (digits.len() + 1);
+            let e = (bits >> 16) as i64 % 60 - 30;
+            let (a, b) = digits.split_at(dot);
+            tokens.push(if b.is_empty() { format!("{a}e{e}") } else if a.is_empty() { format!("0.{b}E{e:+}") } else { format!("{a}.{b}e{e}") });
+        }
+        tokens
+    }
+
+    #[test]
+    fn fast_decimals_are_bit_identical_to_str_parse() {
+        let mut fast = 0;
+        for t in float_tokens() {
+            let std = t.parse::<f64>().ok();
+            if let Some(v) = fast_decimal(t.as_bytes()) {
+                fast += 1;
+                assert_eq!(Some(v.to_bits()), std.map(f64::to_bits), "{t:?}");
+            }
+            let want = if is_float_syntax(t.as_bytes()) { std } else { None };
+            assert_eq!(parse_value(t.as_bytes()).map(f64::to_bits), want.map(f64::to_bits), "{t:?}");
+        }
+        assert!(fast > 50_000, "the fast path was taken {fast} times");
+    }
+
+    /// A fixture's lines, and variants of them in every shape the fast reader must hand over.
+    fn sample_line_variants() -> Vec<Vec<u8>> {
+        let base = fixture::resource_metrics(&fixture::PayloadSpec { pods: 4, seed: 9, timestamp_ms: 1_700_000_000_000 });
+        let mut lines: Vec<Vec<u8>> = base.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+        let edits: &[(&str, &str)] = &[
+            ("} ", "}  "),
+            ("} ", "}\t"),
+            ("} ", "} \t"),
+            ("}", ",}"),
+            ("{", "{ "),
+            ("=", " ="),
+            (",", " ,"),
+            ("\",", "\"  ,"),
+            ("\"}", "\" }"),
+            ("container=\"", "container=\"a\\\\b"),
+            ("pod=\"", "pod=\"\\\""),
+            ("namespace=\"", "namespace=\"\\n"),
+            ("namespace=\"", "namespace=\"\\t"),
+            ("pod=", "pod=pod=\"x\","),
+            ("pod=", "9pod="),
+            ("pod=", "p-od="),
+            ("pod=", "pod:x="),
+            ("container", "pod"),
+            ("{", "{}"),
+            ("{", "{{"),
+            ("_total", "_total:x"),
+            ("_total", ""),
+            ("_bytes{", "_bytes {"),
+            (" 17", " 17 "),
+            (" 17", "\t17"),
+            (" 17", " -17"),
+            (" 17", " +17"),
+            (" 17", "  17"),
+            (" 17", " 1.7"),
+            (" 17", " x17"),
+            ("e+", "E"),
+            ("e+", "e-"),
+            (".", ""),
+            (".", ".."),
+            ("7", "7 7"),
+            ("0", "NaN"),
+            ("0", "+Inf"),
+            ("0", "inf"),
+            ("\"", "\u{e9}\""),
+        ];
+        let data: Vec<Vec<u8>> = lines.iter().filter(|l| !l.is_empty() && l[0] != b'#').cloned().collect();
+        for line in &data {
+            let text = String::from_utf8(line.clone()).unwrap();
+            for &(from, to) in edits {
+                for (i, _) in text.match_indices(from) {
+                    let mut edited = text.clone();
+                    edited.replace_range(i..i + from.len(), to);
+                    lines.push(edited.into_bytes());
+                }
+            }
+            for cut in 0..line.len() {
+                lines.push(line[..cut].to_vec());
+            }
+        }
+        lines.extend(["x 1", "x{} 1", "x{a=\"\"} 1 2", "x{a=\"b\",} 1", "x{,} 1", "x{a=\"b\"} 1 2 3", "x  1", " x 1", "x 1 ", "x{a=\"b\"}"].map(|l| l.as_bytes().to_vec()));
+        lines
+    }
+
+    #[test]
+    fn the_fast_reader_reads_what_the_cursor_reads_and_leaves_the_rest_to_it() {
+        let (mut fast, mut slow) = (0, 0);
+        for line in sample_line_variants() {
+            let Ok(text) = std::str::from_utf8(&line) else { continue };
+            if line.is_empty() || line[0] == b'#' {
+                continue;
+            }
+            match fast_sample(&line, text) {
+                Some(got) => {
+                    fast += 1;
+                    let want = slow_sample(&line, Some(text), 1);
+                    let want = want.unwrap_or_else(|e| panic!("fast reader accepted {text:?}, the cursor says {e}")).expect("a sample");
+                    assert_eq!((&got.family, &got.labels, got.value.to_bits(), got.timestamp_ms), (&want.family, &want.labels, want.value.to_bits(), want.timestamp_ms), "{text:?}");
+                }
+                None => slow += 1,
+            }
+        }
+        assert!(fast > 100 && slow > 1000, "fast {fast}, slow {slow}");
+    }
+
+    #[test]
+    fn every_data_line_of_a_kubelet_payload_takes_the_fast_reader() {
+        let body = fixture::resource_metrics(&fixture::PayloadSpec { pods: 30, seed: 1, timestamp_ms: 1_700_000_000_000 });
+        for line in std::str::from_utf8(&body).unwrap().lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            assert!(fast_sample(line.as_bytes(), line).is_some(), "{line:?}");
+        }
+        for line in KUBELET_SAMPLE.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            assert!(fast_sample(line.as_bytes(), line).is_some(), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn unusual_but_valid_lines_parse_like_the_usual_shape() {
+        let usual = parse(concat!(
+            "container_cpu_usage_seconds_total{container=\"c\",namespace=\"ns\",pod=\"p\"} 2 10\n",
+            "container_memory_working_set_bytes{container=\"c\",namespace=\"ns\",pod=\"p\"} 3 10\n",
+            "pod_cpu_usage_seconds_total{namespace=\"ns\",pod=\"p\"} 2 10\n",
+        ));
+        let unusual = parse(concat!(
+            "container_cpu_usage_seconds_total { container = \"c\" , namespace=\"ns\",pod=\"p\", }\t2\t 10 \n",
+            "container_memory_working_set_bytes{container=\"c\",namespace=\"ns\",pod=\"p\"}  3e0  10\t\n",
+            "pod_cpu_usage_seconds_total{namespace=\"\\\\ns\",pod=\"p\"} +2 10\n",
+        ));
+        assert_eq!(unusual, usual);
+    }
+
+    #[test]
+    fn malformed_lines_of_skipped_families_fail_like_kept_ones() {
+        for (text, column, expected) in [
+            ("pod_cpu_usage_seconds_total{namespace=\"a\",pod=\"b\"} 1 1 1\n", 56, "end of line after the timestamp"),
+            ("pod_cpu_usage_seconds_total{namespace=\"a\",pod=\"b\"} x 1\n", 52, "a sample value (a float, NaN, +Inf or -Inf)"),
+            ("pod_cpu_usage_seconds_total{namespace=\"a\",pod=\"b\"} 1 x\n", 54, "a timestamp in integer milliseconds"),
+            ("pod_cpu_usage_seconds_total{namespace=\"a\" pod=\"b\"} 1 1\n", 43, "',' or '}' after a label value"),
+            ("pod_cpu_usage_seconds_total{namespace=\"a\\x\",pod=\"b\"} 1 1\n", 41, "an escape sequence \\\\, \\\" or \\n"),
+            ("pod_cpu_usage_seconds_total{namespace=\"a\",pod=\"b\"}1 1\n", 51, "whitespace before the sample value"),
+            ("pod-cpu 1 1\n", 4, "whitespace before the sample value"),
+        ] {
+            match parse_err(text) {
+                ParseError::Syntax { line, column: c, expected: e, .. } => assert_eq!((line, c, e), (1, column, expected), "{text:?}"),
             }
         }
     }
