@@ -62,6 +62,17 @@ pub struct ResourceAttributes {
 }
 
 impl RequestAttributes {
+    /// The same request without its field and label selectors, if it has any: the wider
+    /// question whose allow also answers this one (selectors only narrow a list).
+    pub fn without_selectors(&self) -> Option<RequestAttributes> {
+        match self {
+            RequestAttributes::Resource(r) if !r.field_selector.is_empty() || !r.label_selector.is_empty() => {
+                Some(RequestAttributes::Resource(ResourceAttributes { field_selector: Vec::new(), label_selector: Vec::new(), ..r.clone() }))
+            }
+            _ => None,
+        }
+    }
+
     /// A request on `metrics.k8s.io/v1beta1` `resource` (`nodes` or `pods`).
     pub fn metrics(
         verb: &str,

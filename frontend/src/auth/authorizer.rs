@@ -74,21 +74,41 @@ impl Authorizer {
             self.metrics.authorized("allowed", false);
             return Ok(());
         }
+        // An allow of the same request without its selectors covers it: selectors only narrow a
+        // list (an authorizer may allow a narrowed request it would deny unrestricted, never the
+        // reverse; KEP-4601). So the HPA's many `labelSelector=app=...` queries in a namespace
+        // share one review per TTL instead of one per selector. Asked first for a request with
+        // selectors; a denial of it is cached too, so a user allowed only narrowed requests
+        // costs one extra review per TTL.
+        if let Some(unrestricted) = attrs.without_selectors() {
+            match self.decide(user, &unrestricted).await? {
+                Decision::Allowed => return Ok(()),
+                Decision::Denied(_) => {}
+            }
+        }
+        match self.decide(user, attrs).await? {
+            Decision::Allowed => Ok(()),
+            Decision::Denied(reason) => Err(attrs.forbidden(user, &reason)),
+        }
+    }
+
+    /// The answer to one question, from the caches or a SubjectAccessReview (then cached).
+    async fn decide(&self, user: &UserInfo, attrs: &RequestAttributes) -> Result<Decision, AuthError> {
         // The key is the whole question, so different users or attributes never share an answer.
         let key = serde_json::to_string(&(user, attrs)).ok();
         if let Some(key) = &key {
             if self.allowed.get(key).is_some() {
                 self.metrics.authorized("allowed", true);
-                return Ok(());
+                return Ok(Decision::Allowed);
             }
             if let Some(reason) = self.denied.get(key) {
                 self.metrics.authorized("denied", true);
-                return Err(attrs.forbidden(user, &reason));
+                return Ok(Decision::Denied(reason));
             }
         }
         let Some(api) = &self.api else {
             self.metrics.authorized("denied", false);
-            return Err(attrs.forbidden(user, "no authorizer: the frontend has no API server to ask"));
+            return Ok(Decision::Denied("no authorizer: the frontend has no API server to ask".into()));
         };
         let review = SubjectAccessReview {
             spec: spec_of(user, attrs),
@@ -126,7 +146,7 @@ impl Authorizer {
                 }
             }
             self.metrics.authorized("allowed", false);
-            return Ok(());
+            return Ok(Decision::Allowed);
         }
         if let Some(error) = status.evaluation_error.as_deref().filter(|e| !e.is_empty()) {
             tracing::debug!(user = %user.name, error, "SubjectAccessReview evaluation error");
@@ -142,8 +162,16 @@ impl Authorizer {
             }
         }
         self.metrics.authorized("denied", false);
-        Err(attrs.forbidden(user, &reason))
+        Ok(Decision::Denied(reason))
     }
+}
+
+/// What the authorizer answered one question.
+enum Decision {
+    /// Allowed.
+    Allowed,
+    /// Denied, with the authorizer's reason.
+    Denied(String),
 }
 
 /// The SubjectAccessReview spec asking whether `user` may do `attrs`.

@@ -198,6 +198,42 @@ async fn an_allow_is_cached_for_the_authorized_ttl_then_asked_again() -> anyhow:
     Ok(())
 }
 
+/// The HPA's request: pods of `namespace` with `labelSelector=app=<app>`.
+fn hpa_query(namespace: &str, app: &str) -> RequestAttributes {
+    let uri: http::Uri = format!("/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods?labelSelector=app%3D{app}").parse().expect("uri");
+    RequestAttributes::from_request(&http::Method::GET, &uri)
+}
+
+#[tokio::test]
+async fn an_allow_without_selectors_answers_every_selector_of_that_namespace_until_it_expires() -> anyhow::Result<()> {
+    let s = setup(|_| {}).await?;
+    // Allowed: the first query asks the unrestricted question once; other selectors of the
+    // namespace reuse its allow, another namespace asks again.
+    s.auth.authorize(&user("alice"), &hpa_query("web", "a")).await?;
+    assert_eq!(access_reviews(&s.api), 1, "one review, of the list without its selector");
+    for app in ["a", "b", "c"] {
+        s.auth.authorize(&user("alice"), &hpa_query("web", app)).await?;
+    }
+    assert_eq!(access_reviews(&s.api), 1, "covered by the namespace's allow");
+    s.auth.authorize(&user("alice"), &hpa_query("db", "a")).await?;
+    assert_eq!(access_reviews(&s.api), 2, "another namespace is another question");
+    s.clock.advance_ms(10_000);
+    s.auth.authorize(&user("alice"), &hpa_query("web", "d")).await?;
+    assert_eq!(access_reviews(&s.api), 3, "asked again once the allow expired");
+
+    // Denied: the unrestricted question, then the narrowed one, are both asked and both cached;
+    // a new selector asks only its own question while the wider denial is cached.
+    let err = s.auth.authorize(&user("bob"), &hpa_query("web", "a")).await.expect_err("bob may not");
+    assert!(matches!(err, AuthError::Forbidden(_)), "{err:?}");
+    assert!(err.to_string().contains("labelSelector") || err.to_string().contains("pods.metrics.k8s.io"), "{err}");
+    assert_eq!(access_reviews(&s.api), 5);
+    s.auth.authorize(&user("bob"), &hpa_query("web", "a")).await.expect_err("still not");
+    assert_eq!(access_reviews(&s.api), 5, "both denials cached");
+    s.auth.authorize(&user("bob"), &hpa_query("web", "b")).await.expect_err("nor this");
+    assert_eq!(access_reviews(&s.api), 6, "only the narrowed question of the new selector");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_denial_is_cached_for_the_unauthorized_ttl_and_never_served_as_an_allow()
 -> anyhow::Result<()> {

@@ -44,16 +44,6 @@ pub fn thread_cpu_ns() -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
-/// Runs `work` on a thread of its own with a current-thread runtime (so that the thread's CPU is
-/// the work's: connections it opens are driven there too).
-fn on_own_thread<T: Send + 'static>(name: &str, work: impl std::future::Future<Output = Result<T, String>> + Send + 'static) -> tokio::task::JoinHandle<Result<T, String>> {
-    let name = name.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().thread_name(name).build().map_err(|e| e.to_string())?;
-        rt.block_on(work)
-    })
-}
-
 /// The shards' gRPC addresses, from their Leases in the simulated API server.
 fn shard_addresses(demo: &RunningDemo) -> Vec<String> {
     use shardmetrics_sim::apiserver::{resources::LEASES, store::Filter};
@@ -271,8 +261,8 @@ pub async fn run(
     let counts: Vec<(QueryKind, u64)> =
         QueryKind::ALL.iter().filter_map(|k| queries.get(k.name()).filter(|s| s.ok > 0).map(|s| (*k, s.ok))).collect();
     let addresses = shard_addresses(demo);
-    let decode = on_own_thread("decode-floor", decode_floor(addresses, duration)).await;
-    let encode = on_own_thread("encode-floor", encode_floor(target, universe, encoding, counts)).await;
+    let decode = super::on_own_thread("decode-floor", decode_floor(addresses, duration)).await;
+    let encode = super::on_own_thread("encode-floor", encode_floor(target, universe, encoding, counts)).await;
     fn flat<T>(r: Result<Result<T, String>, tokio::task::JoinError>) -> Result<T, String> {
         r.map_err(|e| e.to_string()).and_then(|r| r)
     }

@@ -281,18 +281,36 @@ struct Pending {
     handle: Option<tokio::task::JoinHandle<BTreeMap<String, f64>>>,
 }
 
+/// Runs `work` on a thread of its own with a current-thread runtime (so that the thread's CPU
+/// and scheduling are the work's alone: connections it opens are driven there too).
+pub(crate) fn on_own_thread<T: Send + 'static>(
+    name: &str,
+    work: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<T, String>> {
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().thread_name(name).build().map_err(|e| e.to_string())?;
+        rt.block_on(work)
+    })
+}
+
 async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64) -> Result<Report, ScenarioError> {
     let resolution = config.demo.metric_resolution;
     let frontends: Arc<RwLock<Vec<SocketAddr>>> = Arc::new(RwLock::new(demo.frontends.clone()));
     let proxy_tls = shardmetrics_plumbing::pki::client_config(None, Some(demo.api.front_proxy_client_cert()))?;
-    let direct = Target::direct(proxy_tls, frontends.clone(), config.load.encoding);
-    let target = if config.load.via_proxy {
-        let tls = shardmetrics_plumbing::pki::client_config(Some(&demo.api.ca().root_store()), None)?;
-        let token = demo.api.policy().token_of(shardmetrics_sim::apiserver::DEFAULT_ADMIN).unwrap_or_default().to_owned();
-        Target::via_proxy(tls, demo.api.url(), token, config.load.encoding)
-    } else {
-        direct.clone()
+    let direct = Target::direct(proxy_tls.clone(), frontends.clone(), config.load.encoding);
+    // Each query kind gets a client of its own (its own connections), as the HPA controller
+    // and kubectl are separate programs.
+    let new_target = || -> Result<Target, ScenarioError> {
+        Ok(if config.load.via_proxy {
+            let tls = shardmetrics_plumbing::pki::client_config(Some(&demo.api.ca().root_store()), None)?;
+            let token = demo.api.policy().token_of(shardmetrics_sim::apiserver::DEFAULT_ADMIN).unwrap_or_default().to_owned();
+            Target::via_proxy(tls, demo.api.url(), token, config.load.encoding)
+        } else {
+            Target::direct(proxy_tls.clone(), frontends.clone(), config.load.encoding)
+        })
     };
+    let query_path = new_target()?.path();
     let universe = Arc::new(Universe {
         namespaces: demo.cluster.config().namespaces.clone(),
         apps_per_namespace: demo.cluster.config().apps_per_namespace,
@@ -315,9 +333,16 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
     let t0 = load_start + config.warmup;
     let end = t0 + config.duration;
     let recorder = Recorder::new(t0);
+    // Each kind's client runs on a thread and runtime of its own: reading a 45 MB list does
+    // not hold up the HPA client, and neither waits behind the simulated kubelets and API
+    // server on this process's runtime (what is measured is shardmetrics, not the harness).
     let mut generators = Vec::new();
     for (kind, rate) in &planned {
-        generators.push(tokio::spawn(queries::generate(*kind, *rate, load_start, end, target.clone(), universe.clone(), recorder.clone())));
+        let (kind, rate, target, universe, recorder) = (*kind, *rate, new_target()?, universe.clone(), recorder.clone());
+        generators.push(on_own_thread(&format!("client-{}", kind.name()), async move {
+            queries::generate(kind, rate, load_start, end, target, universe, recorder).await;
+            Ok(())
+        }));
     }
     let fresh_bound_ms = 2.0 * resolution.as_secs_f64() * 1000.0 + 1000.0;
     let node_log = Arc::new(Mutex::new(ProbeLog::default()));
@@ -572,7 +597,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
             resolution_s: resolution.as_secs_f64(),
             warmup_s: config.warmup.as_secs_f64(),
             duration_s: config.duration.as_secs_f64(),
-            query_path: target.path(),
+            query_path,
             query_encoding: config.load.encoding,
             planned_queries_per_second: planned.iter().map(|(k, v)| (k.name().to_owned(), *v)).collect(),
             faults: config.faults.iter().map(ToString::to_string).collect(),
