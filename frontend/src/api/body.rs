@@ -72,7 +72,7 @@ impl Body {
     pub fn produced_off_runtime(self) -> Self {
         let State::Streaming(producer) = self.state else { return self };
         let (tx, rx) = tokio::sync::mpsc::channel(OFF_RUNTIME_CHUNKS);
-        let work = move || {
+        let pump = |(producer, tx): (Producer, tokio::sync::mpsc::Sender<Bytes>)| {
             let mut body = Body::streaming(producer);
             while let Some(chunk) = body.next_chunk() {
                 if tx.blocking_send(chunk).is_err() {
@@ -80,13 +80,8 @@ impl Body {
                 }
             }
         };
-        // The thread is started first and then handed the work, so a failed start keeps it.
-        let (hand_over, handed) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(1);
-        match shardmetrics_plumbing::bulk::spawn("bulk-list", move || handed.recv().map(|work| work())) {
-            Ok(_) => {
-                let _ = hand_over.send(Box::new(work));
-            }
-            Err(_) => drop(tokio::task::spawn_blocking(work)),
+        if let Err(back) = shardmetrics_plumbing::bulk::spawn_with("bulk-list", (producer, tx), pump) {
+            drop(tokio::task::spawn_blocking(move || pump(back)));
         }
         Body::channel(rx)
     }

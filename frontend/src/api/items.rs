@@ -46,24 +46,41 @@ pub const PREFETCHED_CHUNKS: usize = 4;
 /// [`PREFETCHED_CHUNKS`] are ready and not yet taken (back-pressure, nothing dropped); it stops
 /// when the returned source is dropped. If no thread can be started the source is returned
 /// unchanged (selected on the caller's thread, as before).
-pub fn prefetched<T: Send + 'static>(mut chunks: Chunks<T>) -> Chunks<T> {
+pub fn prefetched<T: Send + 'static>(chunks: Chunks<T>) -> Chunks<T> {
     let (ready, taken) = std::sync::mpsc::sync_channel::<Vec<T>>(PREFETCHED_CHUNKS);
-    // The thread is started first and then handed the source, so a failed start keeps it.
-    let (hand_over, handed) = std::sync::mpsc::sync_channel::<Chunks<T>>(1);
-    let started = shardmetrics_plumbing::bulk::spawn("bulk-select", move || {
-        let Ok(mut chunks) = handed.recv() else { return };
+    let select = move |mut chunks: Chunks<T>| {
         while let Some(chunk) = chunks() {
             if ready.send(chunk).is_err() {
                 return;
             }
         }
-    });
-    if started.is_err() {
-        return chunks;
+    };
+    match shardmetrics_plumbing::bulk::spawn_with("bulk-select", chunks, select) {
+        Ok(_) => Box::new(move || taken.recv().ok()),
+        Err(chunks) => chunks,
     }
-    if let Err(std::sync::mpsc::SendError(back)) = hand_over.send(chunks) {
-        chunks = back;
-        return chunks;
+}
+
+/// Every item `next` hands out, in order, collected (for answers built whole: a Table, tests).
+pub fn all<T>(mut next: impl FnMut() -> Option<Vec<T>>) -> Vec<T> {
+    let mut items = Vec::new();
+    while let Some(chunk) = next() {
+        items.extend(chunk);
     }
-    Box::new(move || taken.recv().ok())
+    items
+}
+
+/// `items` handed out in chunks of the sizes `sizes` gives in turn (0 included), for tests of
+/// chunked sources.
+#[cfg(test)]
+pub(crate) fn uneven_chunks<T: Send + 'static>(items: Vec<T>, sizes: &'static [usize]) -> Chunks<T> {
+    let mut rest = items;
+    let mut sizes = sizes.iter().copied().cycle();
+    Box::new(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = sizes.next().unwrap_or(1).min(rest.len());
+        Some(rest.drain(..n).collect())
+    })
 }

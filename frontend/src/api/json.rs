@@ -275,20 +275,7 @@ pub(crate) mod tests {
     fn a_list_taken_in_chunks_is_the_bytes_of_the_same_list_taken_at_once() {
         let items: Vec<_> = (0..300).map(|i| pod("ns", &format!("p{i:05}"))).collect();
         let whole = pod_list(items.clone(), NOW, ApiVersion::V1beta1).collect_bytes();
-        let mut rest = items;
-        let mut sizes = [0usize, 1, 130, 64].into_iter().cycle();
-        let chunked = pod_list_chunks(
-            Box::new(move || {
-                if rest.is_empty() {
-                    return None;
-                }
-                let n = sizes.next().unwrap_or(1).min(rest.len());
-                Some(rest.drain(..n).collect())
-            }),
-            NOW,
-            ApiVersion::V1beta1,
-        )
-        .collect_bytes();
+        let chunked = pod_list_chunks(crate::api::items::uneven_chunks(items, &[0, 1, 130, 64]), NOW, ApiVersion::V1beta1).collect_bytes();
         assert_eq!(String::from_utf8(chunked).expect("utf8"), String::from_utf8(whole).expect("utf8"));
     }
 

@@ -659,20 +659,7 @@ mod tests {
         let items: Vec<_> = (0..1500).map(|i| pod(&format!("ns{}", i / 700), &format!("p{i:04}"))).collect();
         let whole = pod_list(items.clone(), NOW, ApiVersion::V1).collect_bytes();
         assert!(whole.len() > 2 * crate::api::body::CHUNK_BYTES, "{} bytes", whole.len());
-        let mut rest = items.clone();
-        let mut sizes = [1usize, 0, 999, 7].into_iter().cycle();
-        let chunked = pod_list_chunks(
-            Box::new(move || {
-                if rest.is_empty() {
-                    return None;
-                }
-                let n = sizes.next().unwrap_or(1).min(rest.len());
-                Some(rest.drain(..n).collect())
-            }),
-            NOW,
-            ApiVersion::V1,
-        )
-        .collect_bytes();
+        let chunked = pod_list_chunks(crate::api::items::uneven_chunks(items.clone(), &[1, 0, 999, 7]), NOW, ApiVersion::V1).collect_bytes();
         assert!(chunked == whole, "same bytes");
         let (_, raw) = decode_envelope(&chunked).expect("envelope");
         let list = PodMetricsList::decode(raw.as_slice()).expect("list");

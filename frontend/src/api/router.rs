@@ -357,13 +357,7 @@ impl Api {
                             Encoding::Json => out.pod_list(json::pod_list_chunks(chunks, now_ms, out.version)),
                             Encoding::Protobuf => out.pod_list(protobuf::pod_list_chunks(chunks, now_ms, out.version)),
                             // A Table is built from the whole list (kubectl get asks for it, not the HPA or top).
-                            Encoding::Table(_) => {
-                                let mut items = Vec::new();
-                                while let Some(chunk) = chunks() {
-                                    items.extend(chunk);
-                                }
-                                out.pods(items, false)
-                            }
+                            Encoding::Table(_) => out.pods(items::all(chunks), false),
                         })
                     }
                     _ => {
@@ -432,7 +426,7 @@ impl Api {
 
     fn observe(&self, now_ms: i64, timestamp_ms: i64) {
         if let Some(m) = &self.metrics {
-            m.freshness.observe((now_ms - timestamp_ms).max(0) as f64 / 1000.0);
+            observe_age(&m.freshness, now_ms, timestamp_ms);
         }
     }
 
@@ -460,11 +454,7 @@ impl Api {
     /// answer streams from).
     pub fn list_pods(&self, namespace: Option<&str>, labels: &LabelSelector, fields: &FieldSelector, now_ms: i64) -> Vec<PodItem> {
         let mut selection = self.select_pods(namespace, labels.clone(), fields.clone(), now_ms);
-        let mut items = Vec::new();
-        while let Some(chunk) = selection.next_chunk() {
-            items.extend(chunk);
-        }
-        items
+        items::all(|| selection.next_chunk())
     }
 
     /// The pods a list of `namespace` (all when `None`) selects, handed out a chunk at a time
@@ -538,6 +528,12 @@ pub struct PodSelection {
     now_ms: i64,
 }
 
+/// Records in the freshness histogram the age, in seconds, at `now_ms` of data sampled at
+/// `timestamp_ms` (both Unix ms; a sample from the future counts as 0).
+fn observe_age(freshness: &prometheus::Histogram, now_ms: i64, timestamp_ms: i64) {
+    freshness.observe((now_ms - timestamp_ms).max(0) as f64 / 1000.0);
+}
+
 /// How a [`PodSelection`] finds its candidates.
 enum Walk {
     /// Every pod of the scope, in the store's order.
@@ -581,7 +577,7 @@ impl PodSelection {
             }
             if let Some(h) = &self.freshness {
                 for (usage, _) in &chunk {
-                    h.observe((self.now_ms - usage.timestamp_ms).max(0) as f64 / 1000.0);
+                    observe_age(h, self.now_ms, usage.timestamp_ms);
                 }
             }
             return Some(chunk.into_iter().map(|(usage, labels)| PodItem { usage, labels, resource_version: None }).collect());

@@ -31,6 +31,24 @@ pub fn spawn<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send + 's
     })
 }
 
+/// [`spawn`] of `work(value)`, handing `value` back when no thread can be started (so the
+/// caller can still do the work elsewhere): the thread is started first and then handed the
+/// value.
+pub fn spawn_with<V: Send + 'static>(name: &str, value: V, work: impl FnOnce(V) + Send + 'static) -> Result<JoinHandle<()>, V> {
+    let (hand_over, handed) = std::sync::mpsc::sync_channel::<V>(1);
+    let Ok(thread) = spawn(name, move || {
+        if let Ok(value) = handed.recv() {
+            work(value);
+        }
+    }) else {
+        return Err(value);
+    };
+    match hand_over.send(value) {
+        Ok(()) => Ok(thread),
+        Err(std::sync::mpsc::SendError(value)) => Err(value),
+    }
+}
+
 /// [`spawn`] for async callers: the value `work` returns, awaited without blocking a runtime
 /// worker. `Err` when no thread could be started or `work` panicked, with why.
 pub async fn run<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
@@ -66,6 +84,18 @@ mod tests {
         let inside = spawn("bulk-test", || this_thread_niceness().expect("niceness")).expect("thread").join().expect("join");
         assert_eq!(inside, (before + BULK_NICENESS).min(NICEST));
         assert_eq!(this_thread_niceness().expect("niceness"), before, "only the bulk thread changed");
+    }
+
+    #[test]
+    fn spawn_with_runs_the_work_on_the_value_at_the_lower_priority() {
+        let before = this_thread_niceness().expect("niceness");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = spawn_with("bulk-test", 41, move |v| {
+            let _ = tx.send((v + 1, this_thread_niceness().expect("niceness")));
+        })
+        .expect("started");
+        thread.join().expect("join");
+        assert_eq!(rx.recv().expect("ran"), (42, (before + BULK_NICENESS).min(NICEST)));
     }
 
     #[tokio::test]
