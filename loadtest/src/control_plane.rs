@@ -136,9 +136,9 @@ impl std::fmt::Debug for ControlPlane {
     }
 }
 
+/// A loopback port for a child to bind ([`shardmetrics_plumbing::port::free_port`]).
 fn free_port() -> Result<u16, ControlPlaneError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
-    Ok(l.local_addr().map_err(io("finding a free port"))?.port())
+    shardmetrics_plumbing::port::free_port().map_err(io("finding a free port"))
 }
 
 fn write(path: &Path, contents: &str) -> Result<PathBuf, ControlPlaneError> {

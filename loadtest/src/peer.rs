@@ -91,7 +91,7 @@ impl MetricsServer {
         let binary = tokio::task::spawn_blocking(shardmetrics_xtask::upstream::metrics_server)
             .await
             .map_err(|e| PeerError::Io { what: "building metrics-server".into(), source: std::io::Error::other(e.to_string()) })??;
-        let port = free_port().map_err(io_err("finding a free port"))?;
+        let port = shardmetrics_plumbing::port::free_port().map_err(io_err("finding a free port"))?;
         let log = config.dir.join(format!("{}.log", config.name));
         let out = std::fs::File::create(&log).map_err(io_err(format!("creating {}", log.display())))?;
         let err = out.try_clone().map_err(io_err("duplicating the log handle"))?;
@@ -193,11 +193,6 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 
 fn flag(name: &str, path: &Path) -> String {
     format!("{name}={}", path.display())
-}
-
-/// A port nobody listens on now (metrics-server binds its own listener).
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 type Client = hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, http_body_util::Empty<bytes::Bytes>>;

@@ -142,9 +142,9 @@ impl Spawner {
     }
 }
 
+/// A loopback port for a child to bind ([`shardmetrics_plumbing::port::free_port`]).
 pub(crate) fn free_port() -> Result<u16, DemoError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
-    Ok(l.local_addr().map_err(io("finding a free port"))?.port())
+    shardmetrics_plumbing::port::free_port().map_err(io("finding a free port"))
 }
 
 /// Formats a duration the way the shardmetrics flags read it (`15s`, `1500ms`).

@@ -12,6 +12,7 @@
 //! - [`selector`]: label and field selectors with apimachinery's syntax and error texts.
 //! - [`clock`]: the injected wall clock (the only place that reads the system time).
 //! - [`lease`]: shard Leases (naming, parsing) and the watcher of live members.
+//! - [`port`]: loopback ports for child programs to bind, away from the ephemeral range.
 //! - [`process`]: tracing set-up, the termination signal, the Kubernetes client from a
 //!   kubeconfig.
 //! - [`exposition`]: kubelet `/metrics/resource` text, as kubelet v1.35 writes it.
@@ -26,6 +27,7 @@ pub mod exposition;
 pub mod lease;
 pub mod metrics_text;
 pub mod pki;
+pub mod port;
 pub mod process;
 pub mod selector;
 pub mod tls;
