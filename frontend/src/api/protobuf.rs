@@ -489,17 +489,20 @@ fn encode_items<T>(chunks: &mut Chunks<T>, now_s: i64, put: fn(&T, i64, &mut Vec
     let mut scratch = Vec::with_capacity(1024);
     while let Some(chunk) = chunks() {
         for item in &chunk {
-            if piece.len() >= piece_bytes {
-                total += piece.len();
-                pieces.push(std::mem::take(&mut piece));
-            }
-            if piece.capacity() == 0 {
-                piece.reserve_exact(piece_bytes + piece_bytes / 4);
-            }
             // Written once into a scratch buffer whose length is the prefix: computing the
             // length first would format every quantity twice.
             scratch.clear();
             put(item, now_s, &mut scratch);
+            // Tag, length (at most 10 bytes), item. A piece is filled to its capacity and
+            // never grown: the list holds its encoding, and slack in every piece is held too.
+            let need = 1 + 10 + scratch.len();
+            if piece.capacity() - piece.len() < need && !piece.is_empty() {
+                total += piece.len();
+                pieces.push(std::mem::take(&mut piece));
+            }
+            if piece.capacity() == 0 {
+                piece.reserve_exact(piece_bytes.max(need));
+            }
             piece.push(FIELD2_LD);
             hand::put_varint(scratch.len() as u64, &mut piece);
             piece.extend_from_slice(&scratch);
