@@ -179,13 +179,16 @@ fn lists(encoding: &str, n: usize) {
     // One list first, not collected (not in a `measured` function), so the measured ones find
     // the allocator warm.
     let uri: http::Uri = "/apis/metrics.k8s.io/v1beta1/pods".parse().expect("uri");
-    let one = api.handle(&http::Method::GET, &uri, &headers).response.into_body().collect_bytes().len();
+    let first = api.handle(&http::Method::GET, &uri, &headers).response.into_body().collect_bytes();
+    let one = first.len();
+    // FNV-1a of the whole body, to compare encoders' output across commits.
+    let digest = first.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
     let start = Instant::now();
     let bytes = end_of_measurement(measured_lists(&api, n, &headers));
     let elapsed = start.elapsed();
     assert_eq!(bytes, one * n, "every list is the whole cluster");
     println!(
-        "{n} {encoding} lists of {pods} pods, {} bytes each, {:.1} ms each, {:.0} ns per pod (wall time, indicative)",
+        "{n} {encoding} lists of {pods} pods, {} bytes each (FNV-1a {digest:016x}), {:.1} ms each, {:.0} ns per pod (wall time, indicative)",
         one,
         elapsed.as_secs_f64() * 1e3 / n as f64,
         elapsed.as_secs_f64() * 1e9 / (n * pods) as f64

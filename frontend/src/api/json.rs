@@ -5,6 +5,7 @@
 use std::io::Write as _;
 
 use super::body::Body;
+use super::out::put_short;
 use super::items::{Chunks, NodeItem, PodItem, all_at_once};
 use super::quantity::{Cpu, Memory};
 use super::status::json_str;
@@ -31,12 +32,12 @@ fn labels_json(out: &mut Vec<u8>, labels: Option<&Labels>) {
 /// quantity of bytes, as memory).
 fn usage_json(out: &mut Vec<u8>, cpu: u64, memory: u64, swap: Option<u64>) {
     out.extend_from_slice(br#"{"cpu":""#);
-    out.extend_from_slice(Cpu(cpu).text().as_bytes());
+    put_short(out, Cpu(cpu).text().as_bytes());
     out.extend_from_slice(br#"","memory":""#);
-    out.extend_from_slice(Memory(memory).text().as_bytes());
+    put_short(out, Memory(memory).text().as_bytes());
     if let Some(swap) = swap {
         out.extend_from_slice(br#"","swap":""#);
-        out.extend_from_slice(Memory(swap).text().as_bytes());
+        put_short(out, Memory(swap).text().as_bytes());
     }
     out.extend_from_slice(br#""}"#);
 }
@@ -48,11 +49,18 @@ pub(crate) fn resource_version(out: &mut Vec<u8>, rv: Option<i64>) {
     }
 }
 
-/// `,"creationTimestamp":"<now>"`.
-fn created(out: &mut Vec<u8>, now_ms: i64) {
-    out.extend_from_slice(br#","creationTimestamp":""#);
-    Rfc3339(now_ms).write_to(out);
-    out.push(b'"');
+/// `,"creationTimestamp":"<now>"`, formatted once per answer: every item of a list carries the
+/// same one (the time of the request).
+struct Created(Vec<u8>);
+
+impl Created {
+    fn new(now_ms: i64) -> Created {
+        let mut out = Vec::with_capacity(48);
+        out.extend_from_slice(br#","creationTimestamp":""#);
+        Rfc3339(now_ms).write_to(&mut out);
+        out.push(b'"');
+        Created(out)
+    }
 }
 
 /// `},"timestamp":"...","window":"...",` closing the metadata object.
@@ -68,6 +76,11 @@ fn timestamp_window(out: &mut Vec<u8>, timestamp_ms: i64, window_ms: i64) {
 /// objects, not list items). `now_ms` is the `creationTimestamp`, as metrics-server sets it to
 /// the time of the request.
 pub fn write_node(out: &mut Vec<u8>, item: &NodeItem, now_ms: i64, typed: Option<ApiVersion>) {
+    write_node_created(out, item, &Created::new(now_ms), typed);
+}
+
+/// [`write_node`] with its `creationTimestamp` already formatted.
+fn write_node_created(out: &mut Vec<u8>, item: &NodeItem, created: &Created, typed: Option<ApiVersion>) {
     out.push(b'{');
     if let Some(v) = typed {
         let _ = write!(out, r#""kind":"NodeMetrics","apiVersion":"{}","#, v.group_version());
@@ -75,7 +88,7 @@ pub fn write_node(out: &mut Vec<u8>, item: &NodeItem, now_ms: i64, typed: Option
     out.extend_from_slice(br#""metadata":{"name":"#);
     json_str(out, &item.usage.name);
     resource_version(out, item.resource_version);
-    created(out, now_ms);
+    out.extend_from_slice(&created.0);
     labels_json(out, item.labels.as_ref());
     let u = &item.usage.usage;
     timestamp_window(out, u.timestamp_ms, u.window_ms);
@@ -86,6 +99,11 @@ pub fn write_node(out: &mut Vec<u8>, item: &NodeItem, now_ms: i64, typed: Option
 
 /// Appends one PodMetrics (containers sorted by name); see [`write_node`].
 pub fn write_pod(out: &mut Vec<u8>, item: &PodItem, now_ms: i64, typed: Option<ApiVersion>) {
+    write_pod_created(out, item, &Created::new(now_ms), typed);
+}
+
+/// [`write_pod`] with its `creationTimestamp` already formatted.
+fn write_pod_created(out: &mut Vec<u8>, item: &PodItem, created: &Created, typed: Option<ApiVersion>) {
     out.push(b'{');
     if let Some(v) = typed {
         let _ = write!(out, r#""kind":"PodMetrics","apiVersion":"{}","#, v.group_version());
@@ -96,7 +114,7 @@ pub fn write_pod(out: &mut Vec<u8>, item: &PodItem, now_ms: i64, typed: Option<A
     out.extend_from_slice(br#","namespace":"#);
     json_str(out, &p.namespace);
     resource_version(out, item.resource_version);
-    created(out, now_ms);
+    out.extend_from_slice(&created.0);
     labels_json(out, item.labels.as_ref());
     timestamp_window(out, p.timestamp_ms, p.window_ms);
     out.extend_from_slice(br#""containers":["#);
@@ -119,8 +137,9 @@ fn list<T: Send + 'static>(
     version: ApiVersion,
     mut chunks: Chunks<T>,
     now_ms: i64,
-    write: fn(&mut Vec<u8>, &T, i64, Option<ApiVersion>),
+    write: fn(&mut Vec<u8>, &T, &Created, Option<ApiVersion>),
 ) -> Body {
+    let created = Created::new(now_ms);
     let mut header = true;
     let mut first = true;
     // The chunk being written and how far.
@@ -153,7 +172,7 @@ fn list<T: Send + 'static>(
                 out.push(b',');
             }
             first = false;
-            write(out, item, now_ms, None);
+            write(out, item, &created, None);
         }
         next = end;
         true
@@ -162,7 +181,7 @@ fn list<T: Send + 'static>(
 
 /// A streamed `NodeMetricsList` of `version`.
 pub fn node_list(items: Vec<NodeItem>, now_ms: i64, version: ApiVersion) -> Body {
-    list("NodeMetricsList", version, all_at_once(items), now_ms, write_node)
+    list("NodeMetricsList", version, all_at_once(items), now_ms, write_node_created)
 }
 
 /// A streamed `PodMetricsList` of `version`.
@@ -173,7 +192,7 @@ pub fn pod_list(items: Vec<PodItem>, now_ms: i64, version: ApiVersion) -> Body {
 /// A streamed `PodMetricsList` of `version` whose items are taken from `chunks` as the client
 /// reads: one chunk is held at a time.
 pub fn pod_list_chunks(chunks: Chunks<PodItem>, now_ms: i64, version: ApiVersion) -> Body {
-    list("PodMetricsList", version, chunks, now_ms, write_pod)
+    list("PodMetricsList", version, chunks, now_ms, write_pod_created)
 }
 
 #[cfg(test)]

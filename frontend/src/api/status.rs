@@ -238,7 +238,8 @@ pub fn json_str(out: &mut Vec<u8>, s: &str) {
         }
         start = i;
     }
-    out.extend_from_slice(&b[start..]);
+    // Usually the whole string: short, so without a `memcpy` call.
+    super::out::put_short(out, &b[start..]);
     out.push(b'"');
 }
 
