@@ -232,10 +232,12 @@ pub(crate) mod tests {
                 name: name.into(),
                 timestamp_ms: NOW - 2_000,
                 window_ms: 15_000,
-                containers: vec![
+                containers: [
                     ContainerUsage { name: "app".into(), cpu_nanocores: 1_500_000_000, memory_bytes: 1 << 20, swap_bytes: None },
                     ContainerUsage { name: "sidecar".into(), cpu_nanocores: 7, memory_bytes: 1000, swap_bytes: None },
-                ],
+                ]
+                .into_iter()
+                .collect(),
                 scraped_at_ms: NOW - 1_000,
             },
             labels: None,

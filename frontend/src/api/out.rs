@@ -8,7 +8,7 @@
 /// Appends `s` to `out`. Up to 32 bytes are copied as two overlapping fixed-size blocks into a
 /// stack array, which is appended whole (inline stores) and then cut back to its length, as
 /// `memcpy` does internally but without the call; longer strings go to `extend_from_slice`.
-#[inline]
+#[inline(always)]
 pub fn put_short(out: &mut Vec<u8>, s: &[u8]) {
     let n = s.len();
     let len = out.len();

@@ -269,7 +269,7 @@ mod hand {
 
     /// The varint encoding of `v` in an array, and its length.
     #[inline]
-    fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
+    pub(super) fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
         let mut bytes = [0u8; 10];
         let mut n = 0;
         while v >= 0x80 && n < 9 {
@@ -294,7 +294,7 @@ mod hand {
 
     /// The key and length of a length-delimited field: one 2-byte append in the common case
     /// (field numbers below 16, payloads below 128 bytes).
-    #[inline]
+    #[inline(always)]
     fn put_ld(tag: u32, len: usize, out: &mut Vec<u8>) {
         if tag < 16 && len < 0x80 {
             out.extend_from_slice(&[((tag << 3) | WireType::LengthDelimited as u32) as u8, len as u8]);
@@ -535,7 +535,6 @@ fn encode_items<T>(chunks: &mut Chunks<T>, now_s: i64, put: fn(&T, i64, &mut Vec
     let mut pieces = Vec::new();
     let mut piece: Vec<u8> = Vec::new();
     let mut total = 0;
-    let mut scratch = Vec::with_capacity(1024);
     while let Some(chunk) = chunks() {
         for item in &chunk {
             if piece.len() >= piece_bytes {
@@ -545,13 +544,20 @@ fn encode_items<T>(chunks: &mut Chunks<T>, now_s: i64, put: fn(&T, i64, &mut Vec
             if piece.capacity() == 0 {
                 piece.reserve_exact(piece_bytes + piece_bytes / 4);
             }
-            // Written once into a scratch buffer whose length is the prefix: computing the
-            // length first would format every quantity twice.
-            scratch.clear();
-            put(item, now_s, &mut scratch);
+            // Written once, straight into the piece behind a two-byte length (an item of 128 to
+            // 16 383 bytes, as nearly all are), which is then filled in; another length moves
+            // the item once. Computing the length first would format every quantity twice, and
+            // a scratch buffer cost a copy of every item.
             piece.push(FIELD2_LD);
-            hand::put_varint(scratch.len() as u64, &mut piece);
-            piece.extend_from_slice(&scratch);
+            let at = piece.len();
+            piece.extend_from_slice(&[0, 0]);
+            put(item, now_s, &mut piece);
+            let (len, n) = hand::varint_bytes((piece.len() - at - 2) as u64);
+            if n == 2 {
+                piece[at..at + 2].copy_from_slice(&len[..2]);
+            } else {
+                piece.splice(at..at + 2, len[..n].iter().copied());
+            }
         }
     }
     if !piece.is_empty() {
@@ -732,6 +738,20 @@ mod tests {
         let bytes = node_list(vec![node("a")], NOW, ApiVersion::V1beta1).collect_bytes();
         let (_, raw) = decode_envelope(&bytes).expect("envelope");
         assert_eq!(NodeMetricsList::decode(raw.as_slice()).expect("list").items.len(), 1);
+    }
+
+    #[test]
+    fn list_items_shorter_than_128_or_longer_than_16383_bytes_get_their_own_length_prefix() {
+        let mut tiny = pod("a", "b");
+        tiny.usage.containers.truncate(1);
+        let mut huge = pod("a", "c");
+        huge.labels = Some(std::sync::Arc::new(BTreeMap::from([("big".into(), "x".repeat(20_000))])));
+        let items = vec![tiny, pod("a", "d"), huge, pod("a", "e")];
+        assert!(hand_pod(&items[0]).len() < 128 && hand_pod(&items[2]).len() > 16_383);
+        let bytes = pod_list(items.clone(), NOW, ApiVersion::V1).collect_bytes();
+        let (_, raw) = decode_envelope(&bytes).expect("envelope");
+        let list = PodMetricsList::decode(raw.as_slice()).expect("list");
+        assert_eq!(list.items, items.iter().map(|i| pod_message(i, NOW)).collect::<Vec<_>>());
     }
 
     #[test]

@@ -132,27 +132,18 @@ fn decimal(value: u64, exponent: i32) -> Text {
     if value == 0 {
         return Text::new(0, "");
     }
-    // Trailing zeros in 64 bits (a division by a constant is a multiplication; u128's is a
-    // library call); u128 only for the scaling below, which can pass u64.
+    // apimachinery strips every trailing zero, then multiplies back to an exponent that is a
+    // multiple of three; from an exponent that already is one (every caller's), that is
+    // stripping whole groups of three zeros. In 64 bits (a division by a constant is a
+    // multiplication; u128's is a library call); u128 only for the scaling below.
+    debug_assert!(exponent % 3 == 0, "exponent {exponent}");
     let mut trimmed = value;
     let mut exponent = exponent;
-    while trimmed.is_multiple_of(10) {
-        trimmed /= 10;
-        exponent += 1;
+    while trimmed.is_multiple_of(1000) {
+        trimmed /= 1000;
+        exponent += 3;
     }
     let mut mantissa = u128::from(trimmed);
-    // Back to a multiple of three, as apimachinery does (rem_euclid keeps negatives right).
-    match exponent.rem_euclid(3) {
-        1 => {
-            mantissa *= 10;
-            exponent -= 1;
-        }
-        2 => {
-            mantissa *= 100;
-            exponent -= 2;
-        }
-        _ => {}
-    }
     // Above exa there is no suffix: fold the rest back into the mantissa.
     while exponent > 18 {
         mantissa *= 1000;
@@ -242,6 +233,28 @@ mod tests {
         format!("{mantissa}{}", ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"][power])
     }
 
+    /// apimachinery's way: every trailing zero stripped, then back to a multiple of three.
+    fn slow_decimal(value: u64, exponent: i32) -> String {
+        if value == 0 {
+            return "0".into();
+        }
+        let (mut m, mut e) = (u128::from(value), exponent);
+        while m % 10 == 0 {
+            m /= 10;
+            e += 1;
+        }
+        while e.rem_euclid(3) != 0 {
+            m *= 10;
+            e -= 1;
+        }
+        while e > 18 {
+            m *= 1000;
+            e -= 3;
+        }
+        let suffix = ["n", "u", "m", "", "k", "M", "G", "T", "P", "E"][((e + 9) / 3) as usize];
+        format!("{m}{suffix}")
+    }
+
     #[test]
     fn digit_pairs_and_powers_agree_with_one_digit_at_a_time() {
         let mut values: Vec<u64> = (0..=1100).collect();
@@ -258,6 +271,8 @@ mod tests {
         values.push(u64::MAX);
         for v in values {
             assert_eq!(Text::new(u128::from(v), "").as_str(), v.to_string());
+            assert_eq!(Cpu(v).to_string(), slow_decimal(v, -9), "{v}");
+            assert_eq!(decimal(v, 0).as_str(), slow_decimal(v, 0), "{v}");
             assert_eq!(Memory(v).to_string(), slow_memory(v), "{v}");
         }
         assert_eq!(Text::new(u128::from(u64::MAX) * 1000, "").as_str(), (u128::from(u64::MAX) * 1000).to_string());
