@@ -239,9 +239,10 @@ pub fn pod_message(item: &PodItem, now_ms: i64) -> PodMetrics {
 
 /// Hand-written encoding of the served messages straight from borrowed data: the same bytes
 /// prost would write for [`node_message`] / [`pod_message`] (tests check they decode equal),
-/// without building owned messages. A list item is written once (its length is then known); a
-/// single object computes its length first to size its buffer.
+/// without building owned messages. An item is written once (its length is then known).
 mod hand {
+    use std::sync::Arc;
+
     use prost::encoding::{WireType, encoded_len_varint, key_len};
 
     use crate::api::out::put_short;
@@ -345,16 +346,12 @@ mod hand {
         fn new(cpu_nanocores: u64, memory_bytes: u64, swap_bytes: Option<u64>) -> Self {
             Self { cpu: Cpu(cpu_nanocores).text(), mem: Memory(memory_bytes).text(), swap: swap_bytes.map(|s| Memory(s).text()) }
         }
-
-        /// The map's entries in key order, as Go writes them.
-        fn entries(&self) -> impl Iterator<Item = (&'static [u8], &QuantityText)> {
-            [(&b"cpu"[..], &self.cpu), (&b"memory"[..], &self.mem)].into_iter().chain(self.swap.as_ref().map(|s| (&b"swap"[..], s)))
-        }
     }
 
     /// The `usage` map (`cpu`, `memory`, `swap` → Quantity{string}) as repeated field `tag`.
     fn usage_len(tag: u32, usage: &UsageTexts) -> usize {
-        usage.entries().map(|(key, q)| ld_len(tag, entry_len(key, ld_len(1, q.as_bytes().len())))).sum()
+        let entry = |key: &[u8], q: &QuantityText| ld_len(tag, entry_len(key, ld_len(1, q.as_bytes().len())));
+        entry(b"cpu", &usage.cpu) + entry(b"memory", &usage.mem) + usage.swap.as_ref().map_or(0, |s| entry(b"swap", s))
     }
 
     fn put_usage(tag: u32, usage: &UsageTexts, out: &mut Vec<u8>) {
@@ -378,48 +375,66 @@ mod hand {
         put_short(out, q);
     }
 
-    fn meta_len(name: &str, namespace: Option<&str>, now_s: i64, labels: Option<&Labels>) -> usize {
-        let mut n = ld_len(1, name.len()) + ld_len(8, int_msg_len(now_s));
-        if let Some(ns) = namespace {
-            n += ld_len(3, ns.len());
-        }
-        for (k, v) in labels.into_iter().flat_map(|l| l.iter()) {
-            n += ld_len(11, entry_len(k.as_bytes(), v.len()));
-        }
-        n
+    /// What the items of one answer share: the creation time, and the encoding of the last
+    /// label set written. Pods of one ReplicaSet share one label set (`metadata` interns them)
+    /// and a list sorted by name lists them one after another, so most pods' labels are one
+    /// copy of the previous pod's bytes.
+    pub(super) struct Ctx {
+        /// `creationTimestamp`, Unix seconds.
+        now_s: i64,
+        /// The last label set and its `ObjectMeta.labels` entries. Holding the `Arc` keeps its
+        /// address from being reused by another set while it is compared by address.
+        labels: Option<(Labels, Vec<u8>)>,
     }
 
-    fn put_meta(name: &str, namespace: Option<&str>, now_s: i64, labels: Option<&Labels>, out: &mut Vec<u8>) {
-        put_ld(1, meta_len(name, namespace, now_s, labels), out);
+    impl Ctx {
+        /// A context for items created at `now_s` (Unix seconds).
+        pub(super) fn new(now_s: i64) -> Ctx {
+            Ctx { now_s, labels: None }
+        }
+
+        /// The `ObjectMeta.labels` entries of `labels` (field 11, in key order).
+        fn labels(&mut self, labels: Option<&Labels>) -> &[u8] {
+            let Some(labels) = labels else { return &[] };
+            let (last, out) = self.labels.get_or_insert_with(|| (labels.clone(), Vec::new()));
+            if !Arc::ptr_eq(last, labels) || out.is_empty() {
+                // Another set: its bytes replace the last one's in the same buffer.
+                *last = labels.clone();
+                out.clear();
+                for (k, v) in labels.iter() {
+                    put_ld(11, entry_len(k.as_bytes(), v.len()), out);
+                    put_bytes(1, k.as_bytes(), out);
+                    put_bytes(2, v.as_bytes(), out);
+                }
+            }
+            out
+        }
+    }
+
+    fn put_meta(name: &str, namespace: Option<&str>, labels: Option<&Labels>, ctx: &mut Ctx, out: &mut Vec<u8>) {
+        let now_s = ctx.now_s;
+        let labels = ctx.labels(labels);
+        let mut len = ld_len(1, name.len()) + ld_len(8, int_msg_len(now_s)) + labels.len();
+        if let Some(ns) = namespace {
+            len += ld_len(3, ns.len());
+        }
+        put_ld(1, len, out);
         put_bytes(1, name.as_bytes(), out);
         if let Some(ns) = namespace {
             put_bytes(3, ns.as_bytes(), out);
         }
         put_int_msg(8, now_s, out);
-        for (k, v) in labels.into_iter().flat_map(|l| l.iter()) {
-            put_ld(11, entry_len(k.as_bytes(), v.len()), out);
-            put_bytes(1, k.as_bytes(), out);
-            put_bytes(2, v.as_bytes(), out);
-        }
+        put_short(out, labels);
     }
 
     fn window_ns(window_ms: i64) -> i64 {
         window_ms.saturating_mul(1_000_000)
     }
 
-    /// Encoded length of a NodeMetrics.
-    pub(super) fn node_len(item: &NodeItem, now_s: i64) -> usize {
-        let u = &item.usage.usage;
-        ld_len(1, meta_len(&item.usage.name, None, now_s, item.labels.as_ref()))
-            + ld_len(2, int_msg_len(u.timestamp_ms.div_euclid(1000)))
-            + ld_len(3, int_msg_len(window_ns(u.window_ms)))
-            + usage_len(4, &UsageTexts::new(u.cpu_nanocores, u.memory_bytes, u.swap_bytes))
-    }
-
     /// Writes a NodeMetrics (without its own length prefix).
-    pub(super) fn put_node(item: &NodeItem, now_s: i64, out: &mut Vec<u8>) {
+    pub(super) fn put_node(item: &NodeItem, ctx: &mut Ctx, out: &mut Vec<u8>) {
         let u = &item.usage.usage;
-        put_meta(&item.usage.name, None, now_s, item.labels.as_ref(), out);
+        put_meta(&item.usage.name, None, item.labels.as_ref(), ctx, out);
         put_int_msg(2, u.timestamp_ms.div_euclid(1000), out);
         put_int_msg(3, window_ns(u.window_ms), out);
         put_usage(4, &UsageTexts::new(u.cpu_nanocores, u.memory_bytes, u.swap_bytes), out);
@@ -429,22 +444,10 @@ mod hand {
         ld_len(1, name.len()) + usage_len(2, usage)
     }
 
-    /// Encoded length of a PodMetrics.
-    pub(super) fn pod_len(item: &PodItem, now_s: i64) -> usize {
-        let p = &item.usage;
-        let mut n = ld_len(1, meta_len(&p.name, Some(&p.namespace), now_s, item.labels.as_ref()))
-            + ld_len(2, int_msg_len(p.timestamp_ms.div_euclid(1000)))
-            + ld_len(3, int_msg_len(window_ns(p.window_ms)));
-        for c in &p.containers {
-            n += ld_len(4, container_len(&c.name, &UsageTexts::new(c.cpu_nanocores, c.memory_bytes, c.swap_bytes)));
-        }
-        n
-    }
-
     /// Writes a PodMetrics (without its own length prefix).
-    pub(super) fn put_pod(item: &PodItem, now_s: i64, out: &mut Vec<u8>) {
+    pub(super) fn put_pod(item: &PodItem, ctx: &mut Ctx, out: &mut Vec<u8>) {
         let p = &item.usage;
-        put_meta(&p.name, Some(&p.namespace), now_s, item.labels.as_ref(), out);
+        put_meta(&p.name, Some(&p.namespace), item.labels.as_ref(), ctx, out);
         put_int_msg(2, p.timestamp_ms.div_euclid(1000), out);
         put_int_msg(3, window_ns(p.window_ms), out);
         for c in &p.containers {
@@ -477,17 +480,15 @@ fn envelope(kind: &str, version: ApiVersion, raw: Vec<u8>) -> Vec<u8> {
 
 /// One NodeMetrics of `version` in its envelope.
 pub fn node(item: &NodeItem, now_ms: i64, version: ApiVersion) -> Vec<u8> {
-    let now_s = now_ms.div_euclid(1000);
-    let mut raw = Vec::with_capacity(hand::node_len(item, now_s));
-    hand::put_node(item, now_s, &mut raw);
+    let mut raw = Vec::with_capacity(256);
+    hand::put_node(item, &mut hand::Ctx::new(now_ms.div_euclid(1000)), &mut raw);
     envelope("NodeMetrics", version, raw)
 }
 
 /// One PodMetrics of `version` in its envelope.
 pub fn pod(item: &PodItem, now_ms: i64, version: ApiVersion) -> Vec<u8> {
-    let now_s = now_ms.div_euclid(1000);
-    let mut raw = Vec::with_capacity(hand::pod_len(item, now_s));
-    hand::put_pod(item, now_s, &mut raw);
+    let mut raw = Vec::with_capacity(256);
+    hand::put_pod(item, &mut hand::Ctx::new(now_ms.div_euclid(1000)), &mut raw);
     envelope("PodMetrics", version, raw)
 }
 
@@ -500,7 +501,7 @@ fn list<T: Send + 'static>(
     version: ApiVersion,
     mut chunks: Chunks<T>,
     now_ms: i64,
-    put: fn(&T, i64, &mut Vec<u8>),
+    put: fn(&T, &mut hand::Ctx, &mut Vec<u8>),
 ) -> Body {
     let now_s = now_ms.div_euclid(1000);
     // The encoded items, in pieces of about CHUNK_BYTES, sent from the back (reversed once).
@@ -515,7 +516,13 @@ fn list<T: Send + 'static>(
             }
         };
         if let Some(piece) = pieces.pop() {
-            out.extend_from_slice(&piece);
+            if out.is_empty() {
+                // A piece is a whole frame (at least CHUNK_BYTES but the last): handed over,
+                // not copied.
+                *out = piece;
+            } else {
+                out.extend_from_slice(&piece);
+            }
             return true;
         }
         // Unknown.contentEncoding = "", Unknown.contentType = "".
@@ -530,11 +537,12 @@ const FIELD2_LD: u8 = (2 << 3) | 2;
 
 /// Every item of `chunks` encoded as a `List.items` field, in pieces of about
 /// [`super::body::CHUNK_BYTES`], with the pieces' total length in bytes.
-fn encode_items<T>(chunks: &mut Chunks<T>, now_s: i64, put: fn(&T, i64, &mut Vec<u8>)) -> (Vec<Vec<u8>>, usize) {
+fn encode_items<T>(chunks: &mut Chunks<T>, now_s: i64, put: fn(&T, &mut hand::Ctx, &mut Vec<u8>)) -> (Vec<Vec<u8>>, usize) {
     let piece_bytes = super::body::CHUNK_BYTES;
     let mut pieces = Vec::new();
     let mut piece: Vec<u8> = Vec::new();
     let mut total = 0;
+    let mut ctx = hand::Ctx::new(now_s);
     while let Some(chunk) = chunks() {
         for item in &chunk {
             if piece.len() >= piece_bytes {
@@ -551,7 +559,7 @@ fn encode_items<T>(chunks: &mut Chunks<T>, now_s: i64, put: fn(&T, i64, &mut Vec
             piece.push(FIELD2_LD);
             let at = piece.len();
             piece.extend_from_slice(&[0, 0]);
-            put(item, now_s, &mut piece);
+            put(item, &mut ctx, &mut piece);
             let (len, n) = hand::varint_bytes((piece.len() - at - 2) as u64);
             if n == 2 {
                 piece[at..at + 2].copy_from_slice(&len[..2]);
@@ -657,7 +665,7 @@ mod tests {
 
     fn hand_pod(item: &PodItem) -> Vec<u8> {
         let mut out = Vec::new();
-        hand::put_pod(item, NOW / 1000, &mut out);
+        hand::put_pod(item, &mut hand::Ctx::new(NOW / 1000), &mut out);
         out
     }
 
@@ -668,17 +676,13 @@ mod tests {
         items[1].usage.timestamp_ms = -1_500; // negative int64 varints
         items[0].usage.containers[0].swap_bytes = Some(5 << 20); // a third usage entry
         for item in &items {
-            let mut out = Vec::new();
-            hand::put_pod(item, NOW / 1000, &mut out);
-            assert_eq!(out.len(), hand::pod_len(item, NOW / 1000));
-            assert_eq!(PodMetrics::decode(out.as_slice()).expect("decode"), pod_message(item, NOW));
+            assert_eq!(PodMetrics::decode(hand_pod(item).as_slice()).expect("decode"), pod_message(item, NOW));
         }
         let mut n = node("node-1");
         for swap in [None, Some(0)] {
             n.usage.usage.swap_bytes = swap;
             let mut out = Vec::new();
-            hand::put_node(&n, NOW / 1000, &mut out);
-            assert_eq!(out.len(), hand::node_len(&n, NOW / 1000));
+            hand::put_node(&n, &mut hand::Ctx::new(NOW / 1000), &mut out);
             let decoded = NodeMetrics::decode(out.as_slice()).expect("decode");
             assert_eq!(decoded.usage.get("swap").and_then(|q| q.string.as_deref()), swap.map(|_| "0"));
             assert_eq!(decoded, node_message(&n, NOW));
@@ -716,7 +720,7 @@ mod tests {
         let mut n = node("node-1");
         n.usage.usage.swap_bytes = Some(7);
         let mut out = Vec::new();
-        hand::put_node(&n, NOW / 1000, &mut out);
+        hand::put_node(&n, &mut hand::Ctx::new(NOW / 1000), &mut out);
         assert_eq!(out, node_message(&n, NOW).encode_to_vec());
     }
 
@@ -746,8 +750,21 @@ mod tests {
         tiny.usage.containers.truncate(1);
         let mut huge = pod("a", "c");
         huge.labels = Some(std::sync::Arc::new(BTreeMap::from([("big".into(), "x".repeat(20_000))])));
-        let items = vec![tiny, pod("a", "d"), huge, pod("a", "e")];
-        assert!(hand_pod(&items[0]).len() < 128 && hand_pod(&items[2]).len() > 16_383);
+        // Label sets shared by address (interned, as a ReplicaSet's), equal but not shared, and
+        // none, one after another: the encoder reuses the last set's bytes by address.
+        let shared = std::sync::Arc::new(BTreeMap::from([("app".to_owned(), "web".to_owned())]));
+        let with = |name: &str, labels: Option<crate::metadata::Labels>| PodItem { labels, ..pod("a", name) };
+        let items = vec![
+            tiny,
+            with("d", Some(shared.clone())),
+            with("d1", Some(shared.clone())),
+            with("d2", Some(std::sync::Arc::new((*shared).clone()))),
+            with("d3", None),
+            with("d4", Some(shared.clone())),
+            huge,
+            pod("a", "e"),
+        ];
+        assert!(hand_pod(&items[0]).len() < 128 && hand_pod(&items[6]).len() > 16_383);
         let bytes = pod_list(items.clone(), NOW, ApiVersion::V1).collect_bytes();
         let (_, raw) = decode_envelope(&bytes).expect("envelope");
         let list = PodMetricsList::decode(raw.as_slice()).expect("list");
