@@ -203,8 +203,10 @@ fn remove_pod(pods: &mut Pods, ns: &str, name: &str) {
 /// per-pod copy of the namespace string that the flat (namespace, name) map held.
 #[derive(Default)]
 struct NamespacePods {
-    /// Labels by pod name.
-    pods: HashMap<Arc<str>, Labels>,
+    /// Labels by pod name. Hashed with foldhash, seeded at random per process (as hashbrown's
+    /// default): a full list looks every pod up here, and SipHash was about a third of the
+    /// selection's CPU per pod (docs/benchmarks.md, "Full pod list").
+    pods: HashMap<Arc<str>, Labels, foldhash::fast::RandomState>,
     /// Label key → value → names of the pods carrying that label, sorted (posting lists). A pod
     /// is in exactly the lists of its own labels; empty lists are removed.
     postings: HashMap<String, HashMap<String, BTreeSet<Arc<str>>>>,

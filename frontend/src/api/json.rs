@@ -5,10 +5,11 @@
 use std::io::Write as _;
 
 use super::body::Body;
+use super::out::put_short;
 use super::items::{Chunks, NodeItem, PodItem, all_at_once};
 use super::quantity::{Cpu, Memory};
 use super::status::json_str;
-use super::timefmt::{GoDuration, Rfc3339};
+use super::timefmt::{GoDuration, Rfc3339, Rfc3339Days};
 use crate::metadata::Labels;
 
 use super::version::ApiVersion;
@@ -31,12 +32,12 @@ fn labels_json(out: &mut Vec<u8>, labels: Option<&Labels>) {
 /// quantity of bytes, as memory).
 fn usage_json(out: &mut Vec<u8>, cpu: u64, memory: u64, swap: Option<u64>) {
     out.extend_from_slice(br#"{"cpu":""#);
-    out.extend_from_slice(Cpu(cpu).text().as_bytes());
+    put_short(out, Cpu(cpu).text().as_bytes());
     out.extend_from_slice(br#"","memory":""#);
-    out.extend_from_slice(Memory(memory).text().as_bytes());
+    put_short(out, Memory(memory).text().as_bytes());
     if let Some(swap) = swap {
         out.extend_from_slice(br#"","swap":""#);
-        out.extend_from_slice(Memory(swap).text().as_bytes());
+        put_short(out, Memory(swap).text().as_bytes());
     }
     out.extend_from_slice(br#""}"#);
 }
@@ -48,26 +49,71 @@ pub(crate) fn resource_version(out: &mut Vec<u8>, rv: Option<i64>) {
     }
 }
 
-/// `,"creationTimestamp":"<now>"`.
-fn created(out: &mut Vec<u8>, now_ms: i64) {
-    out.extend_from_slice(br#","creationTimestamp":""#);
-    Rfc3339(now_ms).write_to(out);
-    out.push(b'"');
+/// What the items of one answer share: `,"creationTimestamp":"<now>"`, formatted once (every
+/// item carries the time of the request), and the last label set written. Pods of one
+/// ReplicaSet share one label set (`metadata` interns them) and a list sorted by name lists
+/// them one after another, so most pods' labels are one copy of the previous pod's text.
+struct Created {
+    /// `,"creationTimestamp":"<now>"`.
+    created: Vec<u8>,
+    /// The last label set and its `,"labels":{...}`. Holding the `Arc` keeps its address from
+    /// being reused by another set while it is compared by address.
+    labels: Option<(Labels, Vec<u8>)>,
+    /// Sample times: one date formatted per day.
+    times: Rfc3339Days,
+    /// The last window (ms) and its text (most items share one).
+    window: Option<(i64, Vec<u8>)>,
 }
 
-/// `},"timestamp":"...","window":"...",` closing the metadata object.
-fn timestamp_window(out: &mut Vec<u8>, timestamp_ms: i64, window_ms: i64) {
-    out.extend_from_slice(br#"},"timestamp":""#);
-    Rfc3339(timestamp_ms).write_to(out);
-    out.extend_from_slice(br#"","window":""#);
-    GoDuration::from_millis(window_ms).write_to(out);
-    out.extend_from_slice(br#"","#);
+impl Created {
+    fn new(now_ms: i64) -> Created {
+        let mut out = Vec::with_capacity(48);
+        out.extend_from_slice(br#","creationTimestamp":""#);
+        Rfc3339(now_ms).write_to(&mut out);
+        out.push(b'"');
+        Created { created: out, labels: None, times: Rfc3339Days::default(), window: None }
+    }
+
+    /// `},"timestamp":"...","window":"...",` closing the metadata object.
+    fn timestamp_window(&mut self, out: &mut Vec<u8>, timestamp_ms: i64, window_ms: i64) {
+        out.extend_from_slice(br#"},"timestamp":""#);
+        self.times.write_to(timestamp_ms, out);
+        out.extend_from_slice(br#"","window":""#);
+        if !matches!(&self.window, Some((last, _)) if *last == window_ms) {
+            let mut text = Vec::new();
+            GoDuration::from_millis(window_ms).write_to(&mut text);
+            self.window = Some((window_ms, text));
+        }
+        if let Some((_, text)) = &self.window {
+            out.extend_from_slice(text);
+        }
+        out.extend_from_slice(br#"","#);
+    }
+
+    /// `,"labels":{...}` of `labels` (nothing when there are none).
+    fn labels(&mut self, labels: Option<&Labels>) -> &[u8] {
+        let Some(labels) = labels else { return &[] };
+        let (last, out) = self.labels.get_or_insert_with(|| (labels.clone(), Vec::new()));
+        if !std::sync::Arc::ptr_eq(last, labels) || out.is_empty() {
+            // Another set: its text replaces the last one's in the same buffer.
+            *last = labels.clone();
+            out.clear();
+            labels_json(out, Some(labels));
+        }
+        out
+    }
 }
+
 
 /// Appends one NodeMetrics; `typed` adds `kind` and its version's `apiVersion` (single
 /// objects, not list items). `now_ms` is the `creationTimestamp`, as metrics-server sets it to
 /// the time of the request.
 pub fn write_node(out: &mut Vec<u8>, item: &NodeItem, now_ms: i64, typed: Option<ApiVersion>) {
+    write_node_created(out, item, &mut Created::new(now_ms), typed);
+}
+
+/// [`write_node`] with its `creationTimestamp` already formatted.
+fn write_node_created(out: &mut Vec<u8>, item: &NodeItem, created: &mut Created, typed: Option<ApiVersion>) {
     out.push(b'{');
     if let Some(v) = typed {
         let _ = write!(out, r#""kind":"NodeMetrics","apiVersion":"{}","#, v.group_version());
@@ -75,10 +121,10 @@ pub fn write_node(out: &mut Vec<u8>, item: &NodeItem, now_ms: i64, typed: Option
     out.extend_from_slice(br#""metadata":{"name":"#);
     json_str(out, &item.usage.name);
     resource_version(out, item.resource_version);
-    created(out, now_ms);
-    labels_json(out, item.labels.as_ref());
+    out.extend_from_slice(&created.created);
+    out.extend_from_slice(created.labels(item.labels.as_ref()));
     let u = &item.usage.usage;
-    timestamp_window(out, u.timestamp_ms, u.window_ms);
+    created.timestamp_window(out, u.timestamp_ms, u.window_ms);
     out.extend_from_slice(br#""usage":"#);
     usage_json(out, u.cpu_nanocores, u.memory_bytes, u.swap_bytes);
     out.push(b'}');
@@ -86,6 +132,11 @@ pub fn write_node(out: &mut Vec<u8>, item: &NodeItem, now_ms: i64, typed: Option
 
 /// Appends one PodMetrics (containers sorted by name); see [`write_node`].
 pub fn write_pod(out: &mut Vec<u8>, item: &PodItem, now_ms: i64, typed: Option<ApiVersion>) {
+    write_pod_created(out, item, &mut Created::new(now_ms), typed);
+}
+
+/// [`write_pod`] with its `creationTimestamp` already formatted.
+fn write_pod_created(out: &mut Vec<u8>, item: &PodItem, created: &mut Created, typed: Option<ApiVersion>) {
     out.push(b'{');
     if let Some(v) = typed {
         let _ = write!(out, r#""kind":"PodMetrics","apiVersion":"{}","#, v.group_version());
@@ -96,9 +147,9 @@ pub fn write_pod(out: &mut Vec<u8>, item: &PodItem, now_ms: i64, typed: Option<A
     out.extend_from_slice(br#","namespace":"#);
     json_str(out, &p.namespace);
     resource_version(out, item.resource_version);
-    created(out, now_ms);
-    labels_json(out, item.labels.as_ref());
-    timestamp_window(out, p.timestamp_ms, p.window_ms);
+    out.extend_from_slice(&created.created);
+    out.extend_from_slice(created.labels(item.labels.as_ref()));
+    created.timestamp_window(out, p.timestamp_ms, p.window_ms);
     out.extend_from_slice(br#""containers":["#);
     for (i, c) in p.containers.iter().enumerate() {
         if i > 0 {
@@ -119,8 +170,9 @@ fn list<T: Send + 'static>(
     version: ApiVersion,
     mut chunks: Chunks<T>,
     now_ms: i64,
-    write: fn(&mut Vec<u8>, &T, i64, Option<ApiVersion>),
+    write: fn(&mut Vec<u8>, &T, &mut Created, Option<ApiVersion>),
 ) -> Body {
+    let mut created = Created::new(now_ms);
     let mut header = true;
     let mut first = true;
     // The chunk being written and how far.
@@ -153,7 +205,7 @@ fn list<T: Send + 'static>(
                 out.push(b',');
             }
             first = false;
-            write(out, item, now_ms, None);
+            write(out, item, &mut created, None);
         }
         next = end;
         true
@@ -162,7 +214,7 @@ fn list<T: Send + 'static>(
 
 /// A streamed `NodeMetricsList` of `version`.
 pub fn node_list(items: Vec<NodeItem>, now_ms: i64, version: ApiVersion) -> Body {
-    list("NodeMetricsList", version, all_at_once(items), now_ms, write_node)
+    list("NodeMetricsList", version, all_at_once(items), now_ms, write_node_created)
 }
 
 /// A streamed `PodMetricsList` of `version`.
@@ -173,7 +225,7 @@ pub fn pod_list(items: Vec<PodItem>, now_ms: i64, version: ApiVersion) -> Body {
 /// A streamed `PodMetricsList` of `version` whose items are taken from `chunks` as the client
 /// reads: one chunk is held at a time.
 pub fn pod_list_chunks(chunks: Chunks<PodItem>, now_ms: i64, version: ApiVersion) -> Body {
-    list("PodMetricsList", version, chunks, now_ms, write_pod)
+    list("PodMetricsList", version, chunks, now_ms, write_pod_created)
 }
 
 #[cfg(test)]
@@ -213,10 +265,12 @@ pub(crate) mod tests {
                 name: name.into(),
                 timestamp_ms: NOW - 2_000,
                 window_ms: 15_000,
-                containers: vec![
+                containers: [
                     ContainerUsage { name: "app".into(), cpu_nanocores: 1_500_000_000, memory_bytes: 1 << 20, swap_bytes: None },
                     ContainerUsage { name: "sidecar".into(), cpu_nanocores: 7, memory_bytes: 1000, swap_bytes: None },
-                ],
+                ]
+                .into_iter()
+                .collect(),
                 scraped_at_ms: NOW - 1_000,
             },
             labels: None,
@@ -277,6 +331,25 @@ pub(crate) mod tests {
         let whole = pod_list(items.clone(), NOW, ApiVersion::V1beta1).collect_bytes();
         let chunked = pod_list_chunks(crate::api::items::uneven_chunks(items, &[0, 1, 130, 64]), NOW, ApiVersion::V1beta1).collect_bytes();
         assert_eq!(String::from_utf8(chunked).expect("utf8"), String::from_utf8(whole).expect("utf8"));
+    }
+
+    #[test]
+    fn list_items_are_the_items_written_alone_whatever_labels_they_share() {
+        // Label sets shared by address (interned, as a ReplicaSet's), equal but not shared,
+        // none, and empty, one after another: the list reuses the last set's text by address.
+        let shared = Arc::new(BTreeMap::from([("app".to_owned(), "web".to_owned()), ("<&>".to_owned(), "\"".to_owned())]));
+        let labels = [Some(shared.clone()), Some(shared.clone()), Some(Arc::new((*shared).clone())), None, Some(Arc::new(BTreeMap::new())), Some(shared)];
+        let items: Vec<_> = labels.into_iter().enumerate().map(|(i, labels)| PodItem { labels, ..pod("ns", &format!("p{i}")) }).collect();
+        let mut want = format!(r#"{{"kind":"PodMetricsList","apiVersion":"metrics.k8s.io/v1beta1","metadata":{{"resourceVersion":"{NOW}"}},"items":["#).into_bytes();
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                want.push(b',');
+            }
+            write_pod(&mut want, item, NOW, None);
+        }
+        want.extend_from_slice(b"]}\n");
+        let got = pod_list(items, NOW, ApiVersion::V1beta1).collect_bytes();
+        assert_eq!(String::from_utf8(got).expect("utf8"), String::from_utf8(want).expect("utf8"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod items;
 pub mod json;
 pub mod media;
+pub mod out;
 pub mod protobuf;
 pub mod quantity;
 pub mod router;

@@ -239,10 +239,13 @@ pub fn pod_message(item: &PodItem, now_ms: i64) -> PodMetrics {
 
 /// Hand-written encoding of the served messages straight from borrowed data: the same bytes
 /// prost would write for [`node_message`] / [`pod_message`] (tests check they decode equal),
-/// without building owned messages. A list item is written once (its length is then known); a
-/// single object computes its length first to size its buffer.
+/// without building owned messages. An item is written once (its length is then known).
 mod hand {
-    use prost::encoding::{WireType, encode_varint, encoded_len_varint, key_len};
+    use std::sync::Arc;
+
+    use prost::encoding::{WireType, encoded_len_varint, key_len};
+
+    use crate::api::out::put_short;
 
     use crate::api::quantity::Text as QuantityText;
     use crate::api::items::{NodeItem, PodItem};
@@ -250,14 +253,33 @@ mod hand {
     use crate::metadata::Labels;
 
     /// prost's `encode_varint` with the one-byte case first: nearly every tag and length
-    /// written here is below 128, and prost's general loop costs ~10x more per byte.
+    /// written here is below 128, and prost's general loop (a capacity check per byte through
+    /// `BufMut`) costs ~10x more per byte. Longer ones are built in a 10-byte array appended
+    /// whole (two stores, no `memcpy` call) and cut back to their length.
     #[inline]
     pub(super) fn put_varint(v: u64, out: &mut Vec<u8>) {
         if v < 0x80 {
             out.push(v as u8);
         } else {
-            encode_varint(v, out);
+            let (bytes, n) = varint_bytes(v);
+            let len = out.len();
+            out.extend_from_slice(&bytes);
+            out.truncate(len + n);
         }
+    }
+
+    /// The varint encoding of `v` in an array, and its length.
+    #[inline]
+    pub(super) fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
+        let mut bytes = [0u8; 10];
+        let mut n = 0;
+        while v >= 0x80 && n < 9 {
+            bytes[n] = (v as u8) | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        bytes[n] = v as u8;
+        (bytes, n + 1)
     }
 
     /// A field key (prost's `encode_key`) through [`put_varint`].
@@ -271,14 +293,22 @@ mod hand {
         key_len(tag) + encoded_len_varint(len as u64) + len
     }
 
+    /// The key and length of a length-delimited field: one 2-byte append in the common case
+    /// (field numbers below 16, payloads below 128 bytes).
+    #[inline(always)]
     fn put_ld(tag: u32, len: usize, out: &mut Vec<u8>) {
-        put_key(tag, WireType::LengthDelimited, out);
-        put_varint(len as u64, out);
+        if tag < 16 && len < 0x80 {
+            out.extend_from_slice(&[((tag << 3) | WireType::LengthDelimited as u32) as u8, len as u8]);
+        } else {
+            put_key(tag, WireType::LengthDelimited, out);
+            put_varint(len as u64, out);
+        }
     }
 
+    #[inline]
     fn put_bytes(tag: u32, b: &[u8], out: &mut Vec<u8>) {
         put_ld(tag, b.len(), out);
-        out.extend_from_slice(b);
+        put_short(out, b);
     }
 
     /// `Time{seconds}` or `Duration{duration}`: one varint field 1.
@@ -286,10 +316,19 @@ mod hand {
         key_len(1) + encoded_len_varint(v as u64)
     }
 
+    /// `Time{seconds}` or `Duration{duration}` as field `tag` (below 16): key, length, the
+    /// inner key and the varint, built in one array appended whole.
+    #[inline]
     fn put_int_msg(tag: u32, v: i64, out: &mut Vec<u8>) {
-        put_ld(tag, int_msg_len(v), out);
-        put_key(1, WireType::Varint, out);
-        put_varint(v as u64, out);
+        let (varint, n) = varint_bytes(v as u64);
+        let mut bytes = [0u8; 13];
+        bytes[0] = ((tag << 3) | WireType::LengthDelimited as u32) as u8;
+        bytes[1] = (1 + n) as u8;
+        bytes[2] = (1 << 3) | WireType::Varint as u8;
+        bytes[3..].copy_from_slice(&varint);
+        let len = out.len();
+        out.extend_from_slice(&bytes);
+        out.truncate(len + 3 + n);
     }
 
     fn entry_len(key: &[u8], value_len: usize) -> usize {
@@ -307,70 +346,95 @@ mod hand {
         fn new(cpu_nanocores: u64, memory_bytes: u64, swap_bytes: Option<u64>) -> Self {
             Self { cpu: Cpu(cpu_nanocores).text(), mem: Memory(memory_bytes).text(), swap: swap_bytes.map(|s| Memory(s).text()) }
         }
-
-        /// The map's entries in key order, as Go writes them.
-        fn entries(&self) -> impl Iterator<Item = (&'static [u8], &QuantityText)> {
-            [(&b"cpu"[..], &self.cpu), (&b"memory"[..], &self.mem)].into_iter().chain(self.swap.as_ref().map(|s| (&b"swap"[..], s)))
-        }
     }
 
     /// The `usage` map (`cpu`, `memory`, `swap` → Quantity{string}) as repeated field `tag`.
     fn usage_len(tag: u32, usage: &UsageTexts) -> usize {
-        usage.entries().map(|(key, q)| ld_len(tag, entry_len(key, ld_len(1, q.as_bytes().len())))).sum()
+        let entry = |key: &[u8], q: &QuantityText| ld_len(tag, entry_len(key, ld_len(1, q.as_bytes().len())));
+        entry(b"cpu", &usage.cpu) + entry(b"memory", &usage.mem) + usage.swap.as_ref().map_or(0, |s| entry(b"swap", s))
     }
 
     fn put_usage(tag: u32, usage: &UsageTexts, out: &mut Vec<u8>) {
-        for (key, q) in usage.entries() {
-            let q_len = ld_len(1, q.as_bytes().len());
-            put_ld(tag, entry_len(key, q_len), out);
-            put_bytes(1, key, out);
-            put_ld(2, q_len, out);
-            put_bytes(1, q.as_bytes(), out);
+        let tag = ((tag << 3) | WireType::LengthDelimited as u32) as u8;
+        put_entry(tag, b"cpu", usage.cpu.as_bytes(), out);
+        put_entry(tag, b"memory", usage.mem.as_bytes(), out);
+        if let Some(swap) = &usage.swap {
+            put_entry(tag, b"swap", swap.as_bytes(), out);
         }
     }
 
-    fn meta_len(name: &str, namespace: Option<&str>, now_s: i64, labels: Option<&Labels>) -> usize {
-        let mut n = ld_len(1, name.len()) + ld_len(8, int_msg_len(now_s));
+    /// One `usage` map entry (`key` → Quantity{string: `q`}) as a field whose key byte is
+    /// `tag_key`: every length is below 128 (a quantity's text is at most 22 bytes), so the
+    /// bytes around the key are fixed-size appends.
+    #[inline]
+    fn put_entry<const K: usize>(tag_key: u8, key: &[u8; K], q: &[u8], out: &mut Vec<u8>) {
+        let q_len = 2 + q.len();
+        out.extend_from_slice(&[tag_key, (2 + K + 2 + q_len) as u8, (1 << 3) | 2, K as u8]);
+        out.extend_from_slice(key);
+        out.extend_from_slice(&[(2 << 3) | 2, q_len as u8, (1 << 3) | 2, q.len() as u8]);
+        put_short(out, q);
+    }
+
+    /// What the items of one answer share: the creation time, and the encoding of the last
+    /// label set written. Pods of one ReplicaSet share one label set (`metadata` interns them)
+    /// and a list sorted by name lists them one after another, so most pods' labels are one
+    /// copy of the previous pod's bytes.
+    pub(super) struct Ctx {
+        /// `creationTimestamp`, Unix seconds.
+        now_s: i64,
+        /// The last label set and its `ObjectMeta.labels` entries. Holding the `Arc` keeps its
+        /// address from being reused by another set while it is compared by address.
+        labels: Option<(Labels, Vec<u8>)>,
+    }
+
+    impl Ctx {
+        /// A context for items created at `now_s` (Unix seconds).
+        pub(super) fn new(now_s: i64) -> Ctx {
+            Ctx { now_s, labels: None }
+        }
+
+        /// The `ObjectMeta.labels` entries of `labels` (field 11, in key order).
+        fn labels(&mut self, labels: Option<&Labels>) -> &[u8] {
+            let Some(labels) = labels else { return &[] };
+            let (last, out) = self.labels.get_or_insert_with(|| (labels.clone(), Vec::new()));
+            if !Arc::ptr_eq(last, labels) || out.is_empty() {
+                // Another set: its bytes replace the last one's in the same buffer.
+                *last = labels.clone();
+                out.clear();
+                for (k, v) in labels.iter() {
+                    put_ld(11, entry_len(k.as_bytes(), v.len()), out);
+                    put_bytes(1, k.as_bytes(), out);
+                    put_bytes(2, v.as_bytes(), out);
+                }
+            }
+            out
+        }
+    }
+
+    fn put_meta(name: &str, namespace: Option<&str>, labels: Option<&Labels>, ctx: &mut Ctx, out: &mut Vec<u8>) {
+        let now_s = ctx.now_s;
+        let labels = ctx.labels(labels);
+        let mut len = ld_len(1, name.len()) + ld_len(8, int_msg_len(now_s)) + labels.len();
         if let Some(ns) = namespace {
-            n += ld_len(3, ns.len());
+            len += ld_len(3, ns.len());
         }
-        for (k, v) in labels.into_iter().flat_map(|l| l.iter()) {
-            n += ld_len(11, entry_len(k.as_bytes(), v.len()));
-        }
-        n
-    }
-
-    fn put_meta(name: &str, namespace: Option<&str>, now_s: i64, labels: Option<&Labels>, out: &mut Vec<u8>) {
-        put_ld(1, meta_len(name, namespace, now_s, labels), out);
+        put_ld(1, len, out);
         put_bytes(1, name.as_bytes(), out);
         if let Some(ns) = namespace {
             put_bytes(3, ns.as_bytes(), out);
         }
         put_int_msg(8, now_s, out);
-        for (k, v) in labels.into_iter().flat_map(|l| l.iter()) {
-            put_ld(11, entry_len(k.as_bytes(), v.len()), out);
-            put_bytes(1, k.as_bytes(), out);
-            put_bytes(2, v.as_bytes(), out);
-        }
+        put_short(out, labels);
     }
 
     fn window_ns(window_ms: i64) -> i64 {
         window_ms.saturating_mul(1_000_000)
     }
 
-    /// Encoded length of a NodeMetrics.
-    pub(super) fn node_len(item: &NodeItem, now_s: i64) -> usize {
-        let u = &item.usage.usage;
-        ld_len(1, meta_len(&item.usage.name, None, now_s, item.labels.as_ref()))
-            + ld_len(2, int_msg_len(u.timestamp_ms.div_euclid(1000)))
-            + ld_len(3, int_msg_len(window_ns(u.window_ms)))
-            + usage_len(4, &UsageTexts::new(u.cpu_nanocores, u.memory_bytes, u.swap_bytes))
-    }
-
     /// Writes a NodeMetrics (without its own length prefix).
-    pub(super) fn put_node(item: &NodeItem, now_s: i64, out: &mut Vec<u8>) {
+    pub(super) fn put_node(item: &NodeItem, ctx: &mut Ctx, out: &mut Vec<u8>) {
         let u = &item.usage.usage;
-        put_meta(&item.usage.name, None, now_s, item.labels.as_ref(), out);
+        put_meta(&item.usage.name, None, item.labels.as_ref(), ctx, out);
         put_int_msg(2, u.timestamp_ms.div_euclid(1000), out);
         put_int_msg(3, window_ns(u.window_ms), out);
         put_usage(4, &UsageTexts::new(u.cpu_nanocores, u.memory_bytes, u.swap_bytes), out);
@@ -380,22 +444,10 @@ mod hand {
         ld_len(1, name.len()) + usage_len(2, usage)
     }
 
-    /// Encoded length of a PodMetrics.
-    pub(super) fn pod_len(item: &PodItem, now_s: i64) -> usize {
-        let p = &item.usage;
-        let mut n = ld_len(1, meta_len(&p.name, Some(&p.namespace), now_s, item.labels.as_ref()))
-            + ld_len(2, int_msg_len(p.timestamp_ms.div_euclid(1000)))
-            + ld_len(3, int_msg_len(window_ns(p.window_ms)));
-        for c in &p.containers {
-            n += ld_len(4, container_len(&c.name, &UsageTexts::new(c.cpu_nanocores, c.memory_bytes, c.swap_bytes)));
-        }
-        n
-    }
-
     /// Writes a PodMetrics (without its own length prefix).
-    pub(super) fn put_pod(item: &PodItem, now_s: i64, out: &mut Vec<u8>) {
+    pub(super) fn put_pod(item: &PodItem, ctx: &mut Ctx, out: &mut Vec<u8>) {
         let p = &item.usage;
-        put_meta(&p.name, Some(&p.namespace), now_s, item.labels.as_ref(), out);
+        put_meta(&p.name, Some(&p.namespace), item.labels.as_ref(), ctx, out);
         put_int_msg(2, p.timestamp_ms.div_euclid(1000), out);
         put_int_msg(3, window_ns(p.window_ms), out);
         for c in &p.containers {
@@ -428,17 +480,15 @@ fn envelope(kind: &str, version: ApiVersion, raw: Vec<u8>) -> Vec<u8> {
 
 /// One NodeMetrics of `version` in its envelope.
 pub fn node(item: &NodeItem, now_ms: i64, version: ApiVersion) -> Vec<u8> {
-    let now_s = now_ms.div_euclid(1000);
-    let mut raw = Vec::with_capacity(hand::node_len(item, now_s));
-    hand::put_node(item, now_s, &mut raw);
+    let mut raw = Vec::with_capacity(256);
+    hand::put_node(item, &mut hand::Ctx::new(now_ms.div_euclid(1000)), &mut raw);
     envelope("NodeMetrics", version, raw)
 }
 
 /// One PodMetrics of `version` in its envelope.
 pub fn pod(item: &PodItem, now_ms: i64, version: ApiVersion) -> Vec<u8> {
-    let now_s = now_ms.div_euclid(1000);
-    let mut raw = Vec::with_capacity(hand::pod_len(item, now_s));
-    hand::put_pod(item, now_s, &mut raw);
+    let mut raw = Vec::with_capacity(256);
+    hand::put_pod(item, &mut hand::Ctx::new(now_ms.div_euclid(1000)), &mut raw);
     envelope("PodMetrics", version, raw)
 }
 
@@ -451,7 +501,7 @@ fn list<T: Send + 'static>(
     version: ApiVersion,
     mut chunks: Chunks<T>,
     now_ms: i64,
-    put: fn(&T, i64, &mut Vec<u8>),
+    put: fn(&T, &mut hand::Ctx, &mut Vec<u8>),
 ) -> Body {
     let now_s = now_ms.div_euclid(1000);
     // The encoded items, in pieces of about CHUNK_BYTES, sent from the back (reversed once).
@@ -466,7 +516,13 @@ fn list<T: Send + 'static>(
             }
         };
         if let Some(piece) = pieces.pop() {
-            out.extend_from_slice(&piece);
+            if out.is_empty() {
+                // A piece is a whole frame (at least CHUNK_BYTES but the last): handed over,
+                // not copied.
+                *out = piece;
+            } else {
+                out.extend_from_slice(&piece);
+            }
             return true;
         }
         // Unknown.contentEncoding = "", Unknown.contentType = "".
@@ -479,33 +535,45 @@ fn list<T: Send + 'static>(
 /// Unknown.raw and List.items: field 2, length-delimited.
 const FIELD2_LD: u8 = (2 << 3) | 2;
 
+/// Room a piece has past a whole frame for the item that crosses it, in bytes: more than
+/// nearly every item takes (~170 bytes a pod; one that takes more grows its piece).
+const PIECE_ROOM: usize = 2048;
+
 /// Every item of `chunks` encoded as a `List.items` field, in pieces of about
 /// [`super::body::CHUNK_BYTES`], with the pieces' total length in bytes.
-fn encode_items<T>(chunks: &mut Chunks<T>, now_s: i64, put: fn(&T, i64, &mut Vec<u8>)) -> (Vec<Vec<u8>>, usize) {
+fn encode_items<T>(chunks: &mut Chunks<T>, now_s: i64, put: fn(&T, &mut hand::Ctx, &mut Vec<u8>)) -> (Vec<Vec<u8>>, usize) {
     let piece_bytes = super::body::CHUNK_BYTES;
     let mut pieces = Vec::new();
     let mut piece: Vec<u8> = Vec::new();
     let mut total = 0;
-    let mut scratch = Vec::with_capacity(1024);
+    let mut ctx = hand::Ctx::new(now_s);
     while let Some(chunk) = chunks() {
         for item in &chunk {
-            // Written once into a scratch buffer whose length is the prefix: computing the
-            // length first would format every quantity twice.
-            scratch.clear();
-            put(item, now_s, &mut scratch);
-            // Tag, length (at most 10 bytes), item. A piece is filled to its capacity and
-            // never grown: the list holds its encoding, and slack in every piece is held too.
-            let need = 1 + 10 + scratch.len();
-            if piece.capacity() - piece.len() < need && !piece.is_empty() {
+            // A piece is cut once it makes a whole frame (CHUNK_BYTES), and has room for one
+            // more item past that: it is filled to within PIECE_ROOM of its capacity and
+            // almost never grown (the list holds its encoding, so slack in every piece would
+            // be held too).
+            if piece.len() >= piece_bytes {
                 total += piece.len();
                 pieces.push(std::mem::take(&mut piece));
             }
             if piece.capacity() == 0 {
-                piece.reserve_exact(piece_bytes.max(need));
+                piece.reserve_exact(piece_bytes + PIECE_ROOM);
             }
+            // Written once, straight into the piece behind a two-byte length (an item of 128 to
+            // 16 383 bytes, as nearly all are), which is then filled in; another length moves
+            // the item once. Computing the length first would format every quantity twice, and
+            // a scratch buffer cost a copy of every item.
             piece.push(FIELD2_LD);
-            hand::put_varint(scratch.len() as u64, &mut piece);
-            piece.extend_from_slice(&scratch);
+            let at = piece.len();
+            piece.extend_from_slice(&[0, 0]);
+            put(item, &mut ctx, &mut piece);
+            let (len, n) = hand::varint_bytes((piece.len() - at - 2) as u64);
+            if n == 2 {
+                piece[at..at + 2].copy_from_slice(&len[..2]);
+            } else {
+                piece.splice(at..at + 2, len[..n].iter().copied());
+            }
         }
     }
     if !piece.is_empty() {
@@ -605,7 +673,7 @@ mod tests {
 
     fn hand_pod(item: &PodItem) -> Vec<u8> {
         let mut out = Vec::new();
-        hand::put_pod(item, NOW / 1000, &mut out);
+        hand::put_pod(item, &mut hand::Ctx::new(NOW / 1000), &mut out);
         out
     }
 
@@ -616,17 +684,13 @@ mod tests {
         items[1].usage.timestamp_ms = -1_500; // negative int64 varints
         items[0].usage.containers[0].swap_bytes = Some(5 << 20); // a third usage entry
         for item in &items {
-            let mut out = Vec::new();
-            hand::put_pod(item, NOW / 1000, &mut out);
-            assert_eq!(out.len(), hand::pod_len(item, NOW / 1000));
-            assert_eq!(PodMetrics::decode(out.as_slice()).expect("decode"), pod_message(item, NOW));
+            assert_eq!(PodMetrics::decode(hand_pod(item).as_slice()).expect("decode"), pod_message(item, NOW));
         }
         let mut n = node("node-1");
         for swap in [None, Some(0)] {
             n.usage.usage.swap_bytes = swap;
             let mut out = Vec::new();
-            hand::put_node(&n, NOW / 1000, &mut out);
-            assert_eq!(out.len(), hand::node_len(&n, NOW / 1000));
+            hand::put_node(&n, &mut hand::Ctx::new(NOW / 1000), &mut out);
             let decoded = NodeMetrics::decode(out.as_slice()).expect("decode");
             assert_eq!(decoded.usage.get("swap").and_then(|q| q.string.as_deref()), swap.map(|_| "0"));
             assert_eq!(decoded, node_message(&n, NOW));
@@ -634,6 +698,38 @@ mod tests {
         let decoded = PodMetrics::decode(hand_pod(&items[0]).as_slice()).expect("decode");
         assert_eq!(decoded.containers[0].usage["swap"].string.as_deref(), Some("5Mi"));
         assert!(!decoded.containers[1].usage.contains_key("swap"));
+    }
+
+    #[test]
+    fn the_hand_encoder_writes_the_bytes_prost_writes() {
+        // Quantities of every length and suffix, names around the short-copy sizes (3, 4, 8,
+        // 16, 32 bytes and longer, 128+ for two-byte lengths), negative and large varints.
+        let mut items = Vec::new();
+        for (i, len) in [1usize, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 64, 130].into_iter().enumerate() {
+            let mut p = pod(&"n".repeat(len.min(63)), &"p".repeat(len));
+            // Non-empty label values: prost leaves an empty map value out, Go (and the hand
+            // encoder) writes it (`12 00`); that case is checked by decoding, above.
+            p.labels = Some(std::sync::Arc::new(BTreeMap::from([("k".repeat(len), "v".repeat(i + 1)), ("app".into(), "x".repeat(len))])));
+            p.usage.timestamp_ms = [-1_500, 0, NOW, i64::MIN / 2][i % 4];
+            p.usage.window_ms = [15_012, 0, 1, 1 << 40][i % 4];
+            p.usage.containers = (0..3)
+                .map(|j| crate::store::ContainerUsage {
+                    name: "c".repeat(len + j).into(),
+                    cpu_nanocores: [0, 1, 999, 1_000_000_000, 123_456_789, u64::MAX][(i + j) % 6],
+                    memory_bytes: [0, 1023, 1024, 5 << 20, 12_345_678, u64::MAX][(i + 2 * j) % 6],
+                    swap_bytes: [None, Some(0), Some(3 << 30)][(i + j) % 3],
+                })
+                .collect();
+            items.push(p);
+        }
+        for item in &items {
+            assert_eq!(hand_pod(item), pod_message(item, NOW).encode_to_vec());
+        }
+        let mut n = node("node-1");
+        n.usage.usage.swap_bytes = Some(7);
+        let mut out = Vec::new();
+        hand::put_node(&n, &mut hand::Ctx::new(NOW / 1000), &mut out);
+        assert_eq!(out, node_message(&n, NOW).encode_to_vec());
     }
 
     #[test]
@@ -654,6 +750,33 @@ mod tests {
         let bytes = node_list(vec![node("a")], NOW, ApiVersion::V1beta1).collect_bytes();
         let (_, raw) = decode_envelope(&bytes).expect("envelope");
         assert_eq!(NodeMetricsList::decode(raw.as_slice()).expect("list").items.len(), 1);
+    }
+
+    #[test]
+    fn list_items_shorter_than_128_or_longer_than_16383_bytes_get_their_own_length_prefix() {
+        let mut tiny = pod("a", "b");
+        tiny.usage.containers.truncate(1);
+        let mut huge = pod("a", "c");
+        huge.labels = Some(std::sync::Arc::new(BTreeMap::from([("big".into(), "x".repeat(20_000))])));
+        // Label sets shared by address (interned, as a ReplicaSet's), equal but not shared, and
+        // none, one after another: the encoder reuses the last set's bytes by address.
+        let shared = std::sync::Arc::new(BTreeMap::from([("app".to_owned(), "web".to_owned())]));
+        let with = |name: &str, labels: Option<crate::metadata::Labels>| PodItem { labels, ..pod("a", name) };
+        let items = vec![
+            tiny,
+            with("d", Some(shared.clone())),
+            with("d1", Some(shared.clone())),
+            with("d2", Some(std::sync::Arc::new((*shared).clone()))),
+            with("d3", None),
+            with("d4", Some(shared.clone())),
+            huge,
+            pod("a", "e"),
+        ];
+        assert!(hand_pod(&items[0]).len() < 128 && hand_pod(&items[6]).len() > 16_383);
+        let bytes = pod_list(items.clone(), NOW, ApiVersion::V1).collect_bytes();
+        let (_, raw) = decode_envelope(&bytes).expect("envelope");
+        let list = PodMetricsList::decode(raw.as_slice()).expect("list");
+        assert_eq!(list.items, items.iter().map(|i| pod_message(i, NOW)).collect::<Vec<_>>());
     }
 
     #[test]

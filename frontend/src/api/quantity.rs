@@ -17,6 +17,14 @@ pub struct Cpu(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Memory(pub u64);
 
+/// `00` to `99`: the decimal digits of each pair value.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
 /// Canonical quantity text in a fixed buffer (no allocation; a u64 with any suffix fits).
 #[derive(Clone, Copy)]
 pub struct Text {
@@ -45,16 +53,25 @@ impl Text {
             t.start -= 1;
             t.buf[t.start] = b;
         }
-        // 64-bit divisions for the common case; u128 only beyond u64.
+        // 64-bit divisions for the common case, two digits per division (a table of the 100
+        // pairs, as itoa does); u128 only beyond u64.
         match u64::try_from(mantissa) {
-            Ok(mut v) => loop {
-                t.start -= 1;
-                t.buf[t.start] = b'0' + (v % 10) as u8;
-                v /= 10;
-                if v == 0 {
-                    break;
+            Ok(mut v) => {
+                while v >= 100 {
+                    let pair = (v % 100) as usize * 2;
+                    v /= 100;
+                    t.start -= 2;
+                    t.buf[t.start..t.start + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
                 }
-            },
+                if v >= 10 {
+                    let pair = v as usize * 2;
+                    t.start -= 2;
+                    t.buf[t.start..t.start + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+                } else {
+                    t.start -= 1;
+                    t.buf[t.start] = b'0' + v as u8;
+                }
+            }
             Err(_) => {
                 let mut v = mantissa;
                 loop {
@@ -90,12 +107,9 @@ impl Memory {
         if self.0 < 1024 {
             return decimal(self.0, 0);
         }
-        let mut mantissa = self.0;
-        let mut power = 0usize;
-        while mantissa.is_multiple_of(1024) && power < 6 {
-            mantissa /= 1024;
-            power += 1;
-        }
+        // The largest power of 1024 (at most 6) dividing it, from its trailing zero bits.
+        let power = ((self.0.trailing_zeros() / 10) as usize).min(6);
+        let mantissa = self.0 >> (10 * power);
         const SUFFIXES: [&str; 7] = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
         Text::new(u128::from(mantissa), SUFFIXES[power])
     }
@@ -118,27 +132,18 @@ fn decimal(value: u64, exponent: i32) -> Text {
     if value == 0 {
         return Text::new(0, "");
     }
-    // Trailing zeros in 64 bits (a division by a constant is a multiplication; u128's is a
-    // library call); u128 only for the scaling below, which can pass u64.
+    // apimachinery strips every trailing zero, then multiplies back to an exponent that is a
+    // multiple of three; from an exponent that already is one (every caller's), that is
+    // stripping whole groups of three zeros. In 64 bits (a division by a constant is a
+    // multiplication; u128's is a library call); u128 only for the scaling below.
+    debug_assert!(exponent % 3 == 0, "exponent {exponent}");
     let mut trimmed = value;
     let mut exponent = exponent;
-    while trimmed.is_multiple_of(10) {
-        trimmed /= 10;
-        exponent += 1;
+    while trimmed.is_multiple_of(1000) {
+        trimmed /= 1000;
+        exponent += 3;
     }
     let mut mantissa = u128::from(trimmed);
-    // Back to a multiple of three, as apimachinery does (rem_euclid keeps negatives right).
-    match exponent.rem_euclid(3) {
-        1 => {
-            mantissa *= 10;
-            exponent -= 1;
-        }
-        2 => {
-            mantissa *= 100;
-            exponent -= 2;
-        }
-        _ => {}
-    }
     // Above exa there is no suffix: fold the rest back into the mantissa.
     while exponent > 18 {
         mantissa *= 1000;
@@ -212,6 +217,65 @@ mod tests {
             assert_eq!(Cpu(v).text().as_str(), Cpu(v).to_string());
             assert_eq!(Memory(v).text().as_bytes(), Memory(v).to_string().as_bytes());
         }
+    }
+
+    /// The digits and powers of 1024 the way they were computed before the two-digit table
+    /// and the trailing-zero count: one digit per division, one division by 1024 at a time.
+    fn slow_memory(v: u64) -> String {
+        if v < 1024 {
+            return decimal(v, 0).as_str().to_owned();
+        }
+        let (mut mantissa, mut power) = (v, 0usize);
+        while mantissa.is_multiple_of(1024) && power < 6 {
+            mantissa /= 1024;
+            power += 1;
+        }
+        format!("{mantissa}{}", ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"][power])
+    }
+
+    /// apimachinery's way: every trailing zero stripped, then back to a multiple of three.
+    fn slow_decimal(value: u64, exponent: i32) -> String {
+        if value == 0 {
+            return "0".into();
+        }
+        let (mut m, mut e) = (u128::from(value), exponent);
+        while m % 10 == 0 {
+            m /= 10;
+            e += 1;
+        }
+        while e.rem_euclid(3) != 0 {
+            m *= 10;
+            e -= 1;
+        }
+        while e > 18 {
+            m *= 1000;
+            e -= 3;
+        }
+        let suffix = ["n", "u", "m", "", "k", "M", "G", "T", "P", "E"][((e + 9) / 3) as usize];
+        format!("{m}{suffix}")
+    }
+
+    #[test]
+    fn digit_pairs_and_powers_agree_with_one_digit_at_a_time() {
+        let mut values: Vec<u64> = (0..=1100).collect();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for shift in 0..64 {
+            values.extend([1u64 << shift, (1u64 << shift) - 1, (1u64 << shift) + 1, 3u64 << shift.min(62), 10u64.saturating_pow(shift / 3)]);
+            for _ in 0..50 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                values.push(x >> (shift % 60));
+            }
+        }
+        values.push(u64::MAX);
+        for v in values {
+            assert_eq!(Text::new(u128::from(v), "").as_str(), v.to_string());
+            assert_eq!(Cpu(v).to_string(), slow_decimal(v, -9), "{v}");
+            assert_eq!(decimal(v, 0).as_str(), slow_decimal(v, 0), "{v}");
+            assert_eq!(Memory(v).to_string(), slow_memory(v), "{v}");
+        }
+        assert_eq!(Text::new(u128::from(u64::MAX) * 1000, "").as_str(), (u128::from(u64::MAX) * 1000).to_string());
     }
 
     #[test]

@@ -65,6 +65,41 @@ impl Rfc3339 {
     }
 }
 
+/// [`Rfc3339`] texts of many nearby times (a list's sample times): the text of the last time
+/// written is kept, and a time of the same day rewrites its time of day only (the date is the
+/// costly part: `civil_from_days`).
+#[derive(Debug, Clone, Default)]
+pub struct Rfc3339Days {
+    /// The day (since 1970-01-01) of `text`, when it holds one.
+    day: Option<i64>,
+    /// The last text written (`YYYY-MM-DDTHH:MM:SSZ`).
+    text: [u8; 20],
+}
+
+impl Rfc3339Days {
+    /// Appends the text of `ms` (Unix ms) to `out`, as [`Rfc3339::write_to`] does.
+    pub fn write_to(&mut self, ms: i64, out: &mut Vec<u8>) {
+        let secs = ms.div_euclid(1000);
+        let day = secs.div_euclid(86_400);
+        if self.day != Some(day) {
+            let start = out.len();
+            Rfc3339(ms).write_to(out);
+            // Years outside 0-9999 have another width: written, not kept.
+            if let Ok(text) = <[u8; 20]>::try_from(&out[start..]) {
+                self.text = text;
+                self.day = Some(day);
+            }
+            return;
+        }
+        let rem = secs.rem_euclid(86_400);
+        for (at, v) in [(11, rem / 3600), (14, (rem / 60) % 60), (17, rem % 60)] {
+            self.text[at] = b'0' + (v / 10) as u8;
+            self.text[at + 1] = b'0' + (v % 10) as u8;
+        }
+        out.extend_from_slice(&self.text);
+    }
+}
+
 /// Year, month, day of a count of days since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -173,6 +208,24 @@ fn write_fraction(f: &mut fmt::Formatter<'_>, whole: u64, frac: u64, scale: u64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_day_cache_writes_what_rfc3339_writes() {
+        let mut days = Rfc3339Days::default();
+        let mut times = vec![0i64, -1, 1_767_225_600_000, 1_767_225_599_999, 951_782_400_000, -62_167_219_200_001, 253_402_300_800_000];
+        let mut t = 1_767_225_600_000i64;
+        for i in 0..2000 {
+            t += (i * 7_919_993) % 50_000_000 - 20_000_000;
+            times.push(t);
+        }
+        for ms in times {
+            let mut got = Vec::new();
+            days.write_to(ms, &mut got);
+            let mut want = Vec::new();
+            Rfc3339(ms).write_to(&mut want);
+            assert_eq!(got, want, "{ms}");
+        }
+    }
 
     #[test]
     fn timestamps_print_as_utc_seconds_like_metav1_time() {

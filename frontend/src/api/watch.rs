@@ -457,7 +457,7 @@ impl Watcher {
                 resource_version: None,
             }),
             Some(namespace) => Object::Pod(PodItem {
-                usage: PodUsage { namespace, name, timestamp_ms: at_ms, window_ms: 0, containers: Vec::new(), scraped_at_ms: at_ms },
+                usage: PodUsage { namespace, name, timestamp_ms: at_ms, window_ms: 0, containers: Default::default(), scraped_at_ms: at_ms },
                 labels: None,
                 resource_version: None,
             }),

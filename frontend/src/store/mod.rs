@@ -116,6 +116,11 @@ pub struct ContainerUsage {
     pub swap_bytes: Option<u64>,
 }
 
+/// A served pod's containers: up to two inline, so listing a pod of one or two containers (an
+/// app and a sidecar) allocates nothing. A list built one and freed it on another thread per pod,
+/// ~340 Ir per listed pod (docs/benchmarks.md, "Full pod list").
+pub type Containers = smallvec::SmallVec<[ContainerUsage; 2]>;
+
 /// The usage of one pod, ready to serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodUsage {
@@ -128,7 +133,7 @@ pub struct PodUsage {
     /// Window of that same container, in milliseconds.
     pub window_ms: i64,
     /// Containers sorted by name.
-    pub containers: Vec<ContainerUsage>,
+    pub containers: Containers,
     /// When the shard read the kubelet, Unix ms (freshness).
     pub scraped_at_ms: i64,
 }
@@ -562,7 +567,7 @@ fn pod_usage(ns: &Arc<str>, name: &Arc<str>, entry: &PodEntry, oldest: i64) -> O
     if entry.scraped_at_ms < oldest || entry.containers.is_empty() {
         return None;
     }
-    let mut containers = Vec::with_capacity(entry.containers.len());
+    let mut containers = Containers::with_capacity(entry.containers.len());
     let mut earliest: Option<Usage> = None;
     for c in &entry.containers {
         let u = match c.series.usage() {
