@@ -11,8 +11,8 @@
 //! scrapers' long-lived connections have done already), `N` rounds of one mode:
 //! - `floor`: the bare client, one TLS stream, write the request, read the response into a reused
 //!   buffer, discard it (what `loadtest floor` does);
-//! - `scraper`: what a scrape task does per node: [`KubeletClient`] fetch, parse (borrowing the
-//!   body), encode the live batch straight from that, publish it to the hub (buffer + one subscriber's queue, drained);
+//! - `scraper`: what a scrape task does per node: [`KubeletClient`] fetch into a reused body
+//!   buffer, parse (borrowing the body), encode the live batch straight from that, publish it to the hub (buffer + one subscriber's queue, drained);
 //! - `snapshot`: what a new subscriber costs the shard: subscribe to a hub holding two scrapes of
 //!   each of [`SNAPSHOT_NODES`] nodes and take its whole snapshot (no kubelet; `N` subscriptions).
 //!
@@ -170,6 +170,8 @@ struct Pipeline {
     target: NodeTarget,
     hub: Arc<Hub>,
     subscription: shardmetrics_scraper::stream::Subscription,
+    /// The body buffer, reused across scrapes (the scrape tasks take one from a pool).
+    body: Vec<u8>,
 }
 
 impl Pipeline {
@@ -184,13 +186,13 @@ impl Pipeline {
         let hub = Hub::new(ShardIdentity { shard_id: "bench".into(), epoch: 1 }, 16, Metrics::register(&prometheus::Registry::new())?);
         let subscription = hub.subscribe("bench".into()).map_err(|s| anyhow::anyhow!("subscribe: {s}"))?;
         let target = NodeTarget::new("node-0001", "127.0.0.1", port);
-        Ok(Pipeline { client, target, hub, subscription })
+        Ok(Pipeline { client, target, hub, subscription, body: Vec::new() })
     }
 
     /// One scrape as the scrape task does it; returns the samples shipped.
     async fn scrape(&mut self, now_ms: i64) -> anyhow::Result<usize> {
-        let body = self.client.fetch(&self.target).await?;
-        let parsed = parse_resource_metrics_ref(&self.target.name, &body, now_ms)?;
+        self.client.fetch_into(&self.target, &mut self.body).await?;
+        let parsed = parse_resource_metrics_ref(&self.target.name, &self.body, now_ms)?;
         let frame = self.hub.encode_scrape_ref(&parsed.scrape);
         let samples = parsed.scrape.sample_count();
         self.hub.publish_scrape(parsed.scrape.node, frame);

@@ -219,6 +219,37 @@ pub struct Pipeline<S> {
     metrics: Metrics,
     /// Wall clock: each scrape's `scraped_at_ms`, and the slots' anchor.
     clock: SharedClock,
+    /// Body buffers of finished scrapes, for the next ones (a scrape takes one, reads its body
+    /// into it, gives it back once encoded): no body allocation per scrape.
+    bodies: BodyPool,
+}
+
+/// Body buffers kept for reuse: at most [`BodyPool::KEEP`] of them, none larger than
+/// [`BodyPool::MAX_CAPACITY`] bytes (an unusually large body is not kept around).
+#[derive(Default)]
+struct BodyPool(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl BodyPool {
+    /// Buffers kept: scrapes mostly run one or a few at a time; a burst (a first round) allocates
+    /// beyond this and frees the surplus as it ends.
+    const KEEP: usize = 16;
+    /// Largest buffer kept, bytes (a 30-pod body is 23-38 KB).
+    const MAX_CAPACITY: usize = 1 << 20;
+
+    fn take(&self) -> Vec<u8> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default()
+    }
+
+    fn give_back(&self, mut body: Vec<u8>) {
+        if body.capacity() > Self::MAX_CAPACITY {
+            return;
+        }
+        body.clear();
+        let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < Self::KEEP {
+            pool.push(body);
+        }
+    }
 }
 
 impl<S> std::fmt::Debug for Pipeline<S> {
@@ -231,15 +262,16 @@ impl<S: KubeletSource> Pipeline<S> {
     /// A pipeline fetching from `source` with at most `max_concurrent` scrapes (at least 1)
     /// queued or running at once, publishing to `hub`.
     pub fn new(source: Arc<S>, max_concurrent: usize, hub: Arc<Hub>, metrics: Metrics, clock: SharedClock) -> Pipeline<S> {
-        Pipeline { source, permits: Arc::new(Semaphore::new(max_concurrent.max(1))), hub, metrics, clock }
+        Pipeline { source, permits: Arc::new(Semaphore::new(max_concurrent.max(1))), hub, metrics, clock, bodies: BodyPool::default() }
     }
 
     /// One scrape of `target`: wait for a permit, fetch, parse, encode.
     async fn scrape(self: Arc<Self>, target: NodeTarget) -> Outcome {
         let _permit = self.permits.clone().acquire_owned().await;
         let started = Instant::now();
-        let result = match self.source.fetch(&target).await {
-            Ok(body) => {
+        let mut body = self.bodies.take();
+        let result = match self.source.fetch_into(&target, &mut body).await {
+            Ok(()) => {
                 let scraped_at_ms = self.clock.now_ms();
                 match parse_resource_metrics_ref(&target.name, &body, scraped_at_ms) {
                     Ok(parsed) => Ok(Scraped {
@@ -253,6 +285,7 @@ impl<S: KubeletSource> Pipeline<S> {
             }
             Err(e) => Err(e),
         };
+        self.bodies.give_back(body);
         Outcome { started, duration: started.elapsed(), result }
     }
 

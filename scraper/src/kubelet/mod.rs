@@ -75,4 +75,17 @@ impl ScrapeError {
 pub trait KubeletSource: Send + Sync + 'static {
     /// Fetches the raw body; must give up by itself within the configured timeout.
     fn fetch(&self, target: &NodeTarget) -> impl Future<Output = Result<Bytes, ScrapeError>> + Send;
+
+    /// [`KubeletSource::fetch`] into `body` (cleared first; its contents are unspecified after
+    /// an error), so that a caller can reuse one buffer across scrapes instead of allocating a
+    /// body per scrape. The default copies what `fetch` returns; the kubelet client reads
+    /// straight into `body`.
+    fn fetch_into(&self, target: &NodeTarget, body: &mut Vec<u8>) -> impl Future<Output = Result<(), ScrapeError>> + Send {
+        async move {
+            let fetched = self.fetch(target).await?;
+            body.clear();
+            body.extend_from_slice(&fetched);
+            Ok(())
+        }
+    }
 }
