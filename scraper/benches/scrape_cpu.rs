@@ -48,7 +48,7 @@ use shardmetrics_plumbing::tls::AcceptAnyServerCert;
 use shardmetrics_scraper::nodes::RESOURCE_METRICS_PATH;
 use shardmetrics_scraper::kubelet::fixture::{self, PayloadSpec};
 use shardmetrics_scraper::kubelet::http1::{self, BodyLength};
-use shardmetrics_scraper::kubelet::{KubeletAuth, KubeletClient, KubeletClientConfig, KubeletSource, KubeletTls, parse_resource_metrics, parse_resource_metrics_ref};
+use shardmetrics_scraper::kubelet::{KubeletAuth, KubeletClient, KubeletClientConfig, KubeletSource, KubeletTls, ParseScratch, parse_resource_metrics, parse_resource_metrics_with};
 use shardmetrics_scraper::metrics::Metrics;
 use shardmetrics_scraper::nodes::NodeTarget;
 use shardmetrics_scraper::stream::Hub;
@@ -170,8 +170,10 @@ struct Pipeline {
     target: NodeTarget,
     hub: Arc<Hub>,
     subscription: shardmetrics_scraper::stream::Subscription,
-    /// The body buffer, reused across scrapes (the scrape tasks take one from a pool).
+    /// The body buffer and parser vectors, reused across scrapes (the scrape tasks take them
+    /// from a pool).
     body: Vec<u8>,
+    scratch: ParseScratch,
 }
 
 impl Pipeline {
@@ -186,16 +188,17 @@ impl Pipeline {
         let hub = Hub::new(ShardIdentity { shard_id: "bench".into(), epoch: 1 }, 16, Metrics::register(&prometheus::Registry::new())?);
         let subscription = hub.subscribe("bench".into()).map_err(|s| anyhow::anyhow!("subscribe: {s}"))?;
         let target = NodeTarget::new("node-0001", "127.0.0.1", port);
-        Ok(Pipeline { client, target, hub, subscription, body: Vec::new() })
+        Ok(Pipeline { client, target, hub, subscription, body: Vec::new(), scratch: ParseScratch::default() })
     }
 
     /// One scrape as the scrape task does it; returns the samples shipped.
     async fn scrape(&mut self, now_ms: i64) -> anyhow::Result<usize> {
         self.client.fetch_into(&self.target, &mut self.body).await?;
-        let parsed = parse_resource_metrics_ref(&self.target.name, &self.body, now_ms)?;
+        let parsed = parse_resource_metrics_with(&self.target.name, &self.body, now_ms, &mut self.scratch)?;
         let frame = self.hub.encode_scrape_ref(&parsed.scrape);
         let samples = parsed.scrape.sample_count();
         self.hub.publish_scrape(parsed.scrape.node, frame);
+        self.scratch.recycle(parsed);
         while let Some(Some(batch)) = self.subscription.next().now_or_never() {
             batch.map_err(|s| anyhow::anyhow!("subscription: {s}"))?;
         }

@@ -771,6 +771,14 @@ mod tests {
     }
 
     #[test]
+    fn one_worker_thread_by_default_and_zero_is_refused() {
+        assert_eq!(parse(&[]).worker_threads, 1);
+        let problems = |extra: &[&str]| validate(&parse(extra), &env()).err().unwrap_or_default();
+        assert_eq!(problems(&["--worker-threads=4"]), Vec::<String>::new());
+        assert_eq!(problems(&["--worker-threads=0"]), vec![format!("--worker-threads=0 must be between 1 and {MAX_WORKER_THREADS}")]);
+    }
+
+    #[test]
     fn the_shard_id_must_be_a_dns_subdomain_and_the_lease_namespace_a_dns_label() {
         let problems = |extra: &[&str]| validate(&parse(extra), &env()).err().unwrap_or_default();
         assert_eq!(problems(&["--shard-id=shard-0.eu", "--lease-namespace=kube-system"]), Vec::<String>::new());

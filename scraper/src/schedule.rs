@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::kubelet::{KubeletSource, ScrapeError, parse_resource_metrics_ref};
+use crate::kubelet::{KubeletSource, ParseScratch, ScrapeError, parse_resource_metrics_with};
 use crate::metrics::Metrics;
 use crate::nodes::{NodeMap, NodeTarget};
 use crate::stream::Hub;
@@ -219,35 +219,43 @@ pub struct Pipeline<S> {
     metrics: Metrics,
     /// Wall clock: each scrape's `scraped_at_ms`, and the slots' anchor.
     clock: SharedClock,
-    /// Body buffers of finished scrapes, for the next ones (a scrape takes one, reads its body
-    /// into it, gives it back once encoded): no body allocation per scrape.
-    bodies: BodyPool,
+    /// Buffers of finished scrapes, for the next ones (a scrape takes one, reads its body into
+    /// it and parses with its vectors, gives it back once encoded): no body or parser vector is
+    /// allocated per scrape.
+    scratch: ScratchPool,
 }
 
-/// Body buffers kept for reuse: at most [`BodyPool::KEEP`] of them, none larger than
-/// [`BodyPool::MAX_CAPACITY`] bytes (an unusually large body is not kept around).
+/// What one scrape task works in: the body buffer and the parser's vectors.
+#[derive(Debug, Default)]
+struct Scratch {
+    body: Vec<u8>,
+    parse: ParseScratch,
+}
+
+/// Scratch kept for reuse: at most [`ScratchPool::KEEP`] of them, none whose body buffer is
+/// larger than [`ScratchPool::MAX_BODY_CAPACITY`] bytes (an unusually large body is not kept).
 #[derive(Default)]
-struct BodyPool(std::sync::Mutex<Vec<Vec<u8>>>);
+struct ScratchPool(std::sync::Mutex<Vec<Scratch>>);
 
-impl BodyPool {
-    /// Buffers kept: scrapes mostly run one or a few at a time; a burst (a first round) allocates
-    /// beyond this and frees the surplus as it ends.
+impl ScratchPool {
+    /// Scratch kept: scrapes mostly run one or a few at a time; a burst (a first round)
+    /// allocates beyond this and frees the surplus as it ends.
     const KEEP: usize = 16;
-    /// Largest buffer kept, bytes (a 30-pod body is 23-38 KB).
-    const MAX_CAPACITY: usize = 1 << 20;
+    /// Largest body buffer kept, bytes (a 30-pod body is 23-38 KB).
+    const MAX_BODY_CAPACITY: usize = 1 << 20;
 
-    fn take(&self) -> Vec<u8> {
+    fn take(&self) -> Scratch {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default()
     }
 
-    fn give_back(&self, mut body: Vec<u8>) {
-        if body.capacity() > Self::MAX_CAPACITY {
+    fn give_back(&self, mut scratch: Scratch) {
+        if scratch.body.capacity() > Self::MAX_BODY_CAPACITY {
             return;
         }
-        body.clear();
+        scratch.body.clear();
         let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < Self::KEEP {
-            pool.push(body);
+            pool.push(scratch);
         }
     }
 }
@@ -262,30 +270,34 @@ impl<S: KubeletSource> Pipeline<S> {
     /// A pipeline fetching from `source` with at most `max_concurrent` scrapes (at least 1)
     /// queued or running at once, publishing to `hub`.
     pub fn new(source: Arc<S>, max_concurrent: usize, hub: Arc<Hub>, metrics: Metrics, clock: SharedClock) -> Pipeline<S> {
-        Pipeline { source, permits: Arc::new(Semaphore::new(max_concurrent.max(1))), hub, metrics, clock, bodies: BodyPool::default() }
+        Pipeline { source, permits: Arc::new(Semaphore::new(max_concurrent.max(1))), hub, metrics, clock, scratch: ScratchPool::default() }
     }
 
     /// One scrape of `target`: wait for a permit, fetch, parse, encode.
     async fn scrape(self: Arc<Self>, target: NodeTarget) -> Outcome {
         let _permit = self.permits.clone().acquire_owned().await;
         let started = Instant::now();
-        let mut body = self.bodies.take();
-        let result = match self.source.fetch_into(&target, &mut body).await {
+        let mut scratch = self.scratch.take();
+        let result = match self.source.fetch_into(&target, &mut scratch.body).await {
             Ok(()) => {
                 let scraped_at_ms = self.clock.now_ms();
-                match parse_resource_metrics_ref(&target.name, &body, scraped_at_ms) {
-                    Ok(parsed) => Ok(Scraped {
-                        frame: self.hub.encode_scrape_ref(&parsed.scrape),
-                        samples: parsed.scrape.sample_count(),
-                        rejected_samples: parsed.rejected_samples,
-                        incomplete_containers: parsed.incomplete_containers,
-                    }),
+                match parse_resource_metrics_with(&target.name, &scratch.body, scraped_at_ms, &mut scratch.parse) {
+                    Ok(parsed) => {
+                        let scraped = Scraped {
+                            frame: self.hub.encode_scrape_ref(&parsed.scrape),
+                            samples: parsed.scrape.sample_count(),
+                            rejected_samples: parsed.rejected_samples,
+                            incomplete_containers: parsed.incomplete_containers,
+                        };
+                        scratch.parse.recycle(parsed);
+                        Ok(scraped)
+                    }
                     Err(e) => Err(ScrapeError::Parse(e)),
                 }
             }
             Err(e) => Err(e),
         };
-        self.bodies.give_back(body);
+        self.scratch.give_back(scratch);
         Outcome { started, duration: started.elapsed(), result }
     }
 

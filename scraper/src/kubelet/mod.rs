@@ -22,7 +22,7 @@ pub mod http1;
 pub mod parse;
 
 pub use client::{KubeletAuth, KubeletClient, KubeletClientConfig, KubeletTls, TokenSource};
-pub use parse::{ParseError, Parsed, ParsedRef, parse_resource_metrics, parse_resource_metrics_ref};
+pub use parse::{ParseError, ParseScratch, Parsed, ParsedRef, parse_resource_metrics, parse_resource_metrics_ref, parse_resource_metrics_with};
 
 /// Why one scrape of one node failed. Never fatal: counted by [`ScrapeError::result_label`],
 /// logged once per change of a node's state, and the node is tried again next round.
