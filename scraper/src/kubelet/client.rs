@@ -209,6 +209,9 @@ pub enum ClientError {
 /// Bytes asked of the socket per read while a body of unknown length is read.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Bytes read per step while looking for the end of a response head (a kubelet's is ~150).
+const HEAD_READ: usize = 1024;
+
 /// Scrapes kubelets over HTTPS, keeping one idle connection per kubelet.
 #[derive(Clone)]
 pub struct KubeletClient {
@@ -382,15 +385,16 @@ impl ClientInner {
             return Err(Failure { error: io(e), retry: reused });
         }
 
-        // Head, read into the caller's buffer (reused across scrapes, so usually large enough
-        // for the whole response already).
+        // Head, read into the caller's buffer at most HEAD_READ bytes at a time: the body bytes
+        // read with it are moved to the front of the buffer below, so they are kept few (rustls
+        // holds the rest of what it decrypted until the body is read in place).
         buf.clear();
         let head = loop {
             if let Some(head) = http1::parse_head(buf).map_err(|e| Failure::fatal(ScrapeError::Transport(e.to_string())))? {
                 break head;
             }
-            buf.reserve(READ_CHUNK);
-            match stream.read_buf(buf).await {
+            buf.reserve(HEAD_READ);
+            match stream.read_buf(&mut (&mut *buf).limit(HEAD_READ)).await {
                 Ok(0) => {
                     return Err(Failure {
                         error: ScrapeError::Transport("connection closed before a response".into()),
