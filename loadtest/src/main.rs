@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    shardmetrics_loadtest::cli::main_from_env()
+#[tokio::main]
+async fn main() -> ExitCode {
+    shardmetrics_loadtest::cli::main_from_env().await
 }
