@@ -26,6 +26,30 @@ pub struct PodItem {
     pub resource_version: Option<i64>,
 }
 
+/// The encoding of the last label set a list wrote, reused for the next items while they share
+/// that set. Pods of one ReplicaSet share one label set (`metadata` interns them) and a list
+/// sorted by name lists them one after another, so most pods' labels are one copy of the
+/// previous pod's. Sets are compared by address; holding the `Arc` keeps that address from
+/// being reused by another set while it is compared.
+#[derive(Default)]
+pub struct LastLabels(Option<(Labels, Vec<u8>)>);
+
+impl LastLabels {
+    /// The encoding of `labels` (empty without labels); `encode` writes it into an empty buffer
+    /// and is called only for a set other than the last one.
+    pub fn encoded(&mut self, labels: Option<&Labels>, encode: impl FnOnce(&Labels, &mut Vec<u8>)) -> &[u8] {
+        let Some(labels) = labels else { return &[] };
+        let (last, out) = self.0.get_or_insert_with(|| (labels.clone(), Vec::new()));
+        if !std::sync::Arc::ptr_eq(last, labels) || out.is_empty() {
+            // Another set: its encoding replaces the last one's in the same buffer.
+            *last = labels.clone();
+            out.clear();
+            encode(labels, out);
+        }
+        out
+    }
+}
+
 /// Where a streamed list takes its items from, a chunk at a time: the next chunk, or `None` at
 /// the end. A list of the whole cluster is selected while it is written ([`crate::api::router::PodSelection`]),
 /// so it holds one chunk of items at a time, not 150 000.

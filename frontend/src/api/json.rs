@@ -6,7 +6,7 @@ use std::io::Write as _;
 
 use super::body::Body;
 use super::out::put_short;
-use super::items::{Chunks, NodeItem, PodItem, all_at_once};
+use super::items::{Chunks, LastLabels, NodeItem, PodItem, all_at_once};
 use super::quantity::{Cpu, Memory};
 use super::status::json_str;
 use super::timefmt::{GoDuration, Rfc3339, Rfc3339Days};
@@ -50,15 +50,12 @@ pub(crate) fn resource_version(out: &mut Vec<u8>, rv: Option<i64>) {
 }
 
 /// What the items of one answer share: `,"creationTimestamp":"<now>"`, formatted once (every
-/// item carries the time of the request), and the last label set written. Pods of one
-/// ReplicaSet share one label set (`metadata` interns them) and a list sorted by name lists
-/// them one after another, so most pods' labels are one copy of the previous pod's text.
+/// item carries the time of the request), and the last label set written ([`LastLabels`]).
 struct Created {
     /// `,"creationTimestamp":"<now>"`.
     created: Vec<u8>,
-    /// The last label set and its `,"labels":{...}`. Holding the `Arc` keeps its address from
-    /// being reused by another set while it is compared by address.
-    labels: Option<(Labels, Vec<u8>)>,
+    /// The last label set's `,"labels":{...}`.
+    labels: LastLabels,
     /// Sample times: one date formatted per day.
     times: Rfc3339Days,
     /// The last window (ms) and its text (most items share one).
@@ -71,7 +68,7 @@ impl Created {
         out.extend_from_slice(br#","creationTimestamp":""#);
         Rfc3339(now_ms).write_to(&mut out);
         out.push(b'"');
-        Created { created: out, labels: None, times: Rfc3339Days::default(), window: None }
+        Created { created: out, labels: LastLabels::default(), times: Rfc3339Days::default(), window: None }
     }
 
     /// `},"timestamp":"...","window":"...",` closing the metadata object.
@@ -92,15 +89,7 @@ impl Created {
 
     /// `,"labels":{...}` of `labels` (nothing when there are none).
     fn labels(&mut self, labels: Option<&Labels>) -> &[u8] {
-        let Some(labels) = labels else { return &[] };
-        let (last, out) = self.labels.get_or_insert_with(|| (labels.clone(), Vec::new()));
-        if !std::sync::Arc::ptr_eq(last, labels) || out.is_empty() {
-            // Another set: its text replaces the last one's in the same buffer.
-            *last = labels.clone();
-            out.clear();
-            labels_json(out, Some(labels));
-        }
-        out
+        self.labels.encoded(labels, |labels, out| labels_json(out, Some(labels)))
     }
 }
 

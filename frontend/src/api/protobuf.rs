@@ -241,14 +241,12 @@ pub fn pod_message(item: &PodItem, now_ms: i64) -> PodMetrics {
 /// prost would write for [`node_message`] / [`pod_message`] (tests check they decode equal),
 /// without building owned messages. An item is written once (its length is then known).
 mod hand {
-    use std::sync::Arc;
-
     use prost::encoding::{WireType, encoded_len_varint, key_len};
 
     use crate::api::out::put_short;
 
     use crate::api::quantity::Text as QuantityText;
-    use crate::api::items::{NodeItem, PodItem};
+    use crate::api::items::{LastLabels, NodeItem, PodItem};
     use crate::api::quantity::{Cpu, Memory};
     use crate::metadata::Labels;
 
@@ -376,38 +374,29 @@ mod hand {
     }
 
     /// What the items of one answer share: the creation time, and the encoding of the last
-    /// label set written. Pods of one ReplicaSet share one label set (`metadata` interns them)
-    /// and a list sorted by name lists them one after another, so most pods' labels are one
-    /// copy of the previous pod's bytes.
+    /// label set written ([`LastLabels`]).
     pub(super) struct Ctx {
         /// `creationTimestamp`, Unix seconds.
         now_s: i64,
-        /// The last label set and its `ObjectMeta.labels` entries. Holding the `Arc` keeps its
-        /// address from being reused by another set while it is compared by address.
-        labels: Option<(Labels, Vec<u8>)>,
+        /// The last label set's `ObjectMeta.labels` entries.
+        labels: LastLabels,
     }
 
     impl Ctx {
         /// A context for items created at `now_s` (Unix seconds).
         pub(super) fn new(now_s: i64) -> Ctx {
-            Ctx { now_s, labels: None }
+            Ctx { now_s, labels: LastLabels::default() }
         }
 
         /// The `ObjectMeta.labels` entries of `labels` (field 11, in key order).
         fn labels(&mut self, labels: Option<&Labels>) -> &[u8] {
-            let Some(labels) = labels else { return &[] };
-            let (last, out) = self.labels.get_or_insert_with(|| (labels.clone(), Vec::new()));
-            if !Arc::ptr_eq(last, labels) || out.is_empty() {
-                // Another set: its bytes replace the last one's in the same buffer.
-                *last = labels.clone();
-                out.clear();
+            self.labels.encoded(labels, |labels, out| {
                 for (k, v) in labels.iter() {
                     put_ld(11, entry_len(k.as_bytes(), v.len()), out);
                     put_bytes(1, k.as_bytes(), out);
                     put_bytes(2, v.as_bytes(), out);
                 }
-            }
-            out
+            })
         }
     }
 
