@@ -128,7 +128,13 @@ pub fn watch_assignment(
                     let records = MemberRecords { seen: &seen, live: &live, noticed_at: members_changed_at };
                     Arc::new(handovers(&me, &assignment, &before, previous, records))
                 };
-                previous = Some((last_members.clone(), assignment.known.clone()));
+                // An empty ring is no evidence of who owned the nodes: the Lease list may not have
+                // arrived yet (the node view can sync first). Recorded then, it would make every
+                // node that later moves here look ownerless and be scraped at once although its
+                // live owner just scraped it; unrecorded, the ring of the others is used instead.
+                if !last_members.is_empty() {
+                    previous = Some((last_members.clone(), assignment.known.clone()));
+                }
             }
             if changed {
                 tracing::info!(owned = assignment.owned.len(), known = assignment.known.len(), members = ring.len(), "assignment changed");
@@ -221,6 +227,25 @@ mod tests {
         ntx.send_replace(view(&["a", "b", "c", "d", "e", "f", "g", "h", "new"]));
         let grown = rx.wait_for(|a| a.owned.len() == 9).await.unwrap().clone();
         assert!(grown.handovers.is_empty(), "a node new to the cluster has no previous owner");
+    }
+
+    #[tokio::test]
+    async fn a_node_view_synced_before_the_first_lease_list_still_hands_over_from_the_live_owner() {
+        // A joining shard: its node view syncs before the Lease watch has listed (members still
+        // empty), then the list arrives with the others and, already, this shard's own Lease.
+        let (_ntx, nrx) = watch::channel(view(&["a", "b", "c", "d", "e", "f", "g", "h"]));
+        let (mtx, mrx) = watch::channel(Members::new());
+        let (mut rx, _task) = watch_assignment("s0".into(), 1, nrx, mrx, Metrics::register(&prometheus::Registry::new()).unwrap());
+        let unlisted = rx.wait_for(|a| !a.known.is_empty()).await.unwrap().clone();
+        assert!(unlisted.owned.is_empty(), "no ring yet: nothing owned");
+        let mut listed = members(&["s0", "s1"]);
+        if let Some(m) = listed.get_mut("s1") {
+            m.epoch = 5_000_000_000_000;
+        }
+        mtx.send_replace(listed);
+        let joined = rx.wait_for(|a| !a.owned.is_empty()).await.unwrap().clone();
+        assert_eq!(joined.handovers.len(), joined.owned.len(), "every node came from the live s1: {:?}", joined.handovers.keys());
+        assert!(joined.handovers.values().all(|h| h.previous_owner_live && h.previous_owner_started_ms == 5_000_000));
     }
 
     #[tokio::test]
