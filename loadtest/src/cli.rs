@@ -395,27 +395,40 @@ fn validate_demo(d: &DemoArgs, problems: &mut Vec<String>) {
 }
 
 /// What `main` calls: the hidden `scraper` / `frontend` children first, else [`main_with`].
-pub async fn main_from_env() -> ExitCode {
+/// Each builds its own runtime: a scraper child the one its `--worker-threads` asks for (as the
+/// `shardmetrics-scraper` binary does), the rest a multi-threaded one (as `#[tokio::main]`).
+pub fn main_from_env() -> ExitCode {
     let mut argv = std::env::args_os();
     let _program = argv.next();
     let role = argv.next();
     match role.as_ref().and_then(|r| r.to_str()) {
         Some("scraper") => {
             match shardmetrics_plumbing::process::parse_args(std::iter::once("shardmetrics-scraper".into()).chain(argv)) {
-                Ok(args) => shardmetrics_scraper::cli::main_with(args).await,
+                Ok(args) => shardmetrics_scraper::cli::run_process(args),
                 Err(code) => code,
             }
         }
         Some("frontend") => {
             match shardmetrics_plumbing::process::parse_args(std::iter::once("shardmetrics-frontend".into()).chain(argv)) {
-                Ok(args) => shardmetrics_frontend::cli::main_with(args).await,
+                Ok(args) => block_on(shardmetrics_frontend::cli::main_with(args)),
                 Err(code) => code,
             }
         }
         _ => match shardmetrics_plumbing::process::parse_args(std::env::args_os()) {
-            Ok(args) => main_with(args).await,
+            Ok(args) => block_on(main_with(args)),
             Err(code) => code,
         },
+    }
+}
+
+/// Runs `main` on a multi-threaded runtime (one worker per core), as `#[tokio::main]` would.
+fn block_on(main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(main),
+        Err(e) => {
+            eprintln!("shardmetrics-loadtest: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

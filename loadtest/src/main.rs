@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    shardmetrics_loadtest::cli::main_from_env().await
+fn main() -> ExitCode {
+    shardmetrics_loadtest::cli::main_from_env()
 }

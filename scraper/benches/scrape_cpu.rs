@@ -11,8 +11,8 @@
 //! scrapers' long-lived connections have done already), `N` rounds of one mode:
 //! - `floor`: the bare client, one TLS stream, write the request, read the response into a reused
 //!   buffer, discard it (what `loadtest floor` does);
-//! - `scraper`: what a scrape task does per node: [`KubeletClient`] fetch, parse (borrowing the
-//!   body), encode the live batch straight from that, publish it to the hub (buffer + one subscriber's queue, drained);
+//! - `scraper`: what a scrape task does per node: [`KubeletClient`] fetch into a reused body
+//!   buffer, parse (borrowing the body), encode the live batch straight from that, publish it to the hub (buffer + one subscriber's queue, drained);
 //! - `snapshot`: what a new subscriber costs the shard: subscribe to a hub holding two scrapes of
 //!   each of [`SNAPSHOT_NODES`] nodes and take its whole snapshot (no kubelet; `N` subscriptions).
 //!
@@ -48,7 +48,7 @@ use shardmetrics_plumbing::tls::AcceptAnyServerCert;
 use shardmetrics_scraper::nodes::RESOURCE_METRICS_PATH;
 use shardmetrics_scraper::kubelet::fixture::{self, PayloadSpec};
 use shardmetrics_scraper::kubelet::http1::{self, BodyLength};
-use shardmetrics_scraper::kubelet::{KubeletAuth, KubeletClient, KubeletClientConfig, KubeletSource, KubeletTls, parse_resource_metrics, parse_resource_metrics_ref};
+use shardmetrics_scraper::kubelet::{KubeletAuth, KubeletClient, KubeletClientConfig, KubeletSource, KubeletTls, ParseScratch, parse_resource_metrics, parse_resource_metrics_with};
 use shardmetrics_scraper::metrics::Metrics;
 use shardmetrics_scraper::nodes::NodeTarget;
 use shardmetrics_scraper::stream::Hub;
@@ -170,6 +170,10 @@ struct Pipeline {
     target: NodeTarget,
     hub: Arc<Hub>,
     subscription: shardmetrics_scraper::stream::Subscription,
+    /// The body buffer and parser vectors, reused across scrapes (the scrape tasks take them
+    /// from a pool).
+    body: Vec<u8>,
+    scratch: ParseScratch,
 }
 
 impl Pipeline {
@@ -184,16 +188,17 @@ impl Pipeline {
         let hub = Hub::new(ShardIdentity { shard_id: "bench".into(), epoch: 1 }, 16, Metrics::register(&prometheus::Registry::new())?);
         let subscription = hub.subscribe("bench".into()).map_err(|s| anyhow::anyhow!("subscribe: {s}"))?;
         let target = NodeTarget::new("node-0001", "127.0.0.1", port);
-        Ok(Pipeline { client, target, hub, subscription })
+        Ok(Pipeline { client, target, hub, subscription, body: Vec::new(), scratch: ParseScratch::default() })
     }
 
     /// One scrape as the scrape task does it; returns the samples shipped.
     async fn scrape(&mut self, now_ms: i64) -> anyhow::Result<usize> {
-        let body = self.client.fetch(&self.target).await?;
-        let parsed = parse_resource_metrics_ref(&self.target.name, &body, now_ms)?;
+        self.client.fetch_into(&self.target, &mut self.body).await?;
+        let parsed = parse_resource_metrics_with(&self.target.name, &self.body, now_ms, &mut self.scratch)?;
         let frame = self.hub.encode_scrape_ref(&parsed.scrape);
         let samples = parsed.scrape.sample_count();
         self.hub.publish_scrape(parsed.scrape.node, frame);
+        self.scratch.recycle(parsed);
         while let Some(Some(batch)) = self.subscription.next().now_or_never() {
             batch.map_err(|s| anyhow::anyhow!("subscription: {s}"))?;
         }

@@ -1,6 +1,6 @@
 //! Command line: flags → validation (every problem at once, exit 64) → clients, listeners,
 //! tracing → [`crate::run`]. The thin `main.rs` and the loadtest's self-exec both call
-//! [`main_with`].
+//! [`run_process`] (the runtime `--worker-threads` asks for, then [`main_with`]).
 //!
 //! Every flag can also be set with `SHARDMETRICS_<FLAG_IN_UPPER_SNAKE>`; names and meanings
 //! follow metrics-server where they overlap.
@@ -33,6 +33,12 @@ pub const TOKEN_RECHECK: Duration = Duration::from_secs(60);
 
 pub use shardmetrics_plumbing::process::LogFormat;
 
+/// Largest `--stream-linger`: beyond it the added latency would eat the frontends' budget.
+pub const MAX_STREAM_LINGER: Duration = Duration::from_secs(1);
+
+/// Largest `--worker-threads`.
+pub const MAX_WORKER_THREADS: usize = 256;
+
 /// Flags of `shardmetrics-scraper`, grouped in `--help` under the headings of
 /// [`HELP_HEADINGS`].
 #[derive(Debug, Clone, Parser)]
@@ -64,6 +70,12 @@ pub struct Args {
     /// Scrapes queued or running at once.
     #[arg(long, help_heading = "Scheduling", env = "SHARDMETRICS_MAX_CONCURRENT_SCRAPES", default_value_t = 256)]
     pub max_concurrent_scrapes: usize,
+    /// Threads running the shard's async work (scrapes, streams, watches). 1 runs it all on one
+    /// thread: a scrape's wake-ups then never cross threads, which costs least CPU per scrape;
+    /// more spread the work over that many threads (a shard owning many nodes at a short
+    /// resolution, or large bodies).
+    #[arg(long, help_heading = "Scheduling", env = "SHARDMETRICS_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
 
     /// Use the kubelet port from the Node's status.daemonEndpoints when it is set.
     #[arg(long, help_heading = "Kubelet client", env = "SHARDMETRICS_KUBELET_USE_NODE_STATUS_PORT", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
@@ -116,6 +128,11 @@ pub struct Args {
     /// at most the frontends' --grpc-max-message-bytes.
     #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_GRPC_MAX_MESSAGE_BYTES", default_value_t = crate::stream::DEFAULT_MAX_MESSAGE_BYTES)]
     pub grpc_max_message_bytes: usize,
+    /// After a subscriber's stream writes, live batches published within this long are held and
+    /// written together when it has passed (0s: every batch on its own, at once). Fewer writes
+    /// and wake-ups per scrape on both ends, for at most this much added scrape-to-servable latency.
+    #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_STREAM_LINGER", default_value = "25ms")]
+    pub stream_linger: GoDuration,
 
     /// Address of the plain-HTTP /livez /readyz /metrics server.
     #[arg(long, help_heading = "Admin", env = "SHARDMETRICS_ADMIN_BIND_ADDRESS", default_value = "0.0.0.0:10351")]
@@ -349,8 +366,14 @@ pub fn validate(args: &Args, env: &Environment) -> Result<Validated, Vec<String>
     if args.max_concurrent_scrapes == 0 {
         errors.push("--max-concurrent-scrapes must be at least 1".into());
     }
+    if !(1..=MAX_WORKER_THREADS).contains(&args.worker_threads) {
+        errors.push(format!("--worker-threads={} must be between 1 and {MAX_WORKER_THREADS}", args.worker_threads));
+    }
     if args.subscriber_queue_batches == 0 {
         errors.push("--subscriber-queue-batches must be at least 1".into());
+    }
+    if args.stream_linger.0 > MAX_STREAM_LINGER {
+        errors.push(format!("--stream-linger={} is above {}", format_duration(args.stream_linger.0), format_duration(MAX_STREAM_LINGER)));
     }
     if args.grpc_max_message_bytes < 1 << 20 {
         errors.push(format!("--grpc-max-message-bytes={} is below 1048576 (1 MiB)", args.grpc_max_message_bytes));
@@ -388,6 +411,7 @@ pub fn validate(args: &Args, env: &Environment) -> Result<Validated, Vec<String>
         schedule: ScheduleConfig { resolution, max_concurrent: args.max_concurrent_scrapes },
         subscriber_queue_batches: args.subscriber_queue_batches,
         grpc_max_message_bytes: args.grpc_max_message_bytes,
+        stream_linger: args.stream_linger.0,
     };
     Ok(Validated {
         config,
@@ -526,7 +550,30 @@ pub async fn prepare(v: Validated, env: &Environment) -> Result<(Config, Handles
     Ok((config, handles, Listeners { grpc, admin }))
 }
 
-/// The whole program: validate (exit 64 listing every problem), set up, run until SIGTERM.
+/// The async runtime a shard runs on: a single-threaded one for `worker_threads` <= 1 (the
+/// default, see `--worker-threads`), else a multi-threaded one with that many workers.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(worker_threads).enable_all().build()
+    }
+}
+
+/// A whole scraper process once its flags are parsed: builds the runtime `--worker-threads`
+/// asks for and runs [`main_with`] on it. What `main.rs` and the loadtest's self-exec call.
+pub fn run_process(args: Args) -> ExitCode {
+    match runtime(args.worker_threads) {
+        Ok(rt) => rt.block_on(main_with(args)),
+        Err(e) => {
+            eprintln!("shardmetrics-scraper: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The whole program on the current runtime: validate (exit 64 listing every problem), set
+/// up, run until SIGTERM.
 pub async fn main_with(args: Args) -> ExitCode {
     let env = Environment::from_process();
     let validated = match validate(&args, &env) {
@@ -733,6 +780,14 @@ mod tests {
             assert!(at(heading) < at(flag), "{flag} listed under {heading}");
         }
         assert!(at("Membership:") < at("Scheduling:") && at("Admin:") < at("Logging:"));
+    }
+
+    #[test]
+    fn one_worker_thread_by_default_and_zero_is_refused() {
+        assert_eq!(parse(&[]).worker_threads, 1);
+        let problems = |extra: &[&str]| validate(&parse(extra), &env()).err().unwrap_or_default();
+        assert_eq!(problems(&["--worker-threads=4"]), Vec::<String>::new());
+        assert_eq!(problems(&["--worker-threads=0"]), vec![format!("--worker-threads=0 must be between 1 and {MAX_WORKER_THREADS}")]);
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct Config {
     pub subscriber_queue_batches: usize,
     /// `--grpc-max-message-bytes`: largest stream message sent, in bytes.
     pub grpc_max_message_bytes: usize,
+    /// `--stream-linger`: how long live batches published after a write to a subscriber are
+    /// held, to go out together (zero: each at once).
+    pub stream_linger: Duration,
 }
 
 #[cfg(test)]

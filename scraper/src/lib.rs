@@ -209,7 +209,7 @@ pub async fn run_with<S: KubeletSource>(
         resolution = ?config.schedule.resolution,
         "scraper shard starting"
     );
-    let hub = Hub::with_max_message_bytes(identity.clone(), config.subscriber_queue_batches, config.grpc_max_message_bytes, metrics.clone());
+    let hub = Hub::with_linger(identity.clone(), config.subscriber_queue_batches, config.grpc_max_message_bytes, config.stream_linger, metrics.clone());
     let pipeline = Pipeline::new(Arc::new(kubelets), config.schedule.max_concurrent, hub.clone(), metrics.clone(), clock);
     let scheduler = Scheduler::new(config.schedule, pipeline);
     let health = Arc::new(Health::new(scheduler.heartbeat()));

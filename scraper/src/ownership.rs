@@ -95,54 +95,68 @@ pub fn watch_assignment(
         // the first one, the ring of the others: what owned the nodes before this shard came.
         let mut previous: Option<(Vec<String>, Arc<BTreeSet<String>>)> = None;
         let mut members_changed_at = tokio::time::Instant::now();
+        // Whether the node view or the ring changed since the assignment was last computed. A
+        // member change that keeps the same ids (every Lease renewal of every shard: a new renew
+        // time) builds the same ring over the same view, hence the same assignment: computing it
+        // again would hash every node name on the ring for nothing.
+        let mut recompute = true;
         loop {
-            let view = nodes.borrow_and_update().clone();
-            let mut assignment = assign(&me, &ring, &view);
-            metrics.members.set(ring.len() as i64);
-            let changed = {
-                let cur = tx.borrow();
-                *cur.owned != *assignment.owned || *cur.known != *assignment.known
-            };
-            if changed && view.synced {
-                let before = tx.borrow().clone();
-                let rebuilt;
-                let (previous_ring, previous_known) = match &previous {
-                    Some((ids, k)) if *ids == last_members => (&ring, Some(k.as_ref())),
-                    Some((ids, k)) => {
-                        rebuilt = Ring::new(ids.iter().cloned());
-                        (&rebuilt, Some(k.as_ref()))
-                    }
-                    None => {
-                        rebuilt = Ring::new(live.keys().filter(|k| **k != me).cloned());
-                        (&rebuilt, None)
-                    }
+            if recompute {
+                recompute = false;
+                let view = nodes.borrow_and_update().clone();
+                let mut assignment = assign(&me, &ring, &view);
+                metrics.members.set(ring.len() as i64);
+                let changed = {
+                    let cur = tx.borrow();
+                    *cur.owned != *assignment.owned || *cur.known != *assignment.known
                 };
-                // A previous incarnation of this shard (restarted after a crash, same id) may still
-                // hold an unexpired Lease: the peers kept it in their rings and never scraped its
-                // nodes, so nothing was handed over and every node is scraped at once.
-                let restarted = previous.is_none() && live.get(&me).is_some_and(|m| m.epoch != epoch);
-                assignment.handovers = if restarted {
-                    Arc::new(BTreeMap::new())
-                } else {
-                    let previous = PreviousOwners { ring: previous_ring, known: previous_known };
-                    let records = MemberRecords { seen: &seen, live: &live, noticed_at: members_changed_at };
-                    Arc::new(handovers(&me, &assignment, &before, previous, records))
-                };
-                // An empty ring is no evidence of who owned the nodes: the Lease list may not have
-                // arrived yet (the node view can sync first). Recorded then, it would make every
-                // node that later moves here look ownerless and be scraped at once although its
-                // live owner just scraped it; unrecorded, the ring of the others is used instead.
-                if !last_members.is_empty() {
-                    previous = Some((last_members.clone(), assignment.known.clone()));
+                if changed && view.synced {
+                    let before = tx.borrow().clone();
+                    let rebuilt;
+                    let (previous_ring, previous_known) = match &previous {
+                        Some((ids, k)) if *ids == last_members => (&ring, Some(k.as_ref())),
+                        Some((ids, k)) => {
+                            rebuilt = Ring::new(ids.iter().cloned());
+                            (&rebuilt, Some(k.as_ref()))
+                        }
+                        None => {
+                            rebuilt = Ring::new(live.keys().filter(|k| **k != me).cloned());
+                            (&rebuilt, None)
+                        }
+                    };
+                    // A previous incarnation of this shard (restarted after a crash, same id) may still
+                    // hold an unexpired Lease: the peers kept it in their rings and never scraped its
+                    // nodes, so nothing was handed over and every node is scraped at once.
+                    let restarted = previous.is_none() && live.get(&me).is_some_and(|m| m.epoch != epoch);
+                    assignment.handovers = if restarted {
+                        Arc::new(BTreeMap::new())
+                    } else {
+                        let previous = PreviousOwners { ring: previous_ring, known: previous_known };
+                        let records = MemberRecords { seen: &seen, live: &live, noticed_at: members_changed_at };
+                        Arc::new(handovers(&me, &assignment, &before, previous, records))
+                    };
+                    // An empty ring is no evidence of who owned the nodes: the Lease list may not
+                    // have arrived yet (the node view can sync first). Recorded then, it would make
+                    // every node that later moves here look ownerless and be scraped at once
+                    // although its live owner just scraped it; unrecorded, the ring of the others
+                    // is used instead.
+                    if !last_members.is_empty() {
+                        previous = Some((last_members.clone(), assignment.known.clone()));
+                    }
                 }
-            }
-            if changed {
-                tracing::info!(owned = assignment.owned.len(), known = assignment.known.len(), members = ring.len(), "assignment changed");
-                tx.send_replace(assignment);
+                if changed {
+                    tracing::info!(owned = assignment.owned.len(), known = assignment.known.len(), members = ring.len(), "assignment changed");
+                    tx.send_replace(assignment);
+                }
             }
             tokio::select! {
                 _ = tx.closed() => return,
-                r = nodes.changed() => if r.is_err() { return },
+                r = nodes.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    recompute = true;
+                }
                 r = members.changed() => {
                     if r.is_err() {
                         return;
@@ -155,6 +169,7 @@ pub fn watch_assignment(
                         tracing::info!(members = ?ids, "shard membership changed");
                         ring = Ring::new(ids.iter().cloned());
                         last_members = ids;
+                        recompute = true;
                     }
                 }
             }

@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::kubelet::{KubeletSource, ScrapeError, parse_resource_metrics_ref};
+use crate::kubelet::{KubeletSource, ParseScratch, ScrapeError, parse_resource_metrics_with};
 use crate::metrics::Metrics;
 use crate::nodes::{NodeMap, NodeTarget};
 use crate::stream::Hub;
@@ -219,6 +219,45 @@ pub struct Pipeline<S> {
     metrics: Metrics,
     /// Wall clock: each scrape's `scraped_at_ms`, and the slots' anchor.
     clock: SharedClock,
+    /// Buffers of finished scrapes, for the next ones (a scrape takes one, reads its body into
+    /// it and parses with its vectors, gives it back once encoded): no body or parser vector is
+    /// allocated per scrape.
+    scratch: ScratchPool,
+}
+
+/// What one scrape task works in: the body buffer and the parser's vectors.
+#[derive(Debug, Default)]
+struct Scratch {
+    body: Vec<u8>,
+    parse: ParseScratch,
+}
+
+/// Scratch kept for reuse: at most [`ScratchPool::KEEP`] of them, none whose body buffer is
+/// larger than [`ScratchPool::MAX_BODY_CAPACITY`] bytes (an unusually large body is not kept).
+#[derive(Default)]
+struct ScratchPool(std::sync::Mutex<Vec<Scratch>>);
+
+impl ScratchPool {
+    /// Scratch kept: scrapes mostly run one or a few at a time; a burst (a first round)
+    /// allocates beyond this and frees the surplus as it ends.
+    const KEEP: usize = 16;
+    /// Largest body buffer kept, bytes (a 30-pod body is 23-38 KB).
+    const MAX_BODY_CAPACITY: usize = 1 << 20;
+
+    fn take(&self) -> Scratch {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default()
+    }
+
+    fn give_back(&self, mut scratch: Scratch) {
+        if scratch.body.capacity() > Self::MAX_BODY_CAPACITY {
+            return;
+        }
+        scratch.body.clear();
+        let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < Self::KEEP {
+            pool.push(scratch);
+        }
+    }
 }
 
 impl<S> std::fmt::Debug for Pipeline<S> {
@@ -231,28 +270,34 @@ impl<S: KubeletSource> Pipeline<S> {
     /// A pipeline fetching from `source` with at most `max_concurrent` scrapes (at least 1)
     /// queued or running at once, publishing to `hub`.
     pub fn new(source: Arc<S>, max_concurrent: usize, hub: Arc<Hub>, metrics: Metrics, clock: SharedClock) -> Pipeline<S> {
-        Pipeline { source, permits: Arc::new(Semaphore::new(max_concurrent.max(1))), hub, metrics, clock }
+        Pipeline { source, permits: Arc::new(Semaphore::new(max_concurrent.max(1))), hub, metrics, clock, scratch: ScratchPool::default() }
     }
 
     /// One scrape of `target`: wait for a permit, fetch, parse, encode.
     async fn scrape(self: Arc<Self>, target: NodeTarget) -> Outcome {
         let _permit = self.permits.clone().acquire_owned().await;
         let started = Instant::now();
-        let result = match self.source.fetch(&target).await {
-            Ok(body) => {
+        let mut scratch = self.scratch.take();
+        let result = match self.source.fetch_into(&target, &mut scratch.body).await {
+            Ok(()) => {
                 let scraped_at_ms = self.clock.now_ms();
-                match parse_resource_metrics_ref(&target.name, &body, scraped_at_ms) {
-                    Ok(parsed) => Ok(Scraped {
-                        frame: self.hub.encode_scrape_ref(&parsed.scrape),
-                        samples: parsed.scrape.sample_count(),
-                        rejected_samples: parsed.rejected_samples,
-                        incomplete_containers: parsed.incomplete_containers,
-                    }),
+                match parse_resource_metrics_with(&target.name, &scratch.body, scraped_at_ms, &mut scratch.parse) {
+                    Ok(parsed) => {
+                        let scraped = Scraped {
+                            frame: self.hub.encode_scrape_ref(&parsed.scrape),
+                            samples: parsed.scrape.sample_count(),
+                            rejected_samples: parsed.rejected_samples,
+                            incomplete_containers: parsed.incomplete_containers,
+                        };
+                        scratch.parse.recycle(parsed);
+                        Ok(scraped)
+                    }
                     Err(e) => Err(ScrapeError::Parse(e)),
                 }
             }
             Err(e) => Err(e),
         };
+        self.scratch.give_back(scratch);
         Outcome { started, duration: started.elapsed(), result }
     }
 

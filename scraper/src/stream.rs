@@ -68,6 +68,9 @@ pub struct Hub {
     max_message_bytes: usize,
     /// The empty batch with `snapshot_complete` that ends every snapshot, encoded once.
     snapshot_complete: Bytes,
+    /// `--stream-linger`: after a subscriber's stream writes live batches, the ones published
+    /// within this long wait and go out together, in one write (zero: every batch at once).
+    linger: std::time::Duration,
     metrics: Metrics,
     next_id: AtomicU64,
     state: Mutex<HubState>,
@@ -90,12 +93,21 @@ impl Hub {
     /// (`--grpc-max-message-bytes`); such a scrape is logged, counted in
     /// `shardmetrics_scraper_batches_oversized_total` and neither buffered nor sent.
     pub fn with_max_message_bytes(shard: ShardIdentity, queue_batches: usize, max_message_bytes: usize, metrics: Metrics) -> Arc<Hub> {
+        Self::with_linger(shard, queue_batches, max_message_bytes, std::time::Duration::ZERO, metrics)
+    }
+
+    /// Like [`Hub::with_max_message_bytes`], with live batches coalesced per subscriber
+    /// (`--stream-linger`): once a stream has written, batches published within `linger` of
+    /// that write are held and written together when it has passed (a batch after a quiet
+    /// spell goes at once). Fewer, larger writes per scrape; each batch waits `linger` at most.
+    pub fn with_linger(shard: ShardIdentity, queue_batches: usize, max_message_bytes: usize, linger: std::time::Duration, metrics: Metrics) -> Arc<Hub> {
         let snapshot_complete = Bytes::from(encode_batch(&shard, &[], &[], true).encode_to_vec());
         Arc::new(Hub {
             shard,
             queue_batches: queue_batches.max(1),
             max_message_bytes,
             snapshot_complete,
+            linger,
             metrics,
             next_id: AtomicU64::new(1),
             state: Mutex::new(HubState { buffer: ScrapeBuffer::default(), subscribers: Vec::new(), closed: false }),
@@ -228,6 +240,9 @@ impl Hub {
             queue: rx,
             kill: Some(kill_rx),
             finished: false,
+            hold: None,
+            holding: false,
+            sent: false,
         })
     }
 
@@ -250,6 +265,14 @@ pub struct Subscription {
     /// Fires when the hub drops this subscriber for falling behind; `None` once resolved.
     kill: Option<oneshot::Receiver<()>>,
     finished: bool,
+    /// The timer of the linger window (see [`Hub::with_linger`]): created on first use, then
+    /// reset for each window.
+    hold: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A linger window runs: the queue is not read, so what is published meanwhile goes out
+    /// together when it ends.
+    holding: bool,
+    /// Live batches were handed out since the queue was last found empty.
+    sent: bool,
 }
 
 impl Drop for Subscription {
@@ -287,13 +310,37 @@ impl Stream for Subscription {
                 None => this.snapshot = None,
             }
         }
+        if this.holding {
+            if let Some(hold) = this.hold.as_mut()
+                && hold.as_mut().poll(cx).is_pending()
+            {
+                return Poll::Pending;
+            }
+            this.holding = false;
+        }
         match this.queue.poll_recv(cx) {
-            Poll::Ready(Some(frame)) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(frame)) => {
+                this.sent = true;
+                Poll::Ready(Some(Ok(frame)))
+            }
             Poll::Ready(None) => {
                 this.finished = true;
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // The queue is drained: what was handed out is written now; a window opens in
+                // which what is published waits, to go out together when it closes.
+                let linger = this.hub.linger;
+                if std::mem::take(&mut this.sent) && !linger.is_zero() {
+                    let deadline = tokio::time::Instant::now() + linger;
+                    let hold = this.hold.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    hold.as_mut().reset(deadline);
+                    // Registers the timer; the queue's waker stays registered too (a batch
+                    // published in the window wakes this stream, which then waits on).
+                    this.holding = hold.as_mut().poll(cx).is_pending();
+                }
+                Poll::Pending
+            }
         }
     }
 }
@@ -486,6 +533,38 @@ mod tests {
                 return frames;
             }
         }
+    }
+
+    /// The scraped_at_ms of the next live frame of `sub` if one is ready now, without waiting.
+    fn ready_now(sub: &mut Subscription) -> Option<i64> {
+        use futures::FutureExt;
+        sub.next().now_or_never().map(|f| decode(f.unwrap().unwrap()).scrapes[0].scraped_at_ms)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_linger_batches_published_after_a_write_wait_for_the_window_and_go_together() {
+        let linger = std::time::Duration::from_millis(25);
+        let hub = Hub::with_linger(shard(), 16, DEFAULT_MAX_MESSAGE_BYTES, linger, Metrics::register(&prometheus::Registry::new()).unwrap());
+        let mut sub = hub.subscribe("fe".into()).unwrap();
+        snapshot_frames(&mut sub).await;
+        publish(&hub, "a", 1);
+        assert_eq!(ready_now(&mut sub), Some(1), "after a quiet spell a batch goes at once");
+        assert_eq!(ready_now(&mut sub), None, "the queue is drained: a window opens");
+        publish(&hub, "b", 2);
+        tokio::time::advance(std::time::Duration::from_millis(10)).await;
+        publish(&hub, "c", 3);
+        assert_eq!(ready_now(&mut sub), None, "held within the window");
+        tokio::time::advance(std::time::Duration::from_millis(15)).await;
+        assert_eq!((ready_now(&mut sub), ready_now(&mut sub)), (Some(2), Some(3)), "both at once when it closes");
+        assert_eq!(ready_now(&mut sub), None, "a new window opens after that write");
+        tokio::time::advance(linger).await;
+        assert_eq!(ready_now(&mut sub), None, "nothing came: no window any more");
+        publish(&hub, "d", 4);
+        assert_eq!(ready_now(&mut sub), Some(4), "the next batch goes at once again");
+        // Releases and the end of the stream are not held back beyond the window either.
+        hub.close();
+        tokio::time::advance(linger).await;
+        assert!(sub.next().await.is_none(), "closed: the stream ends");
     }
 
     #[tokio::test]

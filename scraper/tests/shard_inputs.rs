@@ -43,6 +43,7 @@ fn config(grpc: &str) -> Config {
         schedule: ScheduleConfig { resolution: Duration::from_secs(5), max_concurrent: 8 },
         subscriber_queue_batches: 64,
         grpc_max_message_bytes: 64 << 20,
+        stream_linger: Duration::ZERO,
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use futures::FutureExt;
 use http::HeaderValue;
 use rustls::{ClientConfig, RootCertStore};
@@ -209,6 +209,9 @@ pub enum ClientError {
 /// Bytes asked of the socket per read while a body of unknown length is read.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Bytes read per step while looking for the end of a response head (a kubelet's is ~150).
+const HEAD_READ: usize = 1024;
+
 /// Scrapes kubelets over HTTPS, keeping one idle connection per kubelet.
 #[derive(Clone)]
 pub struct KubeletClient {
@@ -300,7 +303,7 @@ impl KubeletClient {
         self.inner.pool().conns.len()
     }
 
-    async fn fetch_inner(&self, target: &NodeTarget) -> Result<Bytes, ScrapeError> {
+    async fn fetch_inner(&self, target: &NodeTarget, body: &mut Vec<u8>) -> Result<(), ScrapeError> {
         let inner = &*self.inner;
         let authorization = match &inner.token {
             Some(t) => Some(t.header().await),
@@ -309,19 +312,19 @@ impl KubeletClient {
         let request = http1::request(&target.path, &target.host, target.port, authorization.as_ref().map(HeaderValue::as_bytes));
         let key = (target.host.clone(), target.port);
         if let Some(stream) = inner.take_idle(&key) {
-            match inner.exchange(stream, &request, true).await {
-                Ok((body, reusable)) => {
+            match inner.exchange(stream, &request, true, body).await {
+                Ok(reusable) => {
                     inner.put_idle(key, reusable);
-                    return Ok(body);
+                    return Ok(());
                 }
                 Err(f) if f.retry => tracing::debug!(node = %target.name, error = %f.error, "kept-alive kubelet connection was closed; reconnecting"),
                 Err(f) => return Err(f.error),
             }
         }
         let stream = inner.connect(target).await?;
-        let (body, reusable) = inner.exchange(stream, &request, false).await.map_err(|f| f.error)?;
+        let reusable = inner.exchange(stream, &request, false, body).await.map_err(|f| f.error)?;
         inner.put_idle(key, reusable);
-        Ok(body)
+        Ok(())
     }
 }
 
@@ -362,14 +365,16 @@ impl ClientInner {
         Ok(Box::new(tls))
     }
 
-    /// Sends `request` on `stream` and reads the whole response. On success returns the body
-    /// and the stream if it may carry the next request.
+    /// Sends `request` on `stream` and reads the whole response, its body into `buf` (cleared
+    /// first: the head is read there too, then moved out). On success returns the stream if it
+    /// may carry the next request.
     async fn exchange(
         &self,
         mut stream: Box<TlsStream<TcpStream>>,
         request: &[u8],
         reused: bool,
-    ) -> Result<(Bytes, Option<Box<TlsStream<TcpStream>>>), Failure> {
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Box<TlsStream<TcpStream>>>, Failure> {
         let io = |e: std::io::Error| ScrapeError::Transport(error_chain(&e));
         if let Err(e) = async {
             stream.write_all(request).await?;
@@ -380,14 +385,16 @@ impl ClientInner {
             return Err(Failure { error: io(e), retry: reused });
         }
 
-        // Head.
-        let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        // Head, read into the caller's buffer at most HEAD_READ bytes at a time: the body bytes
+        // read with it are moved to the front of the buffer below, so they are kept few (rustls
+        // holds the rest of what it decrypted until the body is read in place).
+        buf.clear();
         let head = loop {
-            if let Some(head) = http1::parse_head(&buf).map_err(|e| Failure::fatal(ScrapeError::Transport(e.to_string())))? {
+            if let Some(head) = http1::parse_head(buf).map_err(|e| Failure::fatal(ScrapeError::Transport(e.to_string())))? {
                 break head;
             }
-            buf.reserve(READ_CHUNK);
-            match stream.read_buf(&mut buf).await {
+            buf.reserve(HEAD_READ);
+            match stream.read_buf(&mut (&mut *buf).limit(HEAD_READ)).await {
                 Ok(0) => {
                     return Err(Failure {
                         error: ScrapeError::Transport("connection closed before a response".into()),
@@ -406,38 +413,39 @@ impl ClientInner {
 
         // Body.
         let mut reusable = head.keep_alive;
-        let body = match head.body {
+        match head.body {
             BodyLength::Known(len) => {
                 let len = usize::try_from(len).ok().filter(|l| *l <= limit).ok_or_else(too_large)?;
-                let read = &buf[head.len..];
-                if read.len() > len {
+                let read = buf.len() - head.len;
+                if read > len {
                     // Bytes after the response: nothing was asked for, do not reuse.
                     reusable = false;
                 }
-                // Sized once: the part read with the head is copied once, the rest is read in
-                // place (no regrowth, no shifting the head out).
-                let mut body = Vec::with_capacity(len);
-                body.extend_from_slice(&read[..read.len().min(len)]);
-                drop(buf);
-                while body.len() < len {
-                    let n = stream.read_buf(&mut body).await.map_err(|e| Failure::fatal(io(e)))?;
+                // The part read with the head is moved to the front once; the rest is read in
+                // place, never past the body's end (no regrowth beyond `len`).
+                buf.truncate(head.len + read.min(len));
+                buf.drain(..head.len);
+                buf.reserve(len - buf.len());
+                while buf.len() < len {
+                    let want = len - buf.len();
+                    let n = stream.read_buf(&mut (&mut *buf).limit(want)).await.map_err(|e| Failure::fatal(io(e)))?;
                     if n == 0 {
                         return Err(Failure::fatal(ScrapeError::Transport(format!(
                             "connection closed after {} of {len} body bytes",
-                            body.len()
+                            buf.len()
                         ))));
                     }
                 }
-                body
             }
             BodyLength::Chunked => {
-                buf.drain(..head.len);
+                // The raw chunks get a buffer of their own; the decoded body goes to `buf`.
+                let mut raw = Vec::with_capacity(READ_CHUNK.max(buf.len() - head.len));
+                raw.extend_from_slice(&buf[head.len..]);
+                buf.clear();
                 let mut decoder = ChunkedDecoder::new();
-                let mut body = Vec::with_capacity(buf.capacity());
-                let mut raw = buf;
                 loop {
-                    let used = decoder.decode(&raw, &mut body).map_err(|e| Failure::fatal(ScrapeError::Transport(e.to_string())))?;
-                    if body.len() > limit {
+                    let used = decoder.decode(&raw, buf).map_err(|e| Failure::fatal(ScrapeError::Transport(e.to_string())))?;
+                    if buf.len() > limit {
                         return Err(too_large());
                     }
                     if decoder.is_done() {
@@ -452,7 +460,6 @@ impl ClientInner {
                         return Err(Failure::fatal(ScrapeError::Transport("connection closed inside a chunked body".into())));
                     }
                 }
-                body
             }
             BodyLength::UntilClose => {
                 buf.drain(..head.len);
@@ -461,13 +468,12 @@ impl ClientInner {
                         return Err(too_large());
                     }
                     buf.reserve(READ_CHUNK);
-                    if stream.read_buf(&mut buf).await.map_err(|e| Failure::fatal(io(e)))? == 0 {
+                    if stream.read_buf(buf).await.map_err(|e| Failure::fatal(io(e)))? == 0 {
                         break;
                     }
                 }
-                buf
             }
-        };
+        }
         if reusable {
             // One non-blocking read: it must find nothing (would block). Besides catching a
             // kubelet that closed at once, it lets rustls shrink its receive buffer to its idle
@@ -477,14 +483,20 @@ impl ClientInner {
                 reusable = false;
             }
         }
-        Ok((Bytes::from(body), reusable.then_some(stream)))
+        Ok(reusable.then_some(stream))
     }
 }
 
 impl KubeletSource for KubeletClient {
     async fn fetch(&self, target: &NodeTarget) -> Result<Bytes, ScrapeError> {
+        let mut body = Vec::new();
+        self.fetch_into(target, &mut body).await?;
+        Ok(Bytes::from(body))
+    }
+
+    async fn fetch_into(&self, target: &NodeTarget, body: &mut Vec<u8>) -> Result<(), ScrapeError> {
         let timeout = self.inner.timeout;
-        tokio::time::timeout(timeout, self.fetch_inner(target)).await.unwrap_or(Err(ScrapeError::Timeout(timeout)))
+        tokio::time::timeout(timeout, self.fetch_inner(target, body)).await.unwrap_or(Err(ScrapeError::Timeout(timeout)))
     }
 }
 

@@ -22,7 +22,7 @@ pub mod http1;
 pub mod parse;
 
 pub use client::{KubeletAuth, KubeletClient, KubeletClientConfig, KubeletTls, TokenSource};
-pub use parse::{ParseError, Parsed, ParsedRef, parse_resource_metrics, parse_resource_metrics_ref};
+pub use parse::{ParseError, ParseScratch, Parsed, ParsedRef, parse_resource_metrics, parse_resource_metrics_ref, parse_resource_metrics_with};
 
 /// Why one scrape of one node failed. Never fatal: counted by [`ScrapeError::result_label`],
 /// logged once per change of a node's state, and the node is tried again next round.
@@ -75,4 +75,17 @@ impl ScrapeError {
 pub trait KubeletSource: Send + Sync + 'static {
     /// Fetches the raw body; must give up by itself within the configured timeout.
     fn fetch(&self, target: &NodeTarget) -> impl Future<Output = Result<Bytes, ScrapeError>> + Send;
+
+    /// [`KubeletSource::fetch`] into `body` (cleared first; its contents are unspecified after
+    /// an error), so that a caller can reuse one buffer across scrapes instead of allocating a
+    /// body per scrape. The default copies what `fetch` returns; the kubelet client reads
+    /// straight into `body`.
+    fn fetch_into(&self, target: &NodeTarget, body: &mut Vec<u8>) -> impl Future<Output = Result<(), ScrapeError>> + Send {
+        async move {
+            let fetched = self.fetch(target).await?;
+            body.clear();
+            body.extend_from_slice(&fetched);
+            Ok(())
+        }
+    }
 }

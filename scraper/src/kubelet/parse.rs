@@ -192,12 +192,63 @@ pub fn parse_resource_metrics(node: &str, body: &[u8], scraped_at_ms: i64) -> Re
 /// [`parse_resource_metrics`] with the scrape's strings borrowed from `body` (and `node`):
 /// what the scrape task encodes, without an allocation per pod and container.
 pub fn parse_resource_metrics_ref<'a>(node: &'a str, body: &'a [u8], scraped_at_ms: i64) -> Result<ParsedRef<'a>, ParseError> {
-    let mut acc = Containers {
-        pods: Vec::with_capacity(body.len() / 1024 + 4),
-        pod_index: HashMap::with_capacity_and_hasher(body.len() / 1024 + 4, BuildHasherDefault::default()),
-        hasher: RandomState::new(),
-        containers: Vec::with_capacity(body.len() / 768 + 4),
-    };
+    parse_resource_metrics_with(node, body, scraped_at_ms, &mut ParseScratch::default())
+}
+
+/// The vectors of one parse, kept for the next so that a scrape task allocates none of them
+/// (each is 1-4 KB for 30 pods: sizes glibc serves from its slower bins, not its per-thread
+/// cache). Filled by [`parse_resource_metrics_with`], given back by [`ParseScratch::recycle`].
+#[derive(Default)]
+pub struct ParseScratch {
+    pods: Vec<PodAcc<'static>>,
+    pod_index: HashMap<u64, usize, BuildHasherDefault<Prehashed>>,
+    containers: Vec<ContainerAcc<'static>>,
+    out_pods: Vec<PodRef<'static>>,
+    out_containers: Vec<ContainerRef<'static>>,
+}
+
+impl std::fmt::Debug for ParseScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParseScratch").field("pods", &self.pods.capacity()).field("containers", &self.containers.capacity()).finish_non_exhaustive()
+    }
+}
+
+impl ParseScratch {
+    /// Takes back the vectors of a parse result once it is no longer needed (encoded).
+    pub fn recycle(&mut self, parsed: ParsedRef<'_>) {
+        self.out_pods = relabel(parsed.scrape.pods);
+        self.out_containers = relabel(parsed.scrape.containers);
+    }
+}
+
+/// An emptied vector of `T` as a vector of `U`, keeping its allocation: `T` and `U` are one type
+/// under two lifetimes, so the standard library's in-place collection reuses the buffer (were
+/// it ever not to, this allocates anew: still correct).
+fn relabel<T, U>(v: Vec<T>) -> Vec<U> {
+    v.into_iter().filter_map(|_| None).collect()
+}
+
+/// [`parse_resource_metrics_ref`] reusing the vectors of `scratch` (see [`ParseScratch`]):
+/// what the scrape task calls; give the result's vectors back with [`ParseScratch::recycle`].
+pub fn parse_resource_metrics_with<'a>(node: &'a str, body: &'a [u8], scraped_at_ms: i64, scratch: &mut ParseScratch) -> Result<ParsedRef<'a>, ParseError> {
+    let mut pods: Vec<PodAcc<'a>> = relabel(std::mem::take(&mut scratch.pods));
+    pods.reserve(body.len() / 1024 + 4);
+    let mut pod_index = std::mem::take(&mut scratch.pod_index);
+    pod_index.clear();
+    pod_index.reserve(body.len() / 1024 + 4);
+    let mut containers: Vec<ContainerAcc<'a>> = relabel(std::mem::take(&mut scratch.containers));
+    containers.reserve(body.len() / 768 + 4);
+    let mut acc = Containers { pods, pod_index, hasher: RandomState::new(), containers };
+    let result = parse_into(node, body, scraped_at_ms, &mut acc, scratch);
+    let Containers { pods, pod_index, containers, .. } = acc;
+    scratch.pods = relabel(pods);
+    scratch.pod_index = pod_index;
+    scratch.containers = relabel(containers);
+    result
+}
+
+/// The parse proper: accumulates into `acc`, builds the result in `scratch`'s output vectors.
+fn parse_into<'a>(node: &'a str, body: &'a [u8], scraped_at_ms: i64, acc: &mut Containers<'a>, scratch: &mut ParseScratch) -> Result<ParsedRef<'a>, ParseError> {
     // Per container family, where in the order of first appearance its next line probably is:
     // the kubelet writes every family in the same row order, so most lines are found by one
     // comparison instead of hashing their namespace and pod.
@@ -286,10 +337,12 @@ pub fn parse_resource_metrics_ref<'a>(node: &'a str, body: &'a [u8], scraped_at_
             None
         }
     };
-    let Containers { mut pods, mut containers, .. } = acc;
-    let mut out_pods = Vec::with_capacity(pods.len());
-    let mut out = Vec::with_capacity(containers.len());
-    for pod in &mut pods {
+    let Containers { pods, containers, .. } = acc;
+    let mut out_pods: Vec<PodRef<'a>> = relabel(std::mem::take(&mut scratch.out_pods));
+    out_pods.reserve(pods.len());
+    let mut out: Vec<ContainerRef<'a>> = relabel(std::mem::take(&mut scratch.out_containers));
+    out.reserve(containers.len());
+    for pod in pods.iter_mut() {
         let start = out.len();
         let mut j = pod.first;
         while j != NONE {
@@ -1404,5 +1457,38 @@ scrape_error 0
                 ParseError::Syntax { line, column: c, expected: e, .. } => assert_eq!((line, c, e), (1, column, expected), "{text:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_reused_scratch_parses_like_a_fresh_one_and_keeps_its_vectors() {
+        // Bodies of different sizes, errors in between (their partial work must not leak into
+        // the next parse), escaped names (owned strings) among them.
+        let mut scratch = ParseScratch::default();
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for round in 0..300u64 {
+            let pods = [0, 1, 3, 30, 110][(round % 5) as usize];
+            let mut body = fixture::resource_metrics(&fixture::PayloadSpec { pods, seed: round, timestamp_ms: 1_700_000_000_000 });
+            if round % 7 == 3 && !body.is_empty() {
+                state = fixture::splitmix(state);
+                let i = (state % body.len() as u64) as usize;
+                body[i] = (state >> 32) as u8;
+            }
+            if round % 11 == 5 {
+                body.extend_from_slice(b"container_cpu_usage_seconds_total{container=\"a\\\"b\",namespace=\"n\",pod=\"p\"} 1 2\n");
+                body.extend_from_slice(b"container_memory_working_set_bytes{container=\"a\\\"b\",namespace=\"n\",pod=\"p\"} 3 2\n");
+            }
+            let fresh = parse_resource_metrics_ref("node-a", &body, 5);
+            let reused = parse_resource_metrics_with("node-a", &body, 5, &mut scratch);
+            assert_eq!(reused, fresh, "round {round}");
+            if let Ok(parsed) = reused {
+                scratch.recycle(parsed);
+            }
+        }
+        assert!(scratch.pods.capacity() >= 110 && scratch.containers.capacity() >= 110, "{scratch:?}");
+        let out_pods = scratch.out_pods.capacity();
+        assert!(out_pods >= 110, "the output vectors come back: {out_pods}");
+        let body = fixture::resource_metrics(&fixture::PayloadSpec { pods: 30, seed: 1, timestamp_ms: 1 });
+        let parsed = parse_resource_metrics_with("n", &body, 0, &mut scratch).unwrap();
+        assert_eq!(parsed.scrape.pods.capacity(), out_pods, "the same allocation, not a new one");
     }
 }
