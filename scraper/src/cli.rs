@@ -130,8 +130,10 @@ pub struct Args {
     pub grpc_max_message_bytes: usize,
     /// After a subscriber's stream writes, live batches published within this long are held and
     /// written together when it has passed (0s: every batch on its own, at once). Fewer writes
-    /// and wake-ups per scrape on both ends, for at most this much added scrape-to-servable latency.
-    #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_STREAM_LINGER", default_value = "25ms")]
+    /// and wake-ups per scrape on both ends, for at most this much added scrape-to-servable
+    /// latency. Off by default: at 25ms the CPU saved was within run-to-run noise while the
+    /// scrape-to-servable p50 went from 0.6 to 13 ms (docs/benchmarks.md).
+    #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_STREAM_LINGER", default_value = "0s")]
     pub stream_linger: GoDuration,
 
     /// Address of the plain-HTTP /livez /readyz /metrics server.
