@@ -79,7 +79,8 @@ pub struct ScenarioConfig {
     pub faults: Vec<FaultSpec>,
     /// How long the floor client runs after the window (zero: no floor).
     pub floor_duration: Duration,
-    /// Time between pod probes.
+    /// Time between pod probes. When `kubectl top`-style lists are planned at least this often,
+    /// the pod probe judges their answers instead and sends none of its own.
     pub pod_probe_every: Duration,
     /// Where to write the JSON report (the chart goes next to it, `.svg`).
     pub report: PathBuf,
@@ -333,50 +334,52 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
     let t0 = load_start + config.warmup;
     let end = t0 + config.duration;
     let recorder = Recorder::new(t0);
+    let fresh_bound_ms = 2.0 * resolution.as_secs_f64() * 1000.0 + 1000.0;
+    let node_log = Arc::new(Mutex::new(ProbeLog::default()));
+    let pod_log = Arc::new(Mutex::new(ProbeLog::default()));
+    let fleet = demo.cluster.fleet().clone();
+    let store = demo.api.store().clone();
+    let pod_probe = ProbeConfig {
+        kind: ProbeKind::Pods,
+        every: config.pod_probe_every,
+        measure_from: t0,
+        until: end,
+        fresh_bound_ms,
+        expected: Arc::new(move || store.count(shardmetrics_sim::apiserver::resources::PODS)),
+        clock: demo.clock().clone(),
+    };
+    // When `kubectl top`-style lists come at least as often as the pod probe would list, the
+    // probe judges their answers instead of adding lists of its own (see `probe`).
+    let top_rate = planned.get(&QueryKind::TopAllPods).copied().unwrap_or(0.0);
+    let pods_ride_on_top = top_rate * config.pod_probe_every.as_secs_f64() >= 1.0;
     // Each kind's client runs on a thread and runtime of its own: reading a 45 MB list does
     // not hold up the HPA client, and neither waits behind the simulated kubelets and API
     // server on this process's runtime (what is measured is shardmetrics, not the harness).
     let mut generators = Vec::new();
     for (kind, rate) in &planned {
         let (kind, rate, target, universe, recorder) = (*kind, *rate, new_target()?, universe.clone(), recorder.clone());
+        let judge = (kind == QueryKind::TopAllPods && pods_ride_on_top).then(|| probe::Judge::new(pod_probe.clone(), config.load.encoding, pod_log.clone()));
         generators.push(on_own_thread(&format!("client-{}", kind.name()), async move {
-            queries::generate(kind, rate, load_start, end, target, universe, recorder).await;
+            queries::generate(kind, rate, load_start..end, target, universe, recorder, judge).await;
             Ok(())
         }));
     }
-    let fresh_bound_ms = 2.0 * resolution.as_secs_f64() * 1000.0 + 1000.0;
-    let node_log = Arc::new(Mutex::new(ProbeLog::default()));
-    let pod_log = Arc::new(Mutex::new(ProbeLog::default()));
-    let fleet = demo.cluster.fleet().clone();
-    let store = demo.api.store().clone();
-    let probes = [
-        tokio::spawn(probe::run(
-            ProbeConfig {
-                kind: ProbeKind::Nodes,
-                every: Duration::from_secs(1),
-                measure_from: t0,
-                until: end,
-                fresh_bound_ms,
-                expected: Arc::new(move || fleet.len()),
-                clock: demo.clock().clone(),
-            },
-            direct.clone(),
-            node_log.clone(),
-        )),
-        tokio::spawn(probe::run(
-            ProbeConfig {
-                kind: ProbeKind::Pods,
-                every: config.pod_probe_every,
-                measure_from: t0,
-                until: end,
-                fresh_bound_ms,
-                expected: Arc::new(move || store.count(shardmetrics_sim::apiserver::resources::PODS)),
-                clock: demo.clock().clone(),
-            },
-            direct.clone(),
-            pod_log.clone(),
-        )),
-    ];
+    let mut probes = vec![tokio::spawn(probe::run(
+        ProbeConfig {
+            kind: ProbeKind::Nodes,
+            every: Duration::from_secs(1),
+            measure_from: t0,
+            until: end,
+            fresh_bound_ms,
+            expected: Arc::new(move || fleet.len()),
+            clock: demo.clock().clone(),
+        },
+        direct.clone(),
+        node_log.clone(),
+    ))];
+    if !pods_ride_on_top {
+        probes.push(tokio::spawn(probe::run(pod_probe, direct.clone(), pod_log.clone())));
+    }
 
     let progress = config.progress.then(|| {
         let bar = indicatif::ProgressBar::new((config.warmup + config.duration).as_secs().max(1));

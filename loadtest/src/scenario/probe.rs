@@ -1,6 +1,10 @@
 //! The coverage and freshness probe: lists every node (each second) and every pod (every few
 //! seconds) straight from the frontends, round-robin, as JSON, and records how many are served,
-//! how many of those are fresh, and the age of each item's sample.
+//! how many of those are fresh, and the age of each item's sample. When the run sends
+//! `kubectl top`-style pod lists at least as often, the pod probe judges their answers (JSON or
+//! protobuf) instead of asking for lists of its own ([`Judge`]): a 150k-pod list costs the
+//! frontend and the client a few hundred ms of CPU, which a second list every few seconds
+//! would add to what the run measures.
 //!
 //! Ages are probe time minus the item's `timestamp`, which the API writes truncated to whole
 //! seconds (as `metav1.Time` does), so each age is overstated by up to 1 s. An item counts as
@@ -11,6 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use shardmetrics_plumbing::clock::SharedClock;
 
@@ -76,21 +81,50 @@ struct Item {
     timestamp: Option<String>,
 }
 
+/// A protobuf `PodMetricsList` or `NodeMetricsList` (the `raw` of the Kubernetes envelope) read
+/// for its items' timestamps only: every other field is skipped unread.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoList {
+    #[prost(message, repeated, tag = "2")]
+    items: Vec<ProtoItem>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoItem {
+    #[prost(message, optional, tag = "2")]
+    timestamp: Option<shardmetrics_frontend::api::protobuf::Time>,
+}
+
 /// Counts served and fresh items of a list body at `now_ms`; returns (served, fresh, ages of
 /// this list).
 pub fn judge(body: &[u8], now_ms: i64, fresh_bound_ms: f64) -> Result<(usize, usize, AgeHistogram), String> {
     let list: List = serde_json::from_slice(body).map_err(|e| format!("undecodable list: {e}"))?;
+    let stamps = list.items.iter().map(|item| item.timestamp.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok()).map(|t| t.as_millisecond()));
+    Ok(tally(list.items.len(), stamps, now_ms, fresh_bound_ms))
+}
+
+/// [`judge`] for a protobuf answer (`application/vnd.kubernetes.protobuf`, envelope included).
+pub fn judge_protobuf(body: &[u8], now_ms: i64, fresh_bound_ms: f64) -> Result<(usize, usize, AgeHistogram), String> {
+    use prost::Message;
+    let (_, raw) = shardmetrics_frontend::api::protobuf::decode_envelope(body).map_err(|e| format!("undecodable list: {e}"))?;
+    let list = ProtoList::decode(raw.as_slice()).map_err(|e| format!("undecodable list: {e}"))?;
+    let stamps = list.items.iter().map(|item| item.timestamp.as_ref().and_then(|t| t.seconds).map(|s| s.saturating_mul(1000)));
+    Ok(tally(list.items.len(), stamps, now_ms, fresh_bound_ms))
+}
+
+/// (served, fresh, ages) of a list of `served` items with these sample times (Unix ms; `None`
+/// for an item without one, which is served but neither aged nor fresh).
+fn tally(served: usize, stamps: impl Iterator<Item = Option<i64>>, now_ms: i64, fresh_bound_ms: f64) -> (usize, usize, AgeHistogram) {
     let mut mine = AgeHistogram::default();
     let mut fresh = 0;
-    for item in &list.items {
-        let Some(ts) = item.timestamp.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok()) else { continue };
-        let age = (now_ms - ts.as_millisecond()) as f64;
+    for ts in stamps.flatten() {
+        let age = (now_ms - ts) as f64;
         mine.record(age);
         if age <= fresh_bound_ms {
             fresh += 1;
         }
     }
-    Ok((list.items.len(), fresh, mine))
+    (served, fresh, mine)
 }
 
 /// Settings of one probe loop.
@@ -112,46 +146,57 @@ pub struct ProbeConfig {
     pub clock: SharedClock,
 }
 
-/// Probes until `config.until`, one probe at a time (a slow probe delays the next one; ticks
-/// missed meanwhile are skipped, not bunched).
-pub async fn run(config: ProbeConfig, target: Target, log: Arc<Mutex<ProbeLog>>) {
-    let path = match config.kind {
-        ProbeKind::Nodes => "/apis/metrics.k8s.io/v1beta1/nodes",
-        ProbeKind::Pods => "/apis/metrics.k8s.io/v1beta1/pods",
-    };
-    let mut tick = tokio::time::interval(config.every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tick.tick().await;
-        let sent = Instant::now();
-        if sent >= config.until {
-            return;
-        }
-        let Some(since) = sent.checked_duration_since(config.measure_from) else { continue };
-        let unix_ms = config.clock.now_ms();
-        let expected = (config.expected)();
-        let result = target.get_as(path, Encoding::Json).await;
-        // Parsing a 150k-pod list takes a few hundred ms of CPU: on a bulk thread of its own at a
-        // lower priority, so the query clients sharing this process's runtime workers, and the
-        // cores, are not measured waiting for it.
-        let fresh_bound_ms = config.fresh_bound_ms;
+/// What a probe knew when it sent its request: when (into the measurement), the wall clock,
+/// and how many items there should be.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    since: Option<Duration>,
+    unix_ms: i64,
+    expected: usize,
+}
+
+/// Judges list answers into a probe log: the probe loop's own lists, or the answers of the
+/// run's `kubectl top` queries (see the module doc). Judging runs on a bulk thread of its own
+/// at a lower priority (parsing a 150k-pod list takes a few hundred ms of CPU), so the query
+/// clients and the cores are not measured waiting for it.
+#[derive(Clone)]
+pub struct Judge {
+    config: ProbeConfig,
+    encoding: Encoding,
+    log: Arc<Mutex<ProbeLog>>,
+}
+
+impl Judge {
+    /// Judges answers in `encoding` against `config`, into `log`.
+    pub fn new(config: ProbeConfig, encoding: Encoding, log: Arc<Mutex<ProbeLog>>) -> Judge {
+        Judge { config, encoding, log }
+    }
+
+    /// What to note when a request is sent, to judge its answer by.
+    pub fn sent(&self) -> Sent {
+        Sent { since: Instant::now().checked_duration_since(self.config.measure_from), unix_ms: self.config.clock.now_ms(), expected: (self.config.expected)() }
+    }
+
+    /// Judges the answer to a request sent at `sent` (its body as the frames it came in) and
+    /// logs the point; answers to requests sent before the measurement are not kept.
+    pub async fn judge(&self, sent: Sent, result: Result<Vec<Bytes>, String>) {
+        let Some(since) = sent.since else { return };
+        let (fresh_bound_ms, encoding, unix_ms) = (self.config.fresh_bound_ms, self.encoding, sent.unix_ms);
         let judged = match result {
-            Ok(body) => shardmetrics_plumbing::bulk::run("probe-judge", move || judge(&body, unix_ms, fresh_bound_ms))
-                .await
-                .unwrap_or_else(|e| Err(format!("judging the list failed: {e}"))),
+            Ok(frames) => shardmetrics_plumbing::bulk::run("probe-judge", move || {
+                let body = super::queries::join_frames(frames);
+                match encoding {
+                    Encoding::Json => judge(&body, unix_ms, fresh_bound_ms),
+                    Encoding::Protobuf => judge_protobuf(&body, unix_ms, fresh_bound_ms),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("judging the list failed: {e}"))),
             Err(e) => Err(e),
         };
-        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-        let mut point = ProbePoint {
-            t_s: since.as_secs_f64(),
-            unix_ms,
-            expected,
-            served: 0,
-            fresh: 0,
-            age_p99_ms: 0.0,
-            age_max_ms: 0.0,
-            error: None,
-        };
+        let mut point =
+            ProbePoint { t_s: since.as_secs_f64(), unix_ms, expected: sent.expected, served: 0, fresh: 0, age_p99_ms: 0.0, age_max_ms: 0.0, error: None };
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         match judged {
             Ok((served, fresh, ages)) => {
                 log.ages.merge(&ages);
@@ -160,7 +205,34 @@ pub async fn run(config: ProbeConfig, target: Target, log: Arc<Mutex<ProbeLog>>)
             }
             Err(e) => point.error = Some(e),
         }
-        log.points.push(point);
+        // Answers may be judged out of order (overlapping queries): the log stays in time order.
+        let at = log.points.partition_point(|p| p.t_s <= point.t_s);
+        log.points.insert(at, point);
+    }
+}
+
+/// Probes until `config.until`, one probe at a time (a slow probe delays the next one; ticks
+/// missed meanwhile are skipped, not bunched), asking for JSON.
+pub async fn run(config: ProbeConfig, target: Target, log: Arc<Mutex<ProbeLog>>) {
+    let path = match config.kind {
+        ProbeKind::Nodes => "/apis/metrics.k8s.io/v1beta1/nodes",
+        ProbeKind::Pods => "/apis/metrics.k8s.io/v1beta1/pods",
+    };
+    let mut tick = tokio::time::interval(config.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let until = config.until;
+    let judge = Judge::new(config, Encoding::Json, log);
+    loop {
+        tick.tick().await;
+        if Instant::now() >= until {
+            return;
+        }
+        let sent = judge.sent();
+        if sent.since.is_none() {
+            continue;
+        }
+        let result = target.get_as(path, Encoding::Json).await.map(|body| vec![body]);
+        judge.judge(sent, result).await;
     }
 }
 
@@ -180,6 +252,33 @@ mod tests {
         assert_eq!(ages.percentiles().max, 50_000.0);
         assert_eq!(ages.percentiles().count, 2);
         assert!(judge(b"<html>", now, 1.0).unwrap_err().contains("undecodable"));
+    }
+
+    #[test]
+    fn protobuf_lists_are_judged_like_json_ones() {
+        use prost::Message;
+        use shardmetrics_frontend::api::protobuf as pb;
+        let item = |name: &str, seconds: Option<i64>| pb::PodMetrics {
+            metadata: Some(pb::ObjectMeta { name: Some(name.into()), namespace: Some("ns".into()), ..Default::default() }),
+            timestamp: seconds.map(|s| pb::Time { seconds: Some(s), nanos: None }),
+            window: Some(pb::Duration { duration: Some(15_000_000_000) }),
+            containers: vec![],
+        };
+        let now: i64 = "2026-01-01T00:01:00Z".parse::<jiff::Timestamp>().unwrap().as_millisecond();
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_second();
+        let list = pb::PodMetricsList {
+            metadata: Some(pb::ListMeta::default()),
+            items: vec![item("a", Some(t("2026-01-01T00:00:50Z"))), item("b", Some(t("2026-01-01T00:00:10Z"))), item("c", None)],
+        };
+        let tm = pb::TypeMeta { api_version: Some("metrics.k8s.io/v1beta1".into()), kind: Some("PodMetricsList".into()) };
+        let unknown = pb::Unknown { type_meta: Some(tm), raw: Some(list.encode_to_vec()), content_encoding: Some(String::new()), content_type: Some(String::new()) };
+        let mut body = pb::MAGIC.to_vec();
+        body.extend_from_slice(&unknown.encode_to_vec());
+        let (served, fresh, ages) = judge_protobuf(&body, now, 31_000.0).unwrap();
+        assert_eq!((served, fresh), (3, 1));
+        assert_eq!(ages.percentiles().max, 50_000.0);
+        assert_eq!(ages.percentiles().count, 2);
+        assert!(judge_protobuf(b"{}", now, 1.0).unwrap_err().contains("undecodable"));
     }
 
     #[test]

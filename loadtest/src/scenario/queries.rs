@@ -20,6 +20,7 @@ use http_body_util::{BodyExt, Empty};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use super::probe::Judge;
 use super::stats::{Percentiles, percentiles};
 
 /// Requests of one kind in flight at most; past it a due request is not sent and is counted in
@@ -153,10 +154,16 @@ impl Target {
     /// Straight to the frontends, a frontend that refuses the connection is skipped for the
     /// next one, as the aggregation proxy does.
     pub async fn get_as(&self, path_and_query: &str, encoding: Encoding) -> Result<Bytes, String> {
-        self.request(path_and_query, encoding, true).await.map(|(_, b)| b)
+        self.request(path_and_query, encoding, true).await.map(|(_, frames)| join_frames(frames))
     }
 
-    async fn request(&self, path_and_query: &str, encoding: Encoding, keep: bool) -> Result<(usize, Bytes), String> {
+    /// [`Target::get_len`] keeping the body as the frames it arrived in (nothing copied while
+    /// the request is timed; join them later, off the clock, with [`join_frames`]).
+    pub async fn get_frames(&self, path_and_query: &str) -> Result<(usize, Vec<Bytes>), String> {
+        self.request(path_and_query, self.encoding, true).await
+    }
+
+    async fn request(&self, path_and_query: &str, encoding: Encoding, keep: bool) -> Result<(usize, Vec<Bytes>), String> {
         if let Some((api, token)) = &self.proxy {
             let req = http::Request::get(format!("{api}{path_and_query}"))
                 .header("accept", encoding.accept())
@@ -188,29 +195,41 @@ impl Target {
         Err(last)
     }
 
-    /// The body of a 200 (kept, or only counted), else what went wrong.
+    /// The body of a 200 (its frames kept as they came, or only counted), else what went wrong.
     async fn read(
         resp: Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
         keep: bool,
-    ) -> Result<(usize, Bytes), String> {
+    ) -> Result<(usize, Vec<Bytes>), String> {
         let resp = resp.map_err(|e| format!("transport: {e}"))?;
         let status = resp.status();
         let mut body = resp.into_body();
-        let mut kept = bytes::BytesMut::new();
+        let mut kept = Vec::new();
         let mut len = 0;
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame.map_err(|e| format!("body: {e}"))?.into_data() {
                 len += data.len();
                 if keep {
-                    kept.extend_from_slice(&data);
+                    kept.push(data);
                 }
             }
         }
         if status != http::StatusCode::OK {
             return Err(format!("HTTP {}", status.as_u16()));
         }
-        Ok((len, kept.freeze()))
+        Ok((len, kept))
     }
+}
+
+/// One contiguous body from the frames it arrived in (copied once, when there is more than one).
+pub fn join_frames(frames: Vec<Bytes>) -> Bytes {
+    if frames.len() <= 1 {
+        return frames.into_iter().next().unwrap_or_default();
+    }
+    let mut joined = bytes::BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
+    for f in &frames {
+        joined.extend_from_slice(f);
+    }
+    joined.freeze()
 }
 
 /// What the queries are about: the names they pick from.
@@ -376,9 +395,14 @@ impl Recorder {
     }
 }
 
-/// Sends `kind` at `rate` per second from `start` until `end`, then waits for the requests in
+/// Sends `kind` at `rate` per second from `window.start` until `window.end`, then waits for the requests in
 /// flight (at most [`DRAIN_TIMEOUT`]; the rest are aborted and counted as errors).
-pub async fn generate(kind: QueryKind, rate: f64, start: Instant, end: Instant, target: Target, universe: Arc<Universe>, recorder: Recorder) {
+///
+/// With `judge`, every answer's body is also kept and handed to it once the request is
+/// recorded (its time is not the query's): the pod coverage probe riding on `kubectl top`'s
+/// lists instead of asking for lists of its own.
+pub async fn generate(kind: QueryKind, rate: f64, window: std::ops::Range<Instant>, target: Target, universe: Arc<Universe>, recorder: Recorder, judge: Option<Judge>) {
+    let (start, end) = (window.start, window.end);
     if rate <= 0.0 || !rate.is_finite() {
         return;
     }
@@ -398,10 +422,20 @@ pub async fn generate(kind: QueryKind, rate: f64, start: Instant, end: Instant, 
             recorder.skipped(kind, due);
             continue;
         };
-        let (target, universe, recorder) = (target.clone(), universe.clone(), recorder.clone());
+        let (target, universe, recorder, judge) = (target.clone(), universe.clone(), recorder.clone(), judge.clone());
         tasks.spawn(async move {
-            let result = target.get_len(&universe.path(kind, n)).await;
-            recorder.record(kind, due, result);
+            let path = universe.path(kind, n);
+            match judge {
+                None => recorder.record(kind, due, target.get_len(&path).await),
+                Some(judge) => {
+                    let sent = judge.sent();
+                    let result = target.get_frames(&path).await;
+                    recorder.record(kind, due, result.as_ref().map(|(len, _)| *len).map_err(Clone::clone));
+                    drop(permit);
+                    judge.judge(sent, result.map(|(_, frames)| frames)).await;
+                    return;
+                }
+            }
             drop(permit);
         });
     }
@@ -458,7 +492,7 @@ mod tests {
         let target = Target::direct(tls, Arc::new(RwLock::new(Vec::new())), Encoding::Json);
         let start = Instant::now();
         let r = Recorder::new(start);
-        generate(QueryKind::AllNodes, 20.0, start, start + Duration::from_millis(500), target, Arc::new(universe()), r.clone()).await;
+        generate(QueryKind::AllNodes, 20.0, start..start + Duration::from_millis(500), target, Arc::new(universe()), r.clone(), None).await;
         let (stats, _) = r.finish(&[(QueryKind::AllNodes, 20.0)].into_iter().collect(), 0.5);
         assert_eq!(stats["all_nodes"].errors, 10);
         assert_eq!(stats["all_nodes"].error_reasons["no frontend"], 10);
