@@ -244,6 +244,8 @@ pub struct ComponentStats {
 /// The floor: a bare client fetching the same kubelet payloads.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct FloorReport {
+    /// Kubelets the floor fetched: one shard's share of the cluster (see `scenario::floor`).
+    pub nodes: usize,
     /// How long it ran, seconds.
     pub duration_s: f64,
     /// Fetches that got a 200 and the full body.

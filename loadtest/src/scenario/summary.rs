@@ -57,7 +57,8 @@ pub fn summary(r: &Report) -> String {
     if let Some(fl) = &r.floor {
         let _ = writeln!(
             out,
-            "floor: {} fetches in {:.0}s, {:.3} ms CPU each; scrapers {:.3} ms CPU per scrape = {} the floor",
+            "floor (one shard's share, {} nodes): {} fetches in {:.0}s, {:.3} ms CPU each; scrapers {:.3} ms CPU per scrape = {} the floor",
+            fl.nodes,
             fl.fetches,
             fl.duration_s,
             fl.cpu_ms_per_fetch,
