@@ -369,12 +369,17 @@ impl RunningDemo {
         Ok(started)
     }
 
-    /// A child that exited, if any: (name, status, log).
+    /// A child that exited, if any: (name, status, log). Kubelet server children count too
+    /// (they are not restarted: their kubelets went with them).
     pub fn exited_child(&mut self) -> Option<(String, std::process::ExitStatus, PathBuf)> {
         for p in &mut self.peers {
             if let Some(status) = p.exited() {
                 return Some((p.name().to_owned(), status, p.log().to_owned()));
             }
+        }
+        if let Some((name, status)) = self.cluster.fleet().exited_server() {
+            let log = self.log_path(&name);
+            return Some((name, status, log));
         }
         self.children.exited()
     }

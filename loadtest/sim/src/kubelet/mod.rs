@@ -517,6 +517,12 @@ impl KubeletFleet {
         self.servers.as_ref().map(servers::Servers::pids).unwrap_or_default()
     }
 
+    /// A kubelet server child that exited (its kubelets with it), with how; `None` while every
+    /// child runs (and always when the kubelets are served from this process).
+    pub fn exited_server(&self) -> Option<(String, std::process::ExitStatus)> {
+        self.servers.as_ref().and_then(servers::Servers::exited)
+    }
+
     /// Total scrapes over all kubelets.
     pub fn total_scrapes(&self) -> u64 {
         self.all().iter().map(|k| k.scrapes()).sum()

@@ -379,6 +379,15 @@ impl Servers {
         self.handles.iter().filter_map(|h| h.pid.map(|pid| (h.name.clone(), pid))).collect()
     }
 
+    /// A child that exited, with how (`None` while all run).
+    pub(crate) fn exited(&self) -> Option<(String, std::process::ExitStatus)> {
+        self.handles.iter().find_map(|h| {
+            let mut child = h.child.try_lock().ok()?;
+            let status = child.as_mut()?.try_wait().ok()??;
+            Some((h.name.clone(), status))
+        })
+    }
+
     /// Closes every child's stdin.
     pub(crate) fn close_all(&self) {
         for h in &self.handles {
