@@ -71,6 +71,12 @@ const CONNECTION_WINDOW: u32 = 16 << 20;
 /// Concurrent forwarded requests per child (a request to a kubelet faulted to never answer
 /// holds one until its client gives up).
 const MAX_STREAMS: u32 = 1 << 20;
+/// Streams a child may reset (its client gave up or closed the connection) before this process
+/// took them up, and streams this process may reset, before h2 calls it an attack and closes
+/// the connection (h2's defaults, 20 and 1024, guard servers facing strangers; the child is
+/// ours, and a 10 000-node start-up keeps this process busy long enough for scrapers' first
+/// requests to time out by the hundred).
+const MAX_RESET_STREAMS: usize = 1 << 20;
 
 /// How to start one kubelet server child.
 #[derive(Debug, Clone)]
@@ -510,6 +516,8 @@ async fn run_endpoint(listener: TcpListener, secret: String, kubelets: Kubelets,
             });
             let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .max_concurrent_streams(MAX_STREAMS)
+                .max_pending_accept_reset_streams(MAX_RESET_STREAMS)
+                .max_local_error_reset_streams(MAX_RESET_STREAMS)
                 .initial_stream_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
                 .serve_connection(TokioIo::new(stream), service)
@@ -593,6 +601,9 @@ pub async fn serve(input: impl AsyncRead + Unpin + Send + 'static, mut output: i
     let _ = stream.set_nodelay(true);
     stream.write_all(format!("{secret}\n").as_bytes()).await.map_err(io_err("connecting to the parent"))?;
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .max_concurrent_reset_streams(MAX_RESET_STREAMS)
+        .max_pending_accept_reset_streams(MAX_RESET_STREAMS)
+        .max_local_error_reset_streams(MAX_RESET_STREAMS)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .handshake::<_, Incoming>(TokioIo::new(stream))
