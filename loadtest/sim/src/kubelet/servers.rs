@@ -74,8 +74,8 @@ const MAX_STREAMS: u32 = 1 << 20;
 /// Streams a child may reset (its client gave up or closed the connection) before this process
 /// took them up, and streams this process may reset, before h2 calls it an attack and closes
 /// the connection (h2's defaults, 20 and 1024, guard servers facing strangers; the child is
-/// ours, and a 10 000-node start-up keeps this process busy long enough for scrapers' first
-/// requests to time out by the hundred).
+/// ours, and a 10 000-node start-up kept this process busy long enough for more than 20 of the
+/// scrapers' first requests to be cancelled before it took them up).
 const MAX_RESET_STREAMS: usize = 1 << 20;
 
 /// How to start one kubelet server child.
