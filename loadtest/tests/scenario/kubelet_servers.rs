@@ -53,7 +53,8 @@ async fn kubelets_served_from_two_server_processes_are_scraped_and_counted_as_in
     // The children are the harness's: in the harness figures, not in the system's.
     let servers: Vec<_> = report.processes.iter().filter(|p| p.name.starts_with("kubelets-")).collect();
     assert_eq!(servers.len(), 2, "{:?}", report.processes);
-    assert!(servers.iter().all(|p| p.alive_at_end && p.cpu_s > 0.0 && p.peak_rss_mib > 1.0), "{servers:?}");
+    // (Their CPU at this size is a few 10 ms ticks of /proc at most: not asserted.)
+    assert!(servers.iter().all(|p| p.alive_at_end && p.peak_rss_mib > 1.0), "{servers:?}");
     assert_eq!(report.components["kubelets"].processes, 2);
     let runner = report.processes.iter().find(|p| p.name == scenario::SELF_NAME).expect("the runner");
     let harness = runner.cpu_cores + servers.iter().map(|p| p.cpu_cores).sum::<f64>();
