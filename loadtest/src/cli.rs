@@ -6,7 +6,11 @@
 //! Two hidden subcommands make this binary the scraper and frontend children of `demo`:
 //! `shardmetrics-loadtest scraper <scraper flags>` and `shardmetrics-loadtest frontend <frontend
 //! flags>` run `shardmetrics_scraper::cli::main_with` / `shardmetrics_frontend::cli::main_with`,
-//! the entry points of the real binaries ([`main_from_env`] dispatches them before clap).
+//! the entry points of the real binaries ([`main_from_env`] dispatches them before clap). A third,
+//! `shardmetrics-loadtest kubelet-server`, is a child of the simulated cluster when one process's
+//! open-files limit cannot hold its kubelets: it serves a share of their listeners and
+//! connections and forwards the requests to the cluster (`shardmetrics_sim::kubelet::servers`),
+//! talking to it over its stdin and stdout.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -246,6 +250,12 @@ pub struct DemoArgs {
     /// upstream sources on first use; needs Go).
     #[arg(long, env = "SHARDMETRICS_CONTROL_PLANE", value_enum, default_value_t = ControlPlaneMode::Sim, help_heading = HEADING_PIPELINE)]
     pub control_plane: ControlPlaneMode,
+    /// Serve the simulated kubelets' listeners and connections from at least this many child
+    /// processes (`kubelet-server`), which forward the requests to the simulator. 0: only as
+    /// many as needed, none while this process's open-files limit holds every kubelet with a
+    /// scraper's and a floor's connection.
+    #[arg(long, env = "SHARDMETRICS_KUBELET_SERVERS", default_value_t = 0, help_heading = HEADING_CLUSTER)]
+    pub kubelet_servers: usize,
 }
 
 /// Flags of `apiserver`.
@@ -392,6 +402,12 @@ fn validate_demo(d: &DemoArgs, problems: &mut Vec<String>) {
     if *d.metric_resolution < Duration::from_secs(5) {
         problems.push(format!("--metric-resolution {} is below the minimum of 5s", d.metric_resolution));
     }
+    if d.kubelet_servers > cluster::MAX_KUBELET_SERVERS {
+        problems.push(format!("--kubelet-servers {} is more than {}", d.kubelet_servers, cluster::MAX_KUBELET_SERVERS));
+    }
+    if d.kubelet_servers > 0 && d.control_plane == ControlPlaneMode::Real {
+        problems.push("--kubelet-servers: the real control plane's node agent serves its kubelets in one process".into());
+    }
 }
 
 /// What `main` calls: the hidden `scraper` / `frontend` children first, else [`main_with`].
@@ -408,6 +424,13 @@ pub fn main_from_env() -> ExitCode {
                 Err(code) => code,
             }
         }
+        Some("kubelet-server") => match argv.next() {
+            None => run_kubelet_server(),
+            Some(extra) => {
+                eprintln!("error: kubelet-server takes no arguments (got {extra:?}); it is started by the simulated cluster");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
         Some("frontend") => {
             match shardmetrics_plumbing::process::parse_args(std::iter::once("shardmetrics-frontend".into()).chain(argv)) {
                 Ok(args) => block_on(shardmetrics_frontend::cli::main_with(args)),
@@ -418,6 +441,39 @@ pub fn main_from_env() -> ExitCode {
             Ok(args) => block_on(main_with(args)),
             Err(code) => code,
         },
+    }
+}
+
+/// The `kubelet-server` child: [`shardmetrics_sim::kubelet::servers::serve`] on stdin and
+/// stdout until stdin closes (its parent closed it or died) or its connection to the parent
+/// ends; logs go to stderr.
+fn run_kubelet_server() -> ExitCode {
+    init_tracing(LogFormat::Text, "info");
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shardmetrics-loadtest kubelet-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        // Both are pipes from the parent: read and written without blocking a thread.
+        use std::os::fd::AsFd;
+        use tokio::net::unix::pipe;
+        let stdin = std::io::stdin().as_fd().try_clone_to_owned().and_then(|fd| pipe::Receiver::from_file(std::fs::File::from(fd)));
+        let stdout = std::io::stdout().as_fd().try_clone_to_owned().and_then(|fd| pipe::Sender::from_file(std::fs::File::from(fd)));
+        match (stdin, stdout) {
+            (Ok(stdin), Ok(stdout)) => shardmetrics_sim::kubelet::servers::serve(stdin, stdout).await.map_err(|e| e.to_string()),
+            (Err(e), _) | (_, Err(e)) => Err(format!("stdin and stdout must be pipes from the simulated cluster: {e}")),
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "kubelet server stopped");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -460,7 +516,8 @@ pub async fn main_with(args: Args) -> ExitCode {
 
 async fn run_apiserver(a: ApiserverArgs) -> anyhow::Result<()> {
     let api = ApiServer::start(ApiServerConfig { bind: a.bind_address, policy: cluster::standard_policy(), ..Default::default() }).await?;
-    let config = ClusterConfig { nodes: a.nodes, pods_per_node: a.pods_per_node, containers_per_pod: a.containers_per_pod, ..Default::default() };
+    let kubelet_servers = cluster::KubeletServers { command: Some(kubelet_server_command(None)?), ..Default::default() };
+    let config = ClusterConfig { nodes: a.nodes, pods_per_node: a.pods_per_node, containers_per_pod: a.containers_per_pod, kubelet_servers, ..Default::default() };
     let sim = Cluster::start(&api, config).await?;
     if !a.aggregation_backends.is_empty() {
         api.set_aggregation_backends(a.aggregation_backends.clone());
@@ -490,6 +547,11 @@ async fn run_apiserver(a: ApiserverArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// This executable as a kubelet server child, logging to `log_dir` (stderr when `None`).
+fn kubelet_server_command(log_dir: Option<PathBuf>) -> anyhow::Result<shardmetrics_sim::kubelet::servers::KubeletServerCommand> {
+    Ok(shardmetrics_sim::kubelet::servers::KubeletServerCommand { program: std::env::current_exe()?, args: vec!["kubelet-server".into()], log_dir })
+}
+
 fn demo_config(d: &DemoArgs) -> anyhow::Result<crate::demo::DemoConfig> {
     let exe = std::env::current_exe()?;
     let mut config = crate::demo::DemoConfig::new(exe);
@@ -500,6 +562,7 @@ fn demo_config(d: &DemoArgs) -> anyhow::Result<crate::demo::DemoConfig> {
     config.metric_resolution = d.metric_resolution.0;
     config.kubeconfig = d.kubeconfig.clone();
     config.kubelet_insecure_tls = d.kubelet_insecure_tls;
+    config.kubelet_servers = d.kubelet_servers;
     config.ready_timeout = config.metric_resolution * 4 + Duration::from_secs(60) + Duration::from_millis(d.nodes as u64 * 20);
     Ok(config)
 }

@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 use crate::apiserver::resources::{NODES, PODS};
 use crate::apiserver::store::{Change, EventType, Part, Store, rfc3339};
 use crate::apiserver::{ApiError, RunningApiServer};
+use crate::kubelet::servers::KubeletServerCommand;
 use crate::kubelet::{ContainerUsage, FleetConfig, KubeletError, KubeletFleet, SimKubelet};
 
 /// Pod annotation: CPU rate of each container, in millicores.
@@ -124,30 +125,121 @@ pub enum ClusterError {
     Limit(String),
 }
 
-/// Open files one simulated kubelet needs in this process at the least: its listener and one
-/// scraper's keep-alive connection (a metrics-server in its HA shape adds one more).
+/// Open files one simulated kubelet needs where it is served, at the least: its listener and
+/// one scraper's keep-alive connection ([`KubeletServers::clients_per_kubelet`] adds more).
 pub const FILES_PER_KUBELET: u64 = 2;
 
-/// Open files kept for the rest of the process (API server, clients, logs, watches).
+/// Open files kept for the rest of this process (API server, clients, logs, watches).
 const FILES_HEADROOM: u64 = 512;
 
-/// Refuses a cluster of `nodes` kubelets that cannot fit under this process's open-files limit,
-/// with what it needs, instead of starting it and failing `accept` in a loop.
-pub fn check_open_files(nodes: usize) -> Result<(), ClusterError> {
-    let Some(limit) = std::fs::read_to_string("/proc/self/limits").ok().as_deref().and_then(open_files_limit) else { return Ok(()) };
-    let needed = nodes as u64 * FILES_PER_KUBELET + FILES_HEADROOM;
-    if needed > limit {
+/// Open files kept for the rest of a kubelet server child (its pipes and log, the connection to
+/// this process, the runtime's own descriptors).
+const SERVER_FILES_HEADROOM: u64 = 128;
+
+/// Most kubelet server children a cluster starts.
+pub const MAX_KUBELET_SERVERS: usize = 64;
+
+/// Loopback ports left to everything else when kubelet listeners take theirs from the local
+/// port range.
+const PORTS_HEADROOM: u64 = 1024;
+
+/// How a cluster's kubelets are spread over processes: all in this one while its open-files
+/// limit holds them (and no more servers are asked for), else over kubelet server children
+/// ([`crate::kubelet::servers`]) that each hold a share of the listeners and connections.
+#[derive(Debug, Clone)]
+pub struct KubeletServers {
+    /// How to start a child; `None`: every kubelet in this process, and a cluster that does not
+    /// fit under its limit is refused.
+    pub command: Option<KubeletServerCommand>,
+    /// Start at least this many children even when this process could hold every kubelet (0:
+    /// only as many as the limit needs); tests set it to exercise the children cheaply.
+    pub min_servers: usize,
+    /// Client connections each kubelet holds at once where it is served (one open file each):
+    /// 1 for one scraper's keep-alive connection; more where a floor or several
+    /// metrics-server replicas connect to every kubelet too.
+    pub clients_per_kubelet: u64,
+}
+
+impl Default for KubeletServers {
+    fn default() -> Self {
+        KubeletServers { command: None, min_servers: 0, clients_per_kubelet: FILES_PER_KUBELET - 1 }
+    }
+}
+
+/// The open-files and port limits a cluster is planned against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessLimits {
+    /// Soft `Max open files` of this process (children inherit it); `None`: unlimited.
+    pub open_files: Option<u64>,
+    /// Size of the local port range listeners on port 0 draw from; `None`: unknown.
+    pub local_ports: Option<u64>,
+}
+
+impl ProcessLimits {
+    /// This process's limits, from `/proc/self/limits` and `/proc/sys/net/ipv4/ip_local_port_range`.
+    pub fn current() -> ProcessLimits {
+        ProcessLimits {
+            open_files: std::fs::read_to_string("/proc/self/limits").ok().as_deref().and_then(open_files_limit),
+            local_ports: std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok().as_deref().and_then(port_range_size),
+        }
+    }
+}
+
+/// How many kubelet server children `nodes` kubelets need under `limits` (0: all in this
+/// process), or why they cannot be held: a listener and `clients_per_kubelet` connections per
+/// kubelet where it is served, [`FILES_HEADROOM`] for this process and [`SERVER_FILES_HEADROOM`]
+/// for each child, one local port per listener.
+pub fn plan_kubelet_servers(nodes: usize, limits: ProcessLimits, servers: &KubeletServers) -> Result<usize, ClusterError> {
+    let files = 1 + servers.clients_per_kubelet.max(1);
+    let clients = files - 1;
+    if let Some(ports) = limits.local_ports
+        && nodes as u64 + PORTS_HEADROOM > ports
+    {
         return Err(ClusterError::Limit(format!(
-            "{nodes} simulated kubelets need at least {needed} open files in this process (a listener and a scraper connection each, plus {FILES_HEADROOM}), but its limit is {limit} (ulimit -n): raise the hard limit or simulate fewer nodes"
+            "{nodes} simulated kubelets need {nodes} listening ports from the local port range, which has {ports} (and every outgoing connection draws from it too): widen net.ipv4.ip_local_port_range or simulate fewer nodes"
         )));
     }
-    Ok(())
+    let in_process = nodes as u64 * files + FILES_HEADROOM;
+    if servers.min_servers == 0 && limits.open_files.is_none_or(|limit| in_process <= limit) {
+        return Ok(0);
+    }
+    let limit = limits.open_files.unwrap_or(u64::MAX);
+    if servers.command.is_none() && in_process <= limit {
+        return Err(ClusterError::Limit(format!("{} kubelet server processes were asked for, but no kubelet server program is set", servers.min_servers)));
+    }
+    if servers.command.is_none() {
+        return Err(ClusterError::Limit(format!(
+            "{nodes} simulated kubelets need at least {in_process} open files in this process (a listener and {clients} client connection(s) each, plus {FILES_HEADROOM}), but its limit is {limit} (ulimit -n), and no kubelet server program is set to spread them over processes: raise the hard limit or simulate fewer nodes"
+        )));
+    }
+    let per_server = limit.saturating_sub(SERVER_FILES_HEADROOM) / files;
+    if per_server == 0 {
+        return Err(ClusterError::Limit(format!(
+            "a kubelet server process needs at least {} open files for one kubelet ({files} for it, {SERVER_FILES_HEADROOM} for the rest), but the limit is {limit} (ulimit -n)",
+            files + SERVER_FILES_HEADROOM
+        )));
+    }
+    let needed = (nodes as u64).div_ceil(per_server) as usize;
+    let count = needed.max(servers.min_servers).min(nodes.max(1));
+    if count > MAX_KUBELET_SERVERS {
+        return Err(ClusterError::Limit(format!(
+            "{nodes} simulated kubelets at {files} open files each (a listener and {clients} client connection(s)) need {count} kubelet server processes of at most {per_server} kubelets under the open-files limit of {limit} (ulimit -n), more than {MAX_KUBELET_SERVERS}: raise the hard limit or simulate fewer nodes"
+        )));
+    }
+    Ok(count)
 }
 
 /// The soft `Max open files` of a `/proc/<pid>/limits` text (`None` when unlimited or absent).
 pub fn open_files_limit(limits: &str) -> Option<u64> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Ports in an `ip_local_port_range` text (`32768\t60999`).
+fn port_range_size(text: &str) -> Option<u64> {
+    let mut f = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+    let (low, high) = (f.next()??, f.next()??);
+    (high >= low).then(|| high - low + 1)
 }
 
 /// The shape of the cluster to build.
@@ -175,6 +267,8 @@ pub struct ClusterConfig {
     pub sample_period: Duration,
     /// Wall clock for kubelets and object timestamps.
     pub clock: SharedClock,
+    /// Which processes serve the kubelets (this one by default).
+    pub kubelet_servers: KubeletServers,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -201,6 +295,7 @@ impl Default for ClusterConfig {
             memory_amplitude_percent: 10,
             sample_period: Duration::ZERO,
             clock: shardmetrics_plumbing::clock::system(),
+            kubelet_servers: KubeletServers::default(),
         }
     }
 }
@@ -484,13 +579,23 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Builds the cluster in `api` and starts following it. Kubelets trust tokens by `api`'s
     /// policy and client certificates signed by `api`'s CA, and serve a certificate from it.
+    ///
+    /// The kubelets are served from kubelet server children when this process's open-files
+    /// limit cannot hold them or [`KubeletServers::min_servers`] asks for some (see
+    /// [`plan_kubelet_servers`]); a cluster that fits nowhere is refused with what it needs.
     pub async fn start(api: &RunningApiServer, config: ClusterConfig) -> Result<Cluster, ClusterError> {
-        check_open_files(config.nodes)?;
+        let servers = plan_kubelet_servers(config.nodes, ProcessLimits::current(), &config.kubelet_servers)?;
         let mut fleet_config = FleetConfig::new(api.ca(), api.kubelet_token_check())?;
         fleet_config.client_ca = Some(api.ca().clone());
         fleet_config.clock = config.clock.clone();
         fleet_config.sample_period = config.sample_period;
-        let fleet = Arc::new(KubeletFleet::new(fleet_config)?);
+        let fleet = Arc::new(match (&config.kubelet_servers.command, servers) {
+            (Some(command), n) if n > 0 => {
+                tracing::info!(kubelets = config.nodes, servers = n, "serving the kubelets from kubelet server processes");
+                KubeletFleet::with_servers(fleet_config, command, n).await?
+            }
+            _ => KubeletFleet::new(fleet_config)?,
+        });
         let store = api.store().clone();
         for ns in &config.namespaces {
             store.ensure_namespace(ns)?;
@@ -620,6 +725,13 @@ impl Cluster {
 
     /// Stops the kubelets and the sync task.
     pub fn shutdown(self) {}
+
+    /// Stops the sync task and the kubelets, and waits until their kubelet server children (if
+    /// any) have exited.
+    pub async fn stop(&self) {
+        self.task.abort();
+        self.fleet.shutdown().await;
+    }
 }
 
 impl Drop for Cluster {
@@ -850,9 +962,41 @@ mod tests {
         assert_eq!(open_files_limit(limits), Some(20_000));
         assert_eq!(open_files_limit("Max open files            unlimited            unlimited            files\n"), None);
         assert_eq!(open_files_limit("garbage"), None);
-        assert!(check_open_files(10).is_ok());
-        let e = check_open_files(usize::MAX / 4).unwrap_err().to_string();
-        assert!(e.contains("simulated kubelets need at least") && e.contains("ulimit -n"), "{e}");
+        assert_eq!(port_range_size("32768\t60999\n"), Some(28_232));
+        assert_eq!(port_range_size("5"), None);
+        let here = ProcessLimits { open_files: Some(20_000), local_ports: Some(28_232) };
+        let alone = KubeletServers::default();
+        assert_eq!(plan_kubelet_servers(10, here, &alone).unwrap(), 0);
+        assert_eq!(plan_kubelet_servers(9_744, here, &alone).unwrap(), 0, "2 files each + 512");
+        let e = plan_kubelet_servers(10_000, here, &alone).unwrap_err().to_string();
+        assert!(e.contains("simulated kubelets need at least 20512") && e.contains("ulimit -n") && e.contains("no kubelet server program"), "{e}");
+        let e = plan_kubelet_servers(27_300, here, &alone).unwrap_err().to_string();
+        assert!(e.contains("27300 listening ports") && e.contains("ip_local_port_range"), "{e}");
+        assert_eq!(plan_kubelet_servers(usize::MAX / 4, ProcessLimits::default(), &alone).unwrap(), 0, "no limits known");
+    }
+
+    #[test]
+    fn kubelets_that_one_process_cannot_hold_are_spread_over_enough_servers() {
+        let here = ProcessLimits { open_files: Some(20_000), local_ports: Some(28_232) };
+        let command = KubeletServerCommand { program: "loadtest".into(), args: vec!["kubelet-server".into()], log_dir: None };
+        // A scraper and a floor connection per kubelet: 3 files each, 6624 per child.
+        let split = KubeletServers { command: Some(command), min_servers: 0, clients_per_kubelet: 2 };
+        assert_eq!(plan_kubelet_servers(5_000, here, &split).unwrap(), 0, "5000 x 3 + 512 fits here");
+        assert_eq!(plan_kubelet_servers(8_000, here, &split).unwrap(), 2);
+        assert_eq!(plan_kubelet_servers(10_000, here, &split).unwrap(), 2);
+        assert_eq!(plan_kubelet_servers(14_000, here, &split).unwrap(), 3);
+        // Asked for: at least that many, never more than one per kubelet.
+        let forced = KubeletServers { min_servers: 3, ..split.clone() };
+        assert_eq!(plan_kubelet_servers(30, here, &forced).unwrap(), 3);
+        assert_eq!(plan_kubelet_servers(2, here, &forced).unwrap(), 2);
+        // What fits nowhere is refused with what it needs.
+        let tight = ProcessLimits { open_files: Some(1_000), local_ports: Some(28_232) };
+        let e = plan_kubelet_servers(20_000, tight, &split).unwrap_err().to_string();
+        assert!(e.contains("need 69 kubelet server processes of at most 290 kubelets") && e.contains("more than 64"), "{e}");
+        let e = plan_kubelet_servers(10, ProcessLimits { open_files: Some(100), local_ports: None }, &split).unwrap_err().to_string();
+        assert!(e.contains("needs at least 131 open files"), "{e}");
+        let alone = KubeletServers { command: None, ..forced };
+        assert!(plan_kubelet_servers(30, here, &alone).unwrap_err().to_string().contains("no kubelet server program"));
     }
 
     #[test]

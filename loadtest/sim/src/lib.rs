@@ -10,7 +10,9 @@
 //! - [`apiserver`]: the API-server simulator (discovery, Nodes/Pods/Namespaces/ConfigMaps/Leases
 //!   with list+watch, reviews, policy) and the `metrics.k8s.io` aggregation proxy.
 //! - [`kubelet`]: the kubelet simulator (many HTTPS kubelets, a usage model with known true
-//!   values, `/metrics/resource` as kubelet v1.35 formats it, per-node faults).
+//!   values, `/metrics/resource` as kubelet v1.35 formats it, per-node faults), and the kubelet
+//!   server children ([`kubelet::servers`]) that hold the listeners and connections of more
+//!   kubelets than one process's open-files limit allows, forwarding their requests here.
 //! - [`cluster`]: nodes x pods x containers in the API server with a kubelet per node, kept in
 //!   step with whatever changes the API server (tests, kube-rs, kubectl).
 //! - [`node_agent`]: the kubelets' nodes as real Nodes of a real kube-apiserver (kwok-style

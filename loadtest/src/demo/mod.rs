@@ -1,7 +1,9 @@
 //! `shardmetrics-loadtest demo`: the whole pipeline on one machine.
 //!
 //! The simulated cluster (API server, aggregation proxy, N nodes with kubelets) runs in this
-//! process; S scraper shards and F frontend replicas run as child processes of this very binary
+//! process (the kubelets' listeners and connections in `kubelet-server` children of this binary
+//! when this process's open-files limit cannot hold them, see [`DemoConfig::kubelet_servers`]);
+//! S scraper shards and F frontend replicas run as child processes of this very binary
 //! (`shardmetrics-loadtest scraper ...` / `frontend ...` call the same `cli::main_with` entry
 //! points the real `shardmetrics-scraper` and `shardmetrics-frontend` binaries call), talking to
 //! the simulator exactly as they would talk to a real cluster: kubeconfigs with service-account
@@ -160,6 +162,10 @@ pub struct DemoConfig {
     /// housekeeping interval), so that two scrapers reading a kubelet within one period see the
     /// same sample; zero samples at each request.
     pub kubelet_sample_period: Duration,
+    /// Serve the kubelets' listeners and connections from at least this many `kubelet-server`
+    /// children of [`Self::exe`] (0: only as many as this process's open-files limit needs,
+    /// counting a listener, the system's connections and a floor's per kubelet).
+    pub kubelet_servers: usize,
 }
 
 impl DemoConfig {
@@ -187,6 +193,7 @@ impl DemoConfig {
             frontend_max_requests_inflight: None,
             clock: shardmetrics_plumbing::clock::system(),
             kubelet_sample_period: Duration::ZERO,
+            kubelet_servers: 0,
         }
     }
 }
@@ -241,6 +248,13 @@ impl RunningDemo {
         let mut all = self.children.pids();
         all.extend(self.peers.iter().filter_map(|p| p.pid().map(|pid| (p.name().to_owned(), pid))));
         all
+    }
+
+    /// The kubelet server children of the simulated cluster as (name, pid), `kubelets-<i>`
+    /// (empty when its kubelets are served from this process): part of the harness, like this
+    /// process.
+    pub fn kubelet_servers(&self) -> Vec<(String, u32)> {
+        self.cluster.fleet().server_pids()
     }
 
     /// Names of the running metrics-server replicas, in start order.
@@ -355,12 +369,17 @@ impl RunningDemo {
         Ok(started)
     }
 
-    /// A child that exited, if any: (name, status, log).
+    /// A child that exited, if any: (name, status, log). Kubelet server children count too
+    /// (they are not restarted: their kubelets went with them).
     pub fn exited_child(&mut self) -> Option<(String, std::process::ExitStatus, PathBuf)> {
         for p in &mut self.peers {
             if let Some(status) = p.exited() {
                 return Some((p.name().to_owned(), status, p.log().to_owned()));
             }
+        }
+        if let Some((name, status)) = self.cluster.fleet().exited_server() {
+            let log = self.log_path(&name);
+            return Some((name, status, log));
         }
         self.children.exited()
     }
@@ -382,6 +401,7 @@ impl RunningDemo {
         }
         self.children.shutdown().await;
         self.api.set_aggregation_backends(Vec::new());
+        self.cluster.stop().await;
     }
 }
 
@@ -398,6 +418,23 @@ impl Demo {
             0 => (config.nodes * config.pods_per_node / (defaults.namespaces.len() * 20)).max(3),
             n => n,
         };
+        let work_dir = tempfile::Builder::new().prefix("shardmetrics-demo-").tempdir().map_err(io("creating the work directory"))?;
+        let dir = work_dir.path();
+        // Per kubelet, where it is served: the scrapers' keep-alive connection (two for a
+        // moment when a node changes hands) or each metrics-server replica's, and a floor's.
+        let clients_per_kubelet = match config.system {
+            System::Shardmetrics => 2,
+            System::MetricsServer { replicas } => replicas as u64 + 1,
+        };
+        let kubelet_servers = cluster::KubeletServers {
+            command: Some(shardmetrics_sim::kubelet::servers::KubeletServerCommand {
+                program: config.exe.clone(),
+                args: vec!["kubelet-server".into()],
+                log_dir: Some(dir.to_owned()),
+            }),
+            min_servers: config.kubelet_servers,
+            clients_per_kubelet,
+        };
         let cluster_config = ClusterConfig {
             nodes: config.nodes,
             pods_per_node: config.pods_per_node,
@@ -406,11 +443,10 @@ impl Demo {
             apps_per_namespace,
             clock: config.clock.clone(),
             sample_period: config.kubelet_sample_period,
+            kubelet_servers,
             ..defaults
         };
         let cluster = Cluster::start(&api, cluster_config).await?;
-        let work_dir = tempfile::Builder::new().prefix("shardmetrics-demo-").tempdir().map_err(io("creating the work directory"))?;
-        let dir = work_dir.path();
         let scraper_kc = dir.join("scraper.kubeconfig");
         let frontend_kc = dir.join("frontend.kubeconfig");
         api.write_kubeconfig(&scraper_kc, &[api.token_context("scraper", SCRAPER_USER)?])?;

@@ -331,7 +331,7 @@ pub struct SystemFigures {
 
 /// The figures of one run.
 pub fn figures(r: &Report) -> SystemFigures {
-    let own: Vec<_> = r.processes.iter().filter(|p| p.name != super::SELF_NAME).collect();
+    let own: Vec<_> = r.processes.iter().filter(|p| !super::is_harness(&p.name)).collect();
     let mut f = SystemFigures {
         processes: own.len(),
         cpu_cores: own.iter().map(|p| p.cpu_cores).sum(),

@@ -153,6 +153,21 @@ pub async fn run(config: ScenarioConfig) -> Result<Report, ScenarioError> {
 /// Name of this process in the report.
 pub const SELF_NAME: &str = "simulator+clients";
 
+/// Whether a process of the report is the harness's rather than the measured system's: this
+/// process, or a kubelet server child of the simulated cluster (`kubelets-<i>`).
+pub fn is_harness(name: &str) -> bool {
+    name == SELF_NAME || name.starts_with(shardmetrics_sim::kubelet::servers::SERVER_NAME_PREFIX)
+}
+
+/// Every process whose CPU and memory the run reads: the system's children, the kubelet server
+/// children, this process.
+fn tracked(demo: &RunningDemo) -> Vec<(String, u32)> {
+    let mut all = demo.children();
+    all.extend(demo.kubelet_servers());
+    all.push((SELF_NAME.to_owned(), std::process::id()));
+    all
+}
+
 /// CPU and memory of every process seen in the window.
 #[derive(Default)]
 struct ProcTracker {
@@ -220,7 +235,7 @@ fn components(processes: &[ProcessStats], nodes: usize) -> BTreeMap<String, Comp
 fn machine(window: Option<(MachineSample, MachineSample)>, processes: &[ProcessStats], measured_s: f64, cluster_resyncs: u64) -> Machine {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let busy_cores = window.map_or(0.0, |(a, b)| b.busy_ticks.saturating_sub(a.busy_ticks) as f64 / TICKS_PER_SECOND / measured_s.max(1e-9));
-    let harness_cores: f64 = processes.iter().filter(|p| p.name == SELF_NAME).map(|p| p.cpu_cores).sum();
+    let harness_cores: f64 = processes.iter().filter(|p| is_harness(&p.name)).map(|p| p.cpu_cores).sum();
     let measured_cores: f64 = processes.iter().map(|p| p.cpu_cores).sum();
     let busy_percent = 100.0 * busy_cores / cores as f64;
     Machine {
@@ -401,11 +416,8 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
 
     // The window.
     let t0_unix_ms = demo.clock().now_ms();
-    let self_proc = || (SELF_NAME.to_owned(), std::process::id());
     let mut procs = ProcTracker::default();
-    let mut all = demo.children();
-    all.push(self_proc());
-    procs.sample(&all, true);
+    procs.sample(&tracked(demo), true);
     let machine_start = procstat::machine_sample();
     let resyncs_start = demo.cluster.resyncs();
     let mut metrics = MetricsTracker::default();
@@ -434,9 +446,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
         *frontends.write().unwrap_or_else(|p| p.into_inner()) = demo.frontends.clone();
         if last_proc.elapsed() >= Duration::from_secs(1) {
             last_proc = Instant::now();
-            let mut all = demo.children();
-            all.push(self_proc());
-            procs.sample(&all, false);
+            procs.sample(&tracked(demo), false);
         }
         if last_metrics.elapsed() >= Duration::from_secs(5) {
             last_metrics = Instant::now();
@@ -457,8 +467,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
     }
     let measured_s = t0.elapsed().as_secs_f64();
     let t_end_unix_ms = t0_unix_ms + (measured_s * 1000.0) as i64;
-    let mut alive = demo.children();
-    alive.push(self_proc());
+    let alive = tracked(demo);
     procs.sample(&alive, false);
     let machine_end = procstat::machine_sample();
     let resyncs = demo.cluster.resyncs().saturating_sub(resyncs_start);
@@ -595,6 +604,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
             nodes,
             pods,
             containers_per_pod: config.demo.containers_per_pod,
+            kubelet_servers: demo.kubelet_servers().len(),
             shards: config.demo.shards,
             frontends: config.demo.frontends,
             resolution_s: resolution.as_secs_f64(),

@@ -64,6 +64,9 @@ pub struct Setup {
     pub pods: usize,
     /// Containers per pod.
     pub containers_per_pod: usize,
+    /// Kubelet server children holding the simulated kubelets' listeners and connections (0:
+    /// all in the runner's process).
+    pub kubelet_servers: usize,
     /// Scraper shards.
     pub shards: usize,
     /// Frontend replicas.
@@ -97,8 +100,9 @@ pub struct Machine {
     pub busy_cores: f64,
     /// `busy_cores` as a share of `cores`, percent.
     pub busy_percent: f64,
-    /// Cores this process used: the simulated API server and kubelets, the query clients and
-    /// the probes (the `simulator+clients` row).
+    /// Cores the harness used: the simulated API server and kubelets, the query clients and
+    /// the probes (the `simulator+clients` row), and the kubelet server children holding the
+    /// kubelets' sockets when there are some (the `kubelets-<i>` rows).
     pub harness_cores: f64,
     /// `harness_cores` as a share of `busy_cores`, percent.
     pub harness_share_percent: f64,
@@ -206,7 +210,8 @@ pub struct HistogramSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessStats {
     /// `scraper-0`, `frontend-1`, `simulator+clients` (this process: API server, kubelets,
-    /// query clients and probe).
+    /// query clients and probe), `kubelets-0` (a kubelet server child: kubelet listeners,
+    /// connections and TLS).
     pub name: String,
     /// Its pid.
     pub pid: u32,

@@ -14,6 +14,7 @@ pub fn summary(r: &Report) -> String {
     } else {
         format!("{} shards, {} frontends", s.shards, s.frontends)
     };
+    let shape = if s.kubelet_servers > 0 { format!("{shape}, kubelets served from {} kubelet-server processes", s.kubelet_servers) } else { shape };
     let _ = writeln!(
         out,
         "{} nodes, {} pods ({} containers each), {shape}, resolution {}s; ready after {:.1}s; measured {:.0}s after {:.0}s warm-up; queries {:?} as {:?}",

@@ -1,6 +1,10 @@
-//! The kubelet simulator: many kubelets in one process, each an HTTPS server on its own
-//! loopback port serving `/metrics/resource` for the pods on its node.
+//! The kubelet simulator: many kubelets, each an HTTPS server on its own loopback port serving
+//! `/metrics/resource` for the pods on its node.
 //!
+//! - Processes: a [`KubeletFleet`] serves its kubelets from this process, or (built with
+//!   [`KubeletFleet::with_servers`]) has child processes hold their listeners and connections
+//!   and forward each request to it ([`servers`]): every kubelet's state (usage, faults,
+//!   counters, request log) stays here either way, so what a test or report reads is the same.
 //! - Certificates: every kubelet presents one serving certificate from the simulator CA (SANs
 //!   `127.0.0.1`, `localhost`); one certificate for thousands of listeners keeps start-up fast.
 //! - Authentication: a bearer token, judged by a [`TokenCheck`] (the [`crate::cluster::Cluster`]
@@ -13,6 +17,7 @@
 //!   arrival time, so tests can check that each node is scraped once per resolution.
 
 pub mod exposition;
+pub mod servers;
 pub mod usage;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -30,7 +35,7 @@ use shardmetrics_plumbing::clock::SharedClock;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::httputil::{Body, BoxError, PeerInfo, response};
+use crate::httputil::{Body, BoxError, response};
 use shardmetrics_plumbing::pki::{self, Ca, CertKey};
 pub use usage::{ContainerUsage, NodeUsage};
 
@@ -46,6 +51,14 @@ pub enum KubeletError {
     /// TLS setup failed.
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
+    /// A kubelet server child (see [`servers`]) failed to start, answer or stay up.
+    #[error("kubelet server {server}: {message}")]
+    Server {
+        /// Which child (`kubelets-<i>`).
+        server: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// What a kubelet does wrong, per node.
@@ -156,6 +169,10 @@ pub struct SimKubelet {
     pub stats: KubeletStats,
     config: Arc<FleetConfig>,
     shutdown: watch::Sender<bool>,
+    /// The child process holding its listener, when it is not served from this process.
+    server: Option<Arc<servers::ServerHandle>>,
+    /// Set by the first [`SimKubelet::stop`].
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SimKubelet {
@@ -260,9 +277,22 @@ impl SimKubelet {
         exposition::render(&lock(&self.usage), t_ms)
     }
 
-    /// Stops serving (the port refuses connections afterwards).
+    /// Stops serving (the port refuses connections afterwards; its open connections close).
     pub fn stop(&self) {
-        let _ = self.shutdown.send(true);
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match &self.server {
+            Some(server) => server.close(&self.node),
+            None => {
+                let _ = self.shutdown.send(true);
+            }
+        }
+    }
+
+    /// Name of the kubelet server child holding its listener (`None`: this process).
+    pub fn server(&self) -> Option<&str> {
+        self.server.as_deref().map(servers::ServerHandle::name)
     }
 
     fn sample_time(&self) -> i64 {
@@ -276,8 +306,9 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     response(status, "text/plain; charset=utf-8", body)
 }
 
-/// Ok, or the refusal's status and body.
-async fn authenticate(k: &SimKubelet, peer: &PeerInfo, req: &Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
+/// Ok, or the refusal's status and body. `client_cert`: the connection presented a client
+/// certificate that rustls verified against the client CA.
+async fn authenticate(k: &SimKubelet, client_cert: bool, req: &Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
     if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
         let token = auth.to_str().ok().and_then(|a| a.strip_prefix("Bearer ")).map(str::trim).unwrap_or("");
         return match (k.config.token_check)(token).await {
@@ -289,14 +320,15 @@ async fn authenticate(k: &SimKubelet, peer: &PeerInfo, req: &Request<Incoming>) 
         };
     }
     // rustls verified any presented certificate against the client CA.
-    if k.config.client_ca.is_some() && !peer.client_certs.is_empty() {
+    if k.config.client_ca.is_some() && client_cert {
         return Ok(());
     }
     Err((StatusCode::UNAUTHORIZED, "Unauthorized"))
 }
 
-async fn handle(k: Arc<SimKubelet>, peer: PeerInfo, req: Request<Incoming>) -> Response<Body> {
-    if let Err((status, body)) = authenticate(&k, &peer, &req).await {
+/// Answers one request to kubelet `k`, whichever process accepted its connection.
+pub(crate) async fn handle(k: Arc<SimKubelet>, client_cert: bool, req: Request<Incoming>) -> Response<Body> {
+    if let Err((status, body)) = authenticate(&k, client_cert, &req).await {
         k.stats.refused.fetch_add(1, Ordering::Relaxed);
         return text(status, body);
     }
@@ -360,24 +392,40 @@ async fn handle(k: Arc<SimKubelet>, peer: PeerInfo, req: Request<Incoming>) -> R
     }
 }
 
-/// Many kubelets in one process.
+/// The kubelets of a fleet, by node name (shared with the forwarding endpoint of
+/// [`servers`]).
+pub(crate) type Kubelets = Arc<RwLock<BTreeMap<String, Arc<SimKubelet>>>>;
+
+/// Many kubelets, served from this process or from kubelet server children ([`servers`]).
 pub struct KubeletFleet {
     config: Arc<FleetConfig>,
     tls: Arc<rustls::ServerConfig>,
-    kubelets: RwLock<BTreeMap<String, Arc<SimKubelet>>>,
+    kubelets: Kubelets,
+    /// The kubelet server children, when the kubelets are not served from this process.
+    servers: Option<servers::Servers>,
 }
 
 impl std::fmt::Debug for KubeletFleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeletFleet").field("kubelets", &self.len()).finish_non_exhaustive()
+        f.debug_struct("KubeletFleet").field("kubelets", &self.len()).field("servers", &self.server_pids().len()).finish_non_exhaustive()
     }
 }
 
 impl KubeletFleet {
-    /// A fleet with no kubelets yet.
+    /// A fleet with no kubelets yet, serving them from this process.
     pub fn new(config: FleetConfig) -> Result<KubeletFleet, KubeletError> {
         let tls = Arc::new(pki::server_config(&config.serving_cert, config.client_ca.as_deref(), true)?);
-        Ok(KubeletFleet { config: Arc::new(config), tls, kubelets: RwLock::new(BTreeMap::new()) })
+        Ok(KubeletFleet { config: Arc::new(config), tls, kubelets: Arc::new(RwLock::new(BTreeMap::new())), servers: None })
+    }
+
+    /// A fleet with no kubelets yet whose listeners and connections `count` kubelet server
+    /// children started with `command` hold (see [`servers`]); each new kubelet goes to the
+    /// child with the fewest. Returns once every child is connected.
+    pub async fn with_servers(config: FleetConfig, command: &servers::KubeletServerCommand, count: usize) -> Result<KubeletFleet, KubeletError> {
+        let mut fleet = KubeletFleet::new(config)?;
+        let links = (0..count).map(|i| servers::spawn(command, i)).collect::<Result<Vec<_>, _>>()?;
+        fleet.servers = Some(servers::Servers::start(&fleet.config, fleet.kubelets.clone(), links).await?);
+        Ok(fleet)
     }
 
     /// Starts a kubelet for `node` on a free loopback port, booted now with the given overhead
@@ -386,8 +434,17 @@ impl KubeletFleet {
         if self.get(node).is_some() {
             return Err(KubeletError::Duplicate(node.to_owned()));
         }
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(KubeletError::Bind)?;
-        let addr = listener.local_addr().map_err(KubeletError::Bind)?;
+        let (listener, addr, server) = match &self.servers {
+            None => {
+                let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(KubeletError::Bind)?;
+                let addr = listener.local_addr().map_err(KubeletError::Bind)?;
+                (Some(listener), addr, None)
+            }
+            Some(servers) => {
+                let (server, port) = servers.open(node).await?;
+                (None, SocketAddr::from(([127, 0, 0, 1], port)), Some(server))
+            }
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let kubelet = Arc::new(SimKubelet {
             node: node.to_owned(),
@@ -401,18 +458,24 @@ impl KubeletFleet {
             stats: KubeletStats::default(),
             config: self.config.clone(),
             shutdown,
+            server,
+            stopped: std::sync::atomic::AtomicBool::new(false),
         });
         {
             let mut map = self.kubelets.write().unwrap_or_else(|p| p.into_inner());
             if map.contains_key(node) {
+                drop(map);
+                kubelet.stop();
                 return Err(KubeletError::Duplicate(node.to_owned()));
             }
             map.insert(node.to_owned(), kubelet.clone());
         }
-        let served = kubelet.clone();
-        tokio::spawn(crate::httputil::serve_tls(listener, self.tls.clone(), shutdown_rx, move |peer, req| {
-            handle(served.clone(), peer, req)
-        }));
+        if let Some(listener) = listener {
+            let served = kubelet.clone();
+            tokio::spawn(crate::httputil::serve_tls(listener, self.tls.clone(), shutdown_rx, move |peer, req| {
+                handle(served.clone(), !peer.client_certs.is_empty(), req)
+            }));
+        }
         Ok(kubelet)
     }
 
@@ -448,6 +511,18 @@ impl KubeletFleet {
         self.len() == 0
     }
 
+    /// The kubelet server children as (name, pid), in start order; empty when the kubelets are
+    /// served from this process. Their CPU and memory are the simulator's, not the system's.
+    pub fn server_pids(&self) -> Vec<(String, u32)> {
+        self.servers.as_ref().map(servers::Servers::pids).unwrap_or_default()
+    }
+
+    /// A kubelet server child that exited (its kubelets with it), with how; `None` while every
+    /// child runs (and always when the kubelets are served from this process).
+    pub fn exited_server(&self) -> Option<(String, std::process::ExitStatus)> {
+        self.servers.as_ref().and_then(servers::Servers::exited)
+    }
+
     /// Total scrapes over all kubelets.
     pub fn total_scrapes(&self) -> u64 {
         self.all().iter().map(|k| k.scrapes()).sum()
@@ -475,11 +550,24 @@ impl KubeletFleet {
         &self.config
     }
 
-    /// Stops every kubelet.
+    /// Stops every kubelet (and tells the kubelet server children to exit: their stdin closes,
+    /// and they are killed if they are still running when the fleet is dropped).
     pub fn stop_all(&self) {
         let all = std::mem::take(&mut *self.kubelets.write().unwrap_or_else(|p| p.into_inner()));
+        if let Some(servers) = &self.servers {
+            servers.close_all();
+        }
         for k in all.values() {
             k.stop();
+        }
+    }
+
+    /// Stops every kubelet and waits until every kubelet server child has exited (killing one
+    /// that has not 5 s after its stdin closed).
+    pub async fn shutdown(&self) {
+        self.stop_all();
+        if let Some(servers) = &self.servers {
+            servers.wait_exited(Duration::from_secs(5)).await;
         }
     }
 }
