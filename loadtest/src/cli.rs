@@ -412,7 +412,8 @@ fn validate_demo(d: &DemoArgs, problems: &mut Vec<String>) {
 
 /// What `main` calls: the hidden `scraper` / `frontend` children first, else [`main_with`].
 /// Each builds its own runtime: a scraper child the one its `--worker-threads` asks for (as the
-/// `shardmetrics-scraper` binary does), the rest a multi-threaded one (as `#[tokio::main]`).
+/// `shardmetrics-scraper` binary does), the floor child a current-thread one (as a shard's
+/// default), the rest a multi-threaded one (as `#[tokio::main]`).
 pub fn main_from_env() -> ExitCode {
     let mut argv = std::env::args_os();
     let _program = argv.next();
@@ -437,6 +438,13 @@ pub fn main_from_env() -> ExitCode {
                 Err(code) => code,
             }
         }
+        // The floor fetches on one thread, as a shard scrapes (`--worker-threads` 1): a
+        // multi-threaded runtime's cross-thread wake-ups would make the floor dearer than a bare
+        // fetch needs to be and flatter the scrapers' ratio to it.
+        Some("floor") => match shardmetrics_plumbing::process::parse_args(std::env::args_os()) {
+            Ok(args) => block_on_one_thread(main_with(args)),
+            Err(code) => code,
+        },
         _ => match shardmetrics_plumbing::process::parse_args(std::env::args_os()) {
             Ok(args) => block_on(main_with(args)),
             Err(code) => code,
@@ -479,7 +487,16 @@ fn run_kubelet_server() -> ExitCode {
 
 /// Runs `main` on a multi-threaded runtime (one worker per core), as `#[tokio::main]` would.
 fn block_on(main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    run_on(tokio::runtime::Builder::new_multi_thread().enable_all().build(), main)
+}
+
+/// [`block_on`] on a current-thread runtime (the floor child).
+fn block_on_one_thread(main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    run_on(tokio::runtime::Builder::new_current_thread().enable_all().build(), main)
+}
+
+fn run_on(rt: std::io::Result<tokio::runtime::Runtime>, main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match rt {
         Ok(rt) => rt.block_on(main),
         Err(e) => {
             eprintln!("shardmetrics-loadtest: cannot start the async runtime: {e}");
