@@ -457,7 +457,7 @@ pub fn main_from_env() -> ExitCode {
 /// ends; logs go to stderr.
 fn run_kubelet_server() -> ExitCode {
     init_tracing(LogFormat::Text, "info");
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match shardmetrics_plumbing::process::runtime(None) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("shardmetrics-loadtest kubelet-server: cannot start the async runtime: {e}");
@@ -487,22 +487,12 @@ fn run_kubelet_server() -> ExitCode {
 
 /// Runs `main` on a multi-threaded runtime (one worker per core), as `#[tokio::main]` would.
 fn block_on(main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    run_on(tokio::runtime::Builder::new_multi_thread().enable_all().build(), main)
+    shardmetrics_plumbing::process::block_on("shardmetrics-loadtest", None, main)
 }
 
 /// [`block_on`] on a current-thread runtime (the floor child).
 fn block_on_one_thread(main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    run_on(tokio::runtime::Builder::new_current_thread().enable_all().build(), main)
-}
-
-fn run_on(rt: std::io::Result<tokio::runtime::Runtime>, main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match rt {
-        Ok(rt) => rt.block_on(main),
-        Err(e) => {
-            eprintln!("shardmetrics-loadtest: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    shardmetrics_plumbing::process::block_on("shardmetrics-loadtest", Some(1), main)
 }
 
 /// Runs the parsed command line.

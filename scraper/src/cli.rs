@@ -552,26 +552,12 @@ pub async fn prepare(v: Validated, env: &Environment) -> Result<(Config, Handles
     Ok((config, handles, Listeners { grpc, admin }))
 }
 
-/// The async runtime a shard runs on: a single-threaded one for `worker_threads` <= 1 (the
-/// default, see `--worker-threads`), else a multi-threaded one with that many workers.
-pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if worker_threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(worker_threads).enable_all().build()
-    }
-}
-
 /// A whole scraper process once its flags are parsed: builds the runtime `--worker-threads`
-/// asks for and runs [`main_with`] on it. What `main.rs` and the loadtest's self-exec call.
+/// asks for (one thread by default: a current-thread runtime) and runs [`main_with`] on it.
+/// What `main.rs` and the loadtest's self-exec call.
 pub fn run_process(args: Args) -> ExitCode {
-    match runtime(args.worker_threads) {
-        Ok(rt) => rt.block_on(main_with(args)),
-        Err(e) => {
-            eprintln!("shardmetrics-scraper: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let threads = args.worker_threads.max(1);
+    shardmetrics_plumbing::process::block_on("shardmetrics-scraper", Some(threads), main_with(args))
 }
 
 /// The whole program on the current runtime: validate (exit 64 listing every problem), set

@@ -162,11 +162,11 @@ pub(crate) fn spawn(exe: &Path, role: &str, name: &str, args: &[String], log: &P
     let mut cmd = Command::new(exe);
     cmd.arg(role).args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
     // The children get their settings from flags only: nothing from the demo's environment.
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("SHARDMETRICS_") || matches!(k.as_ref(), "KUBECONFIG" | "POD_NAME" | "POD_NAMESPACE" | "POD_IP") {
-            cmd.env_remove(&key);
-        }
+    for key in shardmetrics_plumbing::process::shardmetrics_env_vars() {
+        cmd.env_remove(key);
+    }
+    for key in ["KUBECONFIG", "POD_NAME", "POD_NAMESPACE", "POD_IP"] {
+        cmd.env_remove(key);
     }
     let child = cmd.spawn().map_err(io(format!("starting {name} ({})", exe.display())))?;
     let unset = SocketAddr::from(([127, 0, 0, 1], 0));

@@ -11,8 +11,9 @@
 //! request; the window's accounting ends before the floor starts) and compares:
 //! `scraper_cpu_vs_floor` = scrapers' CPU per scrape / floor CPU per fetch.
 //!
-//! The floor fetches one shard's share of the nodes (every S-th kubelet of S shards), so it
-//! fetches at the rate one shard scrapes. A process's CPU per fetch falls as its fetch rate
+//! The floor fetches one shard's share of the nodes (every S-th kubelet of S shards; every
+//! kubelet when metrics-server is measured, whose replicas each scrape every node), so it
+//! fetches at the rate one scraping process does. A process's CPU per fetch falls as its fetch rate
 //! rises (one timer wake-up and one `epoll_wait` serve more fetches, fewer sleeps per fetch):
 //! a floor fetching every node at S times a shard's rate came out cheaper per fetch than any
 //! shard could be, for reasons that have nothing to do with what a shard does besides fetching.
@@ -68,7 +69,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> FloorError {
 /// What the floor child is told.
 #[derive(Debug, Clone)]
 pub struct FloorConfig {
-    /// File of `NODE HOST:PORT` lines, one per kubelet.
+    /// File of `NODE HOST:PORT` lines, one per kubelet to fetch (one scraping process's share).
     pub targets_file: PathBuf,
     /// PEM file of the kubelets' CA.
     pub ca_file: PathBuf,
@@ -240,7 +241,13 @@ pub async fn run_child(
     scraper_scrapes: f64,
 ) -> Result<FloorReport, FloorError> {
     let dir = demo.work_dir();
-    let share: Vec<String> = demo.cluster.fleet().all().iter().step_by(config.shards.max(1)).map(|k| format!("{} {}\n", k.node(), k.addr())).collect();
+    // One scraping process's share: a shard's (every S-th kubelet), or every kubelet for
+    // metrics-server, each of whose replicas scrapes every node.
+    let step = match config.system {
+        crate::demo::System::Shardmetrics => config.shards.max(1),
+        crate::demo::System::MetricsServer { .. } => 1,
+    };
+    let share: Vec<String> = demo.cluster.fleet().all().iter().step_by(step).map(|k| format!("{} {}\n", k.node(), k.addr())).collect();
     let nodes = share.len();
     let targets: String = share.concat();
     let targets_file = dir.join("floor-targets.txt");
@@ -265,10 +272,8 @@ pub async fn run_child(
         .arg(fmt(duration))
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SHARDMETRICS_") {
-            cmd.env_remove(&key);
-        }
+    for key in shardmetrics_plumbing::process::shardmetrics_env_vars() {
+        cmd.env_remove(key);
     }
     let limit = duration + config.metric_resolution + Duration::from_secs(120);
     let out = tokio::time::timeout(limit, cmd.output())

@@ -671,6 +671,7 @@ fn coverage(fresh_bound_ms: f64, nodes: &ProbeLog, pods: &ProbeLog) -> Coverage 
         nodes_full_probes_percent: nfull,
         pod_probes: pp,
         pod_probe_errors: pe,
+        pod_probes_skipped: pods.skipped,
         pods_min_percent: pmin,
         pods_mean_percent: pmean,
         pods_full_probes_percent: pfull,

@@ -1,10 +1,11 @@
 //! The coverage and freshness probe: lists every node (each second) and every pod (every few
 //! seconds) straight from the frontends, round-robin, as JSON, and records how many are served,
 //! how many of those are fresh, and the age of each item's sample. When the run sends
-//! `kubectl top`-style pod lists at least as often, the pod probe judges their answers (JSON or
-//! protobuf) instead of asking for lists of its own ([`Judge`]): a 150k-pod list costs the
-//! frontend and the client a few hundred ms of CPU, which a second list every few seconds
-//! would add to what the run measures.
+//! `kubectl top`-style pod lists at least as often, the pod probe judges their answers instead
+//! of asking for lists of its own ([`Judge`]): those come the way the run's queries do (in its
+//! encoding, JSON or protobuf; straight or through the aggregation proxy), and a failed one is a
+//! failed probe. A 150k-pod list costs the frontend and the client a few hundred ms of CPU,
+//! which a second list every few seconds would add to what the run measures.
 //!
 //! Ages are probe time minus the item's `timestamp`, which the API writes truncated to whole
 //! seconds (as `metav1.Time` does), so each age is overstated by up to 1 s. An item counts as
@@ -67,6 +68,8 @@ pub struct ProbeLog {
     pub points: Vec<ProbePoint>,
     /// Ages of every served item of every probe.
     pub ages: AgeHistogram,
+    /// Answers not judged because the previous one was still being judged ([`Judge`]).
+    pub skipped: usize,
 }
 
 #[derive(Deserialize)]
@@ -159,22 +162,55 @@ pub struct Sent {
 /// run's `kubectl top` queries (see the module doc). Judging runs on a bulk thread of its own
 /// at a lower priority (parsing a 150k-pod list takes a few hundred ms of CPU), so the query
 /// clients and the cores are not measured waiting for it.
+///
+/// One answer at a time: a whole list body is held from its request until it is judged, so
+/// [`Judge::begin`] refuses (and counts in [`ProbeLog::skipped`]) a request sent while the
+/// previous answer is still in flight or being judged; that request is then only timed.
 #[derive(Clone)]
 pub struct Judge {
     config: ProbeConfig,
     encoding: Encoding,
     log: Arc<Mutex<ProbeLog>>,
+    one_at_a_time: Arc<tokio::sync::Semaphore>,
+}
+
+/// The right to have one answer judged (see [`Judge::begin`]); held until it is.
+#[derive(Debug)]
+pub struct Judging {
+    sent: Sent,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Judge {
     /// Judges answers in `encoding` against `config`, into `log`.
     pub fn new(config: ProbeConfig, encoding: Encoding, log: Arc<Mutex<ProbeLog>>) -> Judge {
-        Judge { config, encoding, log }
+        Judge { config, encoding, log, one_at_a_time: Arc::new(tokio::sync::Semaphore::new(1)) }
     }
 
     /// What to note when a request is sent, to judge its answer by.
     pub fn sent(&self) -> Sent {
         Sent { since: Instant::now().checked_duration_since(self.config.measure_from), unix_ms: self.config.clock.now_ms(), expected: (self.config.expected)() }
+    }
+
+    /// Called as a request is sent: `Some` if its answer is to be kept and judged (hand it to
+    /// [`Judge::finish`]), `None` if the previous answer is still pending (counted as skipped
+    /// when it falls in the measurement).
+    pub fn begin(&self) -> Option<Judging> {
+        let sent = self.sent();
+        match self.one_at_a_time.clone().try_acquire_owned() {
+            Ok(permit) => Some(Judging { sent, _permit: permit }),
+            Err(_) => {
+                if sent.since.is_some() {
+                    self.log.lock().unwrap_or_else(|p| p.into_inner()).skipped += 1;
+                }
+                None
+            }
+        }
+    }
+
+    /// Judges the answer of a request [`Judge::begin`] let through, then lets the next one in.
+    pub async fn finish(&self, judging: Judging, result: Result<Vec<Bytes>, String>) {
+        self.judge(judging.sent, result).await;
     }
 
     /// Judges the answer to a request sent at `sent` (its body as the frames it came in) and

@@ -398,15 +398,18 @@ impl Recorder {
 /// Sends `kind` at `rate` per second from `window.start` until `window.end`, then waits for the requests in
 /// flight (at most [`DRAIN_TIMEOUT`]; the rest are aborted and counted as errors).
 ///
-/// With `judge`, every answer's body is also kept and handed to it once the request is
-/// recorded (its time is not the query's): the pod coverage probe riding on `kubectl top`'s
-/// lists instead of asking for lists of its own.
+/// With `judge`, an answer's body is also kept and handed to it once the request is recorded
+/// (its time is not the query's), one answer at a time (see [`Judge`]): the pod coverage probe
+/// riding on `kubectl top`'s lists instead of asking for lists of its own.
 pub async fn generate(kind: QueryKind, rate: f64, window: std::ops::Range<Instant>, target: Target, universe: Arc<Universe>, recorder: Recorder, judge: Option<Judge>) {
     let (start, end) = (window.start, window.end);
     if rate <= 0.0 || !rate.is_finite() {
         return;
     }
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_KIND));
+    // Requests sent and not yet recorded: what the drain's timeout counts as unfinished (a task
+    // may still be judging an answer it has already recorded).
+    let unrecorded = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
     let mut i: u64 = 0;
     loop {
@@ -422,17 +425,22 @@ pub async fn generate(kind: QueryKind, rate: f64, window: std::ops::Range<Instan
             recorder.skipped(kind, due);
             continue;
         };
-        let (target, universe, recorder, judge) = (target.clone(), universe.clone(), recorder.clone(), judge.clone());
+        let (target, universe, recorder, unrecorded) = (target.clone(), universe.clone(), recorder.clone(), unrecorded.clone());
+        let judging = judge.as_ref().and_then(|j| j.begin().map(|judging| (j.clone(), judging)));
+        unrecorded.fetch_add(1, Ordering::Relaxed);
         tasks.spawn(async move {
             let path = universe.path(kind, n);
-            match judge {
-                None => recorder.record(kind, due, target.get_len(&path).await),
-                Some(judge) => {
-                    let sent = judge.sent();
+            match judging {
+                None => {
+                    recorder.record(kind, due, target.get_len(&path).await);
+                    unrecorded.fetch_sub(1, Ordering::Relaxed);
+                }
+                Some((judge, judging)) => {
                     let result = target.get_frames(&path).await;
                     recorder.record(kind, due, result.as_ref().map(|(len, _)| *len).map_err(Clone::clone));
+                    unrecorded.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
-                    judge.judge(sent, result.map(|(_, frames)| frames)).await;
+                    judge.finish(judging, result.map(|(_, frames)| frames)).await;
                     return;
                 }
             }
@@ -441,7 +449,7 @@ pub async fn generate(kind: QueryKind, rate: f64, window: std::ops::Range<Instan
     }
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        let left = tasks.len();
+        let left = unrecorded.load(Ordering::Relaxed);
         tasks.abort_all();
         for _ in 0..left {
             recorder.record(kind, end, Err("unfinished at the end".into()));

@@ -171,6 +171,9 @@ pub struct Coverage {
     pub pod_probes: usize,
     /// Pod probes that failed.
     pub pod_probe_errors: usize,
+    /// Top-query answers the pod probe let pass unjudged because it was still judging the one
+    /// before (when it rides on the top queries; see `scenario::probe::Judge`).
+    pub pod_probes_skipped: usize,
     /// Lowest pod coverage of any probe, percent.
     pub pods_min_percent: f64,
     /// Mean pod coverage, percent.

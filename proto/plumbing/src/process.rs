@@ -9,6 +9,39 @@ use std::process::ExitCode;
 /// Exit code for invalid flags (`EX_USAGE`), as metrics-server's flag errors are reported.
 pub const EXIT_USAGE: u8 = 64;
 
+/// Prefix of the environment variables every shardmetrics flag reads (`SHARDMETRICS_<FLAG>`).
+pub const ENV_PREFIX: &str = "SHARDMETRICS_";
+
+/// Names of this process's `SHARDMETRICS_*` variables: what a harness removes from a child's
+/// environment so that the child gets its settings from the flags it is given, not from
+/// whatever the harness itself was started with.
+pub fn shardmetrics_env_vars() -> Vec<OsString> {
+    std::env::vars_os().map(|(k, _)| k).filter(|k| k.to_string_lossy().starts_with(ENV_PREFIX)).collect()
+}
+
+/// An async runtime: `Some(1)` a current-thread one (every wake-up stays on one thread: the
+/// least CPU per event), `Some(n)` a multi-threaded one with `n` workers, `None` a
+/// multi-threaded one with one worker per core (as `#[tokio::main]`).
+pub fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    match worker_threads {
+        Some(n) if n <= 1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    }
+}
+
+/// Runs `program`'s `main` future on a [`runtime`] of `worker_threads`; a runtime that cannot
+/// start is reported on stderr, naming `program`, and exits with failure.
+pub fn block_on(program: &str, worker_threads: Option<usize>, main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match runtime(worker_threads) {
+        Ok(rt) => rt.block_on(main),
+        Err(e) => {
+            eprintln!("{program}: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Parses a command line into `T`. `--help` and `--version` print and give exit code 0; a flag
 /// clap refuses (unknown, or a value of the wrong type such as a bad duration) prints clap's
 /// message and gives [`EXIT_USAGE`], like every other invalid setting.

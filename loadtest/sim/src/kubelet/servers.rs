@@ -23,7 +23,8 @@
 //! child sends before its h2 preface, so nothing else on the machine can pose as a child), then
 //! `open`/`close` per kubelet. The child exits when its stdin closes (the parent closed it, or
 //! the parent died: the pipe closes with it) or when its connection to the parent ends; the
-//! parent also kills it when the fleet is dropped.
+//! parent also kills it when the last handle to it goes (the fleet and every kubelet it serves
+//! hold one).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -194,10 +195,8 @@ pub(crate) fn spawn(command: &KubeletServerCommand, index: usize) -> Result<Serv
             cmd.stderr(Stdio::inherit());
         }
     }
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SHARDMETRICS_") {
-            cmd.env_remove(&key);
-        }
+    for key in shardmetrics_plumbing::process::shardmetrics_env_vars() {
+        cmd.env_remove(key);
     }
     let mut child = cmd.spawn().map_err(|e| fail(format!("starting {}: {e}", command.program.display())))?;
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
