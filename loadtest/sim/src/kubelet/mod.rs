@@ -283,7 +283,7 @@ impl SimKubelet {
             return;
         }
         match &self.server {
-            Some(server) => server.close(&self.node),
+            Some(server) => server.close(&self.node, self.addr.port()),
             None => {
                 let _ = self.shutdown.send(true);
             }

@@ -115,10 +115,14 @@ pub enum ToServer {
         /// The node.
         node: String,
     },
-    /// Close `node`'s listener and its open connections (no answer).
+    /// Close the listener on `port` and its open connections (no answer). By port, not by
+    /// node: a node opened twice (a start that lost a race) has two listeners, and closing the
+    /// loser's must leave the winner's.
     Close {
-        /// The node.
+        /// The node, for the log.
         node: String,
+        /// The port its [`FromServer::Opened`] answered.
+        port: u16,
     },
 }
 
@@ -271,6 +275,12 @@ impl ServerHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.replies.pending).insert(id, tx);
+        // The reader clears the waiters when the child exits: one inserted after that must not
+        // wait for an answer that cannot come.
+        if !self.replies.alive.load(Ordering::Acquire) {
+            lock(&self.replies.pending).remove(&id);
+            return Err(self.fail("exited"));
+        }
         if !self.send(&ToServer::Open { id, node: node.to_owned() }) {
             lock(&self.replies.pending).remove(&id);
             return Err(self.fail("stopped"));
@@ -289,9 +299,10 @@ impl ServerHandle {
         }
     }
 
-    /// Closes `node`'s listener and connections in the child (nothing if the child is gone).
-    pub(crate) fn close(&self, node: &str) {
-        if self.send(&ToServer::Close { node: node.to_owned() }) {
+    /// Closes `node`'s listener on `port` and its connections in the child (nothing if the
+    /// child is gone).
+    pub(crate) fn close(&self, node: &str, port: u16) {
+        if self.send(&ToServer::Close { node: node.to_owned(), port }) {
             self.kubelets.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -420,6 +431,9 @@ fn attach(link: ServerLink) -> (Arc<ServerHandle>, oneshot::Receiver<()>) {
         }
         let _ = input.shutdown().await;
     });
+    // An answer to an open whose caller gave up waiting closes the listener it made; weak, so
+    // that the reader does not keep the child's stdin open.
+    let late_closer = tx.downgrade();
     let (ready_tx, ready) = oneshot::channel();
     let replies = Arc::new(Replies { ready: Mutex::new(Some(ready_tx)), alive: AtomicBool::new(true), ..Default::default() });
     let (reader, name) = (replies.clone(), link.name.clone());
@@ -435,8 +449,18 @@ fn attach(link: ServerLink) -> (Arc<ServerHandle>, oneshot::Receiver<()>) {
                         }
                     }
                     Ok(FromServer::Opened { id, port }) => {
-                        if let Some(tx) = lock(&reader.pending).remove(&id) {
-                            let _ = tx.send(Ok(port));
+                        let waiter = lock(&reader.pending).remove(&id);
+                        match waiter {
+                            Some(tx) => {
+                                let _ = tx.send(Ok(port));
+                            }
+                            None => {
+                                tracing::warn!(server = %name, port, "a listener opened after its caller gave up; closing it");
+                                let close = serde_json::to_string(&ToServer::Close { node: String::new(), port }).map(|l| l + "\n");
+                                if let (Some(closer), Ok(line)) = (late_closer.upgrade(), close) {
+                                    let _ = closer.send(line);
+                                }
+                            }
                         }
                     }
                     Ok(FromServer::Failed { id, error }) => {
@@ -453,7 +477,7 @@ fn attach(link: ServerLink) -> (Arc<ServerHandle>, oneshot::Receiver<()>) {
                 }
             }
         }
-        reader.alive.store(false, Ordering::Relaxed);
+        reader.alive.store(false, Ordering::Release);
         // Whoever still waits learns that it exited.
         lock(&reader.pending).clear();
         lock(&reader.ready).take();
@@ -619,7 +643,8 @@ pub async fn serve(input: impl AsyncRead + Unpin + Send + 'static, mut output: i
     });
     write_line(&mut output, &FromServer::Ready).await?;
 
-    let mut listeners: HashMap<String, watch::Sender<bool>> = HashMap::new();
+    // By port: see `ToServer::Close`.
+    let mut listeners: HashMap<u16, watch::Sender<bool>> = HashMap::new();
     let result = loop {
         let line = tokio::select! {
             line = lines.next_line() => line,
@@ -634,7 +659,7 @@ pub async fn serve(input: impl AsyncRead + Unpin + Send + 'static, mut output: i
             Ok(ToServer::Open { id, node }) => {
                 let answer = match open(&tls, &sender, &node).await {
                     Ok((port, stop)) => {
-                        if let Some(previous) = listeners.insert(node, stop) {
+                        if let Some(previous) = listeners.insert(port, stop) {
                             let _ = previous.send(true);
                         }
                         FromServer::Opened { id, port }
@@ -645,9 +670,11 @@ pub async fn serve(input: impl AsyncRead + Unpin + Send + 'static, mut output: i
                     break Err(e);
                 }
             }
-            Ok(ToServer::Close { node }) => {
-                if let Some(stop) = listeners.remove(&node) {
+            Ok(ToServer::Close { node, port }) => {
+                if let Some(stop) = listeners.remove(&port) {
                     let _ = stop.send(true);
+                } else {
+                    tracing::debug!(node, port, "close of a listener that is not open");
                 }
             }
             Ok(ToServer::Hello { .. }) => tracing::warn!("a second hello ignored"),
