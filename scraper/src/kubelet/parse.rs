@@ -548,18 +548,25 @@ impl<'a> Containers<'a> {
 /// 2^64 as f64: the first value that does not fit a u64.
 const U64_LIMIT: f64 = 18_446_744_073_709_551_616.0;
 
+/// `v` truncated toward zero, as metrics-server's `uint64(value)` and `uint64(value * 1e9)`
+/// convert (so `1.005` s of CPU is 1 004 999 999 ns there and here: `1.005 * 1e9` is just
+/// below 1.005e9 in binary; rounding instead made a rate 1 ns/s apart from metrics-server's now
+/// and then). Negative (and NaN) values are refused, where metrics-server's conversion is undefined.
 fn to_u64(v: f64) -> Option<u64> {
-    let r = v.round();
-    (0.0..U64_LIMIT).contains(&r).then_some(r as u64)
+    let t = v.trunc();
+    (0.0..U64_LIMIT).contains(&t).then_some(t as u64).filter(|_| v >= 0.0)
 }
 
 fn seconds_to_ns(seconds: f64) -> Option<u64> {
     to_u64(seconds * 1e9)
 }
 
+/// A start time in whole ms, truncated (metrics-server keeps the ns `int64(value * 1e9)`; the
+/// store compares start times with ms sample times, and `floor(start) < t` exactly when
+/// `start < t` for a whole-ms `t`, so truncation decides restarts as upstream does).
 fn seconds_to_ms(seconds: f64) -> Option<i64> {
-    let r = (seconds * 1e3).round();
-    (0.0..i64::MAX as f64).contains(&r).then_some(r as i64)
+    let t = (seconds * 1e3).trunc();
+    (0.0..i64::MAX as f64).contains(&t).then_some(t as i64).filter(|_| seconds >= 0.0)
 }
 
 /// [`NAME_CHARS`] bit: may appear in a label name (and a metric name): `[a-zA-Z0-9_]`.
@@ -1071,9 +1078,21 @@ scrape_error 0
     }
 
     #[test]
-    fn cpu_seconds_are_rounded_to_the_nearest_nanosecond() {
-        let p = parse("node_cpu_usage_seconds_total 0.0000000016\nnode_memory_working_set_bytes 1\n");
-        assert_eq!(p.scrape.node_usage.unwrap().cpu_usage_ns, 2);
+    fn cpu_seconds_and_bytes_are_truncated_as_metrics_server_converts_them() {
+        let p = parse("node_cpu_usage_seconds_total 0.0000000016\nnode_memory_working_set_bytes 1.9\n");
+        assert_eq!(p.scrape.node_usage.unwrap().cpu_usage_ns, 1);
+        assert_eq!(p.scrape.node_usage.unwrap().memory_working_set_bytes, 1);
+        // `1.005 * 1e9` is 1004999999.9999999 in binary: Go's uint64() gives 1004999999.
+        let p = parse("node_cpu_usage_seconds_total 1.005\nnode_memory_working_set_bytes 1\n");
+        assert_eq!(p.scrape.node_usage.unwrap().cpu_usage_ns, 1_004_999_999);
+        let p = parse(concat!(
+            "container_cpu_usage_seconds_total{container=\"c\",namespace=\"ns\",pod=\"p\"} 1 1\n",
+            "container_memory_working_set_bytes{container=\"c\",namespace=\"ns\",pod=\"p\"} 1 1\n",
+            "container_start_time_seconds{container=\"c\",namespace=\"ns\",pod=\"p\"} 1.2349999 1\n",
+        ));
+        assert_eq!(p.scrape.pods[0].containers[0].start_time_ms, 1_234);
+        let p = parse("node_cpu_usage_seconds_total -0.5\nnode_memory_working_set_bytes 1\n");
+        assert_eq!((p.rejected_samples, p.scrape.node_usage), (1, None), "negative values are refused");
     }
 
     #[test]
