@@ -99,22 +99,7 @@ async fn a_shard_a_user_sigkills_in_the_running_demo_comes_back_and_its_nodes_ar
     const LEASE_S: i64 = 15;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    let mut demo = tokio::process::Command::new(BIN)
-        .args(["demo", "--nodes", "6", "--pods-per-node", "2", "--shards", "2", "--frontends", "1", "--metric-resolution", "5s", "--kubeconfig"])
-        .arg(&kubeconfig)
-        .env_remove("SHARDMETRICS_LOG_LEVEL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(demo.stdout.take().unwrap()).lines();
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(120), stdout.next_line()).await.expect("demo ready in time").unwrap().expect("demo output ended early");
-        if line.starts_with("demo ready") {
-            break;
-        }
-    }
+    let (mut demo, _stdout) = ready_demo(&["--shards", "2"], &kubeconfig, Stdio::piped()).await;
     let mut stderr = BufReader::new(demo.stderr.take().unwrap()).lines();
     let kubectl = shardmetrics_xtask::kubectl::Kubectl::new(&kubeconfig).await;
 
@@ -156,34 +141,11 @@ async fn a_shard_a_user_sigkills_in_the_running_demo_comes_back_and_its_nodes_ar
     assert!(status.success(), "the demo stops cleanly on SIGTERM: {status}");
 }
 
-/// Whether process `pid` has exited (gone, or a zombie nobody reaped yet).
-fn exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_server_children_serve_the_demo_and_exit_when_it_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    let mut demo = tokio::process::Command::new(BIN)
-        .args(["demo", "--nodes", "6", "--pods-per-node", "2", "--shards", "1", "--frontends", "1", "--metric-resolution", "5s", "--kubelet-servers", "2", "--kubeconfig"])
-        .arg(&kubeconfig)
-        .env_remove("SHARDMETRICS_LOG_LEVEL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(demo.stdout.take().unwrap()).lines();
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(120), stdout.next_line()).await.expect("demo ready in time").unwrap().expect("demo output ended early");
-        if line.starts_with("demo ready") {
-            break;
-        }
-    }
+    let (mut demo, _stdout) = ready_demo(&["--shards", "1", "--kubelet-servers", "2"], &kubeconfig, Stdio::null()).await;
     // Every node is served through the children (the demo is ready only then).
     let kubectl = shardmetrics_xtask::kubectl::Kubectl::new(&kubeconfig).await;
     let raw = kubectl.ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes"]).await;
@@ -198,12 +160,37 @@ async fn kubelet_server_children_serve_the_demo_and_exit_when_it_is_killed() {
     assert!(std::process::Command::new("kill").args(["-9", &demo_pid.to_string()]).status().unwrap().success());
     let _ = demo.wait().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !servers.iter().all(|p| exited(*p)) {
+    while !servers.iter().all(|p| shardmetrics_loadtest::scenario::procstat::has_exited(*p)) {
         assert!(tokio::time::Instant::now() < deadline, "kubelet servers {servers:?} outlived the demo");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The shard and frontend children do not watch their parent; end them here.
     for (pid, _) in children.iter().filter(|(p, _)| !servers.contains(p)) {
         let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+}
+
+/// A demo of 6 nodes x 2 pods, one frontend, 5 s resolution, plus `extra` flags, started with
+/// its kubeconfig at `kubeconfig` and its stderr to `stderr`; returns once it printed
+/// "demo ready" (within 120 s), with the rest of its stdout (hold it: a closed pipe would
+/// fail the demo's next print).
+async fn ready_demo(extra: &[&str], kubeconfig: &std::path::Path, stderr: Stdio) -> (tokio::process::Child, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) {
+    let mut demo = tokio::process::Command::new(BIN)
+        .args(["demo", "--nodes", "6", "--pods-per-node", "2", "--frontends", "1", "--metric-resolution", "5s"])
+        .args(extra)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .env_remove("SHARDMETRICS_LOG_LEVEL")
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(demo.stdout.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(120), stdout.next_line()).await.expect("demo ready in time").unwrap().expect("demo output ended early");
+        if line.starts_with("demo ready") {
+            return (demo, stdout);
+        }
     }
 }

@@ -133,30 +133,15 @@ pub struct PeerInfo {
 /// connection (watches included) is closed at shutdown.
 ///
 /// `handler` is called per request with the connection's [`PeerInfo`].
-pub async fn serve_tls<H, F>(listener: TcpListener, tls: Arc<rustls::ServerConfig>, mut shutdown: watch::Receiver<bool>, handler: H)
+pub async fn serve_tls<H, F>(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shutdown: watch::Receiver<bool>, handler: H)
 where
     H: Fn(PeerInfo, http::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let acceptor = TlsAcceptor::from(tls);
-    let mut conns = JoinSet::new();
-    loop {
-        let (stream, remote) = tokio::select! {
-            () = stopped(&mut shutdown) => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-        };
-        let acceptor = acceptor.clone();
-        let handler = handler.clone();
-        conns.spawn(async move {
-            let _ = stream.set_nodelay(true);
+    accept_each(listener, shutdown, "accept failed", move |stream, remote| {
+        let (acceptor, handler) = (acceptor.clone(), handler.clone());
+        async move {
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -175,7 +160,35 @@ where
             if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
                 tracing::debug!(error = %e, %remote, "connection ended with an error");
             }
-        });
+        }
+    })
+    .await;
+}
+
+/// Accepts connections on `listener` until `shutdown`, each served by `serve(stream, remote)`
+/// on a task of its own (nodelay set); a failed accept is logged with `what` and retried after
+/// 50 ms. On shutdown the connections still open are aborted.
+pub async fn accept_each<S, F>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, what: &'static str, serve: S)
+where
+    S: Fn(tokio::net::TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut conns = JoinSet::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            () = stopped(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let _ = stream.set_nodelay(true);
+        conns.spawn(serve(stream, remote));
     }
     conns.shutdown().await;
 }

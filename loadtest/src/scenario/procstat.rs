@@ -30,6 +30,14 @@ pub fn proc_sample(pid: u32) -> Option<ProcSample> {
     parse_proc(&stat, &status)
 }
 
+/// Whether process `pid` has exited: gone from /proc, or a zombie nobody reaped yet.
+pub fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
 /// Parses the two /proc files (separate so it can be tested on fixed text).
 pub fn parse_proc(stat: &str, status: &str) -> Option<ProcSample> {
     // Fields after the parenthesised command name (which may contain spaces and parentheses);

@@ -8,14 +8,6 @@ use std::time::Duration;
 
 use shardmetrics_loadtest::scenario::{self, ScenarioConfig, compare};
 
-/// Whether process `pid` has exited (gone, or a zombie nobody reaped yet).
-fn exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelets_served_from_two_server_processes_are_scraped_and_counted_as_in_process_ones() {
     let _serial = crate::support::serial().await;
@@ -65,6 +57,6 @@ async fn kubelets_served_from_two_server_processes_are_scraped_and_counted_as_in
 
     // Stopped with the run.
     for p in &servers {
-        assert!(exited(p.pid), "{} (pid {}) still runs", p.name, p.pid);
+        assert!(shardmetrics_loadtest::scenario::procstat::has_exited(p.pid), "{} (pid {}) still runs", p.name, p.pid);
     }
 }

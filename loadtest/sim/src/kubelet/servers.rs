@@ -507,25 +507,11 @@ fn new_secret() -> Result<String, KubeletError> {
 
 /// The parent's forwarding endpoint: accepts the children's connections (each first sends the
 /// secret line), serves h2 on them, and answers each request as the kubelet it names.
-async fn run_endpoint(listener: TcpListener, secret: String, kubelets: Kubelets, mut stop: watch::Receiver<bool>) {
+async fn run_endpoint(listener: TcpListener, secret: String, kubelets: Kubelets, stop: watch::Receiver<bool>) {
     let secret: Arc<str> = secret.into();
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let (stream, remote) = tokio::select! {
-            () = stopped(&mut stop) => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a kubelet server's connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-        };
+    crate::httputil::accept_each(listener, stop, "accepting a kubelet server's connection failed", move |stream, remote| {
         let (secret, kubelets) = (secret.clone(), kubelets.clone());
-        conns.spawn(async move {
-            let _ = stream.set_nodelay(true);
+        async move {
             let mut stream = BufReader::new(stream);
             let mut line = String::new();
             let read = tokio::time::timeout(ANSWER_TIMEOUT, (&mut stream).take(MAX_SECRET_LINE).read_line(&mut line)).await;
@@ -548,9 +534,9 @@ async fn run_endpoint(listener: TcpListener, secret: String, kubelets: Kubelets,
             if let Err(e) = result {
                 tracing::debug!(error = %e, %remote, "a kubelet server's connection ended with an error");
             }
-        });
-    }
-    conns.shutdown().await;
+        }
+    })
+    .await;
 }
 
 /// Answers a forwarded request as the kubelet it names (503 when that kubelet is gone or now
