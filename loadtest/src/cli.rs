@@ -146,8 +146,8 @@ pub struct RunArgs {
     /// Old spelling of `--fault kill-shard@AT` (a Go duration into the measurement).
     #[arg(long, env = "SHARDMETRICS_KILL_SHARD_AT", hide = true, value_name = "AT", help_heading = HEADING_FAULTS)]
     pub kill_shard_at: Option<GoDuration>,
-    /// How long the floor client runs after the measurement (default min(duration, 30s); 0s:
-    /// no floor).
+    /// How long the frontends' floor runs after the measurement (default min(duration, 30s));
+    /// 0s: no floors. The scrapers' floor fetches for the whole measurement, beside it.
     #[arg(long, env = "SHARDMETRICS_FLOOR_DURATION", help_heading = HEADING_MEASUREMENT)]
     pub floor_duration: Option<GoDuration>,
     /// Where to write the JSON report (the chart goes next to it, same name, `.svg`).
@@ -209,6 +209,10 @@ pub struct FloorArgs {
     /// How long to fetch (after one connection round).
     #[arg(long, env = "SHARDMETRICS_DURATION", default_value = "30s", help_heading = HEADING_MEASUREMENT)]
     pub duration: GoDuration,
+    /// When the timed part starts, Unix ms (the measurement window's start); at once after the
+    /// connection round when unset or past.
+    #[arg(long, env = "SHARDMETRICS_START_AT_UNIX_MS", help_heading = HEADING_MEASUREMENT)]
+    pub start_at_unix_ms: Option<i64>,
 }
 
 /// The control plane a demo runs on.
@@ -646,6 +650,7 @@ async fn run_floor(f: FloorArgs) -> anyhow::Result<()> {
         resolution: f.metric_resolution.0,
         duration: f.duration.0,
         clock: shardmetrics_plumbing::clock::system(),
+        start_at_ms: f.start_at_unix_ms,
     })
     .await?;
     println!("{}", serde_json::to_string(&result)?);

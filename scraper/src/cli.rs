@@ -131,9 +131,10 @@ pub struct Args {
     /// After a subscriber's stream writes, live batches published within this long are held and
     /// written together when it has passed (0s: every batch on its own, at once). Fewer writes
     /// and wake-ups per scrape on both ends, for at most this much added scrape-to-servable
-    /// latency. Off by default: at 25ms the CPU saved was within run-to-run noise while the
-    /// scrape-to-servable p50 went from 0.6 to 13 ms (docs/benchmarks.md).
-    #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_STREAM_LINGER", default_value = "0s")]
+    /// latency. Scrapes start in groups (a node due within 100 ms of the first starts with it),
+    /// whose answers come back within a few milliseconds of each other: 5ms lets most of a
+    /// group's batches go in one write per frontend (docs/benchmarks.md).
+    #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_STREAM_LINGER", default_value = "5ms")]
     pub stream_linger: GoDuration,
 
     /// Address of the plain-HTTP /livez /readyz /metrics server.
@@ -410,7 +411,7 @@ pub fn validate(args: &Args, env: &Environment) -> Result<Validated, Vec<String>
             use_node_status_port: args.kubelet_use_node_status_port,
             default_port: args.kubelet_port,
         },
-        schedule: ScheduleConfig { resolution, max_concurrent: args.max_concurrent_scrapes },
+        schedule: ScheduleConfig { resolution, max_concurrent: args.max_concurrent_scrapes, group_window: crate::schedule::DEFAULT_GROUP_WINDOW },
         subscriber_queue_batches: args.subscriber_queue_batches,
         grpc_max_message_bytes: args.grpc_max_message_bytes,
         stream_linger: args.stream_linger.0,
@@ -611,7 +612,10 @@ mod tests {
         let v = validate(&parse(&["--kubelet-insecure-tls"]), &env()).unwrap();
         assert_eq!(v.config.shard_id, "shardmetrics-scraper-0");
         assert_eq!(v.config.lease_namespace, "monitoring");
-        assert_eq!(v.config.schedule, ScheduleConfig { resolution: Duration::from_secs(15), max_concurrent: 256 });
+        assert_eq!(
+            v.config.schedule,
+            ScheduleConfig { resolution: Duration::from_secs(15), max_concurrent: 256, group_window: crate::schedule::DEFAULT_GROUP_WINDOW }
+        );
         assert_eq!(v.kubelet.timeout, Duration::from_secs(10));
         assert_eq!(v.config.grpc_max_message_bytes, 64 << 20);
         assert_eq!(v.config.targets, TargetRules::default());

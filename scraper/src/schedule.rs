@@ -82,7 +82,20 @@ pub struct ScheduleConfig {
     pub resolution: Duration,
     /// Scrapes queued or running at once, all nodes together (`--max-concurrent-scrapes`).
     pub max_concurrent: usize,
+    /// When the scheduler wakes for a node's slot, the nodes due within this long after it
+    /// start with it (early by less than this): see [`DEFAULT_GROUP_WINDOW`]. Zero: each node
+    /// exactly at its slot.
+    pub group_window: Duration,
 }
+
+/// Default [`ScheduleConfig::group_window`]: 100 ms, ~8 scrapes a group for 1250 nodes at 15 s.
+/// A group costs one timer wake-up, its answers come back within a few milliseconds of each
+/// other, and with `--stream-linger` its batches reach each frontend in one or two writes
+/// instead of one write per scrape, which was the largest part of a scrape's CPU beyond the
+/// fetch itself. Groups form around each shard's own nodes' phases, so shards' groups do not
+/// line up into bursts of the whole cluster; a node is scraped at most this much early, and its
+/// next slot stays at its phase.
+pub const DEFAULT_GROUP_WINDOW: Duration = Duration::from_millis(100);
 
 /// A node's phase within the interval: a stable hash of its name (FNV-1a, then a SplitMix64
 /// finaliser for spread), the same in every process and build.
@@ -488,10 +501,12 @@ impl<S: KubeletSource> Scheduler<S> {
         metrics.known_nodes.set(a.known.len() as i64);
     }
 
-    /// Starts the scrape of every node whose slot has come by `now` and queues its next slot;
-    /// a node still busy, or scraped less than half a resolution ago, skips this slot.
+    /// Starts the scrape of every node whose slot has come by `now`, or comes within the group
+    /// window after it, and queues its next slot; a node still busy, or scraped less than half a
+    /// resolution ago, skips this slot.
     fn start_due(&mut self, now: Instant) {
-        while self.due.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
+        let until = now + self.config.group_window;
+        while self.due.peek().is_some_and(|Reverse((at, _, _))| *at <= until) {
             let Some(Reverse((at, generation, name))) = self.due.pop() else { break };
             let Some(state) = self.nodes.get_mut(&name) else { continue };
             if state.generation != generation {
@@ -642,7 +657,7 @@ mod tests {
         let (stop, stopped) = oneshot::channel::<()>();
         let start = Instant::now();
         let pipeline = Pipeline::new(fleet.clone(), max_concurrent, hub.clone(), metrics.clone(), clock);
-        let scheduler = Scheduler::new(ScheduleConfig { resolution: RES, max_concurrent }, pipeline);
+        let scheduler = Scheduler::new(ScheduleConfig { resolution: RES, max_concurrent, group_window: Duration::ZERO }, pipeline);
         let heartbeat = scheduler.heartbeat();
         let task = tokio::spawn(scheduler.run(rx, async {
             let _ = stopped.await;

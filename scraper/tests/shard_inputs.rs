@@ -40,7 +40,7 @@ fn config(grpc: &str) -> Config {
         grpc_tls: None,
         node_selector: None,
         targets: TargetRules::default(),
-        schedule: ScheduleConfig { resolution: Duration::from_secs(5), max_concurrent: 8 },
+        schedule: ScheduleConfig { resolution: Duration::from_secs(5), max_concurrent: 8, group_window: shardmetrics_scraper::schedule::DEFAULT_GROUP_WINDOW },
         subscriber_queue_batches: 64,
         grpc_max_message_bytes: 64 << 20,
         stream_linger: Duration::ZERO,

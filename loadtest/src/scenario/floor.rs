@@ -7,9 +7,13 @@
 //! it. It first fetches every node once (connections set up, like the scrapers' long-lived
 //! pool), then measures its own CPU from /proc over the timed part and prints one JSON line.
 //!
-//! [`run_child`] starts it after the measurement window (the kubelet simulators count every
-//! request; the window's accounting ends before the floor starts) and compares:
-//! `scraper_cpu_vs_floor` = scrapers' CPU per scrape / floor CPU per fetch.
+//! [`start_child`] starts it as the warm-up starts; it sets its connections up then and fetches
+//! for the measurement window, beside the scrapers (same machine, same load, same time: a floor
+//! measured afterwards, on a quieter machine, came out 0.17-0.23 ms a fetch from run to run).
+//! Its requests carry [`shardmetrics_sim::kubelet::UNCOUNTED_USER_AGENT`], so the kubelet
+//! simulators answer them as any other but count them neither as scrapes nor as duplicates.
+//! [`FloorChild::finish`] compares: `scraper_cpu_vs_floor` = scrapers' CPU per scrape / floor
+//! CPU per fetch.
 //!
 //! The floor fetches one shard's share of the nodes (every S-th kubelet of S shards; every
 //! kubelet when metrics-server is measured, whose replicas each scrape every node), so it
@@ -81,6 +85,9 @@ pub struct FloorConfig {
     pub duration: Duration,
     /// Wall clock the scrapers' phases are aligned to (the system's: they are other processes).
     pub clock: SharedClock,
+    /// When the timed part starts, Unix ms on `clock` (the measurement window's start); at once
+    /// after the connection round when `None` or already past.
+    pub start_at_ms: Option<i64>,
 }
 
 /// What the floor child prints (one JSON line on stdout).
@@ -120,6 +127,7 @@ async fn fetch(client: &Client, uri: &http::Uri, token: &str) -> Result<u64, Str
     let req = http::Request::get(uri.clone())
         .header("authorization", format!("Bearer {token}"))
         .header("accept", "text/plain")
+        .header("user-agent", shardmetrics_sim::kubelet::UNCOUNTED_USER_AGENT)
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await.map_err(|_| "timeout".to_owned())?.map_err(|e| e.to_string())?;
@@ -179,6 +187,12 @@ pub async fn run_floor(config: FloorConfig) -> Result<FloorResult, FloorError> {
         });
     }
     while first.join_next().await.is_some() {}
+    if let Some(at) = config.start_at_ms {
+        let wait_ms = at.saturating_sub(config.clock.now_ms());
+        if wait_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+        }
+    }
 
     // Timed part: each node at its scraper phase, once per resolution.
     let me = std::process::id();
@@ -188,17 +202,32 @@ pub async fn run_floor(config: FloorConfig) -> Result<FloorResult, FloorError> {
     let res_us = config.resolution.as_micros().max(1) as u64;
     let (fetches, errors, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let now_us = config.clock.now_ms().max(0) as u64 * 1000;
+    // Each node at its phase, once per resolution, in the scrapers' groups: when the first of
+    // a group is due, every node due within the group window after it starts with it.
+    let window = shardmetrics_scraper::schedule::DEFAULT_GROUP_WINDOW;
+    let mut due: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, usize)>> = uris
+        .iter()
+        .enumerate()
+        .map(|(i, (node, _))| {
+            let phase = shardmetrics_scraper::schedule::phase_offset(node, config.resolution).as_micros() as u64;
+            // The next wall-clock instant at this node's phase.
+            let wait_us = (phase + res_us - now_us % res_us) % res_us;
+            std::cmp::Reverse((start + Duration::from_micros(wait_us), i))
+        })
+        .collect();
     let mut tasks = tokio::task::JoinSet::new();
-    for (node, uri) in uris {
-        let phase = shardmetrics_scraper::schedule::phase_offset(&node, config.resolution).as_micros() as u64;
-        // The next wall-clock instant at this node's phase.
-        let wait_us = (phase + res_us - now_us % res_us) % res_us;
-        let mut due = start + Duration::from_micros(wait_us);
-        let (client, token, fetches, errors, bytes) = (client.clone(), token.clone(), fetches.clone(), errors.clone(), bytes.clone());
-        let resolution = config.resolution;
-        tasks.spawn(async move {
-            while due < end {
-                tokio::time::sleep_until(due).await;
+    while let Some(std::cmp::Reverse((first, _))) = due.peek().copied() {
+        if first >= end {
+            break;
+        }
+        tokio::time::sleep_until(first).await;
+        let until = Instant::now() + window;
+        while let Some(std::cmp::Reverse((at, i))) = due.peek().copied().filter(|std::cmp::Reverse((at, _))| *at <= until && *at < end) {
+            due.pop();
+            due.push(std::cmp::Reverse((at + config.resolution, i)));
+            let (client, uri, token, fetches, errors, bytes) =
+                (client.clone(), uris[i].1.clone(), token.clone(), fetches.clone(), errors.clone(), bytes.clone());
+            tasks.spawn(async move {
                 match fetch(&client, &uri, &token).await {
                     Ok(n) => {
                         fetches.fetch_add(1, Ordering::Relaxed);
@@ -208,9 +237,10 @@ pub async fn run_floor(config: FloorConfig) -> Result<FloorResult, FloorError> {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                due += resolution;
-            }
-        });
+            });
+        }
+        // Reap finished fetches so the set does not grow over the run.
+        while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
     // The window is the same length whatever the phases: CPU and fetches over `duration`.
@@ -231,15 +261,31 @@ fn write(path: &Path, text: &str) -> Result<(), FloorError> {
     std::fs::write(path, text).map_err(io(format!("writing {}", path.display())))
 }
 
-/// Runs the floor child against the demo's kubelets for `duration` and compares it with the
-/// scrapers' `scraper_cpu_s` over `scraper_scrapes` scrapes.
-pub async fn run_child(
-    demo: &RunningDemo,
-    config: &DemoConfig,
-    duration: Duration,
-    scraper_cpu_s: f64,
-    scraper_scrapes: f64,
-) -> Result<FloorReport, FloorError> {
+/// Name of the floor child in the report's process table (a harness process).
+pub const FLOOR_NAME: &str = "floor";
+
+/// A floor child at work (see [`start_child`]); dropping it kills the child.
+pub struct FloorChild {
+    /// The child's process id, for its CPU and memory to be read with the harness's.
+    pid: Option<u32>,
+    /// Kubelets it fetches.
+    nodes: usize,
+    /// How long to wait for its result after the window, at most.
+    limit: Duration,
+    /// The child's output, once it exits.
+    output: tokio::task::JoinHandle<std::io::Result<std::process::Output>>,
+}
+
+impl Drop for FloorChild {
+    fn drop(&mut self) {
+        // Dropping the waiting task drops the child, which kills it (`kill_on_drop`).
+        self.output.abort();
+    }
+}
+
+/// Starts the floor child against the demo's kubelets: it sets its connections up at once, then
+/// fetches for `duration` from `start_at_ms` (Unix ms on the demo's clock: the window's start).
+pub fn start_child(demo: &RunningDemo, config: &DemoConfig, duration: Duration, start_at_ms: i64) -> Result<FloorChild, FloorError> {
     let dir = demo.work_dir();
     // One scraping process's share: a shard's (every S-th kubelet), or every kubelet for
     // metrics-server, each of whose replicas scrapes every node.
@@ -270,26 +316,48 @@ pub async fn run_child(
         .arg(fmt(config.metric_resolution))
         .arg("--duration")
         .arg(fmt(duration))
+        .arg("--start-at-unix-ms")
+        .arg(start_at_ms.to_string())
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     for key in shardmetrics_plumbing::process::shardmetrics_env_vars() {
         cmd.env_remove(key);
     }
-    let limit = duration + config.metric_resolution + Duration::from_secs(120);
-    let out = tokio::time::timeout(limit, cmd.output())
-        .await
-        .map_err(|_| FloorError::Child { status: "timed out".into(), output: format!("no result after {limit:?}") })?
-        .map_err(io(format!("starting {}", config.exe.display())))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        return Err(FloorError::Child { status: out.status.to_string(), output: String::from_utf8_lossy(&out.stderr).into_owned() });
+    let child = cmd.spawn().map_err(io(format!("starting {}", config.exe.display())))?;
+    let pid = child.id();
+    let wait_ms = u64::try_from(start_at_ms.saturating_sub(demo.clock().now_ms())).unwrap_or(0);
+    let limit = Duration::from_millis(wait_ms) + duration + config.metric_resolution + Duration::from_secs(120);
+    Ok(FloorChild { pid, nodes, limit, output: tokio::spawn(child.wait_with_output()) })
+}
+
+impl FloorChild {
+    /// The child's name and process id, for the harness's process table.
+    pub fn process(&self) -> Option<(String, u32)> {
+        self.pid.map(|pid| (FLOOR_NAME.to_owned(), pid))
     }
-    let result: FloorResult = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .ok_or_else(|| FloorError::Child { status: out.status.to_string(), output: stdout.clone().into_owned() })?;
-    Ok(compare(&result, nodes, scraper_cpu_s, scraper_scrapes))
+
+    /// Waits for the child's result and compares it with the scrapers' `scraper_cpu_s` over
+    /// `scraper_scrapes` scrapes.
+    pub async fn finish(mut self, scraper_cpu_s: f64, scraper_scrapes: f64) -> Result<FloorReport, FloorError> {
+        let limit = self.limit;
+        let out = tokio::time::timeout(limit, &mut self.output)
+            .await
+            .map_err(|_| FloorError::Child { status: "timed out".into(), output: format!("no result after {limit:?}") })?
+            .map_err(|e| FloorError::Child { status: "not awaited".into(), output: e.to_string() })?
+            .map_err(io("waiting for the floor child"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(FloorError::Child { status: out.status.to_string(), output: String::from_utf8_lossy(&out.stderr).into_owned() });
+        }
+        let result: FloorResult = stdout
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .ok_or_else(|| FloorError::Child { status: out.status.to_string(), output: stdout.clone().into_owned() })?;
+        Ok(compare(&result, self.nodes, scraper_cpu_s, scraper_scrapes))
+    }
 }
 
 /// The report entry: the floor's cost per fetch (fetching `nodes` kubelets) against the

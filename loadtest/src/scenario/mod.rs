@@ -6,9 +6,10 @@
 //! and pods (every few seconds) straight from the frontends to measure coverage and freshness.
 //! `--fault` specs are injected at their times ([`crate::faults::inject`]). Every second the run
 //! reads CPU and memory of every process from /proc ([`procstat`]); every few seconds it reads
-//! the shards' and frontends' `/metrics`. After the window the floor ([`floor`]) fetches the same
-//! kubelet payloads with a bare client in a child process, for the scrapers' CPU to be compared
-//! with. The report ([`report::Report`]) is written as JSON with an SVG chart ([`chart`]) next to
+//! the shards' and frontends' `/metrics`. During the window the floor ([`floor`]) fetches one
+//! shard's share of the same kubelet payloads with a bare client in a child process, for the
+//! scrapers' CPU to be compared with; after it, the frontends' floor ([`frontend_floor`]) runs.
+//! The report ([`report::Report`]) is written as JSON with an SVG chart ([`chart`]) next to
 //! it, and [`summary`] renders it as a table.
 
 pub mod chart;
@@ -77,7 +78,8 @@ pub struct ScenarioConfig {
     pub load: LoadConfig,
     /// Faults, each at its time into the window.
     pub faults: Vec<FaultSpec>,
-    /// How long the floor client runs after the window (zero: no floor).
+    /// How long the frontends' floor runs after the window (zero: no floors at all). The
+    /// scrapers' floor ([`floor`]) fetches for the whole window, beside it.
     pub floor_duration: Duration,
     /// Time between pod probes. When `kubectl top`-style lists are planned at least this often,
     /// the pod probe judges their answers instead and sends none of its own.
@@ -92,8 +94,8 @@ pub struct ScenarioConfig {
 }
 
 impl ScenarioConfig {
-    /// A run of `demo` with the default load, no warm-up and no faults; the floor for
-    /// min(duration, 30 s).
+    /// A run of `demo` with the default load, no warm-up and no faults; the frontends' floor
+    /// for min(duration, 30 s).
     pub fn new(demo: DemoConfig, duration: Duration, report: PathBuf) -> ScenarioConfig {
         ScenarioConfig {
             demo,
@@ -154,9 +156,9 @@ pub async fn run(config: ScenarioConfig) -> Result<Report, ScenarioError> {
 pub const SELF_NAME: &str = "simulator+clients";
 
 /// Whether a process of the report is the harness's rather than the measured system's: this
-/// process, or a kubelet server child of the simulated cluster (`kubelets-<i>`).
+/// process, a kubelet server child of the simulated cluster (`kubelets-<i>`), or the floor.
 pub fn is_harness(name: &str) -> bool {
-    name == SELF_NAME || name.starts_with(shardmetrics_sim::kubelet::servers::SERVER_NAME_PREFIX)
+    name == SELF_NAME || name == floor::FLOOR_NAME || name.starts_with(shardmetrics_sim::kubelet::servers::SERVER_NAME_PREFIX)
 }
 
 /// Every process whose CPU and memory the run reads: the system's children, the kubelet server
@@ -348,6 +350,20 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
     let load_start = Instant::now();
     let t0 = load_start + config.warmup;
     let end = t0 + config.duration;
+    // The scrapers' floor: connections set up during the warm-up, then fetches for the window,
+    // beside it (see `floor`).
+    let floor_child = if config.floor_duration.is_zero() {
+        None
+    } else {
+        let start_at_ms = demo.clock().now_ms().saturating_add(config.warmup.as_millis() as i64);
+        Some(floor::start_child(demo, &config.demo, config.duration, start_at_ms))
+    };
+    let floor_proc = floor_child.as_ref().and_then(|c| c.as_ref().ok()).and_then(floor::FloorChild::process);
+    let watched = |demo: &RunningDemo| {
+        let mut all = tracked(demo);
+        all.extend(floor_proc.clone());
+        all
+    };
     let recorder = Recorder::new(t0);
     let fresh_bound_ms = 2.0 * resolution.as_secs_f64() * 1000.0 + 1000.0;
     let node_log = Arc::new(Mutex::new(ProbeLog::default()));
@@ -417,7 +433,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
     // The window.
     let t0_unix_ms = demo.clock().now_ms();
     let mut procs = ProcTracker::default();
-    procs.sample(&tracked(demo), true);
+    procs.sample(&watched(demo), true);
     let machine_start = procstat::machine_sample();
     let resyncs_start = demo.cluster.resyncs();
     let mut metrics = MetricsTracker::default();
@@ -446,7 +462,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
         *frontends.write().unwrap_or_else(|p| p.into_inner()) = demo.frontends.clone();
         if last_proc.elapsed() >= Duration::from_secs(1) {
             last_proc = Instant::now();
-            procs.sample(&tracked(demo), false);
+            procs.sample(&watched(demo), false);
         }
         if last_metrics.elapsed() >= Duration::from_secs(5) {
             last_metrics = Instant::now();
@@ -467,7 +483,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
     }
     let measured_s = t0.elapsed().as_secs_f64();
     let t_end_unix_ms = t0_unix_ms + (measured_s * 1000.0) as i64;
-    let alive = tracked(demo);
+    let alive = watched(demo);
     procs.sample(&alive, false);
     let machine_end = procstat::machine_sample();
     let resyncs = demo.cluster.resyncs().saturating_sub(resyncs_start);
@@ -566,13 +582,15 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
         faults_out.push(FaultReport { outcome, error: p.error, after });
     }
 
-    // The floor, after the window so its requests are outside the scrape accounting.
-    let floor = if config.floor_duration.is_zero() {
-        None
-    } else {
-        let scraper_cpu_s: f64 = processes.iter().filter(|p| component(&p.name) == "scraper").map(|p| p.cpu_s).sum();
-        let scraper_scrapes: f64 = scrapes.scraper_results.values().sum();
-        Some(floor::run_child(demo, &config.demo, config.floor_duration, scraper_cpu_s, scraper_scrapes).await)
+    // The scrapers' floor, which fetched beside the window.
+    let floor = match floor_child {
+        None => None,
+        Some(Err(e)) => Some(Err(e)),
+        Some(Ok(child)) => {
+            let scraper_cpu_s: f64 = processes.iter().filter(|p| component(&p.name) == "scraper").map(|p| p.cpu_s).sum();
+            let scraper_scrapes: f64 = scrapes.scraper_results.values().sum();
+            Some(child.finish(scraper_cpu_s, scraper_scrapes).await)
+        }
     };
     let (floor, floor_error) = match floor {
         None => (None, None),

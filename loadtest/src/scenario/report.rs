@@ -249,7 +249,8 @@ pub struct ComponentStats {
     pub peak_rss_mib_per_1000_nodes: f64,
 }
 
-/// The floor: a bare client fetching the same kubelet payloads.
+/// The floor: a bare client fetching the same kubelet payloads, beside the scrapers during the
+/// window.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct FloorReport {
     /// Kubelets the floor fetched: one shard's share of the cluster (see `scenario::floor`).

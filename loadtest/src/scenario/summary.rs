@@ -58,7 +58,7 @@ pub fn summary(r: &Report) -> String {
     if let Some(fl) = &r.floor {
         let _ = writeln!(
             out,
-            "floor (one shard's share, {} nodes): {} fetches in {:.0}s, {:.3} ms CPU each; scrapers {:.3} ms CPU per scrape = {} the floor",
+            "floor (one shard's share, {} nodes, during the window): {} fetches in {:.0}s, {:.3} ms CPU each; scrapers {:.3} ms CPU per scrape = {} the floor",
             fl.nodes,
             fl.fetches,
             fl.duration_s,

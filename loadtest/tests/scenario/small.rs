@@ -83,9 +83,14 @@ async fn a_small_scenario_covers_every_node_and_pod_and_reports_every_measuremen
     assert!(m.cores >= 1 && m.busy_cores >= m.harness_cores * 0.5 && m.harness_cores > 0.0, "{m:?}");
     assert!(scenario::summary(&report).contains("cluster resyncs 0"));
     let floor = report.floor.as_ref().expect("floor ran");
-    // One shard's share: 100 nodes at a 5 s resolution for 5 s.
+    // One shard's share: 100 nodes at a 5 s resolution, for the 20 s window, beside it (its
+    // requests are neither in the scrape rate nor duplicates, checked above).
     assert_eq!(floor.nodes, 100);
-    assert!(floor.fetches >= 75 && floor.errors == 0 && floor.scraper_cpu_vs_floor.is_some_and(|r| r > 0.0), "{floor:?}");
+    assert!(floor.duration_s >= 19.0 && floor.fetches >= 350 && floor.errors == 0, "{floor:?}");
+    assert!(floor.scraper_cpu_vs_floor.is_some_and(|r| r > 0.0), "{floor:?}");
+    let floor_proc = report.processes.iter().find(|p| p.name == "floor").expect("the floor's process in the table");
+    assert!(floor_proc.cpu_s > 0.0 && floor_proc.peak_rss_mib > 1.0, "{floor_proc:?}");
+    assert!(m.harness_cores >= floor_proc.cpu_cores, "the floor is the harness's: {m:?}");
     let ff = report.frontend_floor.as_ref().expect("the frontend floor ran");
     assert!(ff.errors.is_empty(), "{ff:?}");
     assert!(ff.decode.as_ref().is_some_and(|d| d.shards == 2 && d.batches > 0 && d.scrapes > 0 && d.cpu_s > 0.0), "{ff:?}");

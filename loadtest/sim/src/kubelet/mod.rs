@@ -156,7 +156,15 @@ pub struct KubeletStats {
     pub kwok_path_scrapes: AtomicU64,
     /// Requests refused with 401 or 403.
     pub refused: AtomicU64,
+    /// `/metrics/resource` requests answered but not counted in `scrapes` nor logged, because
+    /// they came with [`UNCOUNTED_USER_AGENT`].
+    pub uncounted: AtomicU64,
 }
+
+/// `User-Agent` of a client whose `/metrics/resource` requests are answered like any other but
+/// are neither scrapes nor in the request log behind duplicate detection: a measuring client
+/// (the scenario's floor) that fetches beside the scrapers during a measured window.
+pub const UNCOUNTED_USER_AGENT: &str = "shardmetrics-loadtest-uncounted";
 
 /// One simulated kubelet.
 pub struct SimKubelet {
@@ -341,11 +349,13 @@ pub(crate) async fn handle(k: Arc<SimKubelet>, client_cert: bool, req: Request<I
     if req.method() != http::Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
     }
-    k.stats.scrapes.fetch_add(1, Ordering::Relaxed);
-    if kwok_path {
-        k.stats.kwok_path_scrapes.fetch_add(1, Ordering::Relaxed);
-    }
-    {
+    if req.headers().get(header::USER_AGENT).is_some_and(|ua| ua == UNCOUNTED_USER_AGENT) {
+        k.stats.uncounted.fetch_add(1, Ordering::Relaxed);
+    } else {
+        k.stats.scrapes.fetch_add(1, Ordering::Relaxed);
+        if kwok_path {
+            k.stats.kwok_path_scrapes.fetch_add(1, Ordering::Relaxed);
+        }
         let mut log = lock(&k.log);
         log.push_back(k.config.clock.now_ms());
         while log.len() > k.config.request_log {

@@ -87,6 +87,33 @@ async fn a_kubelet_serves_exact_counters_that_grow_at_the_known_rate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_measuring_clients_requests_are_answered_but_not_counted_as_scrapes() {
+    let (ca, clock, fleet, port) = fleet_with_one_pod().await;
+    let c = client(&ca, None);
+    clock.advance_ms(10_000);
+    let (_, counted) = get(&c, port, Some("scraper-token")).await.unwrap();
+    let req = Request::get(format!("https://127.0.0.1:{port}/metrics/resource"))
+        .header("authorization", "Bearer scraper-token")
+        .header("user-agent", shardmetrics_sim::kubelet::UNCOUNTED_USER_AGENT)
+        .body(Empty::new())
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let uncounted = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(uncounted, counted, "the same answer");
+    let k = fleet.get("node-a").unwrap();
+    assert_eq!(k.scrapes(), 1);
+    assert_eq!(k.request_times(), [T0 + 10_000], "not a duplicate of the scrape beside it");
+    assert_eq!(k.stats.uncounted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Still authenticated like any request.
+    let req = Request::get(format!("https://127.0.0.1:{port}/metrics/resource"))
+        .header("user-agent", shardmetrics_sim::kubelet::UNCOUNTED_USER_AGENT)
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(c.request(req).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kubelet_refuses_requests_without_a_valid_token() {
     let (ca, _clock, fleet, port) = fleet_with_one_pod().await;
     let c = client(&ca, None);
