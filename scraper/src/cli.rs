@@ -132,8 +132,8 @@ pub struct Args {
     /// written together when it has passed (0s: every batch on its own, at once). Fewer writes
     /// and wake-ups per scrape on both ends, for at most this much added scrape-to-servable
     /// latency. Scrapes start in groups (a node due within 100 ms of the first starts with it),
-    /// whose answers come back within a few milliseconds of each other: 5ms lets most of a
-    /// group's batches go in one write per frontend (docs/benchmarks.md).
+    /// whose answers come back within a few milliseconds of each other: at 5ms a group's
+    /// batches go to each frontend in one or two writes (docs/benchmarks.md).
     #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_STREAM_LINGER", default_value = "5ms")]
     pub stream_linger: GoDuration,
 
