@@ -3,7 +3,10 @@
 //!
 //! Every owned node is scraped once per resolution at a stable phase offset derived from a
 //! hash of its name and anchored to wall-clock time, so load is spread evenly over the
-//! interval and a node that moves to another shard keeps its phase there. A node that becomes
+//! interval and a node that moves to another shard keeps its phase there. Scrapes start in
+//! groups: when the scheduler wakes for one node's slot, the nodes due within
+//! [`ScheduleConfig::group_window`] after it start with it (one wake-up, and their batches go to
+//! the frontends together). A node that becomes
 //! owned is scraped at once (a frontend should not wait a whole interval for it), then at its
 //! phase — unless it was handed over by an owner that was scraping it at its phase until just
 //! now (a graceful leave, or the ring changed under live shards, see [`Handover`]): then its
@@ -649,6 +652,10 @@ mod tests {
     }
 
     fn start(owned: &[&str], max_concurrent: usize) -> Harness {
+        start_grouped(owned, max_concurrent, Duration::ZERO)
+    }
+
+    fn start_grouped(owned: &[&str], max_concurrent: usize, group_window: Duration) -> Harness {
         let fleet = Arc::new(FakeFleet::default());
         let (tx, rx) = watch::channel(assignment(owned, owned));
         let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
@@ -657,7 +664,7 @@ mod tests {
         let (stop, stopped) = oneshot::channel::<()>();
         let start = Instant::now();
         let pipeline = Pipeline::new(fleet.clone(), max_concurrent, hub.clone(), metrics.clone(), clock);
-        let scheduler = Scheduler::new(ScheduleConfig { resolution: RES, max_concurrent, group_window: Duration::ZERO }, pipeline);
+        let scheduler = Scheduler::new(ScheduleConfig { resolution: RES, max_concurrent, group_window }, pipeline);
         let heartbeat = scheduler.heartbeat();
         let task = tokio::spawn(scheduler.run(rx, async {
             let _ = stopped.await;
@@ -715,6 +722,38 @@ mod tests {
             assert!((4..=5).contains(&times.len()), "{n}: {} scrapes in 61 s", times.len());
         }
         assert_eq!(h.metrics.scrapes_total.with_label_values(&["success"]).get() as usize, h.fleet.fetches.lock().unwrap().len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nodes_due_within_the_group_window_start_together_and_keep_their_phases() {
+        const WINDOW: Duration = Duration::from_millis(100);
+        // Two nodes whose phases are 1-99 ms apart, and one at least a second from both.
+        let all = names(3000);
+        let phase = |n: &str| phase_offset(n, RES);
+        let (a, b) = all
+            .iter()
+            .flat_map(|a| all.iter().map(move |b| (a, b)))
+            .find(|(a, b)| phase(b) > phase(a) && phase(b) - phase(a) < WINDOW && phase(b) - phase(a) > Duration::from_millis(1))
+            .expect("two close phases among 3000");
+        let c = all.iter().find(|c| phase(c).abs_diff(phase(a)) > Duration::from_secs(1) && phase(c).abs_diff(phase(b)) > Duration::from_secs(1)).unwrap();
+        let owned = [a.as_str(), b.as_str(), c.as_str()];
+        let h = start_grouped(&owned, 8, WINDOW);
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        let anchor = h.start - Duration::from_secs(5);
+        let into = |t: Instant| Duration::from_nanos((t.duration_since(anchor).as_nanos() % RES.as_nanos()) as u64);
+        let (ta, tb, tc) = (h.fleet.times_of(a), h.fleet.times_of(b), h.fleet.times_of(c));
+        // After the prompt first scrape and the one a resolution later: at the phase slots.
+        assert!(ta.len() >= 4 && ta.len() == tb.len(), "{ta:?} {tb:?}");
+        for (x, y) in ta[2..].iter().zip(&tb[2..]) {
+            assert_eq!(x, y, "{b} starts with {a}, whose slot comes first");
+            assert!(into(*x) >= phase(a) && into(*x) - phase(a) < Duration::from_millis(1), "{a} at its own phase");
+        }
+        for w in tb[2..].windows(2) {
+            assert_eq!(w[1] - w[0], RES, "{b}: once per resolution, the early start not carried over");
+        }
+        for t in &tc[2..] {
+            assert!(into(*t) >= phase(c) && into(*t) - phase(c) < Duration::from_millis(1), "{c}: alone, at its phase");
+        }
     }
 
     #[tokio::test(start_paused = true)]
