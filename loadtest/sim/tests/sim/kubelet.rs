@@ -26,9 +26,17 @@ fn client(ca: &Ca, client_cert: Option<&pki::CertKey>) -> HttpsClient {
 }
 
 async fn get(client: &HttpsClient, port: u16, token: Option<&str>) -> Result<(StatusCode, Bytes), String> {
+    get_as(client, port, token, None).await
+}
+
+/// [`get`] with a `User-Agent` when `user_agent` is given.
+async fn get_as(client: &HttpsClient, port: u16, token: Option<&str>, user_agent: Option<&str>) -> Result<(StatusCode, Bytes), String> {
     let mut req = Request::get(format!("https://127.0.0.1:{port}/metrics/resource"));
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(ua) = user_agent {
+        req = req.header("user-agent", ua);
     }
     let resp = client.request(req.body(Empty::new()).unwrap()).await.map_err(|e| e.to_string())?;
     let status = resp.status();
@@ -91,26 +99,17 @@ async fn a_measuring_clients_requests_are_answered_but_not_counted_as_scrapes() 
     let (ca, clock, fleet, port) = fleet_with_one_pod().await;
     let c = client(&ca, None);
     clock.advance_ms(10_000);
+    let uncounted_ua = Some(shardmetrics_sim::kubelet::UNCOUNTED_USER_AGENT);
     let (_, counted) = get(&c, port, Some("scraper-token")).await.unwrap();
-    let req = Request::get(format!("https://127.0.0.1:{port}/metrics/resource"))
-        .header("authorization", "Bearer scraper-token")
-        .header("user-agent", shardmetrics_sim::kubelet::UNCOUNTED_USER_AGENT)
-        .body(Empty::new())
-        .unwrap();
-    let resp = c.request(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let uncounted = resp.into_body().collect().await.unwrap().to_bytes();
+    let (status, uncounted) = get_as(&c, port, Some("scraper-token"), uncounted_ua).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(uncounted, counted, "the same answer");
     let k = fleet.get("node-a").unwrap();
     assert_eq!(k.scrapes(), 1);
     assert_eq!(k.request_times(), [T0 + 10_000], "not a duplicate of the scrape beside it");
     assert_eq!(k.stats.uncounted.load(std::sync::atomic::Ordering::Relaxed), 1);
     // Still authenticated like any request.
-    let req = Request::get(format!("https://127.0.0.1:{port}/metrics/resource"))
-        .header("user-agent", shardmetrics_sim::kubelet::UNCOUNTED_USER_AGENT)
-        .body(Empty::new())
-        .unwrap();
-    assert_eq!(c.request(req).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(get_as(&c, port, None, uncounted_ua).await.unwrap().0, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
