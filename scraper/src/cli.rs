@@ -128,12 +128,12 @@ pub struct Args {
     /// at most the frontends' --grpc-max-message-bytes.
     #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_GRPC_MAX_MESSAGE_BYTES", default_value_t = crate::stream::DEFAULT_MAX_MESSAGE_BYTES)]
     pub grpc_max_message_bytes: usize,
-    /// After a subscriber's stream writes, live batches published within this long are held and
-    /// written together when it has passed (0s: every batch on its own, at once). Fewer writes
-    /// and wake-ups per scrape on both ends, for at most this much added scrape-to-servable
-    /// latency. Scrapes start in groups (a node due within 100 ms of the first starts with it),
-    /// whose answers come back within a few milliseconds of each other: at 5ms a group's
-    /// batches go to each frontend in one or two writes (docs/benchmarks.md).
+    /// A live batch after a quiet spell is held this long, and the batches published meanwhile
+    /// go out with it to each frontend, together, in one write (0s: every batch on its own, at
+    /// once). Fewer writes and wake-ups per scrape on both ends, for at most this much added
+    /// scrape-to-servable latency. Scrapes start in groups (a node due within 100 ms of the
+    /// first starts with it), whose answers come back within a few milliseconds of each other:
+    /// at 5ms a group's batches usually go to each frontend in one write (docs/benchmarks.md).
     #[arg(long, help_heading = "gRPC stream", env = "SHARDMETRICS_STREAM_LINGER", default_value = "5ms")]
     pub stream_linger: GoDuration,
 

@@ -32,8 +32,8 @@ pub struct Config {
     pub subscriber_queue_batches: usize,
     /// `--grpc-max-message-bytes`: largest stream message sent, in bytes.
     pub grpc_max_message_bytes: usize,
-    /// `--stream-linger`: how long live batches published after a write to a subscriber are
-    /// held, to go out together (zero: each at once).
+    /// `--stream-linger`: how long the first live batch after a quiet spell is held, with what
+    /// is published meanwhile, to go out to a subscriber together (zero: each at once).
     pub stream_linger: Duration,
 }
 

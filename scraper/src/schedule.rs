@@ -93,7 +93,7 @@ pub struct ScheduleConfig {
 
 /// Default [`ScheduleConfig::group_window`]: 100 ms, ~8 scrapes a group for 1250 nodes at 15 s.
 /// A group costs one timer wake-up, its answers come back within a few milliseconds of each
-/// other, and with `--stream-linger` its batches reach each frontend in one or two writes
+/// other, and with `--stream-linger` its batches usually reach each frontend in one write
 /// instead of one write per scrape, which was the largest part of a scrape's CPU beyond the
 /// fetch itself. Groups form around each shard's own nodes' phases, so shards' groups do not
 /// line up into bursts of the whole cluster; a node is scraped at most this much early, and its

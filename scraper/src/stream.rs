@@ -68,8 +68,8 @@ pub struct Hub {
     max_message_bytes: usize,
     /// The empty batch with `snapshot_complete` that ends every snapshot, encoded once.
     snapshot_complete: Bytes,
-    /// `--stream-linger`: after a subscriber's stream writes live batches, the ones published
-    /// within this long wait and go out together, in one write (zero: every batch at once).
+    /// `--stream-linger`: the first live batch after a quiet spell waits this long, and the ones
+    /// published meanwhile go out with it, in one write (zero: every batch at once).
     linger: std::time::Duration,
     metrics: Metrics,
     next_id: AtomicU64,
@@ -97,9 +97,10 @@ impl Hub {
     }
 
     /// Like [`Hub::with_max_message_bytes`], with live batches coalesced per subscriber
-    /// (`--stream-linger`): once a stream has written, batches published within `linger` of
-    /// that write are held and written together when it has passed (a batch after a quiet
-    /// spell goes at once). Fewer, larger writes per scrape; each batch waits `linger` at most.
+    /// (`--stream-linger`): the first batch after a quiet spell opens a window of `linger`, and
+    /// it and every batch published within the window are written together when it ends.
+    /// Fewer, larger writes per scrape (a group of scrapes: one write); each batch waits
+    /// `linger` at most.
     pub fn with_linger(shard: ShardIdentity, queue_batches: usize, max_message_bytes: usize, linger: std::time::Duration, metrics: Metrics) -> Arc<Hub> {
         let snapshot_complete = Bytes::from(encode_batch(&shard, &[], &[], true).encode_to_vec());
         Arc::new(Hub {
@@ -241,8 +242,8 @@ impl Hub {
             kill: Some(kill_rx),
             finished: false,
             hold: None,
-            holding: false,
-            sent: false,
+            holding: None,
+            draining: false,
         })
     }
 
@@ -268,11 +269,12 @@ pub struct Subscription {
     /// The timer of the linger window (see [`Hub::with_linger`]): created on first use, then
     /// reset for each window.
     hold: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// A linger window runs: the queue is not read, so what is published meanwhile goes out
-    /// together when it ends.
-    holding: bool,
-    /// Live batches were handed out since the queue was last found empty.
-    sent: bool,
+    /// A linger window runs, opened by this batch: the queue is not read, so what is published
+    /// meanwhile goes out with it, together, when the window ends.
+    holding: Option<Bytes>,
+    /// A window has ended and its batches are being handed out: the queue is read until empty
+    /// without opening another.
+    draining: bool,
 }
 
 impl Drop for Subscription {
@@ -310,35 +312,41 @@ impl Stream for Subscription {
                 None => this.snapshot = None,
             }
         }
-        if this.holding {
+        if this.holding.is_some() {
             if let Some(hold) = this.hold.as_mut()
                 && hold.as_mut().poll(cx).is_pending()
             {
                 return Poll::Pending;
             }
-            this.holding = false;
+            this.draining = true;
+            return Poll::Ready(this.holding.take().map(Ok));
         }
         match this.queue.poll_recv(cx) {
             Poll::Ready(Some(frame)) => {
-                this.sent = true;
-                Poll::Ready(Some(Ok(frame)))
+                let linger = this.hub.linger;
+                if this.draining || linger.is_zero() {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                // The first batch after a quiet spell opens a window: it and what is published
+                // within it go out together when it ends.
+                let deadline = tokio::time::Instant::now() + linger;
+                let hold = this.hold.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                hold.as_mut().reset(deadline);
+                // Registers the timer; the queue's waker is not (a batch published in the
+                // window waits, unread, for the timer's wake-up).
+                if hold.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                this.holding = Some(frame);
+                Poll::Pending
             }
             Poll::Ready(None) => {
                 this.finished = true;
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                // The queue is drained: what was handed out is written now; a window opens in
-                // which what is published waits, to go out together when it closes.
-                let linger = this.hub.linger;
-                if std::mem::take(&mut this.sent) && !linger.is_zero() {
-                    let deadline = tokio::time::Instant::now() + linger;
-                    let hold = this.hold.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                    hold.as_mut().reset(deadline);
-                    // Registers the timer; the queue's waker stays registered too (a batch
-                    // published in the window wakes this stream, which then waits on).
-                    this.holding = hold.as_mut().poll(cx).is_pending();
-                }
+                // The window's batches are all out (written now): the next one opens a window.
+                this.draining = false;
                 Poll::Pending
             }
         }
@@ -542,29 +550,47 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn with_a_linger_batches_published_after_a_write_wait_for_the_window_and_go_together() {
+    async fn with_a_linger_the_first_batch_opens_a_window_and_what_comes_within_it_goes_together() {
         let linger = std::time::Duration::from_millis(25);
         let hub = Hub::with_linger(shard(), 16, DEFAULT_MAX_MESSAGE_BYTES, linger, Metrics::register(&prometheus::Registry::new()).unwrap());
         let mut sub = hub.subscribe("fe".into()).unwrap();
         snapshot_frames(&mut sub).await;
         publish(&hub, "a", 1);
-        assert_eq!(ready_now(&mut sub), Some(1), "after a quiet spell a batch goes at once");
-        assert_eq!(ready_now(&mut sub), None, "the queue is drained: a window opens");
-        publish(&hub, "b", 2);
+        assert_eq!(ready_now(&mut sub), None, "the first batch after a quiet spell opens a window");
         tokio::time::advance(std::time::Duration::from_millis(10)).await;
+        publish(&hub, "b", 2);
         publish(&hub, "c", 3);
         assert_eq!(ready_now(&mut sub), None, "held within the window");
         tokio::time::advance(std::time::Duration::from_millis(15)).await;
-        assert_eq!((ready_now(&mut sub), ready_now(&mut sub)), (Some(2), Some(3)), "both at once when it closes");
-        assert_eq!(ready_now(&mut sub), None, "a new window opens after that write");
-        tokio::time::advance(linger).await;
-        assert_eq!(ready_now(&mut sub), None, "nothing came: no window any more");
+        assert_eq!((ready_now(&mut sub), ready_now(&mut sub), ready_now(&mut sub)), (Some(1), Some(2), Some(3)), "all at once, in order, when it closes");
+        assert_eq!(ready_now(&mut sub), None, "drained");
+        tokio::time::advance(linger * 3).await;
+        assert_eq!(ready_now(&mut sub), None, "nothing came: nothing to write");
         publish(&hub, "d", 4);
-        assert_eq!(ready_now(&mut sub), Some(4), "the next batch goes at once again");
-        // Releases and the end of the stream are not held back beyond the window either.
+        assert_eq!(ready_now(&mut sub), None, "the next batch opens a new window");
+        tokio::time::advance(linger - std::time::Duration::from_millis(1)).await;
+        assert_eq!(ready_now(&mut sub), None, "not before the window ends");
+        tokio::time::advance(std::time::Duration::from_millis(1)).await;
+        assert_eq!(ready_now(&mut sub), Some(4), "at most the linger late");
+        assert_eq!(ready_now(&mut sub), None, "drained");
+        // A held batch and the end of the stream are not held back beyond the window either.
+        publish(&hub, "e", 5);
+        assert_eq!(ready_now(&mut sub), None);
         hub.close();
         tokio::time::advance(linger).await;
+        assert_eq!(ready_now(&mut sub), Some(5), "the held batch still goes out after a close");
         assert!(sub.next().await.is_none(), "closed: the stream ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_linger_every_batch_goes_at_once() {
+        let hub = Hub::with_linger(shard(), 16, DEFAULT_MAX_MESSAGE_BYTES, std::time::Duration::ZERO, Metrics::register(&prometheus::Registry::new()).unwrap());
+        let mut sub = hub.subscribe("fe".into()).unwrap();
+        snapshot_frames(&mut sub).await;
+        publish(&hub, "a", 1);
+        assert_eq!(ready_now(&mut sub), Some(1));
+        publish(&hub, "b", 2);
+        assert_eq!(ready_now(&mut sub), Some(2));
     }
 
     #[tokio::test]
