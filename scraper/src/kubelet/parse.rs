@@ -4,7 +4,11 @@
 //! for syntax (a malformed line fails the scrape with its line number), but only lines of the
 //! kept families are interpreted. Lines of the shape the kubelet writes are read by a direct
 //! reader (`fast_sample`); any other line, valid or not, by a cursor that knows the whole
-//! syntax and names the line, column and expectation of an error (`slow_sample`).
+//! syntax and names the line, column and expectation of an error (`slow_sample`). The kubelet
+//! writes every family in the same row order, so most rows are not read label by label at all:
+//! a row whose label set is byte for byte that of the same row of the family before (`Rows`)
+//! is that row's container, and only its value and timestamp are left to read (digits eight at
+//! a time).
 //!
 //! [`parse_resource_metrics_ref`], what the scrape task calls, borrows every string from the
 //! body (owned only for escaped label values) and allocates a few vectors per scrape, never per
@@ -180,6 +184,32 @@ struct Containers<'a> {
     containers: Vec<ContainerAcc<'a>>,
 }
 
+/// The rows of the family being read and of the one before, in order: each row's label set as
+/// written (`{` to `}`; empty if it had none or the cursor read it) and the container it went
+/// to ([`NONE`] for any other). The kubelet writes every family in the same row order, so a row
+/// whose label bytes are those of the same row of the family before is that row's container,
+/// found without reading its labels again (and known valid: the same bytes were read before).
+#[derive(Default)]
+struct Rows<'a> {
+    before: Vec<(&'a [u8], usize)>,
+    current: Vec<(&'a [u8], usize)>,
+}
+
+impl<'a> Rows<'a> {
+    /// A new family begins: its rows start over; the last family's become the ones before.
+    fn next_family(&mut self) {
+        std::mem::swap(&mut self.before, &mut self.current);
+        self.current.clear();
+    }
+
+    /// The row of the family before at this family's next row, if `labels` (the line from its
+    /// `{`) starts with its label set and a blank: its label set's length and its container.
+    fn same_as_before(&self, labels: &[u8]) -> Option<(usize, usize)> {
+        let &(raw, container) = self.before.get(self.current.len())?;
+        (!raw.is_empty() && labels.get(raw.len()) == Some(&b' ') && labels.starts_with(raw)).then_some((raw.len(), container))
+    }
+}
+
 /// Parses one `/metrics/resource` response of `node`, read at `scraped_at_ms` (Unix ms; also
 /// the timestamp of samples that carry none).
 ///
@@ -203,6 +233,7 @@ pub struct ParseScratch {
     pods: Vec<PodAcc<'static>>,
     pod_index: HashMap<u64, usize, BuildHasherDefault<Prehashed>>,
     containers: Vec<ContainerAcc<'static>>,
+    rows: Rows<'static>,
     out_pods: Vec<PodRef<'static>>,
     out_containers: Vec<ContainerRef<'static>>,
 }
@@ -239,16 +270,27 @@ pub fn parse_resource_metrics_with<'a>(node: &'a str, body: &'a [u8], scraped_at
     let mut containers: Vec<ContainerAcc<'a>> = relabel(std::mem::take(&mut scratch.containers));
     containers.reserve(body.len() / 768 + 4);
     let mut acc = Containers { pods, pod_index, hasher: RandomState::new(), containers };
-    let result = parse_into(node, body, scraped_at_ms, &mut acc, scratch);
+    let taken = std::mem::take(&mut scratch.rows);
+    let mut rows = Rows { before: relabel(taken.before), current: relabel(taken.current) };
+    rows.before.clear();
+    let result = parse_into(node, body, scraped_at_ms, &mut acc, &mut rows, scratch);
     let Containers { pods, pod_index, containers, .. } = acc;
     scratch.pods = relabel(pods);
     scratch.pod_index = pod_index;
     scratch.containers = relabel(containers);
+    scratch.rows = Rows { before: relabel(rows.before), current: relabel(rows.current) };
     result
 }
 
 /// The parse proper: accumulates into `acc`, builds the result in `scratch`'s output vectors.
-fn parse_into<'a>(node: &'a str, body: &'a [u8], scraped_at_ms: i64, acc: &mut Containers<'a>, scratch: &mut ParseScratch) -> Result<ParsedRef<'a>, ParseError> {
+fn parse_into<'a>(
+    node: &'a str,
+    body: &'a [u8],
+    scraped_at_ms: i64,
+    acc: &mut Containers<'a>,
+    rows: &mut Rows<'a>,
+    scratch: &mut ParseScratch,
+) -> Result<ParsedRef<'a>, ParseError> {
     // Per container family, where in the order of first appearance its next line probably is:
     // the kubelet writes every family in the same row order, so most lines are found by one
     // comparison instead of hashing their namespace and pod.
@@ -257,6 +299,10 @@ fn parse_into<'a>(node: &'a str, body: &'a [u8], scraped_at_ms: i64, acc: &mut C
     let mut node_memory: Timed<u64> = None;
     let mut node_swap: Option<u64> = None;
     let mut rejected_samples = 0u32;
+    // The family of the last sample line, and its name as written: a family's lines come
+    // together, so the next line's name is most often found by one comparison.
+    let mut family_name: &'a [u8] = b"";
+    let mut family = Family::Other;
 
     // Checked once for the whole body (word at a time for ASCII), so that label values and
     // numbers become `&str` by slicing instead of one UTF-8 check each. A body with invalid
@@ -268,14 +314,38 @@ fn parse_into<'a>(node: &'a str, body: &'a [u8], scraped_at_ms: i64, acc: &mut C
         let line_end = memchr::memchr(b'\n', &body[line_start..]).map_or(body.len(), |i| line_start + i);
         let raw = &body[line_start..line_end];
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let line_text = text.and_then(|t| t.get(line_start..line_start + line.len()));
+        let this_start = line_start;
         line_start = line_end + 1;
         number += 1;
         if line.is_empty() || line[0] == b'#' {
             continue;
         }
+        let same_family = !family_name.is_empty()
+            && line.len() > family_name.len()
+            && matches!(line[family_name.len()], b'{' | b' ')
+            && line.starts_with(family_name);
+        // A row of the same family whose labels are byte for byte those of the same row of the
+        // family before: only its value and timestamp are left to read.
+        if same_family
+            && let Some((labels_len, container)) = rows.same_as_before(&line[family_name.len()..])
+            && (if family.is_container() { container != NONE } else { family == Family::Other })
+            && let Some((value, timestamp_ms)) = value_and_timestamp(&line[family_name.len() + labels_len + 1..])
+        {
+            rows.current.push((&line[family_name.len()..family_name.len() + labels_len], container));
+            if container != NONE {
+                match converted(family, value) {
+                    Some(v) => {
+                        acc.containers[container].record(family, v, timestamp_ms.unwrap_or(scraped_at_ms));
+                        next_in_order[order_slot(family)] = container + 1;
+                    }
+                    None => rejected_samples += 1,
+                }
+            }
+            continue;
+        }
         // The usual line shape is read directly; anything else (or a malformed line) by the
         // cursor, which gives the error.
+        let line_text = text.and_then(|t| t.get(this_start..this_start + line.len()));
         let sample = match line_text.and_then(|t| fast_sample(line, t)) {
             Some(sample) => sample,
             None => match slow_sample(line, line_text, number)? {
@@ -283,47 +353,38 @@ fn parse_into<'a>(node: &'a str, body: &'a [u8], scraped_at_ms: i64, acc: &mut C
                 None => continue,
             },
         };
-        let SampleLine { family, labels, value, timestamp_ms } = sample;
-        if family == Family::Other {
-            continue;
+        let SampleLine { family: line_family, name, raw_labels, labels, value, timestamp_ms } = sample;
+        if !same_family {
+            rows.next_family();
+            family_name = name;
+            family = line_family;
         }
-        let ts = timestamp_ms.unwrap_or(scraped_at_ms);
-        let converted = match family {
-            Family::NodeCpu | Family::ContainerCpu => seconds_to_ns(value).map(|v| v as i128),
-            Family::NodeMemory | Family::ContainerMemory | Family::NodeSwap | Family::ContainerSwap => {
-                to_u64(value).map(|v| v as i128)
+        let container = 'row: {
+            if line_family == Family::Other {
+                break 'row NONE;
             }
-            Family::ContainerStart => seconds_to_ms(value).map(|v| v as i128),
-            Family::Other => None,
-        };
-        let Some(converted) = converted else {
-            rejected_samples += 1;
-            continue;
-        };
-        match family {
-            Family::NodeCpu => node_cpu = Some((converted as u64, ts)),
-            Family::NodeMemory => node_memory = Some((converted as u64, ts)),
-            Family::NodeSwap => node_swap = Some(converted as u64),
-            _ => {
-                let (Some(namespace), Some(pod), Some(container)) = (labels.namespace, labels.pod, labels.container) else {
-                    rejected_samples += 1;
-                    continue;
-                };
-                let hint = match family {
-                    Family::ContainerCpu => &mut next_in_order[0],
-                    Family::ContainerMemory => &mut next_in_order[1],
-                    Family::ContainerSwap => &mut next_in_order[3],
-                    _ => &mut next_in_order[2],
-                };
-                let acc = acc.find_or_add(hint, namespace, pod, container);
-                match family {
-                    Family::ContainerCpu => acc.cpu_ns = Some((converted as u64, ts)),
-                    Family::ContainerMemory => acc.memory_bytes = Some((converted as u64, ts)),
-                    Family::ContainerSwap => acc.swap_bytes = Some(converted as u64),
-                    _ => acc.start_time_ms = Some(converted as i64),
+            let Some(v) = converted(line_family, value) else {
+                rejected_samples += 1;
+                break 'row NONE;
+            };
+            let ts = timestamp_ms.unwrap_or(scraped_at_ms);
+            match line_family {
+                Family::NodeCpu => node_cpu = Some((v as u64, ts)),
+                Family::NodeMemory => node_memory = Some((v as u64, ts)),
+                Family::NodeSwap => node_swap = Some(v as u64),
+                _ => {
+                    let (Some(namespace), Some(pod), Some(container)) = (labels.namespace, labels.pod, labels.container) else {
+                        rejected_samples += 1;
+                        break 'row NONE;
+                    };
+                    let j = acc.find_or_add(&mut next_in_order[order_slot(line_family)], namespace, pod, container);
+                    acc.containers[j].record(line_family, v, ts);
+                    break 'row j;
                 }
             }
-        }
+            NONE
+        };
+        rows.current.push((raw_labels.unwrap_or_default(), container));
     }
 
     let mut incomplete_containers = 0u32;
@@ -368,10 +429,49 @@ fn parse_into<'a>(node: &'a str, body: &'a [u8], scraped_at_ms: i64, acc: &mut C
     })
 }
 
+/// A kept family's value in the unit it is stored in: CPU ns, bytes, or start time ms (`None`:
+/// negative, NaN, infinite or out of range, or a family not kept).
+fn converted(family: Family, value: f64) -> Option<i128> {
+    match family {
+        Family::NodeCpu | Family::ContainerCpu => seconds_to_ns(value).map(i128::from),
+        Family::NodeMemory | Family::ContainerMemory | Family::NodeSwap | Family::ContainerSwap => to_u64(value).map(i128::from),
+        Family::ContainerStart => seconds_to_ms(value).map(i128::from),
+        Family::Other => None,
+    }
+}
+
+/// Which of the container families' row-order hints `family` uses.
+fn order_slot(family: Family) -> usize {
+    match family {
+        Family::ContainerCpu => 0,
+        Family::ContainerMemory => 1,
+        Family::ContainerSwap => 3,
+        _ => 2,
+    }
+}
+
+impl ContainerAcc<'_> {
+    /// Stores a container family's converted value (see [`converted`]) read at `ts` (ms).
+    fn record(&mut self, family: Family, value: i128, ts: i64) {
+        match family {
+            Family::ContainerCpu => self.cpu_ns = Some((value as u64, ts)),
+            Family::ContainerMemory => self.memory_bytes = Some((value as u64, ts)),
+            Family::ContainerSwap => self.swap_bytes = Some(value as u64),
+            Family::ContainerStart => self.start_time_ms = Some(value as i64),
+            _ => {}
+        }
+    }
+}
+
 /// One sample line of the exposition, as read by either path.
 #[derive(Debug, PartialEq)]
 struct SampleLine<'a> {
     family: Family,
+    /// The metric name, as written.
+    name: &'a [u8],
+    /// The label set as written, `{` to `}`, when the fast reader read it (`None`: no labels, or
+    /// read by the cursor).
+    raw_labels: Option<&'a [u8]>,
     /// `namespace`, `pod` and `container`, for the kept container families only.
     labels: ContainerLabels<'a>,
     value: f64,
@@ -410,7 +510,7 @@ fn slow_sample<'a>(line: &'a [u8], line_text: Option<&'a str>, number: usize) ->
     if !cur.at_end() {
         return Err(cur.error("end of line after the timestamp"));
     }
-    Ok(Some(SampleLine { family, labels, value, timestamp_ms }))
+    Ok(Some(SampleLine { family, name, raw_labels: None, labels, value, timestamp_ms }))
 }
 
 /// Reads the shape of line the kubelet writes, `name{label="value",...} value timestamp`
@@ -427,6 +527,7 @@ fn fast_sample<'a>(line: &'a [u8], text: &'a str) -> Option<SampleLine<'a>> {
     }
     let mut labels = ContainerLabels::default();
     let mut pos = name_end;
+    let mut raw_labels = None;
     if line[pos] == b'{' {
         pos += 1;
         let want = family.is_container();
@@ -479,9 +580,29 @@ fn fast_sample<'a>(line: &'a [u8], text: &'a str) -> Option<SampleLine<'a>> {
         if *line.get(pos)? != b' ' {
             return None;
         }
+        raw_labels = Some(&line[name_end..pos]);
     }
     // `line[pos]` is the blank before the value.
-    let rest = &line[pos + 1..];
+    let (value, timestamp_ms) = value_and_timestamp(&line[pos + 1..])?;
+    Some(SampleLine { family, name, raw_labels, labels, value, timestamp_ms })
+}
+
+/// The rest of a sample line after the blank that follows its name or labels: `value` or
+/// `value timestamp` with single blanks, read as [`fast_sample`] reads it. `None` for anything
+/// else (which the cursor then reads, or refuses).
+fn value_and_timestamp(rest: &[u8]) -> Option<(f64, Option<i64>)> {
+    // The usual case in one pass: a plain decimal, then a blank or the end.
+    if let Some((value, n)) = fast_decimal_prefix(rest) {
+        match rest.get(n) {
+            None => return Some((value, None)),
+            Some(b' ') => {
+                if let Some(t) = parse_i64(&rest[n + 1..]) {
+                    return Some((value, Some(t)));
+                }
+            }
+            _ => {}
+        }
+    }
     let (value, timestamp) = match find_either(rest, b' ', b'\t') {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
         None => (rest, None),
@@ -491,7 +612,7 @@ fn fast_sample<'a>(line: &'a [u8], text: &'a str) -> Option<SampleLine<'a>> {
         Some(t) => Some(parse_i64(t)?),
         None => None,
     };
-    Some(SampleLine { family, labels, value, timestamp_ms })
+    Some((value, timestamp_ms))
 }
 
 /// Whether `name` is a whole metric name, `[a-zA-Z_:][a-zA-Z0-9_:]*`.
@@ -505,15 +626,15 @@ fn is_metric_name(name: &[u8]) -> bool {
 }
 
 impl<'a> Containers<'a> {
-    /// The accumulator of one container, created on its first sample. `hint` is where in the
+    /// The index of one container's accumulator, created on its first sample. `hint` is where in the
     /// order of first appearance this family's next line probably is, moved past the container
     /// found.
-    fn find_or_add(&mut self, hint: &mut usize, namespace: Cow<'a, str>, pod: Cow<'a, str>, container: Cow<'a, str>) -> &mut ContainerAcc<'a> {
+    fn find_or_add(&mut self, hint: &mut usize, namespace: Cow<'a, str>, pod: Cow<'a, str>, container: Cow<'a, str>) -> usize {
         if let Some(c) = self.containers.get(*hint) {
             let p = &self.pods[c.pod];
             if c.name == container && p.name == pod && p.namespace == namespace {
                 *hint += 1;
-                return &mut self.containers[*hint - 1];
+                return *hint - 1;
             }
         }
         let hash = self.hasher.hash_one((&*namespace, &*pod));
@@ -541,7 +662,7 @@ impl<'a> Containers<'a> {
             p.last = j;
         }
         *hint = j + 1;
-        &mut self.containers[j]
+        j
     }
 }
 
@@ -815,42 +936,41 @@ const EXACT_POWERS_OF_TEN: [f64; 23] = [
 /// and one IEEE multiplication or division rounds correctly (Clinger's fast path), so the result
 /// is bit-identical to `str::parse`. `None` for any other token (not necessarily invalid).
 fn fast_decimal(token: &[u8]) -> Option<f64> {
-    let (negative, digits) = match token.split_first()? {
-        (b'-', rest) => (true, rest),
-        (b'+', rest) => (false, rest),
-        _ => (false, token),
+    fast_decimal_prefix(token).filter(|&(_, n)| n == token.len()).map(|(v, _)| v)
+}
+
+/// [`fast_decimal`] of the longest decimal that `s` starts with, and its length in bytes: the
+/// value's end is found while its digits are read (eight at a time), not searched for first.
+fn fast_decimal_prefix(s: &[u8]) -> Option<(f64, usize)> {
+    let (negative, mut i) = match s.first()? {
+        b'-' => (true, 1),
+        b'+' => (false, 1),
+        _ => (false, 0),
     };
     // Up to 19 digits always fit a u64 (10^19 - 1 < 2^64); more wrap harmlessly and are
     // refused below.
     let mut mantissa: u64 = 0;
-    let mut i = 0;
-    while let Some(d) = digits.get(i).map(|b| b.wrapping_sub(b'0')).filter(|&d| d <= 9) {
-        mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
-        i += 1;
-    }
-    let integer_digits = i;
+    let integer_digits = read_digits(s, &mut i, &mut mantissa);
     if integer_digits == 0 {
         return None;
     }
+    let mut digits = integer_digits;
     let mut exponent: i64 = 0;
-    if digits.get(i) == Some(&b'.') {
+    if s.get(i) == Some(&b'.') {
         i += 1;
-        let start = i;
-        while let Some(d) = digits.get(i).map(|b| b.wrapping_sub(b'0')).filter(|&d| d <= 9) {
-            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
-            i += 1;
-        }
-        if i == start {
+        let fraction_digits = read_digits(s, &mut i, &mut mantissa);
+        if fraction_digits == 0 {
             return None;
         }
-        exponent -= (i - start) as i64;
+        digits += fraction_digits;
+        exponent -= fraction_digits as i64;
     }
-    if integer_digits + exponent.unsigned_abs() as usize > 19 {
+    if digits > 19 {
         return None;
     }
-    if matches!(digits.get(i), Some(b'e' | b'E')) {
+    if matches!(s.get(i), Some(b'e' | b'E')) {
         i += 1;
-        let negative_exponent = match digits.get(i) {
+        let negative_exponent = match s.get(i) {
             Some(b'-') => {
                 i += 1;
                 true
@@ -863,7 +983,7 @@ fn fast_decimal(token: &[u8]) -> Option<f64> {
         };
         let start = i;
         let mut e: i64 = 0;
-        while let Some(&b) = digits.get(i).filter(|b| b.is_ascii_digit()) {
+        while let Some(&b) = s.get(i).filter(|b| b.is_ascii_digit()) {
             // Past 10^4 the fast path is out of reach anyway; saturate instead of overflowing.
             e = (e * 10 + i64::from(b - b'0')).min(10_000);
             i += 1;
@@ -873,13 +993,76 @@ fn fast_decimal(token: &[u8]) -> Option<f64> {
         }
         exponent += if negative_exponent { -e } else { e };
     }
-    if i != digits.len() || mantissa > 1 << 53 {
+    if mantissa > 1 << 53 {
         return None;
     }
     let m = mantissa as f64;
     let power = *EXACT_POWERS_OF_TEN.get(exponent.unsigned_abs() as usize)?;
     let v = if exponent >= 0 { m * power } else { m / power };
-    Some(if negative { -v } else { v })
+    Some((if negative { -v } else { v }, i))
+}
+
+/// `10^k` for `k` in `0..=8`.
+const POWERS_OF_TEN_U64: [u64; 9] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000];
+
+/// Reads the run of ASCII digits of `s` from `*i` into `n` (`n·10^k + digits`, wrapping), eight
+/// at a time; moves `*i` past them and says how many there were.
+#[inline(always)]
+fn read_digits(s: &[u8], i: &mut usize, n: &mut u64) -> usize {
+    let start = *i;
+    loop {
+        let w = word_at(s, *i);
+        let k = digit_run(w);
+        if k > 0 {
+            *n = n.wrapping_mul(POWERS_OF_TEN_U64[k]).wrapping_add(digits_value(w, k));
+            *i += k;
+        }
+        if k < 8 {
+            return *i - start;
+        }
+    }
+}
+
+/// The eight bytes of `s` from `i` as a little-endian word; bytes past the end of `s` read as
+/// zero (not a digit).
+#[inline(always)]
+fn word_at(s: &[u8], i: usize) -> u64 {
+    if let Some(w) = s.get(i..i + 8) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(w);
+        return u64::from_le_bytes(bytes);
+    }
+    let have = s.len().saturating_sub(i);
+    if s.len() >= 8 {
+        // The last eight bytes, shifted down past the ones before `i`.
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&s[s.len() - 8..]);
+        return u64::from_le_bytes(bytes).checked_shr(8 * (8 - have) as u32).unwrap_or(0);
+    }
+    s.get(i..).unwrap_or_default().iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b))
+}
+
+/// How many of the word's bytes, lowest first, are ASCII digits before the first that is not
+/// (`0..=8`).
+#[inline(always)]
+fn digit_run(w: u64) -> usize {
+    // After the xor a digit byte is 0..=9. Adding 0x76 sets the high bit of a byte of 10..=127
+    // without carrying out of it; bytes of 128 and up have it already (their carries reach only
+    // bytes above the first non-digit).
+    let x = w ^ (ONES * u64::from(b'0'));
+    let non_digits = (x.wrapping_add(ONES * 0x76) | x) & HIGHS;
+    (non_digits.trailing_zeros() / 8) as usize
+}
+
+/// The number spelt by the first `k` (`1..=8`) bytes of `w`, all ASCII digits, the first the
+/// most significant: pairs, then quads, then the whole, each by one multiplication.
+#[inline(always)]
+fn digits_value(w: u64, k: usize) -> u64 {
+    // The digits moved to the top of the word; the bytes shifted in are leading zeros.
+    let x = (w & (ONES * 0x0f)) << (8 * (8 - k));
+    let x = ((x & 0x000f_000f_000f_000f) * 10) + ((x >> 8) & 0x000f_000f_000f_000f);
+    let x = ((x & 0x0000_00ff_0000_00ff) * 100) + ((x >> 16) & 0x0000_00ff_0000_00ff);
+    ((x & 0x0000_0000_0000_ffff) * 10_000) + ((x >> 32) & 0x0000_0000_0000_ffff)
 }
 
 /// `-?[0-9]+` as an i64; `None` for anything else or on overflow.
@@ -890,6 +1073,15 @@ fn parse_i64(t: &[u8]) -> Option<i64> {
     };
     if digits.is_empty() {
         return None;
+    }
+    if digits.len() <= 18 {
+        // Below 10^18: no overflow possible, eight digits at a time.
+        let (mut i, mut n) = (0, 0u64);
+        if read_digits(digits, &mut i, &mut n) != digits.len() {
+            return None;
+        }
+        let n = n as i64;
+        return Some(if negative { -n } else { n });
     }
     // Accumulated negatively so that i64::MIN parses too.
     let mut n: i64 = 0;
@@ -940,6 +1132,8 @@ fn is_float_syntax(t: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use shardmetrics_proto::{ContainerSample, PodSamples};
 
     use super::*;
@@ -1509,5 +1703,168 @@ scrape_error 0
         let body = fixture::resource_metrics(&fixture::PayloadSpec { pods: 30, seed: 1, timestamp_ms: 1 });
         let parsed = parse_resource_metrics_with("n", &body, 0, &mut scratch).unwrap();
         assert_eq!(parsed.scrape.pods.capacity(), out_pods, "the same allocation, not a new one");
+    }
+
+    /// A container's values as the line-by-line reading finds them: CPU (ns, ms), memory (bytes,
+    /// ms), start (ms), swap (bytes).
+    type RefContainer = (Option<(u64, i64)>, Option<(u64, i64)>, Option<i64>, Option<u64>);
+
+    /// What a body means read line by line, every data line on its own by the fast reader or the
+    /// cursor, containers joined by name in a map: the reference for the parser's shortcuts
+    /// (rows found by their families' order, rows matched by their label bytes). The complete
+    /// containers by (namespace, pod, container), the node's point, rejected samples and
+    /// incomplete containers (the node counted as one).
+    #[allow(clippy::type_complexity)]
+    fn line_by_line(body: &[u8]) -> Result<(BTreeMap<(String, String, String), (Point, i64)>, Option<Point>, u32, u32), ParseError> {
+        let mut containers: BTreeMap<(String, String, String), RefContainer> = BTreeMap::new();
+        let (mut node_cpu, mut node_memory, mut node_swap, mut rejected) = (None, None, None, 0u32);
+        for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() || line[0] == b'#' {
+                continue;
+            }
+            let text = std::str::from_utf8(line).ok();
+            let sample = match text.and_then(|t| fast_sample(line, t)) {
+                Some(s) => s,
+                None => match slow_sample(line, text, i + 1)? {
+                    Some(s) => s,
+                    None => continue,
+                },
+            };
+            if sample.family == Family::Other {
+                continue;
+            }
+            let Some(v) = converted(sample.family, sample.value) else {
+                rejected += 1;
+                continue;
+            };
+            let ts = sample.timestamp_ms.unwrap_or(NOW);
+            let labels = &sample.labels;
+            match sample.family {
+                Family::NodeCpu => node_cpu = Some((v as u64, ts)),
+                Family::NodeMemory => node_memory = Some(v as u64),
+                Family::NodeSwap => node_swap = Some(v as u64),
+                family => {
+                    let (Some(namespace), Some(pod), Some(container)) = (&labels.namespace, &labels.pod, &labels.container) else {
+                        rejected += 1;
+                        continue;
+                    };
+                    let c = containers.entry((namespace.to_string(), pod.to_string(), container.to_string())).or_default();
+                    match family {
+                        Family::ContainerCpu => c.0 = Some((v as u64, ts)),
+                        Family::ContainerMemory => c.1 = Some((v as u64, ts)),
+                        Family::ContainerStart => c.2 = Some(v as i64),
+                        _ => c.3 = Some(v as u64),
+                    }
+                }
+            }
+        }
+        let mut incomplete = 0;
+        let node = match (node_cpu, node_memory) {
+            (Some((cpu, ts)), Some(mem)) => Some(Point { timestamp_ms: ts, cpu_usage_ns: cpu, memory_working_set_bytes: mem, swap_usage_bytes: node_swap }),
+            (None, None) => None,
+            _ => {
+                incomplete += 1;
+                None
+            }
+        };
+        let mut complete = BTreeMap::new();
+        for (key, (cpu, memory, start, swap)) in containers {
+            match (cpu, memory) {
+                (Some((cpu, ts)), Some((mem, _))) => {
+                    let point = Point { timestamp_ms: ts, cpu_usage_ns: cpu, memory_working_set_bytes: mem, swap_usage_bytes: swap };
+                    complete.insert(key, (point, start.unwrap_or(0)));
+                }
+                _ => incomplete += 1,
+            }
+        }
+        Ok((complete, node, rejected, incomplete))
+    }
+
+    /// The parser's result in [`line_by_line`]'s terms.
+    #[allow(clippy::type_complexity)]
+    fn as_reference(p: &Parsed) -> (BTreeMap<(String, String, String), (Point, i64)>, Option<Point>, u32, u32) {
+        let mut complete = BTreeMap::new();
+        for pod in &p.scrape.pods {
+            for c in &pod.containers {
+                let key = (pod.namespace.to_string(), pod.name.clone(), c.name.to_string());
+                assert!(complete.insert(key, (c.usage, c.start_time_ms)).is_none(), "a container listed twice");
+            }
+        }
+        (complete, p.scrape.node_usage, p.rejected_samples, p.incomplete_containers)
+    }
+
+    #[test]
+    fn the_parser_means_what_its_lines_mean_one_by_one() {
+        // Kubelet-shaped bodies edited line by line in the ways that break the families' shared
+        // row order or a row's label bytes: rows swapped, doubled, dropped, relabelled, escaped,
+        // spaced, valued NaN or negative; comments put between rows; bytes flipped.
+        let mut state = 0x853c_49e6_748f_ea9b_u64;
+        let mut rng = || {
+            state = fixture::splitmix(state);
+            state
+        };
+        let (mut same, mut errors) = (0, 0);
+        for round in 0..600u64 {
+            let body = fixture::resource_metrics(&fixture::PayloadSpec { pods: [1, 3, 12, 30][(round % 4) as usize], seed: round, timestamp_ms: 1_700_000_000_000 });
+            let mut lines: Vec<Vec<u8>> = body.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+            for _ in 0..(rng() % 4) {
+                let data: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].first().is_some_and(|&b| b != b'#')).collect();
+                let i = data[(rng() % data.len() as u64) as usize];
+                let text = String::from_utf8_lossy(&lines[i]).into_owned();
+                let edited = match rng() % 12 {
+                    0 if i + 1 < lines.len() => {
+                        lines.swap(i, i + 1);
+                        continue;
+                    }
+                    1 => {
+                        lines.insert(i, lines[i].clone());
+                        continue;
+                    }
+                    2 => {
+                        lines.remove(i);
+                        continue;
+                    }
+                    3 => {
+                        lines.insert(i, b"# between rows".to_vec());
+                        continue;
+                    }
+                    4 => text.replacen("pod=\"", "pod=\"x", 1),
+                    5 => text.replacen("container=\"", "container=\"a\\\"b", 1),
+                    6 => text.replacen("} ", "}  ", 1),
+                    7 => text.replacen("}", ",}", 1),
+                    8 => {
+                        let (head, _) = text.rsplit_once(' ').unwrap();
+                        let (name_labels, _) = head.rsplit_once(' ').unwrap_or((head, ""));
+                        format!("{name_labels} {} 1700000000000", ["NaN", "-1", "1e400", "+Inf", "0"][(rng() % 5) as usize])
+                    }
+                    9 => text.replacen(",namespace=\"", ",ns=\"", 1),
+                    10 => text.replacen(" 1700000000000", "", 1),
+                    _ => {
+                        let mut b = text.into_bytes();
+                        let at = (rng() % b.len() as u64) as usize;
+                        b[at] = (rng() >> 24) as u8;
+                        lines[i] = b;
+                        continue;
+                    }
+                };
+                lines[i] = edited.into_bytes();
+            }
+            let body = lines.join(&b'\n');
+            let want = line_by_line(&body);
+            let got = parse_resource_metrics("node-1", &body, NOW);
+            match (&want, &got) {
+                (Ok(want), Ok(got)) => {
+                    assert_eq!(&as_reference(got), want, "round {round}:\n{}", String::from_utf8_lossy(&body));
+                    same += 1;
+                }
+                (Err(want), Err(got)) => {
+                    assert_eq!(got, want, "round {round}");
+                    errors += 1;
+                }
+                _ => panic!("round {round}: {want:?} vs {got:?}\n{}", String::from_utf8_lossy(&body)),
+            }
+        }
+        assert!(same > 300 && errors > 10, "{same} parsed, {errors} refused");
     }
 }
