@@ -321,7 +321,9 @@ impl KubeletClient {
                 Err(f) => return Err(f.error),
             }
         }
-        let stream = inner.connect(target).await?;
+        // Boxed: a connection and TLS handshake in flight take ~1 KB, which would otherwise make
+        // every scrape's task that much larger (past what glibc serves from its per-thread cache).
+        let stream = Box::pin(inner.connect(target)).await?;
         let reusable = inner.exchange(stream, &request, false, body).await.map_err(|f| f.error)?;
         inner.put_idle(key, reusable);
         Ok(())

@@ -329,7 +329,7 @@ fn parse_into<'a>(
         if same_family
             && let Some((labels_len, container)) = rows.same_as_before(&line[family_name.len()..])
             && (if family.is_container() { container != NONE } else { family == Family::Other })
-            && let Some((value, timestamp_ms)) = value_and_timestamp(&line[family_name.len() + labels_len + 1..])
+            && let Some((value, timestamp_ms)) = value_and_timestamp_as_needed(&line[family_name.len() + labels_len + 1..], family)
         {
             rows.current.push((&line[family_name.len()..family_name.len() + labels_len], container));
             if container != NONE {
@@ -613,6 +613,76 @@ fn value_and_timestamp(rest: &[u8]) -> Option<(f64, Option<i64>)> {
         None => None,
     };
     Some((value, timestamp_ms))
+}
+
+/// [`value_and_timestamp`] reading only what `family` needs and checking the rest: lines of
+/// families not kept are only checked (value 0), start times and swap need no timestamp. `None`
+/// where [`value_and_timestamp`] would say `None` too, and where the checks are not sure (then
+/// it decides).
+fn value_and_timestamp_as_needed(rest: &[u8], family: Family) -> Option<(f64, Option<i64>)> {
+    let timestamp_needed = match family {
+        Family::Other => return is_plain_value_and_timestamp(rest).then_some((0.0, None)).or_else(|| value_and_timestamp(rest)),
+        Family::ContainerStart | Family::ContainerSwap | Family::NodeSwap => false,
+        Family::NodeCpu | Family::NodeMemory | Family::ContainerCpu | Family::ContainerMemory => true,
+    };
+    if !timestamp_needed
+        && let Some((value, n)) = fast_decimal_prefix(rest)
+    {
+        match rest.get(n) {
+            None => return Some((value, None)),
+            Some(b' ') if is_plain_timestamp(&rest[n + 1..]) => return Some((value, None)),
+            _ => {}
+        }
+    }
+    value_and_timestamp(rest)
+}
+
+/// Whether `rest` is `[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?`, then the end or one blank and a
+/// timestamp [`is_plain_timestamp`] accepts: then [`value_and_timestamp`] reads it (every such
+/// decimal is a float `str::parse` takes, if perhaps an infinite one).
+fn is_plain_value_and_timestamp(rest: &[u8]) -> bool {
+    let mut i = usize::from(matches!(rest.first(), Some(b'+' | b'-')));
+    if skip_digits(rest, &mut i) == 0 {
+        return false;
+    }
+    if rest.get(i) == Some(&b'.') {
+        i += 1;
+        if skip_digits(rest, &mut i) == 0 {
+            return false;
+        }
+    }
+    if matches!(rest.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        i += usize::from(matches!(rest.get(i), Some(b'+' | b'-')));
+        if skip_digits(rest, &mut i) == 0 {
+            return false;
+        }
+    }
+    match rest.get(i) {
+        None => true,
+        Some(b' ') => is_plain_timestamp(&rest[i + 1..]),
+        _ => false,
+    }
+}
+
+/// Whether `t` is `-?[0-9]{1,18}`: a timestamp [`parse_i64`] takes (no overflow below 10^18).
+fn is_plain_timestamp(t: &[u8]) -> bool {
+    let digits = t.strip_prefix(b"-").unwrap_or(t);
+    let mut i = 0;
+    (1..=18).contains(&digits.len()) && skip_digits(digits, &mut i) == digits.len()
+}
+
+/// Moves `*i` past the run of ASCII digits of `s` there (eight at a time); says how many.
+#[inline(always)]
+fn skip_digits(s: &[u8], i: &mut usize) -> usize {
+    let start = *i;
+    loop {
+        let k = digit_run(word_at(s, *i));
+        *i += k;
+        if k < 8 {
+            return *i - start;
+        }
+    }
 }
 
 /// Whether `name` is a whole metric name, `[a-zA-Z_:][a-zA-Z0-9_:]*`.
@@ -1059,10 +1129,13 @@ fn digit_run(w: u64) -> usize {
 #[inline(always)]
 fn digits_value(w: u64, k: usize) -> u64 {
     // The digits moved to the top of the word; the bytes shifted in are leading zeros.
-    let x = (w & (ONES * 0x0f)) << (8 * (8 - k));
-    let x = ((x & 0x000f_000f_000f_000f) * 10) + ((x >> 8) & 0x000f_000f_000f_000f);
-    let x = ((x & 0x0000_00ff_0000_00ff) * 100) + ((x >> 16) & 0x0000_00ff_0000_00ff);
-    ((x & 0x0000_0000_0000_ffff) * 10_000) + ((x >> 32) & 0x0000_0000_0000_ffff)
+    let v = (w & (ONES * 0x0f)) << (8 * (8 - k));
+    // Each even byte becomes ten times itself plus the next, then each even 16-bit lane a
+    // hundred times itself plus the next, then the low 32 bits ten thousand times themselves
+    // plus the high; what the multiplications carry past a lane is masked off before the next.
+    let v = v.wrapping_mul((10 << 8) + 1) >> 8;
+    let v = (v & 0x00ff_00ff_00ff_00ff).wrapping_mul((100 << 16) + 1) >> 16;
+    (v & 0x0000_ffff_0000_ffff).wrapping_mul((10_000 << 32) + 1) >> 32
 }
 
 /// `-?[0-9]+` as an i64; `None` for anything else or on overflow.
@@ -1073,6 +1146,18 @@ fn parse_i64(t: &[u8]) -> Option<i64> {
     };
     if digits.is_empty() {
         return None;
+    }
+    if (9..=16).contains(&digits.len()) {
+        // The usual millisecond timestamp (13 digits): the first eight and the last eight
+        // (overlapping), each checked and converted at once.
+        let first = word_at(digits, 0);
+        let k = digits.len() - 8;
+        let last = word_at(digits, digits.len() - 8) >> (8 * (8 - k));
+        if digit_run(first) != 8 || digit_run(last) < k {
+            return None;
+        }
+        let n = (digits_value(first, 8) * POWERS_OF_TEN_U64[k] + digits_value(last, k)) as i64;
+        return Some(if negative { -n } else { n });
     }
     if digits.len() <= 18 {
         // Below 10^18: no overflow possible, eight digits at a time.
@@ -1543,6 +1628,59 @@ scrape_error 0
             assert_eq!(parse_value(t.as_bytes()).map(f64::to_bits), want.map(f64::to_bits), "{t:?}");
         }
         assert!(fast > 50_000, "the fast path was taken {fast} times");
+    }
+
+    #[test]
+    fn timestamps_parse_like_str_parse_of_their_syntax() {
+        let mut tokens: Vec<String> = ["", "-", "--1", "+1", "0", "-0", "7", "-7", "12345678", "123456789", "1700000000123", "-1700000000123"]
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        tokens.extend([i64::MAX.to_string(), i64::MIN.to_string(), "9223372036854775808".into(), "-9223372036854775809".into()]);
+        let mut state = 11u64;
+        for len in 1..=21 {
+            for _ in 0..200 {
+                state = fixture::splitmix(state);
+                let mut t: Vec<u8> = (0..len).map(|k| b'0' + ((state >> (k % 60)) % 10) as u8).collect();
+                // Now and then one byte that is not a digit, anywhere (ASCII neighbours of the digits too).
+                if state.is_multiple_of(3) {
+                    t[(state >> 8) as usize % len] = [b'/', b':', b' ', b'-', b'.', 0, 0xff][(state >> 16) as usize % 7];
+                }
+                if state.is_multiple_of(5) {
+                    t.insert(0, b'-');
+                }
+                tokens.push(String::from_utf8_lossy(&t).into_owned());
+            }
+        }
+        for t in &tokens {
+            let digits = t.strip_prefix('-').unwrap_or(t);
+            let syntax = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+            let want = if syntax { t.parse::<i64>().ok() } else { None };
+            assert_eq!(parse_i64(t.as_bytes()), want, "{t:?}");
+            if is_plain_timestamp(t.as_bytes()) {
+                assert!(want.is_some(), "{t:?} is checked as a timestamp but does not parse");
+            }
+        }
+    }
+
+    #[test]
+    fn values_only_checked_are_values_the_reader_takes() {
+        let mut checked = 0;
+        for value in float_tokens() {
+            for rest in [value.clone(), format!("{value} 1700000000123"), format!("{value} -5"), format!("{value}  1"), format!("{value} 1x")] {
+                if is_plain_value_and_timestamp(rest.as_bytes()) {
+                    checked += 1;
+                    assert!(value_and_timestamp(rest.as_bytes()).is_some(), "{rest:?} passes the check but not the reader");
+                }
+                let needed = value_and_timestamp_as_needed(rest.as_bytes(), Family::ContainerStart);
+                let full = value_and_timestamp(rest.as_bytes());
+                assert_eq!(needed.map(|(v, _)| v.to_bits()), full.map(|(v, _)| v.to_bits()), "{rest:?}");
+                let needed = value_and_timestamp_as_needed(rest.as_bytes(), Family::ContainerCpu);
+                assert_eq!(needed.map(|(v, t)| (v.to_bits(), t)), full.map(|(v, t)| (v.to_bits(), t)), "{rest:?}");
+                assert_eq!(value_and_timestamp_as_needed(rest.as_bytes(), Family::Other).is_some(), full.is_some(), "{rest:?}");
+            }
+        }
+        assert!(checked > 40_000, "{checked}");
     }
 
     /// A fixture's lines, and variants of them in every shape the fast reader must hand over.
