@@ -27,15 +27,16 @@ pub struct ScrapeBuffer {
 
 impl ScrapeBuffer {
     /// Records a new scrape of `node` (its encoded batch); the older of the two held before is
-    /// dropped.
-    pub fn push(&mut self, node: &str, frame: Bytes) {
+    /// let go of and returned (for its buffer to be used again if no one else holds it).
+    pub fn push(&mut self, node: &str, frame: Bytes) -> Option<Bytes> {
         match self.nodes.get_mut(node) {
             Some(entry) => {
                 let old = std::mem::replace(&mut entry.latest, frame);
-                entry.previous = Some(old);
+                entry.previous.replace(old)
             }
             None => {
                 self.nodes.insert(node.to_owned(), LastTwo { previous: None, latest: frame });
+                None
             }
         }
     }
