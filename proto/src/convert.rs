@@ -242,14 +242,6 @@ fn encode_varint_field(tag: u32, v: u64, out: &mut Vec<u8>) {
 /// straight from the borrowed scrape (no owned strings, no intermediate messages; one
 /// allocation of the exact size plus the string table's).
 pub fn encode_scrape_ref(shard: &ShardIdentity, scrape: &NodeScrapeRef<'_>) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode_scrape_ref_into(shard, scrape, &mut out);
-    out
-}
-
-/// [`encode_scrape_ref`] into `out` (emptied first; grown only if it holds less than the
-/// message), so that a buffer can be used again.
-pub fn encode_scrape_ref_into(shard: &ShardIdentity, scrape: &NodeScrapeRef<'_>, out: &mut Vec<u8>) {
     let mut table = RefTable { strings: vec![""], index: None };
     // String indexes of each pod's namespace, then of each container's name.
     let mut pod_strings = Vec::with_capacity(scrape.pods.len());
@@ -280,41 +272,41 @@ pub fn encode_scrape_ref_into(shard: &ShardIdentity, scrape: &NodeScrapeRef<'_>,
     let shard_len = if shard.shard_id.is_empty() { 0 } else { delimited_len(shard.shard_id.len()) } + varint_field_len(shard.epoch);
     let total = delimited_len(shard_len) + table.strings.iter().map(|s| delimited_len(s.len())).sum::<usize>() + delimited_len(scrape_len);
 
-    out.clear();
-    out.reserve(total);
-    encode_delimited_head(1, shard_len, out);
+    let mut out = Vec::with_capacity(total);
+    encode_delimited_head(1, shard_len, &mut out);
     if !shard.shard_id.is_empty() {
-        encode_str(1, &shard.shard_id, out);
+        encode_str(1, &shard.shard_id, &mut out);
     }
-    encode_varint_field(2, shard.epoch, out);
+    encode_varint_field(2, shard.epoch, &mut out);
     for s in &table.strings {
-        encode_str(2, s, out);
+        encode_str(2, s, &mut out);
     }
-    encode_delimited_head(3, scrape_len, out);
+    encode_delimited_head(3, scrape_len, &mut out);
     if !scrape.node.is_empty() {
-        encode_str(1, scrape.node, out);
+        encode_str(1, scrape.node, &mut out);
     }
-    encode_varint_field(2, scrape.scraped_at_ms as u64, out);
+    encode_varint_field(2, scrape.scraped_at_ms as u64, &mut out);
     if let Some(p) = &scrape.node_usage {
-        encode_delimited_head(3, point_len(p), out);
-        encode_point(p, out);
+        encode_delimited_head(3, point_len(p), &mut out);
+        encode_point(p, &mut out);
     }
     for ((p, &ns), &len) in scrape.pods.iter().zip(&pod_strings).zip(&pod_lens) {
-        encode_delimited_head(4, len, out);
-        encode_varint_field(1, u64::from(ns), out);
+        encode_delimited_head(4, len, &mut out);
+        encode_varint_field(1, u64::from(ns), &mut out);
         if !p.name.is_empty() {
-            encode_str(2, &p.name, out);
+            encode_str(2, &p.name, &mut out);
         }
         for i in p.containers.clone() {
             let c = &scrape.containers[i];
-            encode_delimited_head(3, container_len(i), out);
-            encode_varint_field(1, u64::from(container_strings[i]), out);
-            encode_varint_field(2, c.start_time_ms as u64, out);
-            encode_delimited_head(3, point_len(&c.usage), out);
-            encode_point(&c.usage, out);
+            encode_delimited_head(3, container_len(i), &mut out);
+            encode_varint_field(1, u64::from(container_strings[i]), &mut out);
+            encode_varint_field(2, c.start_time_ms as u64, &mut out);
+            encode_delimited_head(3, point_len(&c.usage), &mut out);
+            encode_point(&c.usage, &mut out);
         }
     }
     debug_assert_eq!(out.len(), total);
+    out
 }
 
 /// Decodes one wire batch, checking every string index.

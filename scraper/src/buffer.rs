@@ -27,16 +27,15 @@ pub struct ScrapeBuffer {
 
 impl ScrapeBuffer {
     /// Records a new scrape of `node` (its encoded batch); the older of the two held before is
-    /// let go of and returned (for its buffer to be used again if no one else holds it).
-    pub fn push(&mut self, node: &str, frame: Bytes) -> Option<Bytes> {
+    /// dropped.
+    pub fn push(&mut self, node: &str, frame: Bytes) {
         match self.nodes.get_mut(node) {
             Some(entry) => {
                 let old = std::mem::replace(&mut entry.latest, frame);
-                entry.previous.replace(old)
+                entry.previous = Some(old);
             }
             None => {
                 self.nodes.insert(node.to_owned(), LastTwo { previous: None, latest: frame });
-                None
             }
         }
     }

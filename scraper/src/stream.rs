@@ -29,7 +29,7 @@ use bytes::{BufMut, Bytes};
 use futures::Stream;
 use prost::Message;
 use shardmetrics_proto::v1::SubscribeRequest;
-use shardmetrics_proto::{NodeReleased, NodeScrape, NodeScrapeRef, ShardIdentity, encode_batch, encode_scrape_ref_into};
+use shardmetrics_proto::{NodeReleased, NodeScrape, NodeScrapeRef, ShardIdentity, encode_batch, encode_scrape_ref};
 use tokio::sync::{mpsc, oneshot};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, NamedService, ServerStreamingService};
@@ -74,19 +74,7 @@ pub struct Hub {
     metrics: Metrics,
     next_id: AtomicU64,
     state: Mutex<HubState>,
-    /// Buffers of batches the scrape buffer let go of (a node's scrape of two resolutions
-    /// ago) that no one else held any more, for the next scrapes' batches: a batch is a few KB,
-    /// a size glibc serves from its slower bins, so taking one back is cheaper than a `malloc`
-    /// and a `free` per scrape. At most [`SPARE_BUFFERS`], each at most [`SPARE_BUFFER_BYTES`];
-    /// beyond, freed as before.
-    spare: Mutex<Vec<Vec<u8>>>,
 }
-
-/// Most encode buffers a hub keeps for reuse (see `Hub::spare`): more than the scrapes that
-/// finish between two of a group's publishes.
-const SPARE_BUFFERS: usize = 64;
-/// Largest encode buffer a hub keeps for reuse, bytes (a 30-pod batch is 2-3 KB).
-const SPARE_BUFFER_BYTES: usize = 64 << 10;
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,7 +112,6 @@ impl Hub {
             metrics,
             next_id: AtomicU64::new(1),
             state: Mutex::new(HubState { buffer: ScrapeBuffer::default(), subscribers: Vec::new(), closed: false }),
-            spare: Mutex::new(Vec::new()),
         })
     }
 
@@ -146,22 +133,7 @@ impl Hub {
     /// [`Hub::encode_scrape`] of a scrape borrowing its strings (the parser's output): the same
     /// bytes, written straight from it.
     pub fn encode_scrape_ref(&self, scrape: &NodeScrapeRef<'_>) -> Bytes {
-        let mut out = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
-        encode_scrape_ref_into(&self.shard, scrape, &mut out);
-        Bytes::from(out)
-    }
-
-    /// Keeps the buffer of a batch let go of, if this was its last holder (see `Hub::spare`).
-    fn take_back(&self, frame: Bytes) {
-        let Ok(mut buffer) = frame.try_into_mut() else { return };
-        buffer.clear();
-        let buffer = Vec::from(buffer);
-        if buffer.capacity() <= SPARE_BUFFER_BYTES {
-            let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-            if spare.len() < SPARE_BUFFERS {
-                spare.push(buffer);
-            }
-        }
+        Bytes::from(encode_scrape_ref(&self.shard, scrape))
     }
 
     /// Whether `frame` fits `--grpc-max-message-bytes`; if not, logs and counts it.
@@ -184,12 +156,8 @@ impl Hub {
         if state.closed {
             return;
         }
-        let old = state.buffer.push(node, frame.clone());
+        state.buffer.push(node, frame.clone());
         self.fan_out(&mut state, frame);
-        drop(state);
-        if let Some(old) = old {
-            self.take_back(old);
-        }
     }
 
     /// Forgets released nodes and tells every subscriber, in one batch.
@@ -771,46 +739,5 @@ mod tests {
             let parsed = parse_resource_metrics_ref("node-1", &body, 5).unwrap();
             assert_eq!(hub.encode_scrape_ref(&parsed.scrape), hub.encode_scrape(&parsed.scrape.to_owned_scrape()), "{pods} pods");
         }
-    }
-
-    #[tokio::test]
-    async fn a_batch_the_buffer_lets_go_of_lends_its_buffer_to_a_later_batch_unless_still_held() {
-        use futures::FutureExt;
-
-        use crate::kubelet::fixture::{PayloadSpec, resource_metrics};
-        use crate::kubelet::parse_resource_metrics_ref;
-        let hub = Hub::new(shard(), 16, Metrics::register(&prometheus::Registry::new()).unwrap());
-        let mut sub = hub.subscribe("fe".into()).unwrap();
-        snapshot_frames(&mut sub).await;
-        let body = resource_metrics(&PayloadSpec { pods: 30, seed: 5, timestamp_ms: 1_700_000_000_000 });
-        let parsed = parse_resource_metrics_ref("a", &body, 5).unwrap();
-        let spare = |hub: &Hub| hub.spare.lock().unwrap().len();
-        let first = hub.encode_scrape_ref(&parsed.scrape);
-        let first_at = first.as_ptr();
-        hub.publish_scrape("a", first);
-        hub.publish_scrape("a", hub.encode_scrape_ref(&parsed.scrape));
-        hub.publish_scrape("a", hub.encode_scrape_ref(&parsed.scrape));
-        assert_eq!(spare(&hub), 0, "the first batch is still in the subscriber's queue");
-        let sent: Vec<Bytes> = (0..3).map(|_| sub.next().now_or_never().unwrap().unwrap().unwrap()).collect();
-        assert_eq!(sent[0].as_ptr(), first_at);
-        drop(sent);
-        hub.publish_scrape("a", hub.encode_scrape_ref(&parsed.scrape));
-        assert_eq!(spare(&hub), 1, "the second batch, let go of by the buffer and by the queue");
-        let reused = hub.encode_scrape_ref(&parsed.scrape);
-        assert_eq!(spare(&hub), 0);
-        assert_eq!(reused, hub.encode_scrape(&parsed.scrape.to_owned_scrape()), "the same bytes in a used buffer");
-        drop(reused);
-        // Taken back only when no one else holds it.
-        let held = hub.encode_scrape_ref(&parsed.scrape);
-        hub.take_back(held.clone());
-        assert_eq!(spare(&hub), 0);
-        hub.take_back(held);
-        assert_eq!(spare(&hub), 1);
-        for _ in 0..SPARE_BUFFERS + 10 {
-            hub.take_back(Bytes::from(vec![0u8; 100]));
-        }
-        assert_eq!(spare(&hub), SPARE_BUFFERS, "at most this many kept");
-        hub.take_back(Bytes::from(vec![0u8; SPARE_BUFFER_BYTES + 1]));
-        assert_eq!(spare(&hub), SPARE_BUFFERS);
     }
 }
