@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use prost::encoding::{WireType, encoded_len_varint};
 
 use crate::sample::{
     Batch, ContainerSample, NodeReleased, NodeScrape, NodeScrapeRef, PodSamples, Point, ReleaseReason, ShardIdentity,
@@ -200,14 +200,31 @@ fn point_len(p: &Point) -> usize {
 fn encode_point(p: &Point, out: &mut Vec<u8>) {
     for (tag, v) in [(1, p.timestamp_ms as u64), (2, p.cpu_usage_ns), (3, p.memory_working_set_bytes)] {
         if v != 0 {
-            encode_key(tag, WireType::Varint, out);
-            encode_varint(v, out);
+            put_key(tag, WireType::Varint, out);
+            put_varint(v, out);
         }
     }
     if let Some(swap) = p.swap_usage_bytes {
-        encode_key(4, WireType::Varint, out);
-        encode_varint(swap, out);
+        put_key(4, WireType::Varint, out);
+        put_varint(swap, out);
     }
+}
+
+/// Appends `v` as a protobuf varint (prost's `encode_varint`, inlined: a byte is a push into
+/// room reserved beforehand, not a call through `BufMut`).
+#[inline]
+fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Appends a field key (prost's `encode_key`).
+#[inline]
+fn put_key(tag: u32, wire_type: WireType, out: &mut Vec<u8>) {
+    put_varint(u64::from(tag << 3 | wire_type as u32), out);
 }
 
 /// Length of a length-delimited field of tag < 16 whose body is `len` bytes.
@@ -216,8 +233,8 @@ fn delimited_len(len: usize) -> usize {
 }
 
 fn encode_delimited_head(tag: u32, len: usize, out: &mut Vec<u8>) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(len as u64, out);
+    put_key(tag, WireType::LengthDelimited, out);
+    put_varint(len as u64, out);
 }
 
 fn encode_str(tag: u32, s: &str, out: &mut Vec<u8>) {
@@ -232,8 +249,8 @@ fn varint_field_len(v: u64) -> usize {
 
 fn encode_varint_field(tag: u32, v: u64, out: &mut Vec<u8>) {
     if v != 0 {
-        encode_key(tag, WireType::Varint, out);
-        encode_varint(v, out);
+        put_key(tag, WireType::Varint, out);
+        put_varint(v, out);
     }
 }
 
@@ -242,6 +259,23 @@ fn encode_varint_field(tag: u32, v: u64, out: &mut Vec<u8>) {
 /// straight from the borrowed scrape (no owned strings, no intermediate messages; one
 /// allocation of the exact size plus the string table's).
 pub fn encode_scrape_ref(shard: &ShardIdentity, scrape: &NodeScrapeRef<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let total = encode_scrape_ref_to(shard, scrape, &mut out, |out, total| out.reserve_exact(total));
+    debug_assert_eq!(out.len(), total);
+    out
+}
+
+/// [`encode_scrape_ref`] appended to `out` (after reserving its exact length): a buffer reused
+/// from one batch to the next allocates nothing.
+pub fn encode_scrape_ref_append(shard: &ShardIdentity, scrape: &NodeScrapeRef<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
+    let total = encode_scrape_ref_to(shard, scrape, out, |out, total| out.reserve(total));
+    debug_assert_eq!(out.len() - start, total);
+}
+
+/// Writes the batch of [`encode_scrape_ref`] to `out`, after `reserve(out, its length)`;
+/// returns that length, in bytes.
+fn encode_scrape_ref_to(shard: &ShardIdentity, scrape: &NodeScrapeRef<'_>, out: &mut Vec<u8>, reserve: fn(&mut Vec<u8>, usize)) -> usize {
     let mut table = RefTable { strings: vec![""], index: None };
     // String indexes of each pod's namespace, then of each container's name.
     let mut pod_strings = Vec::with_capacity(scrape.pods.len());
@@ -272,41 +306,40 @@ pub fn encode_scrape_ref(shard: &ShardIdentity, scrape: &NodeScrapeRef<'_>) -> V
     let shard_len = if shard.shard_id.is_empty() { 0 } else { delimited_len(shard.shard_id.len()) } + varint_field_len(shard.epoch);
     let total = delimited_len(shard_len) + table.strings.iter().map(|s| delimited_len(s.len())).sum::<usize>() + delimited_len(scrape_len);
 
-    let mut out = Vec::with_capacity(total);
-    encode_delimited_head(1, shard_len, &mut out);
+    reserve(out, total);
+    encode_delimited_head(1, shard_len, out);
     if !shard.shard_id.is_empty() {
-        encode_str(1, &shard.shard_id, &mut out);
+        encode_str(1, &shard.shard_id, out);
     }
-    encode_varint_field(2, shard.epoch, &mut out);
+    encode_varint_field(2, shard.epoch, out);
     for s in &table.strings {
-        encode_str(2, s, &mut out);
+        encode_str(2, s, out);
     }
-    encode_delimited_head(3, scrape_len, &mut out);
+    encode_delimited_head(3, scrape_len, out);
     if !scrape.node.is_empty() {
-        encode_str(1, scrape.node, &mut out);
+        encode_str(1, scrape.node, out);
     }
-    encode_varint_field(2, scrape.scraped_at_ms as u64, &mut out);
+    encode_varint_field(2, scrape.scraped_at_ms as u64, out);
     if let Some(p) = &scrape.node_usage {
-        encode_delimited_head(3, point_len(p), &mut out);
-        encode_point(p, &mut out);
+        encode_delimited_head(3, point_len(p), out);
+        encode_point(p, out);
     }
     for ((p, &ns), &len) in scrape.pods.iter().zip(&pod_strings).zip(&pod_lens) {
-        encode_delimited_head(4, len, &mut out);
-        encode_varint_field(1, u64::from(ns), &mut out);
+        encode_delimited_head(4, len, out);
+        encode_varint_field(1, u64::from(ns), out);
         if !p.name.is_empty() {
-            encode_str(2, &p.name, &mut out);
+            encode_str(2, &p.name, out);
         }
         for i in p.containers.clone() {
             let c = &scrape.containers[i];
-            encode_delimited_head(3, container_len(i), &mut out);
-            encode_varint_field(1, u64::from(container_strings[i]), &mut out);
-            encode_varint_field(2, c.start_time_ms as u64, &mut out);
-            encode_delimited_head(3, point_len(&c.usage), &mut out);
-            encode_point(&c.usage, &mut out);
+            encode_delimited_head(3, container_len(i), out);
+            encode_varint_field(1, u64::from(container_strings[i]), out);
+            encode_varint_field(2, c.start_time_ms as u64, out);
+            encode_delimited_head(3, point_len(&c.usage), out);
+            encode_point(&c.usage, out);
         }
     }
-    debug_assert_eq!(out.len(), total);
-    out
+    total
 }
 
 /// Decodes one wire batch, checking every string index.

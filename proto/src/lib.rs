@@ -24,7 +24,7 @@ pub mod v1 {
     include!("gen/shardmetrics.v1.rs");
 }
 
-pub use convert::{DecodeError, decode_batch, encode_batch, encode_scrape_ref};
+pub use convert::{DecodeError, decode_batch, encode_batch, encode_scrape_ref, encode_scrape_ref_append};
 pub use sample::{
     Batch, ContainerRef, ContainerSample, NodeReleased, NodeScrape, NodeScrapeRef, PodRef, PodSamples, Point, ReleaseReason, ShardIdentity,
 };

@@ -25,11 +25,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::Stream;
 use prost::Message;
 use shardmetrics_proto::v1::SubscribeRequest;
-use shardmetrics_proto::{NodeReleased, NodeScrape, NodeScrapeRef, ShardIdentity, encode_batch, encode_scrape_ref};
+use shardmetrics_proto::{NodeReleased, NodeScrape, NodeScrapeRef, ShardIdentity, encode_batch, encode_scrape_ref_append};
 use tokio::sync::{mpsc, oneshot};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, NamedService, ServerStreamingService};
@@ -74,7 +74,20 @@ pub struct Hub {
     metrics: Metrics,
     next_id: AtomicU64,
     state: Mutex<HubState>,
+    /// Where live batches are encoded (a buffer reused for each), then copied into the current
+    /// chunk, one after another, each split off as the [`Bytes`] the buffer and the queues
+    /// share: see [`ARENA_CHUNK_BYTES`].
+    arena: Mutex<(Vec<u8>, BytesMut)>,
 }
+
+/// Size of the chunks live batches are encoded into, in bytes: ~12 batches of a 30-pod node
+/// each. A batch is held for two resolutions (the last two per node), a few KB each, and
+/// batches are let go of in about the order they were made; one allocation per chunk instead of one per
+/// batch keeps these sizes out of glibc's slow bins, where a few-KB allocation freed half a
+/// minute later cost a scrape as much as reading its body from the socket. A chunk is freed
+/// (or taken up again, when the hub holds the last reference) once all its batches are gone; a
+/// batch larger than a chunk gets a buffer of its own size.
+pub const ARENA_CHUNK_BYTES: usize = 32 << 10;
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,6 +125,7 @@ impl Hub {
             metrics,
             next_id: AtomicU64::new(1),
             state: Mutex::new(HubState { buffer: ScrapeBuffer::default(), subscribers: Vec::new(), closed: false }),
+            arena: Mutex::new((Vec::new(), BytesMut::with_capacity(ARENA_CHUNK_BYTES))),
         })
     }
 
@@ -131,9 +145,16 @@ impl Hub {
     }
 
     /// [`Hub::encode_scrape`] of a scrape borrowing its strings (the parser's output): the same
-    /// bytes, written straight from it.
+    /// bytes, written straight from it into the hub's current chunk ([`ARENA_CHUNK_BYTES`]).
     pub fn encode_scrape_ref(&self, scrape: &NodeScrapeRef<'_>) -> Bytes {
-        Bytes::from(encode_scrape_ref(&self.shard, scrape))
+        let mut guard = self.arena.lock().unwrap_or_else(|p| p.into_inner());
+        let (encoded, chunk) = &mut *guard;
+        encoded.clear();
+        encode_scrape_ref_append(&self.shard, scrape, encoded);
+        // In place when the chunk has room; else a new chunk (or this one again, if every batch
+        // in it is gone) of at least its size.
+        chunk.extend_from_slice(encoded);
+        chunk.split().freeze()
     }
 
     /// Whether `frame` fits `--grpc-max-message-bytes`; if not, logs and counts it.
@@ -739,5 +760,42 @@ mod tests {
             let parsed = parse_resource_metrics_ref("node-1", &body, 5).unwrap();
             assert_eq!(hub.encode_scrape_ref(&parsed.scrape), hub.encode_scrape(&parsed.scrape.to_owned_scrape()), "{pods} pods");
         }
+    }
+
+    #[test]
+    fn batches_share_a_chunk_until_it_is_full_and_a_chunk_let_go_of_is_taken_up_again() {
+        use crate::kubelet::fixture::{PayloadSpec, resource_metrics};
+        use crate::kubelet::parse_resource_metrics_ref;
+        let hub = Hub::new(shard(), 4, Metrics::register(&prometheus::Registry::new()).unwrap());
+        let body = resource_metrics(&PayloadSpec { pods: 30, seed: 7, timestamp_ms: 1_700_000_000_000 });
+        let parsed = parse_resource_metrics_ref("node-1", &body, 5).unwrap();
+        let want = hub.encode_scrape(&parsed.scrape.to_owned_scrape());
+        assert!(want.len() * 4 < ARENA_CHUNK_BYTES, "{} bytes", want.len());
+        let per_chunk = ARENA_CHUNK_BYTES / want.len();
+        let follows = |a: &Bytes, b: &Bytes| a.as_ptr().wrapping_add(a.len()) == b.as_ptr();
+        // One chunk and the first batch of the next.
+        let mut frames: Vec<Bytes> = (0..=per_chunk).map(|_| hub.encode_scrape_ref(&parsed.scrape)).collect();
+        assert!(frames.iter().all(|f| *f == want));
+        for pair in frames[..per_chunk].windows(2) {
+            assert!(follows(&pair[0], &pair[1]), "one chunk, one batch after another");
+        }
+        assert!(!follows(&frames[per_chunk - 1], &frames[per_chunk]), "a full chunk: the next batch starts a new one");
+        // The second chunk filled, then every batch let go of: the hub takes it up again from
+        // its start instead of allocating a third.
+        let second_start = frames[per_chunk].as_ptr();
+        frames.extend((1..per_chunk).map(|_| hub.encode_scrape_ref(&parsed.scrape)));
+        assert!(frames[per_chunk..].windows(2).all(|pair| follows(&pair[0], &pair[1])));
+        drop(frames);
+        let again = hub.encode_scrape_ref(&parsed.scrape);
+        assert_eq!(again, want);
+        assert_eq!(again.as_ptr(), second_start);
+
+        // A batch larger than a chunk gets a buffer of its own; smaller ones go on after it.
+        let big_body = resource_metrics(&PayloadSpec { pods: 600, seed: 8, timestamp_ms: 1_700_000_000_000 });
+        let big = parse_resource_metrics_ref("node-2", &big_body, 5).unwrap();
+        let big_frame = hub.encode_scrape_ref(&big.scrape);
+        assert!(big_frame.len() > ARENA_CHUNK_BYTES, "{} bytes", big_frame.len());
+        assert_eq!(big_frame, hub.encode_scrape(&big.scrape.to_owned_scrape()));
+        assert_eq!(hub.encode_scrape_ref(&parsed.scrape), want);
     }
 }
