@@ -22,7 +22,7 @@ struct LastTwo {
 /// Last two encoded scrapes per node, by node name.
 #[derive(Debug, Default)]
 pub struct ScrapeBuffer {
-    nodes: HashMap<String, LastTwo>,
+    nodes: HashMap<String, LastTwo, foldhash::fast::RandomState>,
 }
 
 impl ScrapeBuffer {

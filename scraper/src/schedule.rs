@@ -365,7 +365,7 @@ pub struct Scheduler<S> {
     config: ScheduleConfig,
     slots: Slots,
     /// Owned nodes by name.
-    nodes: HashMap<String, NodeState>,
+    nodes: HashMap<String, NodeState, foldhash::fast::RandomState>,
     /// Every owned node's next slot, earliest first; entries of an older generation are stale.
     due: BinaryHeap<Due>,
     /// The generation the next newly owned node gets.
@@ -373,7 +373,7 @@ pub struct Scheduler<S> {
     /// Scrape tasks queued or running.
     tasks: JoinSet<Outcome>,
     /// Which node (and generation) each task in `tasks` scrapes.
-    running: HashMap<tokio::task::Id, (String, u64)>,
+    running: HashMap<tokio::task::Id, (String, u64), foldhash::fast::RandomState>,
     pipeline: Arc<Pipeline<S>>,
     /// Ticked every time round the loop (at least every half resolution).
     heartbeat: Arc<Heartbeat>,
@@ -391,11 +391,11 @@ impl<S: KubeletSource> Scheduler<S> {
         Scheduler {
             config,
             slots: Slots::new(&pipeline.clock, config.resolution),
-            nodes: HashMap::new(),
+            nodes: HashMap::default(),
             due: BinaryHeap::new(),
             next_generation: 1,
             tasks: JoinSet::new(),
-            running: HashMap::new(),
+            running: HashMap::default(),
             pipeline: Arc::new(pipeline),
             heartbeat: Arc::new(Heartbeat::new(config.resolution)),
         }

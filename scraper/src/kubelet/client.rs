@@ -229,7 +229,7 @@ struct ClientInner {
 
 /// At most one idle connection per kubelet `(host, port)`.
 struct IdlePool {
-    conns: HashMap<(String, u16), IdleConn>,
+    conns: HashMap<(String, u16), IdleConn, foldhash::fast::RandomState>,
     /// When connections idle longer than the timeout were last dropped.
     swept: Instant,
 }
@@ -293,7 +293,7 @@ impl KubeletClient {
                 timeout: config.timeout,
                 max_response_bytes: config.max_response_bytes,
                 idle_timeout: config.pool_idle_timeout,
-                idle: Mutex::new(IdlePool { conns: HashMap::new(), swept: Instant::now() }),
+                idle: Mutex::new(IdlePool { conns: HashMap::default(), swept: Instant::now() }),
             }),
         })
     }

@@ -30,7 +30,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use shardmetrics_proto::{ContainerRef, NodeScrape, NodeScrapeRef, PodRef, Point};
 
@@ -152,8 +152,8 @@ struct PodAcc<'a> {
     same_hash: usize,
 }
 
-/// Pods by the keyed (SipHash, random per process) hash of their namespace and name, so that a
-/// pod is hashed once per lookup: the map itself only passes that hash through.
+/// Pods by the seeded (foldhash, random per process) hash of their namespace and name, so that
+/// a pod is hashed once per lookup: the map itself only passes that hash through.
 #[derive(Default)]
 struct Prehashed(u64);
 
@@ -179,7 +179,9 @@ struct Containers<'a> {
     pods: Vec<PodAcc<'a>>,
     /// Pod hash → first pod with that hash (others chained by [`PodAcc::same_hash`]).
     pod_index: HashMap<u64, usize, BuildHasherDefault<Prehashed>>,
-    hasher: RandomState,
+    /// Seeded per parse: pod names come from the cluster's users, and a body holds a few hundred
+    /// pods at most, so a weaker hash than SipHash cannot make a parse expensive.
+    hasher: foldhash::fast::RandomState,
     /// In order of first appearance.
     containers: Vec<ContainerAcc<'a>>,
 }
@@ -208,6 +210,66 @@ impl<'a> Rows<'a> {
         let &(raw, container) = self.before.get(self.current.len())?;
         (!raw.is_empty() && labels.get(raw.len()) == Some(&b' ') && labels.starts_with(raw)).then_some((raw.len(), container))
     }
+
+    /// The line at the start of `rest` (the body from a line's start, to its end) if it is this
+    /// family's next row in the usual shape: `family_name` (not empty), the label set of the
+    /// same row of the family before, a blank, then a value and timestamp read as
+    /// [`value_and_timestamp_as_needed`] reads them, and `\n` or the body's end right after:
+    /// the row, and the line's length without its `\n`. `None` for any other line, valid or
+    /// not (the caller then finds its end and reads it the general way).
+    fn repeated_at_line_start(&self, rest: &'a [u8], family_name: &[u8], family: Family) -> Option<(RepeatedRow<'a>, usize)> {
+        if family_name.is_empty() || !rest.starts_with(family_name) {
+            return None;
+        }
+        let after_name = &rest[family_name.len()..];
+        let (labels_len, container) = self.same_as_before(after_name)?;
+        let start = family_name.len() + labels_len + 1;
+        let (value, timestamp_ms, len) = value_and_timestamp_to_line_end(&rest[start..], family)?;
+        Some((RepeatedRow { labels: &after_name[..labels_len], container, value, timestamp_ms }, start + len))
+    }
+}
+
+/// A row of a family whose label set is that of the same row of the family before.
+struct RepeatedRow<'a> {
+    /// Its label set as written, `{` to `}`.
+    labels: &'a [u8],
+    /// The container of the row before ([`NONE`] for none).
+    container: usize,
+    /// As [`value_and_timestamp_as_needed`] gives them.
+    value: f64,
+    timestamp_ms: Option<i64>,
+}
+
+/// [`value_and_timestamp_as_needed`] of the start of `rest` (after a row's labels and blank) when
+/// a value and timestamp of the usual shape end the line there (`\n` or the end of `rest` next;
+/// not `\r\n`): the same reading, and how many bytes it took. `None` for any other shape, which
+/// the general reading then decides.
+fn value_and_timestamp_to_line_end(rest: &[u8], family: Family) -> Option<(f64, Option<i64>, usize)> {
+    let (value, n) = fast_decimal_prefix(rest)?;
+    // Lines of families not kept are only checked (value 0), as the general reading does.
+    let value = if family == Family::Other { 0.0 } else { value };
+    match rest.get(n) {
+        None | Some(b'\n') => return Some((value, None, n)),
+        Some(b' ') => {}
+        _ => return None,
+    }
+    let t_start = n + 1;
+    let mut end = t_start + usize::from(rest.get(t_start) == Some(&b'-'));
+    skip_digits(rest, &mut end);
+    if !matches!(rest.get(end), None | Some(b'\n')) {
+        return None;
+    }
+    let t = &rest[t_start..end];
+    let timestamp_ms = match family {
+        Family::NodeCpu | Family::NodeMemory | Family::ContainerCpu | Family::ContainerMemory => Some(parse_i64(t)?),
+        Family::ContainerStart | Family::ContainerSwap | Family::NodeSwap | Family::Other => {
+            if !is_plain_timestamp(t) {
+                return None;
+            }
+            None
+        }
+    };
+    Some((value, timestamp_ms, end))
 }
 
 /// Parses one `/metrics/resource` response of `node`, read at `scraped_at_ms` (Unix ms; also
@@ -269,7 +331,7 @@ pub fn parse_resource_metrics_with<'a>(node: &'a str, body: &'a [u8], scraped_at
     pod_index.reserve(body.len() / 1024 + 4);
     let mut containers: Vec<ContainerAcc<'a>> = relabel(std::mem::take(&mut scratch.containers));
     containers.reserve(body.len() / 768 + 4);
-    let mut acc = Containers { pods, pod_index, hasher: RandomState::new(), containers };
+    let mut acc = Containers { pods, pod_index, hasher: foldhash::fast::RandomState::default(), containers };
     let taken = std::mem::take(&mut scratch.rows);
     let mut rows = Rows { before: relabel(taken.before), current: relabel(taken.current) };
     rows.before.clear();
@@ -304,34 +366,52 @@ fn parse_into<'a>(
     let mut family_name: &'a [u8] = b"";
     let mut family = Family::Other;
 
-    // Checked once for the whole body (word at a time for ASCII), so that label values and
-    // numbers become `&str` by slicing instead of one UTF-8 check each. A body with invalid
-    // UTF-8 somewhere (a comment, say) still parses: its lines are checked piece by piece.
-    let text = std::str::from_utf8(body).ok();
+    // UTF-8 is checked per line read in full (a line of a family's first row, mostly), so that
+    // its label values and numbers become `&str` by slicing instead of one check each. Comments
+    // are not checked, nor repeated rows (their label bytes are those of a row checked before,
+    // their value and timestamp digits). A line with invalid UTF-8 is read piece by piece (an
+    // error if a kept label value is not UTF-8).
     let mut line_start = 0;
     let mut number = 0;
     while line_start <= body.len() {
-        let line_end = memchr::memchr(b'\n', &body[line_start..]).map_or(body.len(), |i| line_start + i);
-        let raw = &body[line_start..line_end];
-        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         let this_start = line_start;
-        line_start = line_end + 1;
         number += 1;
+        // A row of the same family whose labels are byte for byte those of the same row of the
+        // family before: only its value and timestamp are left to read. In the usual shape they
+        // end the line, which is then found by reading them instead of by a search.
+        let (line, repeated) = match rows.repeated_at_line_start(&body[this_start..], family_name, family) {
+            Some((row, len)) => {
+                line_start = this_start + len + 1;
+                (&body[this_start..this_start + len], Some(row))
+            }
+            None => {
+                let line_end = memchr::memchr(b'\n', &body[this_start..]).map_or(body.len(), |i| this_start + i);
+                let raw = &body[this_start..line_end];
+                line_start = line_end + 1;
+                (raw.strip_suffix(b"\r").unwrap_or(raw), None)
+            }
+        };
         if line.is_empty() || line[0] == b'#' {
             continue;
         }
-        let same_family = !family_name.is_empty()
-            && line.len() > family_name.len()
-            && matches!(line[family_name.len()], b'{' | b' ')
-            && line.starts_with(family_name);
-        // A row of the same family whose labels are byte for byte those of the same row of the
-        // family before: only its value and timestamp are left to read.
-        if same_family
-            && let Some((labels_len, container)) = rows.same_as_before(&line[family_name.len()..])
+        let same_family = repeated.is_some()
+            || (!family_name.is_empty()
+                && line.len() > family_name.len()
+                && matches!(line[family_name.len()], b'{' | b' ')
+                && line.starts_with(family_name));
+        let repeated = repeated.or_else(|| {
+            // Any other line ending (`\r\n`) or value shape: the line is known, read the rest.
+            if !same_family {
+                return None;
+            }
+            let (labels_len, container) = rows.same_as_before(&line[family_name.len()..])?;
+            let (value, timestamp_ms) = value_and_timestamp_as_needed(&line[family_name.len() + labels_len + 1..], family)?;
+            Some(RepeatedRow { labels: &line[family_name.len()..family_name.len() + labels_len], container, value, timestamp_ms })
+        });
+        if let Some(RepeatedRow { labels, container, value, timestamp_ms }) = repeated
             && (if family.is_container() { container != NONE } else { family == Family::Other })
-            && let Some((value, timestamp_ms)) = value_and_timestamp_as_needed(&line[family_name.len() + labels_len + 1..], family)
         {
-            rows.current.push((&line[family_name.len()..family_name.len() + labels_len], container));
+            rows.current.push((labels, container));
             if container != NONE {
                 match converted(family, value) {
                     Some(v) => {
@@ -345,8 +425,9 @@ fn parse_into<'a>(
         }
         // The usual line shape is read directly; anything else (or a malformed line) by the
         // cursor, which gives the error.
-        let line_text = text.and_then(|t| t.get(this_start..this_start + line.len()));
-        let sample = match line_text.and_then(|t| fast_sample(line, t)) {
+        let line_text = std::str::from_utf8(line).ok();
+        let known = same_family.then_some((family_name.len(), family));
+        let sample = match line_text.and_then(|t| fast_sample_reading(line, t, known, value_and_timestamp_as_needed)) {
             Some(sample) => sample,
             None => match slow_sample(line, line_text, number)? {
                 Some(sample) => sample,
@@ -517,14 +598,36 @@ fn slow_sample<'a>(line: &'a [u8], line_text: Option<&'a str>, number: usize) ->
 /// (single blanks, no blanks inside the braces, no escapes), without the cursor: one search
 /// per label value and per blank, names checked by table only when not a known family. `None`
 /// for any other line, valid or not, which [`slow_sample`] then reads: so this accepts a subset
-/// of what the cursor accepts, and reads it the same. `text` is `line` as UTF-8.
+/// of what the cursor accepts, and reads it the same. `text` is `line` as UTF-8. The parse
+/// calls [`fast_sample_reading`] (reading only what each family needs); the tests compare this,
+/// its whole reading, with the cursor's.
+#[cfg(test)]
 fn fast_sample<'a>(line: &'a [u8], text: &'a str) -> Option<SampleLine<'a>> {
-    let name_end = find_either(line, b'{', b' ')?;
+    fast_sample_reading(line, text, None, |rest, _| value_and_timestamp(rest))
+}
+
+/// [`fast_sample`] reading the value and timestamp with `read` (given the rest of the line
+/// after the blank and the line's family), such as [`value_and_timestamp_as_needed`]. `known`:
+/// the length of the line's name and its family, when the caller has found it already (the
+/// name of the line before, a known valid one).
+fn fast_sample_reading<'a>(
+    line: &'a [u8],
+    text: &'a str,
+    known: Option<(usize, Family)>,
+    read: impl Fn(&[u8], Family) -> Option<(f64, Option<i64>)>,
+) -> Option<SampleLine<'a>> {
+    let (name_end, family) = match known {
+        Some(known) => known,
+        None => {
+            let name_end = find_either(line, b'{', b' ')?;
+            let family = Family::of(&line[..name_end]);
+            if family == Family::Other && !is_metric_name(&line[..name_end]) {
+                return None;
+            }
+            (name_end, family)
+        }
+    };
     let name = &line[..name_end];
-    let family = Family::of(name);
-    if family == Family::Other && !is_metric_name(name) {
-        return None;
-    }
     let mut labels = ContainerLabels::default();
     let mut pos = name_end;
     let mut raw_labels = None;
@@ -583,7 +686,7 @@ fn fast_sample<'a>(line: &'a [u8], text: &'a str) -> Option<SampleLine<'a>> {
         raw_labels = Some(&line[name_end..pos]);
     }
     // `line[pos]` is the blank before the value.
-    let (value, timestamp_ms) = value_and_timestamp(&line[pos + 1..])?;
+    let (value, timestamp_ms) = read(&line[pos + 1..], family)?;
     Some(SampleLine { family, name, raw_labels, labels, value, timestamp_ms })
 }
 
@@ -668,6 +771,10 @@ fn is_plain_value_and_timestamp(rest: &[u8]) -> bool {
 /// Whether `t` is `-?[0-9]{1,18}`: a timestamp [`parse_i64`] takes (no overflow below 10^18).
 fn is_plain_timestamp(t: &[u8]) -> bool {
     let digits = t.strip_prefix(b"-").unwrap_or(t);
+    if (9..=16).contains(&digits.len()) {
+        // As `parse_i64` reads them: the first eight and the last eight, overlapping.
+        return digit_run(word_at(digits, 0)) == 8 && digit_run(word_at(digits, digits.len() - 8)) == 8;
+    }
     let mut i = 0;
     (1..=18).contains(&digits.len()) && skip_digits(digits, &mut i) == digits.len()
 }
@@ -744,8 +851,8 @@ const U64_LIMIT: f64 = 18_446_744_073_709_551_616.0;
 /// below 1.005e9 in binary; rounding instead made a rate 1 ns/s apart from metrics-server's now
 /// and then). Negative (and NaN) values are refused, where metrics-server's conversion is undefined.
 fn to_u64(v: f64) -> Option<u64> {
-    let t = v.trunc();
-    (0.0..U64_LIMIT).contains(&t).then_some(t as u64).filter(|_| v >= 0.0)
+    // `as` truncates toward zero; in [0, 2^64) that is the value `trunc` gives, without a call.
+    (v >= 0.0 && v < U64_LIMIT).then_some(v as u64)
 }
 
 fn seconds_to_ns(seconds: f64) -> Option<u64> {
@@ -756,8 +863,8 @@ fn seconds_to_ns(seconds: f64) -> Option<u64> {
 /// store compares start times with ms sample times, and `floor(start) < t` exactly when
 /// `start < t` for a whole-ms `t`, so truncation decides restarts as upstream does).
 fn seconds_to_ms(seconds: f64) -> Option<i64> {
-    let t = (seconds * 1e3).trunc();
-    (0.0..i64::MAX as f64).contains(&t).then_some(t as i64).filter(|_| seconds >= 0.0)
+    let ms = seconds * 1e3;
+    (seconds >= 0.0 && ms < i64::MAX as f64).then_some(ms as i64)
 }
 
 /// [`NAME_CHARS`] bit: may appear in a label name (and a metric name): `[a-zA-Z0-9_]`.
@@ -1681,6 +1788,49 @@ scrape_error 0
             }
         }
         assert!(checked > 40_000, "{checked}");
+    }
+
+    #[test]
+    fn a_row_read_to_its_line_end_reads_as_the_general_reading_of_its_line() {
+        let families = [Family::ContainerCpu, Family::ContainerMemory, Family::ContainerStart, Family::ContainerSwap, Family::NodeCpu, Family::Other];
+        let mut taken = 0;
+        for value in float_tokens().into_iter().step_by(3) {
+            let timestamps = ["1700000000123", "-5", "0", "123456789012345678", "1234567890123456789", "99999999999999999999", "-", "1x", " 1", "", "12\r"];
+            for rest in std::iter::once(value.clone()).chain(timestamps.iter().map(|t| format!("{value} {t}"))) {
+                for (end, line_end) in [("", rest.len()), ("\n", rest.len()), ("\nnext 1 2\n", rest.len()), ("\r\n", rest.len()), ("x\n", rest.len() + 1)] {
+                    let text = format!("{rest}{end}");
+                    let line = &text.as_bytes()[..line_end];
+                    for family in families {
+                        let Some((value, timestamp, len)) = value_and_timestamp_to_line_end(text.as_bytes(), family) else { continue };
+                        taken += 1;
+                        assert_eq!((len, end.starts_with('\r') || end.starts_with('x')), (line_end, false), "{text:?}: the line's end");
+                        let general = value_and_timestamp_as_needed(line, family).map(|(v, t)| (if family == Family::Other { 0 } else { v.to_bits() }, t));
+                        assert_eq!(Some((value.to_bits(), timestamp)), general, "{text:?} as {family:?}");
+                    }
+                }
+            }
+        }
+        assert!(taken > 30_000, "{taken}");
+    }
+
+    #[test]
+    fn conversions_truncate_like_trunc_and_refuse_what_does_not_fit() {
+        let mut values = vec![0.0, -0.0, 0.4, 0.5, 0.9999, 1.0, 1.005, -0.5, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+        values.extend([U64_LIMIT, U64_LIMIT - 4096.0, U64_LIMIT * 2.0, i64::MAX as f64, i64::MAX as f64 - 1024.0, 9.2e15, 9.3e15, 1.7e9, 1.7e12]);
+        let mut state = 3u64;
+        for _ in 0..10_000 {
+            state = fixture::splitmix(state);
+            values.push(f64::from_bits(state));
+            values.push((state >> 11) as f64 / 1e6);
+        }
+        for v in values {
+            let t = v.trunc();
+            let u64_want = (0.0..U64_LIMIT).contains(&t).then_some(t as u64).filter(|_| v >= 0.0);
+            assert_eq!(to_u64(v), u64_want, "{v:e}");
+            let ms = (v * 1e3).trunc();
+            let ms_want = (0.0..i64::MAX as f64).contains(&ms).then_some(ms as i64).filter(|_| v >= 0.0);
+            assert_eq!(seconds_to_ms(v), ms_want, "{v:e}");
+        }
     }
 
     /// A fixture's lines, and variants of them in every shape the fast reader must hand over.
