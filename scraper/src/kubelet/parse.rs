@@ -245,9 +245,11 @@ struct RepeatedRow<'a> {
 /// not `\r\n`): the same reading, and how many bytes it took. `None` for any other shape, which
 /// the general reading then decides.
 fn value_and_timestamp_to_line_end(rest: &[u8], family: Family) -> Option<(f64, Option<i64>, usize)> {
-    let (value, n) = fast_decimal_prefix(rest)?;
     // Lines of families not kept are only checked (value 0), as the general reading does.
-    let value = if family == Family::Other { 0.0 } else { value };
+    let (value, n) = match family {
+        Family::Other => (0.0, plain_decimal_len(rest)?),
+        _ => fast_decimal_prefix(rest)?,
+    };
     match rest.get(n) {
         None | Some(b'\n') => return Some((value, None, n)),
         Some(b' ') => {}
@@ -744,28 +746,35 @@ fn value_and_timestamp_as_needed(rest: &[u8], family: Family) -> Option<(f64, Op
 /// timestamp [`is_plain_timestamp`] accepts: then [`value_and_timestamp`] reads it (every such
 /// decimal is a float `str::parse` takes, if perhaps an infinite one).
 fn is_plain_value_and_timestamp(rest: &[u8]) -> bool {
-    let mut i = usize::from(matches!(rest.first(), Some(b'+' | b'-')));
-    if skip_digits(rest, &mut i) == 0 {
-        return false;
-    }
-    if rest.get(i) == Some(&b'.') {
-        i += 1;
-        if skip_digits(rest, &mut i) == 0 {
-            return false;
-        }
-    }
-    if matches!(rest.get(i), Some(b'e' | b'E')) {
-        i += 1;
-        i += usize::from(matches!(rest.get(i), Some(b'+' | b'-')));
-        if skip_digits(rest, &mut i) == 0 {
-            return false;
-        }
-    }
+    let Some(i) = plain_decimal_len(rest) else { return false };
     match rest.get(i) {
         None => true,
         Some(b' ') => is_plain_timestamp(&rest[i + 1..]),
         _ => false,
     }
+}
+
+/// The length of the longest `[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?` that `s` starts with
+/// (`None`: none, or one whose fraction or exponent has no digit), checked, not converted.
+fn plain_decimal_len(s: &[u8]) -> Option<usize> {
+    let mut i = usize::from(matches!(s.first(), Some(b'+' | b'-')));
+    if skip_digits(s, &mut i) == 0 {
+        return None;
+    }
+    if s.get(i) == Some(&b'.') {
+        i += 1;
+        if skip_digits(s, &mut i) == 0 {
+            return None;
+        }
+    }
+    if matches!(s.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        i += usize::from(matches!(s.get(i), Some(b'+' | b'-')));
+        if skip_digits(s, &mut i) == 0 {
+            return None;
+        }
+    }
+    Some(i)
 }
 
 /// Whether `t` is `-?[0-9]{1,18}`: a timestamp [`parse_i64`] takes (no overflow below 10^18).
@@ -852,7 +861,7 @@ const U64_LIMIT: f64 = 18_446_744_073_709_551_616.0;
 /// and then). Negative (and NaN) values are refused, where metrics-server's conversion is undefined.
 fn to_u64(v: f64) -> Option<u64> {
     // `as` truncates toward zero; in [0, 2^64) that is the value `trunc` gives, without a call.
-    (v >= 0.0 && v < U64_LIMIT).then_some(v as u64)
+    (0.0..U64_LIMIT).contains(&v).then_some(v as u64)
 }
 
 fn seconds_to_ns(seconds: f64) -> Option<u64> {
