@@ -89,6 +89,10 @@ pub struct Hub {
 /// batch larger than a chunk gets a buffer of its own size.
 pub const ARENA_CHUNK_BYTES: usize = 32 << 10;
 
+/// Largest encoding buffer the hub keeps between batches, in bytes (a 110-pod node's batch is
+/// ~10 KB): a larger one, from an unusually large scrape, is freed after use.
+const MAX_KEPT_ENCODE_BUFFER_BYTES: usize = 1 << 20;
+
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub").field("shard", &self.shard).field("queue_batches", &self.queue_batches).finish_non_exhaustive()
@@ -154,6 +158,10 @@ impl Hub {
         // In place when the chunk has room; else a new chunk (or this one again, if every batch
         // in it is gone) of at least its size.
         chunk.extend_from_slice(encoded);
+        if encoded.capacity() > MAX_KEPT_ENCODE_BUFFER_BYTES {
+            // An unusually large batch: its buffer is not kept for the next ones.
+            *encoded = Vec::new();
+        }
         chunk.split().freeze()
     }
 
