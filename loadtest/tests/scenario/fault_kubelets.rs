@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::support::{GRANULARITY, LEASE, RES, SLACK, demo};
+use crate::support::{LEASE, RES, age_bound, demo};
 use shardmetrics_loadtest::demo::Demo;
 use shardmetrics_loadtest::faults::{self, FaultSpec, Probe};
 use shardmetrics_loadtest::scenario::procstat::{label_value, parse_exposition, samples_of};
@@ -57,7 +57,7 @@ async fn only_failing_kubelets_lose_freshness_and_failures_are_counted_by_reason
     let failing: Vec<&String> = targets.iter().filter(|(_, f)| *f != "slow").map(|(n, _)| n).collect();
     let all_nodes = demo.cluster.node_names();
     let healthy: Vec<&String> = all_nodes.iter().filter(|n| !failing.contains(n)).collect();
-    let fresh_ms = (RES + SLACK + GRANULARITY).as_millis() as i64;
+    let fresh_ms = age_bound().as_millis() as i64;
 
     // Within the staleness bound of their last good scrape (at most a resolution before the
     // injection): everything served, failing nodes with their last good data.

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::support::{GRANULARITY, RES, SLACK, demo, measured, only_fault, run};
+use crate::support::{age_bound, demo, measured, only_fault, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gracefully_restarted_shard_hands_over_without_staleness_or_duplicates() {
@@ -19,7 +19,7 @@ async fn a_gracefully_restarted_shard_hands_over_without_staleness_or_duplicates
     assert!(back < 15_000.0, "the restarted shard holds its Lease again after {back} ms");
     // One resolution, plus scheduling slack on this shared machine, read from second-granular
     // timestamps.
-    let bound_ms = (RES + SLACK + GRANULARITY).as_millis() as f64;
+    let bound_ms = age_bound().as_millis() as f64;
     let rescraped = measured(f, "all_nodes_rescraped_ms");
     assert!(rescraped <= bound_ms, "every node scraped again after {rescraped} ms");
     assert!(measured(f, "max_node_age_ms") <= bound_ms, "oldest served node {} ms", measured(f, "max_node_age_ms"));

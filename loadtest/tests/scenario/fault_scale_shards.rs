@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{GRANULARITY, RES, SLACK, demo, measured, run};
+use crate::support::{age_bound, demo, measured, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_shards_up_then_down_moves_about_one_in_s_nodes_without_a_gap() {
@@ -12,7 +12,7 @@ async fn scaling_shards_up_then_down_moves_about_one_in_s_nodes_without_a_gap() 
     let nodes = 30;
     let report = run(dir.path(), demo(dir.path(), nodes, 2, 1), Duration::from_secs(30), &["scale-shards=3@3s", "scale-shards=2@16s"]).await;
     assert_eq!(report.faults.len(), 2);
-    let bound_ms = (RES + SLACK + GRANULARITY).as_millis() as f64;
+    let bound_ms = age_bound().as_millis() as f64;
     let mut duplicates_total = 0u64;
     let mut moved_total = 0.0;
     for (f, expected_share) in report.faults.iter().zip([1.0 / 3.0, 1.0 / 3.0]) {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::support::{GRANULARITY, RES, SLACK, demo};
+use crate::support::{RES, age_bound, demo};
 use shardmetrics_loadtest::demo::Demo;
 use shardmetrics_loadtest::faults::{self, FaultSpec, Probe};
 
@@ -37,7 +37,7 @@ async fn watchers_relist_after_410_gone_and_nothing_is_lost_or_duplicated() {
     assert!(m["relists_count"] >= m["watch_410_gone_count"], "each 410 followed by a re-list: {m:?}");
     assert!(m.contains_key("watches_reopened_ms"), "watches open again: {m:?}");
     assert_eq!(m["min_nodes_served_count"], 8.0, "nothing unserved meanwhile: {m:?}");
-    assert!(m["max_node_age_ms"] <= (RES + SLACK + GRANULARITY).as_millis() as f64, "{m:?}");
+    assert!(m["max_node_age_ms"] <= age_bound().as_millis() as f64, "{m:?}");
     assert_eq!(m["duplicate_scrapes_count"], 0.0, "the re-list did not reshuffle ownership: {m:?}");
 
     // Nothing lost: the node added and the pod deleted during the outage are seen by everyone.

@@ -27,6 +27,13 @@ pub const SLACK: Duration = Duration::from_millis(1500);
 /// The Metrics API's timestamps are whole seconds, so an age read from them is up to 1 s high.
 pub const GRANULARITY: Duration = Duration::from_secs(1);
 
+/// The oldest a served node's data may be in the fault tests: a resolution between two
+/// scrapes, the slack, the timestamps' granularity, and the scheduler's group window (a node
+/// that started early with its group is scraped next at its own slot, that much later).
+pub fn age_bound() -> Duration {
+    RES + SLACK + GRANULARITY + shardmetrics_scraper::schedule::DEFAULT_GROUP_WINDOW
+}
+
 /// Load without measurement before the window (and before direct injections).
 pub const WARMUP: Duration = Duration::from_secs(8);
 
