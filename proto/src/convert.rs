@@ -260,22 +260,13 @@ fn encode_varint_field(tag: u32, v: u64, out: &mut Vec<u8>) {
 /// allocation of the exact size plus the string table's).
 pub fn encode_scrape_ref(shard: &ShardIdentity, scrape: &NodeScrapeRef<'_>) -> Vec<u8> {
     let mut out = Vec::new();
-    let total = encode_scrape_ref_to(shard, scrape, &mut out, |out, total| out.reserve_exact(total));
-    debug_assert_eq!(out.len(), total);
+    encode_scrape_ref_append(shard, scrape, &mut out);
     out
 }
 
-/// [`encode_scrape_ref`] appended to `out` (after reserving its exact length): a buffer reused
-/// from one batch to the next allocates nothing.
+/// [`encode_scrape_ref`] appended to `out` (after reserving its exact length: an empty `out`
+/// gets a buffer of that size): a buffer reused from one batch to the next allocates nothing.
 pub fn encode_scrape_ref_append(shard: &ShardIdentity, scrape: &NodeScrapeRef<'_>, out: &mut Vec<u8>) {
-    let start = out.len();
-    let total = encode_scrape_ref_to(shard, scrape, out, |out, total| out.reserve(total));
-    debug_assert_eq!(out.len() - start, total);
-}
-
-/// Writes the batch of [`encode_scrape_ref`] to `out`, after `reserve(out, its length)`;
-/// returns that length, in bytes.
-fn encode_scrape_ref_to(shard: &ShardIdentity, scrape: &NodeScrapeRef<'_>, out: &mut Vec<u8>, reserve: fn(&mut Vec<u8>, usize)) -> usize {
     let mut table = RefTable { strings: vec![""], index: None };
     // String indexes of each pod's namespace, then of each container's name.
     let mut pod_strings = Vec::with_capacity(scrape.pods.len());
@@ -306,7 +297,8 @@ fn encode_scrape_ref_to(shard: &ShardIdentity, scrape: &NodeScrapeRef<'_>, out: 
     let shard_len = if shard.shard_id.is_empty() { 0 } else { delimited_len(shard.shard_id.len()) } + varint_field_len(shard.epoch);
     let total = delimited_len(shard_len) + table.strings.iter().map(|s| delimited_len(s.len())).sum::<usize>() + delimited_len(scrape_len);
 
-    reserve(out, total);
+    out.reserve(total);
+    let start = out.len();
     encode_delimited_head(1, shard_len, out);
     if !shard.shard_id.is_empty() {
         encode_str(1, &shard.shard_id, out);
@@ -339,7 +331,7 @@ fn encode_scrape_ref_to(shard: &ShardIdentity, scrape: &NodeScrapeRef<'_>, out: 
             encode_point(&c.usage, out);
         }
     }
-    total
+    debug_assert_eq!(out.len() - start, total);
 }
 
 /// Decodes one wire batch, checking every string index.

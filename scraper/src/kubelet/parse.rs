@@ -112,6 +112,12 @@ impl Family {
     fn is_container(self) -> bool {
         matches!(self, Family::ContainerCpu | Family::ContainerMemory | Family::ContainerStart | Family::ContainerSwap)
     }
+
+    /// Whether a sample's timestamp is kept (CPU and memory: rates divide by it); start times
+    /// and swap keep only their value, and families not kept nothing.
+    fn keeps_timestamp(self) -> bool {
+        matches!(self, Family::NodeCpu | Family::NodeMemory | Family::ContainerCpu | Family::ContainerMemory)
+    }
 }
 
 /// The three labels that identify a container; everything else is ignored.
@@ -263,14 +269,12 @@ fn value_and_timestamp_to_line_end(rest: &[u8], family: Family) -> Option<(f64, 
         return None;
     }
     let t = &rest[t_start..end];
-    let timestamp_ms = match family {
-        Family::NodeCpu | Family::NodeMemory | Family::ContainerCpu | Family::ContainerMemory => Some(parse_i64(t)?),
-        Family::ContainerStart | Family::ContainerSwap | Family::NodeSwap | Family::Other => {
-            if !is_plain_timestamp(t) {
-                return None;
-            }
-            None
-        }
+    let timestamp_ms = if family.keeps_timestamp() {
+        Some(parse_i64(t)?)
+    } else if is_plain_timestamp(t) {
+        None
+    } else {
+        return None;
     };
     Some((value, timestamp_ms, end))
 }
@@ -728,12 +732,10 @@ fn value_and_timestamp(rest: &[u8]) -> Option<(f64, Option<i64>)> {
 /// where [`value_and_timestamp`] would say `None` too, and where the checks are not sure (then
 /// it decides).
 fn value_and_timestamp_as_needed(rest: &[u8], family: Family) -> Option<(f64, Option<i64>)> {
-    let timestamp_needed = match family {
-        Family::Other => return is_plain_value_and_timestamp(rest).then_some((0.0, None)).or_else(|| value_and_timestamp(rest)),
-        Family::ContainerStart | Family::ContainerSwap | Family::NodeSwap => false,
-        Family::NodeCpu | Family::NodeMemory | Family::ContainerCpu | Family::ContainerMemory => true,
-    };
-    if !timestamp_needed
+    if family == Family::Other {
+        return is_plain_value_and_timestamp(rest).then_some((0.0, None)).or_else(|| value_and_timestamp(rest));
+    }
+    if !family.keeps_timestamp()
         && let Some((value, n)) = fast_decimal_prefix(rest)
     {
         match rest.get(n) {
