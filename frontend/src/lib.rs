@@ -17,6 +17,7 @@
 //! - [`store`]: per-node/per-container point pairs, rates computed at read time with
 //!   metrics-server's semantics, indexed by namespace; staleness sweeps.
 //! - [`metadata`]: metadata-only watches of running Pods and Nodes (labels and existence).
+//! - [`names`]: pod names held once for the store and the metadata view.
 //! - [`server`]: HTTPS on `--secure-port` (HTTP/1.1 + HTTP/2, in-flight limit, request-size and
 //!   time limits) and the plain admin port.
 //! - [`auth`]: front-proxy certificates, client certificates, TokenReview, SubjectAccessReview,
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod health;
 pub mod metadata;
 pub mod metrics;
+pub mod names;
 pub mod server;
 pub mod store;
 pub mod upstream;
@@ -50,6 +52,7 @@ use crate::auth::{Auth, AuthConfig, AuthSetupError, TlsConfig, TlsError, server_
 use crate::health::Health;
 use crate::metadata::Metadata;
 use crate::metrics::Metrics;
+use crate::names::PodNames;
 use crate::server::{ServerLimits, ServerState};
 use crate::store::{Store, StoreConfig};
 use crate::upstream::{UpstreamConfig, UpstreamState};
@@ -144,12 +147,13 @@ pub async fn run(config: Config, handles: Handles, listeners: Listeners, shutdow
     let Handles { kube, clock } = handles;
     let registry = prometheus::Registry::new();
     let metrics = Metrics::register(&registry)?;
-    let store = Arc::new(Store::new(config.store, clock.clone()));
+    let names = PodNames::default();
+    let store = Arc::new(Store::with_pod_names(config.store, clock.clone(), names.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Tasks::default();
 
     let metadata = kube.clone().map(|client| {
-        let m = Metadata::new();
+        let m = Metadata::with_pod_names(names.clone());
         tasks.background.push(tokio::spawn(m.clone().watch(client, stop_rx.clone())));
         m
     });

@@ -27,6 +27,8 @@ use kube::{Api, Client};
 use shardmetrics_plumbing::selector::{LabelSelector, Operator};
 use tokio::sync::watch;
 
+use crate::names::PodNames;
+
 /// Labels of one object, shared between objects with identical labels.
 pub type Labels = Arc<BTreeMap<String, String>>;
 
@@ -137,6 +139,8 @@ struct PodIndex {
     labels: Interner,
     /// The view a re-list in progress is building (index included); swapped in when complete.
     pending: Option<Pods>,
+    /// Where new pods' names come from (shared with the store; see [`crate::names`]).
+    names: PodNames,
 }
 
 impl PodIndex {
@@ -145,7 +149,7 @@ impl PodIndex {
         match event {
             Event::Apply(((ns, name), labels)) => {
                 let labels = self.labels.intern(labels);
-                upsert_pod(&mut self.namespaces, ns, name, labels);
+                upsert_pod(&mut self.namespaces, &self.names, ns, &name, labels);
             }
             Event::Delete(((ns, name), _)) => {
                 remove_pod(&mut self.namespaces, &ns, &name);
@@ -155,7 +159,7 @@ impl PodIndex {
             Event::InitApply(((ns, name), labels)) => {
                 let labels = self.labels.intern(labels);
                 if let Some(p) = self.pending.as_mut() {
-                    upsert_pod(p, ns, name, labels);
+                    upsert_pod(p, &self.names, ns, &name, labels);
                 }
             }
             Event::InitDone => {
@@ -171,12 +175,12 @@ impl PodIndex {
 }
 
 /// Adds pod `ns/name` to `pods` or replaces its labels (index kept up to date).
-fn upsert_pod(pods: &mut Pods, ns: String, name: String, labels: Labels) {
+fn upsert_pod(pods: &mut Pods, names: &PodNames, ns: String, name: &str, labels: Labels) {
     match pods.get_mut(ns.as_str()) {
-        Some(n) => n.upsert(name, labels),
+        Some(n) => n.upsert(names, name, labels),
         None => {
             let mut n = NamespacePods::default();
-            n.upsert(name, labels);
+            n.upsert(names, name, labels);
             pods.insert(Arc::from(ns), n);
         }
     }
@@ -194,13 +198,12 @@ fn remove_pod(pods: &mut Pods, ns: &str, name: &str) {
 
 /// The running pods of one namespace and their label index.
 ///
-/// Memory, in bytes: the index holds one 16-byte `Arc<str>` slot per label per pod in a B-tree
-/// set (the name's allocation is shared with the map, not copied); with the B-tree's node
-/// overhead that is about 45 per label per pod in Deployment-sized lists (20 pods) and about 25
-/// in large ones, plus about 100 per distinct `key=value` of the namespace. Measured (massif,
-/// 150k pods with two labels, 20-pod lists; docs/benchmarks.md, "HPA query: label index"): the
-/// whole view grew by 33 per pod net, because keying pods by namespace first also dropped the
-/// per-pod copy of the namespace string that the flat (namespace, name) map held.
+/// Memory, in bytes: the index holds one 16-byte `Arc<str>` slot per label per pod (the name's
+/// allocation is shared with the map, not copied): 16 per label per pod in lists of up to
+/// [`SMALL_POSTING`] (a [`Posting`] vector), about 25 in larger ones (a B-tree set), plus about
+/// 100 per distinct `key=value` of the namespace. (With B-tree sets for every list it was about
+/// 45 per label per pod in Deployment-sized lists; docs/benchmarks.md, "HPA query: label index"
+/// and "Frontend memory".)
 #[derive(Default)]
 struct NamespacePods {
     /// Labels by pod name. Hashed with foldhash, seeded at random per process (as hashbrown's
@@ -209,15 +212,15 @@ struct NamespacePods {
     pods: HashMap<Arc<str>, Labels, foldhash::fast::RandomState>,
     /// Label key → value → names of the pods carrying that label, sorted (posting lists). A pod
     /// is in exactly the lists of its own labels; empty lists are removed.
-    postings: HashMap<String, HashMap<String, BTreeSet<Arc<str>>>>,
+    postings: HashMap<String, HashMap<String, Posting>>,
 }
 
 impl NamespacePods {
     /// Adds pod `name` or replaces its labels; a pod moves only between the posting lists of the
     /// labels that changed.
-    fn upsert(&mut self, name: String, labels: Labels) {
-        let Some((key, old)) = self.pods.get_key_value(name.as_str()) else {
-            let key: Arc<str> = Arc::from(name);
+    fn upsert(&mut self, names: &PodNames, name: &str, labels: Labels) {
+        let Some((key, old)) = self.pods.get_key_value(name) else {
+            let key = names.share(name);
             for (k, v) in labels.iter() {
                 self.post(k, v, &key);
             }
@@ -253,15 +256,13 @@ impl NamespacePods {
         // Strings are copied only for a key or value the namespace has not had yet.
         match self.postings.get_mut(key) {
             Some(values) => match values.get_mut(value) {
-                Some(names) => {
-                    names.insert(name.clone());
-                }
+                Some(names) => names.insert(name),
                 None => {
-                    values.insert(value.to_owned(), BTreeSet::from([name.clone()]));
+                    values.insert(value.to_owned(), Posting::one(name));
                 }
             },
             None => {
-                self.postings.insert(key.to_owned(), HashMap::from([(value.to_owned(), BTreeSet::from([name.clone()]))]));
+                self.postings.insert(key.to_owned(), HashMap::from([(value.to_owned(), Posting::one(name))]));
             }
         }
     }
@@ -279,8 +280,91 @@ impl NamespacePods {
     }
 
     /// Names of the pods labelled `key=value`, sorted; `None` when there are none.
-    fn posting(&self, key: &str, value: &str) -> Option<&BTreeSet<Arc<str>>> {
+    fn posting(&self, key: &str, value: &str) -> Option<&Posting> {
         self.postings.get(key)?.get(value)
+    }
+}
+
+/// Lists up to this many names long are sorted vectors; longer ones B-tree sets.
+const SMALL_POSTING: usize = 256;
+
+/// The names of the pods carrying one label, sorted.
+///
+/// A Deployment-sized list (the common case: `app=`, `pod-template-hash=`) is a sorted vector
+/// grown one slot at a time: 16 bytes a pod, against ~43 in a B-tree set of 20 (its nodes are
+/// sized for 11 names; docs/benchmarks.md, "Frontend memory"). Past [`SMALL_POSTING`] names
+/// (a label across a whole namespace) it becomes a B-tree set, so an insert into a list of
+/// 30 000 stays O(log n) instead of moving half the list. It does not turn back.
+#[derive(Debug, Clone)]
+enum Posting {
+    /// At most [`SMALL_POSTING`] names, sorted, no duplicates, capacity = length.
+    Small(Vec<Arc<str>>),
+    /// More (or once more) than [`SMALL_POSTING`] names.
+    Large(BTreeSet<Arc<str>>),
+}
+
+impl Posting {
+    fn one(name: &Arc<str>) -> Posting {
+        Posting::Small(vec![name.clone()])
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Posting::Small(v) => v.len(),
+            Posting::Large(s) => s.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn insert(&mut self, name: &Arc<str>) {
+        match self {
+            Posting::Small(v) => {
+                let Err(at) = v.binary_search_by(|n| (**n).cmp(&**name)) else { return };
+                if v.len() < SMALL_POSTING {
+                    v.reserve_exact(1);
+                    v.insert(at, name.clone());
+                } else {
+                    let mut set: BTreeSet<Arc<str>> = v.drain(..).collect();
+                    set.insert(name.clone());
+                    *self = Posting::Large(set);
+                }
+            }
+            Posting::Large(s) => {
+                s.insert(name.clone());
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        match self {
+            Posting::Small(v) => {
+                if let Ok(at) = v.binary_search_by(|n| (**n).cmp(name)) {
+                    v.remove(at);
+                    v.shrink_to_fit();
+                }
+            }
+            Posting::Large(s) => {
+                s.remove(name);
+            }
+        }
+    }
+
+    /// The names after `start`, in order.
+    fn range<'a>(&'a self, start: Bound<&str>) -> Box<dyn Iterator<Item = &'a Arc<str>> + 'a> {
+        match self {
+            Posting::Small(v) => {
+                let from = match start {
+                    Bound::Unbounded => 0,
+                    Bound::Included(s) => v.partition_point(|n| &**n < s),
+                    Bound::Excluded(s) => v.partition_point(|n| &**n <= s),
+                };
+                Box::new(v[from..].iter())
+            }
+            Posting::Large(s) => Box::new(s.range::<str, _>((start, Bound::Unbounded))),
+        }
     }
 }
 
@@ -354,7 +438,7 @@ impl MetadataRead<'_> {
         let mut visited = 0usize;
         let mut last: Option<(&Arc<str>, &Arc<str>)> = None;
         for (ns, pods) in self.pods.namespaces.range::<str, _>((from, to)) {
-            let mut smallest: Option<&BTreeSet<Arc<str>>> = None;
+            let mut smallest: Option<&Posting> = None;
             for (key, value) in &terms {
                 match pods.posting(key, value) {
                     Some(list) if smallest.is_none_or(|s| list.len() < s.len()) => smallest = Some(list),
@@ -372,7 +456,7 @@ impl MetadataRead<'_> {
                 _ => Bound::Unbounded,
             };
             out.pods.reserve(candidates.len().min(limit - visited));
-            for name in candidates.range::<str, _>((start, Bound::Unbounded)) {
+            for name in candidates.range(start) {
                 if visited == limit {
                     out.resume = last.map(|(ns, name)| (ns.clone(), name.clone()));
                     return Some(out);
@@ -392,9 +476,16 @@ impl MetadataRead<'_> {
 }
 
 impl Metadata {
-    /// An empty view (nothing exists until the watches fill it).
+    /// An empty view (nothing exists until the watches fill it), with a pod-name table of its
+    /// own.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// An empty view that takes its pod names from `names` (shared with the store, so each
+    /// name is held once).
+    pub fn with_pod_names(names: PodNames) -> Arc<Self> {
+        Arc::new(Self { pods: RwLock::new(PodIndex { names, ..PodIndex::default() }), ..Self::default() })
     }
 
     /// A consistent read for one request.
@@ -548,8 +639,49 @@ mod tests {
                     want.entry(k.clone()).or_default().entry(v.clone()).or_default().insert(name.clone());
                 }
             }
-            assert_eq!(n.postings, want, "namespace {ns}");
+            let got: HashMap<String, HashMap<String, BTreeSet<Arc<str>>>> = n
+                .postings
+                .iter()
+                .map(|(k, values)| (k.clone(), values.iter().map(|(v, p)| (v.clone(), p.range(Bound::Unbounded).cloned().collect())).collect()))
+                .collect();
+            assert_eq!(got, want, "namespace {ns}");
         }
+    }
+
+    /// A posting list keeps the names of a set, in order, below and above the size where it
+    /// becomes a B-tree; a small one holds no spare capacity; ranges start where asked.
+    #[test]
+    fn a_posting_list_is_a_sorted_set_small_or_large() {
+        let name = |i: usize| -> Arc<str> { Arc::from(format!("pod-{:05}", (i * 7919) % 1000)) };
+        let mut p = Posting::one(&name(0));
+        let mut model: BTreeSet<Arc<str>> = BTreeSet::from([name(0)]);
+        for i in 0..1500 {
+            // Mostly inserts, a removal every third step (of a name that may or may not be in).
+            if i % 3 == 2 {
+                let n = name(i / 2);
+                p.remove(&n);
+                model.remove(&n);
+            } else {
+                p.insert(&name(i));
+                model.insert(name(i));
+            }
+            if let Posting::Small(v) = &p {
+                assert!(v.len() <= SMALL_POSTING);
+                assert_eq!(v.capacity(), v.len(), "grown one slot at a time");
+            }
+            assert_eq!(p.len(), model.len());
+            if i % 97 == 0 || i == SMALL_POSTING * 3 / 2 {
+                assert!(p.range(Bound::Unbounded).eq(model.iter()), "step {i}");
+                let at: &str = "pod-00500";
+                assert!(p.range(Bound::Included(at)).eq(model.range::<str, _>((Bound::Included(at), Bound::Unbounded))));
+                assert!(p.range(Bound::Excluded(at)).eq(model.range::<str, _>((Bound::Excluded(at), Bound::Unbounded))));
+            }
+        }
+        assert!(matches!(p, Posting::Large(_)), "past {SMALL_POSTING} names it is a B-tree");
+        for n in model.iter() {
+            p.remove(n);
+        }
+        assert!(p.is_empty());
     }
 
     /// Every chunk of a selection with `limit`, concatenated, as "ns/name".

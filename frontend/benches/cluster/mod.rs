@@ -10,6 +10,7 @@ use std::sync::Arc;
 use kube::runtime::watcher::Event;
 use shardmetrics_frontend::api::router::Api;
 use shardmetrics_frontend::metadata::Metadata;
+use shardmetrics_frontend::names::PodNames;
 use shardmetrics_frontend::store::{Store, StoreConfig};
 use shardmetrics_plumbing::clock::ManualClock;
 use shardmetrics_proto::{ContainerSample, NodeScrape, PodSamples, Point};
@@ -92,8 +93,10 @@ impl Shape {
     /// clock stands at `T0 + 20 s`, so both scrapes (at 0 and 15 s) are fresh.
     pub fn cluster(self) -> (Arc<Store>, Arc<Metadata>, Api) {
         let clock = ManualClock::new(T0 + 20_000);
-        let store = Arc::new(Store::new(StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 }, clock.clone()));
-        let metadata = Metadata::new();
+        // One pod-name table for both, as a replica wires them.
+        let names = PodNames::default();
+        let store = Arc::new(Store::with_pod_names(StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 }, clock.clone(), names.clone()));
+        let metadata = Metadata::with_pod_names(names);
         metadata.apply_pod(Event::Init);
         for i in 0..NODES * PODS_PER_NODE {
             let (ns, name, app, _) = self.pod(i);

@@ -31,6 +31,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use shardmetrics_plumbing::clock::SharedClock;
 use shardmetrics_proto::{NodeReleased, NodeScrape, ReleaseReason};
 
+use crate::names::PodNames;
+
 pub use rate::{RateError, Series, Usage};
 
 /// How the store ages and rates data.
@@ -148,6 +150,8 @@ pub struct Store {
     inner: RwLock<Inner>,
     /// Names of nodes whose data changed (scrape, release, sweep), for watches.
     changes: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// Pod names, shared with the metadata view (the same table as `inner.names`).
+    names: PodNames,
 }
 
 /// The data behind the lock.
@@ -167,6 +171,8 @@ struct Inner {
     tombstones: VecDeque<Tombstone>,
     /// Removals at or before this time (Unix ms) may have been forgotten.
     forgotten_ms: i64,
+    /// Where new pods' names come from (see [`crate::names`]).
+    names: PodNames,
 }
 
 /// The pods of one namespace, by name.
@@ -244,11 +250,17 @@ fn kubelet_time(scrape: &NodeScrape) -> i64 {
 }
 
 impl Store {
-    /// An empty store.
+    /// An empty store with a pod-name table of its own.
     pub fn new(config: StoreConfig, clock: SharedClock) -> Self {
+        Self::with_pod_names(config, clock, PodNames::default())
+    }
+
+    /// An empty store that takes its pod names from `names` (shared with the metadata view,
+    /// so each name is held once).
+    pub fn with_pod_names(config: StoreConfig, clock: SharedClock, names: PodNames) -> Self {
         let forgotten_ms = clock.now_ms();
-        let inner = Inner { forgotten_ms, ..Inner::default() };
-        Self { config, clock, inner: RwLock::new(inner), changes: tokio::sync::broadcast::channel(CHANGE_CHANNEL_CAPACITY).0 }
+        let inner = Inner { forgotten_ms, names: names.clone(), ..Inner::default() };
+        Self { config, clock, inner: RwLock::new(inner), changes: tokio::sync::broadcast::channel(CHANGE_CHANNEL_CAPACITY).0, names }
     }
 
     /// Names of nodes whose data changes from now on (a scrape applied, the node released or
@@ -335,7 +347,8 @@ impl Store {
     }
 
     /// Drops nodes (and their pods) whose last scrape is older than `max_staleness`, and
-    /// strings nothing uses any more. Returns how many nodes were dropped.
+    /// strings (pod names included, whoever else shares them) nothing uses any more. Returns
+    /// how many nodes were dropped.
     pub fn sweep(&self) -> usize {
         let oldest = self.clock.now_ms().saturating_sub(self.config.max_staleness_ms);
         let mut inner = self.write();
@@ -348,6 +361,7 @@ impl Store {
         inner.expire_tombstones();
         inner.strings.purge();
         drop(inner);
+        self.names.purge();
         let dropped = stale.len();
         self.announce(stale);
         dropped
@@ -626,7 +640,7 @@ impl Inner {
                 let ns = self.strings.intern(&pod.namespace);
                 self.namespaces.insert(ns, BTreeMap::new());
             }
-            let Inner { namespaces, strings, .. } = self;
+            let Inner { namespaces, strings, names, .. } = self;
             let Some(pods) = namespaces.get_mut(&*pod.namespace) else { continue };
             let entry = match pods.get_mut(pod.name.as_str()) {
                 Some(e) if e.seen == generation => continue, // a pod listed twice in one scrape: first wins
@@ -641,7 +655,7 @@ impl Inner {
                 }
                 None => {
                     pod_set_changed = true;
-                    pods.entry(Arc::from(pod.name.as_str())).or_insert(PodEntry {
+                    pods.entry(names.share(&pod.name)).or_insert(PodEntry {
                         node: node_key.clone(),
                         scraped_at_ms: 0,
                         seen: 0,
@@ -823,6 +837,30 @@ mod tests {
 
     const PODS: &[(&str, &str, &[&str])] =
         &[("default", "web-1", &["app", "sidecar"]), ("kube-system", "dns", &["coredns"]), ("default", "api", &["app"])];
+
+    #[test]
+    fn pod_names_are_held_once_with_the_metadata_view_and_forgotten_when_both_let_go() {
+        use kube::runtime::watcher::Event;
+        let clock = ManualClock::new(T0 + 20_000);
+        let names = PodNames::default();
+        let s = Store::with_pod_names(StoreConfig { resolution_ms: RES, max_staleness_ms: 45_000 }, clock.clone(), names.clone());
+        let m = crate::metadata::Metadata::with_pod_names(names.clone());
+        let api = || (("default".to_owned(), "api".to_owned()), BTreeMap::new());
+        m.apply_pod(Event::Apply(api()));
+        s.ingest_scrape(&scrape("n1", 0, PODS, 1));
+        assert_eq!(names.len(), 3, "web-1, dns and api, api once for both sides");
+        let stored = s.node_pods("n1").into_iter().find(|(_, n)| &**n == "api").map(|(_, n)| n).expect("api stored");
+        assert!(Arc::ptr_eq(&stored, &names.share("api")), "the store holds the metadata view's copy");
+        drop(stored);
+        m.apply_pod(Event::Delete(api()));
+        assert_eq!(names.purge(), 0, "the store still holds every name");
+        clock.advance_ms(60_000);
+        assert_eq!(s.sweep(), 1);
+        assert_eq!(names.len(), 3, "the pods' tombstones still hold their names");
+        clock.advance_ms(TOMBSTONE_RETENTION_MS);
+        assert_eq!(s.sweep(), 0);
+        assert!(names.is_empty(), "the sweep forgot the names nobody holds any more");
+    }
 
     #[test]
     fn two_scrapes_give_node_and_pod_rates_sorted_by_namespace_then_name() {

@@ -52,26 +52,47 @@ pub enum RateError {
 }
 
 /// The last two points of a node or container.
+///
+/// Memory: 80 bytes (one per stored container and node; a 150k-pod store holds one per
+/// container). Of the older point only what a rate reads is kept (its time and cumulative CPU,
+/// with its container's start time): its memory and swap are never served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Series {
     /// Start time of the container of `last`, Unix milliseconds; 0 when unknown or for nodes.
-    pub start_ms: i64,
+    start_ms: i64,
     /// The newest point.
-    pub last: Point,
-    /// An older point and its container's start time, when one is known.
-    pub prev: Option<(i64, Point)>,
+    last: Point,
+    /// The older point, when one is known.
+    prev: Option<Prev>,
+}
+
+/// What a rate needs of the older point of a [`Series`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Prev {
+    /// Start time of its container, Unix milliseconds (0 when unknown).
+    start_ms: i64,
+    /// Its kubelet sample time, Unix milliseconds.
+    timestamp_ms: i64,
+    /// Its cumulative CPU, in nanoseconds.
+    cpu_usage_ns: u64,
+}
+
+impl Prev {
+    fn of(start_ms: i64, point: &Point) -> Prev {
+        Prev { start_ms, timestamp_ms: point.timestamp_ms, cpu_usage_ns: point.cpu_usage_ns }
+    }
 }
 
 impl Series {
     /// A series with one point and, for a fresh container, its synthetic start point.
     pub fn first(start_ms: i64, point: Point, resolution_ms: i64) -> Self {
-        Self { start_ms, last: point, prev: fresh_start(start_ms, &point, resolution_ms).map(|p| (start_ms, p)) }
+        Self { start_ms, last: point, prev: fresh_start(start_ms, &point, resolution_ms) }
     }
 
     /// Adds a container point (see the module docs).
     pub fn push_container(&mut self, start_ms: i64, point: Point, resolution_ms: i64) {
         let prev = if let Some(start) = fresh_start(start_ms, &point, resolution_ms) {
-            Some((start_ms, start))
+            Some(start)
         } else if start_ms < self.last.timestamp_ms {
             self.carried_prev(&point)
         } else {
@@ -90,18 +111,18 @@ impl Series {
 
     /// The previous point to keep when `point` replaces `last` without a restart: the last
     /// one if `point` is newer, else the previous one if it is still older than `point`.
-    fn carried_prev(&self, point: &Point) -> Option<(i64, Point)> {
+    fn carried_prev(&self, point: &Point) -> Option<Prev> {
         if point.timestamp_ms > self.last.timestamp_ms {
-            Some((self.start_ms, self.last))
+            Some(Prev::of(self.start_ms, &self.last))
         } else {
-            self.prev.filter(|(_, p)| p.timestamp_ms < point.timestamp_ms)
+            self.prev.filter(|p| p.timestamp_ms < point.timestamp_ms)
         }
     }
 
     /// The usage over the last window (see [`RateError`] for when there is none).
     pub fn usage(&self) -> Result<Usage, RateError> {
-        let (prev_start_ms, prev) = self.prev.ok_or(RateError::NoPrevious)?;
-        if self.start_ms < prev_start_ms {
+        let prev = self.prev.ok_or(RateError::NoPrevious)?;
+        if self.start_ms < prev.start_ms {
             return Err(RateError::Invalid);
         }
         let window_ms = self.last.timestamp_ms.checked_sub(prev.timestamp_ms).filter(|w| *w > 0).ok_or(RateError::Invalid)?;
@@ -124,11 +145,10 @@ impl Series {
 
 /// metrics-server's fresh-container fast path: the synthetic `{start, 0 CPU}` point for a
 /// container that started at least 10 s but less than one resolution before its sample.
-fn fresh_start(start_ms: i64, point: &Point, resolution_ms: i64) -> Option<Point> {
+fn fresh_start(start_ms: i64, point: &Point, resolution_ms: i64) -> Option<Prev> {
     let age = point.timestamp_ms - start_ms;
-    (start_ms > 0 && start_ms < point.timestamp_ms && age < resolution_ms && age >= FRESH_CONTAINER_MIN_AGE_MS).then_some(
-        Point { timestamp_ms: start_ms, cpu_usage_ns: 0, memory_working_set_bytes: point.memory_working_set_bytes, swap_usage_bytes: None },
-    )
+    (start_ms > 0 && start_ms < point.timestamp_ms && age < resolution_ms && age >= FRESH_CONTAINER_MIN_AGE_MS)
+        .then_some(Prev { start_ms, timestamp_ms: start_ms, cpu_usage_ns: 0 })
 }
 
 #[cfg(test)]
@@ -219,6 +239,11 @@ mod tests {
         let mut s = Series::first(0, p(START, 0, 0), RES);
         s.push_container(0, p(START + 1_000, u64::MAX / 999, 0), RES);
         assert_eq!(s.usage().map(|u| u.cpu_nanocores), Ok(u64::MAX / 999));
+    }
+
+    #[test]
+    fn a_series_is_80_bytes() {
+        assert_eq!(std::mem::size_of::<Series>(), 80, "the store holds one per container");
     }
 
     #[test]
