@@ -203,7 +203,7 @@ fn remove_pod(pods: &mut Pods, ns: &str, name: &str) {
 /// [`SMALL_POSTING`] (a [`Posting`] vector), about 25 in larger ones (a B-tree set), plus about
 /// 100 per distinct `key=value` of the namespace. (With B-tree sets for every list it was about
 /// 45 per label per pod in Deployment-sized lists; docs/benchmarks.md, "HPA query: label index"
-/// and "Frontend memory".)
+/// and "Standard scenario, 2026-12-05 (seventh pass)".)
 #[derive(Default)]
 struct NamespacePods {
     /// Labels by pod name. Hashed with foldhash, seeded at random per process (as hashbrown's
@@ -291,10 +291,11 @@ const SMALL_POSTING: usize = 256;
 /// The names of the pods carrying one label, sorted.
 ///
 /// A Deployment-sized list (the common case: `app=`, `pod-template-hash=`) is a sorted vector
-/// grown one slot at a time: 16 bytes a pod, against ~43 in a B-tree set of 20 (its nodes are
-/// sized for 11 names; docs/benchmarks.md, "Frontend memory"). Past [`SMALL_POSTING`] names
-/// (a label across a whole namespace) it becomes a B-tree set, so an insert into a list of
-/// 30 000 stays O(log n) instead of moving half the list. It does not turn back.
+/// of exactly its length (grown and shrunk one slot at a time): 16 bytes a pod, against ~43 in
+/// a B-tree set of 20, whose nodes are sized for 11 names (docs/benchmarks.md, "Standard
+/// scenario, 2026-12-05 (seventh pass)"). Past [`SMALL_POSTING`] names (a label across a whole
+/// namespace) it becomes a B-tree set, so an insert into a list of 30 000 stays O(log n)
+/// instead of moving half the list. It does not turn back.
 #[derive(Debug, Clone)]
 enum Posting {
     /// At most [`SMALL_POSTING`] names, sorted, no duplicates, capacity = length.
