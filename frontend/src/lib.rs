@@ -147,7 +147,9 @@ pub async fn run(config: Config, handles: Handles, listeners: Listeners, shutdow
     let Handles { kube, clock } = handles;
     let registry = prometheus::Registry::new();
     let metrics = Metrics::register(&registry)?;
-    let names = PodNames::default();
+    // Pod names held once for the store and the metadata view; without a view (no API
+    // server) a table would only cost.
+    let names = if kube.is_some() { PodNames::shared() } else { PodNames::unshared() };
     let store = Arc::new(Store::with_pod_names(config.store, clock.clone(), names.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Tasks::default();

@@ -477,8 +477,8 @@ impl MetadataRead<'_> {
 }
 
 impl Metadata {
-    /// An empty view (nothing exists until the watches fill it), with a pod-name table of its
-    /// own.
+    /// An empty view (nothing exists until the watches fill it) whose pod names are its own
+    /// ([`PodNames::unshared`]).
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
@@ -640,6 +640,11 @@ mod tests {
                     want.entry(k.clone()).or_default().entry(v.clone()).or_default().insert(name.clone());
                 }
             }
+            for list in n.postings.values().flat_map(HashMap::values) {
+                let names: Vec<&Arc<str>> = list.range(Bound::Unbounded).collect();
+                assert!(names.windows(2).all(|w| w[0] < w[1]), "a posting list is sorted, without duplicates");
+                assert_eq!(names.len(), list.len());
+            }
             let got: HashMap<String, HashMap<String, BTreeSet<Arc<str>>>> = n
                 .postings
                 .iter()
@@ -673,9 +678,15 @@ mod tests {
             assert_eq!(p.len(), model.len());
             if i % 97 == 0 || i == SMALL_POSTING * 3 / 2 {
                 assert!(p.range(Bound::Unbounded).eq(model.iter()), "step {i}");
-                let at: &str = "pod-00500";
-                assert!(p.range(Bound::Included(at)).eq(model.range::<str, _>((Bound::Included(at), Bound::Unbounded))));
-                assert!(p.range(Bound::Excluded(at)).eq(model.range::<str, _>((Bound::Excluded(at), Bound::Unbounded))));
+                // From a name in the list, and from one between names ("x" sorts after digits).
+                let present = model.iter().nth(model.len() / 2).cloned().expect("not empty");
+                let between = format!("{present}x");
+                for at in [&*present, between.as_str()] {
+                    assert!(p.range(Bound::Included(at)).eq(model.range::<str, _>((Bound::Included(at), Bound::Unbounded))), "step {i}, from {at}");
+                    assert!(p.range(Bound::Excluded(at)).eq(model.range::<str, _>((Bound::Excluded(at), Bound::Unbounded))), "step {i}, after {at}");
+                }
+                assert_eq!(p.range(Bound::Included(&*present)).next(), Some(&present), "an included start is the first name");
+                assert_ne!(p.range(Bound::Excluded(&*present)).next(), Some(&present), "an excluded start is not");
             }
         }
         assert!(matches!(p, Posting::Large(_)), "past {SMALL_POSTING} names it is a B-tree");

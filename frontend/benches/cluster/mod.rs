@@ -94,7 +94,7 @@ impl Shape {
     pub fn cluster(self) -> (Arc<Store>, Arc<Metadata>, Api) {
         let clock = ManualClock::new(T0 + 20_000);
         // One pod-name table for both, as a replica wires them.
-        let names = PodNames::default();
+        let names = PodNames::shared();
         let store = Arc::new(Store::with_pod_names(StoreConfig { resolution_ms: 15_000, max_staleness_ms: 45_000 }, clock.clone(), names.clone()));
         let metadata = Metadata::with_pod_names(names);
         metadata.apply_pod(Event::Init);

@@ -250,9 +250,9 @@ fn kubelet_time(scrape: &NodeScrape) -> i64 {
 }
 
 impl Store {
-    /// An empty store with a pod-name table of its own.
+    /// An empty store whose pod names are its own ([`PodNames::unshared`]).
     pub fn new(config: StoreConfig, clock: SharedClock) -> Self {
-        Self::with_pod_names(config, clock, PodNames::default())
+        Self::with_pod_names(config, clock, PodNames::unshared())
     }
 
     /// An empty store that takes its pod names from `names` (shared with the metadata view,
@@ -842,7 +842,7 @@ mod tests {
     fn pod_names_are_held_once_with_the_metadata_view_and_forgotten_when_both_let_go() {
         use kube::runtime::watcher::Event;
         let clock = ManualClock::new(T0 + 20_000);
-        let names = PodNames::default();
+        let names = PodNames::shared();
         let s = Store::with_pod_names(StoreConfig { resolution_ms: RES, max_staleness_ms: 45_000 }, clock.clone(), names.clone());
         let m = crate::metadata::Metadata::with_pod_names(names.clone());
         let api = || (("default".to_owned(), "api".to_owned()), BTreeMap::new());
