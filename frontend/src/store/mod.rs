@@ -150,8 +150,6 @@ pub struct Store {
     inner: RwLock<Inner>,
     /// Names of nodes whose data changed (scrape, release, sweep), for watches.
     changes: tokio::sync::broadcast::Sender<Arc<str>>,
-    /// Pod names, shared with the metadata view (the same table as `inner.names`).
-    names: PodNames,
 }
 
 /// The data behind the lock.
@@ -259,8 +257,8 @@ impl Store {
     /// so each name is held once).
     pub fn with_pod_names(config: StoreConfig, clock: SharedClock, names: PodNames) -> Self {
         let forgotten_ms = clock.now_ms();
-        let inner = Inner { forgotten_ms, names: names.clone(), ..Inner::default() };
-        Self { config, clock, inner: RwLock::new(inner), changes: tokio::sync::broadcast::channel(CHANGE_CHANNEL_CAPACITY).0, names }
+        let inner = Inner { forgotten_ms, names, ..Inner::default() };
+        Self { config, clock, inner: RwLock::new(inner), changes: tokio::sync::broadcast::channel(CHANGE_CHANNEL_CAPACITY).0 }
     }
 
     /// Names of nodes whose data changes from now on (a scrape applied, the node released or
@@ -360,8 +358,10 @@ impl Store {
         }
         inner.expire_tombstones();
         inner.strings.purge();
+        // The name table is purged after the store's lock is let go (the metadata view shares it).
+        let names = inner.names.clone();
         drop(inner);
-        self.names.purge();
+        names.purge();
         let dropped = stale.len();
         self.announce(stale);
         dropped

@@ -420,8 +420,9 @@ fn parse_into<'a>(
         {
             rows.current.push((labels, container));
             // A family not kept may repeat a container row's labels: its row keeps the
-            // container for the families after it, its value goes nowhere.
-            if container != NONE && family.is_container() {
+            // container for the families after it, its value goes nowhere. (A container
+            // family's row got here with its container known.)
+            if family.is_container() {
                 match converted(family, value) {
                     Some(v) => {
                         acc.containers[container].record(family, v, timestamp_ms.unwrap_or(scraped_at_ms));
