@@ -263,6 +263,18 @@ fn value_and_timestamp_to_line_end(rest: &[u8], family: Family) -> Option<(f64, 
         _ => return None,
     }
     let t_start = n + 1;
+    // The usual millisecond timestamp (9 to 15 digits, not negative) read in one pass, two words:
+    // what `parse_i64` and `is_plain_timestamp` below make of it.
+    let first = word_at(rest, t_start);
+    if digit_run(first) == 8 {
+        let last = word_at(rest, t_start + 8);
+        let k = digit_run(last);
+        let end = t_start + 8 + k;
+        if (1..8).contains(&k) && matches!(rest.get(end), None | Some(b'\n')) {
+            let timestamp_ms = family.keeps_timestamp().then(|| (digits_value(first, 8) * POWERS_OF_TEN_U64[k] + digits_value(last, k)) as i64);
+            return Some((value, timestamp_ms, end));
+        }
+    }
     let mut end = t_start + usize::from(rest.get(t_start) == Some(&b'-'));
     skip_digits(rest, &mut end);
     if !matches!(rest.get(end), None | Some(b'\n')) {
@@ -1810,7 +1822,11 @@ scrape_error 0
         let families = [Family::ContainerCpu, Family::ContainerMemory, Family::ContainerStart, Family::ContainerSwap, Family::NodeCpu, Family::Other];
         let mut taken = 0;
         for value in float_tokens().into_iter().step_by(3) {
-            let timestamps = ["1700000000123", "-5", "0", "123456789012345678", "1234567890123456789", "99999999999999999999", "-", "1x", " 1", "", "12\r"];
+            // Around the one-pass reading of 9 to 15 digits: 8, 9, 15 and 16 digits, negative.
+            let timestamps = [
+                "1700000000123", "-5", "0", "123456789012345678", "1234567890123456789", "99999999999999999999", "-", "1x", " 1", "", "12\r",
+                "12345678", "123456789", "999999999999999", "1234567890123456", "-1700000000123", "17000000001234x", "1700000000123 5",
+            ];
             for rest in std::iter::once(value.clone()).chain(timestamps.iter().map(|t| format!("{value} {t}"))) {
                 for (end, line_end) in [("", rest.len()), ("\n", rest.len()), ("\nnext 1 2\n", rest.len()), ("\r\n", rest.len()), ("x\n", rest.len() + 1)] {
                     let text = format!("{rest}{end}");
