@@ -29,6 +29,11 @@
 //!
 //! For `snapshot`, Ir / N is the CPU of one subscriber's snapshot of 1000 nodes.
 //!
+//! `parse N PODS [FAMILY]` measures the parser alone (no TLS, no server): `N` parses of the same
+//! body, cut before `FAMILY`'s `# HELP` line when one is named, so that the differences between
+//! cuts give each family's cost (`... parse 100 30 container_memory_working_set_bytes`: the
+//! first family alone).
+//!
 //! Without valgrind it prints wall time per round (indicative only).
 
 // Wall time per round is what this harness prints without valgrind: std::time is the point.
@@ -247,6 +252,19 @@ fn take_snapshots(rt: &tokio::runtime::Runtime, hub: &Arc<Hub>, rounds: usize) -
     })
 }
 
+/// The collected part of the `parse` mode: `rounds` parses of `body` as a scrape task makes them
+/// (reused vectors); returns the containers read.
+#[inline(never)]
+fn measured_parse(body: &[u8], rounds: usize, scratch: &mut ParseScratch) -> anyhow::Result<usize> {
+    let mut containers = 0;
+    for i in 0..rounds {
+        let parsed = parse_resource_metrics_with("node-1", body, 1_700_000_000_000 + i as i64, scratch)?;
+        containers += parsed.scrape.containers.len();
+        scratch.recycle(parsed);
+    }
+    Ok(containers)
+}
+
 #[inline(never)]
 fn measured_floor(rt: &tokio::runtime::Runtime, floor: &mut Floor, rounds: usize) -> anyhow::Result<usize> {
     rt.block_on(async {
@@ -276,6 +294,21 @@ fn main() -> anyhow::Result<()> {
     let pods: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(30);
     if mode == "serve" {
         return serve(pods);
+    }
+    if mode == "parse" {
+        let mut body = body(pods);
+        if let Some(family) = args.get(3) {
+            let needle = format!("# HELP {family}");
+            let at = body.windows(needle.len()).position(|w| w == needle.as_bytes());
+            body.truncate(at.ok_or_else(|| anyhow::anyhow!("no family {family} in the body"))?);
+        }
+        let mut scratch = ParseScratch::default();
+        parse_resource_metrics_with("node-1", &body, 0, &mut scratch).map(|p| scratch.recycle(p))?;
+        let started = Instant::now();
+        let containers = measured_parse(&body, rounds, &mut scratch)?;
+        let per = started.elapsed() / u32::try_from(rounds.max(1))?;
+        println!("parse: {} body bytes, {containers} containers in {rounds} parses, {per:?} wall per parse", body.len());
+        return Ok(());
     }
     if mode == "snapshot" {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
