@@ -271,7 +271,7 @@ fn value_and_timestamp_to_line_end(rest: &[u8], family: Family) -> Option<(f64, 
         let k = digit_run(last);
         let end = t_start + 8 + k;
         if (1..8).contains(&k) && matches!(rest.get(end), None | Some(b'\n')) {
-            let timestamp_ms = family.keeps_timestamp().then(|| (digits_value(first, 8) * POWERS_OF_TEN_U64[k] + digits_value(last, k)) as i64);
+            let timestamp_ms = family.keeps_timestamp().then(|| eight_then_k_digits(first, last, k) as i64);
             return Some((value, timestamp_ms, end));
         }
     }
@@ -1272,6 +1272,14 @@ fn digits_value(w: u64, k: usize) -> u64 {
     (v & 0x0000_ffff_0000_ffff).wrapping_mul((10_000 << 32) + 1) >> 32
 }
 
+/// The number spelt by the eight digits of `first` followed by the first `k` (`1..=8`) digits of
+/// `last` (9 to 16 digits: below 10^16, no overflow): how timestamps are read, by [`parse_i64`]
+/// and by a row's reading to its line end alike.
+#[inline(always)]
+fn eight_then_k_digits(first: u64, last: u64, k: usize) -> u64 {
+    digits_value(first, 8) * POWERS_OF_TEN_U64[k] + digits_value(last, k)
+}
+
 /// `-?[0-9]+` as an i64; `None` for anything else or on overflow.
 fn parse_i64(t: &[u8]) -> Option<i64> {
     let (negative, digits) = match t.split_first() {
@@ -1290,7 +1298,7 @@ fn parse_i64(t: &[u8]) -> Option<i64> {
         if digit_run(first) != 8 || digit_run(last) < k {
             return None;
         }
-        let n = (digits_value(first, 8) * POWERS_OF_TEN_U64[k] + digits_value(last, k)) as i64;
+        let n = eight_then_k_digits(first, last, k) as i64;
         return Some(if negative { -n } else { n });
     }
     if digits.len() <= 18 {
