@@ -3,7 +3,9 @@
 //!
 //! Every flag can also be set through `SHARDMETRICS_<FLAG_IN_UPPER_SNAKE>`.
 //!
-//! Two hidden subcommands make this binary the scraper and frontend children of `demo`:
+//! Two hidden subcommands make this binary the scraper and frontend children of `demo` (`run`
+//! starts the `shardmetrics-scraper` and `shardmetrics-frontend` programs instead, so that it
+//! measures what ships, allocator included: `--scraper-program`, `--frontend-program`):
 //! `shardmetrics-loadtest scraper <scraper flags>` and `shardmetrics-loadtest frontend <frontend
 //! flags>` run `shardmetrics_scraper::cli::main_with` / `shardmetrics_frontend::cli::main_with`,
 //! the entry points of the real binaries ([`main_from_env`] dispatches them before clap). A third,
@@ -163,6 +165,14 @@ pub struct RunArgs {
     /// `--system`/`--compare`: shardmetrics, the plain report).
     #[arg(long, env = "SHARDMETRICS_SYSTEM", value_enum, help_heading = HEADING_COMPARISON)]
     pub system: Option<SystemArg>,
+    /// The shards' program: the `shardmetrics-scraper` that ships (its own allocator among the
+    /// rest), started with its own flags [default: the one beside this executable, as `cargo
+    /// build --release --workspace` leaves it].
+    #[arg(long, env = "SHARDMETRICS_SCRAPER_PROGRAM", value_name = "PATH", help_heading = HEADING_PIPELINE)]
+    pub scraper_program: Option<PathBuf>,
+    /// The frontends' program, as `--scraper-program` (`shardmetrics-frontend`).
+    #[arg(long, env = "SHARDMETRICS_FRONTEND_PROGRAM", value_name = "PATH", help_heading = HEADING_PIPELINE)]
+    pub frontend_program: Option<PathBuf>,
     /// metrics-server replicas (2 is upstream's high-availability shape: each replica scrapes
     /// every node; queries are spread over them round-robin).
     #[arg(long, env = "SHARDMETRICS_METRICS_SERVER_REPLICAS", default_value_t = 1, help_heading = HEADING_COMPARISON)]
@@ -578,9 +588,31 @@ fn demo_config(d: &DemoArgs) -> anyhow::Result<crate::demo::DemoConfig> {
     Ok(config)
 }
 
+/// `run`'s program for a role: the flag's path, else `name` beside this executable. It must
+/// exist: a run measures the programs that ship, never silently this runner's subcommand (the
+/// same code linked with another allocator).
+fn shipped_program(flag: Option<&std::path::Path>, name: &str, flag_name: &str) -> anyhow::Result<PathBuf> {
+    let path = match flag {
+        Some(p) => p.to_owned(),
+        None => std::env::current_exe()?.with_file_name(name),
+    };
+    if !path.is_file() {
+        anyhow::bail!(
+            "{}: no such program; `run` measures the {name} that ships: build it beside this executable (`cargo build --release -p shardmetrics-scraper -p shardmetrics-frontend -p shardmetrics-loadtest`) or name it with {flag_name}",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 async fn run_scenario(r: RunArgs) -> anyhow::Result<()> {
     let mut demo = demo_config(&r.demo)?;
     demo.child_log_level = "warn".into();
+    let systems = r.systems();
+    if systems.is_empty() || systems.contains(&crate::demo::System::Shardmetrics) {
+        demo.scraper_program = Some(shipped_program(r.scraper_program.as_deref(), "shardmetrics-scraper", "--scraper-program")?);
+        demo.frontend_program = Some(shipped_program(r.frontend_program.as_deref(), "shardmetrics-frontend", "--frontend-program")?);
+    }
     demo.containers_per_pod = r.containers_per_pod;
     let mut config = crate::scenario::ScenarioConfig::new(demo, r.duration.0, r.report.clone());
     config.warmup = r.warmup.0;
@@ -599,7 +631,6 @@ async fn run_scenario(r: RunArgs) -> anyhow::Result<()> {
     };
     config.faults = r.fault_specs();
     config.progress = true;
-    let systems = r.systems();
     if !systems.is_empty() {
         return run_comparison(&r, config, &systems).await;
     }

@@ -33,6 +33,10 @@ pub(crate) struct ChildProc {
 #[derive(Debug, Clone)]
 pub(crate) struct Spawner {
     pub(crate) exe: PathBuf,
+    /// The shards' program ([`super::DemoConfig::scraper_program`]); `None`: `exe scraper`.
+    pub(crate) scraper_program: Option<PathBuf>,
+    /// The frontends' program ([`super::DemoConfig::frontend_program`]); `None`: `exe frontend`.
+    pub(crate) frontend_program: Option<PathBuf>,
     pub(crate) dir: PathBuf,
     pub(crate) scraper_kubeconfig: PathBuf,
     pub(crate) frontend_kubeconfig: PathBuf,
@@ -56,6 +60,14 @@ pub(crate) struct Spawner {
 pub(crate) const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 
 impl Spawner {
+    /// How a role starts: its own program with its flags, or this runner's hidden subcommand.
+    fn launch<'a>(&'a self, program: Option<&'a Path>, role: &'a str) -> Launch<'a> {
+        match program {
+            Some(program) => Launch { program, role: None },
+            None => Launch { program: &self.exe, role: Some(role) },
+        }
+    }
+
     pub(crate) fn log(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.log"))
     }
@@ -95,7 +107,7 @@ impl Spawner {
         if let Some(d) = self.lease_renew_period {
             args.extend(["--lease-renew-period".into(), flag_duration(d)]);
         }
-        let mut c = spawn(&self.exe, "scraper", name, &args, &self.log(name))?;
+        let mut c = spawn(&self.launch(self.scraper_program.as_deref(), "scraper"), name, &args, &self.log(name))?;
         c.admin = admin;
         Ok(c)
     }
@@ -135,7 +147,7 @@ impl Spawner {
             args.extend(["--tls-cert-file".into(), cert.display().to_string()]);
             args.extend(["--tls-private-key-file".into(), key.display().to_string()]);
         }
-        let mut c = spawn(&self.exe, "frontend", name, &args, &self.log(name))?;
+        let mut c = spawn(&self.launch(self.frontend_program.as_deref(), "frontend"), name, &args, &self.log(name))?;
         c.admin = admin;
         c.secure = Some(SocketAddr::from(([127, 0, 0, 1], port)));
         Ok(c)
@@ -152,15 +164,22 @@ pub(crate) fn flag_duration(d: Duration) -> String {
     if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
 }
 
-pub(crate) fn spawn(exe: &Path, role: &str, name: &str, args: &[String], log: &Path) -> Result<ChildProc, DemoError> {
+/// An executable to start a child from, and the hidden subcommand it needs before the role's
+/// flags (none for a program that ships).
+pub(crate) struct Launch<'a> {
+    pub(crate) program: &'a Path,
+    pub(crate) role: Option<&'a str>,
+}
+
+pub(crate) fn spawn(launch: &Launch<'_>, name: &str, args: &[String], log: &Path) -> Result<ChildProc, DemoError> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .map_err(io(format!("opening {}", log.display())))?;
     let err = out.try_clone().map_err(io("duplicating a log file handle"))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg(role).args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
+    let mut cmd = Command::new(launch.program);
+    cmd.args(launch.role).args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
     // The children get their settings from flags only: nothing from the demo's environment.
     for key in shardmetrics_plumbing::process::shardmetrics_env_vars() {
         cmd.env_remove(key);
@@ -168,7 +187,7 @@ pub(crate) fn spawn(exe: &Path, role: &str, name: &str, args: &[String], log: &P
     for key in ["KUBECONFIG", "POD_NAME", "POD_NAMESPACE", "POD_IP"] {
         cmd.env_remove(key);
     }
-    let child = cmd.spawn().map_err(io(format!("starting {name} ({})", exe.display())))?;
+    let child = cmd.spawn().map_err(io(format!("starting {name} ({})", launch.program.display())))?;
     let unset = SocketAddr::from(([127, 0, 0, 1], 0));
     Ok(ChildProc { name: name.to_owned(), child, log: log.to_owned(), admin: unset, secure: None, started: tokio::time::Instant::now() })
 }

@@ -131,8 +131,17 @@ pub struct DemoConfig {
     /// Scrapers skip kubelet certificate verification (for kubelets added by hand with their
     /// own certificates); otherwise they verify against the simulator CA.
     pub kubelet_insecure_tls: bool,
-    /// The binary to start children from (this executable by default).
+    /// The binary to start children from (this executable by default): the simulated
+    /// cluster's kubelet servers, and the shards and frontends that have no program of their own
+    /// below (as its hidden `scraper` and `frontend` subcommands).
     pub exe: PathBuf,
+    /// The shards' program, started with the scraper's flags: the `shardmetrics-scraper` that
+    /// ships, so that a measurement runs what is deployed (its own allocator among the rest).
+    /// `None`: [`Self::exe`]'s `scraper` subcommand (same code, the runner's allocator).
+    pub scraper_program: Option<PathBuf>,
+    /// The frontends' program, as [`Self::scraper_program`] (`shardmetrics-frontend`); `None`:
+    /// [`Self::exe`]'s `frontend` subcommand.
+    pub frontend_program: Option<PathBuf>,
     /// Log level passed to the children.
     pub child_log_level: String,
     /// How long to wait for metrics before giving up.
@@ -169,6 +178,20 @@ pub struct DemoConfig {
 }
 
 impl DemoConfig {
+    /// The command line a role's children start with, for reports: `scraper` and `frontend`
+    /// (their program, or this runner's subcommand), `floor` (always the runner's).
+    pub fn role_command(&self, role: &str) -> String {
+        let program = match role {
+            "scraper" => self.scraper_program.as_ref(),
+            "frontend" => self.frontend_program.as_ref(),
+            _ => None,
+        };
+        match program {
+            Some(p) => p.display().to_string(),
+            None => format!("{} {role}", self.exe.display()),
+        }
+    }
+
     /// The defaults: 20 nodes x 10 pods, 2 shards, 2 frontends, 15 s resolution,
     /// `./demo.kubeconfig`, this executable.
     pub fn new(exe: PathBuf) -> DemoConfig {
@@ -183,6 +206,8 @@ impl DemoConfig {
             kubeconfig: PathBuf::from("demo.kubeconfig"),
             kubelet_insecure_tls: false,
             exe,
+            scraper_program: None,
+            frontend_program: None,
             child_log_level: "info".into(),
             ready_timeout: Duration::from_secs(120),
             memory_amplitude_percent: 10,
@@ -458,6 +483,8 @@ impl Demo {
         let request_timeout = (config.metric_resolution / 2).min(Duration::from_secs(10));
         let spawner = Spawner {
             exe: config.exe.clone(),
+            scraper_program: config.scraper_program.clone(),
+            frontend_program: config.frontend_program.clone(),
             dir: dir.to_owned(),
             scraper_kubeconfig: scraper_kc,
             frontend_kubeconfig: frontend_kc,

@@ -224,6 +224,8 @@ impl RealDemo {
         let request_timeout = (config.metric_resolution / 2).min(Duration::from_secs(10));
         let spawner = Spawner {
             exe: config.exe.clone(),
+            scraper_program: config.scraper_program.clone(),
+            frontend_program: config.frontend_program.clone(),
             dir: dir.clone(),
             scraper_kubeconfig: scraper_kc,
             frontend_kubeconfig: frontend_kc,

@@ -85,6 +85,9 @@ pub struct Setup {
     pub planned_queries_per_second: BTreeMap<String, f64>,
     /// The `--fault` specs.
     pub faults: Vec<String>,
+    /// What each role ran as (`scraper`, `frontend`, `floor`; a path, or the runner's hidden
+    /// subcommand): the code and the allocator measured. Empty for metrics-server alone.
+    pub programs: BTreeMap<String, String>,
 }
 
 /// Busy share of the machine at or above which a run counts as saturated.

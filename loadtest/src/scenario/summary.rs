@@ -20,6 +20,9 @@ pub fn summary(r: &Report) -> String {
         "{} nodes, {} pods ({} containers each), {shape}, resolution {}s; ready after {:.1}s; measured {:.0}s after {:.0}s warm-up; queries {:?} as {:?}",
         s.nodes, s.pods, s.containers_per_pod, s.resolution_s, r.startup_s, r.measured_s, s.warmup_s, s.query_path, s.query_encoding
     );
+    if !s.programs.is_empty() {
+        let _ = writeln!(out, "programs: {}", s.programs.iter().map(|(role, p)| format!("{role} `{p}`")).collect::<Vec<_>>().join(", "));
+    }
     let _ = writeln!(out, "\nquery          planned/s     ok/s   p50 ms   p99 ms   max ms  errors skipped  mean bytes");
     for (k, q) in &r.queries {
         let _ = writeln!(
