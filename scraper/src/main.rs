@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 /// mimalloc rather than the C library's allocator: a shard allocates and frees per scrape (the
 /// body, TLS buffers, the batch), and on glibc those calls were a fifth of its CPU; mimalloc
-/// takes a sixth off a shard's CPU per scrape, for ~10 MiB more RSS (docs/benchmarks.md, ninth
-/// pass). musl's allocator, in the static image, is slower still.
+/// takes 10-17 % off a shard's CPU per scrape, for 10-19 MiB more peak RSS at 1 250 nodes
+/// (docs/benchmarks.md, eighth and ninth passes). musl's allocator, in the static image, is
+/// slower still.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
