@@ -5,7 +5,8 @@
 //!
 //! Two hidden subcommands make this binary the scraper and frontend children of `demo` (`run`
 //! starts the `shardmetrics-scraper` and `shardmetrics-frontend` programs instead, so that it
-//! measures what ships, allocator included: `--scraper-program`, `--frontend-program`):
+//! measures what ships, allocator included: `--scraper-program`, `--frontend-program`; and its
+//! floor as `shardmetrics-floor`, the `floor` subcommand on the scraper's allocator):
 //! `shardmetrics-loadtest scraper <scraper flags>` and `shardmetrics-loadtest frontend <frontend
 //! flags>` run `shardmetrics_scraper::cli::main_with` / `shardmetrics_frontend::cli::main_with`,
 //! the entry points of the real binaries ([`main_from_env`] dispatches them before clap). A third,
@@ -173,6 +174,10 @@ pub struct RunArgs {
     /// The frontends' program, as `--scraper-program` (`shardmetrics-frontend`).
     #[arg(long, env = "SHARDMETRICS_FRONTEND_PROGRAM", value_name = "PATH", help_heading = HEADING_PIPELINE)]
     pub frontend_program: Option<PathBuf>,
+    /// The scrapers' floor: `shardmetrics-floor`, on the scraper's allocator [default: the one
+    /// beside this executable, built with it].
+    #[arg(long, env = "SHARDMETRICS_FLOOR_PROGRAM", value_name = "PATH", help_heading = HEADING_MEASUREMENT)]
+    pub floor_program: Option<PathBuf>,
     /// metrics-server replicas (2 is upstream's high-availability shape: each replica scrapes
     /// every node; queries are spread over them round-robin).
     #[arg(long, env = "SHARDMETRICS_METRICS_SERVER_REPLICAS", default_value_t = 1, help_heading = HEADING_COMPARISON)]
@@ -455,14 +460,20 @@ pub fn main_from_env() -> ExitCode {
         // The floor fetches on one thread, as a shard scrapes (`--worker-threads` 1): a
         // multi-threaded runtime's cross-thread wake-ups would make the floor dearer than a bare
         // fetch needs to be and flatter the scrapers' ratio to it.
-        Some("floor") => match shardmetrics_plumbing::process::parse_args(std::env::args_os()) {
-            Ok(args) => block_on_one_thread(main_with(args)),
-            Err(code) => code,
-        },
+        Some("floor") => floor_main(argv),
         _ => match shardmetrics_plumbing::process::parse_args(std::env::args_os()) {
             Ok(args) => block_on(main_with(args)),
             Err(code) => code,
         },
+    }
+}
+
+/// The floor child, `shardmetrics-loadtest floor <flags>` or the `shardmetrics-floor` program
+/// with the same `flags`, on a current-thread runtime.
+pub fn floor_main(flags: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    match shardmetrics_plumbing::process::parse_args(["shardmetrics-loadtest".into(), "floor".into()].into_iter().chain(flags)) {
+        Ok(args) => block_on_one_thread(main_with(args)),
+        Err(code) => code,
     }
 }
 
@@ -589,16 +600,16 @@ fn demo_config(d: &DemoArgs) -> anyhow::Result<crate::demo::DemoConfig> {
 }
 
 /// `run`'s program for a role: the flag's path, else `name` beside this executable. It must
-/// exist: a run measures the programs that ship, never silently this runner's subcommand (the
-/// same code linked with another allocator).
-fn shipped_program(flag: Option<&std::path::Path>, name: &str, flag_name: &str) -> anyhow::Result<PathBuf> {
+/// exist: a run measures the programs that ship (and the floor on their allocator), never
+/// silently this runner's subcommand (the same code linked with another allocator).
+fn sibling_program(flag: Option<&std::path::Path>, name: &str, flag_name: &str) -> anyhow::Result<PathBuf> {
     let path = match flag {
         Some(p) => p.to_owned(),
         None => std::env::current_exe()?.with_file_name(name),
     };
     if !path.is_file() {
         anyhow::bail!(
-            "{}: no such program; `run` measures the {name} that ships: build it beside this executable (`cargo build --release -p shardmetrics-scraper -p shardmetrics-frontend -p shardmetrics-loadtest`) or name it with {flag_name}",
+            "{}: no such program; `run` starts {name} from beside this executable: build it there (`cargo build --release -p shardmetrics-loadtest -p shardmetrics-scraper -p shardmetrics-frontend`) or name it with {flag_name}",
             path.display()
         );
     }
@@ -610,9 +621,10 @@ async fn run_scenario(r: RunArgs) -> anyhow::Result<()> {
     demo.child_log_level = "warn".into();
     let systems = r.systems();
     if systems.is_empty() || systems.contains(&crate::demo::System::Shardmetrics) {
-        demo.scraper_program = Some(shipped_program(r.scraper_program.as_deref(), "shardmetrics-scraper", "--scraper-program")?);
-        demo.frontend_program = Some(shipped_program(r.frontend_program.as_deref(), "shardmetrics-frontend", "--frontend-program")?);
+        demo.scraper_program = Some(sibling_program(r.scraper_program.as_deref(), "shardmetrics-scraper", "--scraper-program")?);
+        demo.frontend_program = Some(sibling_program(r.frontend_program.as_deref(), "shardmetrics-frontend", "--frontend-program")?);
     }
+    demo.floor_program = Some(sibling_program(r.floor_program.as_deref(), "shardmetrics-floor", "--floor-program")?);
     demo.containers_per_pod = r.containers_per_pod;
     let mut config = crate::scenario::ScenarioConfig::new(demo, r.duration.0, r.report.clone());
     config.warmup = r.warmup.0;

@@ -196,10 +196,10 @@ async fn ready_demo(extra: &[&str], kubeconfig: &std::path::Path, stderr: Stdio)
     }
 }
 
-/// `run` starts its shards and frontends as the programs that ship (beside this binary:
-/// `cargo test --workspace` builds every package's binaries into one directory), names them in
-/// its report, and refuses to start without one rather than measure its own subcommand (the
-/// same code on another allocator) in its place.
+/// `run` starts its shards and frontends as the programs that ship and its floor as
+/// `shardmetrics-floor` (beside this binary: `cargo test --workspace` builds every package's
+/// binaries into one directory), names them in its report, and refuses to start without one
+/// rather than measure its own subcommand (the same code on another allocator) in its place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_measures_the_scraper_and_frontend_programs_that_ship() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,15 +222,15 @@ async fn run_measures_the_scraper_and_frontend_programs_that_ship() {
     assert!(!dir.path().join("refused.json").exists() && !dir.path().join("refused.kubeconfig").exists());
 
     let beside = |name: &str| std::path::Path::new(BIN).with_file_name(name);
-    let (scraper, frontend) = (beside("shardmetrics-scraper"), beside("shardmetrics-frontend"));
-    for p in [&scraper, &frontend] {
+    let (scraper, frontend, floor) = (beside("shardmetrics-scraper"), beside("shardmetrics-frontend"), beside("shardmetrics-floor"));
+    for p in [&scraper, &frontend, &floor] {
         assert!(p.is_file(), "{} missing: run the tests with `cargo test --workspace`", p.display());
     }
     let report = dir.path().join("report.json");
     let log = std::fs::File::create(dir.path().join("run.log")).unwrap();
     let mut run = tokio::process::Command::new(BIN)
         .args(["run", "--nodes", "4", "--pods-per-node", "2", "--shards", "1", "--frontends", "1", "--metric-resolution", "5s"])
-        .args(["--duration", "8s", "--floor-duration", "0s", "--hpa-queries-per-sec", "2", "--top-queries-per-sec", "0.5"])
+        .args(["--duration", "8s", "--floor-duration", "2s", "--hpa-queries-per-sec", "2", "--top-queries-per-sec", "0.5"])
         .arg("--report")
         .arg(&report)
         .arg("--kubeconfig")
@@ -242,17 +242,19 @@ async fn run_measures_the_scraper_and_frontend_programs_that_ship() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // While it runs, its shard and its frontend are those programs, started with their flags.
+    // While it runs, its shard, its frontend and its floor are those programs, started with
+    // their flags.
     let pid = run.id().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let (mut saw_scraper, mut saw_frontend) = (false, false);
+    let (mut saw_scraper, mut saw_frontend, mut saw_floor) = (false, false, false);
     let log_path = dir.path().join("run.log");
-    while !(saw_scraper && saw_frontend) {
+    while !(saw_scraper && saw_frontend && saw_floor) {
         let ended = run.try_wait().unwrap();
         assert!(ended.is_none() && tokio::time::Instant::now() < deadline, "{ended:?}, children {:?}: {}", children_of(pid), std::fs::read_to_string(&log_path).unwrap());
         for (_, cmd) in children_of(pid) {
             saw_scraper |= cmd.starts_with(&format!("{} --shard-id ", scraper.display()));
             saw_frontend |= cmd.starts_with(&format!("{} --replica-name ", frontend.display()));
+            saw_floor |= cmd.starts_with(&format!("{} --targets-file ", floor.display()));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -263,11 +265,12 @@ async fn run_measures_the_scraper_and_frontend_programs_that_ship() {
     let programs = &r["setup"]["programs"];
     assert_eq!(programs["scraper"], scraper.display().to_string(), "{programs}");
     assert_eq!(programs["frontend"], frontend.display().to_string(), "{programs}");
-    assert_eq!(programs["floor"], format!("{BIN} floor"), "{programs}");
+    assert_eq!(programs["floor"], floor.display().to_string(), "{programs}");
     assert!(log.contains(&format!("scraper `{}`", scraper.display())), "the summary names the programs: {log}");
     // The shipped shard scraped (every node at least once in the 8 s window of a 5 s
     // resolution) and said so on its own /metrics; the frontend answered.
     assert!(r["scrapes"]["scraper_results"]["success"].as_f64().unwrap() > 0.0, "{}", r["scrapes"]);
     assert_eq!(r["coverage"]["nodes_min_percent"], 100.0, "{}", r["coverage"]);
+    assert!(r["floor"]["fetches"].as_u64().unwrap() > 0 && r["floor"]["errors"] == 0, "{}", r["floor"]);
     assert!(r["queries"]["hpa_selector"]["ok_per_second"].as_f64().unwrap() > 0.0, "{}", r["queries"]);
 }

@@ -132,8 +132,8 @@ pub struct DemoConfig {
     /// own certificates); otherwise they verify against the simulator CA.
     pub kubelet_insecure_tls: bool,
     /// The binary to start children from (this executable by default): the simulated
-    /// cluster's kubelet servers, and the shards and frontends that have no program of their own
-    /// below (as its hidden `scraper` and `frontend` subcommands).
+    /// cluster's kubelet servers, and the shards, frontends and floor that have no program of
+    /// their own below (as its hidden `scraper`, `frontend` and `floor` subcommands).
     pub exe: PathBuf,
     /// The shards' program, started with the scraper's flags: the `shardmetrics-scraper` that
     /// ships, so that a measurement runs what is deployed (its own allocator among the rest).
@@ -142,6 +142,9 @@ pub struct DemoConfig {
     /// The frontends' program, as [`Self::scraper_program`] (`shardmetrics-frontend`); `None`:
     /// [`Self::exe`]'s `frontend` subcommand.
     pub frontend_program: Option<PathBuf>,
+    /// The scrapers' floor's program (`shardmetrics-floor`: the floor on the scraper's
+    /// allocator), started with the floor's flags; `None`: [`Self::exe`]'s `floor` subcommand.
+    pub floor_program: Option<PathBuf>,
     /// Log level passed to the children.
     pub child_log_level: String,
     /// How long to wait for metrics before giving up.
@@ -178,12 +181,13 @@ pub struct DemoConfig {
 }
 
 impl DemoConfig {
-    /// The command line a role's children start with, for reports: `scraper` and `frontend`
-    /// (their program, or this runner's subcommand), `floor` (always the runner's).
+    /// The command line a role's children start with, for reports: `scraper`, `frontend` and
+    /// `floor`, each its program or this runner's subcommand of that name.
     pub fn role_command(&self, role: &str) -> String {
         let program = match role {
             "scraper" => self.scraper_program.as_ref(),
             "frontend" => self.frontend_program.as_ref(),
+            "floor" => self.floor_program.as_ref(),
             _ => None,
         };
         match program {
@@ -208,6 +212,7 @@ impl DemoConfig {
             exe,
             scraper_program: None,
             frontend_program: None,
+            floor_program: None,
             child_log_level: "info".into(),
             ready_timeout: Duration::from_secs(120),
             memory_amplitude_percent: 10,

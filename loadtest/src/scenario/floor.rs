@@ -304,8 +304,14 @@ pub fn start_child(demo: &RunningDemo, config: &DemoConfig, duration: Duration, 
     let ca_file = dir.join("floor-kubelet-ca.crt");
     write(&ca_file, demo.api.ca().cert_pem())?;
     let fmt = |d: Duration| format!("{}ms", d.as_millis());
-    let mut cmd = tokio::process::Command::new(&config.exe);
-    cmd.arg("floor")
+    // Its own program (`shardmetrics-floor`, on the scraper's allocator), or this runner's
+    // `floor` subcommand.
+    let (program, subcommand) = match &config.floor_program {
+        Some(p) => (p, None),
+        None => (&config.exe, Some("floor")),
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(subcommand)
         .arg("--targets-file")
         .arg(&targets_file)
         .arg("--ca-file")
@@ -325,7 +331,7 @@ pub fn start_child(demo: &RunningDemo, config: &DemoConfig, duration: Duration, 
     for key in shardmetrics_plumbing::process::shardmetrics_env_vars() {
         cmd.env_remove(key);
     }
-    let child = cmd.spawn().map_err(io(format!("starting {}", config.exe.display())))?;
+    let child = cmd.spawn().map_err(io(format!("starting {}", program.display())))?;
     let pid = child.id();
     let wait_ms = u64::try_from(start_at_ms.saturating_sub(demo.clock().now_ms())).unwrap_or(0);
     let limit = Duration::from_millis(wait_ms) + duration + config.metric_resolution + Duration::from_secs(120);

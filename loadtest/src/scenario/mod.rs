@@ -633,9 +633,12 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
             planned_queries_per_second: planned.iter().map(|(k, v)| (k.name().to_owned(), *v)).collect(),
             faults: config.faults.iter().map(ToString::to_string).collect(),
             programs: match demo.system {
-                crate::demo::System::Shardmetrics => ["scraper", "frontend", "floor"].into_iter().map(|r| (r.to_owned(), config.demo.role_command(r))).collect(),
-                crate::demo::System::MetricsServer { .. } => BTreeMap::new(),
-            },
+                crate::demo::System::Shardmetrics => &["scraper", "frontend", "floor"][..],
+                crate::demo::System::MetricsServer { .. } => &["floor"][..],
+            }
+            .iter()
+            .map(|role| ((*role).to_owned(), config.demo.role_command(role)))
+            .collect(),
         },
         startup_s,
         measured_s,

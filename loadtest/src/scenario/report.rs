@@ -86,7 +86,7 @@ pub struct Setup {
     /// The `--fault` specs.
     pub faults: Vec<String>,
     /// What each role ran as (`scraper`, `frontend`, `floor`; a path, or the runner's hidden
-    /// subcommand): the code and the allocator measured. Empty for metrics-server alone.
+    /// subcommand): the code and the allocator measured. Only `floor` for metrics-server.
     pub programs: BTreeMap<String, String>,
 }
 
