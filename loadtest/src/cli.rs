@@ -599,13 +599,13 @@ fn demo_config(d: &DemoArgs) -> anyhow::Result<crate::demo::DemoConfig> {
     Ok(config)
 }
 
-/// `run`'s program for a role: the flag's path, else `name` beside this executable. It must
+/// `run`'s program for a role: the flag's path, else `name` beside the runner `exe`. It must
 /// exist: a run measures the programs that ship (and the floor on their allocator), never
 /// silently this runner's subcommand (the same code linked with another allocator).
-fn sibling_program(flag: Option<&std::path::Path>, name: &str, flag_name: &str) -> anyhow::Result<PathBuf> {
+fn sibling_program(exe: &std::path::Path, flag: Option<&std::path::Path>, name: &str, flag_name: &str) -> anyhow::Result<PathBuf> {
     let path = match flag {
         Some(p) => p.to_owned(),
-        None => std::env::current_exe()?.with_file_name(name),
+        None => exe.with_file_name(name),
     };
     if !path.is_file() {
         anyhow::bail!(
@@ -621,10 +621,10 @@ async fn run_scenario(r: RunArgs) -> anyhow::Result<()> {
     demo.child_log_level = "warn".into();
     let systems = r.systems();
     if systems.is_empty() || systems.contains(&crate::demo::System::Shardmetrics) {
-        demo.scraper_program = Some(sibling_program(r.scraper_program.as_deref(), "shardmetrics-scraper", "--scraper-program")?);
-        demo.frontend_program = Some(sibling_program(r.frontend_program.as_deref(), "shardmetrics-frontend", "--frontend-program")?);
+        demo.scraper_program = Some(sibling_program(&demo.exe, r.scraper_program.as_deref(), "shardmetrics-scraper", "--scraper-program")?);
+        demo.frontend_program = Some(sibling_program(&demo.exe, r.frontend_program.as_deref(), "shardmetrics-frontend", "--frontend-program")?);
     }
-    demo.floor_program = Some(sibling_program(r.floor_program.as_deref(), "shardmetrics-floor", "--floor-program")?);
+    demo.floor_program = Some(sibling_program(&demo.exe, r.floor_program.as_deref(), "shardmetrics-floor", "--floor-program")?);
     demo.containers_per_pod = r.containers_per_pod;
     let mut config = crate::scenario::ScenarioConfig::new(demo, r.duration.0, r.report.clone());
     config.warmup = r.warmup.0;

@@ -60,14 +60,6 @@ pub(crate) struct Spawner {
 pub(crate) const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 
 impl Spawner {
-    /// How a role starts: its own program with its flags, or this runner's hidden subcommand.
-    fn launch<'a>(&'a self, program: Option<&'a Path>, role: &'a str) -> Launch<'a> {
-        match program {
-            Some(program) => Launch { program, role: None },
-            None => Launch { program: &self.exe, role: Some(role) },
-        }
-    }
-
     pub(crate) fn log(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.log"))
     }
@@ -107,7 +99,7 @@ impl Spawner {
         if let Some(d) = self.lease_renew_period {
             args.extend(["--lease-renew-period".into(), flag_duration(d)]);
         }
-        let mut c = spawn(&self.launch(self.scraper_program.as_deref(), "scraper"), name, &args, &self.log(name))?;
+        let mut c = spawn(&Launch::new(&self.exe, self.scraper_program.as_deref(), "scraper"), name, &args, &self.log(name))?;
         c.admin = admin;
         Ok(c)
     }
@@ -147,7 +139,7 @@ impl Spawner {
             args.extend(["--tls-cert-file".into(), cert.display().to_string()]);
             args.extend(["--tls-private-key-file".into(), key.display().to_string()]);
         }
-        let mut c = spawn(&self.launch(self.frontend_program.as_deref(), "frontend"), name, &args, &self.log(name))?;
+        let mut c = spawn(&Launch::new(&self.exe, self.frontend_program.as_deref(), "frontend"), name, &args, &self.log(name))?;
         c.admin = admin;
         c.secure = Some(SocketAddr::from(([127, 0, 0, 1], port)));
         Ok(c)
@@ -165,10 +157,31 @@ pub(crate) fn flag_duration(d: Duration) -> String {
 }
 
 /// An executable to start a child from, and the hidden subcommand it needs before the role's
-/// flags (none for a program that ships).
+/// flags (none for a program of its own).
 pub(crate) struct Launch<'a> {
     pub(crate) program: &'a Path,
     pub(crate) role: Option<&'a str>,
+}
+
+impl<'a> Launch<'a> {
+    /// Role `role` as `program` with its own flags when there is one, else as the runner `exe`'s
+    /// hidden subcommand of that name.
+    pub(crate) fn new(exe: &'a Path, program: Option<&'a Path>, role: &'a str) -> Launch<'a> {
+        match program {
+            Some(program) => Launch { program, role: None },
+            None => Launch { program: exe, role: Some(role) },
+        }
+    }
+}
+
+/// The command line's start, for reports: `program`, or `exe role`.
+impl std::fmt::Display for Launch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.role {
+            Some(role) => write!(f, "{} {role}", self.program.display()),
+            None => write!(f, "{}", self.program.display()),
+        }
+    }
 }
 
 pub(crate) fn spawn(launch: &Launch<'_>, name: &str, args: &[String], log: &Path) -> Result<ChildProc, DemoError> {

@@ -13,7 +13,7 @@
 //! [`Demo::start`] returns once `metrics.k8s.io` serves every node (or fails after a deadline);
 //! the end-to-end tests drive it the same way the command does.
 
-mod children;
+pub(crate) mod children;
 pub mod real;
 
 use std::net::SocketAddr;
@@ -190,10 +190,7 @@ impl DemoConfig {
             "floor" => self.floor_program.as_ref(),
             _ => None,
         };
-        match program {
-            Some(p) => p.display().to_string(),
-            None => format!("{} {role}", self.exe.display()),
-        }
+        children::Launch::new(&self.exe, program.map(PathBuf::as_path), role).to_string()
     }
 
     /// The defaults: 20 nodes x 10 pods, 2 shards, 2 frontends, 15 s resolution,
@@ -654,5 +651,16 @@ mod tests {
     fn durations_are_written_as_the_flags_read_them() {
         assert_eq!(flag_duration(Duration::from_secs(15)), "15s");
         assert_eq!(flag_duration(Duration::from_millis(7500)), "7500ms");
+    }
+
+    #[test]
+    fn a_role_runs_as_its_own_program_or_as_the_runners_subcommand() {
+        let mut config = DemoConfig::new("/bin/runner".into());
+        config.scraper_program = Some("/bin/shardmetrics-scraper".into());
+        assert_eq!(config.role_command("scraper"), "/bin/shardmetrics-scraper");
+        assert_eq!(config.role_command("frontend"), "/bin/runner frontend");
+        assert_eq!(config.role_command("floor"), "/bin/runner floor");
+        config.floor_program = Some("/bin/shardmetrics-floor".into());
+        assert_eq!(config.role_command("floor"), "/bin/shardmetrics-floor");
     }
 }

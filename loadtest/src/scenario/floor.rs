@@ -306,12 +306,9 @@ pub fn start_child(demo: &RunningDemo, config: &DemoConfig, duration: Duration, 
     let fmt = |d: Duration| format!("{}ms", d.as_millis());
     // Its own program (`shardmetrics-floor`, on the scraper's allocator), or this runner's
     // `floor` subcommand.
-    let (program, subcommand) = match &config.floor_program {
-        Some(p) => (p, None),
-        None => (&config.exe, Some("floor")),
-    };
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(subcommand)
+    let launch = crate::demo::children::Launch::new(&config.exe, config.floor_program.as_deref(), "floor");
+    let mut cmd = tokio::process::Command::new(launch.program);
+    cmd.args(launch.role)
         .arg("--targets-file")
         .arg(&targets_file)
         .arg("--ca-file")
@@ -331,7 +328,7 @@ pub fn start_child(demo: &RunningDemo, config: &DemoConfig, duration: Duration, 
     for key in shardmetrics_plumbing::process::shardmetrics_env_vars() {
         cmd.env_remove(key);
     }
-    let child = cmd.spawn().map_err(io(format!("starting {}", program.display())))?;
+    let child = cmd.spawn().map_err(io(format!("starting {}", launch.program.display())))?;
     let pid = child.id();
     let wait_ms = u64::try_from(start_at_ms.saturating_sub(demo.clock().now_ms())).unwrap_or(0);
     let limit = Duration::from_millis(wait_ms) + duration + config.metric_resolution + Duration::from_secs(120);
