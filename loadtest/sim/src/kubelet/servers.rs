@@ -62,6 +62,12 @@ const CLIENT_CERT_HEADER: &str = "x-shardmetrics-sim-client-cert";
 
 /// How long a child may take to connect back, and to answer an `open`.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Command lines queued for one child's stdin (~100 bytes each). Overflow: an `open` waits for
+/// room (within its [`ANSWER_TIMEOUT`]); a `close` cannot wait (it runs when a kubelet is
+/// dropped), so a full queue drops it with a warning and the listener stays open in the child
+/// until the child exits, answering for a node the parent no longer serves.
+const COMMAND_QUEUE: usize = 4096;
 /// Longest line accepted as the secret on the forwarding endpoint.
 const MAX_SECRET_LINE: u64 = 256;
 /// h2 flow-control windows of the forwarding connection (bodies are ~35 KB at 30 pods; the
@@ -241,7 +247,7 @@ pub struct ServerHandle {
     name: String,
     pid: Option<u32>,
     /// Lines to its stdin; taken (stdin closed) to make it exit.
-    commands: Mutex<Option<mpsc::UnboundedSender<String>>>,
+    commands: Mutex<Option<mpsc::Sender<String>>>,
     replies: Arc<Replies>,
     next_id: AtomicU64,
     /// Kubelets it holds now.
@@ -261,9 +267,18 @@ impl ServerHandle {
         &self.name
     }
 
-    fn send(&self, message: &ToServer) -> bool {
-        let Ok(line) = serde_json::to_string(message) else { return false };
-        lock(&self.commands).as_ref().is_some_and(|tx| tx.send(line + "\n").is_ok())
+    /// Queues a line without waiting; false if the child is stopped or the queue is full.
+    fn try_send(&self, message: &ToServer) -> bool {
+        let Some(line) = command_line(message) else { return false };
+        let Some(tx) = lock(&self.commands).clone() else { return false };
+        match tx.try_send(line) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(server = %self.name, capacity = COMMAND_QUEUE, "command queue full; dropped a command");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     fn fail(&self, message: impl Into<String>) -> KubeletError {
@@ -281,17 +296,28 @@ impl ServerHandle {
             lock(&self.replies.pending).remove(&id);
             return Err(self.fail("exited"));
         }
-        if !self.send(&ToServer::Open { id, node: node.to_owned() }) {
+        let (line, commands) = (command_line(&ToServer::Open { id, node: node.to_owned() }), lock(&self.commands).clone());
+        let (Some(line), Some(commands)) = (line, commands) else {
             lock(&self.replies.pending).remove(&id);
             return Err(self.fail("stopped"));
-        }
-        match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+        };
+        // Waits for room in the queue, then for the answer, within one timeout; the sender is
+        // dropped once the line is queued so that closing stdin is not held up.
+        let answer = async move {
+            commands.send(line).await.map_err(|_| "stopped")?;
+            drop(commands);
+            rx.await.map_err(|_| "exited")
+        };
+        match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
             Ok(Ok(Ok(port))) => {
                 self.kubelets.fetch_add(1, Ordering::Relaxed);
                 Ok(port)
             }
             Ok(Ok(Err(e))) => Err(self.fail(format!("binding a listener for node {node:?}: {e}"))),
-            Ok(Err(_)) => Err(self.fail("exited")),
+            Ok(Err(why)) => {
+                lock(&self.replies.pending).remove(&id);
+                Err(self.fail(why))
+            }
             Err(_) => {
                 lock(&self.replies.pending).remove(&id);
                 Err(self.fail(format!("no answer to opening node {node:?} within {ANSWER_TIMEOUT:?}")))
@@ -300,9 +326,9 @@ impl ServerHandle {
     }
 
     /// Closes `node`'s listener on `port` and its connections in the child (nothing if the
-    /// child is gone).
+    /// child is gone, or its command queue is full: see [`COMMAND_QUEUE`]).
     pub(crate) fn close(&self, node: &str, port: u16) {
-        if self.send(&ToServer::Close { node: node.to_owned(), port }) {
+        if self.try_send(&ToServer::Close { node: node.to_owned(), port }) {
             self.kubelets.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -361,7 +387,8 @@ impl Servers {
         let mut waiting = Vec::new();
         for link in links {
             let (handle, ready) = attach(link);
-            if !handle.send(&hello) {
+            // The first line of an empty queue: always room.
+            if !handle.try_send(&hello) {
                 return Err(handle.fail("could not send hello"));
             }
             handles.push(handle);
@@ -419,7 +446,7 @@ impl Servers {
 
 /// Starts the writer and reader of a link; returns the handle and what resolves on `ready`.
 fn attach(link: ServerLink) -> (Arc<ServerHandle>, oneshot::Receiver<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let (tx, mut rx) = mpsc::channel::<String>(COMMAND_QUEUE);
     let mut input = link.input;
     let name = link.name.clone();
     tokio::spawn(async move {
@@ -456,9 +483,12 @@ fn attach(link: ServerLink) -> (Arc<ServerHandle>, oneshot::Receiver<()>) {
                             }
                             None => {
                                 tracing::warn!(server = %name, port, "a listener opened after its caller gave up; closing it");
-                                let close = serde_json::to_string(&ToServer::Close { node: String::new(), port }).map(|l| l + "\n");
-                                if let (Some(closer), Ok(line)) = (late_closer.upgrade(), close) {
-                                    let _ = closer.send(line);
+                                // Never waits: the reader must keep draining the child's stdout.
+                                let close = command_line(&ToServer::Close { node: String::new(), port });
+                                if let (Some(closer), Some(line)) = (late_closer.upgrade(), close)
+                                    && closer.try_send(line).is_err()
+                                {
+                                    tracing::warn!(server = %name, port, "command queue full; the late listener stays open until the child exits");
                                 }
                             }
                         }
@@ -493,6 +523,11 @@ fn attach(link: ServerLink) -> (Arc<ServerHandle>, oneshot::Receiver<()>) {
         child: tokio::sync::Mutex::new(link.child),
     });
     (handle, ready)
+}
+
+/// `message` as one line of the control protocol.
+fn command_line(message: &ToServer) -> Option<String> {
+    serde_json::to_string(message).ok().map(|line| line + "\n")
 }
 
 /// 32 hex characters from the TLS provider's secure random source.
@@ -814,6 +849,32 @@ mod tests {
         assert_eq!(get(&c, again.port(), Some("good")).await.unwrap().0, 200);
         fleet.shutdown().await;
         closes(again.port()).await;
+    }
+
+    #[tokio::test]
+    async fn a_full_command_queue_drops_closes_keeps_them_counted_and_delivers_the_rest_in_order() {
+        // A child that reads nothing: its stdin's buffer holds less than one line.
+        let (parent_in, child_in) = tokio::io::duplex(16);
+        let (_child_out, parent_out) = tokio::io::duplex(16);
+        let link = ServerLink { name: "kubelets-9".into(), input: Box::new(parent_in), output: Box::new(parent_out), child: None };
+        let (handle, _ready) = attach(link);
+        let tries = COMMAND_QUEUE + 100;
+        handle.kubelets.store(tries, Ordering::Relaxed);
+        // Nothing here yields, so the writer takes no line before the queue is full.
+        for port in 0..tries {
+            handle.close("n", u16::try_from(port).unwrap());
+        }
+        let queued = tries - handle.kubelets.load(Ordering::Relaxed);
+        assert_eq!(queued, COMMAND_QUEUE, "the dropped closes' kubelets stay counted");
+        handle.close_stdin();
+        let mut lines = BufReader::new(child_in).lines();
+        let mut read = 0;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let port = u16::try_from(read).unwrap();
+            assert_eq!(line, serde_json::to_string(&ToServer::Close { node: "n".into(), port }).unwrap());
+            read += 1;
+        }
+        assert_eq!(read, queued, "every queued close reaches the child");
     }
 
     /// Waits (up to 5 s) until nothing listens on `port`.
