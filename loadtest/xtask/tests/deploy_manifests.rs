@@ -987,6 +987,26 @@ fn the_dockerfile_image_holds_every_binary_the_manifests_run_as_user_65534() -> 
     Ok(())
 }
 
+/// The image runs the glibc build (the one docs/benchmarks.md measures; a musl build was much
+/// slower) on a runtime whose glibc is the builder's: a binary linked against a newer glibc than
+/// the runtime's does not start.
+#[test]
+fn the_image_runs_the_measured_glibc_build_on_the_builders_debian_release() -> Result<()> {
+    let dockerfile = std::fs::read_to_string(workspace().join("deploy/Dockerfile"))?;
+    let images: Vec<&str> = dockerfile.lines().filter_map(|l| l.strip_prefix("FROM ")?.split_whitespace().next()).collect();
+    let (builder, runtime) = (images.first().ok_or_else(|| anyhow!("no FROM"))?, images.last().ok_or_else(|| anyhow!("no FROM"))?);
+    let releases = [("bookworm", "debian12"), ("trixie", "debian13")];
+    let (codename, release) = releases
+        .iter()
+        .find(|(codename, _)| builder.starts_with("docker.io/library/rust:") && builder.ends_with(&format!("-{codename}")))
+        .ok_or_else(|| anyhow!("builder {builder} is not a Debian (glibc) Rust image"))?;
+    assert!(
+        runtime.starts_with(&format!("gcr.io/distroless/cc-{release}:")),
+        "runtime {runtime}: the binaries need distroless/cc on {release}, the glibc of the {codename} builder"
+    );
+    Ok(())
+}
+
 #[test]
 fn the_helm_chart_refuses_misspelt_or_invalid_values_through_its_schema() -> Result<()> {
     for (set, expect) in [
