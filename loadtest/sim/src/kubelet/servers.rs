@@ -62,11 +62,10 @@ const CLIENT_CERT_HEADER: &str = "x-shardmetrics-sim-client-cert";
 
 /// How long a child may take to connect back, and to answer an `open`.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Command lines queued for one child's stdin (~100 bytes each). Overflow: an `open` waits for
+/// Command lines queued for one child's stdin (~50 bytes each). Overflow: an `open` waits for
 /// room (within its [`ANSWER_TIMEOUT`]); a `close` cannot wait (it runs when a kubelet is
 /// dropped), so a full queue drops it with a warning and the listener stays open in the child
-/// until the child exits, answering for a node the parent no longer serves.
+/// until the child exits, answering 503 `kubelet stopped` (the parent matches node and port).
 const COMMAND_QUEUE: usize = 4096;
 /// Longest line accepted as the secret on the forwarding endpoint.
 const MAX_SECRET_LINE: u64 = 256;
