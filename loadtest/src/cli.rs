@@ -175,7 +175,7 @@ pub struct RunArgs {
     #[arg(long, env = "SHARDMETRICS_FRONTEND_PROGRAM", value_name = "PATH", help_heading = HEADING_PIPELINE)]
     pub frontend_program: Option<PathBuf>,
     /// The scrapers' floor: `shardmetrics-floor`, on the scraper's allocator [default: the one
-    /// beside this executable, built with it].
+    /// beside this executable, built with it]; needed only when a floor runs.
     #[arg(long, env = "SHARDMETRICS_FLOOR_PROGRAM", value_name = "PATH", help_heading = HEADING_MEASUREMENT)]
     pub floor_program: Option<PathBuf>,
     /// metrics-server replicas (2 is upstream's high-availability shape: each replica scrapes
@@ -624,12 +624,18 @@ async fn run_scenario(r: RunArgs) -> anyhow::Result<()> {
         demo.scraper_program = Some(sibling_program(&demo.exe, r.scraper_program.as_deref(), "shardmetrics-scraper", "--scraper-program")?);
         demo.frontend_program = Some(sibling_program(&demo.exe, r.frontend_program.as_deref(), "shardmetrics-frontend", "--frontend-program")?);
     }
-    demo.floor_program = Some(sibling_program(&demo.exe, r.floor_program.as_deref(), "shardmetrics-floor", "--floor-program")?);
     demo.containers_per_pod = r.containers_per_pod;
     let mut config = crate::scenario::ScenarioConfig::new(demo, r.duration.0, r.report.clone());
     config.warmup = r.warmup.0;
-    if let Some(f) = r.floor_duration {
-        config.floor_duration = f.0;
+    match r.floor_duration {
+        Some(f) => config.floor_duration = f.0,
+        // A comparison measures no floor unless asked to.
+        None if !systems.is_empty() => config.floor_duration = Duration::ZERO,
+        None => {}
+    }
+    // Needed only where a floor runs.
+    if !config.floor_duration.is_zero() {
+        config.demo.floor_program = Some(sibling_program(&config.demo.exe, r.floor_program.as_deref(), "shardmetrics-floor", "--floor-program")?);
     }
     config.load = crate::scenario::LoadConfig {
         hpa_per_second: r.hpa_queries_per_sec,
@@ -659,10 +665,7 @@ async fn run_scenario(r: RunArgs) -> anyhow::Result<()> {
 
 /// `run --compare`/`--system`: [`crate::scenario::compare::run`], printing each run's table
 /// as it finishes, then the side-by-side one.
-async fn run_comparison(r: &RunArgs, mut base: crate::scenario::ScenarioConfig, systems: &[crate::demo::System]) -> anyhow::Result<()> {
-    if r.floor_duration.is_none() {
-        base.floor_duration = Duration::ZERO;
-    }
+async fn run_comparison(r: &RunArgs, base: crate::scenario::ScenarioConfig, systems: &[crate::demo::System]) -> anyhow::Result<()> {
     let shape = |system: &crate::demo::System| match system {
         crate::demo::System::Shardmetrics => format!("{} scraper shards, {} frontends", r.demo.shards, r.demo.frontends),
         crate::demo::System::MetricsServer { replicas } => format!("{replicas} metrics-server replica(s)"),

@@ -203,23 +203,27 @@ async fn ready_demo(extra: &[&str], kubeconfig: &std::path::Path, stderr: Stdio)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_measures_the_scraper_and_frontend_programs_that_ship() {
     let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("no-such-scraper");
-    let out = tokio::process::Command::new(BIN)
-        .args(["run", "--nodes", "2", "--scraper-program"])
-        .arg(&missing)
-        .arg("--report")
-        .arg(dir.path().join("refused.json"))
-        .arg("--kubeconfig")
-        .arg(dir.path().join("refused.kubeconfig"))
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    for needle in [missing.display().to_string(), "no such program".into(), "--scraper-program".into()] {
-        assert!(stderr.contains(&needle), "{needle:?} not in {stderr}");
+    // A missing program is refused before anything starts; the floor's only where a floor runs.
+    for (flag, extra) in [("--scraper-program", &[][..]), ("--floor-program", &["--floor-duration", "2s"][..])] {
+        let missing = dir.path().join(format!("no-such{flag}"));
+        let out = tokio::process::Command::new(BIN)
+            .args(["run", "--nodes", "2", flag])
+            .arg(&missing)
+            .args(extra)
+            .arg("--report")
+            .arg(dir.path().join("refused.json"))
+            .arg("--kubeconfig")
+            .arg(dir.path().join("refused.kubeconfig"))
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        for needle in [missing.display().to_string(), "no such program".into(), flag.into()] {
+            assert!(stderr.contains(&needle), "{needle:?} not in {stderr}");
+        }
+        assert!(!dir.path().join("refused.json").exists() && !dir.path().join("refused.kubeconfig").exists());
     }
-    assert!(!dir.path().join("refused.json").exists() && !dir.path().join("refused.kubeconfig").exists());
 
     let beside = |name: &str| std::path::Path::new(BIN).with_file_name(name);
     let (scraper, frontend, floor) = (beside("shardmetrics-scraper"), beside("shardmetrics-frontend"), beside("shardmetrics-floor"));

@@ -637,6 +637,7 @@ async fn measure(config: &ScenarioConfig, demo: &mut RunningDemo, startup_s: f64
                 crate::demo::System::MetricsServer { .. } => &["floor"][..],
             }
             .iter()
+            .filter(|role| **role != "floor" || !config.floor_duration.is_zero())
             .map(|role| ((*role).to_owned(), config.demo.role_command(role)))
             .collect(),
         },

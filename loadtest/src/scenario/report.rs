@@ -86,7 +86,8 @@ pub struct Setup {
     /// The `--fault` specs.
     pub faults: Vec<String>,
     /// What each role ran as (`scraper`, `frontend`, `floor`; a path, or the runner's hidden
-    /// subcommand): the code and the allocator measured. Only `floor` for metrics-server.
+    /// subcommand): the code and the allocator measured. Only `floor` for metrics-server; no
+    /// `floor` when none ran (`--floor-duration 0s`).
     pub programs: BTreeMap<String, String>,
 }
 
